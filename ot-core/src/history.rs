@@ -1,1 +1,591 @@
-//! placeholder
+//! The server side of the protocol for one document, without I/O.
+//!
+//! A [`DocumentHistory`] is the single ordering point of a document: it numbers
+//! every accepted operation with a revision (revision = number of operations
+//! applied since the document was created), transforms a late operation against
+//! everything it missed, applies it, and remembers per client the last applied
+//! sequence number so that a resent operation is recognised and never applied
+//! twice.
+//!
+//! The caller (the server) is responsible for durability: it persists each
+//! [`AppliedOp`] and takes [`snapshot`](DocumentHistory::snapshot)s; after a
+//! restart it rebuilds the history with
+//! [`from_snapshot`](DocumentHistory::from_snapshot) and the ops stored after it.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use ropey::Rope;
+use serde::{Deserialize, Serialize};
+
+use crate::error::OtError;
+use crate::operation::Operation;
+
+/// A stable 128-bit hash of an operation's canonical JSON form (BLAKE3).
+///
+/// Used to tell a true resend (same client, seq and operation) from a client
+/// bug that reuses a sequence number for a different operation.
+/// Serialised as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct OpHash(pub [u8; 16]);
+
+impl OpHash {
+    /// The hash of `op` (of its canonical JSON text, so it is the same in every
+    /// implementation that produces the same canonical operation).
+    pub fn of(op: &Operation) -> OpHash {
+        let digest = blake3::hash(op.to_json().as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest.as_bytes()[..16]);
+        OpHash(bytes)
+    }
+
+    /// The 32-digit lowercase hex form.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parse the 32-digit hex form.
+    pub fn from_hex(hex: &str) -> Option<OpHash> {
+        if hex.len() != 32 || !hex.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(OpHash(bytes))
+    }
+}
+
+impl fmt::Debug for OpHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OpHash({})", self.to_hex())
+    }
+}
+
+impl Serialize for OpHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for OpHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        OpHash::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("an op hash must be 32 hex digits"))
+    }
+}
+
+/// What the history remembers about one client (one writer) of the document:
+/// the dedup table entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// The last sequence number applied from this client.
+    pub last_seq: u64,
+    /// The revision that op produced.
+    pub last_rev: u64,
+    /// The hash of that op as received.
+    pub last_hash: OpHash,
+}
+
+/// One operation in the history, as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedOp {
+    /// The revision this operation created (the first op creates revision 1).
+    pub rev: u64,
+    /// The client that sent it.
+    pub client_id: String,
+    /// The client's sequence number for it.
+    pub seq: u64,
+    /// The revision the client based it on.
+    pub base_rev: u64,
+    /// Hash of the operation as received (before transformation).
+    pub hash: OpHash,
+    /// The operation as applied (after transformation past the ops in `base_rev+1..rev`).
+    pub op: Operation,
+}
+
+impl AppliedOp {
+    /// True when the op was transformed past at least one concurrent op:
+    /// a detected conflict.
+    pub fn is_concurrent(&self) -> bool {
+        self.base_rev + 1 < self.rev
+    }
+}
+
+/// The state of a document at one revision, with its dedup table: enough to
+/// rebuild a [`DocumentHistory`] without replaying the ops before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentSnapshot {
+    /// The revision of the snapshot.
+    pub rev: u64,
+    /// The document's text at that revision.
+    pub text: String,
+    /// The dedup table at that revision, by client id.
+    pub clients: HashMap<String, ClientRecord>,
+}
+
+/// The outcome of [`DocumentHistory::receive`] for an acceptable operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receipt {
+    /// The op was new: it was transformed, applied and appended.
+    Applied {
+        /// The history entry (revision, transformed op, …). Persist it, then ack.
+        applied: AppliedOp,
+        /// The op exactly as received, for the conflict journal.
+        received: Operation,
+    },
+    /// The (client, seq) was already applied: nothing changed. Answer with the
+    /// ack of the original.
+    Duplicate {
+        /// The resent sequence number.
+        seq: u64,
+        /// The revision the original produced; `None` when it is older than the
+        /// retained history (the caller looks it up, and checks its hash, in storage).
+        rev: Option<u64>,
+    },
+}
+
+/// Why [`DocumentHistory::receive`] rejected an operation. Nothing changed.
+///
+/// | code | meaning |
+/// |---|---|
+/// | `seq_reused` | this (client, seq) was applied before with a different operation |
+/// | `bad_seq` | the seq is 0 or skips ahead of the client's last applied seq + 1 |
+/// | `future_revision` | the base revision is newer than the document |
+/// | `revision_too_old` | the base revision is older than the retained history |
+/// | `op_does_not_fit` | the op's base length is not the document's length at its base revision |
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiveError {
+    /// The same (client, seq) was applied with a different operation.
+    #[error("sequence number {seq} was already used for a different operation")]
+    SeqReused {
+        /// The reused sequence number.
+        seq: u64,
+    },
+    /// The seq is not the next one expected.
+    #[error("sequence number {seq} is out of order: expected at most {expected}")]
+    BadSeq {
+        /// The seq received.
+        seq: u64,
+        /// The next seq expected from this client.
+        expected: u64,
+    },
+    /// The base revision is in the future.
+    #[error("base revision {base_rev} is newer than the document's revision {head}")]
+    FutureRevision {
+        /// The base revision received.
+        base_rev: u64,
+        /// The document's revision.
+        head: u64,
+    },
+    /// The base revision is older than the ops kept in memory.
+    #[error("base revision {base_rev} is older than the oldest retained revision {oldest}")]
+    RevisionTooOld {
+        /// The base revision received.
+        base_rev: u64,
+        /// The oldest revision an op can be based on without older ops.
+        oldest: u64,
+    },
+    /// The op does not fit the document at its base revision.
+    #[error("the operation does not fit the document at revision {base_rev}: {source}")]
+    DoesNotFit {
+        /// The base revision.
+        base_rev: u64,
+        /// The length mismatch.
+        source: OtError,
+    },
+}
+
+impl ReceiveError {
+    /// The stable machine-readable code of this error (see the table above).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReceiveError::SeqReused { .. } => "seq_reused",
+            ReceiveError::BadSeq { .. } => "bad_seq",
+            ReceiveError::FutureRevision { .. } => "future_revision",
+            ReceiveError::RevisionTooOld { .. } => "revision_too_old",
+            ReceiveError::DoesNotFit { .. } => "op_does_not_fit",
+        }
+    }
+}
+
+/// A snapshot and its tail of ops do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The ops after the snapshot are not consecutive revisions.
+    #[error("expected the op for revision {expected} but got revision {found}")]
+    Gap {
+        /// The revision expected next.
+        expected: u64,
+        /// The revision found.
+        found: u64,
+    },
+    /// A stored op does not apply to the text it follows.
+    #[error("stored op for revision {rev} does not apply: {source}")]
+    DoesNotApply {
+        /// Its revision.
+        rev: u64,
+        /// The length mismatch.
+        source: OtError,
+    },
+}
+
+/// One document's text, revision, recent operations and dedup table.
+#[derive(Debug, Clone, Default)]
+pub struct DocumentHistory {
+    text: Rope,
+    revision: u64,
+    /// Ops for revisions `oldest + 1 ..= revision`, in order.
+    ops: Vec<AppliedOp>,
+    clients: HashMap<String, ClientRecord>,
+}
+
+impl DocumentHistory {
+    /// A new, empty document at revision 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuild a history from a snapshot and the ops stored after it (in
+    /// revision order, starting at `snapshot.rev + 1`). The tail becomes the
+    /// retained history.
+    pub fn from_snapshot(
+        snapshot: DocumentSnapshot,
+        tail: impl IntoIterator<Item = AppliedOp>,
+    ) -> Result<Self, RestoreError> {
+        let mut history = DocumentHistory {
+            text: Rope::from_str(&snapshot.text),
+            revision: snapshot.rev,
+            ops: Vec::new(),
+            clients: snapshot.clients,
+        };
+        for applied in tail {
+            history.append_stored(applied)?;
+        }
+        Ok(history)
+    }
+
+    /// Append an op that was already ordered and stored (replay after a restart).
+    pub fn append_stored(&mut self, applied: AppliedOp) -> Result<(), RestoreError> {
+        if applied.rev != self.revision + 1 {
+            return Err(RestoreError::Gap {
+                expected: self.revision + 1,
+                found: applied.rev,
+            });
+        }
+        applied
+            .op
+            .apply_to_rope(&mut self.text)
+            .map_err(|source| RestoreError::DoesNotApply {
+                rev: applied.rev,
+                source,
+            })?;
+        self.revision = applied.rev;
+        self.remember(&applied);
+        self.ops.push(applied);
+        Ok(())
+    }
+
+    fn remember(&mut self, applied: &AppliedOp) {
+        let record = ClientRecord {
+            last_seq: applied.seq,
+            last_rev: applied.rev,
+            last_hash: applied.hash,
+        };
+        match self.clients.get_mut(&applied.client_id) {
+            Some(existing) => *existing = record,
+            None => {
+                self.clients.insert(applied.client_id.clone(), record);
+            }
+        }
+    }
+
+    /// The current revision (number of ops applied since creation).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The current text.
+    pub fn text(&self) -> &Rope {
+        &self.text
+    }
+
+    /// The oldest revision an op can be based on with the retained ops alone.
+    pub fn oldest_revision(&self) -> u64 {
+        self.revision - self.ops.len() as u64
+    }
+
+    /// The retained ops, oldest first.
+    pub fn retained_ops(&self) -> &[AppliedOp] {
+        &self.ops
+    }
+
+    /// The ops after revision `rev` (for a resume), or `None` if some of them
+    /// are no longer retained or `rev` is in the future.
+    pub fn ops_since(&self, rev: u64) -> Option<&[AppliedOp]> {
+        let oldest = self.oldest_revision();
+        if rev < oldest || rev > self.revision {
+            return None;
+        }
+        Some(&self.ops[(rev - oldest) as usize..])
+    }
+
+    /// The dedup entry of a client, if it ever had an op applied.
+    pub fn client(&self, client_id: &str) -> Option<&ClientRecord> {
+        self.clients.get(client_id)
+    }
+
+    /// The last seq applied from `client_id` (0 if none).
+    pub fn last_seq(&self, client_id: &str) -> u64 {
+        self.clients.get(client_id).map_or(0, |r| r.last_seq)
+    }
+
+    /// The current state with its dedup table.
+    pub fn snapshot(&self) -> DocumentSnapshot {
+        DocumentSnapshot {
+            rev: self.revision,
+            text: self.text.to_string(),
+            clients: self.clients.clone(),
+        }
+    }
+
+    /// Keep only the last `keep` ops in memory (older ones live in storage).
+    pub fn trim_to(&mut self, keep: usize) {
+        if self.ops.len() > keep {
+            let drop = self.ops.len() - keep;
+            self.ops.drain(..drop);
+        }
+    }
+
+    /// Receive `op` from `client_id` with sequence number `seq`, based on
+    /// revision `base_rev`.
+    ///
+    /// Dedup comes first: a seq at or below the client's last applied seq is a
+    /// [`Receipt::Duplicate`] (or [`ReceiveError::SeqReused`] if the op differs)
+    /// whatever its base revision. Otherwise the op is transformed against every
+    /// op after `base_rev` (the incoming op as `a`, so its inserts win ties),
+    /// applied and appended. On any error nothing changes.
+    pub fn receive(
+        &mut self,
+        client_id: &str,
+        seq: u64,
+        base_rev: u64,
+        op: Operation,
+    ) -> Result<Receipt, ReceiveError> {
+        self.receive_with_older(client_id, seq, base_rev, op, &[])
+    }
+
+    /// Like [`receive`](Self::receive) for an op based on a revision older than
+    /// the retained history: `older` holds the applied ops for revisions
+    /// `base_rev + 1 ..= oldest_revision()`, read from storage by the caller.
+    pub fn receive_with_older(
+        &mut self,
+        client_id: &str,
+        seq: u64,
+        base_rev: u64,
+        op: Operation,
+        older: &[Operation],
+    ) -> Result<Receipt, ReceiveError> {
+        let hash = OpHash::of(&op);
+        if let Some(receipt) = self.check_seq(client_id, seq, hash)? {
+            return Ok(receipt);
+        }
+        if base_rev > self.revision {
+            return Err(ReceiveError::FutureRevision {
+                base_rev,
+                head: self.revision,
+            });
+        }
+        let oldest = self.oldest_revision();
+        if base_rev < oldest && (oldest - base_rev) as usize != older.len() {
+            return Err(ReceiveError::RevisionTooOld { base_rev, oldest });
+        }
+        let older: &[Operation] = if base_rev < oldest { older } else { &[] };
+        let retained = &self.ops[(base_rev.max(oldest) - oldest) as usize..];
+
+        let does_not_fit = |source| ReceiveError::DoesNotFit { base_rev, source };
+        let mut concurrent_ops = older
+            .iter()
+            .chain(retained.iter().map(|a| &a.op))
+            .peekable();
+        // The document's length at base_rev is the base length of the first op after it.
+        let len_at_base = concurrent_ops
+            .peek()
+            .map_or(self.text.len_chars(), |first| first.base_len());
+        if op.base_len() != len_at_base {
+            return Err(does_not_fit(OtError::LengthMismatch {
+                expected: op.base_len(),
+                actual: len_at_base,
+            }));
+        }
+        let mut transformed = op.clone();
+        for concurrent in concurrent_ops {
+            transformed = transformed.transform(concurrent).map_err(does_not_fit)?.0;
+        }
+        transformed
+            .apply_to_rope(&mut self.text)
+            .map_err(does_not_fit)?;
+
+        self.revision += 1;
+        let applied = AppliedOp {
+            rev: self.revision,
+            client_id: client_id.to_owned(),
+            seq,
+            base_rev,
+            hash,
+            op: transformed,
+        };
+        self.remember(&applied);
+        self.ops.push(applied.clone());
+        Ok(Receipt::Applied {
+            applied,
+            received: op,
+        })
+    }
+
+    /// Dedup check: `Some(receipt)` for a duplicate, `None` for the next seq.
+    fn check_seq(
+        &self,
+        client_id: &str,
+        seq: u64,
+        hash: OpHash,
+    ) -> Result<Option<Receipt>, ReceiveError> {
+        let record = self.clients.get(client_id);
+        let last_seq = record.map_or(0, |r| r.last_seq);
+        if seq == 0 || seq > last_seq + 1 {
+            return Err(ReceiveError::BadSeq {
+                seq,
+                expected: last_seq + 1,
+            });
+        }
+        if seq == last_seq + 1 {
+            return Ok(None);
+        }
+        let original = match record {
+            Some(r) if r.last_seq == seq => Some((r.last_rev, r.last_hash)),
+            _ => self
+                .ops
+                .iter()
+                .rev()
+                .find(|a| a.seq == seq && a.client_id == client_id)
+                .map(|a| (a.rev, a.hash)),
+        };
+        match original {
+            Some((_, original_hash)) if original_hash != hash => {
+                Err(ReceiveError::SeqReused { seq })
+            }
+            Some((rev, _)) => Ok(Some(Receipt::Duplicate {
+                seq,
+                rev: Some(rev),
+            })),
+            None => Ok(Some(Receipt::Duplicate { seq, rev: None })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ins(len: usize, pos: usize, text: &str) -> Operation {
+        Operation::insert_at(len, pos, text).unwrap()
+    }
+
+    #[test]
+    fn concurrent_ops_are_transformed_and_deduplicated() {
+        let mut h = DocumentHistory::new();
+        let r1 = h.receive("a", 1, 0, ins(0, 0, "hello")).unwrap();
+        assert!(
+            matches!(r1, Receipt::Applied { ref applied, .. } if applied.rev == 1 && !applied.is_concurrent())
+        );
+        // b did not see "hello": its insert at 0 is transformed; as `a` it goes first.
+        let r2 = h.receive("b", 1, 0, ins(0, 0, "X")).unwrap();
+        match r2 {
+            Receipt::Applied { applied, received } => {
+                assert!(applied.is_concurrent());
+                assert_eq!(applied.rev, 2);
+                assert_eq!(received, ins(0, 0, "X"));
+                assert_eq!(applied.op, ins(5, 0, "X"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(h.text().to_string(), "Xhello");
+        // A resend is answered as a duplicate, whatever its base revision.
+        assert_eq!(
+            h.receive("b", 1, 0, ins(0, 0, "X")),
+            Ok(Receipt::Duplicate {
+                seq: 1,
+                rev: Some(2)
+            })
+        );
+        assert_eq!(
+            h.receive("b", 1, 0, ins(0, 0, "Y")),
+            Err(ReceiveError::SeqReused { seq: 1 })
+        );
+        assert_eq!(
+            h.receive("b", 3, 2, ins(6, 0, "Y")),
+            Err(ReceiveError::BadSeq {
+                seq: 3,
+                expected: 2
+            })
+        );
+        assert_eq!(
+            h.receive("b", 2, 3, ins(6, 0, "Y")).unwrap_err().code(),
+            "future_revision"
+        );
+        assert_eq!(
+            h.receive("b", 2, 2, ins(5, 0, "Y")).unwrap_err().code(),
+            "op_does_not_fit"
+        );
+        assert_eq!(h.revision(), 2);
+        assert_eq!(h.text().to_string(), "Xhello");
+    }
+
+    #[test]
+    fn trimmed_history_needs_older_ops() {
+        let mut h = DocumentHistory::new();
+        h.receive("a", 1, 0, ins(0, 0, "ab")).unwrap();
+        h.receive("a", 2, 1, ins(2, 2, "cd")).unwrap();
+        let first = h.retained_ops()[0].op.clone();
+        h.trim_to(1);
+        assert_eq!(h.oldest_revision(), 1);
+        assert_eq!(
+            h.receive("b", 1, 0, ins(0, 0, "X")).unwrap_err().code(),
+            "revision_too_old"
+        );
+        let r = h
+            .receive_with_older("b", 1, 0, ins(0, 0, "X"), &[first])
+            .unwrap();
+        assert!(matches!(r, Receipt::Applied { .. }));
+        assert_eq!(h.text().to_string(), "Xabcd");
+        // An old seq outside the window is a duplicate whose revision must be looked up.
+        h.trim_to(0);
+        assert_eq!(
+            h.receive("a", 1, 0, ins(0, 0, "ab")),
+            Ok(Receipt::Duplicate { seq: 1, rev: None })
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut h = DocumentHistory::new();
+        h.receive("a", 1, 0, ins(0, 0, "héllo")).unwrap();
+        let snap = h.snapshot();
+        h.receive("b", 1, 1, ins(5, 5, " 🙂")).unwrap();
+        let tail = h.retained_ops()[1..].to_vec();
+        let json = serde_json::to_string(&snap).unwrap();
+        let snap2: DocumentSnapshot = serde_json::from_str(&json).unwrap();
+        let h2 = DocumentHistory::from_snapshot(snap2, tail).unwrap();
+        assert_eq!(h2.text().to_string(), "héllo 🙂");
+        assert_eq!(h2.revision(), 2);
+        assert_eq!(h2.last_seq("a"), 1);
+        assert_eq!(h2.last_seq("b"), 1);
+        let bad_tail = h.retained_ops()[..1].to_vec();
+        assert!(matches!(
+            DocumentHistory::from_snapshot(h.snapshot(), bad_tail),
+            Err(RestoreError::Gap { .. })
+        ));
+    }
+}
