@@ -1,1 +1,677 @@
-//! placeholder
+//! The client side of the protocol, without I/O: the ot.js state machine with
+//! sequence numbers for exactly-once delivery.
+//!
+//! A [`Client`] is in one of three states:
+//! - **synchronized**: nothing outstanding;
+//! - **awaiting ack**: one operation sent and not yet acknowledged;
+//! - **awaiting ack with a buffer**: plus the composition of the local edits made since.
+//!
+//! Local edits apply to the local text at once ([`Client::local_edit`]). An
+//! operation gets its sequence number when it leaves the buffer to be sent, and
+//! from then on it is never changed: after a reconnect it is resent
+//! byte-for-byte with the same seq and base revision
+//! ([`Client::pending_resend`]), and the server's dedup table makes sure it is
+//! applied at most once.
+//!
+//! The client's own operations are always `a` in transforms, like on the
+//! server: for a remote op `r`, `(o', r1) = transform(outstanding, r)`, then
+//! `(b', r2) = transform(buffer, r1)`, and `r2` is applied locally.
+//!
+//! The state is serialisable ([`ClientState`]); a client persists it before
+//! it sends an operation, so it can resume after a restart.
+
+use ropey::Rope;
+use serde::{Deserialize, Serialize};
+
+use crate::error::OtError;
+use crate::operation::Operation;
+use crate::Range;
+
+/// An operation to put on the wire: `{"type":"op","rev":base_rev,"seq":seq,"op":op}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingOp {
+    /// The client's sequence number for this op (from 1, per document and client id).
+    pub seq: u64,
+    /// The revision the op is based on.
+    pub base_rev: u64,
+    /// The operation.
+    pub op: Operation,
+}
+
+/// The operation sent and not yet acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outstanding {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The revision it was based on when sent.
+    pub base_rev: u64,
+    /// Exactly as sent: resent unchanged after a reconnect.
+    pub sent: Operation,
+    /// Transformed past the remote ops received since it was sent: how it
+    /// applies on top of the client's known revision.
+    pub current: Operation,
+}
+
+/// Everything needed to rebuild a [`Client`] after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientState {
+    /// The client id (one running writer).
+    pub client_id: String,
+    /// The seq the next operation sent will get.
+    pub next_seq: u64,
+    /// The last server revision the client has integrated.
+    pub revision: u64,
+    /// The document's text at `revision`.
+    pub synced_text: String,
+    /// The op awaiting an ack, if any.
+    pub outstanding: Option<Outstanding>,
+    /// Local edits made since the outstanding op was sent, composed.
+    pub buffer: Option<Operation>,
+}
+
+/// Why the client could not take a message.
+///
+/// | code | meaning |
+/// |---|---|
+/// | `revision_gap` | a server op skipped a revision: reconnect with `rev` |
+/// | `op_does_not_fit` | a server op does not fit the client's text at its revision: resync from a snapshot |
+/// | `local_op_does_not_fit` | a local edit does not fit the local text |
+/// | `resume_mismatch` | a resume did not start at the client's revision |
+/// | `stale_state` | the server has applied seqs this client never sent (a stale saved state): resync from a snapshot |
+/// | `corrupt_state` | a saved [`ClientState`] is inconsistent |
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// A server op skipped a revision.
+    #[error("expected revision {expected} but received {received}")]
+    RevisionGap {
+        /// The revision expected next.
+        expected: u64,
+        /// The revision received.
+        received: u64,
+    },
+    /// A server op does not fit the text at the client's revision.
+    #[error("the server's operation does not fit the document: {0}")]
+    DoesNotFit(OtError),
+    /// A local edit does not fit the local text.
+    #[error("the local edit does not fit the local text: {0}")]
+    LocalDoesNotFit(OtError),
+    /// A resume started at another revision than the client's.
+    #[error("the server resumed at revision {server} but the client is at {client}")]
+    ResumeMismatch {
+        /// The client's revision.
+        client: u64,
+        /// The revision the server resumed at.
+        server: u64,
+    },
+    /// The server has applied seqs this client never sent.
+    #[error("the server has applied seq {server_seq} but this client's next seq is {next_seq}: the saved state is stale")]
+    StaleState {
+        /// The last seq the server applied.
+        server_seq: u64,
+        /// This client's next seq.
+        next_seq: u64,
+    },
+    /// A saved state is inconsistent.
+    #[error("the saved client state is inconsistent: {0}")]
+    CorruptState(OtError),
+}
+
+impl ClientError {
+    /// The stable machine-readable code of this error (see the table above).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::RevisionGap { .. } => "revision_gap",
+            ClientError::DoesNotFit(_) => "op_does_not_fit",
+            ClientError::LocalDoesNotFit(_) => "local_op_does_not_fit",
+            ClientError::ResumeMismatch { .. } => "resume_mismatch",
+            ClientError::StaleState { .. } => "stale_state",
+            ClientError::CorruptState(_) => "corrupt_state",
+        }
+    }
+}
+
+/// What a server `op` message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    /// Its revision was already integrated: nothing changed.
+    Ignored,
+    /// Another writer's op: this (transformed) operation was applied to the
+    /// local text; an editor applies the same to its view and cursors.
+    Applied(Operation),
+    /// It was this client's own outstanding op (seen in the stream after a
+    /// resume): taken as its ack. Send `next` if present.
+    Acknowledged {
+        /// The next op to send, if the buffer had edits.
+        next: Option<OutgoingOp>,
+    },
+}
+
+/// What an `ack` message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// It did not match the outstanding op (a repeated or stale ack): ignored.
+    Ignored,
+    /// The outstanding op is acknowledged. Send `next` if present.
+    Acknowledged {
+        /// The next op to send, if the buffer had edits.
+        next: Option<OutgoingOp>,
+    },
+}
+
+/// What a fresh snapshot (the server could not resume) did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotOutcome {
+    /// The local text with pending edits that could not be rebased onto the
+    /// snapshot. Keep it for the user as a conflict copy; the client now shows
+    /// the snapshot's text.
+    pub conflict_copy: Option<String>,
+    /// An op to send now (pending edits that could be rebased).
+    pub send: Option<OutgoingOp>,
+}
+
+/// The client state machine for one document.
+#[derive(Debug, Clone)]
+pub struct Client {
+    client_id: String,
+    next_seq: u64,
+    revision: u64,
+    /// Text at `revision`.
+    synced: Rope,
+    /// Local text: `synced` + outstanding + buffer.
+    text: Rope,
+    outstanding: Option<Outstanding>,
+    buffer: Option<Operation>,
+}
+
+impl Client {
+    /// A synchronized client at `revision` with `text`, whose next op gets seq
+    /// `last_seq + 1` (`last_seq`: the last seq the server applied from this
+    /// client id on this document, 0 for a new id).
+    pub fn new(client_id: impl Into<String>, revision: u64, text: &str, last_seq: u64) -> Self {
+        let synced = Rope::from_str(text);
+        Client {
+            client_id: client_id.into(),
+            next_seq: last_seq + 1,
+            revision,
+            text: synced.clone(),
+            synced,
+            outstanding: None,
+            buffer: None,
+        }
+    }
+
+    /// Rebuild a client from a saved state.
+    pub fn from_state(state: ClientState) -> Result<Self, ClientError> {
+        let synced = Rope::from_str(&state.synced_text);
+        let mut text = synced.clone();
+        if let Some(o) = &state.outstanding {
+            o.current
+                .apply_to_rope(&mut text)
+                .map_err(ClientError::CorruptState)?;
+        }
+        if let Some(b) = &state.buffer {
+            if state.outstanding.is_none() {
+                return Err(ClientError::CorruptState(OtError::ComposeMismatch {
+                    first_target: 0,
+                    second_base: b.base_len(),
+                }));
+            }
+            b.apply_to_rope(&mut text)
+                .map_err(ClientError::CorruptState)?;
+        }
+        Ok(Client {
+            client_id: state.client_id,
+            next_seq: state.next_seq.max(1),
+            revision: state.revision,
+            synced,
+            text,
+            outstanding: state.outstanding,
+            buffer: state.buffer,
+        })
+    }
+
+    /// The state to persist (before sending an op, and after any change).
+    pub fn state(&self) -> ClientState {
+        ClientState {
+            client_id: self.client_id.clone(),
+            next_seq: self.next_seq,
+            revision: self.revision,
+            synced_text: self.synced.to_string(),
+            outstanding: self.outstanding.clone(),
+            buffer: self.buffer.clone(),
+        }
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The local text, with all local edits.
+    pub fn text(&self) -> &Rope {
+        &self.text
+    }
+
+    /// The text at the last integrated server revision.
+    pub fn synced_text(&self) -> &Rope {
+        &self.synced
+    }
+
+    /// The last integrated server revision.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The seq the next op sent will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The op awaiting an ack, if any.
+    pub fn outstanding(&self) -> Option<&Outstanding> {
+        self.outstanding.as_ref()
+    }
+
+    /// The composed local edits waiting for the outstanding op's ack.
+    pub fn buffer(&self) -> Option<&Operation> {
+        self.buffer.as_ref()
+    }
+
+    /// "All my edits are saved": nothing outstanding and nothing buffered.
+    pub fn all_saved(&self) -> bool {
+        self.outstanding.is_none() && self.buffer.is_none()
+    }
+
+    /// Number of local operations not yet acknowledged (0, 1 or 2: the
+    /// outstanding op and the buffer).
+    pub fn unacknowledged(&self) -> usize {
+        usize::from(self.outstanding.is_some()) + usize::from(self.buffer.is_some())
+    }
+
+    /// The outstanding op as it must be resent after a reconnect (same seq,
+    /// same base revision, same operation), if any.
+    pub fn pending_resend(&self) -> Option<OutgoingOp> {
+        self.outstanding.as_ref().map(|o| OutgoingOp {
+            seq: o.seq,
+            base_rev: o.base_rev,
+            op: o.sent.clone(),
+        })
+    }
+
+    /// Apply a local edit (based on the current local text) at once. Returns
+    /// the op to send now, if the client was synchronized; otherwise the edit is
+    /// composed into the buffer and sent after the next ack.
+    ///
+    /// Persist [`state`](Self::state) before sending the returned op.
+    pub fn local_edit(&mut self, op: &Operation) -> Result<Option<OutgoingOp>, ClientError> {
+        op.apply_to_rope(&mut self.text)
+            .map_err(ClientError::LocalDoesNotFit)?;
+        if self.outstanding.is_none() {
+            return Ok(self.start_sending(op.clone()));
+        }
+        let composed = match &self.buffer {
+            Some(buffer) => buffer.compose(op).map_err(ClientError::LocalDoesNotFit)?,
+            None => op.clone(),
+        };
+        self.buffer = Some(composed);
+        Ok(None)
+    }
+
+    /// Give `op` a seq and make it the outstanding op; a no-op is dropped
+    /// without using a seq.
+    fn start_sending(&mut self, op: Operation) -> Option<OutgoingOp> {
+        if op.is_noop() {
+            return None;
+        }
+        let outgoing = OutgoingOp {
+            seq: self.next_seq,
+            base_rev: self.revision,
+            op: op.clone(),
+        };
+        self.next_seq += 1;
+        self.outstanding = Some(Outstanding {
+            seq: outgoing.seq,
+            base_rev: outgoing.base_rev,
+            sent: op.clone(),
+            current: op,
+        });
+        Some(outgoing)
+    }
+
+    /// The server acknowledged `seq` as revision `rev`.
+    pub fn ack(&mut self, rev: u64, seq: u64) -> Result<AckOutcome, ClientError> {
+        match &self.outstanding {
+            Some(o) if o.seq == seq => {}
+            _ => return Ok(AckOutcome::Ignored),
+        }
+        if rev <= self.revision {
+            return Ok(AckOutcome::Ignored);
+        }
+        if rev != self.revision + 1 {
+            return Err(ClientError::RevisionGap {
+                expected: self.revision + 1,
+                received: rev,
+            });
+        }
+        Ok(AckOutcome::Acknowledged {
+            next: self.acknowledge(rev)?,
+        })
+    }
+
+    fn acknowledge(&mut self, rev: u64) -> Result<Option<OutgoingOp>, ClientError> {
+        if let Some(o) = self.outstanding.take() {
+            if let Err(e) = o.current.apply_to_rope(&mut self.synced) {
+                self.outstanding = Some(o);
+                return Err(ClientError::CorruptState(e));
+            }
+        }
+        self.revision = rev;
+        Ok(self.buffer.take().and_then(|b| self.start_sending(b)))
+    }
+
+    /// A server `op` message: revision `rev` was created by `op` from
+    /// (`client_id`, `seq`).
+    pub fn remote_op(
+        &mut self,
+        rev: u64,
+        op: &Operation,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<RemoteOutcome, ClientError> {
+        if rev <= self.revision {
+            return Ok(RemoteOutcome::Ignored);
+        }
+        if rev != self.revision + 1 {
+            return Err(ClientError::RevisionGap {
+                expected: self.revision + 1,
+                received: rev,
+            });
+        }
+        let own =
+            client_id == self.client_id && self.outstanding.as_ref().is_some_and(|o| o.seq == seq);
+        if own {
+            return Ok(RemoteOutcome::Acknowledged {
+                next: self.acknowledge(rev)?,
+            });
+        }
+        if op.base_len() != self.synced.len_chars() {
+            return Err(ClientError::DoesNotFit(OtError::LengthMismatch {
+                expected: op.base_len(),
+                actual: self.synced.len_chars(),
+            }));
+        }
+        // Compute everything before changing anything, so an error leaves the state intact.
+        let (outstanding, r1) = match &self.outstanding {
+            Some(o) => {
+                let (o2, r1) = o.current.transform(op).map_err(ClientError::DoesNotFit)?;
+                (Some(o2), r1)
+            }
+            None => (None, op.clone()),
+        };
+        let (buffer, r2) = match &self.buffer {
+            Some(b) => {
+                let (b2, r2) = b.transform(&r1).map_err(ClientError::DoesNotFit)?;
+                (Some(b2), r2)
+            }
+            None => (None, r1),
+        };
+        op.apply_to_rope(&mut self.synced)
+            .map_err(ClientError::DoesNotFit)?;
+        r2.apply_to_rope(&mut self.text)
+            .map_err(ClientError::CorruptState)?;
+        if let (Some(o), Some(current)) = (self.outstanding.as_mut(), outstanding) {
+            o.current = current;
+        }
+        self.buffer = buffer;
+        self.revision = rev;
+        Ok(RemoteOutcome::Applied(r2))
+    }
+
+    /// The server resumed the connection at `rev` (which must be the client's
+    /// revision); `last_seq` is the last seq it applied from this client.
+    /// The ops after `rev` follow as [`remote_op`](Self::remote_op)s.
+    ///
+    /// Returns the outstanding op to resend (unchanged) if the server has not
+    /// applied it; if it has, it arrives in the op stream and counts as the ack.
+    pub fn resumed(&mut self, rev: u64, last_seq: u64) -> Result<Option<OutgoingOp>, ClientError> {
+        if rev != self.revision {
+            return Err(ClientError::ResumeMismatch {
+                client: self.revision,
+                server: rev,
+            });
+        }
+        if last_seq >= self.next_seq {
+            return Err(ClientError::StaleState {
+                server_seq: last_seq,
+                next_seq: self.next_seq,
+            });
+        }
+        match &self.outstanding {
+            Some(o) if last_seq < o.seq => Ok(self.pending_resend()),
+            _ => Ok(None),
+        }
+    }
+
+    /// The server sent a fresh snapshot instead of resuming (it could not, or
+    /// its epoch changed): revision `rev`, `text`, and `last_seq`, the last seq
+    /// it applied from this client.
+    ///
+    /// Pending edits are rebased when that is provably safe: the outstanding op
+    /// was applied and the snapshot is exactly the text it produced, or it was
+    /// not applied and the snapshot is exactly the text it was based on.
+    /// Otherwise the local text is returned as a conflict copy (never dropped
+    /// silently) and the client adopts the snapshot.
+    pub fn snapshot(&mut self, rev: u64, text: &str, last_seq: u64) -> SnapshotOutcome {
+        let local_text = self.text.to_string();
+        let old_synced = std::mem::replace(&mut self.synced, Rope::from_str(text));
+        self.text = self.synced.clone();
+        self.revision = rev;
+        self.next_seq = last_seq + 1;
+        let outstanding = self.outstanding.take();
+        let buffer = self.buffer.take().filter(|b| !b.is_noop());
+        let mut outcome = SnapshotOutcome::default();
+        let Some(o) = outstanding else {
+            return outcome;
+        };
+
+        enum Plan {
+            Clean,
+            Rebase(Operation),
+            Conflict,
+        }
+        let plan = if last_seq == o.seq {
+            // Applied. Only the buffer is pending; it is based on known text + our op.
+            match buffer {
+                None => Plan::Clean,
+                Some(b) => {
+                    let mut after = old_synced;
+                    if o.current.apply_to_rope(&mut after).is_ok() && after == self.synced {
+                        Plan::Rebase(b)
+                    } else {
+                        Plan::Conflict
+                    }
+                }
+            }
+        } else if last_seq < o.seq && old_synced == self.synced {
+            // Not applied, and the server's text is still the one it was based on.
+            match buffer {
+                None => Plan::Rebase(o.current),
+                Some(b) => o.current.compose(&b).map_or(Plan::Conflict, Plan::Rebase),
+            }
+        } else {
+            Plan::Conflict
+        };
+        match plan {
+            Plan::Clean => {}
+            Plan::Rebase(op) => {
+                if op.apply_to_rope(&mut self.text).is_ok() {
+                    outcome.send = self.start_sending(op);
+                } else {
+                    self.text = self.synced.clone();
+                    if local_text != text {
+                        outcome.conflict_copy = Some(local_text);
+                    }
+                }
+            }
+            Plan::Conflict => {
+                if local_text != text {
+                    outcome.conflict_copy = Some(local_text);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Map another client's selection ranges, given at the client's known
+    /// revision, into the local text (through the outstanding op and the buffer).
+    pub fn transform_remote_ranges(&self, ranges: &[Range]) -> Vec<Range> {
+        ranges
+            .iter()
+            .map(|r| {
+                let mut r = *r;
+                if let Some(o) = &self.outstanding {
+                    r = o.current.transform_range(r);
+                }
+                if let Some(b) = &self.buffer {
+                    r = b.transform_range(r);
+                }
+                r
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ins(len: usize, pos: usize, text: &str) -> Operation {
+        Operation::insert_at(len, pos, text).unwrap()
+    }
+
+    #[test]
+    fn awaiting_ack_then_buffer_then_flush() {
+        let mut c = Client::new("me", 0, "", 0);
+        let first = c.local_edit(&ins(0, 0, "ab")).unwrap().unwrap();
+        assert_eq!((first.seq, first.base_rev), (1, 0));
+        assert_eq!(c.local_edit(&ins(2, 2, "c")).unwrap(), None);
+        assert_eq!(c.local_edit(&ins(3, 0, "🙂")).unwrap(), None);
+        assert_eq!(c.unacknowledged(), 2);
+        // A remote op concurrent with both: our inserts are `a`, so they win the tie at 0
+        // (exactly what the server will do with our ops).
+        let out = c.remote_op(1, &ins(0, 0, "X"), "other", 1).unwrap();
+        assert_eq!(out, RemoteOutcome::Applied(ins(4, 4, "X")));
+        assert_eq!(c.text().to_string(), "🙂abcX");
+        assert_eq!(c.synced_text().to_string(), "X");
+        assert_eq!(c.ack(2, 7).unwrap(), AckOutcome::Ignored);
+        let AckOutcome::Acknowledged { next: Some(next) } = c.ack(2, 1).unwrap() else {
+            panic!("expected the buffer to be sent");
+        };
+        assert_eq!((next.seq, next.base_rev), (2, 2));
+        assert_eq!(next.op.apply("abX").unwrap(), "🙂abcX");
+        assert!(!c.all_saved());
+        assert_eq!(
+            c.ack(3, 2).unwrap(),
+            AckOutcome::Acknowledged { next: None }
+        );
+        assert!(c.all_saved());
+        assert_eq!(c.synced_text().to_string(), "🙂abcX");
+    }
+
+    #[test]
+    fn noop_buffer_uses_no_seq() {
+        let mut c = Client::new("me", 0, "x", 0);
+        c.local_edit(&ins(1, 1, "a")).unwrap();
+        c.local_edit(&ins(2, 0, "b")).unwrap();
+        c.local_edit(&Operation::delete_range(3, 0, 1).unwrap())
+            .unwrap();
+        assert_eq!(
+            c.ack(1, 1).unwrap(),
+            AckOutcome::Acknowledged { next: None }
+        );
+        assert_eq!(c.next_seq(), 2);
+        assert_eq!(c.local_edit(&Operation::identity(2)).unwrap(), None);
+    }
+
+    #[test]
+    fn resume_resends_byte_for_byte_or_takes_own_op_as_ack() {
+        let mut c = Client::new("me", 5, "hello", 3);
+        let sent = c.local_edit(&ins(5, 5, "!")).unwrap().unwrap();
+        assert_eq!(sent.seq, 4);
+        c.local_edit(&ins(6, 0, ">")).unwrap();
+        // Not applied by the server: resend the same op.
+        assert_eq!(c.resumed(5, 3).unwrap(), Some(sent.clone()));
+        // Applied: it shows up in the stream after a concurrent op.
+        let saved = c.state();
+        let mut d = Client::from_state(saved.clone()).unwrap();
+        assert_eq!(d.resumed(5, 4).unwrap(), None);
+        d.remote_op(6, &ins(5, 0, "A"), "other", 9).unwrap();
+        let RemoteOutcome::Acknowledged { next: Some(next) } =
+            d.remote_op(7, &ins(6, 6, "!"), "me", 4).unwrap()
+        else {
+            panic!("own op must count as the ack");
+        };
+        assert_eq!(next.seq, 5);
+        assert_eq!(d.text().to_string(), ">Ahello!");
+        assert_eq!(d.synced_text().to_string(), "Ahello!");
+        // A stale saved state is detected rather than reusing seqs.
+        let mut e = Client::from_state(saved).unwrap();
+        assert_eq!(e.resumed(5, 9).unwrap_err().code(), "stale_state");
+        assert_eq!(e.resumed(4, 3).unwrap_err().code(), "resume_mismatch");
+    }
+
+    #[test]
+    fn snapshot_rebases_or_keeps_a_conflict_copy() {
+        // Not applied, server text unchanged: resent with a fresh base.
+        let mut c = Client::new("me", 2, "ab", 1);
+        c.local_edit(&ins(2, 2, "c")).unwrap();
+        let out = c.snapshot(7, "ab", 1);
+        assert_eq!(out.conflict_copy, None);
+        let send = out.send.unwrap();
+        assert_eq!((send.seq, send.base_rev), (2, 7));
+        assert_eq!(c.text().to_string(), "abc");
+
+        // Applied, with a buffer, and the snapshot is exactly our result: buffer kept.
+        let mut c = Client::new("me", 2, "ab", 1);
+        c.local_edit(&ins(2, 2, "c")).unwrap();
+        c.local_edit(&ins(3, 3, "d")).unwrap();
+        let out = c.snapshot(3, "abc", 2);
+        assert_eq!(out.conflict_copy, None);
+        assert_eq!(out.send.unwrap().seq, 3);
+        assert_eq!(c.text().to_string(), "abcd");
+
+        // Server text diverged and our op was not applied: conflict copy.
+        let mut c = Client::new("me", 2, "ab", 1);
+        c.local_edit(&ins(2, 2, "c")).unwrap();
+        let out = c.snapshot(9, "zz", 1);
+        assert_eq!(out.conflict_copy.as_deref(), Some("abc"));
+        assert_eq!(out.send, None);
+        assert_eq!(c.text().to_string(), "zz");
+        assert!(c.all_saved());
+        assert_eq!(c.next_seq(), 2);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut c = Client::new("me", 0, "é", 0);
+        c.local_edit(&ins(1, 1, "漢")).unwrap();
+        c.local_edit(&ins(2, 0, "🙂")).unwrap();
+        let json = serde_json::to_string(&c.state()).unwrap();
+        let back: ClientState = serde_json::from_str(&json).unwrap();
+        let d = Client::from_state(back).unwrap();
+        assert_eq!(d.text().to_string(), "🙂é漢");
+        assert_eq!(d.pending_resend(), c.pending_resend());
+        let mut bad = c.state();
+        bad.synced_text.push('x');
+        assert_eq!(Client::from_state(bad).unwrap_err().code(), "corrupt_state");
+    }
+
+    #[test]
+    fn remote_ranges_map_through_pending_edits() {
+        let mut c = Client::new("me", 0, "abc", 0);
+        c.local_edit(&ins(3, 0, "12")).unwrap();
+        c.local_edit(&ins(5, 5, "z")).unwrap();
+        let mapped = c.transform_remote_ranges(&[Range { anchor: 1, head: 3 }]);
+        assert_eq!(mapped, vec![Range { anchor: 3, head: 6 }]);
+    }
+}
