@@ -19,6 +19,7 @@
 //! Everything is deterministic; the laws are property-tested in `tests/`.
 
 pub mod client;
+pub mod conformance;
 mod error;
 pub mod history;
 mod json;

@@ -576,7 +576,7 @@ impl Sim {
         let server_text = self.server.history.text().to_string();
         // Every replica equals the server's text.
         for (i, c) in self.clients.iter().enumerate() {
-            if c.client.text().to_string() != server_text {
+            if *c.client.text() != server_text {
                 self.fail(&format!(
                     "client c{i} text {:?} differs from the server's {:?}",
                     c.client.text().to_string(),
