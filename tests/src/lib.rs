@@ -1,6 +1,419 @@
-//! End-to-end tests against a real server and real clients.
-//!
-//! Empty until the server exists: the tests that start a server on a free
-//! loopback port and drive it with WebSocket clients arrive with the server
-//! issue. The protocol itself is already tested without I/O by ot-core's
-//! deterministic simulation (`ot-core/tests/simulation.rs`).
+//! Support for the end-to-end tests: start a real server (in this process or
+//! as a subprocess) on a free loopback port, and drive it with real WebSocket
+//! clients that run ot-core's client state machine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use ot_core::client::{AckOutcome, Client, OutgoingOp, RemoteOutcome};
+use ot_core::Operation;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A WebSocket stream to the server.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Start an in-process server on a free loopback port with `data_dir`.
+pub async fn start_server(data_dir: &Path) -> Result<server::RunningServer> {
+    start_server_with(data_dir, |_| {}).await
+}
+
+/// Like [`start_server`], adjusting the configuration first.
+pub async fn start_server_with(
+    data_dir: &Path,
+    adjust: impl FnOnce(&mut server::Config),
+) -> Result<server::RunningServer> {
+    let mut config = server::Config::with_defaults(
+        "127.0.0.1:0".parse().expect("loopback address"),
+        data_dir.to_path_buf(),
+    );
+    adjust(&mut config);
+    server::start(config).await
+}
+
+/// Path of the `server` binary, built if needed (for tests that kill it).
+pub fn server_binary() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(cargo)
+        .current_dir(&workspace)
+        .args(["build", "--quiet", "-p", "server", "--bin", "server"])
+        .status()
+        .context("running cargo build for the server binary")?;
+    if !status.success() {
+        bail!("building the server binary failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace.join("target"));
+    Ok(target.join("debug").join("server"))
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A server binary running as a child process.
+pub struct ServerProcess {
+    /// The child.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Start `binary` on `port` with `data_dir` and extra args; wait until /healthz answers.
+    pub async fn start(binary: &Path, data_dir: &Path, port: u16, extra: &[&str]) -> Result<Self> {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let child = Command::new(binary)
+            .arg("--addr")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the server binary")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(body) = http_get(addr, "/healthz").await {
+                if body.contains("ok") {
+                    return Ok(ServerProcess { child, addr });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the server did not come up on {addr}")
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit code.
+    pub fn terminate(&mut self, within: Duration) -> Result<Option<i32>> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        bail!("the server did not exit within {within:?} of SIGTERM")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback; returns the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let (status, body) = http_get_status(addr, path).await?;
+    if status != 200 {
+        bail!("GET {path}: status {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// A minimal HTTP/1.1 GET; returns (status, body).
+pub async fn http_get_status(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .context("connect timeout")??;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .context("read timeout")??;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no status"))?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `GET /api/docs/{doc}` → (rev, text).
+pub async fn doc_state(addr: SocketAddr, doc: &str) -> Result<(u64, String)> {
+    let body = http_get(addr, &format!("/api/docs/{doc}")).await?;
+    let v: Value = serde_json::from_str(&body)?;
+    Ok((
+        v["rev"].as_u64().ok_or_else(|| anyhow!("no rev"))?,
+        v["text"].as_str().ok_or_else(|| anyhow!("no text"))?.to_owned(),
+    ))
+}
+
+/// Replay every stored op from revision 0 through the HTTP API.
+pub async fn replay_ops(addr: SocketAddr, doc: &str) -> Result<(u64, String)> {
+    let mut text = String::new();
+    let mut rev = 0u64;
+    loop {
+        let body = http_get(addr, &format!("/api/docs/{doc}/ops?from={rev}&limit=1000")).await?;
+        let v: Value = serde_json::from_str(&body)?;
+        let ops = v["ops"].as_array().ok_or_else(|| anyhow!("no ops"))?;
+        if ops.is_empty() {
+            return Ok((rev, text));
+        }
+        for op in ops {
+            let r = op["rev"].as_u64().ok_or_else(|| anyhow!("no rev"))?;
+            if r != rev + 1 {
+                bail!("gap in the stored ops: {r} after {rev}");
+            }
+            let operation = Operation::from_json_value(&op["op"])?;
+            text = operation.apply(&text)?;
+            rev = r;
+        }
+    }
+}
+
+/// A real WebSocket client running ot-core's client state machine.
+pub struct WsClient {
+    /// The socket (None while disconnected).
+    pub socket: Option<Socket>,
+    /// The state machine.
+    pub client: Client,
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Document id.
+    pub doc: String,
+    /// Epoch from the last snapshot/resume.
+    pub epoch: Option<u64>,
+    /// Error messages received.
+    pub errors: Vec<Value>,
+    /// Conflict copies produced by resyncs.
+    pub conflict_copies: Vec<String>,
+    /// Messages of other types (cursor, leave), newest last.
+    pub other: Vec<Value>,
+    /// Whether the client has ever been synced by a snapshot or resume.
+    pub synced: bool,
+}
+
+impl WsClient {
+    /// Connect as a new writer with `client_id`, from a snapshot.
+    pub async fn join(addr: SocketAddr, doc: &str, client_id: &str) -> Result<WsClient> {
+        let mut c = WsClient {
+            socket: None,
+            client: Client::new(client_id, 0, "", 0),
+            addr,
+            doc: doc.to_owned(),
+            epoch: None,
+            errors: Vec::new(),
+            conflict_copies: Vec::new(),
+            other: Vec::new(),
+            synced: false,
+        };
+        c.reconnect().await?;
+        Ok(c)
+    }
+
+    /// (Re)connect: resume from the client's revision once synced, else ask for a snapshot.
+    pub async fn reconnect(&mut self) -> Result<()> {
+        self.socket = None;
+        let mut url = format!(
+            "ws://{}/ws/{}?client={}",
+            self.addr,
+            self.doc,
+            self.client.client_id()
+        );
+        if self.synced {
+            url.push_str(&format!("&rev={}", self.client.revision()));
+            if let Some(epoch) = self.epoch {
+                url.push_str(&format!("&epoch={epoch}"));
+            }
+        }
+        let (socket, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        .context("connect timeout")??;
+        self.socket = Some(socket);
+        // The first message is a snapshot or a resume.
+        let first = self.recv(Duration::from_secs(10)).await?;
+        self.handle(first).await?;
+        Ok(())
+    }
+
+    /// Drop the connection without a close handshake (like a network cut).
+    pub fn cut(&mut self) {
+        self.socket = None;
+    }
+
+    /// Send a JSON message.
+    pub async fn send_json(&mut self, message: &Value) -> Result<()> {
+        let socket = self.socket.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+        socket.send(Message::text(message.to_string())).await?;
+        Ok(())
+    }
+
+    /// Send raw text.
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        let socket = self.socket.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+        socket.send(Message::text(text.to_owned())).await?;
+        Ok(())
+    }
+
+    async fn send_op(&mut self, out: &OutgoingOp) -> Result<()> {
+        if self.socket.is_none() {
+            return Ok(()); // offline: resent on reconnect
+        }
+        self.send_json(&json!({"type":"op","rev":out.base_rev,"seq":out.seq,"op":out.op}))
+            .await
+    }
+
+    /// A local edit: applied at once, sent if nothing is outstanding.
+    pub async fn edit(&mut self, op: &Operation) -> Result<()> {
+        if let Some(out) = self.client.local_edit(op)? {
+            self.send_op(&out).await?;
+        }
+        Ok(())
+    }
+
+    /// Receive the next JSON message (error on timeout or close).
+    pub async fn recv(&mut self, within: Duration) -> Result<Value> {
+        let socket = self.socket.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+        loop {
+            let frame = tokio::time::timeout(within, socket.next())
+                .await
+                .map_err(|_| anyhow!("no message within {within:?}"))?;
+            match frame {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Close(frame))) => {
+                    bail!("closed: {frame:?}")
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("socket error: {e}"),
+                None => bail!("socket ended"),
+            }
+        }
+    }
+
+    /// Feed one server message to the state machine (sending what it asks to send).
+    pub async fn handle(&mut self, message: Value) -> Result<()> {
+        let kind = message["type"].as_str().unwrap_or_default().to_owned();
+        let u = |k: &str| message[k].as_u64().ok_or_else(|| anyhow!("{kind}: no {k}"));
+        match kind.as_str() {
+            "snapshot" => {
+                self.epoch = message["epoch"].as_u64();
+                let text = message["text"].as_str().unwrap_or_default().to_owned();
+                let outcome = self.client.snapshot(u("rev")?, &text, u("seq")?);
+                if let Some(copy) = outcome.conflict_copy {
+                    self.conflict_copies.push(copy);
+                }
+                self.synced = true;
+                if let Some(out) = outcome.send {
+                    self.send_op(&out).await?;
+                }
+            }
+            "resume" => {
+                self.epoch = message["epoch"].as_u64();
+                if let Some(out) = self.client.resumed(u("rev")?, u("seq")?)? {
+                    self.send_op(&out).await?;
+                }
+            }
+            "op" => {
+                let op = Operation::from_json_value(&message["op"])?;
+                let client = message["client"].as_str().unwrap_or_default().to_owned();
+                match self.client.remote_op(u("rev")?, &op, &client, u("seq")?)? {
+                    RemoteOutcome::Acknowledged { next: Some(out) } => self.send_op(&out).await?,
+                    _ => {}
+                }
+            }
+            "ack" => {
+                if let AckOutcome::Acknowledged { next: Some(out) } =
+                    self.client.ack(u("rev")?, u("seq")?)?
+                {
+                    self.send_op(&out).await?;
+                }
+            }
+            "error" => self.errors.push(message),
+            _ => self.other.push(message),
+        }
+        Ok(())
+    }
+
+    /// Process messages until `done` holds or `within` passes.
+    pub async fn pump_until(
+        &mut self,
+        within: Duration,
+        mut done: impl FnMut(&WsClient) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("condition not reached within {within:?}");
+            }
+            let message = self.recv(left).await?;
+            self.handle(message).await?;
+        }
+        Ok(())
+    }
+
+    /// Process whatever arrives within `quiet` (returns when nothing arrives for that long).
+    pub async fn drain(&mut self, quiet: Duration) -> Result<()> {
+        while let Ok(message) = self.recv(quiet).await {
+            self.handle(message).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until everything is acknowledged and the client has reached `rev`.
+    pub async fn settle_to(&mut self, rev: u64, within: Duration) -> Result<()> {
+        self.pump_until(within, |c| c.client.all_saved() && c.client.revision() >= rev)
+            .await
+    }
+
+    /// The local text.
+    pub fn text(&self) -> String {
+        self.client.text().to_string()
+    }
+}

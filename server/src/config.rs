@@ -1,0 +1,84 @@
+//! Command-line flags and environment variables (clap), with the documented defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::storage::Durability;
+
+/// Server configuration. Every flag can also be set by the environment variable shown.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "server", version, about = "Collaborative plain-text editing server (OT over WebSocket)")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "OT_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Folder for the embedded SQLite database (created if missing).
+    #[arg(long, env = "OT_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// `fsync`: an ack means the op survives a power loss. `relaxed`: no fsync;
+    /// survives a process crash but not a power loss (an unclean start then
+    /// gives documents a new epoch and clients resync).
+    #[arg(long, env = "OT_DURABILITY", default_value = "fsync")]
+    pub durability: Durability,
+    /// Largest WebSocket message (bytes) the server reads; larger ones get `message_too_large`.
+    #[arg(long, env = "OT_MAX_MESSAGE_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Most characters one op may insert plus delete.
+    #[arg(long, env = "OT_MAX_OP_LEN", default_value_t = 100_000)]
+    pub max_op_len: usize,
+    /// Most characters a document may hold.
+    #[arg(long, env = "OT_MAX_DOC_LEN", default_value_t = 10_000_000)]
+    pub max_doc_len: usize,
+    /// Most connections on one document at once.
+    #[arg(long, env = "OT_MAX_CLIENTS_PER_DOC", default_value_t = 256)]
+    pub max_clients_per_doc: usize,
+    /// Most WebSocket connections on the server at once.
+    #[arg(long, env = "OT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Sustained messages per second read from one connection (reading pauses above it).
+    #[arg(long, env = "OT_OPS_PER_SEC", default_value_t = 500)]
+    pub ops_per_sec: u32,
+    /// Burst of messages a connection may send before the rate applies.
+    #[arg(long, env = "OT_OPS_BURST", default_value_t = 1000)]
+    pub ops_burst: u32,
+    /// Seconds a client has to complete the HTTP upgrade.
+    #[arg(long, env = "OT_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// Messages queued for one client before it counts as too slow (closed with 4008).
+    #[arg(long, env = "OT_OUTBOUND_QUEUE", default_value_t = 4096)]
+    pub outbound_queue: usize,
+    /// Ops a document keeps in memory for resumes and late ops (older ones come from storage).
+    #[arg(long, env = "OT_HISTORY_WINDOW", default_value_t = 1000)]
+    pub history_window: usize,
+    /// A snapshot (with the dedup table) is stored every this many ops.
+    #[arg(long, env = "OT_SNAPSHOT_EVERY", default_value_t = 200)]
+    pub snapshot_every: u64,
+    /// Seconds a document with no connections stays in memory.
+    #[arg(long, env = "OT_IDLE_UNLOAD_SECS", default_value_t = 60)]
+    pub idle_unload_secs: u64,
+    /// Consecutive rejected messages after which a connection is closed as abusive.
+    #[arg(long, env = "OT_MAX_ERRORS", default_value_t = 100)]
+    pub max_errors: u32,
+}
+
+impl Config {
+    /// A configuration with every default, storing in `data_dir` and listening on `addr`.
+    pub fn with_defaults(addr: SocketAddr, data_dir: PathBuf) -> Config {
+        use clap::Parser;
+        let mut config = Config::parse_from(["server"]);
+        config.addr = addr;
+        config.data_dir = data_dir;
+        config
+    }
+
+    /// The handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// The idle-unload delay as a duration.
+    pub fn idle_unload(&self) -> Duration {
+        Duration::from_secs(self.idle_unload_secs)
+    }
+}

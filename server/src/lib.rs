@@ -1,0 +1,145 @@
+//! The collaborative editing server: one actor per open document orders its
+//! ops (ot-core's `DocumentHistory`), makes them durable through a group-commit
+//! queue in front of SQLite, then acks and rebroadcasts them over WebSocket.
+//!
+//! `run` is what the binary calls; tests call [`start`] to get a server on a
+//! free loopback port.
+
+pub mod config;
+pub mod document;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod state;
+pub mod storage;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+
+pub use config::Config;
+use metrics::Metrics;
+use state::Shared;
+use storage::{CommitQueue, SqliteStorage, Storage};
+
+/// The HTTP and WebSocket routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ws/{doc}", get(ws::ws_handler))
+        .route("/api/docs", get(http::list_docs))
+        .route("/api/docs/{doc}", get(http::get_doc))
+        .route("/api/docs/{doc}/text", get(http::get_text))
+        .route("/api/docs/{doc}/ops", get(http::get_ops))
+        .route("/api/docs/{doc}/conflicts", get(http::get_conflicts))
+        .route("/healthz", get(http::healthz))
+        .route("/metrics", get(http::metrics))
+        .fallback(fallback)
+        .with_state(shared)
+}
+
+/// Unknown paths: a malformed WebSocket path is a bad document id (400), anything else 404.
+async fn fallback(uri: axum::http::Uri) -> axum::response::Response {
+    if uri.path() == "/ws" || uri.path().starts_with("/ws/") {
+        http::api_error(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_document_id",
+            "a document id is 1 to 128 characters of A-Z a-z 0-9 . _ -",
+        )
+    } else {
+        http::api_error(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+}
+
+/// Serve on `listener` until `shutdown` completes, then shut down gracefully:
+/// stop accepting, commit and ack every op in flight, close every socket with a
+/// close frame, mark the storage clean.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let storage: Arc<dyn Storage> = Arc::new(
+        SqliteStorage::open(&config.data_dir, config.durability)
+            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
+    );
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let observer_metrics = metrics.clone();
+    let queue = CommitQueue::start_with_observer(
+        storage.clone(),
+        Arc::new(move |elapsed: Duration, items: usize| {
+            observer_metrics
+                .commit_latency
+                .observe(elapsed.as_secs_f64());
+            observer_metrics.commit_batch.observe(items as f64);
+        }),
+    );
+    let shared = Arc::new(Shared::new(config, storage.clone(), queue.clone(), metrics));
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, durability = ?shared.config.durability, data_dir = %shared.config.data_dir.display(), epoch = storage.epoch(), "listening");
+    let token = shared.shutdown.clone();
+    axum::serve(listener, router(shared.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections");
+            token.cancel();
+        })
+        .await
+        .context("serving")?;
+    shared.shutdown.cancel();
+    shared.registry.shutdown_all().await;
+    shared.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(30), shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    let flush_queue = queue.clone();
+    tokio::task::spawn_blocking(move || flush_queue.flush_blocking())
+        .await
+        .context("flushing commits")?;
+    storage.close_clean().context("marking a clean shutdown")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// A server running in this process (for tests and examples).
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Shut down gracefully and wait for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("server task")?
+    }
+}
+
+/// Start a server on `config.addr` (use port 0 for a free port) in this process.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningServer {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}

@@ -1,0 +1,101 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// All the server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// Documents loaded in memory.
+    pub open_documents: IntGauge,
+    /// Ops applied (new revisions).
+    pub ops_applied: IntCounter,
+    /// Ops transformed past concurrent ops (detected conflicts).
+    pub conflicts: IntCounter,
+    /// Resent ops answered as duplicates.
+    pub duplicates: IntCounter,
+    /// Error messages sent, by code.
+    pub errors: IntCounterVec,
+    /// Time from receiving an op to sending its ack.
+    pub ack_latency: Histogram,
+    /// Time of one group commit.
+    pub commit_latency: Histogram,
+    /// Items per group commit.
+    pub commit_batch: Histogram,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let latency_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ];
+        let connections = IntGauge::new("ot_connections", "Open WebSocket connections")?;
+        let open_documents = IntGauge::new("ot_open_documents", "Documents loaded in memory")?;
+        let ops_applied = IntCounter::new("ot_ops_applied_total", "Ops applied")?;
+        let conflicts = IntCounter::new(
+            "ot_conflicts_total",
+            "Ops transformed past concurrent ops (detected conflicts)",
+        )?;
+        let duplicates = IntCounter::new(
+            "ot_duplicates_total",
+            "Resent ops answered as duplicates",
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("ot_errors_total", "Error messages sent to clients, by code"),
+            &["code"],
+        )?;
+        let ack_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ot_ack_latency_seconds",
+                "Time from receiving an op to sending its ack",
+            )
+            .buckets(latency_buckets.clone()),
+        )?;
+        let commit_latency = Histogram::with_opts(
+            HistogramOpts::new("ot_commit_latency_seconds", "Time of one group commit")
+                .buckets(latency_buckets),
+        )?;
+        let commit_batch = Histogram::with_opts(
+            HistogramOpts::new("ot_commit_batch_items", "Items written per group commit")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]),
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(open_documents.clone()))?;
+        registry.register(Box::new(ops_applied.clone()))?;
+        registry.register(Box::new(conflicts.clone()))?;
+        registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(ack_latency.clone()))?;
+        registry.register(Box::new(commit_latency.clone()))?;
+        registry.register(Box::new(commit_batch.clone()))?;
+        Ok(Metrics {
+            registry,
+            connections,
+            open_documents,
+            ops_applied,
+            conflicts,
+            duplicates,
+            errors,
+            ack_latency,
+            commit_latency,
+            commit_batch,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,797 @@
+//! Group commit: one dedicated thread writes everything queued while the
+//! previous commit ran in a single [`Storage::commit`].
+//!
+//! Requests ([`CommitQueue::submit`]) never block. The thread takes the first
+//! queued request, drains whatever else is queued (up to [`MAX_BATCH_ITEMS`]
+//! items), checks each request's ops against its document's last durable
+//! revision, commits the accepted requests together and then calls every
+//! callback in submission order.
+//!
+//! Continuity: the thread caches the last durable revision of each document.
+//! A request whose ops do not continue it (typically because an earlier
+//! request of the same document failed) is refused on its own with
+//! [`StorageError::Gap`], so one document's failure never spreads to another
+//! document nor leaves a hole in its log. If a batch of several requests
+//! fails as a whole, each request is retried in a commit of its own, so that
+//! only the requests that fail by themselves get the error.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use super::{Storage, StorageError, WriteItem};
+
+/// Called once per request with the outcome of its commit: `Ok(())` once its
+/// items are durable, or the error (nothing of the request was written).
+pub type CommitCallback = Box<dyn FnOnce(Result<(), Arc<StorageError>>) + Send>;
+
+/// Called after every [`Storage::commit`] with its duration and number of items
+/// (feed a latency histogram with it).
+pub type CommitObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
+
+/// At most this many items are drained into one group commit (a single larger
+/// request is still committed whole).
+pub const MAX_BATCH_ITEMS: usize = 4096;
+
+/// Above this many documents the last-revision cache is cleared (it refills
+/// from [`Storage::last_rev`]).
+const MAX_CACHED_DOCS: usize = 100_000;
+
+enum Msg {
+    Write {
+        items: Vec<WriteItem>,
+        done: CommitCallback,
+    },
+    Flush(mpsc::SyncSender<()>),
+}
+
+struct Inner {
+    /// `None` once shut down.
+    tx: Mutex<Option<Sender<Msg>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    thread_id: ThreadId,
+}
+
+/// A handle to the group-commit thread. Cloning it is cheap; when the last
+/// handle is dropped the thread commits everything already submitted and
+/// exits (the drop waits for it).
+#[derive(Clone)]
+pub struct CommitQueue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CommitQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitQueue")
+            .field("running", &lock(&self.inner.tx).is_some())
+            .finish()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl CommitQueue {
+    /// Start the commit thread on `storage`.
+    pub fn start(storage: Arc<dyn Storage>) -> CommitQueue {
+        Self::spawn(storage, None)
+    }
+
+    /// Start the commit thread on `storage`; `observer` is called after every
+    /// commit with its duration and number of items.
+    pub fn start_with_observer(storage: Arc<dyn Storage>, observer: CommitObserver) -> CommitQueue {
+        Self::spawn(storage, Some(observer))
+    }
+
+    fn spawn(storage: Arc<dyn Storage>, observer: Option<CommitObserver>) -> CommitQueue {
+        let (tx, rx) = mpsc::channel();
+        let mut worker = Worker {
+            storage,
+            observer,
+            last_revs: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ot-commit".to_owned())
+            .spawn(move || worker.run(rx));
+        let (thread, thread_id) = match thread {
+            Ok(handle) => {
+                let id = handle.thread().id();
+                (Some(handle), id)
+            }
+            Err(e) => {
+                // Without a thread every request fails with `Closed`.
+                tracing::error!(error = %e, "cannot start the commit thread");
+                return CommitQueue {
+                    inner: Arc::new(Inner {
+                        tx: Mutex::new(None),
+                        thread: Mutex::new(None),
+                        thread_id: std::thread::current().id(),
+                    }),
+                };
+            }
+        };
+        CommitQueue {
+            inner: Arc::new(Inner {
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(thread),
+                thread_id,
+            }),
+        }
+    }
+
+    /// Queue `items` for the next group commit; `done` is called (on the
+    /// commit thread) once they are durable or have failed. Never blocks.
+    ///
+    /// Requests are committed and their callbacks called in submission order.
+    /// An empty `items` is a barrier: `done(Ok(()))` runs once everything
+    /// submitted before it has been committed (or has failed). After
+    /// [`shutdown`](Self::shutdown), `done` is called at once with
+    /// [`StorageError::Closed`].
+    pub fn submit(&self, items: Vec<WriteItem>, done: CommitCallback) {
+        let rejected = {
+            let tx = lock(&self.inner.tx);
+            match tx.as_ref() {
+                Some(tx) => match tx.send(Msg::Write { items, done }) {
+                    Ok(()) => None,
+                    Err(mpsc::SendError(msg)) => Some(msg),
+                },
+                None => Some(Msg::Write { items, done }),
+            }
+        };
+        if let Some(Msg::Write { done, .. }) = rejected {
+            done(Err(Arc::new(StorageError::Closed)));
+        }
+    }
+
+    /// Block until everything submitted before this call has been committed
+    /// (or has failed) and its callbacks have run. Returns at once when called
+    /// on the commit thread itself (from a callback) or after shutdown.
+    pub fn flush_blocking(&self) {
+        if std::thread::current().id() == self.inner.thread_id {
+            return;
+        }
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        let sent = {
+            let tx = lock(&self.inner.tx);
+            tx.as_ref()
+                .is_some_and(|tx| tx.send(Msg::Flush(reply_tx)).is_ok())
+        };
+        if sent {
+            // An error means the thread is gone: nothing is left to wait for.
+            let _ = reply_rx.recv();
+        }
+    }
+
+    /// Stop accepting requests, commit everything already submitted, and wait
+    /// for the commit thread to exit (unless called on the commit thread).
+    /// Later submits fail with [`StorageError::Closed`]. Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+}
+
+impl Inner {
+    fn stop(&self) {
+        // Dropping the only sender ends the thread's loop once it has
+        // drained the channel.
+        drop(lock(&self.tx).take());
+        if std::thread::current().id() == self.thread_id {
+            return;
+        }
+        let handle = lock(&self.thread).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("the commit thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One submitted request.
+struct Request {
+    items: Vec<WriteItem>,
+    done: CommitCallback,
+}
+
+/// The commit thread's state.
+struct Worker {
+    storage: Arc<dyn Storage>,
+    observer: Option<CommitObserver>,
+    /// Last durable revision per document.
+    last_revs: HashMap<String, u64>,
+}
+
+impl Worker {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            let mut requests = Vec::new();
+            let mut flushes = Vec::new();
+            let mut items = 0;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Write { items: req, done } => {
+                        items += req.len();
+                        requests.push(Request { items: req, done });
+                    }
+                    Msg::Flush(reply) => flushes.push(reply),
+                }
+                if items < MAX_BATCH_ITEMS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !requests.is_empty() {
+                self.process(requests);
+            }
+            for reply in flushes {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Commit one batch of requests and call their callbacks in order.
+    fn process(&mut self, mut requests: Vec<Request>) {
+        let mut outcomes: Vec<Option<Result<(), Arc<StorageError>>>> =
+            requests.iter().map(|_| None).collect();
+        // Check continuity request by request against the durable revisions
+        // plus the requests accepted before in this batch.
+        let mut batch_revs: HashMap<String, u64> = HashMap::new();
+        let mut accepted = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            match self.check(&request.items, &batch_revs) {
+                Ok(revs) => {
+                    batch_revs.extend(revs);
+                    accepted.push(i);
+                }
+                Err(e) => outcomes[i] = Some(Err(Arc::new(e))),
+            }
+        }
+        // Move the accepted items into one slice, remembering each request's range.
+        let mut all_items = Vec::new();
+        let mut ranges = Vec::with_capacity(accepted.len());
+        for &i in &accepted {
+            let start = all_items.len();
+            all_items.append(&mut requests[i].items);
+            ranges.push((i, start..all_items.len()));
+        }
+
+        match self.commit(&all_items) {
+            Ok(()) => {
+                self.remember(batch_revs);
+                for &i in &accepted {
+                    outcomes[i] = Some(Ok(()));
+                }
+            }
+            Err(e) => {
+                self.forget(&all_items);
+                let nonempty = ranges.iter().filter(|(_, r)| !r.is_empty()).count();
+                if nonempty <= 1 {
+                    let e = Arc::new(e);
+                    for &(i, ref range) in &ranges {
+                        outcomes[i] = Some(if range.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(Arc::clone(&e))
+                        });
+                    }
+                } else {
+                    tracing::warn!(
+                        error = %e,
+                        requests = nonempty,
+                        "group commit failed: retrying its requests one by one"
+                    );
+                    for (i, range) in ranges {
+                        outcomes[i] = Some(self.commit_alone(&all_items[range]));
+                    }
+                }
+            }
+        }
+
+        for (request, outcome) in requests.into_iter().zip(outcomes) {
+            let outcome = outcome.unwrap_or(Err(Arc::new(StorageError::Closed)));
+            let done = request.done;
+            if catch_unwind(AssertUnwindSafe(move || done(outcome))).is_err() {
+                tracing::error!("a commit callback panicked");
+            }
+        }
+    }
+
+    /// Commit one request's items by themselves (after a failed group commit).
+    fn commit_alone(&mut self, items: &[WriteItem]) -> Result<(), Arc<StorageError>> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let revs = self.check(items, &HashMap::new()).map_err(Arc::new)?;
+        match self.commit(items) {
+            Ok(()) => {
+                self.remember(revs);
+                Ok(())
+            }
+            Err(e) => {
+                self.forget(items);
+                Err(Arc::new(e))
+            }
+        }
+    }
+
+    /// The new last revisions if `items` continue the known ones (`batch`
+    /// first, then the durable cache, then storage).
+    fn check(
+        &mut self,
+        items: &[WriteItem],
+        batch: &HashMap<String, u64>,
+    ) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut revs: Vec<(String, u64)> = Vec::new();
+        for item in items {
+            let (doc, rev) = match item {
+                WriteItem::CreateDoc { .. } => continue,
+                WriteItem::Op { doc, op, .. } => (doc, op.rev),
+                WriteItem::Snapshot { doc, snapshot } => (doc, snapshot.rev),
+            };
+            let last = match revs.iter().rev().find(|(d, _)| d == doc) {
+                Some(&(_, last)) => last,
+                None => match batch.get(doc) {
+                    Some(&last) => last,
+                    None => self.durable_rev(doc)?,
+                },
+            };
+            match item {
+                WriteItem::Op { .. } if rev != last + 1 => {
+                    return Err(StorageError::Gap {
+                        doc: doc.clone(),
+                        expected: last + 1,
+                        found: rev,
+                    })
+                }
+                WriteItem::Op { .. } => revs.push((doc.clone(), rev)),
+                WriteItem::Snapshot { .. } if rev > last => {
+                    return Err(StorageError::SnapshotAhead {
+                        doc: doc.clone(),
+                        snapshot_rev: rev,
+                        last_rev: last,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(revs)
+    }
+
+    /// The last durable revision of `doc` (cached).
+    fn durable_rev(&mut self, doc: &str) -> Result<u64, StorageError> {
+        if let Some(&rev) = self.last_revs.get(doc) {
+            return Ok(rev);
+        }
+        let rev = self.storage.last_rev(doc)?;
+        if self.last_revs.len() >= MAX_CACHED_DOCS {
+            self.last_revs.clear();
+        }
+        self.last_revs.insert(doc.to_owned(), rev);
+        Ok(rev)
+    }
+
+    fn remember(&mut self, revs: impl IntoIterator<Item = (String, u64)>) {
+        self.last_revs.extend(revs);
+    }
+
+    /// After a failed commit: read these documents' revisions from storage again.
+    fn forget(&mut self, items: &[WriteItem]) {
+        for item in items {
+            self.last_revs.remove(item.doc());
+        }
+    }
+
+    /// One storage commit, timed and observed; a panic becomes an error.
+    fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| self.storage.commit(items)))
+            .unwrap_or_else(|_| Err(StorageError::Internal("the storage commit panicked".into())));
+        if let Some(observer) = &self.observer {
+            observer(started.elapsed(), items.len());
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{
+        DocSummary, Durability, LoadedDoc, SqliteStorage, StoredOp, WriteItem,
+    };
+    use ot_core::history::{DocumentHistory, OpHash, Receipt};
+    use ot_core::Operation;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Condvar;
+    use tempfile::TempDir;
+
+    /// A storage wrapper that counts commits, can hold them until released,
+    /// and fails every commit touching a "bad" document.
+    struct Probe {
+        inner: SqliteStorage,
+        commits: AtomicUsize,
+        held: Mutex<bool>,
+        released: Condvar,
+        entered: Mutex<Option<mpsc::Sender<()>>>,
+        delay: Duration,
+    }
+
+    impl Probe {
+        fn new(dir: &TempDir, delay: Duration) -> Arc<Probe> {
+            Arc::new(Probe {
+                inner: SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap(),
+                commits: AtomicUsize::new(0),
+                held: Mutex::new(false),
+                released: Condvar::new(),
+                entered: Mutex::new(None),
+                delay,
+            })
+        }
+
+        /// Hold the next commits; returns a receiver signalled when one starts.
+        fn hold(&self) -> mpsc::Receiver<()> {
+            *lock(&self.held) = true;
+            let (tx, rx) = mpsc::channel();
+            *lock(&self.entered) = Some(tx);
+            rx
+        }
+
+        fn release(&self) {
+            *lock(&self.held) = false;
+            self.released.notify_all();
+        }
+    }
+
+    impl Storage for Probe {
+        fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError> {
+            if let Some(tx) = lock(&self.entered).as_ref() {
+                let _ = tx.send(());
+            }
+            let mut held = lock(&self.held);
+            while *held {
+                held = self.released.wait(held).unwrap();
+            }
+            drop(held);
+            std::thread::sleep(self.delay);
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            if items.iter().any(|i| i.doc().starts_with("bad")) {
+                return Err(StorageError::Internal("injected failure".into()));
+            }
+            self.inner.commit(items)
+        }
+        fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {
+            self.inner.last_rev(doc)
+        }
+        fn exists(&self, doc: &str) -> Result<bool, StorageError> {
+            self.inner.exists(doc)
+        }
+        fn load(&self, doc: &str) -> Result<Option<LoadedDoc>, StorageError> {
+            self.inner.load(doc)
+        }
+        fn ops(
+            &self,
+            doc: &str,
+            after_rev: u64,
+            limit: usize,
+        ) -> Result<Vec<StoredOp>, StorageError> {
+            self.inner.ops(doc, after_rev, limit)
+        }
+        fn find_seq(
+            &self,
+            doc: &str,
+            client_id: &str,
+            seq: u64,
+        ) -> Result<Option<(u64, OpHash)>, StorageError> {
+            self.inner.find_seq(doc, client_id, seq)
+        }
+        fn text_at(&self, doc: &str, rev: u64) -> Result<Option<String>, StorageError> {
+            self.inner.text_at(doc, rev)
+        }
+        fn list(&self) -> Result<Vec<DocSummary>, StorageError> {
+            self.inner.list()
+        }
+        fn conflicts(
+            &self,
+            doc: &str,
+            after_rev: u64,
+            limit: usize,
+        ) -> Result<Vec<StoredOp>, StorageError> {
+            self.inner.conflicts(doc, after_rev, limit)
+        }
+        fn epoch(&self) -> u64 {
+            self.inner.epoch()
+        }
+        fn close_clean(&self) -> Result<(), StorageError> {
+            self.inner.close_clean()
+        }
+    }
+
+    /// Generates consecutive append ops for one document.
+    struct Doc {
+        id: String,
+        history: DocumentHistory,
+    }
+
+    impl Doc {
+        fn new(id: &str) -> Doc {
+            Doc {
+                id: id.to_owned(),
+                history: DocumentHistory::new(),
+            }
+        }
+
+        fn next(&mut self) -> WriteItem {
+            let h = &mut self.history;
+            let len = h.text().len_chars();
+            let seq = h.last_seq("w") + 1;
+            let op = Operation::insert_at(len, len, "x").unwrap();
+            match h.receive("w", seq, h.revision(), op).unwrap() {
+                Receipt::Applied { applied, received } => WriteItem::Op {
+                    doc: self.id.clone(),
+                    op: StoredOp::from_applied(&applied, received, 0),
+                    len_after: h.text().len_chars() as u64,
+                },
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    type Outcomes = Arc<Mutex<Vec<(usize, Result<(), String>)>>>;
+
+    /// A callback recording `(tag, outcome)`.
+    fn record(outcomes: &Outcomes, tag: usize) -> CommitCallback {
+        let outcomes = Arc::clone(outcomes);
+        Box::new(move |r| lock(&outcomes).push((tag, r.map_err(|e| e.to_string()))))
+    }
+
+    #[test]
+    fn groups_concurrent_submits_and_calls_back_in_order() {
+        let dir = TempDir::new().unwrap();
+        let probe = Probe::new(&dir, Duration::from_millis(2));
+        let items_seen = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&items_seen);
+        let queue = CommitQueue::start_with_observer(
+            probe.clone(),
+            Arc::new(move |_elapsed, n| {
+                seen.fetch_add(n, Ordering::SeqCst);
+            }),
+        );
+        // One submitter: callbacks come back in submission order.
+        let outcomes: Outcomes = Arc::default();
+        let mut doc = Doc::new("solo");
+        for i in 0..300 {
+            queue.submit(vec![doc.next()], record(&outcomes, i));
+        }
+        queue.flush_blocking();
+        let got = lock(&outcomes).clone();
+        assert_eq!(got, (0..300).map(|i| (i, Ok(()))).collect::<Vec<_>>());
+        let solo_commits = probe.commits.load(Ordering::SeqCst);
+        assert!(solo_commits < 300, "{solo_commits} commits for 300 requests");
+
+        // Eight submitters on their own documents, pipelined.
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let queue = queue.clone();
+                std::thread::spawn(move || {
+                    let outcomes: Outcomes = Arc::default();
+                    let mut doc = Doc::new(&format!("doc{t}"));
+                    for i in 0..100 {
+                        let mut items = vec![doc.next()];
+                        if i % 10 == 9 {
+                            items.push(WriteItem::Snapshot {
+                                doc: doc.id.clone(),
+                                snapshot: doc.history.snapshot(),
+                            });
+                        }
+                        queue.submit(items, record(&outcomes, i));
+                    }
+                    queue.flush_blocking();
+                    let got = lock(&outcomes).clone();
+                    assert_eq!(got, (0..100).map(|i| (i, Ok(()))).collect::<Vec<_>>());
+                    doc
+                })
+            })
+            .collect();
+        let docs: Vec<Doc> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let commits = probe.commits.load(Ordering::SeqCst) - solo_commits;
+        assert!(commits < 800, "{commits} commits for 800 requests");
+        for doc in &docs {
+            let loaded = probe.load(&doc.id).unwrap().unwrap();
+            assert_eq!(loaded.snapshot.rev, 100);
+            let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+            assert_eq!(rebuilt.text().to_string(), "x".repeat(100));
+        }
+        assert_eq!(probe.last_rev("solo").unwrap(), 300);
+        assert_eq!(items_seen.load(Ordering::SeqCst), 300 + 800 + 80);
+    }
+
+    #[test]
+    fn one_documents_failure_does_not_fail_another() {
+        let dir = TempDir::new().unwrap();
+        let probe = Probe::new(&dir, Duration::ZERO);
+        let queue = CommitQueue::start(probe.clone());
+        let outcomes: Outcomes = Arc::default();
+        let mut a = Doc::new("a");
+        let mut b = Doc::new("b");
+        let mut bad = Doc::new("bad");
+        let mut c = Doc::new("c");
+
+        // Hold the first commit so that everything after it queues up into one batch.
+        let entered = probe.hold();
+        queue.submit(vec![a.next()], record(&outcomes, 0));
+        entered.recv().unwrap();
+        queue.submit(vec![a.next()], record(&outcomes, 1));
+        let _skipped = b.next();
+        queue.submit(vec![b.next()], record(&outcomes, 2)); // b rev 2: gap
+        queue.submit(vec![bad.next()], record(&outcomes, 3)); // fails in storage
+        queue.submit(vec![bad.next()], record(&outcomes, 4)); // then a gap
+        queue.submit(vec![c.next(), c.next()], record(&outcomes, 5));
+        queue.submit(Vec::new(), record(&outcomes, 6)); // a barrier
+        queue.submit(vec![a.next()], record(&outcomes, 7));
+        probe.release();
+        queue.flush_blocking();
+
+        let got = lock(&outcomes).clone();
+        let tags: Vec<usize> = got.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, (0..8).collect::<Vec<_>>());
+        for (tag, outcome) in &got {
+            match tag {
+                2 => assert_eq!(
+                    outcome.as_ref().unwrap_err(),
+                    "document \"b\": expected revision 1 but got 2"
+                ),
+                3 => assert!(outcome.as_ref().unwrap_err().contains("injected")),
+                4 => assert_eq!(
+                    outcome.as_ref().unwrap_err(),
+                    "document \"bad\": expected revision 1 but got 2"
+                ),
+                _ => assert_eq!(outcome, &Ok(()), "request {tag}"),
+            }
+        }
+        assert_eq!(probe.last_rev("a").unwrap(), 3);
+        assert_eq!(probe.last_rev("c").unwrap(), 2);
+        assert!(!probe.exists("b").unwrap());
+        assert!(!probe.exists("bad").unwrap());
+
+        // Later requests of a document after its failure are refused until
+        // they continue the durable log again; others carry on.
+        queue.submit(vec![b.next()], record(&outcomes, 8)); // b rev 3: gap
+        let mut b2 = Doc::new("b");
+        queue.submit(vec![b2.next()], record(&outcomes, 9)); // b rev 1: fine
+        queue.submit(vec![a.next()], record(&outcomes, 10));
+        queue.flush_blocking();
+        let got = lock(&outcomes).clone();
+        assert!(got[8].1.is_err());
+        assert_eq!(got[9..], [(9, Ok(())), (10, Ok(()))]);
+        assert_eq!(probe.last_rev("b").unwrap(), 1);
+    }
+
+    #[test]
+    fn shutdown_commits_everything_then_refuses() {
+        let dir = TempDir::new().unwrap();
+        let probe = Probe::new(&dir, Duration::from_millis(1));
+        let queue = CommitQueue::start(probe.clone());
+        let outcomes: Outcomes = Arc::default();
+        let mut doc = Doc::new("d");
+        for i in 0..50 {
+            queue.submit(vec![doc.next()], record(&outcomes, i));
+        }
+        let other = queue.clone();
+        queue.shutdown();
+        assert_eq!(lock(&outcomes).len(), 50);
+        assert_eq!(probe.last_rev("d").unwrap(), 50);
+        other.submit(vec![doc.next()], record(&outcomes, 50));
+        assert_eq!(
+            lock(&outcomes)[50],
+            (50, Err("the commit queue is shut down".to_owned()))
+        );
+        other.flush_blocking();
+        other.shutdown();
+    }
+
+    #[test]
+    fn dropping_the_last_handle_commits_everything() {
+        let dir = TempDir::new().unwrap();
+        let probe = Probe::new(&dir, Duration::from_millis(1));
+        let outcomes: Outcomes = Arc::default();
+        {
+            let queue = CommitQueue::start(probe.clone());
+            let clone = queue.clone();
+            let mut doc = Doc::new("d");
+            for i in 0..20 {
+                clone.submit(vec![doc.next()], record(&outcomes, i));
+            }
+            drop(queue);
+            // A callback may hold a handle; dropping it on the commit thread is fine.
+            let held = clone.clone();
+            clone.submit(
+                vec![doc.next()],
+                Box::new(move |r| {
+                    assert!(r.is_ok());
+                    drop(held);
+                }),
+            );
+        }
+        assert_eq!(lock(&outcomes).len(), 20);
+        assert_eq!(probe.last_rev("d").unwrap(), 21);
+    }
+
+    #[test]
+    fn a_panicking_callback_does_not_stop_the_queue() {
+        let dir = TempDir::new().unwrap();
+        let probe = Probe::new(&dir, Duration::ZERO);
+        let queue = CommitQueue::start(probe.clone());
+        let outcomes: Outcomes = Arc::default();
+        let mut doc = Doc::new("d");
+        queue.submit(vec![doc.next()], Box::new(|_| panic!("callback bug")));
+        queue.submit(vec![doc.next()], record(&outcomes, 1));
+        queue.flush_blocking();
+        assert_eq!(lock(&outcomes).clone(), vec![(1, Ok(()))]);
+    }
+
+    /// Commit throughput: `cargo test -p server --release --lib storage::commit::tests::throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn throughput() {
+        for durability in [Durability::Fsync, Durability::Relaxed] {
+            for writers in [1usize, 16, 64] {
+                let dir = TempDir::new().unwrap();
+                let storage: Arc<dyn Storage> =
+                    Arc::new(SqliteStorage::open(dir.path(), durability).unwrap());
+                let commits = Arc::new(AtomicUsize::new(0));
+                let counter = Arc::clone(&commits);
+                let queue = CommitQueue::start_with_observer(
+                    storage,
+                    Arc::new(move |_, _| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }),
+                );
+                let per_writer = 4000 / writers;
+                let started = Instant::now();
+                let threads: Vec<_> = (0..writers)
+                    .map(|w| {
+                        let queue = queue.clone();
+                        std::thread::spawn(move || {
+                            // Each writer waits for its ack before its next op,
+                            // like a client with one op in flight.
+                            let mut doc = Doc::new(&format!("doc{w}"));
+                            for _ in 0..per_writer {
+                                let (tx, rx) = mpsc::channel();
+                                queue.submit(
+                                    vec![doc.next()],
+                                    Box::new(move |r| {
+                                        let _ = tx.send(r.is_ok());
+                                    }),
+                                );
+                                assert!(rx.recv().unwrap());
+                            }
+                        })
+                    })
+                    .collect();
+                for t in threads {
+                    t.join().unwrap();
+                }
+                let elapsed = started.elapsed();
+                let ops = per_writer * writers;
+                println!(
+                    "{durability}: {writers} writers, {ops} ops in {elapsed:?}: {:.0} ops/s, {} commits",
+                    ops as f64 / elapsed.as_secs_f64(),
+                    commits.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Durable storage of documents: the op log, snapshots and the document list.
+//!
+//! - [`Storage`] is the blocking interface the server talks to, so that a
+//!   shared database can replace SQLite later.
+//! - [`SqliteStorage`] implements it on one embedded SQLite file (WAL mode,
+//!   one writer connection, a small pool of reader connections).
+//! - [`CommitQueue`] batches writes from all documents into group commits on a
+//!   dedicated thread: one transaction (and, with [`Durability::Fsync`], one
+//!   fsync) for everything queued while the previous commit was running.
+//!
+//! Revisions are contiguous per document: the op for revision `r` is only
+//! stored after the op for `r - 1`. Both [`Storage::commit`] and the
+//! [`CommitQueue`] refuse anything else with [`StorageError::Gap`], so a
+//! failed commit of one document can never leave a hole in its log nor
+//! affect another document.
+
+mod commit;
+mod sqlite;
+
+use ot_core::history::{AppliedOp, DocumentSnapshot, OpHash};
+use ot_core::Operation;
+
+pub use commit::{CommitCallback, CommitObserver, CommitQueue};
+pub use sqlite::{Durability, SqliteStorage};
+
+/// One stored op: everything the server persists per op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOp {
+    /// The revision this op created (the first op of a document creates 1).
+    pub rev: u64,
+    /// The client that sent it.
+    pub client_id: String,
+    /// The client's sequence number for it.
+    pub seq: u64,
+    /// Hash of the op as received (see [`OpHash::of`]).
+    pub hash: OpHash,
+    /// The revision the client based it on.
+    pub base_rev: u64,
+    /// The op exactly as the client sent it.
+    pub received: Operation,
+    /// The op as applied (transformed past the ops in `base_rev + 1 .. rev`).
+    pub applied: Operation,
+    /// When the server applied it, in milliseconds since the Unix epoch.
+    pub time_ms: i64,
+}
+
+impl StoredOp {
+    /// Build the stored form of an op the history just applied.
+    pub fn from_applied(applied: &AppliedOp, received: Operation, time_ms: i64) -> StoredOp {
+        StoredOp {
+            rev: applied.rev,
+            client_id: applied.client_id.clone(),
+            seq: applied.seq,
+            hash: applied.hash,
+            base_rev: applied.base_rev,
+            received,
+            applied: applied.op.clone(),
+            time_ms,
+        }
+    }
+
+    /// The history entry of this op (for [`DocumentHistory::from_snapshot`]).
+    ///
+    /// [`DocumentHistory::from_snapshot`]: ot_core::history::DocumentHistory::from_snapshot
+    pub fn to_applied(&self) -> AppliedOp {
+        AppliedOp {
+            rev: self.rev,
+            client_id: self.client_id.clone(),
+            seq: self.seq,
+            base_rev: self.base_rev,
+            hash: self.hash,
+            op: self.applied.clone(),
+        }
+    }
+
+    /// The history entry of this op, without cloning.
+    pub fn into_applied(self) -> AppliedOp {
+        AppliedOp {
+            rev: self.rev,
+            client_id: self.client_id,
+            seq: self.seq,
+            base_rev: self.base_rev,
+            hash: self.hash,
+            op: self.applied,
+        }
+    }
+
+    /// True when the op was transformed past at least one concurrent op
+    /// (`base_rev + 1 < rev`): a detected conflict.
+    pub fn is_concurrent(&self) -> bool {
+        self.base_rev.saturating_add(1) < self.rev
+    }
+}
+
+/// What to write in one group commit.
+#[derive(Debug, Clone)]
+pub enum WriteItem {
+    /// Create the document row if it does not exist (a document exists once
+    /// someone opens it).
+    CreateDoc {
+        /// The document id.
+        doc: String,
+    },
+    /// Append one op; `len_after` is the document length in chars after it
+    /// (kept in the docs table for listings). The op's revision must be the
+    /// document's last stored revision + 1. Creates the document row if needed.
+    Op {
+        /// The document id.
+        doc: String,
+        /// The op.
+        op: StoredOp,
+        /// The document's length (in chars) after the op.
+        len_after: u64,
+    },
+    /// Store a snapshot (with its dedup table) at `snapshot.rev`, which must
+    /// not be newer than the document's last stored revision (counting the
+    /// ops earlier in the same commit). Replaces a snapshot at the same revision.
+    Snapshot {
+        /// The document id.
+        doc: String,
+        /// The snapshot.
+        snapshot: DocumentSnapshot,
+    },
+}
+
+impl WriteItem {
+    /// The document this item writes to.
+    pub fn doc(&self) -> &str {
+        match self {
+            WriteItem::CreateDoc { doc }
+            | WriteItem::Op { doc, .. }
+            | WriteItem::Snapshot { doc, .. } => doc,
+        }
+    }
+}
+
+/// A document as loaded from storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedDoc {
+    /// The latest snapshot (the empty snapshot at revision 0 if none was stored).
+    pub snapshot: DocumentSnapshot,
+    /// The ops after the snapshot, in revision order (starting at `snapshot.rev + 1`).
+    pub tail: Vec<AppliedOp>,
+}
+
+impl LoadedDoc {
+    /// The document's latest revision.
+    pub fn rev(&self) -> u64 {
+        self.tail.last().map_or(self.snapshot.rev, |op| op.rev)
+    }
+}
+
+/// One line of the document listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DocSummary {
+    /// The document id.
+    pub id: String,
+    /// Its latest revision.
+    pub rev: u64,
+    /// Its length in chars.
+    pub len: u64,
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Stored data could not be read back (bad JSON, bad hash, missing
+    /// revisions, a number out of range).
+    #[error("corrupt storage: {0}")]
+    Corrupt(String),
+    /// An op does not continue its document's log: nothing was written.
+    #[error("document {doc:?}: expected revision {expected} but got {found}")]
+    Gap {
+        /// The document.
+        doc: String,
+        /// The revision that would continue the log (last stored + 1).
+        expected: u64,
+        /// The revision of the op.
+        found: u64,
+    },
+    /// A snapshot is newer than the document's log: nothing was written.
+    #[error("document {doc:?}: snapshot at revision {snapshot_rev} is newer than the last stored revision {last_rev}")]
+    SnapshotAhead {
+        /// The document.
+        doc: String,
+        /// The snapshot's revision.
+        snapshot_rev: u64,
+        /// The document's last stored revision.
+        last_rev: u64,
+    },
+    /// A value does not fit the database (a number above `i64::MAX`).
+    #[error("value out of range: {0}")]
+    OutOfRange(String),
+    /// A file system error (creating the data directory).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A bug: the storage implementation panicked (nothing was written).
+    #[error("internal storage error: {0}")]
+    Internal(String),
+    /// The commit queue has shut down: nothing was written.
+    #[error("the commit queue is shut down")]
+    Closed,
+}
+
+/// Storage behind a trait so a shared database can replace SQLite later.
+///
+/// All methods are blocking: callers run them on a blocking thread
+/// (`tokio::task::spawn_blocking`) or the commit thread.
+pub trait Storage: Send + Sync + 'static {
+    /// Write all items in ONE transaction, durably per the configured
+    /// durability. All or nothing: on error nothing was written.
+    ///
+    /// Fails with [`StorageError::Gap`] when an op's revision is not its
+    /// document's last stored revision + 1 (counting earlier items), and with
+    /// [`StorageError::SnapshotAhead`] for a snapshot newer than the log.
+    fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError>;
+    /// Latest revision stored for a document (0 if none or unknown).
+    fn last_rev(&self, doc: &str) -> Result<u64, StorageError>;
+    /// Whether the document exists.
+    fn exists(&self, doc: &str) -> Result<bool, StorageError>;
+    /// Latest snapshot plus the ops after it, or `None` if the document does
+    /// not exist. A document with ops but no snapshot row starts from the
+    /// empty snapshot at rev 0.
+    fn load(&self, doc: &str) -> Result<Option<LoadedDoc>, StorageError>;
+    /// Ops with revision > `after_rev`, ascending, at most `limit`.
+    fn ops(&self, doc: &str, after_rev: u64, limit: usize) -> Result<Vec<StoredOp>, StorageError>;
+    /// The revision and hash of the op (`client_id`, `seq`), if stored.
+    fn find_seq(
+        &self,
+        doc: &str,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<Option<(u64, OpHash)>, StorageError>;
+    /// The text as of revision `rev` (nearest snapshot at or below `rev`, plus
+    /// replay); `None` if the doc does not exist or `rev` is past its last revision.
+    fn text_at(&self, doc: &str, rev: u64) -> Result<Option<String>, StorageError>;
+    /// All documents with revision and length, sorted by id.
+    fn list(&self) -> Result<Vec<DocSummary>, StorageError>;
+    /// Ops of `doc` that were transformed past concurrent ops
+    /// (`base_rev + 1 < rev`), rev > `after_rev`, ascending, at most `limit`.
+    fn conflicts(
+        &self,
+        doc: &str,
+        after_rev: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredOp>, StorageError>;
+    /// The storage epoch: changes when data committed with relaxed durability
+    /// may have been lost (an unclean shutdown), so clients must resync.
+    fn epoch(&self) -> u64;
+    /// Mark a clean shutdown (after the last commit). A later commit clears
+    /// the mark again.
+    fn close_clean(&self) -> Result<(), StorageError>;
+}

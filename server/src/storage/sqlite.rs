@@ -1,0 +1,1307 @@
+//! [`Storage`] on one embedded SQLite database (`<dir>/ot.sqlite3`, WAL mode).
+//!
+//! # Schema
+//!
+//! ```sql
+//! -- One row per document; rev/len follow the last stored op (for listings).
+//! CREATE TABLE docs (
+//!     id         TEXT PRIMARY KEY NOT NULL,
+//!     rev        INTEGER NOT NULL,          -- last stored revision (0: no ops)
+//!     len        INTEGER NOT NULL,          -- length in chars after that revision
+//!     created_ms INTEGER NOT NULL           -- Unix time in ms of the first write
+//! );
+//! -- The op log: one row per revision, contiguous from 1 to docs.rev.
+//! CREATE TABLE ops (
+//!     doc       TEXT NOT NULL,
+//!     rev       INTEGER NOT NULL,           -- the revision the op created
+//!     client_id TEXT NOT NULL,
+//!     seq       INTEGER NOT NULL,           -- the client's sequence number
+//!     op_hash   TEXT NOT NULL,              -- OpHash of `received`, 32 hex digits
+//!     base_rev  INTEGER NOT NULL,
+//!     received  TEXT NOT NULL,              -- ot.js JSON, as the client sent it
+//!     applied   TEXT NOT NULL,              -- ot.js JSON, as applied
+//!     time_ms   INTEGER NOT NULL,
+//!     PRIMARY KEY (doc, rev)
+//! ) WITHOUT ROWID;
+//! CREATE INDEX ops_by_seq ON ops (doc, client_id, seq);
+//! -- Partial index: the conflict journal (ops transformed past concurrent ops).
+//! CREATE INDEX ops_conflicts ON ops (doc, rev) WHERE rev > base_rev + 1;
+//! -- Snapshots with the dedup table (a rowid table: texts can be large).
+//! CREATE TABLE snapshots (
+//!     doc     TEXT NOT NULL,
+//!     rev     INTEGER NOT NULL,
+//!     text    TEXT NOT NULL,
+//!     clients TEXT NOT NULL,                -- JSON {client_id: ClientRecord}
+//!     PRIMARY KEY (doc, rev)
+//! );
+//! -- 'schema_version' = '1'; 'epoch' = decimal u64; 'clean' = '1' after a clean
+//! -- shutdown, '0' while running; 'durability' = 'fsync' | 'relaxed' of the last run.
+//! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+//! ```
+//!
+//! Numbers are stored as SQLite integers (`i64`); a `u64` above `i64::MAX` is
+//! refused with [`StorageError::OutOfRange`].
+//!
+//! # Epoch
+//!
+//! A new database starts at the current Unix time in milliseconds (so a
+//! deleted and recreated database does not reuse an old epoch). On open, if
+//! the previous run did not call [`Storage::close_clean`] and ran with
+//! [`Durability::Relaxed`], the epoch is incremented: commits acknowledged
+//! just before a power loss may be gone, so clients must resync. The meta
+//! rows are always written with `synchronous=FULL`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ot_core::history::{ClientRecord, DocumentSnapshot, OpHash};
+use ot_core::Operation;
+use ropey::Rope;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{DocSummary, LoadedDoc, Storage, StorageError, StoredOp, WriteItem};
+
+/// The database file name inside the data directory.
+pub const DB_FILE: &str = "ot.sqlite3";
+
+/// The schema version this code reads and writes.
+const SCHEMA_VERSION: &str = "1";
+
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle reader connections kept open (more are opened on demand).
+const MAX_IDLE_READERS: usize = 8;
+
+/// Above this many cached documents the writer's last-revision cache is cleared.
+const MAX_CACHED_REVS: usize = 100_000;
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 32;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS docs (
+    id         TEXT PRIMARY KEY NOT NULL,
+    rev        INTEGER NOT NULL,
+    len        INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops (
+    doc       TEXT NOT NULL,
+    rev       INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    op_hash   TEXT NOT NULL,
+    base_rev  INTEGER NOT NULL,
+    received  TEXT NOT NULL,
+    applied   TEXT NOT NULL,
+    time_ms   INTEGER NOT NULL,
+    PRIMARY KEY (doc, rev)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ops_by_seq ON ops (doc, client_id, seq);
+CREATE INDEX IF NOT EXISTS ops_conflicts ON ops (doc, rev) WHERE rev > base_rev + 1;
+CREATE TABLE IF NOT EXISTS snapshots (
+    doc     TEXT NOT NULL,
+    rev     INTEGER NOT NULL,
+    text    TEXT NOT NULL,
+    clients TEXT NOT NULL,
+    PRIMARY KEY (doc, rev)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+";
+
+/// The op of (doc `?1`, client `?2`, seq `?3`). Without `ANALYZE` statistics
+/// SQLite would rather scan the document's ops by primary key: name the index.
+const SQL_FIND_SEQ: &str = "SELECT rev, op_hash FROM ops INDEXED BY ops_by_seq
+     WHERE doc = ?1 AND client_id = ?2 AND seq = ?3 ORDER BY rev LIMIT 1";
+
+/// Ops of a document after a revision (`?2`), at most `?3`: the columns [`RawOp`] reads.
+const SQL_OPS_AFTER: &str =
+    "SELECT rev, client_id, seq, op_hash, base_rev, received, applied, time_ms
+     FROM ops WHERE doc = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3";
+
+/// Like [`SQL_OPS_AFTER`], only concurrent ops, through the partial index
+/// `ops_conflicts` (named: the planner would pick the primary key). The
+/// condition must be written exactly as in the index for SQLite to use it.
+const SQL_CONFLICTS_AFTER: &str =
+    "SELECT rev, client_id, seq, op_hash, base_rev, received, applied, time_ms
+     FROM ops INDEXED BY ops_conflicts
+     WHERE doc = ?1 AND rev > ?2 AND rev > base_rev + 1 ORDER BY rev LIMIT ?3";
+
+/// How hard each commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `PRAGMA synchronous=FULL`: every commit is fsynced before it returns.
+    /// An acknowledged op survives a power loss.
+    Fsync,
+    /// `PRAGMA synchronous=NORMAL` (WAL): commits are not fsynced; they survive
+    /// a process crash but the last ones may be lost on a power loss or an OS
+    /// crash. The database stays consistent, and the [epoch](Storage::epoch)
+    /// changes after such an unclean shutdown.
+    Relaxed,
+}
+
+impl Durability {
+    /// The name accepted by [`FromStr`]: `fsync` or `relaxed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Relaxed => "relaxed",
+        }
+    }
+
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Fsync => "FULL",
+            Durability::Relaxed => "NORMAL",
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fsync" => Ok(Durability::Fsync),
+            "relaxed" => Ok(Durability::Relaxed),
+            other => Err(format!(
+                "unknown durability {other:?}: expected \"fsync\" or \"relaxed\""
+            )),
+        }
+    }
+}
+
+/// The writer connection and what it knows about the documents.
+struct Writer {
+    conn: Connection,
+    /// Last stored revision per document, as committed by this writer.
+    last_revs: HashMap<String, u64>,
+    /// `close_clean` set the clean flag: the next commit must clear it.
+    marked_clean: bool,
+}
+
+/// [`Storage`] on SQLite: one writer connection, a pool of readers.
+pub struct SqliteStorage {
+    path: PathBuf,
+    durability: Durability,
+    epoch: u64,
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStorage")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn to_sql_int(value: u64, what: &str) -> Result<i64, StorageError> {
+    i64::try_from(value).map_err(|_| StorageError::OutOfRange(format!("{what} = {value}")))
+}
+
+fn from_sql_int(value: i64, what: &str) -> Result<u64, StorageError> {
+    u64::try_from(value).map_err(|_| StorageError::Corrupt(format!("negative {what}: {value}")))
+}
+
+fn limit_to_sql(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// One `ops` row as read, before parsing.
+struct RawOp {
+    rev: i64,
+    client_id: String,
+    seq: i64,
+    hash: String,
+    base_rev: i64,
+    received: String,
+    applied: String,
+    time_ms: i64,
+}
+
+impl RawOp {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawOp> {
+        Ok(RawOp {
+            rev: row.get(0)?,
+            client_id: row.get(1)?,
+            seq: row.get(2)?,
+            hash: row.get(3)?,
+            base_rev: row.get(4)?,
+            received: row.get(5)?,
+            applied: row.get(6)?,
+            time_ms: row.get(7)?,
+        })
+    }
+
+    fn parse(self, doc: &str) -> Result<StoredOp, StorageError> {
+        let rev = from_sql_int(self.rev, "rev")?;
+        let corrupt = |what: &str, detail: &dyn fmt::Display| {
+            StorageError::Corrupt(format!("document {doc:?} revision {rev}: {what}: {detail}"))
+        };
+        let hash = OpHash::from_hex(&self.hash).ok_or_else(|| corrupt("bad op hash", &self.hash))?;
+        let received =
+            Operation::from_json(&self.received).map_err(|e| corrupt("bad received op", &e))?;
+        let applied =
+            Operation::from_json(&self.applied).map_err(|e| corrupt("bad applied op", &e))?;
+        Ok(StoredOp {
+            rev,
+            client_id: self.client_id,
+            seq: from_sql_int(self.seq, "seq")?,
+            hash,
+            base_rev: from_sql_int(self.base_rev, "base_rev")?,
+            received,
+            applied,
+            time_ms: self.time_ms,
+        })
+    }
+}
+
+/// Read ops of `doc` with `sql` ([`SQL_OPS_AFTER`] or [`SQL_CONFLICTS_AFTER`]) and parse them.
+fn query_ops(
+    conn: &Connection,
+    sql: &str,
+    doc: &str,
+    after_rev: u64,
+    limit: usize,
+) -> Result<Vec<StoredOp>, StorageError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let raw = stmt
+        .query_map(
+            params![doc, to_sql_int(after_rev, "after_rev")?, limit_to_sql(limit)],
+            RawOp::from_row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    raw.into_iter().map(|r| r.parse(doc)).collect()
+}
+
+/// The document's last revision, `None` if it does not exist.
+fn doc_rev(conn: &Connection, doc: &str) -> Result<Option<u64>, StorageError> {
+    let rev: Option<i64> = conn
+        .prepare_cached("SELECT rev FROM docs WHERE id = ?1")?
+        .query_row([doc], |row| row.get(0))
+        .optional()?;
+    rev.map(|r| from_sql_int(r, "docs.rev")).transpose()
+}
+
+/// Check that `ops` continue revision `after` without gaps, up to `last`.
+fn check_contiguous(doc: &str, after: u64, ops: &[StoredOp], last: u64) -> Result<(), StorageError> {
+    let mut expected = after + 1;
+    for op in ops {
+        if op.rev != expected {
+            return Err(StorageError::Corrupt(format!(
+                "document {doc:?}: the op log jumps from revision {} to {}",
+                expected - 1,
+                op.rev
+            )));
+        }
+        expected += 1;
+    }
+    if expected - 1 != last {
+        return Err(StorageError::Corrupt(format!(
+            "document {doc:?}: the op log ends at revision {} but the document is at {last}",
+            expected - 1
+        )));
+    }
+    Ok(())
+}
+
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StorageError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |row| row.get(0))
+        .optional()?)
+}
+
+fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), StorageError> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+        .execute([key, value])?;
+    Ok(())
+}
+
+fn set_synchronous(conn: &Connection, durability: Durability) -> Result<(), StorageError> {
+    conn.pragma_update(None, "synchronous", durability.synchronous())?;
+    Ok(())
+}
+
+/// Per-document state accumulated while writing one commit.
+struct PendingDoc {
+    rev: u64,
+    /// `Some(len)` once an op of this commit changed the document.
+    len: Option<u64>,
+}
+
+impl SqliteStorage {
+    /// Open (creating if needed) the database `dir/ot.sqlite3`, creating `dir`.
+    pub fn open(dir: &Path, durability: Durability) -> Result<SqliteStorage, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| {
+            row.get(0)
+        })?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StorageError::Corrupt(format!(
+                "cannot switch {} to WAL mode (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        // The meta rows below must reach the disk whatever the durability.
+        set_synchronous(&conn, Durability::Fsync)?;
+
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        match meta_get(&tx, "schema_version")? {
+            Some(v) if v != SCHEMA_VERSION => {
+                return Err(StorageError::Corrupt(format!(
+                    "{} has schema version {v}; this server reads version {SCHEMA_VERSION}",
+                    path.display()
+                )));
+            }
+            _ => {}
+        }
+        let epoch = match meta_get(&tx, "epoch")? {
+            None => u64::try_from(now_ms()).unwrap_or(1).max(1),
+            Some(text) => {
+                let epoch: u64 = text
+                    .parse()
+                    .map_err(|_| StorageError::Corrupt(format!("bad epoch in meta: {text:?}")))?;
+                let clean = meta_get(&tx, "clean")?.as_deref() == Some("1");
+                // A previous run without the key is treated as relaxed (cautious).
+                let was_relaxed = meta_get(&tx, "durability")?.as_deref() != Some("fsync");
+                if !clean && was_relaxed {
+                    tracing::warn!(
+                        old_epoch = epoch,
+                        "the previous run with relaxed durability did not shut down cleanly: \
+                         recent commits may be lost; changing the storage epoch"
+                    );
+                    epoch.wrapping_add(1).max(1)
+                } else {
+                    epoch
+                }
+            }
+        };
+        meta_set(&tx, "schema_version", SCHEMA_VERSION)?;
+        meta_set(&tx, "epoch", &epoch.to_string())?;
+        meta_set(&tx, "clean", "0")?;
+        meta_set(&tx, "durability", durability.as_str())?;
+        tx.commit()?;
+        set_synchronous(&conn, durability)?;
+
+        tracing::info!(path = %path.display(), %durability, epoch, "storage opened");
+        Ok(SqliteStorage {
+            path,
+            durability,
+            epoch,
+            writer: Mutex::new(Writer {
+                conn,
+                last_revs: HashMap::new(),
+                marked_clean: false,
+            }),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configured durability.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn open_reader(&self) -> Result<Connection, StorageError> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.pragma_update(None, "query_only", "ON")?;
+        Ok(conn)
+    }
+
+    /// Run `f` on a reader connection inside one read transaction (a
+    /// consistent view of the database).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let pooled = lock(&self.readers).pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => self.open_reader()?,
+        };
+        let result = (|| {
+            let tx = conn.transaction()?;
+            let value = f(&tx)?;
+            tx.finish()?;
+            Ok(value)
+        })();
+        let mut pool = lock(&self.readers);
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Write `items` in one transaction; returns the new last revisions.
+    fn write_items(
+        writer: &mut Writer,
+        items: &[WriteItem],
+    ) -> Result<HashMap<String, u64>, StorageError> {
+        let now = now_ms();
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut pending: HashMap<&str, PendingDoc> = HashMap::new();
+        {
+            let mut insert_op = tx.prepare_cached(
+                "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received, applied, time_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let mut create_doc = tx.prepare_cached(
+                "INSERT OR IGNORE INTO docs (id, rev, len, created_ms) VALUES (?1, 0, 0, ?2)",
+            )?;
+            let mut insert_snapshot = tx.prepare_cached(
+                "INSERT OR REPLACE INTO snapshots (doc, rev, text, clients) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for item in items {
+                let doc = item.doc();
+                if !pending.contains_key(doc) {
+                    // First sight of this document in the commit: make sure its
+                    // row exists and learn its last revision.
+                    create_doc.execute(params![doc, now])?;
+                    let rev = match writer.last_revs.get(doc) {
+                        Some(&rev) => rev,
+                        None => doc_rev(&tx, doc)?.unwrap_or(0),
+                    };
+                    pending.insert(doc, PendingDoc { rev, len: None });
+                }
+                let Some(state) = pending.get_mut(doc) else {
+                    continue;
+                };
+                match item {
+                    WriteItem::CreateDoc { .. } => {}
+                    WriteItem::Op { op, len_after, .. } => {
+                        if op.rev != state.rev + 1 {
+                            return Err(StorageError::Gap {
+                                doc: doc.to_owned(),
+                                expected: state.rev + 1,
+                                found: op.rev,
+                            });
+                        }
+                        insert_op.execute(params![
+                            doc,
+                            to_sql_int(op.rev, "rev")?,
+                            op.client_id,
+                            to_sql_int(op.seq, "seq")?,
+                            op.hash.to_hex(),
+                            to_sql_int(op.base_rev, "base_rev")?,
+                            op.received.to_json(),
+                            op.applied.to_json(),
+                            op.time_ms,
+                        ])?;
+                        state.rev = op.rev;
+                        state.len = Some(*len_after);
+                    }
+                    WriteItem::Snapshot { snapshot, .. } => {
+                        if snapshot.rev > state.rev {
+                            return Err(StorageError::SnapshotAhead {
+                                doc: doc.to_owned(),
+                                snapshot_rev: snapshot.rev,
+                                last_rev: state.rev,
+                            });
+                        }
+                        let clients: BTreeMap<&String, &ClientRecord> =
+                            snapshot.clients.iter().collect();
+                        let clients = serde_json::to_string(&clients).map_err(|e| {
+                            StorageError::Corrupt(format!("cannot serialise a dedup table: {e}"))
+                        })?;
+                        insert_snapshot.execute(params![
+                            doc,
+                            to_sql_int(snapshot.rev, "snapshot rev")?,
+                            snapshot.text,
+                            clients,
+                        ])?;
+                    }
+                }
+            }
+            let mut update_doc = tx.prepare_cached("UPDATE docs SET rev = ?2, len = ?3 WHERE id = ?1")?;
+            for (doc, state) in &pending {
+                if let Some(len) = state.len {
+                    update_doc.execute(params![
+                        doc,
+                        to_sql_int(state.rev, "rev")?,
+                        to_sql_int(len, "len")?
+                    ])?;
+                }
+            }
+            if writer.marked_clean {
+                meta_set(&tx, "clean", "0")?;
+            }
+        }
+        tx.commit()?;
+        Ok(pending
+            .into_iter()
+            .map(|(doc, state)| (doc.to_owned(), state.rev))
+            .collect())
+    }
+}
+
+impl Storage for SqliteStorage {
+    fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut guard = lock(&self.writer);
+        let writer = &mut *guard;
+        match Self::write_items(writer, items) {
+            Ok(revs) => {
+                writer.marked_clean = false;
+                if writer.last_revs.len() + revs.len() > MAX_CACHED_REVS {
+                    writer.last_revs.clear();
+                }
+                writer.last_revs.extend(revs);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing was written (the transaction rolled back), but if the
+                // commit itself failed its outcome is uncertain: forget what we
+                // knew about these documents and read it again next time.
+                for item in items {
+                    writer.last_revs.remove(item.doc());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {
+        Ok(self.read(|conn| doc_rev(conn, doc))?.unwrap_or(0))
+    }
+
+    fn exists(&self, doc: &str) -> Result<bool, StorageError> {
+        Ok(self.read(|conn| doc_rev(conn, doc))?.is_some())
+    }
+
+    fn load(&self, doc: &str) -> Result<Option<LoadedDoc>, StorageError> {
+        self.read(|conn| {
+            let Some(last) = doc_rev(conn, doc)? else {
+                return Ok(None);
+            };
+            let row: Option<(i64, String, String)> = conn
+                .prepare_cached(
+                    "SELECT rev, text, clients FROM snapshots WHERE doc = ?1
+                     ORDER BY rev DESC LIMIT 1",
+                )?
+                .query_row([doc], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()?;
+            let snapshot = match row {
+                None => DocumentSnapshot {
+                    rev: 0,
+                    text: String::new(),
+                    clients: HashMap::new(),
+                },
+                Some((rev, text, clients)) => {
+                    let rev = from_sql_int(rev, "snapshot rev")?;
+                    let clients = serde_json::from_str(&clients).map_err(|e| {
+                        StorageError::Corrupt(format!(
+                            "document {doc:?}: bad dedup table in the snapshot at {rev}: {e}"
+                        ))
+                    })?;
+                    DocumentSnapshot { rev, text, clients }
+                }
+            };
+            let tail = query_ops(
+                conn,
+                SQL_OPS_AFTER,
+                doc,
+                snapshot.rev,
+                usize::MAX,
+            )?;
+            check_contiguous(doc, snapshot.rev, &tail, last)?;
+            Ok(Some(LoadedDoc {
+                snapshot,
+                tail: tail.into_iter().map(StoredOp::into_applied).collect(),
+            }))
+        })
+    }
+
+    fn ops(&self, doc: &str, after_rev: u64, limit: usize) -> Result<Vec<StoredOp>, StorageError> {
+        self.read(|conn| {
+            query_ops(
+                conn,
+                SQL_OPS_AFTER,
+                doc,
+                after_rev,
+                limit,
+            )
+        })
+    }
+
+    fn find_seq(
+        &self,
+        doc: &str,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<Option<(u64, OpHash)>, StorageError> {
+        let seq = to_sql_int(seq, "seq")?;
+        let row: Option<(i64, String)> = self.read(|conn| {
+            Ok(conn
+                .prepare_cached(SQL_FIND_SEQ)?
+                .query_row(params![doc, client_id, seq], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?)
+        })?;
+        let Some((rev, hash)) = row else {
+            return Ok(None);
+        };
+        let hash = OpHash::from_hex(&hash).ok_or_else(|| {
+            StorageError::Corrupt(format!("document {doc:?} revision {rev}: bad op hash {hash:?}"))
+        })?;
+        Ok(Some((from_sql_int(rev, "rev")?, hash)))
+    }
+
+    fn text_at(&self, doc: &str, rev: u64) -> Result<Option<String>, StorageError> {
+        self.read(|conn| {
+            match doc_rev(conn, doc)? {
+                Some(last) if rev <= last => {}
+                _ => return Ok(None),
+            }
+            let row: Option<(i64, String)> = conn
+                .prepare_cached(
+                    "SELECT rev, text FROM snapshots WHERE doc = ?1 AND rev <= ?2
+                     ORDER BY rev DESC LIMIT 1",
+                )?
+                .query_row(params![doc, to_sql_int(rev, "rev")?], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            let (base, text) = match row {
+                Some((base, text)) => (from_sql_int(base, "snapshot rev")?, text),
+                None => (0, String::new()),
+            };
+            if base == rev {
+                return Ok(Some(text));
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT rev, applied FROM ops WHERE doc = ?1 AND rev > ?2 AND rev <= ?3 ORDER BY rev",
+            )?;
+            let mut rows = stmt.query(params![
+                doc,
+                to_sql_int(base, "rev")?,
+                to_sql_int(rev, "rev")?
+            ])?;
+            let mut rope = Rope::from_str(&text);
+            let mut expected = base + 1;
+            while let Some(row) = rows.next()? {
+                let op_rev = from_sql_int(row.get(0)?, "rev")?;
+                let corrupt = |detail: String| {
+                    StorageError::Corrupt(format!("document {doc:?} revision {op_rev}: {detail}"))
+                };
+                if op_rev != expected {
+                    return Err(corrupt(format!("expected revision {expected}")));
+                }
+                let json: String = row.get(1)?;
+                let op = Operation::from_json(&json)
+                    .map_err(|e| corrupt(format!("bad applied op: {e}")))?;
+                op.apply_to_rope(&mut rope)
+                    .map_err(|e| corrupt(format!("stored op does not apply: {e}")))?;
+                expected += 1;
+            }
+            if expected != rev + 1 {
+                return Err(StorageError::Corrupt(format!(
+                    "document {doc:?}: the op log stops at revision {} before {rev}",
+                    expected - 1
+                )));
+            }
+            Ok(Some(rope.to_string()))
+        })
+    }
+
+    fn list(&self) -> Result<Vec<DocSummary>, StorageError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT id, rev, len FROM docs ORDER BY id")?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, rev, len)| {
+                    Ok(DocSummary {
+                        rev: from_sql_int(rev, "docs.rev")?,
+                        len: from_sql_int(len, "docs.len")?,
+                        id,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn conflicts(
+        &self,
+        doc: &str,
+        after_rev: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredOp>, StorageError> {
+        self.read(|conn| {
+            query_ops(
+                conn,
+                SQL_CONFLICTS_AFTER,
+                doc,
+                after_rev,
+                limit,
+            )
+        })
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn close_clean(&self) -> Result<(), StorageError> {
+        let mut guard = lock(&self.writer);
+        let writer = &mut *guard;
+        set_synchronous(&writer.conn, Durability::Fsync)?;
+        // With synchronous=FULL this commit fsyncs the WAL: every earlier
+        // (relaxed) commit is durable too once it returns.
+        let result = meta_set(&writer.conn, "clean", "1")
+            .and_then(|()| Ok(writer.conn.execute_batch("PRAGMA optimize")?));
+        set_synchronous(&writer.conn, self.durability)?;
+        result?;
+        writer.marked_clean = true;
+        tracing::info!(path = %self.path.display(), "storage marked clean");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ot_core::history::{DocumentHistory, Receipt};
+    use tempfile::TempDir;
+
+    /// Apply `op` from `client` (seq `seq`, base `base`) to `h`; the write item.
+    fn apply(
+        h: &mut DocumentHistory,
+        doc: &str,
+        client: &str,
+        seq: u64,
+        base: u64,
+        op: Operation,
+    ) -> WriteItem {
+        match h.receive(client, seq, base, op).unwrap() {
+            Receipt::Applied { applied, received } => WriteItem::Op {
+                doc: doc.to_owned(),
+                op: StoredOp::from_applied(&applied, received, 1_000 + applied.rev as i64),
+                len_after: h.text().len_chars() as u64,
+            },
+            other => panic!("not applied: {other:?}"),
+        }
+    }
+
+    fn ins(len: usize, pos: usize, text: &str) -> Operation {
+        Operation::insert_at(len, pos, text).unwrap()
+    }
+
+    /// A history of `doc` with 6 ops (two of them concurrent) and its items.
+    fn sample(doc: &str) -> (DocumentHistory, Vec<WriteItem>) {
+        let mut h = DocumentHistory::new();
+        let items = vec![
+            apply(&mut h, doc, "a", 1, 0, ins(0, 0, "hello")),
+            apply(&mut h, doc, "a", 2, 1, ins(5, 5, " world")),
+            // b only saw revision 1: transformed past rev 2.
+            apply(&mut h, doc, "b", 1, 1, ins(5, 0, "¡")),
+            apply(&mut h, doc, "a", 3, 3, ins(12, 12, "!")),
+            // c saw nothing: transformed past revs 1..=4.
+            apply(&mut h, doc, "c", 1, 0, ins(0, 0, "🙂")),
+            apply(&mut h, doc, "b", 2, 5, Operation::delete_range(14, 1, 1).unwrap()),
+        ];
+        (h, items)
+    }
+
+    fn stored(items: &[WriteItem]) -> Vec<StoredOp> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                WriteItem::Op { op, .. } => Some(op.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn texts(items: &[WriteItem]) -> Vec<String> {
+        let mut text = String::new();
+        let mut out = vec![text.clone()];
+        for op in stored(items) {
+            text = op.applied.apply(&text).unwrap();
+            out.push(text.clone());
+        }
+        out
+    }
+
+    fn open(dir: &TempDir, durability: Durability) -> SqliteStorage {
+        SqliteStorage::open(dir.path(), durability).unwrap()
+    }
+
+    fn create(doc: &str) -> WriteItem {
+        WriteItem::CreateDoc {
+            doc: doc.to_owned(),
+        }
+    }
+
+    #[test]
+    fn round_trip_ops_snapshots_and_load() {
+        let dir = TempDir::new().unwrap();
+        let s = open(&dir, Durability::Fsync);
+        assert_eq!(s.load("d").unwrap(), None);
+        assert!(!s.exists("d").unwrap());
+        assert_eq!(s.last_rev("d").unwrap(), 0);
+
+        let (mut h, items) = sample("d");
+        let mut batch = vec![create("d")];
+        batch.extend(items[..3].iter().cloned());
+        s.commit(&batch).unwrap();
+        // A document with ops and no snapshot loads from the empty snapshot.
+        let loaded = s.load("d").unwrap().unwrap();
+        assert_eq!(loaded.snapshot.rev, 0);
+        assert_eq!(loaded.tail.len(), 3);
+        assert_eq!(loaded.rev(), 3);
+
+        // Ops and a snapshot in one commit: the snapshot after rev 4.
+        let mut h4 = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+        let WriteItem::Op { op: op4, .. } = &items[3] else {
+            panic!()
+        };
+        h4.append_stored(op4.to_applied()).unwrap();
+        let snap4 = h4.snapshot();
+        let mut batch = vec![items[3].clone()];
+        batch.push(WriteItem::Snapshot {
+            doc: "d".into(),
+            snapshot: snap4.clone(),
+        });
+        batch.extend(items[4..].iter().cloned());
+        s.commit(&batch).unwrap();
+
+        let loaded = s.load("d").unwrap().unwrap();
+        assert_eq!(loaded.snapshot, snap4);
+        let tail_revs: Vec<u64> = loaded.tail.iter().map(|a| a.rev).collect();
+        assert_eq!(tail_revs, vec![5, 6]);
+        assert_eq!(loaded.tail, h.retained_ops()[4..].to_vec());
+        let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+        assert_eq!(rebuilt.text().to_string(), h.text().to_string());
+        assert_eq!(rebuilt.revision(), 6);
+        assert_eq!(rebuilt.snapshot(), h.snapshot());
+
+        // Every op reads back exactly as written.
+        assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+        assert_eq!(s.ops("d", 2, 2).unwrap(), stored(&items)[2..4].to_vec());
+        assert!(s.ops("d", 6, 10).unwrap().is_empty());
+        assert!(s.ops("nope", 0, 10).unwrap().is_empty());
+        assert!(s.exists("d").unwrap());
+        assert_eq!(s.last_rev("d").unwrap(), 6);
+
+        // A newer snapshot wins; the DocumentHistory keeps working from it.
+        h.trim_to(0);
+        s.commit(&[WriteItem::Snapshot {
+            doc: "d".into(),
+            snapshot: h.snapshot(),
+        }])
+        .unwrap();
+        let loaded = s.load("d").unwrap().unwrap();
+        assert_eq!(loaded.snapshot.rev, 6);
+        assert!(loaded.tail.is_empty());
+    }
+
+    #[test]
+    fn created_document_without_ops() {
+        let dir = TempDir::new().unwrap();
+        let s = open(&dir, Durability::Fsync);
+        s.commit(&[create("empty"), create("empty")]).unwrap();
+        assert!(s.exists("empty").unwrap());
+        let loaded = s.load("empty").unwrap().unwrap();
+        assert_eq!(loaded.snapshot.rev, 0);
+        assert_eq!(loaded.snapshot.text, "");
+        assert!(loaded.tail.is_empty());
+        assert_eq!(s.text_at("empty", 0).unwrap().as_deref(), Some(""));
+        assert_eq!(s.text_at("empty", 1).unwrap(), None);
+        // An empty commit is fine and writes nothing.
+        s.commit(&[]).unwrap();
+    }
+
+    #[test]
+    fn find_seq_finds_each_op() {
+        let dir = TempDir::new().unwrap();
+        let s = open(&dir, Durability::Fsync);
+        let (_, items) = sample("d");
+        s.commit(&items).unwrap();
+        for op in stored(&items) {
+            assert_eq!(
+                s.find_seq("d", &op.client_id, op.seq).unwrap(),
+                Some((op.rev, op.hash))
+            );
+            assert_eq!(op.hash, OpHash::of(&op.received));
+        }
+        assert_eq!(s.find_seq("d", "a", 4).unwrap(), None);
+        assert_eq!(s.find_seq("d", "zz", 1).unwrap(), None);
+        assert_eq!(s.find_seq("other", "a", 1).unwrap(), None);
+    }
+
+    #[test]
+    fn text_at_every_revision() {
+        let dir = TempDir::new().unwrap();
+        let s = open(&dir, Durability::Fsync);
+        let (_, items) = sample("d");
+        let expected = texts(&items);
+        assert_eq!(s.text_at("d", 0).unwrap(), None);
+        s.commit(&items[..2]).unwrap();
+        // Snapshot at 2 (the dedup table does not matter for text_at).
+        s.commit(&[WriteItem::Snapshot {
+            doc: "d".into(),
+            snapshot: DocumentSnapshot {
+                rev: 2,
+                text: expected[2].clone(),
+                clients: HashMap::new(),
+            },
+        }])
+        .unwrap();
+        s.commit(&items[2..]).unwrap();
+        s.commit(&[WriteItem::Snapshot {
+            doc: "d".into(),
+            snapshot: DocumentSnapshot {
+                rev: 5,
+                text: expected[5].clone(),
+                clients: HashMap::new(),
+            },
+        }])
+        .unwrap();
+        for (rev, text) in expected.iter().enumerate() {
+            assert_eq!(
+                s.text_at("d", rev as u64).unwrap().as_deref(),
+                Some(text.as_str()),
+                "rev {rev}"
+            );
+        }
+        assert_eq!(expected[6], "🙂hello world!");
+        assert_eq!(s.text_at("d", 7).unwrap(), None);
+        assert_eq!(s.text_at("unknown", 0).unwrap(), None);
+    }
+
+    #[test]
+    fn list_and_conflicts() {
+        let dir = TempDir::new().unwrap();
+        let s = open(&dir, Durability::Fsync);
+        let (hb, items_b) = sample("b");
+        let mut ha = DocumentHistory::new();
+        let items_a = vec![apply(&mut ha, "a", "x", 1, 0, ins(0, 0, "héllo"))];
+        s.commit(&[create("c")]).unwrap();
+        s.commit(&items_b).unwrap();
+        s.commit(&items_a).unwrap();
+        let list = s.list().unwrap();
+        assert_eq!(
+            list,
+            vec![
+                DocSummary {
+                    id: "a".into(),
+                    rev: 1,
+                    len: 5
+                },
+                DocSummary {
+                    id: "b".into(),
+                    rev: 6,
+                    len: hb.text().len_chars() as u64
+                },
+                DocSummary {
+                    id: "c".into(),
+                    rev: 0,
+                    len: 0
+                },
+            ]
+        );
+        let conflicts = s.conflicts("b", 0, 10).unwrap();
+        let revs: Vec<u64> = conflicts.iter().map(|o| o.rev).collect();
+        assert_eq!(revs, vec![3, 5]);
+        assert!(conflicts.iter().all(StoredOp::is_concurrent));
+        assert_eq!(conflicts[1].received, ins(0, 0, "🙂"));
+        assert_ne!(conflicts[1].received, conflicts[1].applied);
+        assert_eq!(s.conflicts("b", 3, 10).unwrap()[0].rev, 5);
+        assert_eq!(s.conflicts("b", 0, 1).unwrap().len(), 1);
+        assert!(s.conflicts("a", 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn gap_rejection_writes_nothing() {
+        let dir = TempDir::new().unwrap();
+        let s = open(&dir, Durability::Fsync);
+        let (_, items) = sample("d");
+        let (_, other) = sample("e");
+        s.commit(&items[..2]).unwrap();
+        let before = s.list().unwrap();
+
+        // e's first op is fine, then d skips revision 3: nothing of the batch is written.
+        let batch = vec![
+            create("new"),
+            other[0].clone(),
+            items[3].clone(),
+        ];
+        match s.commit(&batch) {
+            Err(StorageError::Gap {
+                doc,
+                expected,
+                found,
+            }) => assert_eq!((doc.as_str(), expected, found), ("d", 3, 4)),
+            other => panic!("expected a gap, got {other:?}"),
+        }
+        // A repeated revision is a gap too.
+        assert!(matches!(
+            s.commit(&[items[1].clone()]),
+            Err(StorageError::Gap { expected: 3, found: 2, .. })
+        ));
+        // So is a log that does not start at 1.
+        assert!(matches!(
+            s.commit(&[other[1].clone()]),
+            Err(StorageError::Gap { expected: 1, found: 2, .. })
+        ));
+        // A snapshot newer than the log is refused.
+        assert!(matches!(
+            s.commit(&[WriteItem::Snapshot {
+                doc: "d".into(),
+                snapshot: DocumentSnapshot {
+                    rev: 3,
+                    text: String::new(),
+                    clients: HashMap::new()
+                }
+            }]),
+            Err(StorageError::SnapshotAhead { snapshot_rev: 3, last_rev: 2, .. })
+        ));
+        assert_eq!(s.list().unwrap(), before);
+        assert!(!s.exists("new").unwrap());
+        assert!(!s.exists("e").unwrap());
+        assert_eq!(s.ops("d", 0, 10).unwrap(), stored(&items[..2]));
+        // The log continues normally afterwards.
+        s.commit(&items[2..]).unwrap();
+        s.commit(&other).unwrap();
+        assert_eq!(s.last_rev("d").unwrap(), 6);
+        assert_eq!(s.last_rev("e").unwrap(), 6);
+    }
+
+    #[test]
+    fn reopen_after_drop_keeps_everything() {
+        let dir = TempDir::new().unwrap();
+        let (h, items) = sample("d");
+        let snapshot;
+        {
+            let s = open(&dir, Durability::Relaxed);
+            s.commit(&items[..4]).unwrap();
+            let loaded = s.load("d").unwrap().unwrap();
+            snapshot = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail)
+                .unwrap()
+                .snapshot();
+            s.commit(&[WriteItem::Snapshot {
+                doc: "d".into(),
+                snapshot: snapshot.clone(),
+            }])
+            .unwrap();
+            s.commit(&items[4..]).unwrap();
+            s.commit(&[create("other")]).unwrap();
+        }
+        let s = open(&dir, Durability::Fsync);
+        assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+        let loaded = s.load("d").unwrap().unwrap();
+        assert_eq!(loaded.snapshot, snapshot);
+        let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+        assert_eq!(rebuilt.snapshot(), h.snapshot());
+        assert!(s.exists("other").unwrap());
+        // The reopened writer knows where the log is.
+        assert!(matches!(
+            s.commit(&[items[5].clone()]),
+            Err(StorageError::Gap { expected: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn epoch_changes_only_after_unclean_relaxed_runs() {
+        let dir = TempDir::new().unwrap();
+        let (_, items) = sample("d");
+        let epoch = {
+            let s = open(&dir, Durability::Relaxed);
+            s.commit(&items[..1]).unwrap();
+            s.epoch()
+        }; // dropped without close_clean: unclean
+        assert!(epoch > 0);
+        let s = open(&dir, Durability::Relaxed);
+        assert_eq!(s.epoch(), epoch + 1);
+        s.commit(&items[1..2]).unwrap();
+        s.close_clean().unwrap();
+        drop(s);
+        // Clean shutdown: same epoch.
+        let s = open(&dir, Durability::Relaxed);
+        assert_eq!(s.epoch(), epoch + 1);
+        s.close_clean().unwrap();
+        // A commit after close_clean makes the run unclean again.
+        s.commit(&items[2..3]).unwrap();
+        drop(s);
+        let s = open(&dir, Durability::Relaxed);
+        assert_eq!(s.epoch(), epoch + 2);
+        drop(s); // unclean, relaxed
+        // Opening in fsync mode after an unclean relaxed run still changes it...
+        let s = open(&dir, Durability::Fsync);
+        assert_eq!(s.epoch(), epoch + 3);
+        drop(s); // unclean, but fsync
+        // ...but unclean fsync runs never do.
+        for _ in 0..2 {
+            let s = open(&dir, Durability::Fsync);
+            assert_eq!(s.epoch(), epoch + 3);
+        }
+        let s = open(&dir, Durability::Fsync);
+        s.close_clean().unwrap();
+        drop(s);
+        assert_eq!(open(&dir, Durability::Relaxed).epoch(), epoch + 3);
+        assert_eq!(open(&dir, Durability::Fsync).epoch(), epoch + 4);
+        assert_eq!(open(&dir, Durability::Fsync).epoch(), epoch + 4);
+        assert_eq!(open(&dir, Durability::Fsync).last_rev("d").unwrap(), 3);
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors_not_panics() {
+        let dir = TempDir::new().unwrap();
+        let s = open(&dir, Durability::Fsync);
+        let (_, items) = sample("d");
+        s.commit(&items).unwrap();
+        let raw = Connection::open(s.path()).unwrap();
+        raw.execute("UPDATE ops SET applied = '[1,' WHERE doc = 'd' AND rev = 2", [])
+            .unwrap();
+        raw.execute("UPDATE ops SET op_hash = 'xyz' WHERE doc = 'd' AND rev = 3", [])
+            .unwrap();
+        assert!(matches!(s.load("d"), Err(StorageError::Corrupt(_))));
+        assert!(matches!(s.ops("d", 0, 10), Err(StorageError::Corrupt(_))));
+        assert!(matches!(s.text_at("d", 4), Err(StorageError::Corrupt(_))));
+        assert!(matches!(s.find_seq("d", "b", 1), Err(StorageError::Corrupt(_))));
+        // Unaffected revisions still read.
+        assert_eq!(s.text_at("d", 1).unwrap().as_deref(), Some("hello"));
+        raw.execute("DELETE FROM ops WHERE doc = 'd' AND rev = 5", [])
+            .unwrap();
+        raw.execute("UPDATE ops SET applied = '[5]' WHERE doc = 'd' AND rev = 2", [])
+            .unwrap();
+        let e = s.text_at("d", 6).unwrap_err();
+        assert!(matches!(e, StorageError::Corrupt(_)), "{e}");
+        // A bad dedup table in a snapshot.
+        let (h, items) = sample("s");
+        s.commit(&items).unwrap();
+        s.commit(&[WriteItem::Snapshot {
+            doc: "s".into(),
+            snapshot: h.snapshot(),
+        }])
+        .unwrap();
+        assert!(s.load("s").unwrap().is_some());
+        raw.execute("UPDATE snapshots SET clients = 'nope' WHERE doc = 's'", [])
+            .unwrap();
+        assert!(matches!(s.load("s"), Err(StorageError::Corrupt(_))));
+    }
+
+    #[test]
+    fn durability_parses() {
+        assert_eq!("fsync".parse::<Durability>(), Ok(Durability::Fsync));
+        assert_eq!(" Relaxed".parse::<Durability>(), Ok(Durability::Relaxed));
+        assert!("sometimes".parse::<Durability>().is_err());
+        assert_eq!(Durability::Relaxed.to_string(), "relaxed");
+    }
+
+    #[test]
+    fn readers_work_alongside_the_writer() {
+        let dir = TempDir::new().unwrap();
+        let s = std::sync::Arc::new(open(&dir, Durability::Relaxed));
+        let mut h = DocumentHistory::new();
+        let items: Vec<WriteItem> = (0..200)
+            .map(|i| {
+                let len = h.text().len_chars();
+                apply(&mut h, "d", "a", i + 1, i, ins(len, len, "x"))
+            })
+            .collect();
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let s = std::sync::Arc::clone(&s);
+                std::thread::spawn(move || {
+                    let mut last = 0;
+                    while last < 200 {
+                        let rev = s.last_rev("d").unwrap();
+                        assert!(rev >= last);
+                        last = rev;
+                        if let Some(text) = s.text_at("d", rev).unwrap() {
+                            assert_eq!(text.len() as u64, rev);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for item in items {
+            s.commit(&[item]).unwrap();
+        }
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert!(lock(&s.readers).len() <= MAX_IDLE_READERS);
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(params!["d", 0, 10], |row| row.get::<_, String>(3))
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn queries_use_their_indexes() {
+        let dir = TempDir::new().unwrap();
+        let s = SqliteStorage::open(dir.path(), Durability::Fsync).unwrap();
+        let conn = s.open_reader().unwrap();
+        let conflicts = plan(&conn, SQL_CONFLICTS_AFTER);
+        assert!(conflicts.contains("ops_conflicts"), "{conflicts}");
+        let by_seq = plan(&conn, SQL_FIND_SEQ);
+        assert!(by_seq.contains("ops_by_seq"), "{by_seq}");
+        let after = plan(&conn, SQL_OPS_AFTER);
+        assert!(after.contains("PRIMARY KEY"), "{after}");
+    }
+}
