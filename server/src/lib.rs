@@ -52,7 +52,11 @@ async fn fallback(uri: axum::http::Uri) -> axum::response::Response {
             "a document id is 1 to 128 characters of A-Z a-z 0-9 . _ -",
         )
     } else {
-        http::api_error(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route")
+        http::api_error(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        )
     }
 }
 
@@ -83,14 +87,12 @@ pub async fn run(
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, durability = ?shared.config.durability, data_dir = %shared.config.data_dir.display(), epoch = storage.epoch(), "listening");
     let token = shared.shutdown.clone();
-    axum::serve(listener, router(shared.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections");
-            token.cancel();
-        })
-        .await
-        .context("serving")?;
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections");
+        token.cancel();
+    });
+    serve_http(listener, router(shared.clone()), &shared).await;
     shared.shutdown.cancel();
     shared.registry.shutdown_all().await;
     shared.tasks.close();
@@ -107,6 +109,56 @@ pub async fn run(
     storage.close_clean().context("marking a clean shutdown")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Accept HTTP connections until shutdown. Each connection gets the
+/// handshake timeout as its header-read timeout, so a client that opens a
+/// socket and never completes its request (or upgrade) is dropped.
+async fn serve_http(listener: tokio::net::TcpListener, app: Router, shared: &Arc<Shared>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.handshake_timeout());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = shared.config.handshake_timeout();
+        tokio::spawn(async move {
+            // hyper's header timeout starts with the first byte: also drop
+            // connections that never send one.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let service = hyper::service::service_fn(move |request| app.clone().oneshot(request));
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = watcher.watch(connection.into_owned()).await;
+        });
+    }
+    // Upgraded WebSocket connections are not HTTP connections any more: they are
+    // closed by their documents; plain HTTP requests get a few seconds to finish.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 /// A server running in this process (for tests and examples).
