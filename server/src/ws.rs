@@ -252,7 +252,10 @@ async fn connection(
     match join(&shared, &doc, conn_id, &client_id, rev, epoch, &out_tx).await {
         Ok((handle, kick_rx)) => {
             tracing::debug!(%doc, client = %client_id, conn_id, "joined");
-            run_connection(&shared, socket, &doc, conn_id, handle, out_tx, out_rx, kick_rx).await;
+            run_connection(
+                &shared, socket, &doc, conn_id, handle, out_tx, out_rx, kick_rx,
+            )
+            .await;
         }
         Err(e) => {
             let (code, message, reason) = match &e {
@@ -432,11 +435,16 @@ async fn run_connection(
             }
         }
     }
-    let _ = handle.tx.send(DocCommand::Leave { conn_id }).await;
+    if !shared.shutdown.is_cancelled() {
+        let _ = handle.tx.send(DocCommand::Leave { conn_id }).await;
+    }
+    // On shutdown the connection stays registered with its document until the
+    // document has committed and acked everything in flight; then it drops the
+    // connection and the writer closes the socket with 1001.
     drop(out_tx);
     if !writer.is_finished() {
         // The writer drains what is queued and closes; bounded in time.
-        if tokio::time::timeout(Duration::from_secs(10), &mut writer)
+        if tokio::time::timeout(Duration::from_secs(30), &mut writer)
             .await
             .is_err()
         {
