@@ -1,4 +1,6 @@
 //! The HTTP API: document reads, history, conflicts, health and metrics.
+// Handlers return `Result<_, Response>` (the axum idiom: the error is the response to send).
+#![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -147,7 +149,10 @@ pub async fn get_text(
         Ok(Ok((rev, text))) => (
             [
                 (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
-                (header::HeaderName::from_static("x-revision"), rev.to_string()),
+                (
+                    header::HeaderName::from_static("x-revision"),
+                    rev.to_string(),
+                ),
             ],
             text,
         )

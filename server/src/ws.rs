@@ -78,6 +78,7 @@ pub async fn ws_handler(
         }
         None => new_client_id(),
     };
+    #[allow(clippy::result_large_err)] // the error is the HTTP response to send
     let parse_number = |key: &str| -> Result<Option<u64>, Response> {
         match params.get(key) {
             None => Ok(None),

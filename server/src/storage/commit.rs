@@ -409,9 +409,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{
-        DocSummary, Durability, LoadedDoc, SqliteStorage, StoredOp, WriteItem,
-    };
+    use crate::storage::{DocSummary, Durability, LoadedDoc, SqliteStorage, StoredOp, WriteItem};
     use ot_core::history::{DocumentHistory, OpHash, Receipt};
     use ot_core::Operation;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -579,7 +577,10 @@ mod tests {
         let got = lock(&outcomes).clone();
         assert_eq!(got, (0..300).map(|i| (i, Ok(()))).collect::<Vec<_>>());
         let solo_commits = probe.commits.load(Ordering::SeqCst);
-        assert!(solo_commits < 300, "{solo_commits} commits for 300 requests");
+        assert!(
+            solo_commits < 300,
+            "{solo_commits} commits for 300 requests"
+        );
 
         // Eight submitters on their own documents, pipelined.
         let threads: Vec<_> = (0..8)
@@ -707,25 +708,33 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let probe = Probe::new(&dir, Duration::from_millis(1));
         let outcomes: Outcomes = Arc::default();
+        let mut doc = Doc::new("d");
         {
             let queue = CommitQueue::start(probe.clone());
             let clone = queue.clone();
-            let mut doc = Doc::new("d");
             for i in 0..20 {
                 clone.submit(vec![doc.next()], record(&outcomes, i));
             }
             drop(queue);
-            // A callback may hold a handle; dropping it on the commit thread is fine.
-            let held = clone.clone();
-            clone.submit(
-                vec![doc.next()],
-                Box::new(move |r| {
-                    assert!(r.is_ok());
-                    drop(held);
-                }),
-            );
         }
         assert_eq!(lock(&outcomes).len(), 20);
+        assert_eq!(probe.last_rev("d").unwrap(), 20);
+
+        // The last handle may be dropped by a callback, on the commit thread:
+        // no deadlock, and the thread then exits by itself.
+        let queue = CommitQueue::start(probe.clone());
+        let held = queue.clone();
+        let (tx, rx) = mpsc::channel();
+        queue.submit(
+            vec![doc.next()],
+            Box::new(move |r| {
+                held.flush_blocking(); // returns at once on the commit thread
+                drop(held);
+                let _ = tx.send(r.is_ok());
+            }),
+        );
+        drop(queue);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
         assert_eq!(probe.last_rev("d").unwrap(), 21);
     }
 

@@ -266,7 +266,8 @@ impl RawOp {
         let corrupt = |what: &str, detail: &dyn fmt::Display| {
             StorageError::Corrupt(format!("document {doc:?} revision {rev}: {what}: {detail}"))
         };
-        let hash = OpHash::from_hex(&self.hash).ok_or_else(|| corrupt("bad op hash", &self.hash))?;
+        let hash =
+            OpHash::from_hex(&self.hash).ok_or_else(|| corrupt("bad op hash", &self.hash))?;
         let received =
             Operation::from_json(&self.received).map_err(|e| corrupt("bad received op", &e))?;
         let applied =
@@ -295,7 +296,11 @@ fn query_ops(
     let mut stmt = conn.prepare_cached(sql)?;
     let raw = stmt
         .query_map(
-            params![doc, to_sql_int(after_rev, "after_rev")?, limit_to_sql(limit)],
+            params![
+                doc,
+                to_sql_int(after_rev, "after_rev")?,
+                limit_to_sql(limit)
+            ],
             RawOp::from_row,
         )?
         .collect::<Result<Vec<_>, _>>()?;
@@ -312,7 +317,12 @@ fn doc_rev(conn: &Connection, doc: &str) -> Result<Option<u64>, StorageError> {
 }
 
 /// Check that `ops` continue revision `after` without gaps, up to `last`.
-fn check_contiguous(doc: &str, after: u64, ops: &[StoredOp], last: u64) -> Result<(), StorageError> {
+fn check_contiguous(
+    doc: &str,
+    after: u64,
+    ops: &[StoredOp],
+    last: u64,
+) -> Result<(), StorageError> {
     let mut expected = after + 1;
     for op in ops {
         if op.rev != expected {
@@ -366,9 +376,8 @@ impl SqliteStorage {
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| {
-            row.get(0)
-        })?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StorageError::Corrupt(format!(
                 "cannot switch {} to WAL mode (journal_mode is {mode})",
@@ -555,7 +564,8 @@ impl SqliteStorage {
                     }
                 }
             }
-            let mut update_doc = tx.prepare_cached("UPDATE docs SET rev = ?2, len = ?3 WHERE id = ?1")?;
+            let mut update_doc =
+                tx.prepare_cached("UPDATE docs SET rev = ?2, len = ?3 WHERE id = ?1")?;
             for (doc, state) in &pending {
                 if let Some(len) = state.len {
                     update_doc.execute(params![
@@ -641,13 +651,7 @@ impl Storage for SqliteStorage {
                     DocumentSnapshot { rev, text, clients }
                 }
             };
-            let tail = query_ops(
-                conn,
-                SQL_OPS_AFTER,
-                doc,
-                snapshot.rev,
-                usize::MAX,
-            )?;
+            let tail = query_ops(conn, SQL_OPS_AFTER, doc, snapshot.rev, usize::MAX)?;
             check_contiguous(doc, snapshot.rev, &tail, last)?;
             Ok(Some(LoadedDoc {
                 snapshot,
@@ -657,15 +661,7 @@ impl Storage for SqliteStorage {
     }
 
     fn ops(&self, doc: &str, after_rev: u64, limit: usize) -> Result<Vec<StoredOp>, StorageError> {
-        self.read(|conn| {
-            query_ops(
-                conn,
-                SQL_OPS_AFTER,
-                doc,
-                after_rev,
-                limit,
-            )
-        })
+        self.read(|conn| query_ops(conn, SQL_OPS_AFTER, doc, after_rev, limit))
     }
 
     fn find_seq(
@@ -687,7 +683,9 @@ impl Storage for SqliteStorage {
             return Ok(None);
         };
         let hash = OpHash::from_hex(&hash).ok_or_else(|| {
-            StorageError::Corrupt(format!("document {doc:?} revision {rev}: bad op hash {hash:?}"))
+            StorageError::Corrupt(format!(
+                "document {doc:?} revision {rev}: bad op hash {hash:?}"
+            ))
         })?;
         Ok(Some((from_sql_int(rev, "rev")?, hash)))
     }
@@ -779,15 +777,7 @@ impl Storage for SqliteStorage {
         after_rev: u64,
         limit: usize,
     ) -> Result<Vec<StoredOp>, StorageError> {
-        self.read(|conn| {
-            query_ops(
-                conn,
-                SQL_CONFLICTS_AFTER,
-                doc,
-                after_rev,
-                limit,
-            )
-        })
+        self.read(|conn| query_ops(conn, SQL_CONFLICTS_AFTER, doc, after_rev, limit))
     }
 
     fn epoch(&self) -> u64 {
@@ -850,7 +840,14 @@ mod tests {
             apply(&mut h, doc, "a", 3, 3, ins(12, 12, "!")),
             // c saw nothing: transformed past revs 1..=4.
             apply(&mut h, doc, "c", 1, 0, ins(0, 0, "🙂")),
-            apply(&mut h, doc, "b", 2, 5, Operation::delete_range(14, 1, 1).unwrap()),
+            apply(
+                &mut h,
+                doc,
+                "b",
+                2,
+                5,
+                Operation::delete_range(14, 1, 1).unwrap(),
+            ),
         ];
         (h, items)
     }
@@ -1074,11 +1071,7 @@ mod tests {
         let before = s.list().unwrap();
 
         // e's first op is fine, then d skips revision 3: nothing of the batch is written.
-        let batch = vec![
-            create("new"),
-            other[0].clone(),
-            items[3].clone(),
-        ];
+        let batch = vec![create("new"), other[0].clone(), items[3].clone()];
         match s.commit(&batch) {
             Err(StorageError::Gap {
                 doc,
@@ -1090,12 +1083,20 @@ mod tests {
         // A repeated revision is a gap too.
         assert!(matches!(
             s.commit(&[items[1].clone()]),
-            Err(StorageError::Gap { expected: 3, found: 2, .. })
+            Err(StorageError::Gap {
+                expected: 3,
+                found: 2,
+                ..
+            })
         ));
         // So is a log that does not start at 1.
         assert!(matches!(
             s.commit(&[other[1].clone()]),
-            Err(StorageError::Gap { expected: 1, found: 2, .. })
+            Err(StorageError::Gap {
+                expected: 1,
+                found: 2,
+                ..
+            })
         ));
         // A snapshot newer than the log is refused.
         assert!(matches!(
@@ -1107,7 +1108,11 @@ mod tests {
                     clients: HashMap::new()
                 }
             }]),
-            Err(StorageError::SnapshotAhead { snapshot_rev: 3, last_rev: 2, .. })
+            Err(StorageError::SnapshotAhead {
+                snapshot_rev: 3,
+                last_rev: 2,
+                ..
+            })
         ));
         assert_eq!(s.list().unwrap(), before);
         assert!(!s.exists("new").unwrap());
@@ -1179,11 +1184,11 @@ mod tests {
         let s = open(&dir, Durability::Relaxed);
         assert_eq!(s.epoch(), epoch + 2);
         drop(s); // unclean, relaxed
-        // Opening in fsync mode after an unclean relaxed run still changes it...
+                 // Opening in fsync mode after an unclean relaxed run still changes it...
         let s = open(&dir, Durability::Fsync);
         assert_eq!(s.epoch(), epoch + 3);
         drop(s); // unclean, but fsync
-        // ...but unclean fsync runs never do.
+                 // ...but unclean fsync runs never do.
         for _ in 0..2 {
             let s = open(&dir, Durability::Fsync);
             assert_eq!(s.epoch(), epoch + 3);
@@ -1204,20 +1209,32 @@ mod tests {
         let (_, items) = sample("d");
         s.commit(&items).unwrap();
         let raw = Connection::open(s.path()).unwrap();
-        raw.execute("UPDATE ops SET applied = '[1,' WHERE doc = 'd' AND rev = 2", [])
-            .unwrap();
-        raw.execute("UPDATE ops SET op_hash = 'xyz' WHERE doc = 'd' AND rev = 3", [])
-            .unwrap();
+        raw.execute(
+            "UPDATE ops SET applied = '[1,' WHERE doc = 'd' AND rev = 2",
+            [],
+        )
+        .unwrap();
+        raw.execute(
+            "UPDATE ops SET op_hash = 'xyz' WHERE doc = 'd' AND rev = 3",
+            [],
+        )
+        .unwrap();
         assert!(matches!(s.load("d"), Err(StorageError::Corrupt(_))));
         assert!(matches!(s.ops("d", 0, 10), Err(StorageError::Corrupt(_))));
         assert!(matches!(s.text_at("d", 4), Err(StorageError::Corrupt(_))));
-        assert!(matches!(s.find_seq("d", "b", 1), Err(StorageError::Corrupt(_))));
+        assert!(matches!(
+            s.find_seq("d", "b", 1),
+            Err(StorageError::Corrupt(_))
+        ));
         // Unaffected revisions still read.
         assert_eq!(s.text_at("d", 1).unwrap().as_deref(), Some("hello"));
         raw.execute("DELETE FROM ops WHERE doc = 'd' AND rev = 5", [])
             .unwrap();
-        raw.execute("UPDATE ops SET applied = '[5]' WHERE doc = 'd' AND rev = 2", [])
-            .unwrap();
+        raw.execute(
+            "UPDATE ops SET applied = '[5]' WHERE doc = 'd' AND rev = 2",
+            [],
+        )
+        .unwrap();
         let e = s.text_at("d", 6).unwrap_err();
         assert!(matches!(e, StorageError::Corrupt(_)), "{e}");
         // A bad dedup table in a snapshot.
