@@ -8,7 +8,11 @@ use crate::storage::Durability;
 
 /// Server configuration. Every flag can also be set by the environment variable shown.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "server", version, about = "Collaborative plain-text editing server (OT over WebSocket)")]
+#[command(
+    name = "server",
+    version,
+    about = "Collaborative plain-text editing server (OT over WebSocket)"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "OT_ADDR", default_value = "127.0.0.1:8080")]

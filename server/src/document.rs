@@ -557,9 +557,7 @@ impl Document {
                 return;
             }
         }
-        let mut result = self
-            .history
-            .receive(&client_id, seq, base_rev, op.clone());
+        let mut result = self.history.receive(&client_id, seq, base_rev, op.clone());
         if let Err(ReceiveError::RevisionTooOld { oldest, .. }) = &result {
             let oldest = *oldest;
             match self.read_ops(base_rev, oldest).await {

@@ -43,10 +43,8 @@ impl Metrics {
             "ot_conflicts_total",
             "Ops transformed past concurrent ops (detected conflicts)",
         )?;
-        let duplicates = IntCounter::new(
-            "ot_duplicates_total",
-            "Resent ops answered as duplicates",
-        )?;
+        let duplicates =
+            IntCounter::new("ot_duplicates_total", "Resent ops answered as duplicates")?;
         let errors = IntCounterVec::new(
             Opts::new("ot_errors_total", "Error messages sent to clients, by code"),
             &["code"],
@@ -63,8 +61,9 @@ impl Metrics {
                 .buckets(latency_buckets),
         )?;
         let commit_batch = Histogram::with_opts(
-            HistogramOpts::new("ot_commit_batch_items", "Items written per group commit")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]),
+            HistogramOpts::new("ot_commit_batch_items", "Items written per group commit").buckets(
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
+            ),
         )?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(open_documents.clone()))?;

@@ -228,15 +228,22 @@ pub const MAX_RANGES: usize = 64;
 /// Longest display name, in chars.
 pub const MAX_NAME_CHARS: usize = 64;
 
-fn field_u64(obj: &serde_json::Map<String, Value>, key: &str, seq: Option<u64>) -> Result<u64, Rejection> {
+fn field_u64(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    seq: Option<u64>,
+) -> Result<u64, Rejection> {
     match obj.get(key) {
-        Some(Value::Number(n)) => n.as_u64().filter(|v| *v <= ot_core::MAX_SAFE_INTEGER).ok_or_else(|| {
-            Rejection::new(
-                ErrorCode::InvalidMessage,
-                format!("`{key}` must be an integer from 0 to 2^53-1, got {n}"),
-                seq,
-            )
-        }),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .filter(|v| *v <= ot_core::MAX_SAFE_INTEGER)
+            .ok_or_else(|| {
+                Rejection::new(
+                    ErrorCode::InvalidMessage,
+                    format!("`{key}` must be an integer from 0 to 2^53-1, got {n}"),
+                    seq,
+                )
+            }),
         Some(_) => Err(Rejection::new(
             ErrorCode::InvalidMessage,
             format!("`{key}` must be a number"),
@@ -251,7 +258,8 @@ fn field_u64(obj: &serde_json::Map<String, Value>, key: &str, seq: Option<u64>) 
 }
 
 fn parse_ranges(value: &Value, seq: Option<u64>) -> Result<Vec<Range>, Rejection> {
-    let bad = |why: &str| Rejection::new(ErrorCode::InvalidMessage, format!("`ranges`: {why}"), seq);
+    let bad =
+        |why: &str| Rejection::new(ErrorCode::InvalidMessage, format!("`ranges`: {why}"), seq);
     let Value::Array(items) = value else {
         return Err(bad("must be an array of [anchor, head] pairs"));
     };
@@ -275,8 +283,9 @@ fn parse_ranges(value: &Value, seq: Option<u64>) -> Result<Vec<Range>, Rejection
 
 /// Parse one text frame into a client message.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new(ErrorCode::InvalidJson, format!("not valid JSON: {e}"), None))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        Rejection::new(ErrorCode::InvalidJson, format!("not valid JSON: {e}"), None)
+    })?;
     let Value::Object(obj) = value else {
         return Err(Rejection::new(
             ErrorCode::InvalidMessage,
@@ -293,7 +302,13 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
                 None,
             ))
         }
-        None => return Err(Rejection::new(ErrorCode::UnknownType, "missing `type`", None)),
+        None => {
+            return Err(Rejection::new(
+                ErrorCode::UnknownType,
+                "missing `type`",
+                None,
+            ))
+        }
     };
     match kind {
         "op" => {
@@ -345,7 +360,10 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
         }
         other => Err(Rejection::new(
             ErrorCode::UnknownType,
-            format!("unknown message type `{}`", other.chars().take(40).collect::<String>()),
+            format!(
+                "unknown message type `{}`",
+                other.chars().take(40).collect::<String>()
+            ),
             None,
         )),
     }
@@ -378,8 +396,9 @@ mod tests {
 
     #[test]
     fn parses_ops_and_cursors() {
-        let m = parse_client_message(r#"{"type":"op","rev":3,"seq":1,"op":[1,"a"],"ranges":[[2,2]]}"#)
-            .unwrap();
+        let m =
+            parse_client_message(r#"{"type":"op","rev":3,"seq":1,"op":[1,"a"],"ranges":[[2,2]]}"#)
+                .unwrap();
         assert_eq!(
             m,
             ClientMessage::Op {
@@ -398,17 +417,35 @@ mod tests {
     fn rejections_have_codes() {
         let code = |s: &str| parse_client_message(s).unwrap_err().code;
         assert_eq!(code("nope"), ErrorCode::InvalidJson);
-        assert_eq!(code(r#"{"type":"op","rev":0,"seq":1,"op":["\ud800"]}"#), ErrorCode::InvalidJson);
+        assert_eq!(
+            code(r#"{"type":"op","rev":0,"seq":1,"op":["\ud800"]}"#),
+            ErrorCode::InvalidJson
+        );
         assert_eq!(code("[]"), ErrorCode::InvalidMessage);
         assert_eq!(code(r#"{"rev":1}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"nope"}"#), ErrorCode::UnknownType);
-        assert_eq!(code(r#"{"type":"op","rev":-1,"seq":1,"op":[]}"#), ErrorCode::InvalidMessage);
-        assert_eq!(code(r#"{"type":"op","rev":"1","seq":1,"op":[]}"#), ErrorCode::InvalidMessage);
-        assert_eq!(code(r#"{"type":"op","rev":1e400,"seq":1,"op":[]}"#), ErrorCode::InvalidJson);
-        assert_eq!(code(r#"{"type":"op","rev":1,"seq":1}"#), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code(r#"{"type":"op","rev":-1,"seq":1,"op":[]}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"op","rev":"1","seq":1,"op":[]}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"op","rev":1e400,"seq":1,"op":[]}"#),
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(
+            code(r#"{"type":"op","rev":1,"seq":1}"#),
+            ErrorCode::InvalidMessage
+        );
         let e = parse_client_message(r#"{"type":"op","rev":1,"seq":7,"op":[0]}"#).unwrap_err();
         assert_eq!((e.code, e.seq), (ErrorCode::InvalidOp, Some(7)));
-        assert_eq!(code(r#"{"type":"cursor","rev":1,"ranges":[[1]]}"#), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code(r#"{"type":"cursor","rev":1,"ranges":[[1]]}"#),
+            ErrorCode::InvalidMessage
+        );
     }
 
     #[test]
