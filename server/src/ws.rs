@@ -502,8 +502,35 @@ async fn writer(
             },
             message = out_rx.recv() => match message {
                 Some(Outbound::Text(text)) => {
-                    if sink.send(Message::Text(text)).await.is_err() {
+                    // Batch whatever else is already queued into one flush: under
+                    // load this turns many small writes into one syscall.
+                    if sink.feed(Message::Text(text)).await.is_err() {
                         return;
+                    }
+                    let mut batched = 1;
+                    let mut catch_up_next = None;
+                    while batched < 256 {
+                        match out_rx.try_recv() {
+                            Ok(Outbound::Text(text)) => {
+                                if sink.feed(Message::Text(text)).await.is_err() {
+                                    return;
+                                }
+                                batched += 1;
+                            }
+                            Ok(other) => {
+                                catch_up_next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if sink.flush().await.is_err() {
+                        return;
+                    }
+                    if let Some(Outbound::CatchUp { after, upto }) = catch_up_next {
+                        if catch_up(&shared, &doc, &mut sink, after, upto).await.is_err() {
+                            break Some(CLOSE_UNAVAILABLE);
+                        }
                     }
                 }
                 Some(Outbound::CatchUp { after, upto }) => {
