@@ -241,6 +241,7 @@ async fn run(shared: Arc<Shared>, id: String, actor_id: u64, mut rx: mpsc::Recei
     };
     doc.history.trim_to(shared.config.history_window);
     shared.metrics.open_documents.inc();
+    shared.metrics.document_loads.inc();
     tracing::debug!(doc = %doc.id, rev = doc.durable_rev, "document loaded");
     let idle = shared.config.idle_unload();
     let mut shutdown_done: Option<oneshot::Sender<()>> = None;
@@ -602,7 +603,6 @@ impl Document {
                 self.history.trim_to(keep);
             }
             Ok(Receipt::Duplicate { seq, rev }) => {
-                self.shared.metrics.duplicates.inc();
                 let rev = match rev {
                     Some(rev) => rev,
                     None => match self.find_original(&client_id, seq, &op).await {
@@ -628,6 +628,8 @@ impl Document {
                         }
                     },
                 };
+                // Counted only once it is known to be a true resend (not `seq_reused`).
+                self.shared.metrics.duplicates.inc();
                 if rev <= self.durable_rev {
                     let frame = text_frame(&ServerMessage::Ack { rev, seq });
                     self.send(conn_id, Outbound::Text(frame));

@@ -12,6 +12,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Documents loaded in memory.
     pub open_documents: IntGauge,
+    /// Documents loaded from storage (each open after an unload counts).
+    pub document_loads: IntCounter,
     /// Ops applied (new revisions).
     pub ops_applied: IntCounter,
     /// Ops transformed past concurrent ops (detected conflicts).
@@ -38,6 +40,10 @@ impl Metrics {
         ];
         let connections = IntGauge::new("ot_connections", "Open WebSocket connections")?;
         let open_documents = IntGauge::new("ot_open_documents", "Documents loaded in memory")?;
+        let document_loads = IntCounter::new(
+            "ot_document_loads_total",
+            "Documents loaded from storage into memory",
+        )?;
         let ops_applied = IntCounter::new("ot_ops_applied_total", "Ops applied")?;
         let conflicts = IntCounter::new(
             "ot_conflicts_total",
@@ -67,6 +73,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(open_documents.clone()))?;
+        registry.register(Box::new(document_loads.clone()))?;
         registry.register(Box::new(ops_applied.clone()))?;
         registry.register(Box::new(conflicts.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
@@ -78,6 +85,7 @@ impl Metrics {
             registry,
             connections,
             open_documents,
+            document_loads,
             ops_applied,
             conflicts,
             duplicates,
