@@ -33,7 +33,16 @@ impl OpHash {
     /// The hash of `op` (of its canonical JSON text, so it is the same in every
     /// implementation that produces the same canonical operation).
     pub fn of(op: &Operation) -> OpHash {
-        let digest = blake3::hash(op.to_json().as_bytes());
+        // Serialise into a stack buffer when the JSON fits (every typing op
+        // does): the same bytes as `to_json`, without a heap allocation.
+        let mut small = StackBuf {
+            buf: [0; STACK_BUF_LEN],
+            len: 0,
+        };
+        let digest = match serde_json::to_writer(&mut small, op) {
+            Ok(()) => blake3::hash(&small.buf[..small.len]),
+            Err(_) => blake3::hash(op.to_json().as_bytes()),
+        };
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(&digest.as_bytes()[..16]);
         OpHash(bytes)
@@ -54,6 +63,31 @@ impl OpHash {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
         }
         Some(OpHash(bytes))
+    }
+}
+
+/// Size of the stack buffer [`OpHash::of`] serialises small operations into.
+const STACK_BUF_LEN: usize = 256;
+
+/// A fixed-size in-memory writer that fails (without allocating) when full.
+struct StackBuf {
+    buf: [u8; STACK_BUF_LEN],
+    len: usize,
+}
+
+impl std::io::Write for StackBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let end = self.len + data.len();
+        let Some(dest) = self.buf.get_mut(self.len..end) else {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        };
+        dest.copy_from_slice(data);
+        self.len = end;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

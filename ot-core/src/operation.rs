@@ -37,6 +37,12 @@ pub struct Operation {
 /// Number of `char`s in `s`.
 #[inline]
 pub(crate) fn char_len(s: &str) -> usize {
+    // Typing inserts one character at a time, and a one-byte `str` is one
+    // ASCII char: skip the (out-of-line) general count, and the read of the
+    // text it needs.
+    if s.len() <= 1 {
+        return s.len();
+    }
     s.chars().count()
 }
 
@@ -187,12 +193,36 @@ impl Operation {
                     end: pos.saturating_add(len),
                     len: doc_len,
                 })?;
-        let mut op = Operation::with_capacity(4);
-        op.retain(pos)
-            .insert(text)
-            .delete(len)
-            .retain(doc_len - end);
-        Ok(op)
+        // Build the canonical form directly (what `retain(pos).insert(text)
+        // .delete(len).retain(doc_len - end)` gives, without the builder's
+        // merging checks): this is the hot path of every local edit.
+        let inserted = char_len(text);
+        let after = doc_len - end;
+        let mut components = Vec::with_capacity(4);
+        if inserted == 0 && len == 0 {
+            // A no-op: a single retain (or nothing on an empty document).
+            if doc_len > 0 {
+                components.push(Component::Retain(doc_len));
+            }
+        } else {
+            if pos > 0 {
+                components.push(Component::Retain(pos));
+            }
+            if inserted > 0 {
+                components.push(Component::Insert(text.to_owned()));
+            }
+            if len > 0 {
+                components.push(Component::Delete(len));
+            }
+            if after > 0 {
+                components.push(Component::Retain(after));
+            }
+        }
+        Ok(Operation {
+            components,
+            base_len: doc_len,
+            target_len: doc_len - len + inserted,
+        })
     }
 
     fn check_base(&self, actual: usize) -> Result<(), OtError> {

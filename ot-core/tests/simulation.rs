@@ -465,7 +465,7 @@ impl Sim {
                 conn.to_client.push_back(S2C::Ack { rev, seq });
             }
         }
-        if durable % self.server.snapshot_every == 0 {
+        if durable.is_multiple_of(self.server.snapshot_every) {
             self.server.snapshots.push(self.server.history.snapshot());
         }
         // Only durable ops may leave memory.
