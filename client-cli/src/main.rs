@@ -1,11 +1,207 @@
-//! The terminal client `ot-client`.
-//!
-//! Not built yet: the editor and scripting commands are the subject of the
-//! client-cli issue. This binary says so plainly and exits with an error.
+//! `ot-client`: the terminal client.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "ot-client: not implemented yet; only the ot-core library exists so far (see README.md)"
-    );
-    std::process::ExitCode::FAILURE
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use client_cli::commands::{self, Common};
+use client_cli::session::ServerUrl;
+use client_cli::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "ot-client",
+    version,
+    about = "Collaborative plain-text editing from the terminal"
+)]
+struct Cli {
+    /// Server address (ws://HOST:PORT or http://HOST:PORT).
+    #[arg(
+        long,
+        global = true,
+        env = "OT_SERVER",
+        default_value = "ws://127.0.0.1:8080"
+    )]
+    server: String,
+    /// Display name shown to other users.
+    #[arg(long, global = true, env = "OT_NAME")]
+    name: Option<String>,
+    /// Use this client id (one running writer) instead of a saved or new one.
+    #[arg(long, global = true)]
+    client_id: Option<String>,
+    /// Where the client keeps its state (default: the user's data directory).
+    #[arg(long, global = true, env = "OT_CLIENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open the full-screen editor on DOC (works offline; Ctrl-Q quits).
+    Edit {
+        /// Document id.
+        doc: String,
+    },
+    /// Print the text of DOC.
+    Cat {
+        /// Document id.
+        doc: String,
+        /// The text as of this revision.
+        #[arg(long)]
+        rev: Option<u64>,
+    },
+    /// Insert TEXT at character position POS.
+    Insert {
+        /// Document id.
+        doc: String,
+        /// Position (characters from the start).
+        pos: usize,
+        /// Text to insert.
+        text: String,
+    },
+    /// Delete LEN characters at POS.
+    Delete {
+        /// Document id.
+        doc: String,
+        /// Position (characters from the start).
+        pos: usize,
+        /// Number of characters.
+        len: usize,
+    },
+    /// Append TEXT at the end.
+    Append {
+        /// Document id.
+        doc: String,
+        /// Text to append.
+        text: String,
+    },
+    /// Make DOC equal to a file, by sending the difference.
+    Replace {
+        /// Document id.
+        doc: String,
+        /// The file with the wanted text.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print each change as it happens.
+    Watch {
+        /// Document id.
+        doc: String,
+        /// Print the whole text after each change.
+        #[arg(long)]
+        text: bool,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Print the revisions: rev, time (ms), client, seq, op.
+    History {
+        /// Document id.
+        doc: String,
+        /// Start after this revision.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Print the detected conflicts (ops transformed past concurrent ops).
+    Conflicts {
+        /// Document id.
+        doc: String,
+    },
+    /// Send edits saved by earlier runs (made offline or unacknowledged) and exit.
+    Sync {
+        /// Document id.
+        doc: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ot-client: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ot-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_doc(doc: &str) -> anyhow::Result<()> {
+    let ok = (1..=128).contains(&doc.len())
+        && doc
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        anyhow::bail!("invalid document id {doc:?}: use 1 to 128 characters of A-Z a-z 0-9 . _ -")
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let common = Common {
+        server: ServerUrl::parse(&cli.server)?,
+        name: cli.name,
+        client_id: cli.client_id,
+        store: cli
+            .data_dir
+            .map(Store::new)
+            .unwrap_or_else(Store::default_location),
+    };
+    match cli.command {
+        Command::Edit { doc } => {
+            check_doc(&doc)?;
+            client_cli::editor::run(&common, &doc).await
+        }
+        Command::Cat { doc, rev } => {
+            check_doc(&doc)?;
+            commands::cat(&common, &doc, rev).await
+        }
+        Command::Insert { doc, pos, text } => {
+            check_doc(&doc)?;
+            commands::insert(&common, &doc, pos, &text).await
+        }
+        Command::Delete { doc, pos, len } => {
+            check_doc(&doc)?;
+            commands::delete(&common, &doc, pos, len).await
+        }
+        Command::Append { doc, text } => {
+            check_doc(&doc)?;
+            commands::append(&common, &doc, &text).await
+        }
+        Command::Replace { doc, file } => {
+            check_doc(&doc)?;
+            commands::replace(&common, &doc, &file).await
+        }
+        Command::Watch { doc, text, count } => {
+            check_doc(&doc)?;
+            commands::watch(&common, &doc, text, count).await
+        }
+        Command::History { doc, from, limit } => {
+            check_doc(&doc)?;
+            commands::history(&common, &doc, from, limit).await
+        }
+        Command::Conflicts { doc } => {
+            check_doc(&doc)?;
+            commands::conflicts(&common, &doc).await
+        }
+        Command::Sync { doc } => {
+            check_doc(&doc)?;
+            commands::sync(&common, &doc).await
+        }
+    }
 }

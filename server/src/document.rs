@@ -684,7 +684,10 @@ impl Document {
             },
             len_after: applied.op.target_len() as u64,
         }];
-        if applied.rev % self.shared.config.snapshot_every.max(1) == 0 {
+        if applied
+            .rev
+            .is_multiple_of(self.shared.config.snapshot_every.max(1))
+        {
             items.push(WriteItem::Snapshot {
                 doc: self.id.clone(),
                 snapshot: self.history.snapshot(),

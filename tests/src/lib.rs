@@ -82,7 +82,10 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .context("starting the server binary")?;
@@ -158,7 +161,10 @@ pub async fn http_get_status(addr: SocketAddr, path: &str) -> Result<(u16, Strin
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("no status"))?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -187,7 +193,10 @@ pub async fn doc_state(addr: SocketAddr, doc: &str) -> Result<(u64, String)> {
     let v: Value = serde_json::from_str(&body)?;
     Ok((
         v["rev"].as_u64().ok_or_else(|| anyhow!("no rev"))?,
-        v["text"].as_str().ok_or_else(|| anyhow!("no text"))?.to_owned(),
+        v["text"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no text"))?
+            .to_owned(),
     ))
 }
 
@@ -211,6 +220,138 @@ pub async fn replay_ops(addr: SocketAddr, doc: &str) -> Result<(u64, String)> {
             text = operation.apply(&text)?;
             rev = r;
         }
+    }
+}
+
+/// What arrived on a WebSocket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A text frame, parsed as JSON.
+    Json(Value),
+    /// A binary frame.
+    Binary(Vec<u8>),
+    /// A close frame: its code and reason, if it had them.
+    Closed(Option<(u16, String)>),
+    /// The stream ended or failed without a close frame.
+    Ended(String),
+}
+
+/// The next event on `socket` (pings and pongs skipped); an error on timeout.
+pub async fn next_event(socket: &mut Socket, within: Duration) -> Result<Event> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, socket.next())
+            .await
+            .map_err(|_| anyhow!("no message within {within:?}"))?;
+        return Ok(match frame {
+            Some(Ok(Message::Text(t))) => Event::Json(
+                serde_json::from_str(t.as_str()).with_context(|| format!("not JSON: {t}"))?,
+            ),
+            Some(Ok(Message::Binary(b))) => Event::Binary(b.to_vec()),
+            Some(Ok(Message::Close(frame))) => {
+                Event::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => Event::Ended(e.to_string()),
+            None => Event::Ended("end of stream".to_owned()),
+        });
+    }
+}
+
+/// The next text frame on `socket` as JSON; an error on timeout, close or end.
+pub async fn recv_json(socket: &mut Socket, within: Duration) -> Result<Value> {
+    match next_event(socket, within).await? {
+        Event::Json(v) => Ok(v),
+        other => bail!("expected a JSON message, got {other:?}"),
+    }
+}
+
+/// Open a WebSocket to `path` (e.g. `/ws/doc?client=x`) on `addr`.
+pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Socket> {
+    let url = format!("ws://{addr}{path}");
+    let (socket, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url.as_str()),
+    )
+    .await
+    .context("connect timeout")??;
+    Ok(socket)
+}
+
+/// Open a WebSocket to `url` over a TCP socket whose receive buffer is as
+/// small as the kernel allows (so a client that does not read fills up fast).
+pub async fn ws_connect_small_recv_buffer(addr: SocketAddr, url: &str) -> Result<Socket> {
+    let tcp = tokio::net::TcpSocket::new_v4()?;
+    tcp.set_recv_buffer_size(4096)?;
+    let stream = tokio::time::timeout(Duration::from_secs(10), tcp.connect(addr))
+        .await
+        .context("connect timeout")??;
+    let (socket, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .context("handshake timeout")??;
+    Ok(socket)
+}
+
+/// Try to open a WebSocket to `path`, expecting the server to refuse the
+/// upgrade; returns the HTTP status and body of the refusal.
+pub async fn ws_refused(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio_tungstenite::tungstenite::Error;
+    let url = format!("ws://{addr}{path}");
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url.as_str()),
+    )
+    .await
+    .context("connect timeout")?;
+    match result {
+        Ok(_) => bail!("the upgrade to {path} was accepted"),
+        Err(Error::Http(response)) => Ok((
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => bail!("the upgrade to {path} failed without an HTTP answer: {e}"),
+    }
+}
+
+/// `GET path` → (status, body as JSON).
+pub async fn http_get_json(addr: SocketAddr, path: &str) -> Result<(u16, Value)> {
+    let (status, body) = http_get_status(addr, path).await?;
+    let value = serde_json::from_str(&body)
+        .with_context(|| format!("GET {path}: status {status}, body not JSON: {body}"))?;
+    Ok((status, value))
+}
+
+/// The value of the metric sample `name` (exactly as written, labels
+/// included, e.g. `ot_errors_total{code="bad_seq"}`) in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `GET /metrics`, and the value of sample `name` in it (0 if absent).
+pub async fn metric_value(addr: SocketAddr, name: &str) -> Result<f64> {
+    let page = http_get(addr, "/metrics").await?;
+    Ok(metric(&page, name).unwrap_or(0.0))
+}
+
+/// Poll `GET /api/docs/{doc}` until its revision is at least `rev` (bounded).
+pub async fn wait_for_rev(addr: SocketAddr, doc: &str, rev: u64, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok((r, _)) = doc_state(addr, doc).await {
+            if r >= rev {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("{doc} did not reach revision {rev} within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -239,7 +380,15 @@ pub struct WsClient {
 impl WsClient {
     /// Connect as a new writer with `client_id`, from a snapshot.
     pub async fn join(addr: SocketAddr, doc: &str, client_id: &str) -> Result<WsClient> {
-        let mut c = WsClient {
+        let mut c = WsClient::new(addr, doc, client_id);
+        c.reconnect().await?;
+        Ok(c)
+    }
+
+    /// A new writer with `client_id` that has not connected yet (see
+    /// [`reconnect`](Self::reconnect) and [`attach`](Self::attach)).
+    pub fn new(addr: SocketAddr, doc: &str, client_id: &str) -> WsClient {
+        WsClient {
             socket: None,
             client: Client::new(client_id, 0, "", 0),
             addr,
@@ -249,14 +398,25 @@ impl WsClient {
             conflict_copies: Vec::new(),
             other: Vec::new(),
             synced: false,
-        };
-        c.reconnect().await?;
-        Ok(c)
+        }
     }
 
     /// (Re)connect: resume from the client's revision once synced, else ask for a snapshot.
     pub async fn reconnect(&mut self) -> Result<()> {
         self.socket = None;
+        let url = self.url();
+        let (socket, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        .context("connect timeout")??;
+        self.attach(socket).await
+    }
+
+    /// The URL [`reconnect`](Self::reconnect) connects to: with `rev` (and
+    /// `epoch`) once synced.
+    pub fn url(&self) -> String {
         let mut url = format!(
             "ws://{}/ws/{}?client={}",
             self.addr,
@@ -269,17 +429,58 @@ impl WsClient {
                 url.push_str(&format!("&epoch={epoch}"));
             }
         }
-        let (socket, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        .context("connect timeout")??;
+        url
+    }
+
+    /// Use `socket` (already upgraded to [`url`](Self::url)): read and handle
+    /// its first message (a snapshot or a resume).
+    pub async fn attach(&mut self, socket: Socket) -> Result<()> {
         self.socket = Some(socket);
-        // The first message is a snapshot or a resume.
         let first = self.recv(Duration::from_secs(10)).await?;
         self.handle(first).await?;
         Ok(())
+    }
+
+    /// The next thing that arrives on the socket (text frames parsed as JSON,
+    /// not fed to the state machine); an error on timeout.
+    pub async fn next_event(&mut self, within: Duration) -> Result<Event> {
+        let socket = self
+            .socket
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected"))?;
+        next_event(socket, within).await
+    }
+
+    /// Fail if any message (or a close) arrives within `quiet`.
+    pub async fn expect_quiet(&mut self, quiet: Duration) -> Result<()> {
+        match self.next_event(quiet).await {
+            Err(_) => Ok(()),
+            Ok(event) => bail!("expected nothing within {quiet:?}, got {event:?}"),
+        }
+    }
+
+    /// Read until the server closes the connection, feeding the messages
+    /// before the close to the state machine; returns the close code and reason.
+    pub async fn expect_close(&mut self, within: Duration) -> Result<Option<(u16, String)>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no close within {within:?}");
+            }
+            match self.next_event(left).await? {
+                Event::Json(message) => self.handle(message).await?,
+                Event::Binary(_) => bail!("unexpected binary frame"),
+                Event::Closed(frame) => {
+                    self.socket = None;
+                    return Ok(frame);
+                }
+                Event::Ended(why) => {
+                    self.socket = None;
+                    bail!("the connection ended without a close frame: {why}")
+                }
+            }
+        }
     }
 
     /// Drop the connection without a close handshake (like a network cut).
@@ -289,14 +490,20 @@ impl WsClient {
 
     /// Send a JSON message.
     pub async fn send_json(&mut self, message: &Value) -> Result<()> {
-        let socket = self.socket.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+        let socket = self
+            .socket
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected"))?;
         socket.send(Message::text(message.to_string())).await?;
         Ok(())
     }
 
     /// Send raw text.
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
-        let socket = self.socket.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+        let socket = self
+            .socket
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected"))?;
         socket.send(Message::text(text.to_owned())).await?;
         Ok(())
     }
@@ -319,7 +526,10 @@ impl WsClient {
 
     /// Receive the next JSON message (error on timeout or close).
     pub async fn recv(&mut self, within: Duration) -> Result<Value> {
-        let socket = self.socket.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+        let socket = self
+            .socket
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected"))?;
         loop {
             let frame = tokio::time::timeout(within, socket.next())
                 .await
@@ -362,9 +572,10 @@ impl WsClient {
             "op" => {
                 let op = Operation::from_json_value(&message["op"])?;
                 let client = message["client"].as_str().unwrap_or_default().to_owned();
-                match self.client.remote_op(u("rev")?, &op, &client, u("seq")?)? {
-                    RemoteOutcome::Acknowledged { next: Some(out) } => self.send_op(&out).await?,
-                    _ => {}
+                if let RemoteOutcome::Acknowledged { next: Some(out) } =
+                    self.client.remote_op(u("rev")?, &op, &client, u("seq")?)?
+                {
+                    self.send_op(&out).await?;
                 }
             }
             "ack" => {
@@ -408,8 +619,10 @@ impl WsClient {
 
     /// Wait until everything is acknowledged and the client has reached `rev`.
     pub async fn settle_to(&mut self, rev: u64, within: Duration) -> Result<()> {
-        self.pump_until(within, |c| c.client.all_saved() && c.client.revision() >= rev)
-            .await
+        self.pump_until(within, |c| {
+            c.client.all_saved() && c.client.revision() >= rev
+        })
+        .await
     }
 
     /// The local text.

@@ -22,7 +22,7 @@ async fn unload_never_races_a_join() {
     let mut tasks = Vec::new();
     for i in 0..4 {
         tasks.push(tokio::spawn(async move {
-            let mut acked = 0;
+            let mut acked: u64 = 0;
             let deadline = Instant::now() + Duration::from_secs(3);
             let mut c = WsClient::join(addr, "flappy", &format!("writer-{i}"))
                 .await
@@ -38,7 +38,7 @@ async fn unload_never_races_a_join() {
                 // Leave (the document may unload at once) and come back resuming,
                 // sometimes at once (racing the unload), sometimes a little later.
                 c.socket = None;
-                if acked % 2 == 0 {
+                if acked.is_multiple_of(2) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 c.reconnect().await.unwrap();
@@ -46,7 +46,7 @@ async fn unload_never_races_a_join() {
             (c, acked)
         }));
     }
-    let mut total = 0;
+    let mut total: u64 = 0;
     let mut clients = Vec::new();
     for t in tasks {
         let (c, acked) = t.await.unwrap();
@@ -54,11 +54,11 @@ async fn unload_never_races_a_join() {
         clients.push(c);
     }
     let (rev, text) = doc_state(addr, "flappy").await.unwrap();
-    assert_eq!(rev, total as u64, "every acked edit is one revision");
-    for i in 0..4 {
+    assert_eq!(rev, total, "every acked edit is one revision");
+    for (i, client) in clients.iter().enumerate() {
         let marker = format!("<{i}>");
         let count = text.matches(&marker).count();
-        let expected = clients[i].client.next_seq() - 1;
+        let expected = client.client.next_seq() - 1;
         assert_eq!(
             count as u64, expected,
             "writer {i}'s edits appear exactly once each"

@@ -1,0 +1,338 @@
+//! The scripting commands: non-interactive, for shells, tests and bots.
+//! Each prints its result on stdout and fails with a one-line reason.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ot_core::Operation;
+use serde_json::Value;
+
+use crate::session::{ServerUrl, Session, SessionEvent};
+use crate::store::Store;
+
+/// How long a command waits for the server to acknowledge its edit.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options shared by every command.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// The server.
+    pub server: ServerUrl,
+    /// Display name.
+    pub name: Option<String>,
+    /// A fixed client id (else a saved or new one).
+    pub client_id: Option<String>,
+    /// Where states are saved.
+    pub store: Store,
+}
+
+/// A minimal HTTP GET against the server: returns (status, body).
+pub async fn http_get(server: &ServerUrl, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect(&server.authority);
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| anyhow!("connecting to {} timed out", server.http()))?
+        .with_context(|| format!("cannot reach the server at {}", server.http()))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.authority
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| anyhow!("the server did not answer in time"))??;
+    let text = String::from_utf8(raw).context("the server's answer is not UTF-8")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP answer"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("malformed HTTP status"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+async fn get_json(server: &ServerUrl, path: &str) -> Result<Value> {
+    let (status, body) = http_get(server, path).await?;
+    let value: Value = serde_json::from_str(&body)
+        .with_context(|| format!("the server's answer to {path} is not JSON"))?;
+    if status != 200 {
+        bail!(
+            "{} ({})",
+            value["message"].as_str().unwrap_or("request failed"),
+            value["code"].as_str().unwrap_or("error")
+        );
+    }
+    Ok(value)
+}
+
+/// `cat DOC [--rev R]`: print the text.
+pub async fn cat(common: &Common, doc: &str, rev: Option<u64>) -> Result<()> {
+    let text = match rev {
+        None => get_json(&common.server, &format!("/api/docs/{doc}")).await?["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        Some(rev) => {
+            let (status, body) =
+                http_get(&common.server, &format!("/api/docs/{doc}/text?rev={rev}")).await?;
+            if status != 200 {
+                let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                bail!(
+                    "{} ({})",
+                    v["message"].as_str().unwrap_or("request failed"),
+                    v["code"].as_str().unwrap_or("error")
+                );
+            }
+            body
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Connect a session to the document, synced and with any saved edits sent.
+async fn connected(common: &Common, doc: &str) -> Result<Session> {
+    let mut session = Session::open(
+        common.store.clone(),
+        common.server.clone(),
+        doc,
+        common.client_id.as_deref(),
+        common.name.clone(),
+    )?;
+    report(&session.connect().await?);
+    Ok(session)
+}
+
+fn report(events: &[SessionEvent]) {
+    for event in events {
+        match event {
+            SessionEvent::ConflictCopy(path) => eprintln!(
+                "ot-client: edits that could not be merged were saved to {}",
+                path.display()
+            ),
+            SessionEvent::ServerError { code, message } => {
+                eprintln!("ot-client: server error {code}: {message}")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Make one edit built from the current text, and wait until it is acknowledged.
+async fn edit_with(
+    common: &Common,
+    doc: &str,
+    build: impl FnOnce(&str) -> Result<Operation>,
+) -> Result<()> {
+    let mut session = connected(common, doc).await?;
+    // Send anything saved from an earlier run first.
+    report(&session.wait_saved(ACK_TIMEOUT).await?);
+    let text = session.client.text().to_string();
+    let op = build(&text)?;
+    session.local_edit(&op).await?;
+    report(&session.wait_saved(ACK_TIMEOUT).await?);
+    session.disconnect().await;
+    Ok(())
+}
+
+fn char_count(text: &str) -> usize {
+    text.chars().count()
+}
+
+/// `insert DOC POS TEXT`
+pub async fn insert(common: &Common, doc: &str, pos: usize, text: &str) -> Result<()> {
+    edit_with(common, doc, |current| {
+        Operation::insert_at(char_count(current), pos, text).map_err(|e| anyhow!("{e}"))
+    })
+    .await
+}
+
+/// `delete DOC POS LEN`
+pub async fn delete(common: &Common, doc: &str, pos: usize, len: usize) -> Result<()> {
+    edit_with(common, doc, |current| {
+        Operation::delete_range(char_count(current), pos, len).map_err(|e| anyhow!("{e}"))
+    })
+    .await
+}
+
+/// `append DOC TEXT`
+pub async fn append(common: &Common, doc: &str, text: &str) -> Result<()> {
+    edit_with(common, doc, |current| {
+        let len = char_count(current);
+        Operation::insert_at(len, len, text).map_err(|e| anyhow!("{e}"))
+    })
+    .await
+}
+
+/// `replace DOC --file F`: send the diff between the current text and the file.
+pub async fn replace(common: &Common, doc: &str, file: &std::path::Path) -> Result<()> {
+    let wanted =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    edit_with(common, doc, |current| Ok(Operation::diff(current, &wanted))).await
+}
+
+/// `sync DOC`: send the edits saved by earlier runs (e.g. made offline) and exit.
+pub async fn sync(common: &Common, doc: &str) -> Result<()> {
+    let ids = common.store.saved_ids(&common.server.ws(), doc)?;
+    let ids: Vec<Option<String>> = match &common.client_id {
+        Some(id) => vec![Some(id.clone())],
+        None if ids.is_empty() => {
+            println!("nothing saved for {doc}");
+            return Ok(());
+        }
+        None => ids.into_iter().map(Some).collect(),
+    };
+    let mut sent = 0;
+    for id in ids {
+        let mut session = match Session::open(
+            common.store.clone(),
+            common.server.clone(),
+            doc,
+            id.as_deref(),
+            common.name.clone(),
+        ) {
+            Ok(s) => s,
+            // In use by a running editor: that one sends its own edits.
+            Err(e) if format!("{e:#}").contains("in use") => continue,
+            Err(e) => return Err(e),
+        };
+        if session.client.all_saved() {
+            continue;
+        }
+        let pending = session.client.unacknowledged();
+        report(&session.connect().await?);
+        report(&session.wait_saved(ACK_TIMEOUT).await?);
+        session.disconnect().await;
+        sent += pending;
+    }
+    println!("sent {sent} pending edit(s) of {doc}");
+    Ok(())
+}
+
+/// `watch DOC [--text]`: print each change (or the whole text after each change).
+pub async fn watch(common: &Common, doc: &str, whole_text: bool, limit: Option<u64>) -> Result<()> {
+    let mut session = connected(common, doc).await?;
+    let mut out = std::io::stdout();
+    if whole_text {
+        writeln!(out, "{}", session.client.text())?;
+    }
+    let mut seen = 0u64;
+    loop {
+        if limit.is_some_and(|l| seen >= l) {
+            break;
+        }
+        if !session.is_connected() {
+            tokio::time::sleep(session.retry_delay()).await;
+            match session.connect().await {
+                Ok(events) => report(&events),
+                Err(e) => eprintln!("ot-client: {e:#}; retrying"),
+            }
+            continue;
+        }
+        let events = session.next_events().await?;
+        report(&events);
+        for event in events {
+            if let SessionEvent::Remote(op) = event {
+                seen += 1;
+                if whole_text {
+                    writeln!(out, "{}", session.client.text())?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"rev": session.client.revision(), "op": op})
+                    )?;
+                }
+                out.flush()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `history DOC`: revisions, clients, times and ops.
+pub async fn history(common: &Common, doc: &str, from: u64, limit: Option<u64>) -> Result<()> {
+    let mut after = from;
+    let mut printed = 0u64;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let page = get_json(
+            &common.server,
+            &format!("/api/docs/{doc}/ops?from={after}&limit=1000"),
+        )
+        .await?;
+        let ops = page["ops"].as_array().cloned().unwrap_or_default();
+        if ops.is_empty() {
+            break;
+        }
+        for op in ops {
+            if limit.is_some_and(|l| printed >= l) {
+                return Ok(());
+            }
+            after = op["rev"].as_u64().unwrap_or(after + 1);
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{}",
+                op["rev"],
+                op["time_ms"],
+                op["client"].as_str().unwrap_or(""),
+                op["seq"],
+                op["op"]
+            )?;
+            printed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// `conflicts DOC`: the detected conflicts (ops transformed past concurrent ops).
+pub async fn conflicts(common: &Common, doc: &str) -> Result<()> {
+    let mut after = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let page = get_json(
+            &common.server,
+            &format!("/api/docs/{doc}/conflicts?from={after}&limit=1000"),
+        )
+        .await?;
+        let items = page["conflicts"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            break;
+        }
+        for c in items {
+            after = c["rev"].as_u64().unwrap_or(after + 1);
+            writeln!(out, "{c}")?;
+        }
+    }
+    Ok(())
+}
