@@ -433,16 +433,29 @@ impl Document {
                     limits: self.limits(),
                 })));
                 let oldest = self.history.oldest_revision();
-                if rev < oldest {
+                let from = rev.max(oldest);
+                let in_memory = self.durable_rev.saturating_sub(from) as usize;
+                // Room in the connection's queue after the resume, a catch-up item
+                // and the cursors: more ops than that would overflow it at once (and
+                // close the client as too slow every time it resumes), so the writer
+                // reads them all from storage instead.
+                let room = request.out.capacity().saturating_sub(2 + self.conns.len());
+                if in_memory > room {
                     frames.push(Outbound::CatchUp {
                         after: rev,
-                        upto: oldest,
+                        upto: self.durable_rev,
                     });
-                }
-                let from = rev.max(oldest);
-                if let Some(ops) = self.history.ops_since(from) {
-                    for a in ops.iter().take_while(|a| a.rev <= self.durable_rev) {
-                        frames.push(Outbound::Text(op_frame(a)));
+                } else {
+                    if rev < oldest {
+                        frames.push(Outbound::CatchUp {
+                            after: rev,
+                            upto: oldest,
+                        });
+                    }
+                    if let Some(ops) = self.history.ops_since(from) {
+                        for a in ops.iter().take_while(|a| a.rev <= self.durable_rev) {
+                            frames.push(Outbound::Text(op_frame(a)));
+                        }
                     }
                 }
             }

@@ -157,16 +157,22 @@ impl TokenBucket {
         }
     }
 
-    async fn take(&mut self) {
+    fn refill(&mut self) {
         let now = Instant::now();
         self.tokens =
             (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;
+    }
+
+    async fn take(&mut self) {
+        self.refill();
         if self.tokens < 1.0 {
             let wait = (1.0 - self.tokens) / self.rate;
             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            self.tokens = 1.0;
-            self.last = Instant::now();
+            // Credit the whole time slept: timers round up to whole milliseconds,
+            // and dropping the surplus would cap the rate far below the setting.
+            self.refill();
+            self.tokens = self.tokens.max(1.0);
         }
         self.tokens -= 1.0;
     }

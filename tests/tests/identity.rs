@@ -1,0 +1,148 @@
+//! Client identity: server-assigned ids are distinct; a second connection with
+//! the same client id on the same document replaces the first (close 4009).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use e2e_tests::{doc_state, http_get_json, recv_json, start_server, ws_connect, Event, WsClient};
+use futures_util::SinkExt;
+use ot_core::Operation;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Clients connecting without `client=` get distinct 128-bit ids, and the
+/// server treats them as distinct writers (both seq 1 are applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_assigned_ids_are_distinct() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await.unwrap();
+    let addr = server.addr;
+    let mut ids = HashSet::new();
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        let mut socket = ws_connect(addr, "/ws/anon").await.unwrap();
+        let snapshot = recv_json(&mut socket, T).await.unwrap();
+        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+        assert_eq!(snapshot["seq"], 0, "{snapshot}");
+        let id = snapshot["client"].as_str().unwrap().to_owned();
+        assert_eq!(id.len(), 32, "128 random bits as hex: {id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert!(ids.insert(id.clone()), "id {id} assigned twice");
+        sockets.push((socket, id));
+    }
+    // Each is its own writer: seq 1 of each is applied.
+    for (rev, (socket, _)) in sockets.iter_mut().enumerate() {
+        let op = if rev == 0 {
+            json!(["a"])
+        } else {
+            json!([rev, "a"])
+        };
+        let frame = json!({"type":"op","rev":rev,"seq":1,"op":op});
+        socket.send(Message::text(frame.to_string())).await.unwrap();
+        // Skip the ops of the earlier writers, up to this one's ack.
+        loop {
+            let message = recv_json(socket, T).await.unwrap();
+            if message["type"] == "ack" {
+                assert_eq!(message, json!({"type":"ack","rev":rev + 1,"seq":1}));
+                break;
+            }
+            assert_eq!(message["type"], "op", "{message}");
+        }
+    }
+    assert_eq!(doc_state(addr, "anon").await.unwrap(), (8, "a".repeat(8)));
+    let (_, ops) = http_get_json(addr, "/api/docs/anon/ops").await.unwrap();
+    let writers: HashSet<String> = ops["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["client"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(writers, ids);
+    server.stop().await.unwrap();
+}
+
+/// The same client id on a second connection to the same document closes the
+/// first with 4009; the second works; others see no `leave` (the writer is
+/// still there). The same id on another document is independent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_client_id_replaces_the_older_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await.unwrap();
+    let addr = server.addr;
+    let mut watcher = WsClient::join(addr, "ident", "watcher").await.unwrap();
+    let mut first = WsClient::join(addr, "ident", "twin").await.unwrap();
+    // The same id on another document: unaffected by what follows.
+    let mut elsewhere = WsClient::join(addr, "ident-other", "twin").await.unwrap();
+    first
+        .edit(&Operation::insert_at(0, 0, "one").unwrap())
+        .await
+        .unwrap();
+    first.settle_to(1, T).await.unwrap();
+
+    let mut second = WsClient::join(addr, "ident", "twin").await.unwrap();
+    assert_eq!(second.client.revision(), 1);
+    assert_eq!(
+        second.client.next_seq(),
+        2,
+        "the snapshot carries the last applied seq"
+    );
+    let close = first.expect_close(T).await.unwrap();
+    assert_eq!(close.as_ref().map(|c| c.0), Some(4009), "{close:?}");
+
+    second
+        .edit(&Operation::insert_at(3, 3, " two").unwrap())
+        .await
+        .unwrap();
+    second.settle_to(2, T).await.unwrap();
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    assert_eq!(
+        doc_state(addr, "ident").await.unwrap(),
+        (2, "one two".to_owned())
+    );
+
+    // The watcher sees the two ops and nothing else (no leave for "twin").
+    for rev in 1..=2u64 {
+        let op = watcher.recv(T).await.unwrap();
+        assert_eq!(
+            (op["type"].as_str(), op["rev"].as_u64()),
+            (Some("op"), Some(rev)),
+            "{op}"
+        );
+        assert_eq!(op["client"], "twin");
+        watcher.handle(op).await.unwrap();
+    }
+    watcher
+        .expect_quiet(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(watcher.text(), "one two");
+
+    // The connection on the other document is still open and works.
+    elsewhere
+        .edit(&Operation::insert_at(0, 0, "x").unwrap())
+        .await
+        .unwrap();
+    elsewhere.settle_to(1, T).await.unwrap();
+    assert_eq!(
+        doc_state(addr, "ident-other").await.unwrap(),
+        (1, "x".to_owned())
+    );
+
+    // A third connection with the id replaces the second in turn.
+    let mut third = ws_connect(addr, "/ws/ident?client=twin&rev=2")
+        .await
+        .unwrap();
+    let resume = recv_json(&mut third, T).await.unwrap();
+    assert_eq!(
+        (resume["type"].as_str(), resume["seq"].as_u64()),
+        (Some("resume"), Some(2))
+    );
+    match second.next_event(T).await.unwrap() {
+        Event::Closed(Some((code, _))) => assert_eq!(code, 4009),
+        other => panic!("expected close 4009, got {other:?}"),
+    }
+    server.stop().await.unwrap();
+}

@@ -1,0 +1,289 @@
+//! Presence: cursors reach the other clients, mapped through later ops;
+//! ranges attached to an op follow the op; joiners get the current cursors;
+//! `leave` when a client goes away.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use e2e_tests::{recv_json, start_server, ws_connect, Event, WsClient};
+use ot_core::Operation;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(20);
+
+/// A and B on `doc` holding "hello world" at revision 1 (written by B).
+async fn two_clients(addr: SocketAddr, doc: &str) -> (WsClient, WsClient) {
+    let mut b = WsClient::join(addr, doc, "bob").await.unwrap();
+    b.edit(&Operation::insert_at(0, 0, "hello world").unwrap())
+        .await
+        .unwrap();
+    b.settle_to(1, T).await.unwrap();
+    let a = WsClient::join(addr, doc, "ann").await.unwrap();
+    assert_eq!(a.text(), "hello world");
+    (a, b)
+}
+
+/// Join `doc` without a state machine; returns the socket and the first message.
+async fn raw_join(addr: SocketAddr, path: &str) -> (e2e_tests::Socket, Value) {
+    let mut socket = ws_connect(addr, path).await.unwrap();
+    let first = recv_json(&mut socket, T).await.unwrap();
+    (socket, first)
+}
+
+async fn expect_quiet(socket: &mut e2e_tests::Socket) {
+    if let Ok(event) = e2e_tests::next_event(socket, Duration::from_millis(300)).await {
+        panic!("expected nothing, got {event:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_reaches_others_and_is_mapped_through_later_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await.unwrap();
+    let addr = server.addr;
+    let (mut a, mut b) = two_clients(addr, "cursors").await;
+
+    // A selects "world".
+    a.send_json(&json!({"type":"cursor","rev":1,"ranges":[[6,11]],"name":"Ann"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.recv(T).await.unwrap(),
+        json!({"type":"cursor","client":"ann","rev":1,"ranges":[[6,11]],"name":"Ann"})
+    );
+    a.expect_quiet(Duration::from_millis(200)).await.unwrap(); // not echoed
+
+    // B inserts before A's selection: A's selection moves right on the server.
+    b.edit(&Operation::insert_at(11, 0, ">> ").unwrap())
+        .await
+        .unwrap();
+    b.settle_to(2, T).await.unwrap();
+    let (mut c, first) = raw_join(addr, "/ws/cursors?client=carol").await;
+    assert_eq!(
+        (first["type"].as_str(), first["rev"].as_u64()),
+        (Some("snapshot"), Some(2))
+    );
+    assert_eq!(
+        recv_json(&mut c, T).await.unwrap(),
+        json!({"type":"cursor","client":"ann","rev":2,"ranges":[[9,14]],"name":"Ann"})
+    );
+    expect_quiet(&mut c).await;
+
+    // An insert exactly at the selection's start and end: positions at an insert
+    // point move after the inserted text (the ot.js rule).
+    b.edit(&Operation::insert_at(14, 9, "[").unwrap())
+        .await
+        .unwrap();
+    b.settle_to(3, T).await.unwrap();
+    b.edit(&Operation::insert_at(15, 15, "]").unwrap())
+        .await
+        .unwrap();
+    b.settle_to(4, T).await.unwrap();
+    assert_eq!(b.text(), ">> hello [world]");
+    let (mut d, first) = raw_join(addr, "/ws/cursors?client=dave").await;
+    assert_eq!(first["rev"], 4);
+    assert_eq!(
+        recv_json(&mut d, T).await.unwrap(),
+        json!({"type":"cursor","client":"ann","rev":4,"ranges":[[10,16]],"name":"Ann"})
+    );
+
+    // A delete covering the selection's start collapses it onto the delete point.
+    b.edit(&Operation::delete_range(16, 0, 12).unwrap())
+        .await
+        .unwrap();
+    b.settle_to(5, T).await.unwrap();
+    assert_eq!(b.text(), "rld]");
+    let (mut e, _) = raw_join(addr, "/ws/cursors?client=erin").await;
+    assert_eq!(
+        recv_json(&mut e, T).await.unwrap(),
+        json!({"type":"cursor","client":"ann","rev":5,"ranges":[[0,4]],"name":"Ann"})
+    );
+    expect_quiet(&mut e).await;
+    server.stop().await.unwrap();
+}
+
+/// A cursor sent at an older revision is mapped to the current one; one past
+/// the end is clamped; the name is kept (truncated to 64 chars) until changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_at_an_older_revision_is_mapped_and_clamped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await.unwrap();
+    let addr = server.addr;
+    let (mut a, mut b) = two_clients(addr, "old-cursor").await;
+    // B inserts at the start; A has not read it and sends a cursor at revision 1.
+    b.edit(&Operation::insert_at(11, 0, "XX").unwrap())
+        .await
+        .unwrap();
+    b.settle_to(2, T).await.unwrap();
+    let long_name = "n".repeat(100);
+    a.send_json(&json!({"type":"cursor","rev":1,"ranges":[[6,6],[0,11]],"name":long_name}))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.recv(T).await.unwrap(),
+        json!({"type":"cursor","client":"ann","rev":2,"ranges":[[8,8],[2,13]],"name":"n".repeat(64)})
+    );
+    // Past the end: clamped to the end. Without a name: the last name stays.
+    a.send_json(&json!({"type":"cursor","rev":2,"ranges":[[100,5]]}))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.recv(T).await.unwrap(),
+        json!({"type":"cursor","client":"ann","rev":2,"ranges":[[13,5]],"name":"n".repeat(64)})
+    );
+    // Without any name: no name field.
+    b.send_json(&json!({"type":"cursor","rev":2,"ranges":[[0,0]]}))
+        .await
+        .unwrap();
+    let mut got = None;
+    while got.is_none() {
+        let message = a.recv(T).await.unwrap();
+        if message["type"] == "cursor" {
+            got = Some(message);
+        } else {
+            a.handle(message).await.unwrap();
+        }
+    }
+    assert_eq!(
+        got.unwrap(),
+        json!({"type":"cursor","client":"bob","rev":2,"ranges":[[0,0]]})
+    );
+    server.stop().await.unwrap();
+}
+
+/// Ranges attached to an op are mapped through the concurrent ops the op was
+/// transformed past, and broadcast after the op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_attached_to_an_op_follow_the_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await.unwrap();
+    let addr = server.addr;
+    let (mut a, mut b) = two_clients(addr, "op-ranges").await;
+    // B's concurrent insert before A's edit is durable first (revision 2).
+    b.edit(&Operation::insert_at(11, 0, "XYZ").unwrap())
+        .await
+        .unwrap();
+    b.settle_to(2, T).await.unwrap();
+    // A, still at revision 1, inserts "hi" after "hello" with its cursor after it.
+    let out = a
+        .client
+        .local_edit(&Operation::insert_at(11, 5, "hi").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.base_rev, 1);
+    a.send_json(&json!({"type":"op","rev":1,"seq":out.seq,"op":out.op,"ranges":[[7,7],[0,5]]}))
+        .await
+        .unwrap();
+    let op = b.recv(T).await.unwrap();
+    assert_eq!(
+        op,
+        json!({"type":"op","rev":3,"op":[8,"hi",6],"client":"ann","seq":1})
+    );
+    b.handle(op).await.unwrap();
+    assert_eq!(
+        b.recv(T).await.unwrap(),
+        json!({"type":"cursor","client":"ann","rev":3,"ranges":[[10,10],[3,8]]})
+    );
+    assert_eq!(b.text(), "XYZhellohi world");
+    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+    assert_eq!(a.text(), "XYZhellohi world");
+    // A joiner gets the op's ranges as A's current cursor.
+    let (mut c, first) = raw_join(addr, "/ws/op-ranges?client=carol").await;
+    assert_eq!(first["rev"], 3);
+    assert_eq!(
+        recv_json(&mut c, T).await.unwrap(),
+        json!({"type":"cursor","client":"ann","rev":3,"ranges":[[10,10],[3,8]]})
+    );
+    server.stop().await.unwrap();
+}
+
+/// A joiner gets every current cursor right after its snapshot; on a resume,
+/// after the ops it missed (the cursors are at the head revision).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiner_receives_current_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await.unwrap();
+    let addr = server.addr;
+    let (mut a, mut b) = two_clients(addr, "joiner").await;
+    a.send_json(&json!({"type":"cursor","rev":1,"ranges":[[1,1]],"name":"Ann"}))
+        .await
+        .unwrap();
+    b.send_json(&json!({"type":"cursor","rev":1,"ranges":[[2,3]],"name":"Bob"}))
+        .await
+        .unwrap();
+    // Each sees the other's cursor, so both are registered.
+    assert_eq!(a.recv(T).await.unwrap()["client"], "bob");
+    assert_eq!(b.recv(T).await.unwrap()["client"], "ann");
+    let expected = [
+        json!({"type":"cursor","client":"ann","rev":1,"ranges":[[1,1]],"name":"Ann"}),
+        json!({"type":"cursor","client":"bob","rev":1,"ranges":[[2,3]],"name":"Bob"}),
+    ];
+    let (mut c, first) = raw_join(addr, "/ws/joiner?client=carol").await;
+    assert_eq!(first["type"], "snapshot");
+    let mut got = vec![
+        recv_json(&mut c, T).await.unwrap(),
+        recv_json(&mut c, T).await.unwrap(),
+    ];
+    got.sort_by_key(|v| v["client"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(got, expected);
+    expect_quiet(&mut c).await;
+
+    // A resume from revision 0: the resume, the op, then the cursors.
+    let (mut d, first) = raw_join(addr, "/ws/joiner?client=dave&rev=0").await;
+    assert_eq!(
+        (first["type"].as_str(), first["head"].as_u64()),
+        (Some("resume"), Some(1))
+    );
+    let op = recv_json(&mut d, T).await.unwrap();
+    assert_eq!(
+        (op["type"].as_str(), op["rev"].as_u64()),
+        (Some("op"), Some(1))
+    );
+    let mut got = vec![
+        recv_json(&mut d, T).await.unwrap(),
+        recv_json(&mut d, T).await.unwrap(),
+    ];
+    got.sort_by_key(|v| v["client"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(got, expected);
+    expect_quiet(&mut d).await;
+    server.stop().await.unwrap();
+}
+
+/// `leave` goes to the others when a client closes its connection or the
+/// connection is cut; a client that comes back is present again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_when_a_client_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await.unwrap();
+    let addr = server.addr;
+    let (mut a, mut b) = two_clients(addr, "leaving").await;
+    a.send_json(&json!({"type":"cursor","rev":1,"ranges":[[0,0]]}))
+        .await
+        .unwrap();
+    assert_eq!(b.recv(T).await.unwrap()["type"], "cursor");
+
+    // A closes cleanly.
+    a.socket.as_mut().unwrap().close(None).await.unwrap();
+    assert_eq!(
+        b.recv(T).await.unwrap(),
+        json!({"type":"leave","client":"ann"})
+    );
+    // A comes back; a joiner no longer sees its old cursor.
+    a.reconnect().await.unwrap();
+    let (mut c, _) = raw_join(addr, "/ws/leaving?client=carol").await;
+    expect_quiet(&mut c).await;
+    // A's connection is cut (no close handshake).
+    a.cut();
+    assert_eq!(
+        b.recv(T).await.unwrap(),
+        json!({"type":"leave","client":"ann"})
+    );
+    // Carol gets the same leave (her first message was the snapshot).
+    match e2e_tests::next_event(&mut c, T).await.unwrap() {
+        Event::Json(v) => assert_eq!(v, json!({"type":"leave","client":"ann"})),
+        other => panic!("{other:?}"),
+    }
+    b.expect_quiet(Duration::from_millis(200)).await.unwrap();
+    server.stop().await.unwrap();
+}
