@@ -22,6 +22,38 @@ use crate::store::{SavedState, Slot, Store};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// A connection opened by [`Session::dial`], with the server's first message,
+/// ready for [`Session::attach`].
+pub struct Dialed {
+    socket: Socket,
+    first: Value,
+}
+
+/// The next JSON message of a socket (pings and other frames skipped).
+async fn recv_from(socket: &mut Socket) -> Result<Value> {
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                return serde_json::from_str(text.as_str()).context("the server sent invalid JSON")
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let why = frame
+                    .map(|f| format!("closed by the server ({} {})", u16::from(f.code), f.reason))
+                    .unwrap_or_else(|| "closed by the server".to_owned());
+                return Err(anyhow!(why));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(anyhow!("connection lost: {e}")),
+            None => return Err(anyhow!("connection lost")),
+        }
+    }
+}
+
+/// The hash of a text, to recognise it later (hex).
+fn text_hash(text: &str) -> String {
+    blake3::hash(text.as_bytes()).to_hex().to_string()
+}
+
 /// A server address, as both WebSocket and HTTP base URLs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl {
@@ -117,6 +149,10 @@ pub struct Session {
     pub epoch: Option<u64>,
     /// Whether the client has ever been synced with the server.
     pub synced: bool,
+    /// The server's head revision in the last snapshot or resume. A resume is
+    /// followed by the ops up to it: the local text is current (as of the
+    /// connection) once the client's revision reaches it.
+    pub head: u64,
     /// Connection state.
     pub conn: ConnState,
     /// Other users' cursors by client id.
@@ -129,6 +165,9 @@ pub struct Session {
     /// The next connect asks for a snapshot and starts clean (pending edits were
     /// saved as a conflict copy).
     fresh_start: bool,
+    /// With `fresh_start`: the hash of the local text saved as the conflict
+    /// copy (saved with the state, so a later run does not resend the edits).
+    given_up: Option<String>,
     own_ranges: Vec<Range>,
     attempts: u32,
 }
@@ -146,13 +185,18 @@ impl Session {
         let (slot, saved) = store
             .acquire(&server.ws(), doc, client_id)
             .with_context(|| format!("opening the saved state of {doc}"))?;
-        let (client, epoch, synced) = match saved {
+        let (client, epoch, synced, given_up) = match saved {
             Some(saved) => {
                 let client = Client::from_state(saved.client)
                     .with_context(|| format!("loading {}", slot.path().display()))?;
-                (client, saved.epoch, saved.synced)
+                (client, saved.epoch, saved.synced, saved.resync)
             }
-            None => (Client::new(slot.client_id.clone(), 0, "", 0), None, false),
+            None => (
+                Client::new(slot.client_id.clone(), 0, "", 0),
+                None,
+                false,
+                None,
+            ),
         };
         Ok(Session {
             server,
@@ -161,13 +205,15 @@ impl Session {
             client,
             epoch,
             synced,
+            head: 0,
             conn: ConnState::Offline,
             remote_cursors: BTreeMap::new(),
             conflict_copies: Vec::new(),
             store,
             slot,
             socket: None,
-            fresh_start: false,
+            fresh_start: given_up.is_some(),
+            given_up,
             own_ranges: Vec::new(),
             attempts: 0,
         })
@@ -181,6 +227,12 @@ impl Session {
     /// Path of the state file.
     pub fn state_path(&self) -> PathBuf {
         self.slot.path().to_path_buf()
+    }
+
+    /// Whether the pending edits were given up (saved as a conflict copy, the
+    /// server would not take them): the next connection starts from a snapshot.
+    pub fn resyncing(&self) -> bool {
+        self.fresh_start
     }
 
     /// Whether the connection is up.
@@ -197,6 +249,7 @@ impl Session {
                 doc: self.doc.clone(),
                 epoch: self.epoch,
                 synced: self.synced,
+                resync: self.given_up.clone().filter(|_| self.fresh_start),
                 client: self.client.state(),
             })
             .context("saving the client state")
@@ -214,10 +267,8 @@ impl Session {
         Duration::from_millis((base as f64 * jitter) as u64)
     }
 
-    /// One connection attempt: connect, then handle the first message
-    /// (a snapshot or a resume, resending what is pending).
-    pub async fn connect(&mut self) -> Result<Vec<SessionEvent>> {
-        self.socket = None;
+    /// The URL of the next connection attempt (with `rev`/`epoch` to resume).
+    fn connect_url(&self) -> String {
         let mut url = format!(
             "{}/ws/{}?client={}",
             self.server.ws(),
@@ -230,29 +281,52 @@ impl Session {
                 url.push_str(&format!("&epoch={epoch}"));
             }
         }
-        let connecting = tokio_tungstenite::connect_async(url.as_str());
-        let (socket, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
-            .await
-            .map_err(|_| anyhow!("connecting to {} timed out", self.server.ws()))?
-            .with_context(|| format!("connecting to {}", self.server.ws()))?;
-        self.socket = Some(socket);
-        let first = match tokio::time::timeout(Duration::from_secs(10), self.recv_raw()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(e))) => {
-                self.socket = None;
-                return Err(e);
+        url
+    }
+
+    /// Start a connection attempt that does not borrow the session: open the
+    /// WebSocket and read the server's first message. The editor keeps editing
+    /// (offline) while this runs, then hands the result to [`attach`](Self::attach).
+    /// Edits made meanwhile are fine: they do not change the revision the URL
+    /// resumes from, and the resume resends whatever is pending.
+    pub fn dial(&self) -> impl std::future::Future<Output = Result<Dialed>> + Send + 'static {
+        let url = self.connect_url();
+        let server = self.server.ws();
+        async move {
+            let connecting = tokio_tungstenite::connect_async(url.as_str());
+            let (mut socket, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
+                .await
+                .map_err(|_| anyhow!("connecting to {server} timed out"))?
+                .with_context(|| format!("connecting to {server}"))?;
+            match tokio::time::timeout(Duration::from_secs(10), recv_from(&mut socket)).await {
+                Ok(Ok(first)) => Ok(Dialed { socket, first }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => bail!("the server did not greet the connection"),
             }
-            Ok(None) | Err(_) => {
-                self.socket = None;
-                bail!("the server did not greet the connection");
-            }
-        };
-        let events = self.handle(first).await?;
+        }
+    }
+
+    /// Take over a connection opened by [`dial`](Self::dial): handle its first
+    /// message (a snapshot or a resume, resending what is pending).
+    pub async fn attach(&mut self, dialed: Dialed) -> Result<Vec<SessionEvent>> {
+        self.socket = Some(dialed.socket);
+        // The server sends every other client's cursor after the first message
+        // (and catch-up): forget the old ones, some may have left meanwhile.
+        self.remote_cursors.clear();
+        let events = self.handle(dialed.first).await?;
         if self.socket.is_some() {
             self.conn = ConnState::Connected;
             self.attempts = 0;
         }
         Ok(events)
+    }
+
+    /// One connection attempt: connect, then handle the first message
+    /// (a snapshot or a resume, resending what is pending).
+    pub async fn connect(&mut self) -> Result<Vec<SessionEvent>> {
+        self.socket = None;
+        let dialed = self.dial().await?;
+        self.attach(dialed).await
     }
 
     /// Close the connection (the session keeps working offline).
@@ -265,26 +339,7 @@ impl Session {
 
     async fn recv_raw(&mut self) -> Option<Result<Value>> {
         let socket = self.socket.as_mut()?;
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    return Some(
-                        serde_json::from_str(text.as_str()).context("the server sent invalid JSON"),
-                    )
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let why = frame
-                        .map(|f| {
-                            format!("closed by the server ({} {})", u16::from(f.code), f.reason)
-                        })
-                        .unwrap_or_else(|| "closed by the server".to_owned());
-                    return Some(Err(anyhow!(why)));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Some(Err(anyhow!("connection lost: {e}"))),
-                None => return Some(Err(anyhow!("connection lost"))),
-            }
-        }
+        Some(recv_from(socket).await)
     }
 
     /// Wait for the next server message and handle it. Pending forever while
@@ -338,12 +393,31 @@ impl Session {
         }
     }
 
+    /// Apply a local edit like [`local_edit`](Self::local_edit), with this
+    /// user's selection after the edit (local text positions): it rides on the
+    /// op if the op is sent now.
+    pub async fn local_edit_with_cursor(
+        &mut self,
+        op: &Operation,
+        ranges: Vec<Range>,
+    ) -> Result<()> {
+        self.own_ranges = ranges;
+        self.local_edit(op).await
+    }
+
     /// Set this user's selection (local text positions) and tell the others
     /// when nothing is outstanding (otherwise it rides on the next op).
     pub async fn set_cursor(&mut self, ranges: Vec<Range>) {
         if ranges == self.own_ranges {
             return;
         }
+        self.announce_cursor(ranges).await;
+    }
+
+    /// Like [`set_cursor`](Self::set_cursor), but sent even if unchanged (with
+    /// the name): after connecting (the server forgets a connection's cursor),
+    /// and after an ack when the cursor moved since the acknowledged op left.
+    pub async fn announce_cursor(&mut self, ranges: Vec<Range>) {
         self.own_ranges = ranges;
         if self.client.all_saved() && self.socket.is_some() {
             let mut message = json!({
@@ -367,10 +441,11 @@ impl Session {
     /// Save the pending edits as a conflict copy and start clean from the
     /// next snapshot (the server rejected them, or the state is stale).
     async fn give_up_pending(&mut self, events: &mut Vec<SessionEvent>) -> Result<()> {
+        let text = self.client.text().to_string();
         if !self.client.all_saved() {
-            let text = self.client.text().to_string();
             events.push(self.conflict_copy(&text)?);
         }
+        self.given_up = Some(text_hash(&text));
         self.fresh_start = true;
         self.socket = None;
         self.conn = ConnState::Reconnecting;
@@ -390,13 +465,25 @@ impl Session {
         match kind {
             "snapshot" => {
                 let rev = number("rev")?;
+                self.head = rev;
                 let seq = number("seq")?;
                 let text = message["text"].as_str().unwrap_or_default().to_owned();
                 self.epoch = message["epoch"].as_u64();
                 self.remote_cursors.clear();
                 if self.fresh_start || !self.synced && self.client.all_saved() {
+                    // Edits made after pending ones were given up are not
+                    // dropped silently either.
+                    let local = self.client.text().to_string();
+                    if self.fresh_start
+                        && !self.client.all_saved()
+                        && local != text
+                        && self.given_up.as_deref() != Some(text_hash(&local).as_str())
+                    {
+                        events.push(self.conflict_copy(&local)?);
+                    }
                     self.client = Client::new(self.client.client_id().to_owned(), rev, &text, seq);
                     self.fresh_start = false;
+                    self.given_up = None;
                 } else {
                     let outcome = self.client.snapshot(rev, &text, seq);
                     if let Some(copy) = outcome.conflict_copy {
@@ -411,6 +498,7 @@ impl Session {
                 events.push(SessionEvent::Resynced);
             }
             "resume" => {
+                self.head = message["head"].as_u64().unwrap_or_default();
                 self.epoch = message["epoch"].as_u64();
                 match self.client.resumed(number("rev")?, number("seq")?) {
                     Ok(Some(out)) => self.send_op(out).await?,
