@@ -120,7 +120,9 @@ pub async fn cat(common: &Common, doc: &str, rev: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-/// Connect a session to the document, synced and with any saved edits sent.
+/// Connect a session to the document, its text current: a saved state is
+/// resumed, and the ops it missed are applied before anything is built on the
+/// text (positions given by the user refer to the current text).
 async fn connected(common: &Common, doc: &str) -> Result<Session> {
     let mut session = Session::open(
         common.store.clone(),
@@ -130,6 +132,23 @@ async fn connected(common: &Common, doc: &str) -> Result<Session> {
         common.name.clone(),
     )?;
     report(&session.connect().await?);
+    if !session.is_connected() && session.resyncing() {
+        // The saved edits could not be resumed (they were saved as a conflict
+        // copy, reported above): start again from a snapshot.
+        report(&session.connect().await?);
+    }
+    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+    while session.client.revision() < session.head {
+        if !session.is_connected() {
+            bail!("the connection was lost while catching up with {doc}");
+        }
+        match tokio::time::timeout_at(deadline, session.next_events()).await {
+            Ok(events) => report(&events?),
+            Err(_) => {
+                bail!("the server did not send the latest edits of {doc} within {ACK_TIMEOUT:?}")
+            }
+        }
+    }
     Ok(session)
 }
 
@@ -148,6 +167,44 @@ fn report(events: &[SessionEvent]) {
     }
 }
 
+/// Handle messages until every local edit is acknowledged (bounded by
+/// [`ACK_TIMEOUT`]). Fails with one line if the server refuses an edit (naming
+/// the conflict copy that keeps it: it is not sent again) or the connection is
+/// lost (the edits stay saved and are sent next time).
+async fn settle(session: &mut Session) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+    while !session.client.all_saved() {
+        if !session.is_connected() {
+            bail!("the connection was lost before the server acknowledged every edit (they are saved and will be sent next time)");
+        }
+        let events = match tokio::time::timeout_at(deadline, session.next_events()).await {
+            Ok(events) => events?,
+            Err(_) => bail!("the server did not acknowledge the edits within {ACK_TIMEOUT:?} (they are saved and will be sent next time)"),
+        };
+        if session.is_connected() || !session.resyncing() {
+            report(&events);
+            continue;
+        }
+        // The server will not take the pending edits: they were given up.
+        let mut why = String::from("the server refused the edit");
+        for event in &events {
+            if let SessionEvent::ServerError { code, message } = event {
+                why.push_str(&format!(": {code}: {message}"));
+            }
+        }
+        for event in &events {
+            if let SessionEvent::ConflictCopy(path) = event {
+                why.push_str(&format!(
+                    "; the text with it was saved to {}",
+                    path.display()
+                ));
+            }
+        }
+        bail!(why);
+    }
+    Ok(())
+}
+
 /// Make one edit built from the current text, and wait until it is acknowledged.
 async fn edit_with(
     common: &Common,
@@ -156,11 +213,11 @@ async fn edit_with(
 ) -> Result<()> {
     let mut session = connected(common, doc).await?;
     // Send anything saved from an earlier run first.
-    report(&session.wait_saved(ACK_TIMEOUT).await?);
+    settle(&mut session).await?;
     let text = session.client.text().to_string();
     let op = build(&text)?;
     session.local_edit(&op).await?;
-    report(&session.wait_saved(ACK_TIMEOUT).await?);
+    settle(&mut session).await?;
     session.disconnect().await;
     Ok(())
 }
@@ -229,11 +286,23 @@ pub async fn sync(common: &Common, doc: &str) -> Result<()> {
         if session.client.all_saved() {
             continue;
         }
-        let pending = session.client.unacknowledged();
+        // Edits given up earlier (kept as a conflict copy) are not sent again:
+        // the connection just starts from a snapshot.
+        let pending = if session.resyncing() {
+            0
+        } else {
+            session.client.unacknowledged()
+        };
         report(&session.connect().await?);
-        report(&session.wait_saved(ACK_TIMEOUT).await?);
+        if !session.is_connected() && session.resyncing() {
+            // They could not be resumed: saved as a conflict copy (reported).
+            report(&session.connect().await?);
+        }
+        settle(&mut session).await?;
         session.disconnect().await;
-        sent += pending;
+        if session.conflict_copies.is_empty() {
+            sent += pending;
+        }
     }
     println!("sent {sent} pending edit(s) of {doc}");
     Ok(())

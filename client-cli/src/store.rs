@@ -59,6 +59,13 @@ pub struct SavedState {
     pub epoch: Option<u64>,
     /// Whether the state was ever synced with the server (it can resume).
     pub synced: bool,
+    /// Set when the pending edits were given up (the server rejected them or
+    /// could not resume them; they were saved as a conflict copy): the hash of
+    /// the local text then. The next connection starts from a snapshot instead
+    /// of resuming and resending them; edits made since are kept as another
+    /// conflict copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<String>,
     /// The client state machine.
     pub client: ClientState,
 }
@@ -279,6 +286,7 @@ mod tests {
             doc: "doc".into(),
             epoch: Some(3),
             synced: true,
+            resync: None,
             client: Client::new(a.client_id.clone(), 4, "héllo", 2).state(),
         };
         a.save(&state).unwrap();
