@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod state;
 pub mod storage;
+pub mod web;
 pub mod ws;
 
 use std::future::Future;
@@ -39,6 +40,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/docs/{doc}/conflicts", get(http::get_conflicts))
         .route("/healthz", get(http::healthz))
         .route("/metrics", get(http::metrics))
+        .route("/", get(web::index))
+        .route("/d", get(web::open_form))
+        .route("/d/{doc}", get(web::editor))
+        .route("/static/{file}", get(web::asset))
         .fallback(fallback)
         .with_state(shared)
 }

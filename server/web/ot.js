@@ -1,0 +1,853 @@
+// Operational transformation for plain text, in JavaScript: the browser
+// editor's copy of ot-core's algebra and client state machine.
+//
+// An ES module with no dependencies, used by the page and by the Node
+// conformance test (tests/js/). Operations use the ot.js JSON form — an array
+// where a positive integer retains, a string inserts and a negative integer
+// deletes (`[5, "hi", -2, 3]`) — and every length and position counts
+// **Unicode scalar values** (code points), exactly like ot-core, never UTF-16
+// code units. Operations are kept canonical: no empty components, adjacent
+// components of one kind merged, an insert before an adjacent delete. Errors
+// are thrown as `OtError`s whose `code` is ot-core's code
+// (`length_mismatch`, `compose_mismatch`, `transform_mismatch`,
+// `out_of_range`, `invalid_json`, `not_an_array`, `zero_length`,
+// `not_an_integer`, `too_large`, `invalid_component`; the client state machine
+// adds `revision_gap`, `op_does_not_fit`, `local_op_does_not_fit`,
+// `resume_mismatch`, `stale_state`, `corrupt_state`).
+
+/** 2^53 − 1: the largest length an operation may have (exact in JavaScript). */
+export const MAX_SAFE_INTEGER = Number.MAX_SAFE_INTEGER;
+
+/** An error with ot-core's machine-readable code. */
+export class OtError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.code = code;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Code points
+
+/** Number of code points (Unicode scalar values in well-formed text) in `s`. */
+export function cpLen(s) {
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n--;
+        i++;
+      }
+    }
+  }
+  return n;
+}
+
+/** The UTF-16 index reached by walking `n` code points from UTF-16 index `i` of `s`. */
+export function advance(s, i, n) {
+  while (n > 0 && i < s.length) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      i += d >= 0xdc00 && d <= 0xdfff ? 2 : 1;
+    } else {
+      i += 1;
+    }
+    n--;
+  }
+  return i;
+}
+
+/** Code point index of UTF-16 index `i` in `s` (an index inside a pair counts as after it). */
+export function utf16ToCp(s, i) {
+  return cpLen(s.slice(0, i));
+}
+
+/** UTF-16 index of code point index `cp` in `s` (clamped to the end). */
+export function cpToUtf16(s, cp) {
+  return advance(s, 0, cp);
+}
+
+/** `s` with every lone surrogate replaced by U+FFFD. */
+export function wellFormed(s) {
+  if (typeof s.toWellFormed === "function") return s.toWellFormed();
+  return s.replace(
+    /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g,
+    "\uFFFD",
+  );
+}
+
+/** True when `s` has no lone surrogate. */
+export function isWellFormed(s) {
+  if (typeof s.isWellFormed === "function") return s.isWellFormed();
+  return wellFormed(s) === s;
+}
+
+// ---------------------------------------------------------------------------
+// The canonicalising builder
+
+const isRetain = (c) => typeof c === "number" && c > 0;
+const isDelete = (c) => typeof c === "number" && c < 0;
+const isInsert = (c) => typeof c === "string";
+
+/** Builds canonical operations (the same merging rules as ot-core's builder). */
+export class Builder {
+  constructor() {
+    this.ops = [];
+  }
+  retain(n) {
+    if (n <= 0) return this;
+    const last = this.ops.length - 1;
+    if (last >= 0 && isRetain(this.ops[last])) this.ops[last] += n;
+    else this.ops.push(n);
+    return this;
+  }
+  insert(s) {
+    if (s === "") return this;
+    const ops = this.ops;
+    const last = ops.length - 1;
+    if (last >= 0 && isInsert(ops[last])) {
+      ops[last] += s;
+    } else if (last >= 0 && isDelete(ops[last])) {
+      if (last >= 1 && isInsert(ops[last - 1])) ops[last - 1] += s;
+      else ops.splice(last, 0, s);
+    } else {
+      ops.push(s);
+    }
+    return this;
+  }
+  delete(n) {
+    if (n <= 0) return this;
+    const last = this.ops.length - 1;
+    if (last >= 0 && isDelete(this.ops[last])) this.ops[last] -= n;
+    else this.ops.push(-n);
+    return this;
+  }
+  done() {
+    return this.ops;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Lengths and construction
+
+/** Length of the document `op` applies to. */
+export function baseLen(op) {
+  let n = 0;
+  for (const c of op) if (typeof c === "number") n += Math.abs(c);
+  return n;
+}
+
+/** Length of the document `op` produces. */
+export function targetLen(op) {
+  let n = 0;
+  for (const c of op) {
+    if (isRetain(c)) n += c;
+    else if (isInsert(c)) n += cpLen(c);
+  }
+  return n;
+}
+
+/** True when `op` changes nothing (it only retains). */
+export function isNoop(op) {
+  return op.every(isRetain);
+}
+
+/** The operation that keeps a document of `len` code points as it is. */
+export function identity(len) {
+  return len > 0 ? [len] : [];
+}
+
+/** Replace `len` code points at `pos` with `text` in a document of `docLen` code points. */
+export function replaceRange(docLen, pos, len, text) {
+  if (pos + len > docLen) {
+    throw new OtError("out_of_range", `range ${pos}..${pos + len} is outside 0..${docLen}`);
+  }
+  return new Builder().retain(pos).insert(text).delete(len).retain(docLen - pos - len).done();
+}
+
+// ---------------------------------------------------------------------------
+// Apply and invert
+
+function checkBase(op, actual) {
+  const expected = baseLen(op);
+  if (expected !== actual) {
+    throw new OtError(
+      "length_mismatch",
+      `the operation applies to ${expected} characters but the text has ${actual}`,
+    );
+  }
+}
+
+/** Apply `op` to `text`. */
+export function apply(text, op) {
+  checkBase(op, cpLen(text));
+  const parts = [];
+  let i = 0;
+  for (const c of op) {
+    if (isRetain(c)) {
+      const j = advance(text, i, c);
+      parts.push(text.slice(i, j));
+      i = j;
+    } else if (isInsert(c)) {
+      parts.push(c);
+    } else {
+      i = advance(text, i, -c);
+    }
+  }
+  return parts.join("");
+}
+
+/** The operation undoing `op` applied to `text`. */
+export function invert(text, op) {
+  checkBase(op, cpLen(text));
+  const b = new Builder();
+  let i = 0;
+  for (const c of op) {
+    if (isRetain(c)) {
+      b.retain(c);
+      i = advance(text, i, c);
+    } else if (isInsert(c)) {
+      b.delete(cpLen(c));
+    } else {
+      const j = advance(text, i, -c);
+      b.insert(text.slice(i, j));
+      i = j;
+    }
+  }
+  return b.done();
+}
+
+// ---------------------------------------------------------------------------
+// Compose and transform
+
+const END = 0;
+const RETAIN = 1;
+const INSERT = 2;
+const DELETE = 3;
+
+class Cursor {
+  constructor(ops) {
+    this.ops = ops;
+    this.i = -1;
+    this.next();
+  }
+  next() {
+    this.i++;
+    if (this.i >= this.ops.length) {
+      this.kind = END;
+      this.len = 0;
+      this.text = "";
+      return;
+    }
+    const c = this.ops[this.i];
+    if (isInsert(c)) {
+      this.kind = INSERT;
+      this.text = c;
+      this.len = cpLen(c);
+    } else if (c > 0) {
+      this.kind = RETAIN;
+      this.len = c;
+    } else {
+      this.kind = DELETE;
+      this.len = -c;
+    }
+  }
+  take(n) {
+    this.len -= n;
+    if (this.kind === INSERT) this.text = this.text.slice(advance(this.text, 0, n));
+    if (this.len === 0) this.next();
+  }
+  takeText(n) {
+    const j = advance(this.text, 0, n);
+    const t = this.text.slice(0, j);
+    this.text = this.text.slice(j);
+    this.len -= n;
+    if (this.len === 0) this.next();
+    return t;
+  }
+}
+
+/** The operation with the effect of `a` followed by `b`. */
+export function compose(a, b) {
+  const aTarget = targetLen(a);
+  const bBase = baseLen(b);
+  const mismatch = () =>
+    new OtError("compose_mismatch", `the first produces ${aTarget} characters, the second applies to ${bBase}`);
+  if (aTarget !== bBase) throw mismatch();
+  const out = new Builder();
+  const x = new Cursor(a);
+  const y = new Cursor(b);
+  for (;;) {
+    if (x.kind === DELETE) {
+      out.delete(x.len);
+      x.next();
+      continue;
+    }
+    if (y.kind === INSERT) {
+      out.insert(y.text);
+      y.next();
+      continue;
+    }
+    if (x.kind === END && y.kind === END) break;
+    if (x.kind === END || y.kind === END) throw mismatch();
+    const n = Math.min(x.len, y.len);
+    if (x.kind === RETAIN && y.kind === RETAIN) {
+      out.retain(n);
+      x.take(n);
+    } else if (x.kind === INSERT && y.kind === RETAIN) {
+      out.insert(x.takeText(n));
+    } else if (x.kind === RETAIN && y.kind === DELETE) {
+      out.delete(n);
+      x.take(n);
+    } else {
+      // Inserted by the first and deleted by the second: nothing remains.
+      x.takeText(n);
+    }
+    y.take(n);
+  }
+  return out.done();
+}
+
+/**
+ * Transform concurrent `a` and `b` (same base) into `[a', b']` with
+ * apply(apply(s, a), b') == apply(apply(s, b), a'). On inserts at the same
+ * position `a`'s text comes first.
+ */
+export function transform(a, b) {
+  const aBase = baseLen(a);
+  const bBase = baseLen(b);
+  const mismatch = () =>
+    new OtError("transform_mismatch", `the operations apply to ${aBase} and ${bBase} characters`);
+  if (aBase !== bBase) throw mismatch();
+  const ap = new Builder();
+  const bp = new Builder();
+  const x = new Cursor(a);
+  const y = new Cursor(b);
+  for (;;) {
+    if (x.kind === INSERT) {
+      ap.insert(x.text);
+      bp.retain(x.len);
+      x.next();
+      continue;
+    }
+    if (y.kind === INSERT) {
+      ap.retain(y.len);
+      bp.insert(y.text);
+      y.next();
+      continue;
+    }
+    if (x.kind === END && y.kind === END) break;
+    if (x.kind === END || y.kind === END) throw mismatch();
+    const n = Math.min(x.len, y.len);
+    if (x.kind === RETAIN && y.kind === RETAIN) {
+      ap.retain(n);
+      bp.retain(n);
+    } else if (x.kind === DELETE && y.kind === RETAIN) {
+      ap.delete(n);
+    } else if (x.kind === RETAIN && y.kind === DELETE) {
+      bp.delete(n);
+    } // both deleted the same text: neither deletes it again
+    x.take(n);
+    y.take(n);
+  }
+  return [ap.done(), bp.done()];
+}
+
+/**
+ * Where a cursor at `pos` ends up after `op`: at an insert point it moves
+ * after the inserted text; inside a deleted range it moves to where the range
+ * was; past the end it is clamped to the end first.
+ */
+export function transformPosition(pos, op) {
+  pos = Math.min(pos, baseLen(op));
+  let remaining = pos;
+  let newPos = pos;
+  for (const c of op) {
+    if (isRetain(c)) {
+      if (c > remaining) break;
+      remaining -= c;
+    } else if (isInsert(c)) {
+      newPos += cpLen(c);
+    } else {
+      const n = -c;
+      newPos -= Math.min(remaining, n);
+      if (n > remaining) break;
+      remaining -= n;
+    }
+  }
+  return newPos;
+}
+
+/** Map `[anchor, head]` ranges through `op`. */
+export function transformRanges(ranges, op) {
+  return ranges.map(([a, h]) => [transformPosition(a, op), transformPosition(h, op)]);
+}
+
+// ---------------------------------------------------------------------------
+// JSON
+
+/**
+ * A JSON number kept as written (`2.0`, `-0`, `1e3`), for parsers that must
+ * tell how a number is written: see `parseJSONExact`.
+ */
+export class JsonNumber {
+  constructor(text) {
+    this.text = text;
+  }
+}
+
+const U64_MAX = (1n << 64n) - 1n;
+const I64_MIN = -(1n << 63n);
+
+// How serde_json (ot-core's parser) reads a number: an unsigned integer, a
+// negative integer, or a float.
+function classifyNumber(c) {
+  if (typeof c === "number") {
+    if (Number.isInteger(c)) return c < 0 || Object.is(c, -0) ? { neg: c } : { uint: c };
+    return { float: c };
+  }
+  const text = c.text;
+  if (/^-?(0|[1-9][0-9]*)$/.test(text)) {
+    const big = BigInt(text);
+    if (!text.startsWith("-")) {
+      if (big <= U64_MAX) return { uint: big > BigInt(MAX_SAFE_INTEGER) ? Infinity : Number(big) };
+    } else if (big !== 0n && big >= I64_MIN) {
+      return { neg: big < -BigInt(MAX_SAFE_INTEGER) ? -Infinity : Number(big) };
+    }
+  }
+  return { float: Number(text) };
+}
+
+/** The canonical operation from a parsed JSON value (numbers may be `JsonNumber`s). */
+export function opFromJSON(value) {
+  if (!Array.isArray(value)) {
+    throw new OtError("not_an_array", "an operation is a JSON array");
+  }
+  const b = new Builder();
+  let base = 0;
+  value.forEach((c, index) => {
+    if (typeof c === "string") {
+      if (!isWellFormed(c)) throw new OtError("invalid_json", `component ${index} has a lone surrogate`);
+      b.insert(c);
+      return;
+    }
+    if (typeof c === "number" || c instanceof JsonNumber) {
+      const n = classifyNumber(c);
+      const tooLarge = () => new OtError("too_large", `component ${index} is too large`);
+      if ("float" in n) {
+        const f = n.float;
+        if (f === 0) throw new OtError("zero_length", `component ${index} is 0`);
+        if (Number.isFinite(f) && Number.isInteger(f) && Math.abs(f) > MAX_SAFE_INTEGER) throw tooLarge();
+        throw new OtError("not_an_integer", `component ${index} is not an integer`);
+      }
+      const v = "uint" in n ? n.uint : n.neg;
+      if (v === 0) throw new OtError("zero_length", `component ${index} is 0`);
+      const len = Math.abs(v);
+      if (len > MAX_SAFE_INTEGER || base + len > MAX_SAFE_INTEGER) throw tooLarge();
+      base += len;
+      if (v > 0) b.retain(len);
+      else b.delete(len);
+      return;
+    }
+    throw new OtError("invalid_component", `component ${index} is not a number or a string`);
+  });
+  return b.done();
+}
+
+/** Parse the ot.js JSON text form (strictly, like ot-core). */
+export function parseOp(text) {
+  let value;
+  try {
+    value = parseJSONExact(text);
+  } catch (e) {
+    throw new OtError("invalid_json", e.message);
+  }
+  return opFromJSON(value);
+}
+
+/**
+ * A strict JSON parser with serde_json's rules: numbers come back as
+ * `JsonNumber`s (their text kept), lone surrogate escapes and nesting deeper
+ * than 127 are syntax errors, later duplicate keys win. Throws `SyntaxError`.
+ */
+export function parseJSONExact(text) {
+  let i = 0;
+  let depth = 128;
+  const fail = (what) => {
+    throw new SyntaxError(`${what} at ${i}`);
+  };
+  const ws = () => {
+    while (i < text.length) {
+      const c = text.charCodeAt(i);
+      if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d) i++;
+      else break;
+    }
+  };
+  const str = () => {
+    i++; // opening quote
+    let out = "";
+    let start = i;
+    for (;;) {
+      if (i >= text.length) fail("unterminated string");
+      const c = text.charCodeAt(i);
+      if (c === 0x22) {
+        out += text.slice(start, i);
+        i++;
+        break;
+      }
+      if (c < 0x20) fail("control character in string");
+      if (c === 0x5c) {
+        out += text.slice(start, i);
+        i++;
+        const e = text[i++];
+        const simple = { '"': '"', "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" };
+        if (e in simple) {
+          out += simple[e];
+        } else if (e === "u") {
+          const hex = () => {
+            const h = text.slice(i, i + 4);
+            if (!/^[0-9a-fA-F]{4}$/.test(h)) fail("bad \\u escape");
+            i += 4;
+            return parseInt(h, 16);
+          };
+          const u = hex();
+          if (u >= 0xd800 && u <= 0xdbff) {
+            if (text[i] !== "\\" || text[i + 1] !== "u") fail("lone surrogate");
+            i += 2;
+            const v = hex();
+            if (v < 0xdc00 || v > 0xdfff) fail("lone surrogate");
+            out += String.fromCharCode(u, v);
+          } else if (u >= 0xdc00 && u <= 0xdfff) {
+            fail("lone surrogate");
+          } else {
+            out += String.fromCharCode(u);
+          }
+        } else {
+          fail("bad escape");
+        }
+        start = i;
+      } else {
+        i++;
+      }
+    }
+    if (!isWellFormed(out)) fail("lone surrogate");
+    return out;
+  };
+  const num = () => {
+    const m = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/.exec(text.slice(i, i + 1100));
+    if (!m || m[0] === "-") fail("bad number");
+    i += m[0].length;
+    if (!Number.isFinite(Number(m[0]))) fail("number out of range");
+    return new JsonNumber(m[0]);
+  };
+  const value = () => {
+    ws();
+    const c = text[i];
+    if (c === "{" || c === "[") {
+      if (--depth === 0) fail("recursion limit exceeded");
+      i++;
+      ws();
+      let result;
+      if (c === "[") {
+        result = [];
+        if (text[i] === "]") i++;
+        else {
+          for (;;) {
+            result.push(value());
+            ws();
+            if (text[i] === ",") i++;
+            else if (text[i] === "]") {
+              i++;
+              break;
+            } else fail("expected , or ]");
+          }
+        }
+      } else {
+        result = {};
+        if (text[i] === "}") i++;
+        else {
+          for (;;) {
+            ws();
+            if (text[i] !== '"') fail("expected a key");
+            const k = str();
+            ws();
+            if (text[i] !== ":") fail("expected :");
+            i++;
+            const v = value();
+            Object.defineProperty(result, k, { value: v, enumerable: true, writable: true, configurable: true });
+            ws();
+            if (text[i] === ",") i++;
+            else if (text[i] === "}") {
+              i++;
+              break;
+            } else fail("expected , or }");
+          }
+        }
+      }
+      depth++;
+      return result;
+    }
+    if (c === '"') return str();
+    if (c === "-" || (c >= "0" && c <= "9")) return num();
+    for (const [word, v] of [["true", true], ["false", false], ["null", null]]) {
+      if (text.startsWith(word, i)) {
+        i += word.length;
+        return v;
+      }
+    }
+    return fail("expected a value");
+  };
+  const result = value();
+  ws();
+  if (i !== text.length) fail("trailing characters");
+  return result;
+}
+
+// ---------------------------------------------------------------------------
+// The client state machine (ot-core's client.rs)
+
+/**
+ * The client side of the protocol, without I/O: synchronized / awaiting ack /
+ * awaiting ack with a buffer. An op gets its seq when it leaves the buffer to
+ * be sent and is never changed after that: it is resent byte-for-byte (same
+ * seq, same base revision) after a reconnect. The client's own ops are always
+ * `a` in transforms, like on the server.
+ *
+ * Methods return plain objects; an op to send is `{seq, base_rev, op}`.
+ */
+export class Client {
+  /** A synchronized client at `revision` with `text`; next seq `lastSeq + 1`. */
+  constructor(clientId, revision, text, lastSeq) {
+    this.clientId = clientId;
+    this.nextSeq = lastSeq + 1;
+    this.revision = revision;
+    this.synced = text;
+    this.text = text;
+    this.outstanding = null; // {seq, base_rev, sent, current}
+    this.buffer = null;
+  }
+
+  /** Rebuild from a saved state (the field names of ot-core's `ClientState`). */
+  static fromState(state) {
+    const c = new Client(state.client_id, state.revision, state.synced_text, 0);
+    c.nextSeq = Math.max(1, state.next_seq);
+    try {
+      let text = state.synced_text;
+      if (state.outstanding) text = apply(text, state.outstanding.current);
+      if (state.buffer) {
+        if (!state.outstanding) throw new OtError("compose_mismatch", "a buffer without an outstanding op");
+        text = apply(text, state.buffer);
+      }
+      c.text = text;
+    } catch (e) {
+      throw new OtError("corrupt_state", `the saved client state is inconsistent: ${e.message}`);
+    }
+    c.outstanding = state.outstanding ? { ...state.outstanding } : null;
+    c.buffer = state.buffer || null;
+    return c;
+  }
+
+  /** The state to persist (before sending an op, and after any change). */
+  state() {
+    return {
+      client_id: this.clientId,
+      next_seq: this.nextSeq,
+      revision: this.revision,
+      synced_text: this.synced,
+      outstanding: this.outstanding ? { ...this.outstanding } : null,
+      buffer: this.buffer,
+    };
+  }
+
+  /** Nothing outstanding and nothing buffered. */
+  allSaved() {
+    return this.outstanding === null && this.buffer === null;
+  }
+
+  /** The outstanding op as it must be resent (same seq, base revision and op). */
+  pendingResend() {
+    const o = this.outstanding;
+    return o ? { seq: o.seq, base_rev: o.base_rev, op: o.sent } : null;
+  }
+
+  /** Apply a local edit; returns the op to send now, or null (buffered or a no-op). */
+  localEdit(op) {
+    let text;
+    try {
+      text = apply(this.text, op);
+    } catch (e) {
+      throw new OtError("local_op_does_not_fit", e.message);
+    }
+    if (this.outstanding === null) {
+      this.text = text;
+      return this.startSending(op);
+    }
+    let composed = op;
+    if (this.buffer !== null) {
+      try {
+        composed = compose(this.buffer, op);
+      } catch (e) {
+        throw new OtError("local_op_does_not_fit", e.message);
+      }
+    }
+    this.text = text;
+    this.buffer = composed;
+    return null;
+  }
+
+  startSending(op) {
+    if (isNoop(op)) return null;
+    const out = { seq: this.nextSeq, base_rev: this.revision, op };
+    this.nextSeq += 1;
+    this.outstanding = { seq: out.seq, base_rev: out.base_rev, sent: op, current: op };
+    return out;
+  }
+
+  /** `ack` message: returns {acknowledged: bool, next: op to send or null}. */
+  ack(rev, seq) {
+    if (this.outstanding === null || this.outstanding.seq !== seq || rev <= this.revision) {
+      return { acknowledged: false, next: null };
+    }
+    if (rev !== this.revision + 1) {
+      throw new OtError("revision_gap", `expected revision ${this.revision + 1} but received ${rev}`);
+    }
+    return { acknowledged: true, next: this.acknowledge(rev) };
+  }
+
+  acknowledge(rev) {
+    if (this.outstanding !== null) {
+      try {
+        this.synced = apply(this.synced, this.outstanding.current);
+      } catch (e) {
+        throw new OtError("corrupt_state", e.message);
+      }
+      this.outstanding = null;
+    }
+    this.revision = rev;
+    const b = this.buffer;
+    this.buffer = null;
+    return b === null ? null : this.startSending(b);
+  }
+
+  /**
+   * A server `op` message. Returns `{ignored: true}`, `{applied: op}` (apply
+   * it to the view and cursors) or `{acknowledged: true, next}` (own op).
+   */
+  remoteOp(rev, op, clientId, seq) {
+    if (rev <= this.revision) return { ignored: true };
+    if (rev !== this.revision + 1) {
+      throw new OtError("revision_gap", `expected revision ${this.revision + 1} but received ${rev}`);
+    }
+    if (clientId === this.clientId && this.outstanding !== null && this.outstanding.seq === seq) {
+      return { acknowledged: true, next: this.acknowledge(rev) };
+    }
+    const syncedLen = cpLen(this.synced);
+    if (baseLen(op) !== syncedLen) {
+      throw new OtError("op_does_not_fit", "the server's operation does not fit the document");
+    }
+    let current = null;
+    let r1 = op;
+    let buffer = null;
+    let r2;
+    let synced;
+    let text;
+    try {
+      if (this.outstanding !== null) [current, r1] = transform(this.outstanding.current, op);
+      r2 = r1;
+      if (this.buffer !== null) [buffer, r2] = transform(this.buffer, r1);
+      synced = apply(this.synced, op);
+    } catch (e) {
+      throw new OtError("op_does_not_fit", e.message);
+    }
+    try {
+      text = apply(this.text, r2);
+    } catch (e) {
+      throw new OtError("corrupt_state", e.message);
+    }
+    this.synced = synced;
+    this.text = text;
+    if (this.outstanding !== null) this.outstanding = { ...this.outstanding, current };
+    this.buffer = buffer;
+    this.revision = rev;
+    return { applied: r2 };
+  }
+
+  /** The server resumed at `rev` (must be ours); returns the op to resend or null. */
+  resumed(rev, lastSeq) {
+    if (rev !== this.revision) {
+      throw new OtError("resume_mismatch", `the server resumed at revision ${rev} but the client is at ${this.revision}`);
+    }
+    if (lastSeq >= this.nextSeq) {
+      throw new OtError("stale_state", `the server has applied seq ${lastSeq} but the next seq is ${this.nextSeq}`);
+    }
+    const o = this.outstanding;
+    return o !== null && lastSeq < o.seq ? this.pendingResend() : null;
+  }
+
+  /**
+   * A fresh snapshot: rebase pending edits when provably safe, otherwise
+   * return the local text as `conflictCopy`. Returns `{conflictCopy, send}`.
+   */
+  snapshot(rev, text, lastSeq) {
+    const localText = this.text;
+    const oldSynced = this.synced;
+    this.synced = text;
+    this.text = text;
+    this.revision = rev;
+    this.nextSeq = lastSeq + 1;
+    const o = this.outstanding;
+    let buffer = this.buffer;
+    if (buffer !== null && isNoop(buffer)) buffer = null;
+    this.outstanding = null;
+    this.buffer = null;
+    const outcome = { conflictCopy: null, send: null };
+    if (o === null) return outcome;
+    let plan; // "clean" | op | "conflict"
+    if (lastSeq === o.seq) {
+      if (buffer === null) plan = "clean";
+      else {
+        let after = null;
+        try {
+          after = apply(oldSynced, o.current);
+        } catch {
+          after = null;
+        }
+        plan = after === text ? buffer : "conflict";
+      }
+    } else if (lastSeq < o.seq && oldSynced === text) {
+      if (buffer === null) plan = o.current;
+      else {
+        try {
+          plan = compose(o.current, buffer);
+        } catch {
+          plan = "conflict";
+        }
+      }
+    } else {
+      plan = "conflict";
+    }
+    if (plan === "clean") return outcome;
+    if (plan !== "conflict") {
+      try {
+        this.text = apply(this.text, plan);
+        outcome.send = this.startSending(plan);
+        return outcome;
+      } catch {
+        this.text = this.synced;
+      }
+    }
+    if (localText !== text) outcome.conflictCopy = localText;
+    return outcome;
+  }
+
+  /** Map another client's ranges (at the client's revision) into the local text. */
+  transformRemoteRanges(ranges) {
+    let r = ranges;
+    if (this.outstanding !== null) r = transformRanges(r, this.outstanding.current);
+    if (this.buffer !== null) r = transformRanges(r, this.buffer);
+    return r;
+  }
+}

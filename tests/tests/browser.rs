@@ -1,0 +1,380 @@
+//! The browser editor in a real headless Chromium, driven over WebDriver
+//! (`chromedriver` + the `fantoccini` crate): two browser sessions and one
+//! scripted WebSocket client (ot-core's `Client`) edit one document at once
+//! and converge on the server's text; remote cursors show; emoji and combining
+//! marks survive both ways; unsent edits made while the server is down (one of
+//! them across a page reload) arrive exactly once after it comes back. Saves
+//! `docs/screenshot.png`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver`: `scripts/test` installs
+//! them (as root) or says what to install. This test fails, naming the
+//! command, if they are missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use e2e_tests::{doc_state, free_port, http_get_status, replay_ops, start_server_with, WsClient};
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use ot_core::Operation;
+use serde_json::{json, Value};
+
+const INSTALL: &str = "apt-get update && apt-get install -y chromium chromium-driver";
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for name in names {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+fn chromium() -> PathBuf {
+    find_program(&["chromium", "chromium-browser"]).unwrap_or_else(|| {
+        panic!("the browser tests need Chromium, which is not installed; install it with: {INSTALL} (scripts/test does this when run as root)")
+    })
+}
+
+fn chromedriver() -> PathBuf {
+    find_program(&["chromedriver"]).unwrap_or_else(|| {
+        panic!("the browser tests need chromedriver, which is not installed; install it with: {INSTALL} (scripts/test does this when run as root)")
+    })
+}
+
+/// chromedriver on a free loopback port, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Result<Driver> {
+        let port = free_port();
+        let child = Command::new(chromedriver())
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting chromedriver")?;
+        let driver = Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            // chromedriver keeps connections open: a successful connect is the sign.
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(driver);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("chromedriver did not come up on port {port}")
+    }
+
+    async fn session(&self, profile: &Path) -> Result<Browser> {
+        let args = vec![
+            "--headless".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-quic".to_owned(),
+            "--no-first-run".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--window-size=1100,640".to_owned(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".to_owned(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({"binary": chromium().display().to_string(), "args": args}),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .map_err(|e| anyhow!("starting a Chromium session: {e}"))
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The page's state (`window.otEditor`).
+async fn editor(b: &Browser) -> Result<Value> {
+    Ok(b.execute(
+        "const e = window.otEditor; if (!e || !e.ready) return null; \
+             return {text: e.text, rev: e.revision, saved: e.allSaved, connected: e.connected, \
+                     client: e.clientId, cursors: e.remoteCursors, conflicts: e.conflictCopies, \
+                     status: document.getElementById('status').textContent};",
+        vec![],
+    )
+    .await?)
+}
+
+async fn wait_for(
+    b: &Browser,
+    what: &str,
+    within: Duration,
+    mut ok: impl FnMut(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let state = editor(b).await?;
+        if !state.is_null() && ok(&state) {
+            return Ok(state);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not reached within {within:?}; page state: {state}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Type `text` at the end of the textarea as the browser's own text input
+/// does (`insertText`: beforeinput + input events). ChromeDriver's key
+/// events cannot carry characters outside the BMP, so emoji go this way.
+async fn insert_text(b: &Browser, text: &str) -> Result<()> {
+    b.execute(
+        "const t = document.getElementById('text'); t.focus(); \
+         t.setSelectionRange(t.value.length, t.value.length); \
+         if (!document.execCommand('insertText', false, arguments[0])) throw new Error('insertText failed');",
+        vec![json!(text)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Real key presses (BMP text only), at the end of the text.
+async fn send_keys(b: &Browser, text: &str) -> Result<()> {
+    let area = b.find(Locator::Css("#text")).await?;
+    b.execute(
+        "const t = document.getElementById('text'); t.focus(); t.setSelectionRange(t.value.length, t.value.length);",
+        vec![],
+    )
+    .await?;
+    area.send_keys(text).await?;
+    Ok(())
+}
+
+async fn open(b: &Browser, base: &str, doc: &str, name: &str) -> Result<()> {
+    b.goto(&format!("{base}/")).await?;
+    b.execute(
+        "localStorage.setItem('ot:v1:name', arguments[0]);",
+        vec![json!(name)],
+    )
+    .await?;
+    b.goto(&format!("{base}/d/{doc}")).await?;
+    wait_for(b, "page connected", Duration::from_secs(20), |s| {
+        s["connected"] == true
+    })
+    .await?;
+    Ok(())
+}
+
+async fn settle_all(
+    addr: SocketAddr,
+    doc: &str,
+    pages: &[&Browser],
+    terminal: &mut WsClient,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        terminal.drain(Duration::from_millis(50)).await?;
+        let (rev, text) = doc_state(addr, doc).await?;
+        let mut all = terminal.client.all_saved()
+            && terminal.client.revision() == rev
+            && terminal.text() == text;
+        for p in pages {
+            let s = editor(p).await?;
+            all &= s["saved"] == true && s["rev"] == rev && s["text"] == text.as_str();
+        }
+        if all {
+            return Ok(text);
+        }
+        if Instant::now() > deadline {
+            let mut states = Vec::new();
+            for p in pages {
+                states.push(editor(p).await?);
+            }
+            bail!(
+                "no convergence: server rev {rev} {text:?}, terminal {:?}, pages {states:?}",
+                terminal.text()
+            );
+        }
+    }
+}
+
+async fn terminal_append(t: &mut WsClient, text: &str) -> Result<()> {
+    let len = t.client.text().len_chars();
+    t.edit(&Operation::insert_at(len, len, text)?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
+    let chromium_path = chromium();
+    let _ = chromedriver();
+    eprintln!("using {}", chromium_path.display());
+    let data = tempfile::tempdir()?;
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let config = |c: &mut server::Config| c.addr = addr;
+    let mut server = Some(start_server_with(data.path(), config).await?);
+    let base = format!("http://{addr}");
+    let doc = "browser-test";
+
+    // The pages are served, and a bad id is refused with the id escaped.
+    let (status, body) = http_get_status(addr, "/d/%3Cscript%3E").await?;
+    assert_eq!(status, 400);
+    assert!(body.contains("&lt;script&gt;") && !body.contains("<script>"));
+    let (status, body) = http_get_status(addr, "/").await?;
+    assert_eq!(status, 200);
+    assert!(body.contains("<form"));
+
+    let driver = Driver::start().await?;
+    let profile_a = tempfile::tempdir()?;
+    let profile_b = tempfile::tempdir()?;
+    let a = driver.session(profile_a.path()).await?;
+    let b = driver.session(profile_b.path()).await?;
+    let result = async {
+        open(&a, &base, doc, "Ann").await?;
+        open(&b, &base, doc, "Bob").await?;
+        let mut t = WsClient::join(addr, doc, "terminal-1").await?;
+
+        // All three type at once, several rounds.
+        for round in 0..4 {
+            let ta = format!("a{round} hello ");
+            let tb = format!("B{round} 🙂e\u{301} ");
+            let tt = format!("[t{round} 👍🏽]");
+            let (ra, rb, rt) = tokio::join!(
+                send_keys(&a, &ta),
+                insert_text(&b, &tb),
+                terminal_append(&mut t, &tt)
+            );
+            ra?;
+            rb?;
+            rt?;
+        }
+        let text = settle_all(addr, doc, &[&a, &b], &mut t).await?;
+        // Every insert arrived exactly once: the browser's and the terminal's
+        // (one op each) appear whole; removing them leaves Ann's keystrokes in order.
+        let mut rest = text.clone();
+        let mut ann = String::new();
+        for round in 0..4 {
+            for chunk in [format!("B{round} 🙂e\u{301} "), format!("[t{round} 👍🏽]")] {
+                assert_eq!(rest.matches(&chunk).count(), 1, "{chunk:?} in {text:?}");
+                rest = rest.replacen(&chunk, "", 1);
+            }
+            ann.push_str(&format!("a{round} hello "));
+        }
+        assert_eq!(rest, ann, "Ann's keystrokes in {text:?}");
+        // Emoji and combining marks typed in the browser reached the terminal client intact, and back.
+        assert!(t.text().contains("B3 🙂e\u{301} "));
+        assert!(editor(&a).await?["text"].as_str().unwrap_or_default().contains("[t3 👍🏽]"));
+
+        // Remote cursors: the terminal client selects its first 4 characters;
+        // Bob puts his caret at the end. Ann sees both, drawn with names.
+        t.send_json(&json!({"type":"cursor","rev":t.client.revision(),"ranges":[[0,4]],"name":"Terminal"}))
+            .await?;
+        // (UTF-16 index 40 in the textarea; the protocol counts code points.)
+        let bob_at = b
+            .execute(
+                "const t = document.getElementById('text'); t.focus(); t.setSelectionRange(40, 40); \
+                 document.dispatchEvent(new Event('selectionchange')); \
+                 return [...t.value.slice(0, 40)].length;",
+                vec![],
+            )
+            .await?;
+        assert!(bob_at.as_u64().is_some_and(|p| p < 40), "emoji count once: {bob_at}");
+        let state = wait_for(&a, "remote cursors", Duration::from_secs(10), |s| {
+            s["cursors"].as_array().is_some_and(|c| {
+                c.iter().any(|c| c["name"] == "Bob" && c["ranges"] == json!([[bob_at, bob_at]]))
+                    && c.iter().any(|c| c["name"] == "Terminal" && c["ranges"] == json!([[0, 4]]))
+            })
+        })
+        .await?;
+        eprintln!("cursors seen by Ann: {}", state["cursors"]);
+        let shown = a
+            .execute(
+                "await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))); \
+                 return Array.from(document.querySelectorAll('#mirror .caret')).map(c => { \
+                   const r = c.getBoundingClientRect(); \
+                   return {name: c.textContent, h: r.height, visible: r.height > 0 && getComputedStyle(c).borderLeftStyle === 'solid'}; });",
+                vec![],
+            )
+            .await?;
+        let carets = shown.as_array().cloned().unwrap_or_default();
+        assert!(
+            carets.iter().any(|c| c["name"] == "Bob" && c["visible"] == true),
+            "Bob's caret is not drawn: {shown}"
+        );
+        assert!(carets.iter().any(|c| c["name"] == "Terminal"), "{shown}");
+        let list = a.find(Locator::Css("#people")).await?.text().await?;
+        assert!(list.contains("Bob") && list.contains("Terminal"), "{list}");
+        let png = a.screenshot().await?;
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        std::fs::create_dir_all(&docs)?;
+        std::fs::write(docs.join("screenshot.png"), png)?;
+
+        // The server goes away while the pages have edits to send; Bob's
+        // network stays down a little longer.
+        b.execute("window.otEditor.setOffline(true);", vec![]).await?;
+        server.take().expect("server").stop().await?;
+        t.cut();
+        wait_for(&a, "Ann sees the drop", Duration::from_secs(10), |s| s["connected"] == false).await?;
+        wait_for(&b, "Bob is offline", Duration::from_secs(10), |s| s["connected"] == false).await?;
+        insert_text(&a, " offline-A ✓🙂").await?;
+        insert_text(&b, " offline-B ✓e\u{301}").await?;
+        let sa = editor(&a).await?;
+        assert_eq!(sa["saved"], false);
+        assert!(sa["status"].as_str().unwrap_or_default().contains("reconnecting"), "{sa}");
+
+        // Back on the same port: Ann's page reconnects, resumes and resends.
+        server = Some(start_server_with(data.path(), config).await?);
+        t.reconnect().await?;
+        // Bob reloads his page before his edit got out: the reloaded tab
+        // takes over the saved state of the tab that is gone and sends it.
+        assert_eq!(editor(&b).await?["saved"], false);
+        b.refresh().await?;
+        let sb = wait_for(&b, "Bob's page reloaded", Duration::from_secs(10), |s| {
+            s["text"].as_str().is_some_and(|t| t.contains("offline-B ✓e\u{301}"))
+        })
+        .await?;
+        eprintln!("Bob after the reload: {sb}");
+        let text = settle_all(addr, doc, &[&a, &b], &mut t).await?;
+        assert_eq!(text.matches(" offline-A ✓🙂").count(), 1, "{text}");
+        assert_eq!(text.matches(" offline-B ✓e\u{301}").count(), 1, "{text}");
+        // Nothing was applied twice, and the stored log replays to the text.
+        let (_, replayed) = replay_ops(addr, doc).await?;
+        assert_eq!(replayed, text);
+        for page in [&a, &b] {
+            assert_eq!(editor(page).await?["conflicts"], json!([]));
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    let _ = a.close().await;
+    let _ = b.close().await;
+    if let Some(server) = server {
+        server.stop().await?;
+    }
+    result
+}
