@@ -14,38 +14,70 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use ropey::Rope;
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::OtError;
-use crate::operation::Operation;
+use crate::operation::{Component, Operation};
 
-/// A stable 128-bit hash of an operation's canonical JSON form (BLAKE3).
+/// A stable 128-bit hash of an operation: XXH3-128 of its canonical binary encoding.
 ///
 /// Used to tell a true resend (same client, seq and operation) from a client
-/// bug that reuses a sequence number for a different operation.
-/// Serialised as 32 lowercase hex digits.
+/// bug that reuses a sequence number for a different operation. It is
+/// persisted (the server stores it with every op), so it is fully specified
+/// here and depends only on the canonical operation: never on memory layout,
+/// platform, process or hash seeds.
+///
+/// **Encoding.** The components in order, each as a tag byte and a 64-bit
+/// little-endian length:
+///
+/// | component | bytes |
+/// |---|---|
+/// | `Retain(n)` | `0x01`, `n` as u64 LE |
+/// | `Delete(n)` | `0x02`, `n` as u64 LE |
+/// | `Insert(s)` | `0x03`, `s`'s length in UTF-8 bytes as u64 LE, then the UTF-8 bytes of `s` |
+///
+/// (the no-op on an empty document encodes to no bytes). **Hash.** XXH3-128
+/// (xxHash 0.8, seed 0, default secret) of those bytes, stored in its
+/// canonical big-endian form: the high 64 bits first. For example
+/// `[5,"hi",-2,3]` encodes to `01 0500000000000000 03 0200000000000000 6869
+/// 02 0200000000000000 01 0300000000000000`.
+///
+/// Since operations are canonical, two operations with the same effect have
+/// the same hash. Serialised as 32 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct OpHash(pub [u8; 16]);
 
+/// Tag bytes of the [`OpHash`] encoding.
+const TAG_RETAIN: u8 = 0x01;
+const TAG_DELETE: u8 = 0x02;
+const TAG_INSERT: u8 = 0x03;
+
 impl OpHash {
-    /// The hash of `op` (of its canonical JSON text, so it is the same in every
-    /// implementation that produces the same canonical operation).
+    /// The hash of `op` (see the type's documentation for the exact encoding).
     pub fn of(op: &Operation) -> OpHash {
-        // Serialise into a stack buffer when the JSON fits (every typing op
-        // does): the same bytes as `to_json`, without a heap allocation.
-        let mut small = StackBuf {
-            buf: [0; STACK_BUF_LEN],
-            len: 0,
+        // Encode into a stack buffer when it fits (every typing op does).
+        let mut buf = [0u8; STACK_BUF_LEN];
+        let hash = match encode(op, &mut buf) {
+            Some(len) => xxh3_128(&buf[..len]),
+            None => {
+                let len = op
+                    .components()
+                    .iter()
+                    .map(|c| match c {
+                        Component::Insert(s) => 9 + s.len(),
+                        Component::Retain(_) | Component::Delete(_) => 9,
+                    })
+                    .sum();
+                let mut buf = vec![0u8; len];
+                let len = encode(op, &mut buf).unwrap_or(0);
+                xxh3_128(&buf[..len])
+            }
         };
-        let digest = match serde_json::to_writer(&mut small, op) {
-            Ok(()) => blake3::hash(&small.buf[..small.len]),
-            Err(_) => blake3::hash(op.to_json().as_bytes()),
-        };
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest.as_bytes()[..16]);
-        OpHash(bytes)
+        OpHash(hash.to_be_bytes())
     }
 
     /// The 32-digit lowercase hex form.
@@ -66,29 +98,28 @@ impl OpHash {
     }
 }
 
-/// Size of the stack buffer [`OpHash::of`] serialises small operations into.
+/// Size of the stack buffer [`OpHash::of`] encodes small operations into.
 const STACK_BUF_LEN: usize = 256;
 
-/// A fixed-size in-memory writer that fails (without allocating) when full.
-struct StackBuf {
-    buf: [u8; STACK_BUF_LEN],
-    len: usize,
-}
-
-impl std::io::Write for StackBuf {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let end = self.len + data.len();
-        let Some(dest) = self.buf.get_mut(self.len..end) else {
-            return Err(std::io::ErrorKind::WriteZero.into());
+/// Write `op`'s [`OpHash`] encoding into `buf`; returns its length, or `None`
+/// if `buf` is too small.
+#[inline]
+fn encode(op: &Operation, buf: &mut [u8]) -> Option<usize> {
+    let mut at = 0;
+    for component in op.components() {
+        let (tag, len, text) = match component {
+            Component::Retain(n) => (TAG_RETAIN, *n, ""),
+            Component::Delete(n) => (TAG_DELETE, *n, ""),
+            Component::Insert(s) => (TAG_INSERT, s.len(), s.as_str()),
         };
-        dest.copy_from_slice(data);
-        self.len = end;
-        Ok(data.len())
+        let out = buf.get_mut(at..at + 9 + text.len())?;
+        let (header, bytes) = out.split_at_mut(9);
+        header[0] = tag;
+        header[1..].copy_from_slice(&(len as u64).to_le_bytes());
+        bytes.copy_from_slice(text.as_bytes());
+        at += 9 + text.len();
     }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    Some(at)
 }
 
 impl fmt::Debug for OpHash {
@@ -128,8 +159,9 @@ pub struct ClientRecord {
 pub struct AppliedOp {
     /// The revision this operation created (the first op creates revision 1).
     pub rev: u64,
-    /// The client that sent it.
-    pub client_id: String,
+    /// The client that sent it (shared with the history's dedup table and the
+    /// client's other ops, so keeping it costs no allocation).
+    pub client_id: Arc<str>,
     /// The client's sequence number for it.
     pub seq: u64,
     /// The revision the client based it on.
@@ -161,6 +193,9 @@ pub struct DocumentSnapshot {
 }
 
 /// The outcome of [`DocumentHistory::receive`] for an acceptable operation.
+// `Applied` holds two inline operations and is the common case: boxing it
+// would cost an allocation per received op.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Receipt {
     /// The op was new: it was transformed, applied and appended.
@@ -273,7 +308,67 @@ pub struct DocumentHistory {
     revision: u64,
     /// Ops for revisions `oldest + 1 ..= revision`, in order.
     ops: Vec<AppliedOp>,
-    clients: HashMap<String, ClientRecord>,
+    clients: ClientTable,
+}
+
+/// A dedup table entry with the client's id, shared with the table's index
+/// and with the [`AppliedOp`]s of that client.
+#[derive(Debug, Clone)]
+struct ClientEntry {
+    id: Arc<str>,
+    record: ClientRecord,
+}
+
+/// The dedup table: entries found by client id through a hash map (std's
+/// keyed SipHash: the ids come from clients), and the entry found last is
+/// remembered, so that a run of ops from one client (typing) skips the hashing.
+#[derive(Debug, Clone, Default)]
+struct ClientTable {
+    entries: Vec<ClientEntry>,
+    index: HashMap<Arc<str>, usize>,
+    /// Position in `entries` of the entry found last.
+    last: usize,
+}
+
+impl ClientTable {
+    /// Position of `id`'s entry, if any.
+    #[inline]
+    fn find(&mut self, id: &str) -> Option<usize> {
+        if let Some(entry) = self.entries.get(self.last) {
+            if *entry.id == *id {
+                return Some(self.last);
+            }
+        }
+        let found = *self.index.get(id)?;
+        self.last = found;
+        Some(found)
+    }
+
+    fn get(&self, id: &str) -> Option<&ClientRecord> {
+        match self.entries.get(self.last) {
+            Some(entry) if *entry.id == *id => Some(&entry.record),
+            _ => self.index.get(id).map(|&i| &self.entries[i].record),
+        }
+    }
+
+    /// Add a client that has no entry yet; returns its position.
+    fn insert(&mut self, id: Arc<str>, record: ClientRecord) -> usize {
+        let position = self.entries.len();
+        self.index.insert(Arc::clone(&id), position);
+        self.entries.push(ClientEntry { id, record });
+        self.last = position;
+        position
+    }
+
+    /// Set the record of `id` (adding it if new).
+    fn set(&mut self, id: &Arc<str>, record: ClientRecord) {
+        match self.find(id) {
+            Some(i) => self.entries[i].record = record,
+            None => {
+                self.insert(Arc::clone(id), record);
+            }
+        }
+    }
 }
 
 impl DocumentHistory {
@@ -293,8 +388,11 @@ impl DocumentHistory {
             text: Rope::from_str(&snapshot.text),
             revision: snapshot.rev,
             ops: Vec::new(),
-            clients: snapshot.clients,
+            clients: ClientTable::default(),
         };
+        for (id, record) in snapshot.clients {
+            history.clients.insert(id.into(), record);
+        }
         for applied in tail {
             history.append_stored(applied)?;
         }
@@ -328,12 +426,7 @@ impl DocumentHistory {
             last_rev: applied.rev,
             last_hash: applied.hash,
         };
-        match self.clients.get_mut(&applied.client_id) {
-            Some(existing) => *existing = record,
-            None => {
-                self.clients.insert(applied.client_id.clone(), record);
-            }
-        }
+        self.clients.set(&applied.client_id, record);
     }
 
     /// The current revision (number of ops applied since creation).
@@ -381,7 +474,12 @@ impl DocumentHistory {
         DocumentSnapshot {
             rev: self.revision,
             text: self.text.to_string(),
-            clients: self.clients.clone(),
+            clients: self
+                .clients
+                .entries
+                .iter()
+                .map(|e| (e.id.to_string(), e.record.clone()))
+                .collect(),
         }
     }
 
@@ -423,7 +521,11 @@ impl DocumentHistory {
         older: &[Operation],
     ) -> Result<Receipt, ReceiveError> {
         let hash = OpHash::of(&op);
-        if let Some(receipt) = self.check_seq(client_id, seq, hash)? {
+        let oldest = self.oldest_revision();
+        // One lookup of the client: the entry is updated in place at the end.
+        let position = self.clients.find(client_id);
+        let record = position.map(|i| &self.clients.entries[i].record);
+        if let Some(receipt) = check_seq(&self.ops, client_id, record, seq, hash)? {
             return Ok(receipt);
         }
         if base_rev > self.revision {
@@ -432,7 +534,6 @@ impl DocumentHistory {
                 head: self.revision,
             });
         }
-        let oldest = self.oldest_revision();
         if base_rev < oldest && (oldest - base_rev) as usize != older.len() {
             return Err(ReceiveError::RevisionTooOld { base_rev, oldest });
         }
@@ -454,68 +555,82 @@ impl DocumentHistory {
                 actual: len_at_base,
             }));
         }
-        let mut transformed = op.clone();
+        // Transform past every concurrent op (none in the common case, where
+        // the op applies as received).
+        let mut transformed: Option<Operation> = None;
         for concurrent in concurrent_ops {
-            transformed = transformed.transform(concurrent).map_err(does_not_fit)?.0;
+            let current = transformed.as_ref().unwrap_or(&op);
+            transformed = Some(current.transform_first(concurrent).map_err(does_not_fit)?);
         }
+        let transformed = transformed.unwrap_or_else(|| op.clone());
         transformed
             .apply_to_rope(&mut self.text)
             .map_err(does_not_fit)?;
 
         self.revision += 1;
+        let record = ClientRecord {
+            last_seq: seq,
+            last_rev: self.revision,
+            last_hash: hash,
+        };
+        let position = match position {
+            Some(i) => {
+                self.clients.entries[i].record = record;
+                i
+            }
+            None => self.clients.insert(client_id.into(), record),
+        };
+        let client_id = Arc::clone(&self.clients.entries[position].id);
         let applied = AppliedOp {
             rev: self.revision,
-            client_id: client_id.to_owned(),
+            client_id,
             seq,
             base_rev,
             hash,
             op: transformed,
         };
-        self.remember(&applied);
         self.ops.push(applied.clone());
         Ok(Receipt::Applied {
             applied,
             received: op,
         })
     }
+}
 
-    /// Dedup check: `Some(receipt)` for a duplicate, `None` for the next seq.
-    fn check_seq(
-        &self,
-        client_id: &str,
-        seq: u64,
-        hash: OpHash,
-    ) -> Result<Option<Receipt>, ReceiveError> {
-        let record = self.clients.get(client_id);
-        let last_seq = record.map_or(0, |r| r.last_seq);
-        if seq == 0 || seq > last_seq + 1 {
-            return Err(ReceiveError::BadSeq {
-                seq,
-                expected: last_seq + 1,
-            });
-        }
-        if seq == last_seq + 1 {
-            return Ok(None);
-        }
-        let original = match record {
-            Some(r) if r.last_seq == seq => Some((r.last_rev, r.last_hash)),
-            _ => self
-                .ops
-                .iter()
-                .rev()
-                .find(|a| a.seq == seq && a.client_id == client_id)
-                .map(|a| (a.rev, a.hash)),
-        };
-        match original {
-            Some((_, original_hash)) if original_hash != hash => {
-                Err(ReceiveError::SeqReused { seq })
-            }
-            Some((rev, _)) => Ok(Some(Receipt::Duplicate {
-                seq,
-                rev: Some(rev),
-            })),
-            None => Ok(Some(Receipt::Duplicate { seq, rev: None })),
-        }
+/// Dedup check against the client's `record` and the retained `ops`:
+/// `Some(receipt)` for a duplicate, `None` for the next seq.
+fn check_seq(
+    ops: &[AppliedOp],
+    client_id: &str,
+    record: Option<&ClientRecord>,
+    seq: u64,
+    hash: OpHash,
+) -> Result<Option<Receipt>, ReceiveError> {
+    let last_seq = record.map_or(0, |r| r.last_seq);
+    if seq == 0 || seq > last_seq + 1 {
+        return Err(ReceiveError::BadSeq {
+            seq,
+            expected: last_seq + 1,
+        });
+    }
+    if seq == last_seq + 1 {
+        return Ok(None);
+    }
+    let original = match record {
+        Some(r) if r.last_seq == seq => Some((r.last_rev, r.last_hash)),
+        _ => ops
+            .iter()
+            .rev()
+            .find(|a| a.seq == seq && &*a.client_id == client_id)
+            .map(|a| (a.rev, a.hash)),
+    };
+    match original {
+        Some((_, original_hash)) if original_hash != hash => Err(ReceiveError::SeqReused { seq }),
+        Some((rev, _)) => Ok(Some(Receipt::Duplicate {
+            seq,
+            rev: Some(rev),
+        })),
+        None => Ok(Some(Receipt::Duplicate { seq, rev: None })),
     }
 }
 
@@ -600,6 +715,36 @@ mod tests {
             h.receive("a", 1, 0, ins(0, 0, "ab")),
             Ok(Receipt::Duplicate { seq: 1, rev: None })
         );
+    }
+
+    #[test]
+    fn op_hash_is_pinned() {
+        // XXH3-128 of no bytes, in canonical (big-endian) form: the reference value.
+        assert_eq!(
+            OpHash::of(&Operation::new()).to_hex(),
+            "99aa06d3014798d86001c324468d497f"
+        );
+        // The hash is persisted: these values must never change.
+        // Cross-checked against the reference C implementation of XXH3-128
+        // over the documented encoding.
+        let pinned = [
+            (r#"[5,"hi",-2,3]"#, "cb7a2dbf49f700d3cd57bcdf432fa61a"),
+            ("[1]", "4bf11acb9ef8ce739a0670b0dfa048f0"),
+            (r#"["a"]"#, "933fd372094f29f71d4a6f58543227c7"),
+            (
+                r#"[3,"é漢🙂e\u0301",-1]"#,
+                "88369ed07076ddcffacd8701b6d4204a",
+            ),
+            ("[-4]", "92d8b2afe7e6b6c4e88f5e36b8306a1c"),
+        ];
+        for (json, hex) in pinned {
+            let op = Operation::from_json(json).unwrap();
+            assert_eq!(OpHash::of(&op).to_hex(), hex, "{json}");
+        }
+        // A long op (past the stack buffer) hashes its whole encoding.
+        let long = Operation::insert_at(0, 0, &"x".repeat(300)).unwrap();
+        let other = Operation::insert_at(0, 0, &format!("{}y", "x".repeat(299))).unwrap();
+        assert_ne!(OpHash::of(&long), OpHash::of(&other));
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl serde::Serialize for Operation {
         for component in self.components() {
             match component {
                 Component::Retain(n) => seq.serialize_element(&(*n as u64))?,
-                Component::Insert(s) => seq.serialize_element(s)?,
+                Component::Insert(s) => seq.serialize_element(s.as_str())?,
                 Component::Delete(n) => seq.serialize_element(&-(*n as i64))?,
             }
         }

@@ -25,6 +25,8 @@ pub mod history;
 mod json;
 mod operation;
 
+/// The text type of [`Component::Insert`] (re-exported from the `compact_str` crate).
+pub use compact_str::CompactString;
 pub use error::{OpJsonError, OtError};
 pub use json::MAX_SAFE_INTEGER;
 pub use operation::{Component, Operation};

@@ -3,17 +3,31 @@
 //! All lengths and positions count Unicode scalar values (Rust `char`s),
 //! never bytes or UTF-16 code units.
 
+use compact_str::CompactString;
 use ropey::Rope;
+use smallvec::SmallVec;
 
 use crate::error::OtError;
 
+/// Components stored inline in an [`Operation`] before it spills to the heap:
+/// a single edit (`[retain, insert, delete, retain]`) needs no allocation.
+const INLINE_COMPONENTS: usize = 4;
+
+/// The component list of an [`Operation`].
+type Components = SmallVec<[Component; INLINE_COMPONENTS]>;
+
 /// One step of an [`Operation`], walking the base document from start to end.
+///
+/// The text of an insert is a [`CompactString`]: up to 24 bytes are stored
+/// inline, without a heap allocation. It derefs to `&str`, compares equal to
+/// `&str` and `String`, and converts from both
+/// (`Component::Insert("hi".into())`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Component {
     /// Keep the next `n` characters unchanged.
     Retain(usize),
     /// Insert this text at the current position.
-    Insert(String),
+    Insert(CompactString),
     /// Remove the next `n` characters.
     Delete(usize),
 }
@@ -27,11 +41,42 @@ pub enum Component {
 /// kind merged, and between two retains at most one insert followed by at most
 /// one delete. Two operations with the same effect built through the builder
 /// are therefore equal (`==`) and serialise to the same JSON.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct Operation {
-    components: Vec<Component>,
+    components: Components,
     base_len: usize,
     target_len: usize,
+}
+
+impl Clone for Operation {
+    fn clone(&self) -> Self {
+        // Clone an inline op element by element straight into its inline
+        // storage, rather than through `SmallVec::clone`'s generic `extend`.
+        let mut components = Components::new();
+        if self.components.spilled() {
+            components.reserve_exact(self.components.len());
+        }
+        for c in &self.components {
+            components.push(c.clone());
+        }
+        Operation {
+            components,
+            base_len: self.base_len,
+            target_len: self.target_len,
+        }
+    }
+}
+
+/// `text` as a [`CompactString`]. A one-byte text (typing) is copied with a
+/// known length, which the compiler does in registers; the general path
+/// copies into a buffer on the stack and reads it straight back, which
+/// stalls (failed store forwarding).
+#[inline]
+fn compact(text: &str) -> CompactString {
+    match text.as_bytes() {
+        [_] => CompactString::from(&text[..1]),
+        _ => CompactString::from(text),
+    }
 }
 
 /// Number of `char`s in `s`.
@@ -39,11 +84,41 @@ pub struct Operation {
 pub(crate) fn char_len(s: &str) -> usize {
     // Typing inserts one character at a time, and a one-byte `str` is one
     // ASCII char: skip the (out-of-line) general count, and the read of the
-    // text it needs.
-    if s.len() <= 1 {
-        return s.len();
+    // text it needs. Other short texts (most inserts) count their
+    // continuation bytes inline, up to 16 bytes two words at a time.
+    let bytes = s.as_bytes();
+    match bytes.len() {
+        0 | 1 => bytes.len(),
+        2..=7 => bytes.len() - bytes.iter().filter(|&&b| is_continuation(b)).count(),
+        8..=16 => {
+            let (Some(head), Some(tail)) = (bytes.first_chunk::<8>(), bytes.last_chunk::<8>())
+            else {
+                return s.chars().count();
+            };
+            // `tail` overlaps `head` by `16 - len` bytes (its low bytes): drop them.
+            let overlap = 16 - bytes.len();
+            let tail = u64::from_le_bytes(*tail)
+                .checked_shr(8 * overlap as u32)
+                .unwrap_or(0);
+            let continuations =
+                continuation_bytes(u64::from_le_bytes(*head)) + continuation_bytes(tail);
+            bytes.len() - continuations
+        }
+        _ => s.chars().count(),
     }
-    s.chars().count()
+}
+
+/// True for a UTF-8 continuation byte (`0b10xx_xxxx`).
+#[inline]
+fn is_continuation(b: u8) -> bool {
+    b & 0xC0 == 0x80
+}
+
+/// Number of UTF-8 continuation bytes (`0b10xx_xxxx`) among the 8 bytes of `word`.
+#[inline]
+fn continuation_bytes(word: u64) -> usize {
+    // Bit 7 of each byte set and bit 6 clear.
+    (word & !(word << 1) & 0x8080_8080_8080_8080).count_ones() as usize
 }
 
 /// Byte offset of the `n`-th char of `s` (or `s.len()` if `s` is shorter).
@@ -68,9 +143,93 @@ impl Operation {
     /// An empty operation with room for `n` components.
     pub fn with_capacity(n: usize) -> Self {
         Operation {
-            components: Vec::with_capacity(n),
+            components: Components::with_capacity(n),
             base_len: 0,
             target_len: 0,
+        }
+    }
+
+    /// An empty operation for the result of an algebra step on inputs with
+    /// `max` components in all (an upper bound of the result's length). Small
+    /// results start inline (and spill once if they must); large ones are
+    /// sized up front.
+    #[inline]
+    fn with_output_room(max: usize) -> Self {
+        if max <= 2 * INLINE_COMPONENTS {
+            Operation::new()
+        } else {
+            Operation::with_capacity(max)
+        }
+    }
+
+    /// This operation as a single edit, if it is one: at most one insert
+    /// and/or one delete at one place (`[retain] [insert] [delete] [retain]`),
+    /// or a no-op. Live typing sends nothing else.
+    #[inline]
+    fn single_edit(&self) -> Option<Edit<'_>> {
+        let c = self.components.as_slice();
+        let mut edit = Edit {
+            pos: 0,
+            text: None,
+            chars: 0,
+            del: 0,
+        };
+        let mut i = 0;
+        if let Some(Component::Retain(n)) = c.first() {
+            edit.pos = *n;
+            i = 1;
+        }
+        if let Some(Component::Insert(s)) = c.get(i) {
+            edit.text = Some(s);
+            edit.chars = char_len(s);
+            i += 1;
+        }
+        if let Some(Component::Delete(n)) = c.get(i) {
+            edit.del = *n;
+            i += 1;
+        }
+        match c.get(i..) {
+            Some([]) => Some(edit),
+            Some([Component::Retain(_)]) => Some(edit),
+            _ => None,
+        }
+    }
+
+    /// The canonical operation for one edit on a document of `base_len`
+    /// chars: retain `pos`, insert `text` (`chars` chars), delete `del`.
+    #[inline]
+    fn from_edit(
+        base_len: usize,
+        pos: usize,
+        text: Option<&CompactString>,
+        chars: usize,
+        del: usize,
+    ) -> Self {
+        let mut components = Components::new();
+        if chars == 0 && del == 0 {
+            // A no-op: the identity, wherever `pos` is.
+            if base_len > 0 {
+                components.push(Component::Retain(base_len));
+            }
+        } else {
+            let after = base_len - pos - del;
+            if pos > 0 {
+                components.push(Component::Retain(pos));
+            }
+            if let Some(text) = text.filter(|_| chars > 0) {
+                components.push(Component::Insert(text.clone()));
+            }
+            if del > 0 {
+                components.push(Component::Delete(del));
+            }
+            if after > 0 {
+                components.push(Component::Retain(after));
+            }
+        }
+        Operation {
+            components,
+            base_len,
+            target_len: base_len - del + chars,
         }
     }
 
@@ -139,8 +298,8 @@ impl Operation {
             [.., Component::Insert(prev), Component::Delete(_)] => prev.push_str(text),
             [.., Component::Delete(_)] => self
                 .components
-                .insert(n - 1, Component::Insert(text.to_owned())),
-            _ => self.components.push(Component::Insert(text.to_owned())),
+                .insert(n - 1, Component::Insert(compact(text))),
+            _ => self.components.push(Component::Insert(compact(text))),
         }
         self
     }
@@ -198,7 +357,7 @@ impl Operation {
         // merging checks): this is the hot path of every local edit.
         let inserted = char_len(text);
         let after = doc_len - end;
-        let mut components = Vec::with_capacity(4);
+        let mut components = Components::new();
         if inserted == 0 && len == 0 {
             // A no-op: a single retain (or nothing on an empty document).
             if doc_len > 0 {
@@ -209,7 +368,7 @@ impl Operation {
                 components.push(Component::Retain(pos));
             }
             if inserted > 0 {
-                components.push(Component::Insert(text.to_owned()));
+                components.push(Component::Insert(compact(text)));
             }
             if len > 0 {
                 components.push(Component::Delete(len));
@@ -341,58 +500,82 @@ impl Operation {
     ///
     /// Fails with [`OtError::ComposeMismatch`] unless `self.target_len() == next.base_len()`.
     pub fn compose(&self, next: &Operation) -> Result<Operation, OtError> {
+        if self.target_len == next.base_len {
+            if let (Some(a), Some(b)) = (self.single_edit(), next.single_edit()) {
+                if let Some(composed) = compose_edits(self, &a, next, &b) {
+                    return Ok(composed);
+                }
+            }
+        }
+        // Composing two edits at different places gives more components than
+        // either (`[r, i, r]` ∘ `[r, i, r]` = `[r, i, r, i, r]`): size the result
+        // for the worst case up front rather than spilling and regrowing.
+        let max = self.components.len() + next.components.len();
+        let mut out = if max <= INLINE_COMPONENTS {
+            Operation::new()
+        } else {
+            Operation::with_capacity(max)
+        };
+        self.compose_into(next, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`compose`](Self::compose) into `out` (empty).
+    fn compose_into(&self, next: &Operation, out: &mut Operation) -> Result<(), OtError> {
         if self.target_len != next.base_len {
             return Err(OtError::ComposeMismatch {
                 first_target: self.target_len,
                 second_base: next.base_len,
             });
         }
-        let mut result = Operation::with_capacity(self.components.len() + next.components.len());
-        let mut first = Pieces::new(&self.components);
-        let mut second = Pieces::new(&next.components);
-        let mut a = first.next();
-        let mut b = second.next();
+        let mut result = Builder::new(out);
+        let mut x = Cursor::<true>::new(&self.components);
+        // The result's length is `next`'s: the second op's inserts need no count.
+        let mut y = Cursor::<false>::new(&next.components);
         loop {
-            match (a, b) {
-                (None, None) => break,
-                (Some(Piece::Delete(n)), _) => {
+            if x.kind == Kind::Delete {
+                result.delete(x.len);
+                x.next();
+                continue;
+            }
+            if y.kind == Kind::Insert {
+                result.insert(y.text, y.source, y.len);
+                y.next();
+                continue;
+            }
+            let n = x.len.min(y.len);
+            match (x.kind, y.kind) {
+                (Kind::Retain, Kind::Retain) => {
+                    result.retain(n);
+                    x.take(n);
+                }
+                (Kind::Insert, Kind::Retain) => {
+                    let (text, source) = x.take_text(n);
+                    result.insert(text, source, n);
+                }
+                (Kind::Retain, Kind::Delete) => {
                     result.delete(n);
-                    a = first.next();
+                    x.take(n);
                 }
-                (_, Some(Piece::Insert(s, len))) => {
-                    result.insert_counted(s, len);
-                    b = second.next();
+                // Inserted by the first and deleted by the second: nothing remains.
+                (Kind::Insert, Kind::Delete) => {
+                    x.take_text(n);
                 }
-                (Some(pa), Some(pb)) => {
-                    let n = pa.len().min(pb.len());
-                    match (pa, pb) {
-                        (Piece::Retain(_), Piece::Retain(_)) => {
-                            result.retain(n);
-                        }
-                        (Piece::Insert(s, _), Piece::Retain(_)) => {
-                            let (head, _) = s.split_at(byte_offset(s, n));
-                            result.insert_counted(head, n);
-                        }
-                        (Piece::Retain(_), Piece::Delete(_)) => {
-                            result.delete(n);
-                        }
-                        // Inserted by the first and deleted by the second: nothing remains.
-                        (Piece::Insert(..), Piece::Delete(_)) => {}
-                        (Piece::Delete(_), _) | (_, Piece::Insert(..)) => unreachable!(),
-                    }
-                    a = pa.advance(n).or_else(|| first.next());
-                    b = pb.advance(n).or_else(|| second.next());
-                }
-                // Unreachable when the lengths match; kept total so bad input can never panic.
-                (None, Some(_)) | (Some(_), None) => {
+                (Kind::End, Kind::End) => break,
+                // One side ended early: unreachable when the lengths match;
+                // kept total so bad input can never panic.
+                _ => {
                     return Err(OtError::ComposeMismatch {
                         first_target: self.target_len,
                         second_base: next.base_len,
                     })
                 }
             }
+            y.take(n);
         }
-        Ok(result)
+        result.finish();
+        out.target_len = next.target_len;
+        Ok(())
     }
 
     /// Transform two concurrent operations `a` (= `self`) and `b`, both based on
@@ -404,61 +587,102 @@ impl Operation {
     /// operation as `a`, and a client always passes its own pending operation
     /// as `a`, so both sides order ties the same way.
     pub fn transform(&self, b: &Operation) -> Result<(Operation, Operation), OtError> {
+        if self.base_len == b.base_len {
+            if let (Some(x), Some(y)) = (self.single_edit(), b.single_edit()) {
+                if let Some(pair) = transform_edits::<true>(self.base_len, &x, &y) {
+                    return Ok(pair);
+                }
+            }
+        }
+        let cap = self.components.len() + b.components.len();
+        let mut out = (
+            Operation::with_output_room(cap),
+            Operation::with_output_room(cap),
+        );
+        self.transform_into::<true>(b, &mut out.0, &mut out.1)?;
+        Ok(out)
+    }
+
+    /// The `a'` half of [`transform`](Self::transform) (`self` as `a`),
+    /// without building `b'`: what the server needs to rebase an incoming op.
+    pub(crate) fn transform_first(&self, b: &Operation) -> Result<Operation, OtError> {
+        if self.base_len == b.base_len {
+            if let (Some(x), Some(y)) = (self.single_edit(), b.single_edit()) {
+                if let Some((a_prime, _)) = transform_edits::<false>(self.base_len, &x, &y) {
+                    return Ok(a_prime);
+                }
+            }
+        }
+        let mut a_prime = Operation::with_output_room(self.components.len() + b.components.len());
+        self.transform_into::<false>(b, &mut a_prime, &mut Operation::new())?;
+        Ok(a_prime)
+    }
+
+    /// [`transform`](Self::transform) into `a_out` and `b_out` (empty); `b'`
+    /// is not built unless `BOTH`.
+    fn transform_into<const BOTH: bool>(
+        &self,
+        b: &Operation,
+        a_out: &mut Operation,
+        b_out: &mut Operation,
+    ) -> Result<(), OtError> {
         if self.base_len != b.base_len {
             return Err(OtError::TransformMismatch {
                 a_base: self.base_len,
                 b_base: b.base_len,
             });
         }
-        let cap = self.components.len() + b.components.len();
-        let mut a_prime = Operation::with_capacity(cap);
-        let mut b_prime = Operation::with_capacity(cap);
-        let mut a_pieces = Pieces::new(&self.components);
-        let mut b_pieces = Pieces::new(&b.components);
-        let mut pa = a_pieces.next();
-        let mut pb = b_pieces.next();
+        let mut a_prime = Builder::new(a_out);
+        let mut b_prime = Builder::new(b_out);
+        let mut x = Cursor::<true>::new(&self.components);
+        let mut y = Cursor::<true>::new(&b.components);
         loop {
-            match (pa, pb) {
-                (None, None) => break,
-                (Some(Piece::Insert(s, len)), _) => {
-                    a_prime.insert_counted(s, len);
-                    b_prime.retain(len);
-                    pa = a_pieces.next();
+            if x.kind == Kind::Insert {
+                a_prime.insert(x.text, x.source, x.len);
+                if BOTH {
+                    b_prime.retain(x.len);
                 }
-                (_, Some(Piece::Insert(s, len))) => {
-                    a_prime.retain(len);
-                    b_prime.insert_counted(s, len);
-                    pb = b_pieces.next();
+                x.next();
+                continue;
+            }
+            if y.kind == Kind::Insert {
+                a_prime.retain(y.len);
+                if BOTH {
+                    b_prime.insert(y.text, y.source, y.len);
                 }
-                (Some(x), Some(y)) => {
-                    let n = x.len().min(y.len());
-                    match (x, y) {
-                        (Piece::Retain(_), Piece::Retain(_)) => {
-                            a_prime.retain(n);
-                            b_prime.retain(n);
-                        }
-                        // Both deleted the same text: neither needs to delete it again.
-                        (Piece::Delete(_), Piece::Delete(_)) => {}
-                        (Piece::Delete(_), Piece::Retain(_)) => {
-                            a_prime.delete(n);
-                        }
-                        (Piece::Retain(_), Piece::Delete(_)) => {
-                            b_prime.delete(n);
-                        }
-                        (Piece::Insert(..), _) | (_, Piece::Insert(..)) => unreachable!(),
+                y.next();
+                continue;
+            }
+            let n = x.len.min(y.len);
+            match (x.kind, y.kind) {
+                (Kind::Retain, Kind::Retain) => {
+                    a_prime.retain(n);
+                    if BOTH {
+                        b_prime.retain(n);
                     }
-                    pa = x.advance(n).or_else(|| a_pieces.next());
-                    pb = y.advance(n).or_else(|| b_pieces.next());
                 }
-                (None, Some(_)) | (Some(_), None) => {
+                // Both deleted the same text: neither needs to delete it again.
+                (Kind::Delete, Kind::Delete) => {}
+                (Kind::Delete, Kind::Retain) => a_prime.delete(n),
+                (Kind::Retain, Kind::Delete) => {
+                    if BOTH {
+                        b_prime.delete(n);
+                    }
+                }
+                (Kind::End, Kind::End) => break,
+                _ => {
                     return Err(OtError::TransformMismatch {
                         a_base: self.base_len,
                         b_base: b.base_len,
                     })
                 }
             }
+            x.take(n);
+            y.take(n);
         }
-        Ok((a_prime, b_prime))
+        a_prime.finish();
+        b_prime.finish();
+        Ok(())
     }
 
     /// Where a cursor at char position `pos` of the base document ends up after
@@ -554,55 +778,330 @@ fn common_suffix_bytes(a: &str, b: &str) -> usize {
     bytes
 }
 
-/// A borrowed, possibly partly consumed component, with its char length.
-#[derive(Debug, Clone, Copy)]
-enum Piece<'a> {
-    Retain(usize),
-    Insert(&'a str, usize),
-    Delete(usize),
+/// A single edit (see [`Operation::single_edit`]): retain `pos`, insert
+/// `text` (`chars` chars; `None` or 0 for none), delete `del`.
+struct Edit<'a> {
+    pos: usize,
+    text: Option<&'a CompactString>,
+    chars: usize,
+    del: usize,
 }
 
-impl<'a> Piece<'a> {
-    fn len(self) -> usize {
-        match self {
-            Piece::Retain(n) | Piece::Delete(n) | Piece::Insert(_, n) => n,
-        }
-    }
-
-    /// What is left after consuming `n` chars, or `None` if nothing is.
-    fn advance(self, n: usize) -> Option<Piece<'a>> {
-        if n >= self.len() {
-            return None;
-        }
-        Some(match self {
-            Piece::Retain(m) => Piece::Retain(m - n),
-            Piece::Delete(m) => Piece::Delete(m - n),
-            Piece::Insert(s, m) => Piece::Insert(&s[byte_offset(s, n)..], m - n),
-        })
+impl Edit<'_> {
+    fn is_noop(&self) -> bool {
+        self.chars == 0 && self.del == 0
     }
 }
 
-struct Pieces<'a> {
-    iter: std::slice::Iter<'a, Component>,
+/// [`Operation::transform`] of two single edits on a document of `len`
+/// chars, when they touch different places (the common case of two people
+/// typing): each is then only shifted by the other. `None` when they overlap
+/// or meet in a way that needs the general algorithm. `b'` is only built if
+/// `BOTH` (else it is empty).
+#[inline]
+fn transform_edits<const BOTH: bool>(
+    len: usize,
+    a: &Edit<'_>,
+    b: &Edit<'_>,
+) -> Option<(Operation, Operation)> {
+    let a_len = len - a.del + a.chars; // the document after a
+    let b_len = len - b.del + b.chars; // the document after b
+    let (a_pos, b_pos) = if a.is_noop() || b.is_noop() {
+        // A no-op leaves the other unchanged (and stays the identity).
+        (a.pos, b.pos)
+    } else if a.pos + a.del <= b.pos {
+        // a is wholly before b (inserts at the same place: a's first).
+        (a.pos, b.pos + a.chars - a.del)
+    } else if b.pos + b.del <= a.pos && (b.pos < a.pos || a.chars == 0) {
+        // b is wholly before a.
+        (a.pos + b.chars - b.del, b.pos)
+    } else {
+        return None;
+    };
+    let a_prime = Operation::from_edit(b_len, a_pos, a.text, a.chars, a.del);
+    let b_prime = if BOTH {
+        Operation::from_edit(a_len, b_pos, b.text, b.chars, b.del)
+    } else {
+        Operation::new()
+    };
+    Some((a_prime, b_prime))
 }
 
-impl<'a> Pieces<'a> {
+/// [`Operation::compose`] of two single edits `a` (of `first`) and `b` (of
+/// `second`, on `first`'s result) when they are at different places, with
+/// unchanged text between them: the result is both edits. `None` when they
+/// overlap or touch (the general algorithm merges them).
+#[inline]
+fn compose_edits(
+    first: &Operation,
+    a: &Edit<'_>,
+    second: &Operation,
+    b: &Edit<'_>,
+) -> Option<Operation> {
+    if a.is_noop() {
+        return Some(second.clone());
+    }
+    if b.is_noop() {
+        return Some(first.clone());
+    }
+    // In `first`'s result, a's edit spans `a.pos .. a.pos + a.chars`.
+    let (one, gap, two) = if b.pos > a.pos + a.chars {
+        (a, b.pos - a.pos - a.chars, b)
+    } else if b.pos + b.del < a.pos {
+        (b, a.pos - b.pos - b.del, a)
+    } else {
+        return None;
+    };
+    let base_len = first.base_len;
+    // What is left of the base document after both edits.
+    let consumed = one.pos + one.del + gap + two.del;
+    let count = usize::from(one.pos > 0)
+        + [one, two]
+            .iter()
+            .map(|e| usize::from(e.chars > 0) + usize::from(e.del > 0))
+            .sum::<usize>()
+        + 1
+        + usize::from(base_len > consumed);
+    let mut components = Components::with_capacity(count);
+    if one.pos > 0 {
+        components.push(Component::Retain(one.pos));
+    }
+    for (edit, retain_after) in [(one, gap), (two, 0)] {
+        if let Some(text) = edit.text.filter(|_| edit.chars > 0) {
+            components.push(Component::Insert(text.clone()));
+        }
+        if edit.del > 0 {
+            components.push(Component::Delete(edit.del));
+        }
+        if retain_after > 0 {
+            components.push(Component::Retain(retain_after));
+        }
+    }
+    if base_len > consumed {
+        components.push(Component::Retain(base_len - consumed));
+    }
+    Some(Operation {
+        components,
+        base_len,
+        target_len: second.target_len,
+    })
+}
+
+/// The builder of the algebra's results: like the canonicalising
+/// [`Operation`] builder methods, but it keeps the trailing retain, insert and
+/// delete in fields until a component of another kind forces them out, so
+/// that most steps only add to a counter. Canonical order between two retains
+/// is insert then delete, whatever order they arrive in.
+struct Builder<'a, 'o> {
+    /// The operation being built (its lengths are set by `finish`).
+    out: &'o mut Operation,
+    base_len: usize,
+    target_len: usize,
+    /// Pending retain (before any pending insert or delete).
+    retain: usize,
+    /// Pending inserted text, when it is a single borrowed piece.
+    insert: &'a str,
+    /// The component `insert` is all of, if it is (cloning it is cheaper than
+    /// building a new string).
+    insert_source: Option<&'a CompactString>,
+    /// True when the last pushed component is an insert that later pieces
+    /// are appended to (several pieces between two retains).
+    insert_open: bool,
+    /// Pending delete (after the insert).
+    delete: usize,
+    /// True when an insert or a delete is pending (a retain must flush first).
+    edit: bool,
+}
+
+impl<'a, 'o> Builder<'a, 'o> {
+    /// A builder appending to `out` (empty).
+    #[inline]
+    fn new(out: &'o mut Operation) -> Self {
+        Builder {
+            out,
+            base_len: 0,
+            target_len: 0,
+            retain: 0,
+            insert: "",
+            insert_source: None,
+            insert_open: false,
+            delete: 0,
+            edit: false,
+        }
+    }
+
+    #[inline]
+    fn retain(&mut self, n: usize) {
+        if self.edit {
+            self.flush();
+        }
+        self.retain += n;
+        self.base_len += n;
+        self.target_len += n;
+    }
+
+    /// Insert `text`, `chars` chars long (not empty).
+    #[inline]
+    fn insert(&mut self, text: &'a str, source: Option<&'a CompactString>, chars: usize) {
+        self.target_len += chars;
+        self.edit = true;
+        if self.insert.is_empty() && !self.insert_open {
+            self.insert = text;
+            self.insert_source = source;
+        } else {
+            self.append_insert(text);
+        }
+    }
+
+    /// A second insert piece between two retains: concatenate in place.
+    #[cold]
+    fn append_insert(&mut self, text: &str) {
+        if !self.insert_open {
+            self.push_retain();
+            self.push_insert();
+            self.insert_open = true;
+        }
+        if let Some(Component::Insert(last)) = self.out.components.last_mut() {
+            last.push_str(text);
+        }
+    }
+
+    #[inline]
+    fn delete(&mut self, n: usize) {
+        self.edit = true;
+        self.delete += n;
+        self.base_len += n;
+    }
+
+    /// Push the pending insert (not empty).
+    #[inline]
+    fn push_insert(&mut self) {
+        let text = match self.insert_source.take() {
+            Some(source) => source.clone(),
+            None => compact(self.insert),
+        };
+        self.out.components.push(Component::Insert(text));
+        self.insert = "";
+    }
+
+    #[inline]
+    fn push_retain(&mut self) {
+        if self.retain > 0 {
+            self.out.components.push(Component::Retain(self.retain));
+            self.retain = 0;
+        }
+    }
+
+    /// Push out everything pending.
+    fn flush(&mut self) {
+        self.push_retain();
+        if !self.insert.is_empty() {
+            self.push_insert();
+        }
+        self.insert_open = false;
+        if self.delete > 0 {
+            self.out.components.push(Component::Delete(self.delete));
+            self.delete = 0;
+        }
+        self.edit = false;
+    }
+
+    /// Push out everything pending and set the lengths.
+    #[inline]
+    fn finish(mut self) {
+        self.flush();
+        self.out.base_len = self.base_len;
+        self.out.target_len = self.target_len;
+    }
+}
+
+/// The kind of the piece a [`Cursor`] is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Retain,
+    Insert,
+    Delete,
+    /// Past the last component.
+    End,
+}
+
+/// Walks an operation's components for the algebra, a piece at a time: the
+/// current piece is `kind`, with `len` chars left (and, for an insert, its
+/// remaining `text`).
+///
+/// With `COUNT` false the char length of inserts is not counted (`len` is 0
+/// on an insert), for a caller that never needs it.
+struct Cursor<'a, const COUNT: bool> {
+    rest: std::slice::Iter<'a, Component>,
+    kind: Kind,
+    len: usize,
+    text: &'a str,
+    /// The insert component `text` is all of (`None` once it is split).
+    source: Option<&'a CompactString>,
+}
+
+impl<'a, const COUNT: bool> Cursor<'a, COUNT> {
     fn new(components: &'a [Component]) -> Self {
-        Pieces {
-            iter: components.iter(),
+        let mut cursor = Cursor {
+            rest: components.iter(),
+            kind: Kind::End,
+            len: 0,
+            text: "",
+            source: None,
+        };
+        cursor.next();
+        cursor
+    }
+
+    /// Move to the next component.
+    #[inline]
+    fn next(&mut self) {
+        match self.rest.next() {
+            Some(Component::Retain(n)) => {
+                self.kind = Kind::Retain;
+                self.len = *n;
+            }
+            Some(Component::Delete(n)) => {
+                self.kind = Kind::Delete;
+                self.len = *n;
+            }
+            Some(Component::Insert(s)) => {
+                self.kind = Kind::Insert;
+                self.text = s;
+                self.source = Some(s);
+                self.len = if COUNT { char_len(s) } else { 0 };
+            }
+            None => {
+                self.kind = Kind::End;
+                self.len = 0;
+            }
         }
     }
-}
 
-impl<'a> Iterator for Pieces<'a> {
-    type Item = Piece<'a>;
+    /// Consume `n` (at most `len`) chars of a retain or a delete.
+    #[inline]
+    fn take(&mut self, n: usize) {
+        self.len -= n;
+        if self.len == 0 {
+            self.next();
+        }
+    }
 
-    fn next(&mut self) -> Option<Piece<'a>> {
-        self.iter.next().map(|c| match c {
-            Component::Retain(n) => Piece::Retain(*n),
-            Component::Delete(n) => Piece::Delete(*n),
-            Component::Insert(s) => Piece::Insert(s, char_len(s)),
-        })
+    /// Consume `n` (at most `len`) chars of an insert and return their text
+    /// (with the whole component, if that is what they are).
+    #[inline]
+    fn take_text(&mut self, n: usize) -> (&'a str, Option<&'a CompactString>) {
+        if n == self.len {
+            let taken = (self.text, self.source);
+            self.next();
+            taken
+        } else {
+            let (head, tail) = self.text.split_at(byte_offset(self.text, n));
+            self.text = tail;
+            self.source = None;
+            self.len -= n;
+            (head, None)
+        }
     }
 }
 
@@ -614,6 +1113,78 @@ mod tests {
         let mut o = Operation::new();
         build(&mut o);
         o
+    }
+
+    #[test]
+    fn small_operations_stay_inline() {
+        assert_eq!(std::mem::size_of::<Component>(), 24);
+        let o = Operation::replace_range(10, 2, 3, "typed text").unwrap_or_default();
+        assert!(!o.components.spilled());
+    }
+
+    /// Every single edit on a document of `len` chars.
+    fn all_edits(len: usize) -> Vec<Operation> {
+        let mut edits = vec![Operation::identity(len)];
+        for pos in 0..=len {
+            for del in 0..=len - pos {
+                for text in ["", "x", "yz", "é🙂"] {
+                    if let Ok(op) = Operation::replace_range(len, pos, del, text) {
+                        edits.push(op);
+                    }
+                }
+            }
+        }
+        edits
+    }
+
+    #[test]
+    fn single_edit_fast_paths_match_the_general_algorithm() {
+        for len in 0..6 {
+            let edits = all_edits(len);
+            for a in &edits {
+                for b in &edits {
+                    let mut general = (Operation::new(), Operation::new());
+                    assert_eq!(
+                        a.transform_into::<true>(b, &mut general.0, &mut general.1),
+                        Ok(())
+                    );
+                    assert_eq!(a.transform(b), Ok(general.clone()), "transform {a:?} {b:?}");
+                    assert_eq!(
+                        a.transform_first(b),
+                        Ok(general.0),
+                        "transform_first {a:?} {b:?}"
+                    );
+                }
+                for b in all_edits(a.target_len()) {
+                    let mut general = Operation::new();
+                    assert_eq!(a.compose_into(&b, &mut general), Ok(()));
+                    assert_eq!(a.compose(&b), Ok(general), "compose {a:?} {b:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn char_len_counts_scalar_values() {
+        let pieces = [
+            "a", "é", "漢", "🙂", "e\u{301}", "\u{7f}", "\u{80}", "\u{7ff}", "\u{800}",
+        ];
+        let mut text = String::new();
+        for round in 0..40 {
+            for (i, piece) in pieces.iter().enumerate() {
+                if (round + i) % 3 != 0 {
+                    text.push_str(piece);
+                }
+                for start in 0..text.len() {
+                    if let Some(s) = text.get(start..) {
+                        assert_eq!(char_len(s), s.chars().count(), "{s:?}");
+                    }
+                }
+            }
+            if text.len() > 40 {
+                text = text.chars().skip(round % 5 + 1).collect();
+            }
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn their_components(seq: &OperationSeq) -> Vec<Component> {
         .iter()
         .map(|c| match c {
             TheirComponent::Retain(n) => Component::Retain(*n as usize),
-            TheirComponent::Insert(s) => Component::Insert(s.clone()),
+            TheirComponent::Insert(s) => Component::Insert(s.into()),
             TheirComponent::Delete(n) => Component::Delete(*n as usize),
         })
         .collect()

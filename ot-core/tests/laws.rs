@@ -695,7 +695,7 @@ proptest! {
             .iter()
             .map(|r| match r {
                 Raw::Retain(n) => Component::Retain(*n as usize),
-                Raw::Insert(s) => Component::Insert(s.clone()),
+                Raw::Insert(s) => Component::Insert(s.into()),
                 Raw::Delete(n) => Component::Delete(*n as usize),
             })
             .collect();
@@ -750,7 +750,7 @@ proptest! {
         // A proper pair is fine.
         let good = format!("[\"{inner}\\ud83d\\ude42\"]");
         let op = Operation::from_json(&good)?;
-        prop_assert_eq!(op.components(), &[Component::Insert(format!("{prefix}🙂"))][..]);
+        prop_assert_eq!(op.components(), &[Component::Insert(format!("{prefix}🙂").into())][..]);
     }
 }
 

@@ -274,7 +274,7 @@ impl Sim {
             to_client.push_back(S2C::Op {
                 rev: a.rev,
                 op: a.op.clone(),
-                client: a.client_id.clone(),
+                client: a.client_id.to_string(),
                 seq: a.seq,
             });
         }
@@ -405,7 +405,7 @@ impl Sim {
                             .server
                             .storage
                             .iter()
-                            .find(|a| a.client_id == client_id && a.seq == seq)
+                            .find(|a| *a.client_id == *client_id && a.seq == seq)
                         else {
                             self.fail("duplicate not found in storage")
                         };
@@ -443,14 +443,14 @@ impl Sim {
                     conn.to_client.push_back(S2C::Op {
                         rev: applied.rev,
                         op: applied.op.clone(),
-                        client: applied.client_id.clone(),
+                        client: applied.client_id.to_string(),
                         seq: applied.seq,
                     });
                 }
             }
             self.server
                 .durable_seq
-                .insert(applied.client_id.clone(), applied.seq);
+                .insert(applied.client_id.to_string(), applied.seq);
             self.server.storage.push(applied);
         }
         let durable = self.server.durable_rev();
@@ -604,7 +604,7 @@ impl Sim {
         let mut last: HashMap<&str, u64> = HashMap::new();
         let mut inserted: HashSet<char> = HashSet::new();
         for a in &self.server.storage {
-            if !seen.insert((a.client_id.clone(), a.seq)) {
+            if !seen.insert((a.client_id.to_string(), a.seq)) {
                 self.fail(&format!("({}, {}) applied twice", a.client_id, a.seq));
             }
             let prev = last.insert(&a.client_id, a.seq).unwrap_or(0);
@@ -614,7 +614,7 @@ impl Sim {
                     a.client_id, a.seq, prev
                 ));
             }
-            let Some(sent) = self.sent.get(&(a.client_id.clone(), a.seq)) else {
+            let Some(sent) = self.sent.get(&(a.client_id.to_string(), a.seq)) else {
                 self.fail("an applied op was never sent");
             };
             if OpHash::of(&sent.op) != a.hash {
@@ -644,7 +644,7 @@ impl Sim {
             let Some(a) = self.server.storage.get(*rev as usize - 1) else {
                 self.fail("acknowledged revision missing from the log");
             };
-            if &a.client_id != client || a.seq != *seq {
+            if *a.client_id != **client || a.seq != *seq {
                 self.fail(&format!(
                     "ack of ({client}, {seq}) names revision {rev}, which holds another op"
                 ));

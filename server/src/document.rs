@@ -687,7 +687,7 @@ impl Document {
             doc: self.id.clone(),
             op: StoredOp {
                 rev: applied.rev,
-                client_id: applied.client_id.clone(),
+                client_id: applied.client_id.to_string(),
                 seq: applied.seq,
                 hash: applied.hash,
                 base_rev: applied.base_rev,
@@ -779,7 +779,7 @@ impl Document {
             }
             self.durable_rev = p.applied.rev;
             self.durable_seq
-                .insert(p.applied.client_id.clone(), p.applied.seq);
+                .insert(p.applied.client_id.to_string(), p.applied.seq);
             for conn in self.conns.values_mut() {
                 if let Some(ranges) = conn.ranges.as_mut() {
                     *ranges = ot_core::transform_ranges(ranges, &p.applied.op);

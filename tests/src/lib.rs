@@ -40,20 +40,33 @@ pub async fn start_server_with(
 
 /// Path of the `server` binary, built if needed (for tests that kill it).
 pub fn server_binary() -> Result<PathBuf> {
+    workspace_binary("server", "server")
+}
+
+/// Path of the terminal client binary `ot-client`, built if needed (for
+/// tests that run it as a user would).
+pub fn ot_client_binary() -> Result<PathBuf> {
+    workspace_binary("client-cli", "ot-client")
+}
+
+/// Build `bin` of workspace package `package` (debug) and return its path.
+fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = Command::new(cargo)
         .current_dir(&workspace)
-        .args(["build", "--quiet", "-p", "server", "--bin", "server"])
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
         .status()
-        .context("running cargo build for the server binary")?;
+        .with_context(|| format!("running cargo build for the {bin} binary"))?;
     if !status.success() {
-        bail!("building the server binary failed");
+        bail!("building the {bin} binary failed");
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace.join("target"));
-    Ok(target.join("debug").join("server"))
+    Ok(target
+        .join("debug")
+        .join(format!("{bin}{}", std::env::consts::EXE_SUFFIX)))
 }
 
 /// A free loopback port (bound and released).

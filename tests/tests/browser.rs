@@ -1,10 +1,15 @@
 //! The browser editor in a real headless Chromium, driven over WebDriver
-//! (`chromedriver` + the `fantoccini` crate): two browser sessions and one
-//! scripted WebSocket client (ot-core's `Client`) edit one document at once
-//! and converge on the server's text; remote cursors show; emoji and combining
-//! marks survive both ways; unsent edits made while the server is down (one of
-//! them across a page reload) arrive exactly once after it comes back. Saves
-//! `docs/screenshot.png`.
+//! (`chromedriver` + the `fantoccini` crate): two browser sessions and the
+//! real terminal client (the `ot-client` binary, run as processes: `append`
+//! and `insert` while the pages type, a `watch --text` running throughout,
+//! `cat` at the end) edit one document at once and converge on the server's
+//! text; remote cursors show (Bob's caret, and a selection sent by a scripted
+//! WebSocket client, since the scripting commands of `ot-client` send no
+//! cursor); emoji, skin-tone and ZWJ sequences and combining marks survive
+//! from the browser to the terminal client and back; unsent edits made while
+//! the server is down (one of them across a page reload) arrive exactly once
+//! after it comes back, and the terminal client's `watch` follows the restart.
+//! Saves `docs/screenshot.png`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver`: `scripts/test` installs
 //! them (as root) or says what to install. This test fails, naming the
@@ -14,13 +19,17 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use e2e_tests::{doc_state, free_port, http_get_status, replay_ops, start_server_with, WsClient};
+use e2e_tests::{
+    doc_state, free_port, http_get_status, ot_client_binary, replay_ops, start_server_with,
+    WsClient,
+};
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
-use ot_core::Operation;
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
 
 const INSTALL: &str = "apt-get update && apt-get install -y chromium chromium-driver";
 
@@ -118,12 +127,132 @@ impl Drop for Driver {
     }
 }
 
-/// The page's state (`window.otEditor`).
+/// The terminal client `ot-client`, run as a user would run it: with
+/// `--server ws://ADDR` and its state in its own data directory.
+struct Terminal {
+    bin: PathBuf,
+    server: String,
+    data: tempfile::TempDir,
+}
+
+impl Terminal {
+    fn new(addr: SocketAddr) -> Result<Terminal> {
+        Ok(Terminal {
+            bin: ot_client_binary()?,
+            server: format!("ws://{addr}"),
+            data: tempfile::tempdir()?,
+        })
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.bin);
+        command
+            .arg("--server")
+            .arg(&self.server)
+            .arg("--name")
+            .arg("Terminal")
+            .args(args)
+            .env("OT_CLIENT_DATA_DIR", self.data.path())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Run `ot-client ARGS` to completion; its stdout.
+    async fn run(&self, args: &[&str]) -> Result<String> {
+        let output = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .map_err(|_| anyhow!("ot-client {args:?} did not finish within 60 s"))?
+            .context("running ot-client")?;
+        if !output.status.success() {
+            bail!(
+                "ot-client {args:?} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        String::from_utf8(output.stdout).context("ot-client printed invalid UTF-8")
+    }
+
+    /// Start `ot-client watch DOC --text EXTRA`; returns once it printed the
+    /// text it connected with.
+    async fn watch(&self, doc: &str, extra: &[&str]) -> Result<Watch> {
+        let mut args = vec!["watch", doc, "--text"];
+        args.extend_from_slice(extra);
+        let mut child = self
+            .command(&args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting ot-client watch")?;
+        let stdout = child.stdout.take().context("the watch's stdout")?;
+        let mut watch = Watch {
+            child,
+            lines: Arc::new(Mutex::new(Vec::new())),
+        };
+        watch.read(BufReader::new(stdout).lines());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while watch.lines.lock().unwrap().is_empty() {
+            watch.check_running()?;
+            if Instant::now() > deadline {
+                bail!("ot-client watch printed nothing within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(watch)
+    }
+}
+
+/// A running `ot-client watch --text`: one line per change, the whole text
+/// (the tests type no newlines). Killed on drop.
+struct Watch {
+    child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watch {
+    fn read(&mut self, mut lines: Lines<BufReader<impl AsyncRead + Unpin + Send + 'static>>) {
+        let store = Arc::clone(&self.lines);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                store.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    /// The text it printed last.
+    fn last(&self) -> Option<String> {
+        self.lines.lock().unwrap().last().cloned()
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("ot-client watch exited ({status})");
+        }
+        Ok(())
+    }
+
+    /// Wait for it to exit by itself (`--count`); every line it printed.
+    async fn finish(mut self, within: Duration) -> Result<Vec<String>> {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("ot-client watch did not exit within {within:?}"))??;
+        if !status.success() {
+            bail!("ot-client watch failed ({status})");
+        }
+        // The reader has seen the end of stdout soon after the exit.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let lines = self.lines.lock().unwrap().clone();
+        Ok(lines)
+    }
+}
+
+/// The page's state (`window.otEditor`), with what the textarea shows.
 async fn editor(b: &Browser) -> Result<Value> {
     Ok(b.execute(
         "const e = window.otEditor; if (!e || !e.ready) return null; \
              return {text: e.text, rev: e.revision, saved: e.allSaved, connected: e.connected, \
                      client: e.clientId, cursors: e.remoteCursors, conflicts: e.conflictCopies, \
+                     value: document.getElementById('text').value, \
                      status: document.getElementById('status').textContent};",
         vec![],
     )
@@ -190,22 +319,25 @@ async fn open(b: &Browser, base: &str, doc: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Wait until both pages (their state and their textarea) and the terminal
+/// client's `watch` show the server's text, everything saved; that text.
 async fn settle_all(
     addr: SocketAddr,
     doc: &str,
     pages: &[&Browser],
-    terminal: &mut WsClient,
+    watch: &mut Watch,
 ) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        terminal.drain(Duration::from_millis(50)).await?;
+        watch.check_running()?;
         let (rev, text) = doc_state(addr, doc).await?;
-        let mut all = terminal.client.all_saved()
-            && terminal.client.revision() == rev
-            && terminal.text() == text;
+        let mut all = watch.last().as_deref() == Some(text.as_str());
         for p in pages {
             let s = editor(p).await?;
-            all &= s["saved"] == true && s["rev"] == rev && s["text"] == text.as_str();
+            all &= s["saved"] == true
+                && s["rev"] == rev
+                && s["text"] == text.as_str()
+                && s["value"] == text.as_str();
         }
         if all {
             return Ok(text);
@@ -216,16 +348,12 @@ async fn settle_all(
                 states.push(editor(p).await?);
             }
             bail!(
-                "no convergence: server rev {rev} {text:?}, terminal {:?}, pages {states:?}",
-                terminal.text()
+                "no convergence: server rev {rev} {text:?}, terminal watch {:?}, pages {states:?}",
+                watch.last()
             );
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn terminal_append(t: &mut WsClient, text: &str) -> Result<()> {
-    let len = t.client.text().len_chars();
-    t.edit(&Operation::insert_at(len, len, text)?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,6 +368,7 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
     let mut server = Some(start_server_with(data.path(), config).await?);
     let base = format!("http://{addr}");
     let doc = "browser-test";
+    let term = Terminal::new(addr)?;
 
     // The pages are served, and a bad id is refused with the id escaped.
     let (status, body) = http_get_status(addr, "/d/%3Cscript%3E").await?;
@@ -257,42 +386,76 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
     let result = async {
         open(&a, &base, doc, "Ann").await?;
         open(&b, &base, doc, "Bob").await?;
-        let mut t = WsClient::join(addr, doc, "terminal-1").await?;
+        // The terminal client follows the document all along.
+        let mut watch = term.watch(doc, &[]).await?;
 
-        // All three type at once, several rounds.
+        // All three type at once, several rounds: Ann presses keys, Bob's
+        // browser inserts text with emoji and a combining mark, and the
+        // terminal client appends (skin-tone emoji, combining tilde) and
+        // inserts at the start (a ZWJ sequence), each a process of its own.
+        let term_append = |round: u32| format!("[t{round} 👍🏽 n\u{303}]");
+        let term_insert = |round: u32| format!("«i{round} 👩\u{200d}💻»");
         for round in 0..4 {
             let ta = format!("a{round} hello ");
             let tb = format!("B{round} 🙂e\u{301} ");
-            let tt = format!("[t{round} 👍🏽]");
-            let (ra, rb, rt) = tokio::join!(
+            let tt = term_append(round);
+            let ti = term_insert(round);
+            let (append, insert) = (["append", doc, &tt], ["insert", doc, "0", &ti]);
+            let (ra, rb, rt, ri) = tokio::join!(
                 send_keys(&a, &ta),
                 insert_text(&b, &tb),
-                terminal_append(&mut t, &tt)
+                term.run(&append),
+                term.run(&insert),
             );
             ra?;
             rb?;
             rt?;
+            ri?;
         }
-        let text = settle_all(addr, doc, &[&a, &b], &mut t).await?;
+        let text = settle_all(addr, doc, &[&a, &b], &mut watch).await?;
         // Every insert arrived exactly once: the browser's and the terminal's
         // (one op each) appear whole; removing them leaves Ann's keystrokes in order.
         let mut rest = text.clone();
         let mut ann = String::new();
         for round in 0..4 {
-            for chunk in [format!("B{round} 🙂e\u{301} "), format!("[t{round} 👍🏽]")] {
+            for chunk in [format!("B{round} 🙂e\u{301} "), term_append(round), term_insert(round)] {
                 assert_eq!(rest.matches(&chunk).count(), 1, "{chunk:?} in {text:?}");
                 rest = rest.replacen(&chunk, "", 1);
             }
             ann.push_str(&format!("a{round} hello "));
         }
         assert_eq!(rest, ann, "Ann's keystrokes in {text:?}");
-        // Emoji and combining marks typed in the browser reached the terminal client intact, and back.
-        assert!(t.text().contains("B3 🙂e\u{301} "));
-        assert!(editor(&a).await?["text"].as_str().unwrap_or_default().contains("[t3 👍🏽]"));
+        // Emoji and combining marks typed in the browser reached the terminal
+        // client intact (its own text, as `watch` prints it, and `cat`) ...
+        let seen = watch.last().unwrap_or_default();
+        for round in 0..4 {
+            assert!(seen.contains(&format!("B{round} 🙂e\u{301} ")), "{seen:?}");
+        }
+        assert_eq!(term.run(&["cat", doc]).await?, text);
+        // ... and the terminal client's reached both pages' textareas intact.
+        for page in [&a, &b] {
+            let shown = editor(page).await?["value"].as_str().unwrap_or_default().to_owned();
+            for round in 0..4 {
+                assert!(shown.contains(&term_append(round)), "{shown:?}");
+                assert!(shown.contains(&term_insert(round)), "{shown:?}");
+            }
+        }
 
-        // Remote cursors: the terminal client selects its first 4 characters;
+        // One more change typed in the browser, seen by a terminal client
+        // that stops after one change (`watch --text --count 1`).
+        let once = term.watch(doc, &["--count", "1"]).await?;
+        insert_text(&b, " 🎈x\u{308}").await?;
+        let lines = once.finish(Duration::from_secs(20)).await?;
+        let text = settle_all(addr, doc, &[&a, &b], &mut watch).await?;
+        assert!(text.ends_with(" 🎈x\u{308}"), "{text:?}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[1], text);
+
+        // Remote cursors: a scripted WebSocket client (the terminal client's
+        // scripting commands send no cursor) selects the first 4 characters;
         // Bob puts his caret at the end. Ann sees both, drawn with names.
-        t.send_json(&json!({"type":"cursor","rev":t.client.revision(),"ranges":[[0,4]],"name":"Terminal"}))
+        let mut t = WsClient::join(addr, doc, "script-1").await?;
+        t.send_json(&json!({"type":"cursor","rev":t.client.revision(),"ranges":[[0,4]],"name":"Script"}))
             .await?;
         // (UTF-16 index 40 in the textarea; the protocol counts code points.)
         let bob_at = b
@@ -307,7 +470,7 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
         let state = wait_for(&a, "remote cursors", Duration::from_secs(10), |s| {
             s["cursors"].as_array().is_some_and(|c| {
                 c.iter().any(|c| c["name"] == "Bob" && c["ranges"] == json!([[bob_at, bob_at]]))
-                    && c.iter().any(|c| c["name"] == "Terminal" && c["ranges"] == json!([[0, 4]]))
+                    && c.iter().any(|c| c["name"] == "Script" && c["ranges"] == json!([[0, 4]]))
             })
         })
         .await?;
@@ -326,9 +489,9 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
             carets.iter().any(|c| c["name"] == "Bob" && c["visible"] == true),
             "Bob's caret is not drawn: {shown}"
         );
-        assert!(carets.iter().any(|c| c["name"] == "Terminal"), "{shown}");
+        assert!(carets.iter().any(|c| c["name"] == "Script"), "{shown}");
         let list = a.find(Locator::Css("#people")).await?.text().await?;
-        assert!(list.contains("Bob") && list.contains("Terminal"), "{list}");
+        assert!(list.contains("Bob") && list.contains("Script"), "{list}");
         let png = a.screenshot().await?;
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
         std::fs::create_dir_all(&docs)?;
@@ -338,7 +501,7 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
         // network stays down a little longer.
         b.execute("window.otEditor.setOffline(true);", vec![]).await?;
         server.take().expect("server").stop().await?;
-        t.cut();
+        drop(t);
         wait_for(&a, "Ann sees the drop", Duration::from_secs(10), |s| s["connected"] == false).await?;
         wait_for(&b, "Bob is offline", Duration::from_secs(10), |s| s["connected"] == false).await?;
         insert_text(&a, " offline-A ✓🙂").await?;
@@ -347,21 +510,26 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
         assert_eq!(sa["saved"], false);
         assert!(sa["status"].as_str().unwrap_or_default().contains("reconnecting"), "{sa}");
 
-        // Back on the same port: Ann's page reconnects, resumes and resends.
+        // Back on the same port: Ann's page reconnects, resumes and resends;
+        // the terminal client's watch reconnects, and it appends at once.
         server = Some(start_server_with(data.path(), config).await?);
-        t.reconnect().await?;
         // Bob reloads his page before his edit got out: the reloaded tab
         // takes over the saved state of the tab that is gone and sends it.
         assert_eq!(editor(&b).await?["saved"], false);
-        b.refresh().await?;
+        let append = ["append", doc, " back-T 🎉"];
+        let (reloaded, appended) = tokio::join!(b.refresh(), term.run(&append));
+        reloaded?;
+        appended?;
         let sb = wait_for(&b, "Bob's page reloaded", Duration::from_secs(10), |s| {
             s["text"].as_str().is_some_and(|t| t.contains("offline-B ✓e\u{301}"))
         })
         .await?;
         eprintln!("Bob after the reload: {sb}");
-        let text = settle_all(addr, doc, &[&a, &b], &mut t).await?;
+        let text = settle_all(addr, doc, &[&a, &b], &mut watch).await?;
         assert_eq!(text.matches(" offline-A ✓🙂").count(), 1, "{text}");
         assert_eq!(text.matches(" offline-B ✓e\u{301}").count(), 1, "{text}");
+        assert_eq!(text.matches(" back-T 🎉").count(), 1, "{text}");
+        assert_eq!(term.run(&["cat", doc]).await?, text);
         // Nothing was applied twice, and the stored log replays to the text.
         let (_, replayed) = replay_ops(addr, doc).await?;
         assert_eq!(replayed, text);

@@ -49,7 +49,7 @@ impl StoredOp {
     pub fn from_applied(applied: &AppliedOp, received: Operation, time_ms: i64) -> StoredOp {
         StoredOp {
             rev: applied.rev,
-            client_id: applied.client_id.clone(),
+            client_id: applied.client_id.to_string(),
             seq: applied.seq,
             hash: applied.hash,
             base_rev: applied.base_rev,
@@ -65,7 +65,7 @@ impl StoredOp {
     pub fn to_applied(&self) -> AppliedOp {
         AppliedOp {
             rev: self.rev,
-            client_id: self.client_id.clone(),
+            client_id: self.client_id.as_str().into(),
             seq: self.seq,
             base_rev: self.base_rev,
             hash: self.hash,
@@ -77,7 +77,7 @@ impl StoredOp {
     pub fn into_applied(self) -> AppliedOp {
         AppliedOp {
             rev: self.rev,
-            client_id: self.client_id,
+            client_id: self.client_id.into(),
             seq: self.seq,
             base_rev: self.base_rev,
             hash: self.hash,
@@ -93,6 +93,9 @@ impl StoredOp {
 }
 
 /// What to write in one group commit.
+// `Op` is the common item and holds two inline operations (ot-core keeps small
+// operations inline): boxing it would add an allocation per op.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum WriteItem {
     /// Create the document row if it does not exist (a document exists once
