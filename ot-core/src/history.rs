@@ -47,7 +47,8 @@ use crate::operation::{Component, Operation};
 /// 02 0200000000000000 01 0300000000000000`.
 ///
 /// Since operations are canonical, two operations with the same effect have
-/// the same hash. Serialised as 32 lowercase hex digits.
+/// the same hash. Serialised as 32 lowercase hex digits. (Earlier builds
+/// hashed the JSON text with BLAKE3: hashes they stored do not match these.)
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct OpHash(pub [u8; 16]);
 
