@@ -203,6 +203,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<bool> {
+    let server = loopback_addr(&args.server)?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -238,7 +239,6 @@ async fn run(args: Args) -> Result<bool> {
     if args.echo {
         return Ok(ok);
     }
-    let server = loopback_addr(&args.server)?;
     let summary = run_phase(&args, Target::Server(server), seed ^ 0x9e37_79b9).await?;
     summary.print("server");
     ok &= summary.errors == 0 && summary.converged;

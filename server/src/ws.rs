@@ -130,6 +130,9 @@ pub async fn ws_handler(
     upgrade
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
+        // tungstenite zero-fills its whole read buffer before each socket read: a
+        // small buffer keeps that cheap (it was 17% of CPU at 64 docs × 4 clients).
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(largest_outgoing.max(64 << 20))
         .on_upgrade(move |socket| {
