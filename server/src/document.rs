@@ -685,16 +685,7 @@ impl Document {
     fn persist(&mut self, applied: &AppliedOp, received: Operation) {
         let mut items = vec![WriteItem::Op {
             doc: self.id.clone(),
-            op: StoredOp {
-                rev: applied.rev,
-                client_id: applied.client_id.to_string(),
-                seq: applied.seq,
-                hash: applied.hash,
-                base_rev: applied.base_rev,
-                received,
-                applied: applied.op.clone(),
-                time_ms: now_ms(),
-            },
+            op: StoredOp::from_applied(applied, received, now_ms()),
             len_after: applied.op.target_len() as u64,
         }];
         if applied
