@@ -598,7 +598,10 @@ impl Session {
             }
             _ => {}
         }
-        self.persist()?;
+        // Presence changes nothing that is saved: skip the write and fsync.
+        if !matches!(kind, "cursor" | "leave") {
+            self.persist()?;
+        }
         Ok(events)
     }
 

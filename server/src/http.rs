@@ -66,6 +66,13 @@ fn query_u64(query: &HashMap<String, String>, key: &str, default: u64) -> Result
     }
 }
 
+/// `from` (default 0) and `limit` (default and at most [`MAX_PAGE`]) of a paged request.
+fn page(query: &HashMap<String, String>) -> Result<(u64, usize), Response> {
+    let from = query_u64(query, "from", 0)?;
+    let limit = query_u64(query, "limit", MAX_PAGE as u64)?;
+    Ok((from, (limit as usize).min(MAX_PAGE)))
+}
+
 /// Run a blocking storage read off the async threads.
 async fn blocking<T: Send + 'static>(
     shared: &Arc<Shared>,
@@ -189,12 +196,9 @@ pub async fn get_ops(
     if let Err(r) = check_doc(&doc) {
         return r;
     }
-    let (from, limit) = match (
-        query_u64(&query, "from", 0),
-        query_u64(&query, "limit", MAX_PAGE as u64),
-    ) {
-        (Ok(f), Ok(l)) => (f, (l as usize).min(MAX_PAGE)),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (from, limit) = match page(&query) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let id = doc.clone();
     match blocking(&shared, move |s| {
@@ -223,12 +227,9 @@ pub async fn get_conflicts(
     if let Err(r) = check_doc(&doc) {
         return r;
     }
-    let (from, limit) = match (
-        query_u64(&query, "from", 0),
-        query_u64(&query, "limit", MAX_PAGE as u64),
-    ) {
-        (Ok(f), Ok(l)) => (f, (l as usize).min(MAX_PAGE)),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (from, limit) = match page(&query) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let id = doc.clone();
     match blocking(&shared, move |s| {
