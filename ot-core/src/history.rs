@@ -83,18 +83,13 @@ impl OpHash {
 
     /// The 32-digit lowercase hex form.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 
-    /// Parse the 32-digit hex form.
-    pub fn from_hex(hex: &str) -> Option<OpHash> {
-        if hex.len() != 32 || !hex.is_ascii() {
-            return None;
-        }
+    /// Parse the 32-digit hex form (either case).
+    pub fn from_hex(text: &str) -> Option<OpHash> {
         let mut bytes = [0u8; 16];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-        }
+        hex::decode_to_slice(text, &mut bytes).ok()?;
         Some(OpHash(bytes))
     }
 }
@@ -307,8 +302,12 @@ pub enum RestoreError {
 pub struct DocumentHistory {
     text: Rope,
     revision: u64,
-    /// Ops for revisions `oldest + 1 ..= revision`, in order.
+    /// `ops[dropped..]` holds the ops for revisions `oldest + 1 ..= revision`,
+    /// in order. `ops[..dropped]` were trimmed but not yet removed: removing
+    /// them shifts the whole vector, so that happens only once they are as
+    /// many as the retained ops (amortised O(1) per trimmed op).
     ops: Vec<AppliedOp>,
+    dropped: usize,
     clients: ClientTable,
 }
 
@@ -389,6 +388,7 @@ impl DocumentHistory {
             text: Rope::from_str(&snapshot.text),
             revision: snapshot.rev,
             ops: Vec::new(),
+            dropped: 0,
             clients: ClientTable::default(),
         };
         for (id, record) in snapshot.clients {
@@ -442,12 +442,12 @@ impl DocumentHistory {
 
     /// The oldest revision an op can be based on with the retained ops alone.
     pub fn oldest_revision(&self) -> u64 {
-        self.revision - self.ops.len() as u64
+        self.revision - self.retained_ops().len() as u64
     }
 
     /// The retained ops, oldest first.
     pub fn retained_ops(&self) -> &[AppliedOp] {
-        &self.ops
+        &self.ops[self.dropped..]
     }
 
     /// The ops after revision `rev` (for a resume), or `None` if some of them
@@ -457,7 +457,7 @@ impl DocumentHistory {
         if rev < oldest || rev > self.revision {
             return None;
         }
-        Some(&self.ops[(rev - oldest) as usize..])
+        Some(&self.retained_ops()[(rev - oldest) as usize..])
     }
 
     /// The dedup entry of a client, if it ever had an op applied.
@@ -485,10 +485,15 @@ impl DocumentHistory {
     }
 
     /// Keep only the last `keep` ops in memory (older ones live in storage).
+    /// Cheap to call after every op: trimmed ops are freed in batches.
     pub fn trim_to(&mut self, keep: usize) {
-        if self.ops.len() > keep {
-            let drop = self.ops.len() - keep;
-            self.ops.drain(..drop);
+        let retained = self.ops.len() - self.dropped;
+        if retained > keep {
+            self.dropped += retained - keep;
+        }
+        if self.dropped > 0 && self.dropped >= keep {
+            self.ops.drain(..self.dropped);
+            self.dropped = 0;
         }
     }
 
@@ -526,7 +531,7 @@ impl DocumentHistory {
         // One lookup of the client: the entry is updated in place at the end.
         let position = self.clients.find(client_id);
         let record = position.map(|i| &self.clients.entries[i].record);
-        if let Some(receipt) = check_seq(&self.ops, client_id, record, seq, hash)? {
+        if let Some(receipt) = check_seq(self.retained_ops(), client_id, record, seq, hash)? {
             return Ok(receipt);
         }
         if base_rev > self.revision {
@@ -539,7 +544,7 @@ impl DocumentHistory {
             return Err(ReceiveError::RevisionTooOld { base_rev, oldest });
         }
         let older: &[Operation] = if base_rev < oldest { older } else { &[] };
-        let retained = &self.ops[(base_rev.max(oldest) - oldest) as usize..];
+        let retained = &self.retained_ops()[(base_rev.max(oldest) - oldest) as usize..];
 
         let does_not_fit = |source| ReceiveError::DoesNotFit { base_rev, source };
         let mut concurrent_ops = older
