@@ -14,10 +14,15 @@
 //! document nor leaves a hole in its log. If a batch of several requests
 //! fails as a whole, each request is retried in a commit of its own, so that
 //! only the requests that fail by themselves get the error.
+//!
+//! Compaction: between group commits, once [`Storage::backlog`] reaches
+//! [`COMPACT_AT`] items or nothing has arrived for [`IDLE_COMPACT_AFTER`], the
+//! thread calls [`Storage::compact`] (for SQLite: move the commit log's items
+//! into the tables). Commits wait meanwhile, so the threshold bounds the pause.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -39,6 +44,19 @@ pub const MAX_BATCH_ITEMS: usize = 4096;
 /// Above this many documents the last-revision cache is cleared (it refills
 /// from [`Storage::last_rev`]).
 const MAX_CACHED_DOCS: usize = 100_000;
+
+/// Compact (see [`Storage::compact`]) between group commits once the backlog
+/// reaches this many items: enough that each document's pages are written
+/// once for many ops, few enough that commits waiting for a compaction wait
+/// only a few milliseconds.
+const COMPACT_AT: usize = 256;
+
+/// With a backlog, compact once no request has arrived for this long.
+const IDLE_COMPACT_AFTER: Duration = Duration::from_millis(50);
+
+/// After a failed compaction, wait this long before trying again (commits
+/// go on meanwhile; the backlog only makes reads slower).
+const COMPACT_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 enum Msg {
     Write {
@@ -93,6 +111,7 @@ impl CommitQueue {
             storage,
             observer,
             last_revs: HashMap::new(),
+            compact_paused_until: None,
         };
         let thread = std::thread::Builder::new()
             .name("ot-commit".to_owned())
@@ -209,11 +228,28 @@ struct Worker {
     observer: Option<CommitObserver>,
     /// Last durable revision per document.
     last_revs: HashMap<String, u64>,
+    /// Set after a failed compaction: do not try again before then.
+    compact_paused_until: Option<Instant>,
 }
 
 impl Worker {
     fn run(&mut self, rx: Receiver<Msg>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = if self.compaction_allowed() && self.storage.backlog() > 0 {
+                match rx.recv_timeout(IDLE_COMPACT_AFTER) {
+                    Ok(msg) => msg,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.compact();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                }
+            };
             let mut requests = Vec::new();
             let mut flushes = Vec::new();
             let mut items = 0;
@@ -235,6 +271,38 @@ impl Worker {
             }
             for reply in flushes {
                 let _ = reply.send(());
+            }
+            if self.compaction_allowed() && self.storage.backlog() >= COMPACT_AT {
+                self.compact();
+            }
+        }
+        // Shut down: leave the storage tidy (what is left would be
+        // compacted after the next start).
+        if self.compaction_allowed() && self.storage.backlog() > 0 {
+            self.compact();
+        }
+    }
+
+    fn compaction_allowed(&self) -> bool {
+        self.compact_paused_until
+            .is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// One compaction; returns the items moved (0 on failure).
+    fn compact(&mut self) -> usize {
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| self.storage.compact()))
+            .unwrap_or_else(|_| Err(StorageError::Internal("compaction panicked".into())));
+        match result {
+            Ok(moved) => {
+                self.compact_paused_until = None;
+                tracing::debug!(moved, elapsed = ?started.elapsed(), "compacted");
+                moved
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage compaction failed; retrying later");
+                self.compact_paused_until = Some(Instant::now() + COMPACT_RETRY_AFTER);
+                0
             }
         }
     }
@@ -511,6 +579,12 @@ mod tests {
         }
         fn epoch(&self) -> u64 {
             self.inner.epoch()
+        }
+        fn backlog(&self) -> usize {
+            self.inner.backlog()
+        }
+        fn compact(&self) -> Result<usize, StorageError> {
+            self.inner.compact()
         }
         fn close_clean(&self) -> Result<(), StorageError> {
             self.inner.close_clean()

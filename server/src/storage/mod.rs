@@ -15,6 +15,7 @@
 //! affect another document.
 
 mod commit;
+mod oplog;
 mod sqlite;
 
 use ot_core::history::{AppliedOp, DocumentSnapshot, OpHash};
@@ -24,7 +25,7 @@ pub use commit::{CommitCallback, CommitObserver, CommitQueue};
 pub use sqlite::{Durability, SqliteStorage};
 
 /// One stored op: everything the server persists per op.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredOp {
     /// The revision this op created (the first op of a document creates 1).
     pub rev: u64,
@@ -96,7 +97,8 @@ impl StoredOp {
 // `Op` is the common item and holds two inline operations (ot-core keeps small
 // operations inline): boxing it would add an allocation per op.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WriteItem {
     /// Create the document row if it does not exist (a document exists once
     /// someone opens it).
@@ -253,6 +255,17 @@ pub trait Storage: Send + Sync + 'static {
     /// The storage epoch: changes when data committed with relaxed durability
     /// may have been lost (an unclean shutdown), so clients must resync.
     fn epoch(&self) -> u64;
+    /// Committed items waiting for [`compact`](Self::compact) (0: none). The
+    /// commit thread compacts when this grows large or when it is idle.
+    fn backlog(&self) -> usize {
+        0
+    }
+    /// Maintenance off the commit path: move committed items to their final
+    /// place (for SQLite, from the commit log into the tables). Changes
+    /// nothing that reads return. Returns how many items it moved.
+    fn compact(&self) -> Result<usize, StorageError> {
+        Ok(0)
+    }
     /// Mark a clean shutdown (after the last commit). A later commit clears
     /// the mark again.
     fn close_clean(&self) -> Result<(), StorageError>;

@@ -42,6 +42,21 @@
 //! Numbers are stored as SQLite integers (`i64`); a `u64` above `i64::MAX` is
 //! refused with [`StorageError::OutOfRange`].
 //!
+//! # Commit log
+//!
+//! [`Storage::commit`] does not touch SQLite: it appends one record to the
+//! commit log (`<dir>/commit.log`, see [`OpLog`]), with `fdatasync` under
+//! [`Durability::Fsync`], and keeps the items in memory as *pending*.
+//! [`Storage::compact`] ("ingest") writes all pending items to the tables
+//! above in one transaction (fsynced under [`Durability::Fsync`]) and then
+//! starts the log over. Many commits' ops thus reach the B-trees together,
+//! each document's pages written once per ingest instead of once per commit.
+//!
+//! Every read ingests first, so reads see every committed item. Opening the
+//! database ingests whatever the log still holds (a crash left it there):
+//! items already in the tables (an ingest whose log reset did not happen)
+//! are recognised by revision and op hash and skipped.
+//!
 //! # Epoch
 //!
 //! A new database starts at the current Unix time in milliseconds (so a
@@ -63,6 +78,7 @@ use ot_core::Operation;
 use ropey::Rope;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::oplog::{OpLog, LOG_FILE};
 use super::{DocSummary, LoadedDoc, Storage, StorageError, StoredOp, WriteItem};
 
 /// The database file name inside the data directory.
@@ -79,6 +95,9 @@ const MAX_IDLE_READERS: usize = 8;
 
 /// Above this many cached documents the writer's last-revision cache is cleared.
 const MAX_CACHED_REVS: usize = 100_000;
+
+/// The writer's page cache: `PRAGMA cache_size` (negative: KiB), 32 MiB.
+const WRITER_CACHE_KIB: i64 = -32 * 1024;
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 32;
@@ -185,13 +204,17 @@ impl FromStr for Durability {
     }
 }
 
-/// The writer connection and what it knows about the documents.
+/// The writer connection, the commit log and what they know about the documents.
 struct Writer {
     conn: Connection,
-    /// Last stored revision per document, as committed by this writer.
+    /// Last committed revision per document (in the tables or pending).
+    /// Every document with pending items is in it.
     last_revs: HashMap<String, u64>,
     /// `close_clean` set the clean flag: the next commit must clear it.
     marked_clean: bool,
+    log: OpLog,
+    /// Items committed to the log but not yet written to the tables.
+    pending: Vec<WriteItem>,
 }
 
 /// [`Storage`] on SQLite: one writer connection, a pool of readers.
@@ -424,7 +447,21 @@ impl SqliteStorage {
         meta_set(&tx, "clean", "0")?;
         meta_set(&tx, "durability", durability.as_str())?;
         tx.commit()?;
+
+        // Whatever the log still holds was committed: store it (fsynced,
+        // whatever the durability) before the log may start over.
+        let (mut log, records) = OpLog::open(&dir.join(LOG_FILE), durability == Durability::Fsync)?;
+        let recovered: usize = records.iter().map(Vec::len).sum();
+        for items in &records {
+            write_items(&mut conn, items, true)?;
+        }
+        log.reset()?;
+        if recovered > 0 {
+            tracing::info!(items = recovered, log = %log.path().display(), "recovered commits from the commit log");
+        }
         set_synchronous(&conn, durability)?;
+        // Enough cache for the pages of many documents' log tails and indexes.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
 
         tracing::info!(path = %path.display(), %durability, epoch, "storage opened");
         Ok(SqliteStorage {
@@ -435,6 +472,8 @@ impl SqliteStorage {
                 conn,
                 last_revs: HashMap::new(),
                 marked_clean: false,
+                log,
+                pending: Vec::new(),
             }),
             readers: Mutex::new(Vec::new()),
         })
@@ -464,6 +503,7 @@ impl SqliteStorage {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
+        self.ingest_pending()?;
         let pooled = lock(&self.readers).pop();
         let mut conn = match pooled {
             Some(conn) => conn,
@@ -482,109 +522,184 @@ impl SqliteStorage {
         result
     }
 
-    /// Write `items` in one transaction; returns the new last revisions.
-    fn write_items(
-        writer: &mut Writer,
+    /// Write the pending items to the tables and start the log over;
+    /// returns how many items were written.
+    fn ingest(writer: &mut Writer) -> Result<usize, StorageError> {
+        if writer.pending.is_empty() {
+            return Ok(0);
+        }
+        write_items(&mut writer.conn, &writer.pending, false)?;
+        writer.log.reset()?;
+        let written = writer.pending.len();
+        writer.pending.clear();
+        Ok(written)
+    }
+
+    /// Make every committed item visible to readers.
+    fn ingest_pending(&self) -> Result<(), StorageError> {
+        let mut guard = lock(&self.writer);
+        Self::ingest(&mut guard).map(|_| ())
+    }
+
+    /// Check that `items` continue the committed log; returns the new last
+    /// revisions.
+    fn check_items(
+        writer: &Writer,
         items: &[WriteItem],
-    ) -> Result<HashMap<String, u64>, StorageError> {
-        let now = now_ms();
-        let tx = writer
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut pending: HashMap<&str, PendingDoc> = HashMap::new();
-        {
-            let mut insert_op = tx.prepare_cached(
-                "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received, applied, time_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            let mut create_doc = tx.prepare_cached(
-                "INSERT OR IGNORE INTO docs (id, rev, len, created_ms) VALUES (?1, 0, 0, ?2)",
-            )?;
-            let mut insert_snapshot = tx.prepare_cached(
-                "INSERT OR REPLACE INTO snapshots (doc, rev, text, clients) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for item in items {
-                let doc = item.doc();
-                if !pending.contains_key(doc) {
-                    // First sight of this document in the commit: make sure its
-                    // row exists and learn its last revision.
-                    create_doc.execute(params![doc, now])?;
-                    let rev = match writer.last_revs.get(doc) {
-                        Some(&rev) => rev,
-                        None => doc_rev(&tx, doc)?.unwrap_or(0),
-                    };
-                    pending.insert(doc, PendingDoc { rev, len: None });
+    ) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut revs: Vec<(String, u64)> = Vec::new();
+        for item in items {
+            let doc = item.doc();
+            let last = match revs.iter().rev().find(|(d, _)| d == doc) {
+                Some(&(_, rev)) => rev,
+                None => match writer.last_revs.get(doc) {
+                    Some(&rev) => rev,
+                    // Not cached, so nothing of it is pending: the table is current.
+                    None => doc_rev(&writer.conn, doc)?.unwrap_or(0),
+                },
+            };
+            match item {
+                WriteItem::CreateDoc { .. } => revs.push((doc.to_owned(), last)),
+                WriteItem::Op { op, .. } => {
+                    if op.rev != last + 1 {
+                        return Err(StorageError::Gap {
+                            doc: doc.to_owned(),
+                            expected: last + 1,
+                            found: op.rev,
+                        });
+                    }
+                    revs.push((doc.to_owned(), op.rev));
                 }
-                let Some(state) = pending.get_mut(doc) else {
-                    continue;
-                };
-                match item {
-                    WriteItem::CreateDoc { .. } => {}
-                    WriteItem::Op { op, len_after, .. } => {
-                        if op.rev != state.rev + 1 {
-                            return Err(StorageError::Gap {
-                                doc: doc.to_owned(),
-                                expected: state.rev + 1,
-                                found: op.rev,
-                            });
-                        }
-                        insert_op.execute(params![
-                            doc,
-                            to_sql_int(op.rev, "rev")?,
-                            op.client_id,
-                            to_sql_int(op.seq, "seq")?,
-                            op.hash.to_hex(),
-                            to_sql_int(op.base_rev, "base_rev")?,
-                            op.received.to_json(),
-                            op.applied.to_json(),
-                            op.time_ms,
-                        ])?;
-                        state.rev = op.rev;
-                        state.len = Some(*len_after);
+                WriteItem::Snapshot { snapshot, .. } => {
+                    if snapshot.rev > last {
+                        return Err(StorageError::SnapshotAhead {
+                            doc: doc.to_owned(),
+                            snapshot_rev: snapshot.rev,
+                            last_rev: last,
+                        });
                     }
-                    WriteItem::Snapshot { snapshot, .. } => {
-                        if snapshot.rev > state.rev {
-                            return Err(StorageError::SnapshotAhead {
-                                doc: doc.to_owned(),
-                                snapshot_rev: snapshot.rev,
-                                last_rev: state.rev,
-                            });
-                        }
-                        let clients: BTreeMap<&String, &ClientRecord> =
-                            snapshot.clients.iter().collect();
-                        let clients = serde_json::to_string(&clients).map_err(|e| {
-                            StorageError::Corrupt(format!("cannot serialise a dedup table: {e}"))
-                        })?;
-                        insert_snapshot.execute(params![
-                            doc,
-                            to_sql_int(snapshot.rev, "snapshot rev")?,
-                            snapshot.text,
-                            clients,
-                        ])?;
-                    }
+                    revs.push((doc.to_owned(), last));
                 }
             }
-            let mut update_doc =
-                tx.prepare_cached("UPDATE docs SET rev = ?2, len = ?3 WHERE id = ?1")?;
-            for (doc, state) in &pending {
-                if let Some(len) = state.len {
-                    update_doc.execute(params![
+        }
+        Ok(revs)
+    }
+}
+
+/// Write `items` to the tables in one transaction.
+///
+/// With `recovering`, items that are already stored are skipped: an op whose
+/// revision is stored (with the same op hash), a snapshot at or below the
+/// stored revision is written again (the same content).
+fn write_items(
+    conn: &mut Connection,
+    items: &[WriteItem],
+    recovering: bool,
+) -> Result<(), StorageError> {
+    let now = now_ms();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut pending: HashMap<&str, PendingDoc> = HashMap::new();
+    {
+        let mut insert_op = tx.prepare_cached(
+            "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received, applied, time_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut create_doc = tx.prepare_cached(
+            "INSERT OR IGNORE INTO docs (id, rev, len, created_ms) VALUES (?1, 0, 0, ?2)",
+        )?;
+        let mut insert_snapshot = tx.prepare_cached(
+            "INSERT OR REPLACE INTO snapshots (doc, rev, text, clients) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for item in items {
+            let doc = item.doc();
+            if !pending.contains_key(doc) {
+                // First sight of this document in the transaction: make sure
+                // its row exists and learn its last revision.
+                create_doc.execute(params![doc, now])?;
+                let rev = doc_rev(&tx, doc)?.unwrap_or(0);
+                pending.insert(doc, PendingDoc { rev, len: None });
+            }
+            let Some(state) = pending.get_mut(doc) else {
+                continue;
+            };
+            match item {
+                WriteItem::CreateDoc { .. } => {}
+                WriteItem::Op { op, .. } if recovering && op.rev <= state.rev => {
+                    let stored = stored_hash(&tx, doc, op.rev)?;
+                    if stored != Some(op.hash) {
+                        return Err(StorageError::Corrupt(format!(
+                            "document {doc:?} revision {}: the commit log and the database hold different ops",
+                            op.rev
+                        )));
+                    }
+                }
+                WriteItem::Op { op, len_after, .. } => {
+                    if op.rev != state.rev + 1 {
+                        return Err(StorageError::Gap {
+                            doc: doc.to_owned(),
+                            expected: state.rev + 1,
+                            found: op.rev,
+                        });
+                    }
+                    insert_op.execute(params![
                         doc,
-                        to_sql_int(state.rev, "rev")?,
-                        to_sql_int(len, "len")?
+                        to_sql_int(op.rev, "rev")?,
+                        op.client_id,
+                        to_sql_int(op.seq, "seq")?,
+                        op.hash.to_hex(),
+                        to_sql_int(op.base_rev, "base_rev")?,
+                        op.received.to_json(),
+                        op.applied.to_json(),
+                        op.time_ms,
+                    ])?;
+                    state.rev = op.rev;
+                    state.len = Some(*len_after);
+                }
+                WriteItem::Snapshot { snapshot, .. } => {
+                    if snapshot.rev > state.rev {
+                        return Err(StorageError::SnapshotAhead {
+                            doc: doc.to_owned(),
+                            snapshot_rev: snapshot.rev,
+                            last_rev: state.rev,
+                        });
+                    }
+                    let clients: BTreeMap<&String, &ClientRecord> =
+                        snapshot.clients.iter().collect();
+                    let clients = serde_json::to_string(&clients).map_err(|e| {
+                        StorageError::Corrupt(format!("cannot serialise a dedup table: {e}"))
+                    })?;
+                    insert_snapshot.execute(params![
+                        doc,
+                        to_sql_int(snapshot.rev, "snapshot rev")?,
+                        snapshot.text,
+                        clients,
                     ])?;
                 }
             }
-            if writer.marked_clean {
-                meta_set(&tx, "clean", "0")?;
+        }
+        let mut update_doc =
+            tx.prepare_cached("UPDATE docs SET rev = ?2, len = ?3 WHERE id = ?1")?;
+        for (doc, state) in &pending {
+            if let Some(len) = state.len {
+                update_doc.execute(params![
+                    doc,
+                    to_sql_int(state.rev, "rev")?,
+                    to_sql_int(len, "len")?
+                ])?;
             }
         }
-        tx.commit()?;
-        Ok(pending
-            .into_iter()
-            .map(|(doc, state)| (doc.to_owned(), state.rev))
-            .collect())
     }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The op hash stored for (`doc`, `rev`), if any.
+fn stored_hash(conn: &Connection, doc: &str, rev: u64) -> Result<Option<OpHash>, StorageError> {
+    let hash: Option<String> = conn
+        .prepare_cached("SELECT op_hash FROM ops WHERE doc = ?1 AND rev = ?2")?
+        .query_row(params![doc, to_sql_int(rev, "rev")?], |row| row.get(0))
+        .optional()?;
+    Ok(hash.as_deref().and_then(OpHash::from_hex))
 }
 
 impl Storage for SqliteStorage {
@@ -594,25 +709,21 @@ impl Storage for SqliteStorage {
         }
         let mut guard = lock(&self.writer);
         let writer = &mut *guard;
-        match Self::write_items(writer, items) {
-            Ok(revs) => {
-                writer.marked_clean = false;
-                if writer.last_revs.len() + revs.len() > MAX_CACHED_REVS {
-                    writer.last_revs.clear();
-                }
-                writer.last_revs.extend(revs);
-                Ok(())
-            }
-            Err(e) => {
-                // Nothing was written (the transaction rolled back), but if the
-                // commit itself failed its outcome is uncertain: forget what we
-                // knew about these documents and read it again next time.
-                for item in items {
-                    writer.last_revs.remove(item.doc());
-                }
-                Err(e)
-            }
+        if writer.last_revs.len() > MAX_CACHED_REVS {
+            // Documents with pending items must stay cached: ingest first.
+            Self::ingest(writer)?;
+            writer.last_revs.clear();
         }
+        if writer.marked_clean {
+            // Durably unclean before anything new is acknowledged.
+            meta_set(&writer.conn, "clean", "0")?;
+            writer.marked_clean = false;
+        }
+        let revs = Self::check_items(writer, items)?;
+        writer.log.append(items)?;
+        writer.pending.extend_from_slice(items);
+        writer.last_revs.extend(revs);
+        Ok(())
     }
 
     fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {
@@ -784,9 +895,18 @@ impl Storage for SqliteStorage {
         self.epoch
     }
 
+    fn backlog(&self) -> usize {
+        lock(&self.writer).pending.len()
+    }
+
+    fn compact(&self) -> Result<usize, StorageError> {
+        Self::ingest(&mut lock(&self.writer))
+    }
+
     fn close_clean(&self) -> Result<(), StorageError> {
         let mut guard = lock(&self.writer);
         let writer = &mut *guard;
+        Self::ingest(writer)?;
         set_synchronous(&writer.conn, Durability::Fsync)?;
         // With synchronous=FULL this commit fsyncs the WAL: every earlier
         // (relaxed) commit is durable too once it returns.
@@ -1203,11 +1323,81 @@ mod tests {
     }
 
     #[test]
+    fn commits_are_recovered_from_the_commit_log() {
+        let (h, items) = sample("d");
+        for durability in [Durability::Fsync, Durability::Relaxed] {
+            let dir = TempDir::new().unwrap();
+            {
+                let s = open(&dir, durability);
+                s.commit(&[create("empty")]).unwrap();
+                s.commit(&items[..4]).unwrap();
+                s.commit(&items[4..]).unwrap();
+                assert_eq!(s.backlog(), 7);
+            } // dropped before any read or compaction: only the log has them
+            let s = open(&dir, durability);
+            assert_eq!(s.backlog(), 0);
+            assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+            assert!(s.exists("empty").unwrap());
+            let loaded = s.load("d").unwrap().unwrap();
+            let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+            assert_eq!(rebuilt.snapshot(), h.snapshot());
+            // The log continues where the recovered commits ended.
+            assert!(matches!(
+                s.commit(&[items[5].clone()]),
+                Err(StorageError::Gap { expected: 7, .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn recovering_items_already_stored_skips_them_and_detects_a_mismatch() {
+        let dir = TempDir::new().unwrap();
+        let log_path = dir.path().join(LOG_FILE);
+        let (_, items) = sample("d");
+        let s = open(&dir, Durability::Fsync);
+        s.commit(&items[..3]).unwrap();
+        let log_before_ingest = std::fs::read(&log_path).unwrap();
+        assert_eq!(s.compact().unwrap(), 3);
+        drop(s);
+        // As if a crash had come between the ingest and the log's reset: the
+        // log's items are stored already and are skipped.
+        std::fs::write(&log_path, &log_before_ingest).unwrap();
+        let s = open(&dir, Durability::Fsync);
+        assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items[..3]));
+        s.commit(&items[3..]).unwrap();
+        assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+        drop(s);
+
+        // A log whose op differs from the stored op at the same revision is
+        // refused rather than silently dropped.
+        let (_, other) = {
+            let mut h = DocumentHistory::new();
+            let item = apply(&mut h, "d", "z", 1, 0, ins(0, 0, "HELLO"));
+            (h, vec![item])
+        };
+        let other_dir = TempDir::new().unwrap();
+        {
+            let o = open(&other_dir, Durability::Fsync);
+            o.commit(&other).unwrap();
+        }
+        let log = std::fs::read(other_dir.path().join(LOG_FILE)).unwrap();
+        std::fs::write(&log_path, &log).unwrap();
+        match SqliteStorage::open(dir.path(), Durability::Fsync) {
+            Err(StorageError::Corrupt(message)) => {
+                assert!(message.contains("different ops"), "{message}")
+            }
+            other => panic!("expected a corrupt error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn corrupt_rows_are_errors_not_panics() {
         let dir = TempDir::new().unwrap();
         let s = open(&dir, Durability::Fsync);
         let (_, items) = sample("d");
         s.commit(&items).unwrap();
+        // Write the commit log's items to the tables, then damage them there.
+        assert_eq!(s.compact().unwrap(), items.len());
         let raw = Connection::open(s.path()).unwrap();
         raw.execute(
             "UPDATE ops SET applied = '[1,' WHERE doc = 'd' AND rev = 2",
@@ -1245,7 +1435,7 @@ mod tests {
             snapshot: h.snapshot(),
         }])
         .unwrap();
-        assert!(s.load("s").unwrap().is_some());
+        assert!(s.load("s").unwrap().is_some()); // a read ingests too
         raw.execute("UPDATE snapshots SET clients = 'nope' WHERE doc = 's'", [])
             .unwrap();
         assert!(matches!(s.load("s"), Err(StorageError::Corrupt(_))));

@@ -1,0 +1,368 @@
+//! The commit log: an append-only file (`<dir>/commit.log`) in front of SQLite.
+//!
+//! A group commit appends ONE record holding all its [`WriteItem`]s and, with
+//! `sync`, calls `fdatasync` before it returns: that is the commit's durability
+//! point. SQLite receives the items later, many commits at a time
+//! ("ingest"), after which the log starts over. Writing a record costs one
+//! `write` (plus the `fdatasync`), where a SQLite transaction costs B-tree
+//! work, several WAL frames and locking for every commit.
+//!
+//! # Format
+//!
+//! The file is a sequence of records, the first at offset 0:
+//!
+//! ```text
+//! magic "OTL1" | crc32 (u32) | salt (u64) | lsn (u64) | len (u32) | payload (len bytes)
+//! ```
+//!
+//! Integers are little-endian. The payload is the JSON array of the record's
+//! [`WriteItem`]s. The CRC-32 covers salt, lsn, len and payload.
+//!
+//! The file is reused rather than truncated (overwriting blocks that already
+//! exist lets `fdatasync` skip the file-size metadata), so old records may
+//! follow the current ones. [`OpLog::reset`] draws a new random salt and
+//! starts again at lsn 0; reading stops at the first record that is torn, has
+//! another salt or does not continue the lsn sequence. A torn record was
+//! never acknowledged (its commit had not returned).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::{StorageError, WriteItem};
+
+/// The log file name inside the data directory.
+pub const LOG_FILE: &str = "commit.log";
+
+const MAGIC: &[u8; 4] = b"OTL1";
+const HEADER_LEN: usize = 4 + 4 + 8 + 8 + 4;
+
+/// A record larger than this is refused when written and treated as the end
+/// of the log when read (a corrupt length).
+const MAX_RECORD_LEN: usize = 1 << 30;
+
+/// The open commit log.
+#[derive(Debug)]
+pub struct OpLog {
+    file: File,
+    path: PathBuf,
+    sync: bool,
+    salt: u64,
+    next_lsn: u64,
+    /// Where the next record goes.
+    offset: u64,
+    /// Set when a failed append may have left a record that could not be
+    /// invalidated: every later append fails until the log is reopened.
+    poisoned: bool,
+    /// Reused between appends.
+    buffer: Vec<u8>,
+}
+
+fn crc(salt: u64, lsn: u64, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&salt.to_le_bytes());
+    hasher.update(&lsn.to_le_bytes());
+    hasher.update(&(payload.len() as u32).to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+fn io_error(path: &Path, what: &str, e: std::io::Error) -> StorageError {
+    StorageError::Io(std::io::Error::new(
+        e.kind(),
+        format!("{what} {}: {e}", path.display()),
+    ))
+}
+
+/// Parse the records at the start of `data`: the items of each valid record
+/// in order, and the offset just after the last one.
+fn read_records(data: &[u8]) -> (Vec<Vec<WriteItem>>, usize) {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    let mut expected: Option<(u64, u64)> = None; // (salt, next lsn)
+    while let Some(header) = data.get(offset..offset + HEADER_LEN) {
+        if &header[..4] != MAGIC {
+            break;
+        }
+        let field = |range: std::ops::Range<usize>| &header[range];
+        let stored_crc = u32::from_le_bytes(field(4..8).try_into().unwrap_or_default());
+        let salt = u64::from_le_bytes(field(8..16).try_into().unwrap_or_default());
+        let lsn = u64::from_le_bytes(field(16..24).try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(field(24..28).try_into().unwrap_or_default()) as usize;
+        match expected {
+            None if lsn != 0 => break,
+            Some((s, l)) if s != salt || l != lsn => break,
+            _ => {}
+        }
+        if len > MAX_RECORD_LEN {
+            break;
+        }
+        let start = offset + HEADER_LEN;
+        let Some(payload) = data.get(start..start + len) else {
+            break; // torn: the file ends inside the record
+        };
+        if crc(salt, lsn, payload) != stored_crc {
+            break;
+        }
+        let Ok(items) = serde_json::from_slice::<Vec<WriteItem>>(payload) else {
+            break;
+        };
+        records.push(items);
+        offset = start + len;
+        expected = Some((salt, lsn + 1));
+    }
+    (records, offset)
+}
+
+impl OpLog {
+    /// Open (creating) the log at `path`. Returns it with the item lists of
+    /// the valid records it holds, oldest first: the caller must store them
+    /// elsewhere durably before calling [`reset`](Self::reset), and append
+    /// nothing before that.
+    pub fn open(path: &Path, sync: bool) -> Result<(OpLog, Vec<Vec<WriteItem>>), StorageError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io_error(path, "cannot open", e))?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)
+            .map_err(|e| io_error(path, "cannot read", e))?;
+        let (records, end) = read_records(&data);
+        let next_lsn = records.len() as u64;
+        let salt = if records.is_empty() {
+            rand::random()
+        } else {
+            u64::from_le_bytes(data[8..16].try_into().unwrap_or_default())
+        };
+        let log = OpLog {
+            file,
+            path: path.to_owned(),
+            sync,
+            salt,
+            next_lsn,
+            offset: end as u64,
+            poisoned: false,
+            buffer: Vec::new(),
+        };
+        Ok((log, records))
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the log holds records that have not been reset away.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.next_lsn == 0
+    }
+
+    /// Append one record with `items`; with `sync`, it is on disk when this
+    /// returns. On error the record is not in the log.
+    pub fn append(&mut self, items: &[WriteItem]) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Internal(format!(
+                "{} is unusable after an earlier write failure; restart the server",
+                self.path.display()
+            )));
+        }
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        buffer.extend_from_slice(&[0; HEADER_LEN]);
+        let encoded = serde_json::to_writer(&mut buffer, items);
+        let result = encoded
+            .map_err(|e| StorageError::Internal(format!("cannot encode a log record: {e}")))
+            .and_then(|()| self.write_record(&mut buffer));
+        self.buffer = buffer;
+        result
+    }
+
+    fn write_record(&mut self, buffer: &mut [u8]) -> Result<(), StorageError> {
+        let len = buffer.len() - HEADER_LEN;
+        if len > MAX_RECORD_LEN {
+            return Err(StorageError::OutOfRange(format!(
+                "a commit of {len} bytes (the limit is {MAX_RECORD_LEN})"
+            )));
+        }
+        let lsn = self.next_lsn;
+        let checksum = crc(self.salt, lsn, &buffer[HEADER_LEN..]);
+        buffer[..4].copy_from_slice(MAGIC);
+        buffer[4..8].copy_from_slice(&checksum.to_le_bytes());
+        buffer[8..16].copy_from_slice(&self.salt.to_le_bytes());
+        buffer[16..24].copy_from_slice(&lsn.to_le_bytes());
+        buffer[24..28].copy_from_slice(&(len as u32).to_le_bytes());
+        let written = self.write_at(self.offset, buffer);
+        let synced = written.and_then(|()| {
+            if self.sync {
+                self.file
+                    .sync_data()
+                    .map_err(|e| io_error(&self.path, "cannot sync", e))
+            } else {
+                Ok(())
+            }
+        });
+        match synced {
+            Ok(()) => {
+                self.offset += buffer.len() as u64;
+                self.next_lsn += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.invalidate_at(self.offset);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StorageError> {
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.write_all(bytes))
+            .map_err(|e| io_error(&self.path, "cannot write", e))
+    }
+
+    /// After a failed append: make sure the record at `offset` can never be
+    /// read back (its commit was reported as failed, and the document will
+    /// reuse its revisions). Poisons the log if that fails.
+    fn invalidate_at(&mut self, offset: u64) {
+        let wiped = self.write_at(offset, &[0; HEADER_LEN]).and_then(|()| {
+            self.file
+                .sync_data()
+                .map_err(|e| io_error(&self.path, "cannot sync", e))
+        });
+        if let Err(e) = wiped {
+            tracing::error!(error = %e, "cannot invalidate a failed commit-log record");
+            self.poisoned = true;
+        }
+    }
+
+    /// Start over: everything appended so far is stored elsewhere, durably
+    /// enough for the configured durability.
+    pub fn reset(&mut self) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Ok(()); // every later append fails anyway
+        }
+        // Hide the old records from the next open (not synced: reading them
+        // back is harmless, as their items are stored already).
+        self.write_at(0, &[0; HEADER_LEN])?;
+        self.salt = rand::random();
+        self.next_lsn = 0;
+        self.offset = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StoredOp;
+    use ot_core::history::OpHash;
+    use ot_core::Operation;
+    use tempfile::TempDir;
+
+    fn op_item(doc: &str, rev: u64, text: &str) -> WriteItem {
+        let received = Operation::insert_at(rev as usize - 1, 0, text).unwrap();
+        WriteItem::Op {
+            doc: doc.to_owned(),
+            op: StoredOp {
+                rev,
+                client_id: "c".into(),
+                seq: rev,
+                hash: OpHash::of(&received),
+                base_rev: rev - 1,
+                applied: received.clone(),
+                received,
+                time_ms: 7,
+            },
+            len_after: rev,
+        }
+    }
+
+    fn reopen(path: &Path) -> (OpLog, Vec<Vec<WriteItem>>) {
+        OpLog::open(path, true).unwrap()
+    }
+
+    #[test]
+    fn records_survive_reopen_and_reset_hides_them() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let (mut log, records) = reopen(&path);
+        assert!(records.is_empty() && log.is_empty());
+        let first = vec![
+            WriteItem::CreateDoc { doc: "d".into() },
+            op_item("d", 1, "é"),
+        ];
+        let second = vec![op_item("d", 2, "🙂")];
+        log.append(&first).unwrap();
+        log.append(&second).unwrap();
+        drop(log);
+        let (mut log, records) = reopen(&path);
+        assert_eq!(format!("{records:?}"), format!("{:?}", vec![first, second]));
+        assert!(!log.is_empty());
+
+        // After a reset, the next records overwrite the old ones; the old
+        // records after them are not read back.
+        log.reset().unwrap();
+        let third = vec![op_item("e", 1, "x")];
+        log.append(&third).unwrap();
+        drop(log);
+        let (_, records) = reopen(&path);
+        assert_eq!(format!("{records:?}"), format!("{:?}", vec![third]));
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_record_ends_the_log() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let (mut log, _) = reopen(&path);
+        for rev in 1..=3 {
+            log.append(&[op_item("d", rev, "a")]).unwrap();
+        }
+        drop(log);
+        let full = std::fs::read(&path).unwrap();
+        let (records, end) = read_records(&full);
+        assert_eq!((records.len(), end), (3, full.len()));
+
+        // Cut inside the last record: two remain.
+        assert_eq!(read_records(&full[..full.len() - 3]).0.len(), 2);
+        // Flip one payload byte of the second record: only the first remains.
+        let first_len = u32::from_le_bytes(full[24..28].try_into().unwrap()) as usize;
+        let second_start = HEADER_LEN + first_len;
+        let mut corrupt = full.clone();
+        corrupt[second_start + HEADER_LEN + 2] ^= 0x20;
+        assert_eq!(read_records(&corrupt).0.len(), 1);
+        // Garbage and zeros read as an empty log.
+        assert!(read_records(&[0; 100]).0.is_empty());
+        assert!(read_records(b"OTL1 but not a record").0.is_empty());
+    }
+
+    #[test]
+    fn reopening_continues_after_the_last_valid_record() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let (mut log, _) = reopen(&path);
+        log.append(&[op_item("d", 1, "a")]).unwrap();
+        log.append(&[op_item("d", 2, "b")]).unwrap();
+        drop(log);
+        // Tear the second record, as a crash during its write would.
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len - 1).unwrap();
+        drop(file);
+        let (mut log, records) = reopen(&path);
+        assert_eq!(records.len(), 1);
+        // A new append replaces the torn record and is read back after it.
+        log.append(&[op_item("d", 2, "c")]).unwrap();
+        drop(log);
+        let (_, records) = reopen(&path);
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            format!("{:?}", records[1]),
+            format!("{:?}", vec![op_item("d", 2, "c")])
+        );
+    }
+}
