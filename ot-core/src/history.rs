@@ -724,6 +724,45 @@ mod tests {
     }
 
     #[test]
+    fn trimming_after_every_op_keeps_exactly_the_window() {
+        // The server trims after every op; trimmed ops are freed in batches,
+        // which must not show through the API.
+        for keep in [0usize, 1, 3, 10] {
+            let mut h = DocumentHistory::new();
+            let mut all = Vec::new();
+            for seq in 1..=40u64 {
+                let len = h.text().len_chars();
+                match h
+                    .receive("a", seq, h.revision(), ins(len, len, "x"))
+                    .unwrap()
+                {
+                    Receipt::Applied { applied, .. } => all.push(applied),
+                    other => panic!("{other:?}"),
+                }
+                h.trim_to(keep);
+                let kept = keep.min(all.len());
+                assert_eq!(
+                    h.retained_ops(),
+                    &all[all.len() - kept..],
+                    "keep {keep}, seq {seq}"
+                );
+                assert_eq!(h.oldest_revision(), seq - kept as u64);
+                assert_eq!(
+                    h.ops_since(seq - kept as u64),
+                    Some(&all[all.len() - kept..])
+                );
+                if kept < all.len() {
+                    assert_eq!(h.ops_since(seq - kept as u64 - 1), None);
+                }
+            }
+            // A trimmed history still takes ops based on its oldest revision.
+            let base = h.oldest_revision();
+            let len = all[..base as usize].last().map_or(0, |a| a.op.target_len());
+            assert!(h.receive("b", 1, base, ins(len, 0, "y")).is_ok());
+        }
+    }
+
+    #[test]
     fn op_hash_is_pinned() {
         // XXH3-128 of no bytes, in canonical (big-endian) form: the reference value.
         assert_eq!(

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{ErrorCode, Limits, ServerMessage};
 use crate::state::Shared;
-use crate::storage::{StorageError, StoredOp, WriteItem};
+use crate::storage::{Durability, StorageError, StoredOp, WriteItem};
 
 /// Mailbox size of a document actor: senders wait when it is full (backpressure).
 const MAILBOX: usize = 1024;
@@ -604,7 +604,7 @@ impl Document {
                 }
                 let ranges =
                     ranges.map(|r| self.map_op_ranges(base_rev, applied.rev, &received, r));
-                self.persist(&applied, received);
+                let committed_now = self.persist(&applied, received);
                 self.pending.push_back(Pending {
                     applied,
                     conn_id,
@@ -614,6 +614,9 @@ impl Document {
                 // Pending ops stay in memory: later ops may need to transform past them.
                 let keep = self.shared.config.history_window.max(self.pending.len());
                 self.history.trim_to(keep);
+                if let Some(done) = committed_now {
+                    self.on_commit(done).await;
+                }
             }
             Ok(Receipt::Duplicate { seq, rev }) => {
                 let rev = match rev {
@@ -682,7 +685,10 @@ impl Document {
         ranges
     }
 
-    fn persist(&mut self, applied: &AppliedOp, received: Operation) {
+    /// Commit the op (and a snapshot every `snapshot_every` ops). Returns the
+    /// outcome if the commit already happened here, else it arrives later on
+    /// the commit channel.
+    fn persist(&mut self, applied: &AppliedOp, received: Operation) -> Option<CommitDone> {
         let mut items = vec![WriteItem::Op {
             doc: self.id.clone(),
             op: StoredOp::from_applied(applied, received, now_ms()),
@@ -697,9 +703,21 @@ impl Document {
                 snapshot: self.history.snapshot(),
             });
         }
-        let tx = self.commit_tx.clone();
         let generation = self.generation;
         let rev = applied.rev;
+        // With relaxed durability a commit is one write to the commit log:
+        // when none of this document's ops is still on its way to storage,
+        // make it here instead of a round trip through the commit thread.
+        if self.shared.config.durability == Durability::Relaxed && self.pending.is_empty() {
+            if let Some(result) = self.shared.queue.try_commit_now(&items) {
+                return Some(CommitDone {
+                    generation,
+                    rev,
+                    result,
+                });
+            }
+        }
+        let tx = self.commit_tx.clone();
         self.shared.queue.submit(
             items,
             Box::new(move |result| {
@@ -710,6 +728,7 @@ impl Document {
                 });
             }),
         );
+        None
     }
 
     async fn read_ops(&self, after: u64, upto: u64) -> Result<Vec<Operation>, String> {

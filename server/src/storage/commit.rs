@@ -7,8 +7,9 @@
 //! revision, commits the accepted requests together and then calls every
 //! callback in submission order.
 //!
-//! Continuity: the thread caches the last durable revision of each document.
-//! A request whose ops do not continue it (typically because an earlier
+//! Continuity: the thread checks each request against its documents' last
+//! durable revisions ([`Storage::last_rev`], plus the requests before it in
+//! the batch). A request whose ops do not continue them (typically because an earlier
 //! request of the same document failed) is refused on its own with
 //! [`StorageError::Gap`], so one document's failure never spreads to another
 //! document nor leaves a hole in its log. If a batch of several requests
@@ -41,10 +42,6 @@ pub type CommitObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
 /// request is still committed whole).
 pub const MAX_BATCH_ITEMS: usize = 4096;
 
-/// Above this many documents the last-revision cache is cleared (it refills
-/// from [`Storage::last_rev`]).
-const MAX_CACHED_DOCS: usize = 100_000;
-
 /// Compact (see [`Storage::compact`]) between group commits once the backlog
 /// reaches this many items: enough that each document's pages are written
 /// once for many ops, few enough that commits waiting for a compaction wait
@@ -69,6 +66,9 @@ enum Msg {
 struct Inner {
     /// `None` once shut down.
     tx: Mutex<Option<Sender<Msg>>>,
+    /// For [`CommitQueue::try_commit_now`].
+    storage: Arc<dyn Storage>,
+    observer: Option<CommitObserver>,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: ThreadId,
 }
@@ -108,9 +108,8 @@ impl CommitQueue {
     fn spawn(storage: Arc<dyn Storage>, observer: Option<CommitObserver>) -> CommitQueue {
         let (tx, rx) = mpsc::channel();
         let mut worker = Worker {
-            storage,
-            observer,
-            last_revs: HashMap::new(),
+            storage: Arc::clone(&storage),
+            observer: observer.clone(),
             compact_paused_until: None,
         };
         let thread = std::thread::Builder::new()
@@ -127,6 +126,8 @@ impl CommitQueue {
                 return CommitQueue {
                     inner: Arc::new(Inner {
                         tx: Mutex::new(None),
+                        storage,
+                        observer,
                         thread: Mutex::new(None),
                         thread_id: std::thread::current().id(),
                     }),
@@ -136,6 +137,8 @@ impl CommitQueue {
         CommitQueue {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
+                storage,
+                observer,
                 thread: Mutex::new(thread),
                 thread_id,
             }),
@@ -164,6 +167,35 @@ impl CommitQueue {
         if let Some(Msg::Write { done, .. }) = rejected {
             done(Err(Arc::new(StorageError::Closed)));
         }
+    }
+
+    /// Commit `items` on the calling thread, if that cannot wait for another
+    /// writer: the storage is free (no group commit or compaction running)
+    /// and its backlog is below the compaction threshold (so that the commit
+    /// thread compacts soon). `None`: nothing was done; [`submit`](Self::submit)
+    /// instead. Saves two thread switches when a commit is cheap (relaxed
+    /// durability: no fsync).
+    ///
+    /// The caller must have no request for the same documents still queued:
+    /// these items would overtake it.
+    pub fn try_commit_now(&self, items: &[WriteItem]) -> Option<Result<(), Arc<StorageError>>> {
+        if items.is_empty()
+            || lock(&self.inner.tx).is_none()
+            || self.inner.storage.backlog() >= COMPACT_AT
+        {
+            return None;
+        }
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| self.inner.storage.try_commit(items)))
+            .unwrap_or_else(|_| {
+                Some(Err(StorageError::Internal(
+                    "the storage commit panicked".into(),
+                )))
+            })?;
+        if let Some(observer) = &self.inner.observer {
+            observer(started.elapsed(), items.len());
+        }
+        Some(result.map_err(Arc::new))
     }
 
     /// Block until everything submitted before this call has been committed
@@ -226,8 +258,6 @@ struct Request {
 struct Worker {
     storage: Arc<dyn Storage>,
     observer: Option<CommitObserver>,
-    /// Last durable revision per document.
-    last_revs: HashMap<String, u64>,
     /// Set after a failed compaction: do not try again before then.
     compact_paused_until: Option<Instant>,
 }
@@ -335,13 +365,11 @@ impl Worker {
 
         match self.commit(&all_items) {
             Ok(()) => {
-                self.remember(batch_revs);
                 for &i in &accepted {
                     outcomes[i] = Some(Ok(()));
                 }
             }
             Err(e) => {
-                self.forget(&all_items);
                 let nonempty = ranges.iter().filter(|(_, r)| !r.is_empty()).count();
                 if nonempty <= 1 {
                     let e = Arc::new(e);
@@ -379,21 +407,12 @@ impl Worker {
         if items.is_empty() {
             return Ok(());
         }
-        let revs = self.check(items, &HashMap::new()).map_err(Arc::new)?;
-        match self.commit(items) {
-            Ok(()) => {
-                self.remember(revs);
-                Ok(())
-            }
-            Err(e) => {
-                self.forget(items);
-                Err(Arc::new(e))
-            }
-        }
+        self.check(items, &HashMap::new()).map_err(Arc::new)?;
+        self.commit(items).map_err(Arc::new)
     }
 
     /// The new last revisions if `items` continue the known ones (`batch`
-    /// first, then the durable cache, then storage).
+    /// first, then storage).
     fn check(
         &mut self,
         items: &[WriteItem],
@@ -410,7 +429,7 @@ impl Worker {
                 Some(&(_, last)) => last,
                 None => match batch.get(doc) {
                     Some(&last) => last,
-                    None => self.durable_rev(doc)?,
+                    None => self.storage.last_rev(doc)?,
                 },
             };
             match item {
@@ -433,30 +452,6 @@ impl Worker {
             }
         }
         Ok(revs)
-    }
-
-    /// The last durable revision of `doc` (cached).
-    fn durable_rev(&mut self, doc: &str) -> Result<u64, StorageError> {
-        if let Some(&rev) = self.last_revs.get(doc) {
-            return Ok(rev);
-        }
-        let rev = self.storage.last_rev(doc)?;
-        if self.last_revs.len() >= MAX_CACHED_DOCS {
-            self.last_revs.clear();
-        }
-        self.last_revs.insert(doc.to_owned(), rev);
-        Ok(rev)
-    }
-
-    fn remember(&mut self, revs: impl IntoIterator<Item = (String, u64)>) {
-        self.last_revs.extend(revs);
-    }
-
-    /// After a failed commit: read these documents' revisions from storage again.
-    fn forget(&mut self, items: &[WriteItem]) {
-        for item in items {
-            self.last_revs.remove(item.doc());
-        }
     }
 
     /// One storage commit, timed and observed; a panic becomes an error.
@@ -823,6 +818,50 @@ mod tests {
         queue.submit(vec![doc.next()], record(&outcomes, 1));
         queue.flush_blocking();
         assert_eq!(lock(&outcomes).clone(), vec![(1, Ok(()))]);
+    }
+
+    #[test]
+    fn try_commit_now_commits_in_place_until_a_compaction_is_due() {
+        let dir = TempDir::new().unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap());
+        let commits = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&commits);
+        let queue = CommitQueue::start_with_observer(
+            Arc::clone(&storage),
+            Arc::new(move |_, _| {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        let mut doc = Doc::new("d");
+        for _ in 0..COMPACT_AT {
+            assert!(matches!(queue.try_commit_now(&[doc.next()]), Some(Ok(()))));
+        }
+        assert_eq!(storage.backlog(), COMPACT_AT);
+        assert_eq!(commits.load(Ordering::SeqCst), COMPACT_AT, "observed");
+        // Now the commit thread must compact: the caller is sent to `submit`.
+        let next = doc.next();
+        assert!(queue.try_commit_now(std::slice::from_ref(&next)).is_none());
+        let outcomes: Outcomes = Arc::default();
+        queue.submit(vec![next], record(&outcomes, 0));
+        queue.flush_blocking();
+        assert_eq!(lock(&outcomes).clone(), vec![(0, Ok(()))]);
+        // The thread compacts right after that commit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while storage.backlog() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(storage.backlog(), 0);
+        // A gap is refused like any commit.
+        let _skipped = doc.next();
+        match queue.try_commit_now(&[doc.next()]) {
+            Some(Err(e)) => assert!(matches!(*e, StorageError::Gap { .. }), "{e}"),
+            other => panic!("expected a gap, got {other:?}"),
+        }
+        // After shutdown nothing is committed in place either.
+        queue.shutdown();
+        assert!(queue.try_commit_now(&[doc.next()]).is_none());
+        assert_eq!(storage.last_rev("d").unwrap(), COMPACT_AT as u64 + 1);
     }
 
     /// Commit throughput: `cargo test -p server --release --lib storage::commit::tests::throughput -- --ignored --nocapture`

@@ -222,6 +222,13 @@ pub trait Storage: Send + Sync + 'static {
     /// document's last stored revision + 1 (counting earlier items), and with
     /// [`StorageError::SnapshotAhead`] for a snapshot newer than the log.
     fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError>;
+    /// Like [`commit`](Self::commit), but only if it can run without waiting
+    /// for another writer (a group commit or a compaction in progress):
+    /// `None` means busy, and nothing was written. The default is always busy.
+    fn try_commit(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
+        let _ = items;
+        None
+    }
     /// Latest revision stored for a document (0 if none or unknown).
     fn last_rev(&self, doc: &str) -> Result<u64, StorageError>;
     /// Whether the document exists.

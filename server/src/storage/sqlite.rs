@@ -70,7 +70,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ot_core::history::{ClientRecord, DocumentSnapshot, OpHash};
@@ -223,6 +224,8 @@ pub struct SqliteStorage {
     durability: Durability,
     epoch: u64,
     writer: Mutex<Writer>,
+    /// `writer.pending.len()`, readable without waiting for the writer.
+    backlog: AtomicUsize,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -475,6 +478,7 @@ impl SqliteStorage {
                 log,
                 pending: Vec::new(),
             }),
+            backlog: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -537,8 +541,37 @@ impl SqliteStorage {
 
     /// Make every committed item visible to readers.
     fn ingest_pending(&self) -> Result<(), StorageError> {
-        let mut guard = lock(&self.writer);
-        Self::ingest(&mut guard).map(|_| ())
+        self.ingest_locked(&mut lock(&self.writer)).map(|_| ())
+    }
+
+    /// [`Self::ingest`], keeping `backlog` in step.
+    fn ingest_locked(&self, writer: &mut Writer) -> Result<usize, StorageError> {
+        let result = Self::ingest(writer);
+        self.backlog.store(writer.pending.len(), Ordering::Relaxed);
+        result
+    }
+
+    /// [`Storage::commit`] with the writer locked.
+    fn commit_locked(&self, writer: &mut Writer, items: &[WriteItem]) -> Result<(), StorageError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        if writer.last_revs.len() > MAX_CACHED_REVS {
+            // Documents with pending items must stay cached: ingest first.
+            self.ingest_locked(writer)?;
+            writer.last_revs.clear();
+        }
+        if writer.marked_clean {
+            // Durably unclean before anything new is acknowledged.
+            meta_set(&writer.conn, "clean", "0")?;
+            writer.marked_clean = false;
+        }
+        let revs = Self::check_items(writer, items)?;
+        writer.log.append(items)?;
+        writer.pending.extend_from_slice(items);
+        writer.last_revs.extend(revs);
+        self.backlog.store(writer.pending.len(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Check that `items` continue the committed log; returns the new last
@@ -704,30 +737,26 @@ fn stored_hash(conn: &Connection, doc: &str, rev: u64) -> Result<Option<OpHash>,
 
 impl Storage for SqliteStorage {
     fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let mut guard = lock(&self.writer);
-        let writer = &mut *guard;
-        if writer.last_revs.len() > MAX_CACHED_REVS {
-            // Documents with pending items must stay cached: ingest first.
-            Self::ingest(writer)?;
-            writer.last_revs.clear();
-        }
-        if writer.marked_clean {
-            // Durably unclean before anything new is acknowledged.
-            meta_set(&writer.conn, "clean", "0")?;
-            writer.marked_clean = false;
-        }
-        let revs = Self::check_items(writer, items)?;
-        writer.log.append(items)?;
-        writer.pending.extend_from_slice(items);
-        writer.last_revs.extend(revs);
-        Ok(())
+        self.commit_locked(&mut lock(&self.writer), items)
+    }
+
+    fn try_commit(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
+        let mut writer = match self.writer.try_lock() {
+            Ok(writer) => writer,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(self.commit_locked(&mut writer, items))
     }
 
     fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {
-        Ok(self.read(|conn| doc_rev(conn, doc))?.unwrap_or(0))
+        // The writer knows (committed = in the tables or pending), without
+        // an ingest: a document it has no revision for has nothing pending.
+        let writer = lock(&self.writer);
+        match writer.last_revs.get(doc) {
+            Some(&rev) => Ok(rev),
+            None => Ok(doc_rev(&writer.conn, doc)?.unwrap_or(0)),
+        }
     }
 
     fn exists(&self, doc: &str) -> Result<bool, StorageError> {
@@ -896,17 +925,17 @@ impl Storage for SqliteStorage {
     }
 
     fn backlog(&self) -> usize {
-        lock(&self.writer).pending.len()
+        self.backlog.load(Ordering::Relaxed)
     }
 
     fn compact(&self) -> Result<usize, StorageError> {
-        Self::ingest(&mut lock(&self.writer))
+        self.ingest_locked(&mut lock(&self.writer))
     }
 
     fn close_clean(&self) -> Result<(), StorageError> {
         let mut guard = lock(&self.writer);
         let writer = &mut *guard;
-        Self::ingest(writer)?;
+        self.ingest_locked(writer)?;
         set_synchronous(&writer.conn, Durability::Fsync)?;
         // With synchronous=FULL this commit fsyncs the WAL: every earlier
         // (relaxed) commit is durable too once it returns.
@@ -1388,6 +1417,27 @@ mod tests {
             }
             other => panic!("expected a corrupt error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn try_commit_never_waits_for_the_writer() {
+        let dir = TempDir::new().unwrap();
+        let s = open(&dir, Durability::Relaxed);
+        let (_, items) = sample("d");
+        let held = lock(&s.writer);
+        assert!(s.try_commit(&items[..1]).is_none());
+        drop(held);
+        assert!(matches!(s.try_commit(&items[..1]), Some(Ok(()))));
+        assert_eq!(s.backlog(), 1);
+        // Continuity is checked as for `commit`.
+        assert!(matches!(
+            s.try_commit(&items[2..3]),
+            Some(Err(StorageError::Gap { expected: 2, .. }))
+        ));
+        assert!(matches!(s.try_commit(&items[1..]), Some(Ok(()))));
+        assert_eq!(s.last_rev("d").unwrap(), 6);
+        assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+        assert_eq!(s.backlog(), 0); // the read ingested
     }
 
     #[test]
