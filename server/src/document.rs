@@ -795,18 +795,19 @@ impl Document {
                     *ranges = ot_core::transform_ranges(ranges, &p.applied.op);
                 }
             }
-            let op_text = op_frame(&p.applied);
-            let ack = text_frame(&ServerMessage::Ack {
-                rev: p.applied.rev,
-                seq: p.applied.seq,
-            });
+            // Serialised once, only if someone else is connected.
+            let mut op_text = None;
             let ids: Vec<u64> = self.conns.keys().copied().collect();
             for id in ids {
-                if id == p.conn_id {
-                    self.send(id, Outbound::Text(ack.clone()));
+                let frame = if id == p.conn_id {
+                    text_frame(&ServerMessage::Ack {
+                        rev: p.applied.rev,
+                        seq: p.applied.seq,
+                    })
                 } else {
-                    self.send(id, Outbound::Text(op_text.clone()));
-                }
+                    op_text.get_or_insert_with(|| op_frame(&p.applied)).clone()
+                };
+                self.send(id, Outbound::Text(frame));
             }
             self.shared
                 .metrics

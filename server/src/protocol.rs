@@ -228,6 +228,37 @@ pub const MAX_RANGES: usize = 64;
 /// Longest display name, in chars.
 pub const MAX_NAME_CHARS: usize = 64;
 
+/// The most common message, an `op` without ranges, exactly as the general
+/// parser would read it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainOp<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    rev: u64,
+    seq: u64,
+    op: Operation,
+    #[serde(default)]
+    ranges: Option<serde::de::IgnoredAny>,
+}
+
+/// Parse a plain `op` message straight into its fields, without building a
+/// JSON tree first (a few µs per op). Anything else, including every
+/// malformed message, returns `None` and goes through the general parser,
+/// which words the errors.
+fn parse_plain_op(text: &str) -> Option<ClientMessage> {
+    let plain: PlainOp<'_> = serde_json::from_str(text).ok()?;
+    let safe = |n: u64| n <= ot_core::MAX_SAFE_INTEGER;
+    (plain.kind == "op" && plain.ranges.is_none() && safe(plain.rev) && safe(plain.seq)).then(
+        || ClientMessage::Op {
+            rev: plain.rev,
+            seq: plain.seq,
+            op: plain.op,
+            ranges: None,
+        },
+    )
+}
+
 fn field_u64(
     obj: &serde_json::Map<String, Value>,
     key: &str,
@@ -283,6 +314,14 @@ fn parse_ranges(value: &Value, seq: Option<u64>) -> Result<Vec<Range>, Rejection
 
 /// Parse one text frame into a client message.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
+    match parse_plain_op(text) {
+        Some(message) => Ok(message),
+        None => parse_general(text),
+    }
+}
+
+/// [`parse_client_message`] for any message, through a JSON tree.
+fn parse_general(text: &str) -> Result<ClientMessage, Rejection> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         Rejection::new(ErrorCode::InvalidJson, format!("not valid JSON: {e}"), None)
     })?;
@@ -393,6 +432,45 @@ pub fn new_client_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_op_shortcut_agrees_with_the_general_parser() {
+        let cases = [
+            r#"{"type":"op","rev":3,"seq":4,"op":[1,"é",-1]}"#,
+            r#"{"seq":4,"op":["🙂"],"rev":0,"type":"op"}"#,
+            r#"{"type":"op","rev":3,"seq":4,"op":[1],"ranges":null}"#,
+            r#"{"type":"op","rev":3,"seq":4,"op":[1],"ranges":[[0,1]]}"#,
+            r#"{"type":"op","rev":3,"seq":4,"op":[1],"extra":[[[[1]]]]}"#,
+            r#"{"type":"op","rev":3,"rev":4,"seq":4,"op":[1]}"#,
+            r#"{"type":"op","rev":9007199254740992,"seq":4,"op":[1]}"#,
+            r#"{"type":"op","rev":3,"seq":-1,"op":[1]}"#,
+            r#"{"type":"op","rev":3.0,"seq":4,"op":[1]}"#,
+            r#"{"type":"op","rev":3,"seq":4,"op":[0]}"#,
+            r#"{"type":"op","rev":3,"seq":4,"op":"abc"}"#,
+            r#"{"type":"op","rev":3,"seq":4}"#,
+            r#"{"type":"cursor","rev":3,"seq":4,"op":[1]}"#,
+            r#"{"type":"o\u0070","rev":3,"seq":4,"op":[1]}"#,
+            r#"{"type":"op","rev":3,"seq":4,"op":["\ud800"]}"#,
+        ];
+        for text in cases {
+            let general = format!("{:?}", parse_general(text));
+            assert_eq!(
+                format!("{:?}", parse_client_message(text)),
+                general,
+                "{text}"
+            );
+            if let Some(plain) = parse_plain_op(text) {
+                assert_eq!(
+                    format!("{:?}", Ok::<_, Rejection>(plain)),
+                    general,
+                    "{text}"
+                );
+            }
+        }
+        assert!(parse_plain_op(cases[0]).is_some());
+        assert!(parse_plain_op(cases[3]).is_none());
+        assert!(parse_plain_op(cases[4]).is_none());
+    }
 
     #[test]
     fn parses_ops_and_cursors() {

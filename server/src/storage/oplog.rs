@@ -26,7 +26,7 @@
 //! never acknowledged (its commit had not returned).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{StorageError, WriteItem};
@@ -219,10 +219,20 @@ impl OpLog {
     }
 
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StorageError> {
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| self.file.write_all(bytes))
-            .map_err(|e| io_error(&self.path, "cannot write", e))
+        #[cfg(unix)]
+        let written = {
+            // One pwrite: no seek.
+            use std::os::unix::fs::FileExt;
+            self.file.write_all_at(bytes, offset)
+        };
+        #[cfg(not(unix))]
+        let written = {
+            use std::io::{Seek, SeekFrom, Write};
+            self.file
+                .seek(SeekFrom::Start(offset))
+                .and_then(|_| self.file.write_all(bytes))
+        };
+        written.map_err(|e| io_error(&self.path, "cannot write", e))
     }
 
     /// After a failed append: make sure the record at `offset` can never be
