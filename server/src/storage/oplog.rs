@@ -132,11 +132,12 @@ impl OpLog {
             .map_err(|e| io_error(path, "cannot read", e))?;
         let (records, end) = read_records(&data);
         let next_lsn = records.len() as u64;
-        let salt = if records.is_empty() {
-            rand::random()
-        } else {
-            u64::from_le_bytes(data[8..16].try_into().unwrap_or_default())
-        };
+        // Appends continue the records read (same salt) until the caller resets.
+        let salt = data
+            .get(8..16)
+            .filter(|_| !records.is_empty())
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or_else(rand::random, u64::from_le_bytes);
         let log = OpLog {
             file,
             path: path.to_owned(),
