@@ -3,9 +3,11 @@
 //! - [`Storage`] is the blocking interface the server talks to, so that a
 //!   shared database can replace SQLite later.
 //! - [`SqliteStorage`] implements it on one embedded SQLite file (WAL mode,
-//!   one writer connection, a small pool of reader connections).
+//!   one writer connection, a small pool of reader connections) with a commit
+//!   log in front of it: a commit is one appended record (`oplog`), and the
+//!   tables receive many commits' items at a time.
 //! - [`CommitQueue`] batches writes from all documents into group commits on a
-//!   dedicated thread: one transaction (and, with [`Durability::Fsync`], one
+//!   dedicated thread: one commit (and, with [`Durability::Fsync`], one
 //!   fsync) for everything queued while the previous commit was running.
 //!
 //! Revisions are contiguous per document: the op for revision `r` is only

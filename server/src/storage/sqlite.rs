@@ -158,12 +158,13 @@ const SQL_CONFLICTS_AFTER: &str =
 /// How hard each commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// `PRAGMA synchronous=FULL`: every commit is fsynced before it returns.
-    /// An acknowledged op survives a power loss.
+    /// Every commit is fsynced before it returns (`fdatasync` of the commit
+    /// log; `PRAGMA synchronous=FULL` for the tables). An acknowledged op
+    /// survives a power loss.
     Fsync,
-    /// `PRAGMA synchronous=NORMAL` (WAL): commits are not fsynced; they survive
-    /// a process crash but the last ones may be lost on a power loss or an OS
-    /// crash. The database stays consistent, and the [epoch](Storage::epoch)
+    /// Commits are written but not fsynced (`PRAGMA synchronous=NORMAL` for
+    /// the tables): they survive a process crash but the last ones may be lost
+    /// on a power loss or an OS crash. The database stays consistent, and the [epoch](Storage::epoch)
     /// changes after such an unclean shutdown.
     Relaxed,
 }
