@@ -735,6 +735,22 @@ enum Frame {
     Lost(String),
 }
 
+impl Frame {
+    /// What one read from the socket means; `None` for frames to skip (pings, pongs).
+    fn from_read(
+        read: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<Frame> {
+        Some(match read {
+            Some(Ok(Message::Text(t))) => Frame::Text(t.as_str().to_owned()),
+            Some(Ok(Message::Close(frame))) => Frame::Lost(format!("closed: {frame:?}")),
+            Some(Ok(Message::Binary(_))) => Frame::Lost("binary frame".into()),
+            Some(Ok(_)) => return None,
+            Some(Err(e)) => Frame::Lost(e.to_string()),
+            None => Frame::Lost("end of stream".into()),
+        })
+    }
+}
+
 impl LoadClient {
     fn url(&self, resume: bool) -> String {
         let addr = self.config.target.addr();
@@ -792,14 +808,9 @@ impl LoadClient {
             let frame = tokio::time::timeout(within, socket.next())
                 .await
                 .map_err(|_| anyhow!("no message within {within:?}"))?;
-            return Ok(match frame {
-                Some(Ok(Message::Text(t))) => Frame::Text(t.as_str().to_owned()),
-                Some(Ok(Message::Close(frame))) => Frame::Lost(format!("closed: {frame:?}")),
-                Some(Ok(Message::Binary(_))) => Frame::Lost("binary frame".into()),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => Frame::Lost(e.to_string()),
-                None => Frame::Lost("end of stream".into()),
-            });
+            if let Some(frame) = Frame::from_read(frame) {
+                return Ok(frame);
+            }
         }
     }
 
@@ -843,13 +854,8 @@ impl LoadClient {
             tokio::select! {
                 biased;
                 frame = socket.next() => {
-                    let frame = match frame {
-                        Some(Ok(Message::Text(t))) => Frame::Text(t.as_str().to_owned()),
-                        Some(Ok(Message::Close(frame))) => Frame::Lost(format!("closed: {frame:?}")),
-                        Some(Ok(Message::Binary(_))) => Frame::Lost("binary frame".into()),
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => Frame::Lost(e.to_string()),
-                        None => Frame::Lost("end of stream".into()),
+                    let Some(frame) = Frame::from_read(frame) else {
+                        continue;
                     };
                     self.handle_frame(frame).await?;
                 }

@@ -318,8 +318,8 @@ impl Worker {
             .is_none_or(|until| Instant::now() >= until)
     }
 
-    /// One compaction; returns the items moved (0 on failure).
-    fn compact(&mut self) -> usize {
+    /// One compaction (a failure pauses compactions for a while).
+    fn compact(&mut self) {
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| self.storage.compact()))
             .unwrap_or_else(|_| Err(StorageError::Internal("compaction panicked".into())));
@@ -327,12 +327,10 @@ impl Worker {
             Ok(moved) => {
                 self.compact_paused_until = None;
                 tracing::debug!(moved, elapsed = ?started.elapsed(), "compacted");
-                moved
             }
             Err(e) => {
                 tracing::error!(error = %e, "storage compaction failed; retrying later");
                 self.compact_paused_until = Some(Instant::now() + COMPACT_RETRY_AFTER);
-                0
             }
         }
     }

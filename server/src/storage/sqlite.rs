@@ -624,9 +624,10 @@ impl SqliteStorage {
 
 /// Write `items` to the tables in one transaction.
 ///
-/// With `recovering`, items that are already stored are skipped: an op whose
-/// revision is stored (with the same op hash), a snapshot at or below the
-/// stored revision is written again (the same content).
+/// With `recovering` (replaying the commit log on open), an op whose revision
+/// is already stored is skipped if its op hash matches and refused as corrupt
+/// otherwise; snapshots and document rows are simply written again (the same
+/// content).
 fn write_items(
     conn: &mut Connection,
     items: &[WriteItem],
