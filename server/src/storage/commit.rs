@@ -16,10 +16,11 @@
 //! fails as a whole, each request is retried in a commit of its own, so that
 //! only the requests that fail by themselves get the error.
 //!
-//! Compaction: between group commits, once [`Storage::backlog`] reaches
-//! [`COMPACT_AT`] items or nothing has arrived for [`IDLE_COMPACT_AFTER`], the
-//! thread calls [`Storage::compact`] (for SQLite: move the commit log's items
-//! into the tables). Commits wait meanwhile, so the threshold bounds the pause.
+//! Compaction: once [`Storage::backlog`] reaches [`COMPACT_AT`] items after a
+//! group commit, or nothing has arrived for [`IDLE_COMPACT_AFTER`], the commit
+//! thread wakes a second thread (`ot-ingest`) that calls [`Storage::compact`]
+//! (for SQLite: move the commit log's items into the tables). Commits go on
+//! meanwhile, as far as the storage allows (SQLite's never wait for an ingest).
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,11 +43,11 @@ pub type CommitObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
 /// request is still committed whole).
 pub const MAX_BATCH_ITEMS: usize = 4096;
 
-/// Compact (see [`Storage::compact`]) between group commits once the backlog
-/// reaches this many items: enough that each document's pages are written
-/// once for many ops, few enough that commits waiting for a compaction wait
+/// Compact (see [`Storage::compact`]) once the backlog reaches this many
+/// items: enough that each document's pages are written once for many ops,
+/// few enough that a read (which waits for everything to be compacted) waits
 /// only a few milliseconds.
-const COMPACT_AT: usize = 256;
+const COMPACT_AT: usize = 1024;
 
 /// With a backlog, compact once no request has arrived for this long.
 const IDLE_COMPACT_AFTER: Duration = Duration::from_millis(50);
@@ -110,7 +111,6 @@ impl CommitQueue {
         let mut worker = Worker {
             storage: Arc::clone(&storage),
             observer: observer.clone(),
-            compact_paused_until: None,
         };
         let thread = std::thread::Builder::new()
             .name("ot-commit".to_owned())
@@ -248,6 +248,56 @@ impl Drop for Inner {
     }
 }
 
+/// The ingest thread's state: compacts when woken.
+struct Compactor {
+    storage: Arc<dyn Storage>,
+    /// Set after a failed compaction: do not try again before then.
+    paused_until: Option<Instant>,
+}
+
+impl Compactor {
+    fn new(storage: Arc<dyn Storage>) -> Compactor {
+        Compactor {
+            storage,
+            paused_until: None,
+        }
+    }
+
+    /// Compact on every wake-up; once the commit thread is gone, compact
+    /// what is left (leaving the storage tidy for the next start) and return.
+    fn run(mut self, wake: Receiver<()>) {
+        while wake.recv().is_ok() {
+            self.compact_if_allowed();
+        }
+        self.compact_if_allowed();
+    }
+
+    /// One compaction if anything waits for one, unless an earlier failure
+    /// paused compactions (then the backlog only makes reads slower).
+    fn compact_if_allowed(&mut self) {
+        if self.storage.backlog() == 0
+            || self
+                .paused_until
+                .is_some_and(|until| Instant::now() < until)
+        {
+            return;
+        }
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| self.storage.compact()))
+            .unwrap_or_else(|_| Err(StorageError::Internal("compaction panicked".into())));
+        match result {
+            Ok(moved) => {
+                self.paused_until = None;
+                tracing::debug!(moved, elapsed = ?started.elapsed(), "compacted");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage compaction failed; retrying later");
+                self.paused_until = Some(Instant::now() + COMPACT_RETRY_AFTER);
+            }
+        }
+    }
+}
+
 /// One submitted request.
 struct Request {
     items: Vec<WriteItem>,
@@ -258,19 +308,49 @@ struct Request {
 struct Worker {
     storage: Arc<dyn Storage>,
     observer: Option<CommitObserver>,
-    /// Set after a failed compaction: do not try again before then.
-    compact_paused_until: Option<Instant>,
 }
 
 impl Worker {
     fn run(&mut self, rx: Receiver<Msg>) {
+        let (wake_tx, wake_rx) = mpsc::sync_channel::<()>(1);
+        let storage = Arc::clone(&self.storage);
+        std::thread::scope(|scope| {
+            let ingest = std::thread::Builder::new()
+                .name("ot-ingest".to_owned())
+                .spawn_scoped(scope, move || Compactor::new(storage).run(wake_rx));
+            match ingest {
+                // A full channel means a wake-up is already pending.
+                Ok(_) => {
+                    self.commit_loop(&rx, &|| {
+                        let _ = wake_tx.try_send(());
+                    });
+                    // Closing the channel tells the ingest thread to finish.
+                    drop(wake_tx);
+                }
+                Err(e) => {
+                    // Without it, this thread compacts itself (commits wait).
+                    tracing::error!(error = %e, "cannot start the ingest thread");
+                    let compactor = Mutex::new(Compactor::new(Arc::clone(&self.storage)));
+                    self.commit_loop(&rx, &|| lock(&compactor).compact_if_allowed());
+                    lock(&compactor).compact_if_allowed();
+                }
+            }
+            // The scope waits for the ingest thread to compact what is left.
+        });
+    }
+
+    /// Group commits until the queue closes; `wake` asks for a compaction.
+    fn commit_loop(&mut self, rx: &Receiver<Msg>, wake: &dyn Fn()) {
         loop {
-            let first = if self.compaction_allowed() && self.storage.backlog() > 0 {
+            let first = if self.storage.backlog() > 0 {
                 match rx.recv_timeout(IDLE_COMPACT_AFTER) {
                     Ok(msg) => msg,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.compact();
-                        continue;
+                        wake();
+                        match rx.recv() {
+                            Ok(msg) => msg,
+                            Err(_) => break,
+                        }
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
@@ -302,35 +382,8 @@ impl Worker {
             for reply in flushes {
                 let _ = reply.send(());
             }
-            if self.compaction_allowed() && self.storage.backlog() >= COMPACT_AT {
-                self.compact();
-            }
-        }
-        // Shut down: leave the storage tidy (what is left would be
-        // compacted after the next start).
-        if self.compaction_allowed() && self.storage.backlog() > 0 {
-            self.compact();
-        }
-    }
-
-    fn compaction_allowed(&self) -> bool {
-        self.compact_paused_until
-            .is_none_or(|until| Instant::now() >= until)
-    }
-
-    /// One compaction (a failure pauses compactions for a while).
-    fn compact(&mut self) {
-        let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| self.storage.compact()))
-            .unwrap_or_else(|_| Err(StorageError::Internal("compaction panicked".into())));
-        match result {
-            Ok(moved) => {
-                self.compact_paused_until = None;
-                tracing::debug!(moved, elapsed = ?started.elapsed(), "compacted");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "storage compaction failed; retrying later");
-                self.compact_paused_until = Some(Instant::now() + COMPACT_RETRY_AFTER);
+            if self.storage.backlog() >= COMPACT_AT {
+                wake();
             }
         }
     }

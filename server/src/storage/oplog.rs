@@ -21,9 +21,14 @@
 //! The file is reused rather than truncated (overwriting blocks that already
 //! exist lets `fdatasync` skip the file-size metadata), so old records may
 //! follow the current ones. [`OpLog::reset`] draws a new random salt and
-//! starts again at lsn 0; reading stops at the first record that is torn, has
-//! another salt or does not continue the lsn sequence. A torn record was
+//! starts again at offset 0; reading stops at the first record that is torn,
+//! has another salt or does not continue the lsn sequence. A torn record was
 //! never acknowledged (its commit had not returned).
+//!
+//! The storage keeps two logs and alternates between them (one takes new
+//! commits while the other's items are written to the tables). Lsns grow
+//! across both ([`OpLog::start_after`]), so the first lsn of each tells which
+//! log's records are older when both are read back after a crash.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -31,8 +36,9 @@ use std::path::{Path, PathBuf};
 
 use super::{StorageError, WriteItem};
 
-/// The log file name inside the data directory.
-pub const LOG_FILE: &str = "commit.log";
+/// The log file names inside the data directory (the storage alternates
+/// between the two).
+pub const LOG_FILES: [&str; 2] = ["commit.log", "commit-2.log"];
 
 const MAGIC: &[u8; 4] = b"OTL1";
 const HEADER_LEN: usize = 4 + 4 + 8 + 8 + 4;
@@ -49,6 +55,8 @@ pub struct OpLog {
     sync: bool,
     salt: u64,
     next_lsn: u64,
+    /// The lsn of the record at offset 0 (meaningful when `offset > 0`).
+    first_lsn: u64,
     /// Where the next record goes.
     offset: u64,
     /// Set when a failed append may have left a record that could not be
@@ -75,10 +83,11 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> StorageError {
 }
 
 /// Parse the records at the start of `data`: the items of each valid record
-/// in order, and the offset just after the last one.
-fn read_records(data: &[u8]) -> (Vec<Vec<WriteItem>>, usize) {
+/// in order, the offset just after the last one and the first record's lsn.
+fn read_records(data: &[u8]) -> (Vec<Vec<WriteItem>>, usize, u64) {
     let mut records = Vec::new();
     let mut offset = 0;
+    let mut first_lsn = 0;
     let mut expected: Option<(u64, u64)> = None; // (salt, next lsn)
     while let Some(header) = data.get(offset..offset + HEADER_LEN) {
         if &header[..4] != MAGIC {
@@ -89,10 +98,10 @@ fn read_records(data: &[u8]) -> (Vec<Vec<WriteItem>>, usize) {
         let salt = u64::from_le_bytes(field(8..16).try_into().unwrap_or_default());
         let lsn = u64::from_le_bytes(field(16..24).try_into().unwrap_or_default());
         let len = u32::from_le_bytes(field(24..28).try_into().unwrap_or_default()) as usize;
-        match expected {
-            None if lsn != 0 => break,
-            Some((s, l)) if s != salt || l != lsn => break,
-            _ => {}
+        if let Some((s, l)) = expected {
+            if s != salt || l != lsn {
+                break;
+            }
         }
         if len > MAX_RECORD_LEN {
             break;
@@ -107,11 +116,14 @@ fn read_records(data: &[u8]) -> (Vec<Vec<WriteItem>>, usize) {
         let Ok(items) = serde_json::from_slice::<Vec<WriteItem>>(payload) else {
             break;
         };
+        if records.is_empty() {
+            first_lsn = lsn;
+        }
         records.push(items);
         offset = start + len;
         expected = Some((salt, lsn + 1));
     }
-    (records, offset)
+    (records, offset, first_lsn)
 }
 
 impl OpLog {
@@ -130,8 +142,8 @@ impl OpLog {
         let mut data = Vec::new();
         file.read_to_end(&mut data)
             .map_err(|e| io_error(path, "cannot read", e))?;
-        let (records, end) = read_records(&data);
-        let next_lsn = records.len() as u64;
+        let (records, end, first_lsn) = read_records(&data);
+        let next_lsn = first_lsn + records.len() as u64;
         // Appends continue the records read (same salt) until the caller resets.
         let salt = data
             .get(8..16)
@@ -144,6 +156,7 @@ impl OpLog {
             sync,
             salt,
             next_lsn,
+            first_lsn,
             offset: end as u64,
             poisoned: false,
             buffer: Vec::new(),
@@ -156,10 +169,21 @@ impl OpLog {
         &self.path
     }
 
-    /// Whether the log holds records that have not been reset away.
-    #[cfg(test)]
+    /// Whether the log holds no records (it is new or was reset).
     pub fn is_empty(&self) -> bool {
-        self.next_lsn == 0
+        self.offset == 0
+    }
+
+    /// The lsn of the oldest record held (meaningless when empty).
+    pub fn first_lsn(&self) -> u64 {
+        self.first_lsn
+    }
+
+    /// Make this (empty) log's records come after every record of `other`:
+    /// before it takes over from `other`.
+    pub fn start_after(&mut self, other: &OpLog) {
+        debug_assert!(self.is_empty(), "start_after on a log with records");
+        self.next_lsn = self.next_lsn.max(other.next_lsn);
     }
 
     /// Append one record with `items`; with `sync`, it is on disk when this
@@ -208,6 +232,9 @@ impl OpLog {
         });
         match synced {
             Ok(()) => {
+                if self.offset == 0 {
+                    self.first_lsn = lsn;
+                }
                 self.offset += buffer.len() as u64;
                 self.next_lsn += 1;
                 Ok(())
@@ -251,8 +278,8 @@ impl OpLog {
         }
     }
 
-    /// Start over: everything appended so far is stored elsewhere, durably
-    /// enough for the configured durability.
+    /// Start over at offset 0 (lsns go on growing): everything appended so
+    /// far is stored elsewhere, durably enough for the configured durability.
     pub fn reset(&mut self) -> Result<(), StorageError> {
         if self.poisoned {
             return Ok(()); // every later append fails anyway
@@ -261,7 +288,6 @@ impl OpLog {
         // back is harmless, as their items are stored already).
         self.write_at(0, &[0; HEADER_LEN])?;
         self.salt = rand::random();
-        self.next_lsn = 0;
         self.offset = 0;
         Ok(())
     }
@@ -300,7 +326,7 @@ mod tests {
     #[test]
     fn records_survive_reopen_and_reset_hides_them() {
         let dir = TempDir::new().unwrap();
-        let path = dir.path().join(LOG_FILE);
+        let path = dir.path().join(LOG_FILES[0]);
         let (mut log, records) = reopen(&path);
         assert!(records.is_empty() && log.is_empty());
         let first = vec![
@@ -326,17 +352,38 @@ mod tests {
     }
 
     #[test]
+    fn lsns_grow_across_resets_and_logs() {
+        let dir = TempDir::new().unwrap();
+        let (mut a, _) = reopen(&dir.path().join(LOG_FILES[0]));
+        let (mut b, _) = reopen(&dir.path().join(LOG_FILES[1]));
+        a.append(&[op_item("d", 1, "a")]).unwrap();
+        a.append(&[op_item("d", 2, "b")]).unwrap();
+        b.start_after(&a);
+        b.append(&[op_item("d", 3, "c")]).unwrap();
+        a.reset().unwrap();
+        assert!(a.is_empty());
+        a.start_after(&b);
+        a.append(&[op_item("d", 4, "d")]).unwrap();
+        drop((a, b));
+        let (a, a_records) = reopen(&dir.path().join(LOG_FILES[0]));
+        let (b, b_records) = reopen(&dir.path().join(LOG_FILES[1]));
+        assert_eq!((a.first_lsn(), a_records.len()), (3, 1));
+        assert_eq!((b.first_lsn(), b_records.len()), (2, 1));
+        assert!(b.first_lsn() < a.first_lsn(), "b holds the older records");
+    }
+
+    #[test]
     fn a_torn_or_corrupt_record_ends_the_log() {
         let dir = TempDir::new().unwrap();
-        let path = dir.path().join(LOG_FILE);
+        let path = dir.path().join(LOG_FILES[0]);
         let (mut log, _) = reopen(&path);
         for rev in 1..=3 {
             log.append(&[op_item("d", rev, "a")]).unwrap();
         }
         drop(log);
         let full = std::fs::read(&path).unwrap();
-        let (records, end) = read_records(&full);
-        assert_eq!((records.len(), end), (3, full.len()));
+        let (records, end, first_lsn) = read_records(&full);
+        assert_eq!((records.len(), end, first_lsn), (3, full.len(), 0));
 
         // Cut inside the last record: two remain.
         assert_eq!(read_records(&full[..full.len() - 3]).0.len(), 2);
@@ -354,7 +401,7 @@ mod tests {
     #[test]
     fn reopening_continues_after_the_last_valid_record() {
         let dir = TempDir::new().unwrap();
-        let path = dir.path().join(LOG_FILE);
+        let path = dir.path().join(LOG_FILES[0]);
         let (mut log, _) = reopen(&path);
         log.append(&[op_item("d", 1, "a")]).unwrap();
         log.append(&[op_item("d", 2, "b")]).unwrap();

@@ -45,17 +45,25 @@
 //! # Commit log
 //!
 //! [`Storage::commit`] does not touch SQLite: it appends one record to the
-//! commit log (`<dir>/commit.log`, see [`OpLog`]), with `fdatasync` under
-//! [`Durability::Fsync`], and keeps the items in memory as *pending*.
-//! [`Storage::compact`] ("ingest") writes all pending items to the tables
-//! above in one transaction (fsynced under [`Durability::Fsync`]) and then
-//! starts the log over. Many commits' ops thus reach the B-trees together,
-//! each document's pages written once per ingest instead of once per commit.
+//! active commit log (`<dir>/commit.log` or `<dir>/commit-2.log`, see
+//! [`OpLog`]), with `fdatasync` under [`Durability::Fsync`], and keeps the
+//! items in memory as *pending*. [`Storage::compact`] ("ingest") first
+//! *seals* them: the other log becomes the active one, so commits go on
+//! while the sealed items are written to the tables above in one transaction
+//! (fsynced under [`Durability::Fsync`]); then the sealed log starts over.
+//! Many commits' ops thus reach the B-trees together, each document's pages
+//! written once per ingest instead of once per commit, and a commit never
+//! waits for an ingest.
 //!
-//! Every read ingests first, so reads see every committed item. Opening the
-//! database ingests whatever the log still holds (a crash left it there):
-//! items already in the tables (an ingest whose log reset did not happen)
-//! are recognised by revision and op hash and skipped.
+//! Every read ingests everything first (waiting for a running ingest), so
+//! reads see every committed item. Opening the database ingests whatever the
+//! logs still hold (a crash left it there), older log first: items already
+//! in the tables (an ingest whose log reset did not happen) are recognised by
+//! revision and op hash and skipped.
+//!
+//! Locks: `writer` (the active log and the pending items) before `ingester`
+//! (the connection that writes the tables, the sealed log and its items).
+//! An ingest holds only `ingester` while it writes.
 //!
 //! # Epoch
 //!
@@ -79,7 +87,7 @@ use ot_core::Operation;
 use ropey::Rope;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::oplog::{OpLog, LOG_FILE};
+use super::oplog::{OpLog, LOG_FILES};
 use super::{DocSummary, LoadedDoc, Storage, StorageError, StoredOp, WriteItem};
 
 /// The database file name inside the data directory.
@@ -206,27 +214,44 @@ impl FromStr for Durability {
     }
 }
 
-/// The writer connection, the commit log and what they know about the documents.
+/// The commit side: the active commit log and what it knows about the documents.
 struct Writer {
+    /// For the commit side's own reads (a document's stored revision) and the
+    /// clean flag.
     conn: Connection,
-    /// Last committed revision per document (in the tables or pending).
-    /// Every document with pending items is in it.
+    /// Last committed revision per document (in the tables, sealed or
+    /// pending). Every document with sealed or pending items is in it.
     last_revs: HashMap<String, u64>,
     /// `close_clean` set the clean flag: the next commit must clear it.
     marked_clean: bool,
+    /// The active log: commits append here.
     log: OpLog,
-    /// Items committed to the log but not yet written to the tables.
+    /// Items committed to the active log but not yet written to the tables.
     pending: Vec<WriteItem>,
 }
 
-/// [`Storage`] on SQLite: one writer connection, a pool of readers.
+/// The ingest side: writes committed items to the tables.
+struct Ingester {
+    conn: Connection,
+    /// The log that is not active: holds the `sealed` items, or is empty
+    /// (reset) and ready to become the active log.
+    spare: OpLog,
+    /// Items of `spare`, not yet in the tables (empty unless an ingest is
+    /// running or failed).
+    sealed: Vec<WriteItem>,
+}
+
+/// [`Storage`] on SQLite: a commit side, an ingest side, a pool of readers.
 pub struct SqliteStorage {
     path: PathBuf,
     durability: Durability,
     epoch: u64,
     writer: Mutex<Writer>,
+    ingester: Mutex<Ingester>,
     /// `writer.pending.len()`, readable without waiting for the writer.
-    backlog: AtomicUsize,
+    pending_count: AtomicUsize,
+    /// `ingester.sealed.len()`, readable during an ingest.
+    sealed_count: AtomicUsize,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -452,18 +477,26 @@ impl SqliteStorage {
         meta_set(&tx, "durability", durability.as_str())?;
         tx.commit()?;
 
-        // Whatever the log still holds was committed: store it (fsynced,
-        // whatever the durability) before the log may start over.
-        let (mut log, records) = OpLog::open(&dir.join(LOG_FILE), durability == Durability::Fsync)?;
-        let recovered: Vec<WriteItem> = records.into_iter().flatten().collect();
-        write_items(&mut conn, &recovered, true)?;
-        log.reset()?;
-        if !recovered.is_empty() {
-            tracing::info!(items = recovered.len(), log = %log.path().display(), "recovered commits from the commit log");
+        // Whatever the logs still hold was committed: store it (fsynced,
+        // whatever the durability), older log first, before a log may start over.
+        let sync = durability == Durability::Fsync;
+        let (mut active, active_records) = OpLog::open(&dir.join(LOG_FILES[0]), sync)?;
+        let (mut spare, spare_records) = OpLog::open(&dir.join(LOG_FILES[1]), sync)?;
+        let mut logs = [(&active, active_records), (&spare, spare_records)];
+        logs.sort_by_key(|(log, _)| (log.is_empty(), log.first_lsn()));
+        for (log, records) in logs {
+            let recovered: Vec<WriteItem> = records.into_iter().flatten().collect();
+            write_items(&mut conn, &recovered, true)?;
+            if !recovered.is_empty() {
+                tracing::info!(items = recovered.len(), log = %log.path().display(), "recovered commits from the commit log");
+            }
         }
+        active.reset()?;
+        spare.reset()?;
+        // New records come after any old record whose reset did not reach the disk.
+        active.start_after(&spare);
         set_synchronous(&conn, durability)?;
-        // Enough cache for the pages of many documents' log tails and indexes.
-        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+        let ingest_conn = Self::open_writer_connection(&path, durability)?;
 
         tracing::info!(path = %path.display(), %durability, epoch, "storage opened");
         Ok(SqliteStorage {
@@ -474,12 +507,32 @@ impl SqliteStorage {
                 conn,
                 last_revs: HashMap::new(),
                 marked_clean: false,
-                log,
+                log: active,
                 pending: Vec::new(),
             }),
-            backlog: AtomicUsize::new(0),
+            ingester: Mutex::new(Ingester {
+                conn: ingest_conn,
+                spare,
+                sealed: Vec::new(),
+            }),
+            pending_count: AtomicUsize::new(0),
+            sealed_count: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The connection that writes ingests to the tables.
+    fn open_writer_connection(
+        path: &Path,
+        durability: Durability,
+    ) -> Result<Connection, StorageError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        set_synchronous(&conn, durability)?;
+        // Enough cache for the pages of many documents' log tails and indexes.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+        Ok(conn)
     }
 
     /// The database file.
@@ -506,7 +559,7 @@ impl SqliteStorage {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        self.ingest_pending()?;
+        self.ingest_all()?;
         let pooled = lock(&self.readers).pop();
         let mut conn = match pooled {
             Some(conn) => conn,
@@ -525,15 +578,39 @@ impl SqliteStorage {
         result
     }
 
-    /// Write the pending items to the tables and start the log over;
+    /// Write the sealed items to the tables and start the spare log over;
     /// returns how many items were written.
-    fn ingest(writer: &mut Writer) -> Result<usize, StorageError> {
+    fn ingest_sealed(&self, ingester: &mut Ingester) -> Result<usize, StorageError> {
+        if ingester.sealed.is_empty() {
+            return Ok(0);
+        }
+        write_items(&mut ingester.conn, &ingester.sealed, false)?;
+        let written = ingester.sealed.len();
+        ingester.sealed.clear();
+        self.sealed_count.store(0, Ordering::Relaxed);
+        if let Err(e) = ingester.spare.reset() {
+            // It stays the spare (not empty) until a reset works; meanwhile
+            // ingests happen in place. Its records are stored: harmless.
+            tracing::warn!(error = %e, "cannot restart the commit log");
+        }
+        Ok(written)
+    }
+
+    /// Write the pending items to the tables without sealing them (the
+    /// caller holds both locks, so no commit can run meanwhile), then start
+    /// the active log over.
+    fn ingest_pending_in_place(
+        &self,
+        writer: &mut Writer,
+        ingester: &mut Ingester,
+    ) -> Result<usize, StorageError> {
         if writer.pending.is_empty() {
             return Ok(0);
         }
-        write_items(&mut writer.conn, &writer.pending, false)?;
+        write_items(&mut ingester.conn, &writer.pending, false)?;
         let written = writer.pending.len();
         writer.pending.clear();
+        self.pending_count.store(0, Ordering::Relaxed);
         if let Err(e) = writer.log.reset() {
             // The log then keeps its stored records ahead of the new ones;
             // harmless (opening skips stored items), it only grows.
@@ -542,16 +619,56 @@ impl SqliteStorage {
         Ok(written)
     }
 
-    /// Make every committed item visible to readers.
-    fn ingest_pending(&self) -> Result<(), StorageError> {
-        self.ingest_locked(&mut lock(&self.writer)).map(|_| ())
+    /// Make every committed item visible to readers (waits for a running
+    /// ingest; commits wait meanwhile).
+    fn ingest_all(&self) -> Result<usize, StorageError> {
+        let mut writer = lock(&self.writer);
+        let mut ingester = lock(&self.ingester);
+        self.ingest_all_locked(&mut writer, &mut ingester)
     }
 
-    /// [`Self::ingest`], keeping `backlog` in step.
-    fn ingest_locked(&self, writer: &mut Writer) -> Result<usize, StorageError> {
-        let result = Self::ingest(writer);
-        self.backlog.store(writer.pending.len(), Ordering::Relaxed);
-        result
+    /// [`Self::ingest_all`] with both locks held.
+    fn ingest_all_locked(
+        &self,
+        writer: &mut Writer,
+        ingester: &mut Ingester,
+    ) -> Result<usize, StorageError> {
+        // Sealed items are older than pending ones: they go first.
+        let sealed = self.ingest_sealed(ingester)?;
+        Ok(sealed + self.ingest_pending_in_place(writer, ingester)?)
+    }
+
+    /// Seal the pending items (the spare log becomes the active log) and
+    /// write them to the tables while commits go on. Returns how many items
+    /// were written.
+    fn seal_and_ingest(&self) -> Result<usize, StorageError> {
+        let mut writer = lock(&self.writer);
+        let mut ingester = lock(&self.ingester);
+        if !ingester.sealed.is_empty() || !ingester.spare.is_empty() {
+            // An earlier ingest or log reset failed: retry it, then the
+            // rest, in place (commits wait).
+            if ingester.sealed.is_empty() {
+                ingester.spare.reset()?;
+            }
+            return self.ingest_all_locked(&mut writer, &mut ingester);
+        }
+        if writer.pending.is_empty() {
+            return Ok(0);
+        }
+        self.seal(&mut writer, &mut ingester);
+        drop(writer);
+        self.ingest_sealed(&mut ingester)
+    }
+
+    /// The pending items become sealed; the (empty) spare log becomes the
+    /// active log.
+    fn seal(&self, writer: &mut Writer, ingester: &mut Ingester) {
+        ingester.spare.start_after(&writer.log);
+        std::mem::swap(&mut writer.log, &mut ingester.spare);
+        ingester.sealed = std::mem::take(&mut writer.pending);
+        self.sealed_count
+            .store(ingester.sealed.len(), Ordering::Relaxed);
+        self.pending_count.store(0, Ordering::Relaxed);
     }
 
     /// [`Storage::commit`] with the writer locked.
@@ -560,8 +677,8 @@ impl SqliteStorage {
             return Ok(());
         }
         if writer.last_revs.len() > MAX_CACHED_REVS {
-            // Documents with pending items must stay cached: ingest first.
-            self.ingest_locked(writer)?;
+            // Documents with sealed or pending items must stay cached: ingest first.
+            self.ingest_all_locked(writer, &mut lock(&self.ingester))?;
             writer.last_revs.clear();
         }
         if writer.marked_clean {
@@ -573,7 +690,8 @@ impl SqliteStorage {
         writer.log.append(items)?;
         writer.pending.extend_from_slice(items);
         writer.last_revs.extend(revs);
-        self.backlog.store(writer.pending.len(), Ordering::Relaxed);
+        self.pending_count
+            .store(writer.pending.len(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -929,17 +1047,17 @@ impl Storage for SqliteStorage {
     }
 
     fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
+        self.pending_count.load(Ordering::Relaxed) + self.sealed_count.load(Ordering::Relaxed)
     }
 
     fn compact(&self) -> Result<usize, StorageError> {
-        self.ingest_locked(&mut lock(&self.writer))
+        self.seal_and_ingest()
     }
 
     fn close_clean(&self) -> Result<(), StorageError> {
         let mut guard = lock(&self.writer);
         let writer = &mut *guard;
-        self.ingest_locked(writer)?;
+        self.ingest_all_locked(writer, &mut lock(&self.ingester))?;
         set_synchronous(&writer.conn, Durability::Fsync)?;
         // With synchronous=FULL this commit fsyncs the WAL: every earlier
         // (relaxed) commit is durable too once it returns.
@@ -1383,9 +1501,66 @@ mod tests {
     }
 
     #[test]
+    fn commits_go_on_during_an_ingest_and_both_logs_are_recovered_in_order() {
+        let (h, items) = sample("d");
+        for durability in [Durability::Fsync, Durability::Relaxed] {
+            let dir = TempDir::new().unwrap();
+            {
+                let s = open(&dir, durability);
+                s.commit(&items[..2]).unwrap();
+                s.seal(&mut lock(&s.writer), &mut lock(&s.ingester));
+                assert_eq!(s.backlog(), 2);
+                // An ingest holds the ingester while it writes: commits do
+                // not need it.
+                let ingesting = lock(&s.ingester);
+                s.commit(&items[2..4]).unwrap();
+                assert!(matches!(s.try_commit(&items[4..5]), Some(Ok(()))));
+                drop(ingesting);
+                assert_eq!(s.backlog(), 5);
+                assert_eq!(s.last_rev("d").unwrap(), 5);
+                // A second seal while the first sealed items are not yet
+                // written must not lose or reorder them: it ingests in place.
+                assert_eq!(s.seal_and_ingest().unwrap(), 5);
+                s.commit(&items[5..]).unwrap();
+                s.seal(&mut lock(&s.writer), &mut lock(&s.ingester));
+            } // a crash between the seal and the ingest
+            let s = open(&dir, durability);
+            assert_eq!(s.backlog(), 0);
+            assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+            let loaded = s.load("d").unwrap().unwrap();
+            let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+            assert_eq!(rebuilt.snapshot(), h.snapshot());
+        }
+
+        // Sealed and pending items both unwritten at the crash: the sealed
+        // (older) log is replayed first, whichever file it is.
+        for seals_before in 0..3 {
+            let dir = TempDir::new().unwrap();
+            {
+                let s = open(&dir, Durability::Fsync);
+                s.commit(&[create("other")]).unwrap();
+                for _ in 0..seals_before {
+                    // Moves the active log to the other file and back.
+                    s.seal_and_ingest().unwrap();
+                    s.commit(&[create("other")]).unwrap();
+                }
+                s.commit(&items[..3]).unwrap();
+                s.seal(&mut lock(&s.writer), &mut lock(&s.ingester));
+                s.commit(&items[3..]).unwrap();
+            }
+            let s = open(&dir, Durability::Fsync);
+            assert_eq!(
+                s.ops("d", 0, 100).unwrap(),
+                stored(&items),
+                "{seals_before}"
+            );
+        }
+    }
+
+    #[test]
     fn recovering_items_already_stored_skips_them_and_detects_a_mismatch() {
         let dir = TempDir::new().unwrap();
-        let log_path = dir.path().join(LOG_FILE);
+        let log_path = dir.path().join(LOG_FILES[0]);
         let (_, items) = sample("d");
         let s = open(&dir, Durability::Fsync);
         s.commit(&items[..3]).unwrap();
@@ -1413,7 +1588,7 @@ mod tests {
             let o = open(&other_dir, Durability::Fsync);
             o.commit(&other).unwrap();
         }
-        let log = std::fs::read(other_dir.path().join(LOG_FILE)).unwrap();
+        let log = std::fs::read(other_dir.path().join(LOG_FILES[0])).unwrap();
         std::fs::write(&log_path, &log).unwrap();
         match SqliteStorage::open(dir.path(), Durability::Fsync) {
             Err(StorageError::Corrupt(message)) => {
