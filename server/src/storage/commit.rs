@@ -47,7 +47,7 @@ pub const MAX_BATCH_ITEMS: usize = 4096;
 /// items: enough that each document's pages are written once for many ops,
 /// few enough that a read (which waits for everything to be compacted) waits
 /// only a few milliseconds.
-const COMPACT_AT: usize = 1024;
+const COMPACT_AT: usize = 4096;
 
 /// With a backlog, compact once no request has arrived for this long.
 const IDLE_COMPACT_AFTER: Duration = Duration::from_millis(50);
@@ -874,8 +874,8 @@ mod tests {
     #[test]
     fn try_commit_now_commits_in_place_until_a_compaction_is_due() {
         let dir = TempDir::new().unwrap();
-        let storage: Arc<dyn Storage> =
-            Arc::new(SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap());
+        let sqlite = Arc::new(SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap());
+        let storage: Arc<dyn Storage> = Arc::clone(&sqlite) as Arc<dyn Storage>;
         let commits = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&commits);
         let queue = CommitQueue::start_with_observer(
@@ -885,6 +885,9 @@ mod tests {
             }),
         );
         let mut doc = Doc::new("d");
+        // The commit thread sees no request meanwhile and may ask for an idle
+        // compaction: hold it off so that the backlog only grows.
+        let paused = sqlite.pause_ingests();
         for _ in 0..COMPACT_AT {
             assert!(matches!(queue.try_commit_now(&[doc.next()]), Some(Ok(()))));
         }
@@ -897,7 +900,8 @@ mod tests {
         queue.submit(vec![next], record(&outcomes, 0));
         queue.flush_blocking();
         assert_eq!(lock(&outcomes).clone(), vec![(0, Ok(()))]);
-        // The thread compacts right after that commit.
+        drop(paused);
+        // The ingest thread compacts right after that commit.
         let deadline = Instant::now() + Duration::from_secs(10);
         while storage.backlog() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

@@ -55,15 +55,17 @@
 //! written once per ingest instead of once per commit, and a commit never
 //! waits for an ingest.
 //!
-//! Every read ingests everything first (waiting for a running ingest), so
-//! reads see every committed item. Opening the database ingests whatever the
+//! Every read first ingests everything committed before it began (waiting
+//! for a running ingest, while commits go on), so reads see every committed
+//! item. Opening the database ingests whatever the
 //! logs still hold (a crash left it there), older log first: items already
 //! in the tables (an ingest whose log reset did not happen) are recognised by
 //! revision and op hash and skipped.
 //!
-//! Locks: `writer` (the active log and the pending items) before `ingester`
-//! (the connection that writes the tables, the sealed log and its items).
-//! An ingest holds only `ingester` while it writes.
+//! Locks: `ingester` (the connection that writes the tables, the sealed log
+//! and its items) before `writer` (the active log and the pending items). An
+//! ingest holds only `ingester` while it writes; the commit path only ever
+//! tries the `ingester` lock.
 //!
 //! # Epoch
 //!
@@ -559,7 +561,8 @@ impl SqliteStorage {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        self.ingest_all()?;
+        // Everything committed before the read began.
+        self.seal_and_ingest()?;
         let pooled = lock(&self.readers).pop();
         let mut conn = match pooled {
             Some(conn) => conn,
@@ -619,15 +622,8 @@ impl SqliteStorage {
         Ok(written)
     }
 
-    /// Make every committed item visible to readers (waits for a running
-    /// ingest; commits wait meanwhile).
-    fn ingest_all(&self) -> Result<usize, StorageError> {
-        let mut writer = lock(&self.writer);
-        let mut ingester = lock(&self.ingester);
-        self.ingest_all_locked(&mut writer, &mut ingester)
-    }
-
-    /// [`Self::ingest_all`] with both locks held.
+    /// Write every sealed and pending item to the tables, with both locks
+    /// held (commits wait).
     fn ingest_all_locked(
         &self,
         writer: &mut Writer,
@@ -638,12 +634,13 @@ impl SqliteStorage {
         Ok(sealed + self.ingest_pending_in_place(writer, ingester)?)
     }
 
-    /// Seal the pending items (the spare log becomes the active log) and
-    /// write them to the tables while commits go on. Returns how many items
-    /// were written.
+    /// Write every item committed before this call to the tables: seal the
+    /// pending items (the spare log becomes the active log) and write them
+    /// while commits go on. Waits for a running ingest first. Returns how
+    /// many items were written.
     fn seal_and_ingest(&self) -> Result<usize, StorageError> {
-        let mut writer = lock(&self.writer);
         let mut ingester = lock(&self.ingester);
+        let mut writer = lock(&self.writer);
         if !ingester.sealed.is_empty() || !ingester.spare.is_empty() {
             // An earlier ingest or log reset failed: retry it, then the
             // rest, in place (commits wait).
@@ -658,6 +655,13 @@ impl SqliteStorage {
         self.seal(&mut writer, &mut ingester);
         drop(writer);
         self.ingest_sealed(&mut ingester)
+    }
+
+    /// Hold off every ingest (and read) until the returned guard is dropped;
+    /// commits go on.
+    #[cfg(test)]
+    pub(crate) fn pause_ingests(&self) -> impl Sized + '_ {
+        lock(&self.ingester)
     }
 
     /// The pending items become sealed; the (empty) spare log becomes the
@@ -677,9 +681,13 @@ impl SqliteStorage {
             return Ok(());
         }
         if writer.last_revs.len() > MAX_CACHED_REVS {
-            // Documents with sealed or pending items must stay cached: ingest first.
-            self.ingest_all_locked(writer, &mut lock(&self.ingester))?;
-            writer.last_revs.clear();
+            // Documents with sealed or pending items must stay cached: ingest
+            // first, unless an ingest is running (never wait for one here:
+            // that would invert the lock order; a later commit clears).
+            if let Ok(mut ingester) = self.ingester.try_lock() {
+                self.ingest_all_locked(writer, &mut ingester)?;
+                writer.last_revs.clear();
+            }
         }
         if writer.marked_clean {
             // Durably unclean before anything new is acknowledged.
@@ -1055,9 +1063,10 @@ impl Storage for SqliteStorage {
     }
 
     fn close_clean(&self) -> Result<(), StorageError> {
+        let mut ingester = lock(&self.ingester);
         let mut guard = lock(&self.writer);
         let writer = &mut *guard;
-        self.ingest_all_locked(writer, &mut lock(&self.ingester))?;
+        self.ingest_all_locked(writer, &mut ingester)?;
         set_synchronous(&writer.conn, Durability::Fsync)?;
         // With synchronous=FULL this commit fsyncs the WAL: every earlier
         // (relaxed) commit is durable too once it returns.
@@ -1555,6 +1564,29 @@ mod tests {
                 "{seals_before}"
             );
         }
+    }
+
+    #[test]
+    fn a_read_waiting_for_an_ingest_does_not_hold_up_commits() {
+        let dir = TempDir::new().unwrap();
+        let s = std::sync::Arc::new(open(&dir, Durability::Fsync));
+        let (_, items) = sample("d");
+        s.commit(&items[..2]).unwrap();
+        let ingesting = s.pause_ingests();
+        let reader = {
+            let s = std::sync::Arc::clone(&s);
+            std::thread::spawn(move || s.ops("d", 0, 100))
+        };
+        // The reader is waiting for the "running ingest"; commits go on.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!reader.is_finished());
+        s.commit(&items[2..4]).unwrap();
+        assert!(matches!(s.try_commit(&items[4..]), Some(Ok(()))));
+        drop(ingesting);
+        let read = reader.join().unwrap().unwrap();
+        // It sees at least what was committed before it began.
+        assert!(read.len() >= 2 && read[..] == stored(&items)[..read.len()]);
+        assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
     }
 
     #[test]
