@@ -281,6 +281,10 @@ pub async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 
 /// `GET /metrics` in the Prometheus text format.
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared
+        .metrics
+        .storage_backlog
+        .set(i64::try_from(shared.storage.backlog()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -79,13 +79,18 @@ pub async fn run(
     );
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let observer_metrics = metrics.clone();
-    let queue = CommitQueue::start_with_observer(
+    let ingest_metrics = metrics.clone();
+    let queue = CommitQueue::start_with_observers(
         storage.clone(),
         Arc::new(move |elapsed: Duration, items: usize| {
             observer_metrics
                 .commit_latency
                 .observe(elapsed.as_secs_f64());
             observer_metrics.commit_batch.observe(items as f64);
+        }),
+        Arc::new(move |elapsed: Duration, items: usize| {
+            ingest_metrics.ingest_latency.observe(elapsed.as_secs_f64());
+            ingest_metrics.ingest_batch.observe(items as f64);
         }),
     );
     let shared = Arc::new(Shared::new(config, storage.clone(), queue.clone(), metrics));

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Items per group commit.
     pub commit_batch: Histogram,
+    /// Committed items not yet moved to their final place (set when scraped).
+    pub storage_backlog: IntGauge,
+    /// Time of one ingest (compaction).
+    pub ingest_latency: Histogram,
+    /// Items moved per ingest.
+    pub ingest_batch: Histogram,
 }
 
 impl Metrics {
@@ -64,7 +70,23 @@ impl Metrics {
         )?;
         let commit_latency = Histogram::with_opts(
             HistogramOpts::new("ot_commit_latency_seconds", "Time of one group commit")
-                .buckets(latency_buckets),
+                .buckets(latency_buckets.clone()),
+        )?;
+        let storage_backlog = IntGauge::new(
+            "ot_storage_backlog_items",
+            "Committed items waiting to be ingested into the tables",
+        )?;
+        let ingest_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ot_ingest_seconds",
+                "Time of one ingest of committed items into the tables",
+            )
+            .buckets(latency_buckets),
+        )?;
+        let ingest_batch = Histogram::with_opts(
+            HistogramOpts::new("ot_ingest_items", "Items written per ingest").buckets(vec![
+                1.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0,
+            ]),
         )?;
         let commit_batch = Histogram::with_opts(
             HistogramOpts::new("ot_commit_batch_items", "Items written per group commit").buckets(
@@ -81,6 +103,9 @@ impl Metrics {
         registry.register(Box::new(ack_latency.clone()))?;
         registry.register(Box::new(commit_latency.clone()))?;
         registry.register(Box::new(commit_batch.clone()))?;
+        registry.register(Box::new(storage_backlog.clone()))?;
+        registry.register(Box::new(ingest_latency.clone()))?;
+        registry.register(Box::new(ingest_batch.clone()))?;
         Ok(Metrics {
             registry,
             connections,
@@ -93,6 +118,9 @@ impl Metrics {
             ack_latency,
             commit_latency,
             commit_batch,
+            storage_backlog,
+            ingest_latency,
+            ingest_batch,
         })
     }
 

@@ -252,6 +252,9 @@ async fn http_api() {
         "ot_errors_total",
         "ot_ack_latency_seconds",
         "ot_commit_latency_seconds",
+        "ot_storage_backlog_items",
+        "ot_ingest_seconds",
+        "ot_ingest_items",
     ] {
         assert!(
             page.contains(&format!("# TYPE {family} ")),

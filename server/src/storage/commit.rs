@@ -21,6 +21,10 @@
 //! thread wakes a second thread (`ot-ingest`) that calls [`Storage::compact`]
 //! (for SQLite: move the commit log's items into the tables). Commits go on
 //! meanwhile, as far as the storage allows (SQLite's never wait for an ingest).
+//! So that an ingest that falls behind (a slow disk, a busy database) cannot
+//! let the backlog (memory, and the wait of the next read) grow without
+//! bound, the commit thread compacts itself, and commits wait, once the
+//! backlog reaches [`MAX_BACKLOG`].
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -48,6 +52,9 @@ pub const MAX_BATCH_ITEMS: usize = 4096;
 /// few enough that a read (which waits for everything to be compacted) waits
 /// only a few milliseconds.
 const COMPACT_AT: usize = 4096;
+
+/// The commit thread compacts itself (commits wait) once this many items wait.
+const MAX_BACKLOG: usize = 16 * COMPACT_AT;
 
 /// With a backlog, compact once no request has arrived for this long.
 const IDLE_COMPACT_AFTER: Duration = Duration::from_millis(50);
@@ -97,20 +104,36 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CommitQueue {
     /// Start the commit thread on `storage`.
     pub fn start(storage: Arc<dyn Storage>) -> CommitQueue {
-        Self::spawn(storage, None)
+        Self::spawn(storage, None, None)
     }
 
     /// Start the commit thread on `storage`; `observer` is called after every
     /// commit with its duration and number of items.
     pub fn start_with_observer(storage: Arc<dyn Storage>, observer: CommitObserver) -> CommitQueue {
-        Self::spawn(storage, Some(observer))
+        Self::spawn(storage, Some(observer), None)
     }
 
-    fn spawn(storage: Arc<dyn Storage>, observer: Option<CommitObserver>) -> CommitQueue {
+    /// Like [`start_with_observer`](Self::start_with_observer); `on_compact`
+    /// is called after every successful compaction with its duration and the
+    /// number of items it moved.
+    pub fn start_with_observers(
+        storage: Arc<dyn Storage>,
+        on_commit: CommitObserver,
+        on_compact: CommitObserver,
+    ) -> CommitQueue {
+        Self::spawn(storage, Some(on_commit), Some(on_compact))
+    }
+
+    fn spawn(
+        storage: Arc<dyn Storage>,
+        observer: Option<CommitObserver>,
+        on_compact: Option<CommitObserver>,
+    ) -> CommitQueue {
         let (tx, rx) = mpsc::channel();
         let mut worker = Worker {
             storage: Arc::clone(&storage),
             observer: observer.clone(),
+            on_compact,
         };
         let thread = std::thread::Builder::new()
             .name("ot-commit".to_owned())
@@ -248,17 +271,20 @@ impl Drop for Inner {
     }
 }
 
-/// The ingest thread's state: compacts when woken.
+/// Runs compactions: the ingest thread's state (and the commit thread's,
+/// for its own compactions).
 struct Compactor {
     storage: Arc<dyn Storage>,
+    observer: Option<CommitObserver>,
     /// Set after a failed compaction: do not try again before then.
     paused_until: Option<Instant>,
 }
 
 impl Compactor {
-    fn new(storage: Arc<dyn Storage>) -> Compactor {
+    fn new(storage: Arc<dyn Storage>, observer: Option<CommitObserver>) -> Compactor {
         Compactor {
             storage,
+            observer,
             paused_until: None,
         }
     }
@@ -288,7 +314,11 @@ impl Compactor {
         match result {
             Ok(moved) => {
                 self.paused_until = None;
-                tracing::debug!(moved, elapsed = ?started.elapsed(), "compacted");
+                let elapsed = started.elapsed();
+                tracing::debug!(moved, ?elapsed, "compacted");
+                if let Some(observer) = &self.observer {
+                    observer(elapsed, moved);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "storage compaction failed; retrying later");
@@ -308,39 +338,48 @@ struct Request {
 struct Worker {
     storage: Arc<dyn Storage>,
     observer: Option<CommitObserver>,
+    on_compact: Option<CommitObserver>,
 }
 
 impl Worker {
     fn run(&mut self, rx: Receiver<Msg>) {
         let (wake_tx, wake_rx) = mpsc::sync_channel::<()>(1);
-        let storage = Arc::clone(&self.storage);
+        let compactor = || Compactor::new(Arc::clone(&self.storage), self.on_compact.clone());
+        let background = compactor();
+        // For the commit thread's own compactions (at MAX_BACKLOG).
+        let foreground = Mutex::new(compactor());
         std::thread::scope(|scope| {
             let ingest = std::thread::Builder::new()
                 .name("ot-ingest".to_owned())
-                .spawn_scoped(scope, move || Compactor::new(storage).run(wake_rx));
+                .spawn_scoped(scope, move || background.run(wake_rx));
             match ingest {
                 // A full channel means a wake-up is already pending.
                 Ok(_) => {
-                    self.commit_loop(&rx, &|| {
-                        let _ = wake_tx.try_send(());
-                    });
+                    self.commit_loop(
+                        &rx,
+                        &|| {
+                            let _ = wake_tx.try_send(());
+                        },
+                        &|| lock(&foreground).compact_if_allowed(),
+                    );
                     // Closing the channel tells the ingest thread to finish.
                     drop(wake_tx);
                 }
                 Err(e) => {
                     // Without it, this thread compacts itself (commits wait).
                     tracing::error!(error = %e, "cannot start the ingest thread");
-                    let compactor = Mutex::new(Compactor::new(Arc::clone(&self.storage)));
-                    self.commit_loop(&rx, &|| lock(&compactor).compact_if_allowed());
-                    lock(&compactor).compact_if_allowed();
+                    let compact = || lock(&foreground).compact_if_allowed();
+                    self.commit_loop(&rx, &compact, &compact);
+                    compact();
                 }
             }
             // The scope waits for the ingest thread to compact what is left.
         });
     }
 
-    /// Group commits until the queue closes; `wake` asks for a compaction.
-    fn commit_loop(&mut self, rx: &Receiver<Msg>, wake: &dyn Fn()) {
+    /// Group commits until the queue closes; `wake` asks for a compaction,
+    /// `compact_now` compacts on this thread.
+    fn commit_loop(&mut self, rx: &Receiver<Msg>, wake: &dyn Fn(), compact_now: &dyn Fn()) {
         loop {
             let first = if self.storage.backlog() > 0 {
                 match rx.recv_timeout(IDLE_COMPACT_AFTER) {
@@ -382,7 +421,14 @@ impl Worker {
             for reply in flushes {
                 let _ = reply.send(());
             }
-            if self.storage.backlog() >= COMPACT_AT {
+            let backlog = self.storage.backlog();
+            if backlog >= MAX_BACKLOG {
+                tracing::debug!(
+                    backlog,
+                    "the ingest is behind: compacting on the commit thread"
+                );
+                compact_now();
+            } else if backlog >= COMPACT_AT {
                 wake();
             }
         }
@@ -869,6 +915,66 @@ mod tests {
         queue.submit(vec![doc.next()], record(&outcomes, 1));
         queue.flush_blocking();
         assert_eq!(lock(&outcomes).clone(), vec![(1, Ok(()))]);
+    }
+
+    #[test]
+    fn an_idle_queue_ingests_in_the_background_and_reports_it() {
+        let dir = TempDir::new().unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(SqliteStorage::open(dir.path(), Durability::Fsync).unwrap());
+        let (ingests_tx, ingests_rx) = mpsc::channel();
+        let ingests_tx = Mutex::new(ingests_tx);
+        let queue = CommitQueue::start_with_observers(
+            Arc::clone(&storage),
+            Arc::new(|_, _| {}),
+            Arc::new(move |_, moved| {
+                let _ = lock(&ingests_tx).send(moved);
+            }),
+        );
+        let mut doc = Doc::new("d");
+        let outcomes: Outcomes = Arc::default();
+        for i in 0..3 {
+            queue.submit(vec![doc.next(), doc.next()], record(&outcomes, i));
+        }
+        queue.flush_blocking();
+        assert_eq!(lock(&outcomes).len(), 3);
+        // Nothing more arrives: after IDLE_COMPACT_AFTER the ingest thread
+        // moves all six items, and the observer hears of it.
+        let moved = ingests_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(moved, 6);
+        assert_eq!(storage.backlog(), 0);
+        drop(queue);
+        assert_eq!(storage.last_rev("d").unwrap(), 6);
+    }
+
+    #[test]
+    fn commits_wait_for_an_ingest_that_falls_too_far_behind() {
+        let dir = TempDir::new().unwrap();
+        let sqlite = Arc::new(SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap());
+        let storage: Arc<dyn Storage> = Arc::clone(&sqlite) as Arc<dyn Storage>;
+        let queue = CommitQueue::start(Arc::clone(&storage));
+        let mut doc = Doc::new("d");
+        let outcomes: Outcomes = Arc::default();
+        // As if ingests could not keep up: they cannot run at all.
+        let paused = sqlite.pause_ingests();
+        let huge: Vec<WriteItem> = (0..MAX_BACKLOG).map(|_| doc.next()).collect();
+        queue.submit(huge, record(&outcomes, 0));
+        queue.submit(vec![doc.next()], record(&outcomes, 1));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lock(&outcomes).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The first request is committed; then the commit thread waits for
+        // the backlog to be ingested before it commits anything else.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(lock(&outcomes).clone(), vec![(0, Ok(()))]);
+        assert!(storage.backlog() >= MAX_BACKLOG);
+        drop(paused);
+        queue.flush_blocking();
+        assert_eq!(lock(&outcomes).clone(), vec![(0, Ok(())), (1, Ok(()))]);
+        assert!(storage.backlog() <= 1, "{}", storage.backlog());
+        drop(queue);
+        assert_eq!(storage.last_rev("d").unwrap(), MAX_BACKLOG as u64 + 1);
     }
 
     #[test]
