@@ -584,19 +584,12 @@ impl SqliteStorage {
     /// Write the sealed items to the tables and start the spare log over;
     /// returns how many items were written.
     fn ingest_sealed(&self, ingester: &mut Ingester) -> Result<usize, StorageError> {
-        if ingester.sealed.is_empty() {
-            return Ok(0);
-        }
-        write_items(&mut ingester.conn, &ingester.sealed, false)?;
-        let written = ingester.sealed.len();
-        ingester.sealed.clear();
-        self.sealed_count.store(0, Ordering::Relaxed);
-        if let Err(e) = ingester.spare.reset() {
-            // It stays the spare (not empty) until a reset works; meanwhile
-            // ingests happen in place. Its records are stored: harmless.
-            tracing::warn!(error = %e, "cannot restart the commit log");
-        }
-        Ok(written)
+        let Ingester {
+            conn,
+            spare,
+            sealed,
+        } = ingester;
+        ingest_log(conn, sealed, spare, &self.sealed_count)
     }
 
     /// Write the pending items to the tables without sealing them (the
@@ -607,19 +600,12 @@ impl SqliteStorage {
         writer: &mut Writer,
         ingester: &mut Ingester,
     ) -> Result<usize, StorageError> {
-        if writer.pending.is_empty() {
-            return Ok(0);
-        }
-        write_items(&mut ingester.conn, &writer.pending, false)?;
-        let written = writer.pending.len();
-        writer.pending.clear();
-        self.pending_count.store(0, Ordering::Relaxed);
-        if let Err(e) = writer.log.reset() {
-            // The log then keeps its stored records ahead of the new ones;
-            // harmless (opening skips stored items), it only grows.
-            tracing::warn!(error = %e, "cannot restart the commit log");
-        }
-        Ok(written)
+        ingest_log(
+            &mut ingester.conn,
+            &mut writer.pending,
+            &mut writer.log,
+            &self.pending_count,
+        )
     }
 
     /// Write every sealed and pending item to the tables, with both locks
@@ -746,6 +732,30 @@ impl SqliteStorage {
         }
         Ok(revs)
     }
+}
+
+/// Write `items` (everything `log` holds) to the tables, then empty both;
+/// `count` follows `items.len()`. Returns how many items were written.
+fn ingest_log(
+    conn: &mut Connection,
+    items: &mut Vec<WriteItem>,
+    log: &mut OpLog,
+    count: &AtomicUsize,
+) -> Result<usize, StorageError> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    write_items(conn, items, false)?;
+    let written = items.len();
+    items.clear();
+    count.store(0, Ordering::Relaxed);
+    if let Err(e) = log.reset() {
+        // Harmless: the log keeps records that are stored already (opening
+        // skips them). An active log then grows; a spare one is not used
+        // until a reset works (ingests happen in place meanwhile).
+        tracing::warn!(error = %e, "cannot restart the commit log");
+    }
+    Ok(written)
 }
 
 /// Write `items` to the tables in one transaction.
