@@ -27,56 +27,32 @@ pub struct Common {
     pub store: Store,
 }
 
-/// A minimal HTTP GET against the server: returns (status, body).
+/// A GET against the server: returns (status, body).
 pub async fn http_get(server: &ServerUrl, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let connect = tokio::net::TcpStream::connect(&server.authority);
-    let mut stream = tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .map_err(|_| anyhow!("connecting to {} timed out", server.http()))?
-        .with_context(|| format!("cannot reach the server at {}", server.http()))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        server.authority
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
-        .await
-        .map_err(|_| anyhow!("the server did not answer in time"))??;
-    let text = String::from_utf8(raw).context("the server's answer is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP answer"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("malformed HTTP status"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot set up an HTTP client")?;
+    let url = format!("{}{path}", server.http());
+    let response = client.get(&url).send().await.map_err(|e| {
+        if e.is_timeout() {
+            anyhow!("the server at {} did not answer in time", server.http())
+        } else {
+            // The cause (e.g. "Connection refused") is at the end of the chain.
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(source) = cause.source() {
+                cause = source;
+            }
+            anyhow!("cannot reach the server at {}: {cause}", server.http())
         }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    })?;
+    let status = response.status().as_u16();
+    let body = response
+        .text()
+        .await
+        .context("cannot read the server's answer")?;
+    Ok((status, body))
 }
 
 async fn get_json(server: &ServerUrl, path: &str) -> Result<Value> {

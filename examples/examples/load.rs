@@ -1147,61 +1147,27 @@ fn start_echo_server(cpu: Option<usize>, read_buffer: usize) -> Result<SocketAdd
 
 // ---------------------------------------------------------------- HTTP
 
-/// A minimal HTTP/1.1 GET on loopback; returns the body of a 200 answer.
+/// A GET on loopback; returns the body of a 200 answer.
 async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .context("building the HTTP client")?;
+    let response = client
+        .get(format!("http://{addr}{path}"))
+        .send()
         .await
-        .context("connect timeout")??;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .with_context(|| format!("GET {path}"))?;
+    let status = response.status();
+    let body = response
+        .text()
         .await
-        .context("read timeout")??;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let body = &raw[split + 4..];
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("no status"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
-    let body = String::from_utf8(body).context("the answer is not UTF-8")?;
-    if status != 200 {
+        .with_context(|| format!("GET {path}: reading the body"))?;
+    if !status.is_success() {
         bail!("GET {path}: status {status}: {body}");
     }
     Ok(body)
-}
-
-/// Undo chunked transfer encoding (bytes: a chunk may end inside a UTF-8 sequence).
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
-        let size = String::from_utf8_lossy(&body[..line_end]);
-        let size = size.split(';').next().unwrap_or_default().trim();
-        let Ok(n) = usize::from_str_radix(size, 16) else {
-            break;
-        };
-        let rest = &body[line_end + 2..];
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.extend_from_slice(&rest[..n]);
-        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
-    }
-    out
 }
 
 /// `GET /api/docs/{doc}` → (rev, text).

@@ -144,7 +144,7 @@ impl Drop for ServerProcess {
     }
 }
 
-/// A minimal HTTP/1.1 GET on loopback; returns the body.
+/// A GET on loopback; returns the body of a 200 answer.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let (status, body) = http_get_status(addr, path).await?;
     if status != 200 {
@@ -153,51 +153,24 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     Ok(body)
 }
 
-/// A minimal HTTP/1.1 GET; returns (status, body).
+/// A GET on loopback; returns (status, body).
 pub async fn http_get_status(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .context("building the HTTP client")?;
+    let response = client
+        .get(format!("http://{addr}{path}"))
+        .send()
         .await
-        .context("connect timeout")??;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .with_context(|| format!("GET {path}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .text()
         .await
-        .context("read timeout")??;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("no status"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+        .with_context(|| format!("GET {path}: reading the body"))?;
     Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// `GET /api/docs/{doc}` → (rev, text).
