@@ -628,10 +628,12 @@ impl SqliteStorage {
         let mut ingester = lock(&self.ingester);
         let mut writer = lock(&self.writer);
         if !ingester.sealed.is_empty() || !ingester.spare.is_empty() {
-            // An earlier ingest or log reset failed: retry it, then the
-            // rest, in place (commits wait).
+            // An earlier ingest or log reset failed: retry it, then ingest
+            // the rest in place (commits wait), which needs no spare log.
             if ingester.sealed.is_empty() {
-                ingester.spare.reset()?;
+                if let Err(e) = ingester.spare.reset() {
+                    tracing::warn!(error = %e, "cannot restart the commit log");
+                }
             }
             return self.ingest_all_locked(&mut writer, &mut ingester);
         }
@@ -670,7 +672,12 @@ impl SqliteStorage {
             // Documents with sealed or pending items must stay cached: ingest
             // first, unless an ingest is running (never wait for one here:
             // that would invert the lock order; a later commit clears).
-            if let Ok(mut ingester) = self.ingester.try_lock() {
+            let ingester = match self.ingester.try_lock() {
+                Ok(ingester) => Some(ingester),
+                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut ingester) = ingester {
                 self.ingest_all_locked(writer, &mut ingester)?;
                 writer.last_revs.clear();
             }
