@@ -58,6 +58,10 @@ pub struct Config {
     /// A snapshot (with the dedup table) is stored every this many ops.
     #[arg(long, env = "OT_SNAPSHOT_EVERY", default_value_t = 200)]
     pub snapshot_every: u64,
+    /// Committed items that make the server write them from the commit log
+    /// into the SQLite tables (an ingest); a read waits for at most one ingest.
+    #[arg(long, env = "OT_INGEST_EVERY", default_value_t = crate::storage::DEFAULT_COMPACT_AT)]
+    pub ingest_every: usize,
     /// Seconds a document with no connections stays in memory.
     #[arg(long, env = "OT_IDLE_UNLOAD_SECS", default_value_t = 60)]
     pub idle_unload_secs: u64,

@@ -27,7 +27,7 @@ use axum::Router;
 pub use config::Config;
 use metrics::Metrics;
 use state::Shared;
-use storage::{CommitQueue, SqliteStorage, Storage};
+use storage::{CommitOptions, CommitQueue, SqliteStorage, Storage};
 
 /// The HTTP and WebSocket routes.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -80,18 +80,21 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let observer_metrics = metrics.clone();
     let ingest_metrics = metrics.clone();
-    let queue = CommitQueue::start_with_observers(
+    let queue = CommitQueue::start_with(
         storage.clone(),
-        Arc::new(move |elapsed: Duration, items: usize| {
-            observer_metrics
-                .commit_latency
-                .observe(elapsed.as_secs_f64());
-            observer_metrics.commit_batch.observe(items as f64);
-        }),
-        Arc::new(move |elapsed: Duration, items: usize| {
-            ingest_metrics.ingest_latency.observe(elapsed.as_secs_f64());
-            ingest_metrics.ingest_batch.observe(items as f64);
-        }),
+        CommitOptions {
+            compact_at: config.ingest_every,
+            on_commit: Some(Arc::new(move |elapsed: Duration, items: usize| {
+                observer_metrics
+                    .commit_latency
+                    .observe(elapsed.as_secs_f64());
+                observer_metrics.commit_batch.observe(items as f64);
+            })),
+            on_compact: Some(Arc::new(move |elapsed: Duration, items: usize| {
+                ingest_metrics.ingest_latency.observe(elapsed.as_secs_f64());
+                ingest_metrics.ingest_batch.observe(items as f64);
+            })),
+        },
     );
     let shared = Arc::new(Shared::new(config, storage.clone(), queue.clone(), metrics));
     let addr = listener.local_addr().ok();

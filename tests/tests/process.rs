@@ -693,12 +693,19 @@ async fn crash_rounds(name: &str, extra: &[&str], relaxed: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_load_loses_no_acknowledged_op_fsync() {
-    crash_rounds("crash-fsync", &[], false).await;
+    // Frequent ingests, so that kills land while one commit log is sealed
+    // and the other takes commits.
+    crash_rounds("crash-fsync", &["--ingest-every", "8"], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_load_loses_no_acknowledged_op_relaxed() {
-    crash_rounds("crash-relaxed", &["--durability", "relaxed"], true).await;
+    crash_rounds(
+        "crash-relaxed",
+        &["--durability", "relaxed", "--ingest-every", "8"],
+        true,
+    )
+    .await;
 }
 
 /// Send SIGTERM to the server without waiting (`kill` runs as its own process).

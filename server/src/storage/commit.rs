@@ -16,7 +16,7 @@
 //! fails as a whole, each request is retried in a commit of its own, so that
 //! only the requests that fail by themselves get the error.
 //!
-//! Compaction: once [`Storage::backlog`] reaches [`COMPACT_AT`] items after a
+//! Compaction: once [`Storage::backlog`] reaches [`CommitOptions::compact_at`] items after a
 //! group commit, or nothing has arrived for [`IDLE_COMPACT_AFTER`], the commit
 //! thread wakes a second thread (`ot-ingest`) that calls [`Storage::compact`]
 //! (for SQLite: move the commit log's items into the tables). Commits go on
@@ -24,7 +24,7 @@
 //! So that an ingest that falls behind (a slow disk, a busy database) cannot
 //! let the backlog (memory, and the wait of the next read) grow without
 //! bound, the commit thread compacts itself, and commits wait, once the
-//! backlog reaches [`MAX_BACKLOG`].
+//! backlog reaches [`MAX_BACKLOG_FACTOR`] × `compact_at` items.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -47,14 +47,47 @@ pub type CommitObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
 /// request is still committed whole).
 pub const MAX_BATCH_ITEMS: usize = 4096;
 
-/// Compact (see [`Storage::compact`]) once the backlog reaches this many
-/// items: enough that each document's pages are written once for many ops,
-/// few enough that a read (which waits for everything to be compacted) waits
-/// only a few milliseconds.
-const COMPACT_AT: usize = 4096;
+/// The default [`CommitOptions::compact_at`]: enough that each document's
+/// pages are written once for many ops, few enough that a read (which waits
+/// for everything to be compacted) waits only a few milliseconds.
+pub const DEFAULT_COMPACT_AT: usize = 4096;
 
-/// The commit thread compacts itself (commits wait) once this many items wait.
-const MAX_BACKLOG: usize = 16 * COMPACT_AT;
+/// The commit thread compacts itself (commits wait) once this many times
+/// `compact_at` items wait.
+pub const MAX_BACKLOG_FACTOR: usize = 16;
+
+/// How a [`CommitQueue`] runs.
+#[derive(Clone)]
+pub struct CommitOptions {
+    /// Compact (see [`Storage::compact`]) once the backlog reaches this many items.
+    pub compact_at: usize,
+    /// Called after every commit with its duration and number of items (feed
+    /// a latency histogram with it).
+    pub on_commit: Option<CommitObserver>,
+    /// Called after every successful compaction with its duration and the
+    /// number of items it moved.
+    pub on_compact: Option<CommitObserver>,
+}
+
+impl Default for CommitOptions {
+    fn default() -> Self {
+        CommitOptions {
+            compact_at: DEFAULT_COMPACT_AT,
+            on_commit: None,
+            on_compact: None,
+        }
+    }
+}
+
+impl CommitOptions {
+    fn compact_at(&self) -> usize {
+        self.compact_at.max(1)
+    }
+
+    fn max_backlog(&self) -> usize {
+        self.compact_at().saturating_mul(MAX_BACKLOG_FACTOR)
+    }
+}
 
 /// With a backlog, compact once no request has arrived for this long.
 const IDLE_COMPACT_AFTER: Duration = Duration::from_millis(50);
@@ -77,6 +110,8 @@ struct Inner {
     /// For [`CommitQueue::try_commit_now`].
     storage: Arc<dyn Storage>,
     observer: Option<CommitObserver>,
+    /// [`CommitOptions::compact_at`], for [`CommitQueue::try_commit_now`].
+    compact_at: usize,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: ThreadId,
 }
@@ -104,36 +139,29 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CommitQueue {
     /// Start the commit thread on `storage`.
     pub fn start(storage: Arc<dyn Storage>) -> CommitQueue {
-        Self::spawn(storage, None, None)
+        Self::start_with(storage, CommitOptions::default())
     }
 
     /// Start the commit thread on `storage`; `observer` is called after every
     /// commit with its duration and number of items.
     pub fn start_with_observer(storage: Arc<dyn Storage>, observer: CommitObserver) -> CommitQueue {
-        Self::spawn(storage, Some(observer), None)
+        Self::start_with(
+            storage,
+            CommitOptions {
+                on_commit: Some(observer),
+                ..CommitOptions::default()
+            },
+        )
     }
 
-    /// Like [`start_with_observer`](Self::start_with_observer); `on_compact`
-    /// is called after every successful compaction with its duration and the
-    /// number of items it moved.
-    pub fn start_with_observers(
-        storage: Arc<dyn Storage>,
-        on_commit: CommitObserver,
-        on_compact: CommitObserver,
-    ) -> CommitQueue {
-        Self::spawn(storage, Some(on_commit), Some(on_compact))
-    }
-
-    fn spawn(
-        storage: Arc<dyn Storage>,
-        observer: Option<CommitObserver>,
-        on_compact: Option<CommitObserver>,
-    ) -> CommitQueue {
+    /// Start the commit thread on `storage` with `options`.
+    pub fn start_with(storage: Arc<dyn Storage>, options: CommitOptions) -> CommitQueue {
         let (tx, rx) = mpsc::channel();
+        let observer = options.on_commit.clone();
+        let compact_at = options.compact_at();
         let mut worker = Worker {
             storage: Arc::clone(&storage),
-            observer: observer.clone(),
-            on_compact,
+            options,
         };
         let thread = std::thread::Builder::new()
             .name("ot-commit".to_owned())
@@ -151,6 +179,7 @@ impl CommitQueue {
                         tx: Mutex::new(None),
                         storage,
                         observer,
+                        compact_at,
                         thread: Mutex::new(None),
                         thread_id: std::thread::current().id(),
                     }),
@@ -162,6 +191,7 @@ impl CommitQueue {
                 tx: Mutex::new(Some(tx)),
                 storage,
                 observer,
+                compact_at,
                 thread: Mutex::new(thread),
                 thread_id,
             }),
@@ -204,7 +234,7 @@ impl CommitQueue {
     pub fn try_commit_now(&self, items: &[WriteItem]) -> Option<Result<(), Arc<StorageError>>> {
         if items.is_empty()
             || lock(&self.inner.tx).is_none()
-            || self.inner.storage.backlog() >= COMPACT_AT
+            || self.inner.storage.backlog() >= self.inner.compact_at
         {
             return None;
         }
@@ -337,16 +367,16 @@ struct Request {
 /// The commit thread's state.
 struct Worker {
     storage: Arc<dyn Storage>,
-    observer: Option<CommitObserver>,
-    on_compact: Option<CommitObserver>,
+    options: CommitOptions,
 }
 
 impl Worker {
     fn run(&mut self, rx: Receiver<Msg>) {
         let (wake_tx, wake_rx) = mpsc::sync_channel::<()>(1);
-        let compactor = || Compactor::new(Arc::clone(&self.storage), self.on_compact.clone());
+        let compactor =
+            || Compactor::new(Arc::clone(&self.storage), self.options.on_compact.clone());
         let background = compactor();
-        // For the commit thread's own compactions (at MAX_BACKLOG).
+        // For the commit thread's own compactions (at the backlog cap).
         let foreground = Mutex::new(compactor());
         std::thread::scope(|scope| {
             let ingest = std::thread::Builder::new()
@@ -422,13 +452,13 @@ impl Worker {
                 let _ = reply.send(());
             }
             let backlog = self.storage.backlog();
-            if backlog >= MAX_BACKLOG {
+            if backlog >= self.options.max_backlog() {
                 tracing::debug!(
                     backlog,
                     "the ingest is behind: compacting on the commit thread"
                 );
                 compact_now();
-            } else if backlog >= COMPACT_AT {
+            } else if backlog >= self.options.compact_at() {
                 wake();
             }
         }
@@ -559,7 +589,7 @@ impl Worker {
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| self.storage.commit(items)))
             .unwrap_or_else(|_| Err(StorageError::Internal("the storage commit panicked".into())));
-        if let Some(observer) = &self.observer {
+        if let Some(observer) = &self.options.on_commit {
             observer(started.elapsed(), items.len());
         }
         result
@@ -924,12 +954,14 @@ mod tests {
             Arc::new(SqliteStorage::open(dir.path(), Durability::Fsync).unwrap());
         let (ingests_tx, ingests_rx) = mpsc::channel();
         let ingests_tx = Mutex::new(ingests_tx);
-        let queue = CommitQueue::start_with_observers(
+        let queue = CommitQueue::start_with(
             Arc::clone(&storage),
-            Arc::new(|_, _| {}),
-            Arc::new(move |_, moved| {
-                let _ = lock(&ingests_tx).send(moved);
-            }),
+            CommitOptions {
+                on_compact: Some(Arc::new(move |_, moved| {
+                    let _ = lock(&ingests_tx).send(moved);
+                })),
+                ..CommitOptions::default()
+            },
         );
         let mut doc = Doc::new("d");
         let outcomes: Outcomes = Arc::default();
@@ -952,29 +984,37 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let sqlite = Arc::new(SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap());
         let storage: Arc<dyn Storage> = Arc::clone(&sqlite) as Arc<dyn Storage>;
-        let queue = CommitQueue::start(Arc::clone(&storage));
+        let compact_at = 8;
+        let max_backlog = compact_at * MAX_BACKLOG_FACTOR;
+        let queue = CommitQueue::start_with(
+            Arc::clone(&storage),
+            CommitOptions {
+                compact_at,
+                ..CommitOptions::default()
+            },
+        );
         let mut doc = Doc::new("d");
         let outcomes: Outcomes = Arc::default();
         // As if ingests could not keep up: they cannot run at all.
         let paused = sqlite.pause_ingests();
-        let huge: Vec<WriteItem> = (0..MAX_BACKLOG).map(|_| doc.next()).collect();
+        let huge: Vec<WriteItem> = (0..max_backlog).map(|_| doc.next()).collect();
         queue.submit(huge, record(&outcomes, 0));
-        queue.submit(vec![doc.next()], record(&outcomes, 1));
         let deadline = Instant::now() + Duration::from_secs(30);
         while lock(&outcomes).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        // The first request is committed; then the commit thread waits for
+        // The first request is committed; now the commit thread waits for
         // the backlog to be ingested before it commits anything else.
+        queue.submit(vec![doc.next()], record(&outcomes, 1));
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(lock(&outcomes).clone(), vec![(0, Ok(()))]);
-        assert!(storage.backlog() >= MAX_BACKLOG);
+        assert!(storage.backlog() >= max_backlog);
         drop(paused);
         queue.flush_blocking();
         assert_eq!(lock(&outcomes).clone(), vec![(0, Ok(())), (1, Ok(()))]);
         assert!(storage.backlog() <= 1, "{}", storage.backlog());
         drop(queue);
-        assert_eq!(storage.last_rev("d").unwrap(), MAX_BACKLOG as u64 + 1);
+        assert_eq!(storage.last_rev("d").unwrap(), max_backlog as u64 + 1);
     }
 
     #[test]
@@ -994,11 +1034,15 @@ mod tests {
         // The commit thread sees no request meanwhile and may ask for an idle
         // compaction: hold it off so that the backlog only grows.
         let paused = sqlite.pause_ingests();
-        for _ in 0..COMPACT_AT {
+        for _ in 0..DEFAULT_COMPACT_AT {
             assert!(matches!(queue.try_commit_now(&[doc.next()]), Some(Ok(()))));
         }
-        assert_eq!(storage.backlog(), COMPACT_AT);
-        assert_eq!(commits.load(Ordering::SeqCst), COMPACT_AT, "observed");
+        assert_eq!(storage.backlog(), DEFAULT_COMPACT_AT);
+        assert_eq!(
+            commits.load(Ordering::SeqCst),
+            DEFAULT_COMPACT_AT,
+            "observed"
+        );
         // Now the commit thread must compact: the caller is sent to `submit`.
         let next = doc.next();
         assert!(queue.try_commit_now(std::slice::from_ref(&next)).is_none());
@@ -1022,7 +1066,10 @@ mod tests {
         // After shutdown nothing is committed in place either.
         queue.shutdown();
         assert!(queue.try_commit_now(&[doc.next()]).is_none());
-        assert_eq!(storage.last_rev("d").unwrap(), COMPACT_AT as u64 + 1);
+        assert_eq!(
+            storage.last_rev("d").unwrap(),
+            DEFAULT_COMPACT_AT as u64 + 1
+        );
     }
 
     /// Commit throughput: `cargo test -p server --release --lib storage::commit::tests::throughput -- --ignored --nocapture`

@@ -23,7 +23,7 @@ mod sqlite;
 use ot_core::history::{AppliedOp, DocumentSnapshot, OpHash};
 use ot_core::Operation;
 
-pub use commit::{CommitCallback, CommitObserver, CommitQueue};
+pub use commit::{CommitCallback, CommitObserver, CommitOptions, CommitQueue, DEFAULT_COMPACT_AT};
 pub use sqlite::{Durability, SqliteStorage};
 
 /// One stored op: everything the server persists per op.
