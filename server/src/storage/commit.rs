@@ -109,9 +109,7 @@ struct Inner {
     tx: Mutex<Option<Sender<Msg>>>,
     /// For [`CommitQueue::try_commit_now`].
     storage: Arc<dyn Storage>,
-    observer: Option<CommitObserver>,
-    /// [`CommitOptions::compact_at`], for [`CommitQueue::try_commit_now`].
-    compact_at: usize,
+    options: CommitOptions,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: ThreadId,
 }
@@ -157,11 +155,9 @@ impl CommitQueue {
     /// Start the commit thread on `storage` with `options`.
     pub fn start_with(storage: Arc<dyn Storage>, options: CommitOptions) -> CommitQueue {
         let (tx, rx) = mpsc::channel();
-        let observer = options.on_commit.clone();
-        let compact_at = options.compact_at();
         let mut worker = Worker {
             storage: Arc::clone(&storage),
-            options,
+            options: options.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("ot-commit".to_owned())
@@ -178,8 +174,7 @@ impl CommitQueue {
                     inner: Arc::new(Inner {
                         tx: Mutex::new(None),
                         storage,
-                        observer,
-                        compact_at,
+                        options,
                         thread: Mutex::new(None),
                         thread_id: std::thread::current().id(),
                     }),
@@ -190,8 +185,7 @@ impl CommitQueue {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
                 storage,
-                observer,
-                compact_at,
+                options,
                 thread: Mutex::new(thread),
                 thread_id,
             }),
@@ -223,9 +217,9 @@ impl CommitQueue {
     }
 
     /// Commit `items` on the calling thread, if that cannot wait for another
-    /// writer: the storage is free (no group commit or compaction running)
-    /// and its backlog is below the compaction threshold (so that the commit
-    /// thread compacts soon). `None`: nothing was done; [`submit`](Self::submit)
+    /// writer: the storage is free (no group commit running) and its backlog
+    /// is below the compaction threshold (so that the commit thread has a
+    /// compaction started soon). `None`: nothing was done; [`submit`](Self::submit)
     /// instead. Saves two thread switches when a commit is cheap (relaxed
     /// durability: no fsync).
     ///
@@ -234,7 +228,7 @@ impl CommitQueue {
     pub fn try_commit_now(&self, items: &[WriteItem]) -> Option<Result<(), Arc<StorageError>>> {
         if items.is_empty()
             || lock(&self.inner.tx).is_none()
-            || self.inner.storage.backlog() >= self.inner.compact_at
+            || self.inner.storage.backlog() >= self.inner.options.compact_at()
         {
             return None;
         }
@@ -245,7 +239,7 @@ impl CommitQueue {
                     "the storage commit panicked".into(),
                 )))
             })?;
-        if let Some(observer) = &self.inner.observer {
+        if let Some(observer) = &self.inner.options.on_commit {
             observer(started.elapsed(), items.len());
         }
         Some(result.map_err(Arc::new))

@@ -225,7 +225,7 @@ pub trait Storage: Send + Sync + 'static {
     /// [`StorageError::SnapshotAhead`] for a snapshot newer than the log.
     fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError>;
     /// Like [`commit`](Self::commit), but only if it can run without waiting
-    /// for another writer (a group commit or a compaction in progress):
+    /// for another writer (e.g. a group commit in progress):
     /// `None` means busy, and nothing was written. The default is always busy.
     fn try_commit(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
         let _ = items;
@@ -265,13 +265,15 @@ pub trait Storage: Send + Sync + 'static {
     /// may have been lost (an unclean shutdown), so clients must resync.
     fn epoch(&self) -> u64;
     /// Committed items waiting for [`compact`](Self::compact) (0: none). The
-    /// commit thread compacts when this grows large or when it is idle.
+    /// commit queue has its ingest thread compact when this grows large or
+    /// when commits are idle.
     fn backlog(&self) -> usize {
         0
     }
-    /// Maintenance off the commit path: move committed items to their final
-    /// place (for SQLite, from the commit log into the tables). Changes
-    /// nothing that reads return. Returns how many items it moved.
+    /// Maintenance off the commit path, called on its own thread while
+    /// commits go on: move committed items to their final place (for SQLite,
+    /// from the commit log into the tables). Changes nothing that reads
+    /// return. Returns how many items it moved.
     fn compact(&self) -> Result<usize, StorageError> {
         Ok(0)
     }
