@@ -23,7 +23,18 @@
 //!     time_ms   INTEGER NOT NULL,
 //!     PRIMARY KEY (doc, rev)
 //! ) WITHOUT ROWID;
-//! CREATE INDEX ops_by_seq ON ops (doc, client_id, seq);
+//! -- Where each client's ops are, for answering a resend of an old seq: one
+//! -- row per 64 seqs, so an ingest updates one row per (document, client)
+//! -- instead of inserting into a third B-tree per op (schema version 1 had an
+//! -- index on ops (doc, client_id, seq), and it cost more than the table).
+//! CREATE TABLE seq_revs (
+//!     doc       TEXT NOT NULL,
+//!     client_id TEXT NOT NULL,
+//!     block     INTEGER NOT NULL,           -- seq / 64
+//!     revs      BLOB NOT NULL,              -- slot seq % 64: the op's revision as
+//!                                           -- 8 little-endian bytes (0: none)
+//!     PRIMARY KEY (doc, client_id, block)
+//! ) WITHOUT ROWID;
 //! -- Partial index: the conflict journal (ops transformed past concurrent ops).
 //! CREATE INDEX ops_conflicts ON ops (doc, rev) WHERE rev > base_rev + 1;
 //! -- Snapshots with the dedup table (a rowid table: texts can be large).
@@ -34,7 +45,7 @@
 //!     clients TEXT NOT NULL,                -- JSON {client_id: ClientRecord}
 //!     PRIMARY KEY (doc, rev)
 //! );
-//! -- 'schema_version' = '1'; 'epoch' = decimal u64; 'clean' = '1' after a clean
+//! -- 'schema_version' = '2' (a version 1 database is migrated on open); 'epoch' = decimal u64; 'clean' = '1' after a clean
 //! -- shutdown, '0' while running; 'durability' = 'fsync' | 'relaxed' of the last run.
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 //! ```
@@ -96,7 +107,13 @@ use super::{DocSummary, LoadedDoc, Storage, StorageError, StoredOp, WriteItem};
 pub const DB_FILE: &str = "ot.sqlite3";
 
 /// The schema version this code reads and writes.
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
+
+/// Seqs per `seq_revs` row.
+const SEQS_PER_BLOCK: u64 = 64;
+
+/// Bytes per slot of a `seq_revs.revs` blob (a little-endian `u64`).
+const SLOT_BYTES: usize = 8;
 
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,7 +149,13 @@ CREATE TABLE IF NOT EXISTS ops (
     time_ms   INTEGER NOT NULL,
     PRIMARY KEY (doc, rev)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ops_by_seq ON ops (doc, client_id, seq);
+CREATE TABLE IF NOT EXISTS seq_revs (
+    doc       TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    block     INTEGER NOT NULL,
+    revs      BLOB NOT NULL,
+    PRIMARY KEY (doc, client_id, block)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ops_conflicts ON ops (doc, rev) WHERE rev > base_rev + 1;
 CREATE TABLE IF NOT EXISTS snapshots (
     doc     TEXT NOT NULL,
@@ -147,10 +170,9 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
-/// The op of (doc `?1`, client `?2`, seq `?3`). Without `ANALYZE` statistics
-/// SQLite would rather scan the document's ops by primary key: name the index.
-const SQL_FIND_SEQ: &str = "SELECT rev, op_hash FROM ops INDEXED BY ops_by_seq
-     WHERE doc = ?1 AND client_id = ?2 AND seq = ?3 ORDER BY rev LIMIT 1";
+/// The revisions of (doc `?1`, client `?2`)'s seqs in block `?3`.
+const SQL_SEQ_REVS: &str =
+    "SELECT revs FROM seq_revs WHERE doc = ?1 AND client_id = ?2 AND block = ?3";
 
 /// Ops of a document after a revision (`?2`), at most `?3`: the columns [`RawOp`] reads.
 const SQL_OPS_AFTER: &str =
@@ -415,6 +437,99 @@ fn set_synchronous(conn: &Connection, durability: Durability) -> Result<(), Stor
     Ok(())
 }
 
+/// Schema version 1 to 2: fill `seq_revs` from the op log and drop the
+/// per-op index it replaces; returns how many `seq_revs` rows were written.
+/// Streams the ops in (doc, client, seq) order (the old index's order), so
+/// memory stays one row's worth whatever the database's size.
+fn migrate_v1_seq_index(conn: &Connection) -> Result<usize, StorageError> {
+    let mut select =
+        conn.prepare("SELECT doc, client_id, seq, rev FROM ops ORDER BY doc, client_id, seq")?;
+    let mut rows = select.query([])?;
+    let mut written = 0;
+    let mut current: Option<((String, String, u64), Vec<u8>)> = None;
+    while let Some(row) = rows.next()? {
+        let doc: String = row.get(0)?;
+        let client_id: String = row.get(1)?;
+        let seq = from_sql_int(row.get(2)?, "seq")?;
+        let rev = from_sql_int(row.get(3)?, "rev")?;
+        let key = (doc, client_id, seq / SEQS_PER_BLOCK);
+        if current.as_ref().is_some_and(|(k, _)| *k != key) {
+            if let Some(((doc, client_id, block), revs)) = current.take() {
+                put_seq_revs(conn, &doc, &client_id, block, &revs)?;
+                written += 1;
+            }
+        }
+        let (_, revs) = current.get_or_insert_with(|| (key, Vec::new()));
+        set_seq_slot(revs, seq, rev);
+    }
+    if let Some(((doc, client_id, block), revs)) = current {
+        put_seq_revs(conn, &doc, &client_id, block, &revs)?;
+        written += 1;
+    }
+    conn.execute_batch("DROP INDEX IF EXISTS ops_by_seq")?;
+    Ok(written)
+}
+
+/// Set `seq`'s slot of a `seq_revs` blob to `rev`, growing the blob as needed.
+fn set_seq_slot(revs: &mut Vec<u8>, seq: u64, rev: u64) {
+    // The remainder is below SEQS_PER_BLOCK (64): the cast cannot truncate.
+    let start = (seq % SEQS_PER_BLOCK) as usize * SLOT_BYTES;
+    if revs.len() < start + SLOT_BYTES {
+        revs.resize(start + SLOT_BYTES, 0);
+    }
+    revs[start..start + SLOT_BYTES].copy_from_slice(&rev.to_le_bytes());
+}
+
+/// The revision in `seq`'s slot of a `seq_revs` blob (`None`: no such op).
+fn seq_slot(revs: &[u8], seq: u64) -> Option<u64> {
+    let start = (seq % SEQS_PER_BLOCK) as usize * SLOT_BYTES;
+    let bytes: [u8; SLOT_BYTES] = revs.get(start..start + SLOT_BYTES)?.try_into().ok()?;
+    // Revisions start at 1: a zero slot is a seq this block has not seen.
+    Some(u64::from_le_bytes(bytes)).filter(|&rev| rev != 0)
+}
+
+fn put_seq_revs(
+    conn: &Connection,
+    doc: &str,
+    client_id: &str,
+    block: u64,
+    revs: &[u8],
+) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO seq_revs (doc, client_id, block, revs) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        doc,
+        client_id,
+        to_sql_int(block, "seq block")?,
+        revs
+    ])?;
+    Ok(())
+}
+
+/// New (seq, rev) pairs by `seq_revs` row: (document, client, block).
+type NewSeqs<'a> = BTreeMap<(&'a str, &'a str, u64), Vec<(u64, u64)>>;
+
+/// Add the (seq, rev) pairs of newly stored ops to `seq_revs`, one
+/// read-modify-write per (document, client, block).
+fn store_seq_revs(conn: &Connection, new_seqs: &NewSeqs<'_>) -> Result<(), StorageError> {
+    let mut select = conn.prepare_cached(SQL_SEQ_REVS)?;
+    for (&(doc, client_id, block), seqs) in new_seqs {
+        let mut revs: Vec<u8> = select
+            .query_row(
+                params![doc, client_id, to_sql_int(block, "seq block")?],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or_default();
+        for &(seq, rev) in seqs {
+            set_seq_slot(&mut revs, seq, rev);
+        }
+        put_seq_revs(conn, doc, client_id, block, &revs)?;
+    }
+    Ok(())
+}
+
 /// Per-document state accumulated while writing one commit.
 struct PendingDoc {
     rev: u64,
@@ -443,14 +558,18 @@ impl SqliteStorage {
 
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(SCHEMA)?;
-        match meta_get(&tx, "schema_version")? {
-            Some(v) if v != SCHEMA_VERSION => {
+        match meta_get(&tx, "schema_version")?.as_deref() {
+            None | Some(SCHEMA_VERSION) => {}
+            Some("1") => {
+                let rows = migrate_v1_seq_index(&tx)?;
+                tracing::info!(rows, "migrated the database from schema version 1 to 2");
+            }
+            Some(v) => {
                 return Err(StorageError::Corrupt(format!(
-                    "{} has schema version {v}; this server reads version {SCHEMA_VERSION}",
+                    "{} has schema version {v}; this server reads versions 1 and {SCHEMA_VERSION}",
                     path.display()
                 )));
             }
-            _ => {}
         }
         let epoch = match meta_get(&tx, "epoch")? {
             None => u64::try_from(now_ms()).unwrap_or(1).max(1),
@@ -779,6 +898,8 @@ fn write_items(
     let now = now_ms();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut pending: HashMap<&str, PendingDoc> = HashMap::new();
+    // Sorted, so the seq_revs rows are visited in key order.
+    let mut new_seqs = NewSeqs::new();
     {
         let mut insert_op = tx.prepare_cached(
             "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received, applied, time_ms)
@@ -832,6 +953,10 @@ fn write_items(
                         op.applied.to_json(),
                         op.time_ms,
                     ])?;
+                    new_seqs
+                        .entry((doc, &op.client_id, op.seq / SEQS_PER_BLOCK))
+                        .or_default()
+                        .push((op.seq, op.rev));
                     state.rev = op.rev;
                     state.len = Some(*len_after);
                 }
@@ -857,6 +982,7 @@ fn write_items(
                 }
             }
         }
+        store_seq_revs(&tx, &new_seqs)?;
         let mut update_doc =
             tx.prepare_cached("UPDATE docs SET rev = ?2, len = ?3 WHERE id = ?1")?;
         for (doc, state) in &pending {
@@ -957,16 +1083,37 @@ impl Storage for SqliteStorage {
         client_id: &str,
         seq: u64,
     ) -> Result<Option<(u64, OpHash)>, StorageError> {
-        let seq = to_sql_int(seq, "seq")?;
-        let row: Option<(i64, String)> = self.read(|conn| {
-            Ok(conn
-                .prepare_cached(SQL_FIND_SEQ)?
-                .query_row(params![doc, client_id, seq], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
+        let block = to_sql_int(seq / SEQS_PER_BLOCK, "seq")?;
+        let seq_sql = to_sql_int(seq, "seq")?;
+        let found: Option<(u64, String)> = self.read(|conn| {
+            let revs: Option<Vec<u8>> = conn
+                .prepare_cached(SQL_SEQ_REVS)?
+                .query_row(params![doc, client_id, block], |row| row.get(0))
+                .optional()?;
+            let Some(rev) = revs.as_deref().and_then(|revs| seq_slot(revs, seq)) else {
+                return Ok(None);
+            };
+            let row: Option<(String, i64, String)> = conn
+                .prepare_cached(
+                    "SELECT client_id, seq, op_hash FROM ops WHERE doc = ?1 AND rev = ?2",
+                )?
+                .query_row(params![doc, to_sql_int(rev, "rev")?], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                 })
-                .optional()?)
+                .optional()?;
+            match row {
+                Some((stored_client, stored_seq, hash))
+                    if stored_client == client_id && stored_seq == seq_sql =>
+                {
+                    Ok(Some((rev, hash)))
+                }
+                _ => Err(StorageError::Corrupt(format!(
+                    "document {doc:?}: seq_revs gives revision {rev} for client {client_id:?} \
+                     seq {seq}, but the op log holds another op there"
+                ))),
+            }
         })?;
-        let Some((rev, hash)) = row else {
+        let Some((rev, hash)) = found else {
             return Ok(None);
         };
         let hash = OpHash::from_hex(&hash).ok_or_else(|| {
@@ -974,7 +1121,7 @@ impl Storage for SqliteStorage {
                 "document {doc:?} revision {rev}: bad op hash {hash:?}"
             ))
         })?;
-        Ok(Some((from_sql_int(rev, "rev")?, hash)))
+        Ok(Some((rev, hash)))
     }
 
     fn text_at(&self, doc: &str, rev: u64) -> Result<Option<String>, StorageError> {
@@ -1274,6 +1421,150 @@ mod tests {
         assert_eq!(s.find_seq("d", "a", 4).unwrap(), None);
         assert_eq!(s.find_seq("d", "zz", 1).unwrap(), None);
         assert_eq!(s.find_seq("other", "a", 1).unwrap(), None);
+    }
+
+    /// `count` ops by clients "a" and "b" in turn (each op appends one
+    /// char, based on the latest revision), so both clients' seqs span
+    /// several `seq_revs` blocks.
+    fn two_writers(doc: &str, count: u64) -> Vec<WriteItem> {
+        let mut h = DocumentHistory::new();
+        (0..count)
+            .map(|i| {
+                let client = if i % 2 == 0 { "a" } else { "b" };
+                let len = h.text().len_chars();
+                apply(&mut h, doc, client, i / 2 + 1, i, ins(len, len, "x"))
+            })
+            .collect()
+    }
+
+    fn assert_every_seq_found(s: &SqliteStorage, doc: &str, items: &[WriteItem]) {
+        for op in stored(items) {
+            assert_eq!(
+                s.find_seq(doc, &op.client_id, op.seq).unwrap(),
+                Some((op.rev, op.hash)),
+                "client {} seq {}",
+                op.client_id,
+                op.seq
+            );
+        }
+    }
+
+    #[test]
+    fn find_seq_across_blocks_commits_ingests_and_reopens() {
+        let dir = TempDir::new().unwrap();
+        let items = two_writers("d", 300); // seqs 1..=150 each: blocks 0, 1 and 2
+        let s = open(&dir, Durability::Fsync);
+        // Uneven commits, some ingested on their own, so one block's slots
+        // arrive over several ingests.
+        for chunk in items.chunks(37) {
+            s.commit(chunk).unwrap();
+            if chunk.len() % 2 == 1 {
+                s.compact().unwrap();
+            }
+        }
+        assert_every_seq_found(&s, "d", &items);
+        for (client, seq) in [("a", 0), ("a", 151), ("b", 64 * 5), ("c", 1)] {
+            assert_eq!(
+                s.find_seq("d", client, seq).unwrap(),
+                None,
+                "{client} {seq}"
+            );
+        }
+        assert_eq!(s.find_seq("other", "a", 1).unwrap(), None);
+        drop(s);
+        let s = open(&dir, Durability::Fsync);
+        assert_every_seq_found(&s, "d", &items);
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_on_open() {
+        let dir = TempDir::new().unwrap();
+        let items = two_writers("d", 200);
+        let (_, other) = sample("e");
+        let s = open(&dir, Durability::Fsync);
+        s.commit(&items).unwrap();
+        s.commit(&other).unwrap();
+        drop(s);
+        // Turn it into what version 1 left: the index, no seq_revs rows.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DELETE FROM seq_revs;
+             CREATE INDEX ops_by_seq ON ops (doc, client_id, seq);
+             UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+        drop(conn);
+
+        let s = open(&dir, Durability::Fsync);
+        assert_every_seq_found(&s, "d", &items);
+        assert_every_seq_found(&s, "e", &other);
+        let conn = s.open_reader().unwrap();
+        let version = meta_get(&conn, "schema_version").unwrap();
+        assert_eq!(version.as_deref(), Some(SCHEMA_VERSION));
+        let index: Option<String> = conn
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE name = 'ops_by_seq'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .unwrap();
+        assert_eq!(index, None);
+        // Ops after the migration are found as well.
+        drop(conn);
+        let more = two_writers("f", 70);
+        s.commit(&more).unwrap();
+        assert_every_seq_found(&s, "f", &more);
+    }
+
+    #[test]
+    fn an_unknown_schema_version_is_refused() {
+        let dir = TempDir::new().unwrap();
+        drop(open(&dir, Durability::Fsync));
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute(
+            "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let Err(err) = SqliteStorage::open(dir.path(), Durability::Fsync) else {
+            panic!("version 3 must be refused");
+        };
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("schema version 3"), "{err}");
+    }
+
+    #[test]
+    fn a_seq_revs_row_that_disagrees_with_the_op_log_is_reported() {
+        let dir = TempDir::new().unwrap();
+        let (_, items) = sample("d");
+        let s = open(&dir, Durability::Fsync);
+        s.commit(&items).unwrap();
+        s.compact().unwrap();
+        // Point a's seq 1 at revision 3 (b's op).
+        let mut revs = Vec::new();
+        set_seq_slot(&mut revs, 1, 3);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        put_seq_revs(&conn, "d", "a", 0, &revs).unwrap();
+        drop(conn);
+        let err = s.find_seq("d", "a", 1).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn seq_slots_round_trip_and_grow() {
+        let mut revs = Vec::new();
+        assert_eq!(seq_slot(&revs, 5), None);
+        set_seq_slot(&mut revs, 64 + 3, 42);
+        assert_eq!(revs.len(), 4 * SLOT_BYTES);
+        assert_eq!(seq_slot(&revs, 3), Some(42));
+        assert_eq!(seq_slot(&revs, 2), None);
+        assert_eq!(seq_slot(&revs, 4), None);
+        set_seq_slot(&mut revs, 63, u64::MAX);
+        assert_eq!(revs.len(), 64 * SLOT_BYTES);
+        assert_eq!(seq_slot(&revs, 63), Some(u64::MAX));
+        assert_eq!(seq_slot(&revs, 3), Some(42));
     }
 
     #[test]
@@ -1785,8 +2076,8 @@ mod plan_tests {
         let conn = s.open_reader().unwrap();
         let conflicts = plan(&conn, SQL_CONFLICTS_AFTER);
         assert!(conflicts.contains("ops_conflicts"), "{conflicts}");
-        let by_seq = plan(&conn, SQL_FIND_SEQ);
-        assert!(by_seq.contains("ops_by_seq"), "{by_seq}");
+        let by_seq = plan(&conn, SQL_SEQ_REVS);
+        assert!(by_seq.contains("PRIMARY KEY"), "{by_seq}");
         let after = plan(&conn, SQL_OPS_AFTER);
         assert!(after.contains("PRIMARY KEY"), "{after}");
     }
