@@ -29,8 +29,14 @@ const MAX_PENDING: usize = 8192;
 /// What the actor puts in a connection's outbound queue.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A ready JSON text frame.
+    /// A ready JSON text frame, written as soon as the writer gets to it.
     Text(Utf8Bytes),
+    /// The answer to one of this client's own ops: its ack, or an error about it.
+    Reply(Utf8Bytes),
+    /// Another client's op, cursor or leave. While this client awaits a
+    /// [`Outbound::Reply`], the writer may hold it (up to
+    /// [`crate::ws::BROADCAST_HOLD`]) to write it together with the reply.
+    Broadcast(Utf8Bytes),
     /// Read the ops with revisions `after+1 ..= upto` from storage and send them
     /// (a resume from before the in-memory window).
     CatchUp {
@@ -513,7 +519,7 @@ impl Document {
         let frame = text_frame(&ServerMessage::Leave { client: client_id });
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
-            self.send(id, Outbound::Text(frame.clone()));
+            self.send(id, Outbound::Broadcast(frame.clone()));
         }
     }
 
@@ -542,7 +548,12 @@ impl Document {
             .with_label_values(&[code.as_str()])
             .inc();
         let frame = text_frame(&ServerMessage::Error { code, message, seq });
-        self.send(conn_id, Outbound::Text(frame));
+        // An error about an op (it names the seq) answers that op.
+        let outbound = match seq {
+            Some(_) => Outbound::Reply(frame),
+            None => Outbound::Text(frame),
+        };
+        self.send(conn_id, outbound);
     }
 
     // ---------- ops ----------
@@ -648,7 +659,7 @@ impl Document {
                 self.shared.metrics.duplicates.inc();
                 if rev <= self.durable_rev {
                     let frame = text_frame(&ServerMessage::Ack { rev, seq });
-                    self.send(conn_id, Outbound::Text(frame));
+                    self.send(conn_id, Outbound::Reply(frame));
                 } else {
                     self.deferred_acks.push((rev, conn_id, seq));
                 }
@@ -800,14 +811,14 @@ impl Document {
             let ids: Vec<u64> = self.conns.keys().copied().collect();
             for id in ids {
                 let frame = if id == p.conn_id {
-                    text_frame(&ServerMessage::Ack {
+                    Outbound::Reply(text_frame(&ServerMessage::Ack {
                         rev: p.applied.rev,
                         seq: p.applied.seq,
-                    })
+                    }))
                 } else {
-                    op_text.get_or_insert_with(|| op_frame(&p.applied)).clone()
+                    Outbound::Broadcast(op_text.get_or_insert_with(|| op_frame(&p.applied)).clone())
                 };
-                self.send(id, Outbound::Text(frame));
+                self.send(id, frame);
             }
             self.shared
                 .metrics
@@ -827,7 +838,7 @@ impl Document {
         self.deferred_acks.retain(|(rev, _, _)| *rev > durable);
         for (rev, conn_id, seq) in ready {
             let frame = text_frame(&ServerMessage::Ack { rev, seq });
-            self.send(conn_id, Outbound::Text(frame));
+            self.send(conn_id, Outbound::Reply(frame));
         }
     }
 
@@ -940,7 +951,7 @@ impl Document {
             .filter(|id| *id != conn_id)
             .collect();
         for id in ids {
-            self.send(id, Outbound::Text(frame.clone()));
+            self.send(id, Outbound::Broadcast(frame.clone()));
         }
     }
 }

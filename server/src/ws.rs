@@ -3,7 +3,7 @@
 //! connection's bounded outbound queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use ot_core::Component;
 use tokio::sync::{mpsc, oneshot};
 
@@ -313,13 +313,17 @@ async fn run_connection(
 ) {
     let (sink, mut stream) = socket.split();
     let (local_close_tx, local_close_rx) = oneshot::channel::<CloseReason>();
+    let awaiting = Arc::new(AwaitingReplies::default());
     let mut writer = tokio::spawn(writer(
         shared.clone(),
         doc.to_owned(),
         sink,
-        out_rx,
-        kick_rx,
-        local_close_rx,
+        Queues {
+            out_rx,
+            kick_rx,
+            local_close_rx,
+        },
+        awaiting.clone(),
     ));
     let mut local_close = Some(local_close_tx);
     let mut close_with = |reason: CloseReason| {
@@ -431,6 +435,9 @@ async fn run_connection(
         match command {
             Ok(command) => {
                 consecutive_errors = 0;
+                if matches!(command, DocCommand::Op { .. }) {
+                    awaiting.op_sent();
+                }
                 if handle.tx.send(command).await.is_err() {
                     break;
                 }
@@ -480,14 +487,67 @@ fn change_size(op: &ot_core::Operation) -> usize {
         .sum()
 }
 
+/// How long the writer may hold other clients' ops and cursors while this
+/// client awaits the reply to its own op, so that they go out in the same
+/// write as the reply: one send (and one wake-up of the client) instead of
+/// several. Bounded, so a reply that is slow or never comes costs a
+/// collaborator at most this much delay.
+pub const BROADCAST_HOLD: Duration = Duration::from_millis(2);
+
+/// Frames written per flush at most.
+const MAX_BATCH: usize = 256;
+
+/// How many of this client's ops the document has not answered yet: the
+/// reader counts ops it forwards, the writer counts the replies it writes.
+#[derive(Debug, Default)]
+pub struct AwaitingReplies(AtomicUsize);
+
+impl AwaitingReplies {
+    /// The reader forwarded an op to the document.
+    fn op_sent(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The writer wrote a reply (never below zero: a reply may answer an op the
+    /// reader refused itself).
+    fn reply_written(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// What the writer reads: the outbound queue and the two ways to be closed.
+struct Queues {
+    out_rx: mpsc::Receiver<Outbound>,
+    kick_rx: oneshot::Receiver<CloseReason>,
+    local_close_rx: oneshot::Receiver<CloseReason>,
+}
+
+/// A frame's text, if the outbound item is a frame.
+fn frame_text(outbound: Outbound) -> Result<Utf8Bytes, Outbound> {
+    match outbound {
+        Outbound::Text(text) | Outbound::Reply(text) | Outbound::Broadcast(text) => Ok(text),
+        other => Err(other),
+    }
+}
+
 async fn writer(
     shared: Arc<Shared>,
     doc: String,
     mut sink: SplitSink<WebSocket, Message>,
-    mut out_rx: mpsc::Receiver<Outbound>,
-    mut kick_rx: oneshot::Receiver<CloseReason>,
-    mut local_close_rx: oneshot::Receiver<CloseReason>,
+    queues: Queues,
+    awaiting: Arc<AwaitingReplies>,
 ) {
+    let Queues {
+        mut out_rx,
+        mut kick_rx,
+        mut local_close_rx,
+    } = queues;
     let mut kick_open = true;
     let mut local_open = true;
     let close = loop {
@@ -500,7 +560,7 @@ async fn writer(
             reason = &mut local_close_rx, if local_open => match reason {
                 Ok(reason) => {
                     // Flush what is queued (e.g. the error that explains the close) first.
-                    while let Ok(Outbound::Text(text)) = out_rx.try_recv() {
+                    while let Ok(Ok(text)) = out_rx.try_recv().map(frame_text) {
                         if sink.send(Message::Text(text)).await.is_err() {
                             return;
                         }
@@ -510,41 +570,20 @@ async fn writer(
                 Err(_) => local_open = false,
             },
             message = out_rx.recv() => match message {
-                Some(Outbound::Text(text)) => {
-                    // Batch whatever else is already queued into one flush: under
-                    // load this turns many small writes into one syscall.
-                    if sink.feed(Message::Text(text)).await.is_err() {
-                        return;
+                Some(Outbound::CatchUp { after, upto }) => {
+                    if catch_up(&shared, &doc, &mut sink, after, upto).await.is_err() {
+                        break Some(CLOSE_UNAVAILABLE);
                     }
-                    let mut batched = 1;
-                    let mut catch_up_next = None;
-                    while batched < 256 {
-                        match out_rx.try_recv() {
-                            Ok(Outbound::Text(text)) => {
-                                if sink.feed(Message::Text(text)).await.is_err() {
-                                    return;
-                                }
-                                batched += 1;
-                            }
-                            Ok(other) => {
-                                catch_up_next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    if sink.flush().await.is_err() {
-                        return;
-                    }
+                }
+                Some(first) => {
+                    let catch_up_next = match write_batch(&mut sink, &mut out_rx, &awaiting, first).await {
+                        Ok(next) => next,
+                        Err(()) => return,
+                    };
                     if let Some(Outbound::CatchUp { after, upto }) = catch_up_next {
                         if catch_up(&shared, &doc, &mut sink, after, upto).await.is_err() {
                             break Some(CLOSE_UNAVAILABLE);
                         }
-                    }
-                }
-                Some(Outbound::CatchUp { after, upto }) => {
-                    if catch_up(&shared, &doc, &mut sink, after, upto).await.is_err() {
-                        break Some(CLOSE_UNAVAILABLE);
                     }
                 }
                 None => break if shared.shutdown.is_cancelled() { Some(CLOSE_GOING_AWAY) } else { None },
@@ -557,6 +596,64 @@ async fn writer(
     });
     let _ = sink.send(Message::Close(frame)).await;
     let _ = sink.close().await;
+}
+
+/// Write `first` and whatever else is already queued in one flush: under load
+/// this turns many small writes into one syscall. If the batch holds only
+/// broadcasts while the client awaits a reply, wait up to [`BROADCAST_HOLD`]
+/// for the reply to join them. Returns a non-frame item that ended the batch
+/// (a catch-up, to run after the flush); `Err` if the socket failed.
+async fn write_batch<S: Sink<Message> + Unpin>(
+    sink: &mut S,
+    out_rx: &mut mpsc::Receiver<Outbound>,
+    awaiting: &AwaitingReplies,
+    first: Outbound,
+) -> Result<Option<Outbound>, ()> {
+    let mut batched = 0;
+    let mut only_broadcasts = true;
+    let mut next = Some(first);
+    let mut hold_until = None;
+    let mut stopped_by = None;
+    while batched < MAX_BATCH {
+        let outbound = match next.take() {
+            Some(outbound) => outbound,
+            None => match out_rx.try_recv() {
+                Ok(outbound) => outbound,
+                Err(_) => {
+                    if !(only_broadcasts && awaiting.any()) {
+                        break;
+                    }
+                    let deadline = *hold_until
+                        .get_or_insert_with(|| tokio::time::Instant::now() + BROADCAST_HOLD);
+                    match tokio::time::timeout_at(deadline, out_rx.recv()).await {
+                        Ok(Some(outbound)) => outbound,
+                        // Closed or held long enough: write what there is.
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            },
+        };
+        match &outbound {
+            Outbound::Reply(_) => {
+                awaiting.reply_written();
+                only_broadcasts = false;
+            }
+            Outbound::Text(_) => only_broadcasts = false,
+            Outbound::Broadcast(_) | Outbound::CatchUp { .. } => {}
+        }
+        match frame_text(outbound) {
+            Ok(text) => {
+                sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                batched += 1;
+            }
+            Err(other) => {
+                stopped_by = Some(other);
+                break;
+            }
+        }
+    }
+    sink.flush().await.map_err(|_| ())?;
+    Ok(stopped_by)
 }
 
 /// Send ops `after+1 ..= upto` from storage.
@@ -592,4 +689,146 @@ async fn catch_up(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A sink that records each flush's frames.
+    #[derive(Default)]
+    struct Recorder {
+        fed: Vec<String>,
+        flushes: Vec<Vec<String>>,
+    }
+
+    impl Sink<Message> for Recorder {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), ()> {
+            match item {
+                Message::Text(text) => self.fed.push(text.as_str().to_owned()),
+                _ => return Err(()),
+            }
+            Ok(())
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            let fed = std::mem::take(&mut self.fed);
+            self.flushes.push(fed);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn broadcast(text: &str) -> Outbound {
+        Outbound::Broadcast(Utf8Bytes::from(text.to_owned()))
+    }
+
+    fn awaiting(n: usize) -> AwaitingReplies {
+        let awaiting = AwaitingReplies::default();
+        for _ in 0..n {
+            awaiting.op_sent();
+        }
+        awaiting
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcasts_to_a_client_awaiting_nothing_go_out_at_once() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.try_send(broadcast("b2")).unwrap();
+        let mut sink = Recorder::default();
+        let started = tokio::time::Instant::now();
+        let next = write_batch(&mut sink, &mut rx, &awaiting(0), broadcast("b1")).await;
+        assert!(matches!(next, Ok(None)));
+        assert_eq!(sink.flushes, vec![vec!["b1".to_owned(), "b2".to_owned()]]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcasts_wait_for_the_reply_they_can_share_a_write_with() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let awaiting = awaiting(1);
+        let mut sink = Recorder::default();
+        let started = tokio::time::Instant::now();
+        let reply = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tx.send(broadcast("b2")).await.unwrap();
+            tx.send(Outbound::Reply(Utf8Bytes::from_static("ack")))
+                .await
+                .unwrap();
+            tx
+        });
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
+        assert!(matches!(next, Ok(None)));
+        assert_eq!(
+            sink.flushes,
+            vec![vec!["b1".to_owned(), "b2".to_owned(), "ack".to_owned()]]
+        );
+        // Sent when the reply came, before the hold ran out.
+        assert_eq!(started.elapsed(), Duration::from_millis(1));
+        assert!(Duration::from_millis(1) < BROADCAST_HOLD);
+        assert!(!awaiting.any(), "the reply was counted");
+        drop(reply.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_does_not_come_delays_broadcasts_by_the_hold_at_most() {
+        let (_tx, mut rx) = mpsc::channel(8);
+        let awaiting = awaiting(1);
+        let mut sink = Recorder::default();
+        let started = tokio::time::Instant::now();
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
+        assert!(matches!(next, Ok(None)));
+        assert_eq!(sink.flushes, vec![vec!["b1".to_owned()]]);
+        assert_eq!(started.elapsed(), BROADCAST_HOLD);
+        assert!(awaiting.any(), "still awaiting its reply");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_and_other_frames_are_not_held_and_a_catch_up_ends_the_batch() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let awaiting = awaiting(2);
+        let mut sink = Recorder::default();
+        let started = tokio::time::Instant::now();
+        // A snapshot-like frame is written at once even while replies are awaited.
+        let next = write_batch(
+            &mut sink,
+            &mut rx,
+            &awaiting,
+            Outbound::Text(Utf8Bytes::from_static("t")),
+        )
+        .await;
+        assert!(matches!(next, Ok(None)));
+        tx.try_send(broadcast("b")).unwrap();
+        tx.try_send(Outbound::CatchUp { after: 1, upto: 2 })
+            .unwrap();
+        tx.try_send(broadcast("later")).unwrap();
+        let next = write_batch(
+            &mut sink,
+            &mut rx,
+            &awaiting,
+            Outbound::Reply(Utf8Bytes::from_static("ack")),
+        )
+        .await;
+        assert!(matches!(
+            next,
+            Ok(Some(Outbound::CatchUp { after: 1, upto: 2 }))
+        ));
+        assert_eq!(
+            sink.flushes,
+            vec![vec!["t".to_owned()], vec!["ack".to_owned(), "b".to_owned()]]
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // One reply written of two awaited; a stray extra reply never underflows.
+        assert!(awaiting.any());
+        awaiting.reply_written();
+        awaiting.reply_written();
+        assert!(!awaiting.any());
+    }
 }
