@@ -45,8 +45,9 @@
 //!     clients TEXT NOT NULL,                -- JSON {client_id: ClientRecord}
 //!     PRIMARY KEY (doc, rev)
 //! );
-//! -- 'schema_version' = '2' (a version 1 database is migrated on open); 'epoch' = decimal u64; 'clean' = '1' after a clean
-//! -- shutdown, '0' while running; 'durability' = 'fsync' | 'relaxed' of the last run.
+//! -- 'schema_version' = '2' (a version 1 database is migrated on open);
+//! -- 'epoch' = decimal u64; 'clean' = '1' after a clean shutdown, '0' while
+//! -- running; 'durability' = 'fsync' | 'relaxed' of the last run.
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 //! ```
 //!
