@@ -97,6 +97,11 @@ struct Args {
     /// read, so its 128 KiB default costs a 128 KiB memset per read.
     #[arg(long, default_value_t = 4096)]
     read_buffer: usize,
+    /// Also measure how long others' edits take to arrive: from an op's first
+    /// send to its arrival at each other client of the document (the tool's
+    /// clients share one clock). Costs the tool a shared map lookup per op received.
+    #[arg(long)]
+    remote_latency: bool,
 }
 
 /// What the phase talks to.
@@ -126,6 +131,8 @@ struct PhaseConfig {
     duration: Duration,
     settle: Duration,
     read_buffer: usize,
+    /// With `--remote-latency`: when each (client id, seq) was first sent.
+    first_sent: Option<std::sync::Mutex<HashMap<(String, u64), Instant>>>,
 }
 
 /// The start signal: `Some(t0)` once every client is connected.
@@ -138,6 +145,8 @@ struct ClientReport {
     ack_us: Vec<u32>,
     /// Open loop: latency from the oldest edit in an op to its ack, microseconds.
     edit_us: Vec<u32>,
+    /// With `--remote-latency`: others' ops, first send → arrival here, microseconds.
+    remote_us: Vec<u32>,
     /// Acks received in the window.
     acked: u64,
     /// Local edits made in the window.
@@ -349,6 +358,8 @@ struct Summary {
     remote_ops: u64,
     ack: Percentiles,
     edit: Percentiles,
+    /// `None` unless `--remote-latency`.
+    remote: Option<Percentiles>,
     converged: bool,
     server_metrics: Option<String>,
 }
@@ -376,6 +387,12 @@ impl Summary {
                 self.edit.ms()
             );
         }
+        if let Some(remote) = &self.remote {
+            println!(
+                "remote op latency (first send → arrival at another client): {}",
+                remote.ms()
+            );
+        }
         println!(
             "errors: {}; reconnects: {}; remote ops applied: {}",
             self.errors, self.reconnects, self.remote_ops
@@ -398,6 +415,14 @@ impl Summary {
             self.edit.max / 1e3,
             self.errors
         );
+        if let Some(remote) = &self.remote {
+            println!(
+                "RESULT {label} remote_p50_ms={:.3} remote_p99_ms={:.3} remote_max_ms={:.3}",
+                remote.p50 / 1e3,
+                remote.p99 / 1e3,
+                remote.max / 1e3
+            );
+        }
     }
 }
 
@@ -416,6 +441,7 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
         duration: Duration::from_secs_f64(args.duration_secs.max(0.1)),
         settle: Duration::from_secs(args.settle_secs.max(1)),
         read_buffer: args.read_buffer.max(64),
+        first_sent: args.remote_latency.then(Default::default),
     });
     let metrics_before = match target {
         Target::Server(addr) => http_get(addr, "/metrics").await.ok(),
@@ -556,6 +582,7 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
 
     let mut ack = Vec::new();
     let mut edit = Vec::new();
+    let mut remote = Vec::new();
     let mut summary = Summary {
         clients: args.clients,
         docs: args.docs,
@@ -568,6 +595,7 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
         remote_ops: 0,
         ack: Percentiles::default(),
         edit: Percentiles::default(),
+        remote: None,
         converged,
         server_metrics,
     };
@@ -579,9 +607,13 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
         summary.remote_ops += r.remote_ops;
         ack.extend(r.ack_us);
         edit.extend(r.edit_us);
+        remote.extend(r.remote_us);
     }
     summary.ack = Percentiles::of(ack);
     summary.edit = Percentiles::of(edit);
+    if config.first_sent.is_some() {
+        summary.remote = Some(Percentiles::of(remote));
+    }
     Ok(summary)
 }
 
@@ -916,6 +948,12 @@ impl LoadClient {
         );
         let sent = Instant::now();
         self.inflight = Some((out.seq, sent, oldest_edit));
+        if let Some(first_sent) = &self.config.first_sent {
+            // A resend keeps the first send's time.
+            lock(first_sent)
+                .entry((self.client.client_id().to_owned(), out.seq))
+                .or_insert(sent);
+        }
         let socket = self
             .socket
             .as_mut()
@@ -1029,6 +1067,12 @@ impl LoadClient {
                 match self.client.remote_op(rev, op, client, seq)? {
                     RemoteOutcome::Applied(applied) => {
                         self.report.remote_ops += 1;
+                        if let Some(first_sent) = &self.config.first_sent {
+                            let sent = lock(first_sent).get(&(client.to_owned(), seq)).copied();
+                            if let Some(sent) = sent.filter(|_| self.in_window(now)) {
+                                self.report.remote_us.push(micros(now - sent));
+                            }
+                        }
                         self.cursor = applied.transform_position(self.cursor);
                     }
                     RemoteOutcome::Acknowledged { next } => self.acknowledged(next, now).await?,
@@ -1077,6 +1121,13 @@ impl LoadClient {
 /// The WebSocket configuration of the tool's clients and of the echo server.
 fn ws_config(read_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(read_buffer)
+}
+
+/// Lock a mutex, also if a panicking client poisoned it (the map stays usable).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn micros(d: Duration) -> u32 {
