@@ -83,6 +83,24 @@ async fn output(cmd: Command) -> std::process::Output {
         .expect("ot-client ran")
 }
 
+/// Every file below `dir` (relative paths), for failure messages.
+fn files_below(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                files.push(rel.display().to_string());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 /// Drop a session (a quit): its slot is free when this returns.
 fn quit(session: Session) {
     let _guard = FORK.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,7 +268,12 @@ async fn offline_edits_of_a_quit_session_arrive_once_with_sync() {
 
     // Saved: a new session (offline) sees the edits, and could go on editing.
     let session = Session::open(store.clone(), url.clone(), doc, None, None).unwrap();
-    assert_eq!(session.client_id(), id, "the slot is reused");
+    assert_eq!(
+        session.client_id(),
+        id,
+        "the slot is reused; the store holds {:?}",
+        files_below(data.path())
+    );
     assert_eq!(session.client.text().to_string(), "«hello »");
     assert_eq!(session.client.revision(), 1);
     assert_eq!(session.client.outstanding().map(|o| o.seq), Some(2));
