@@ -500,7 +500,7 @@ const MAX_BATCH: usize = 256;
 /// How many of this client's ops the document has not answered yet: the
 /// reader counts ops it forwards, the writer counts the replies it writes.
 #[derive(Debug, Default)]
-pub struct AwaitingReplies(AtomicUsize);
+struct AwaitingReplies(AtomicUsize);
 
 impl AwaitingReplies {
     /// The reader forwarded an op to the document.
@@ -570,17 +570,16 @@ async fn writer(
                 Err(_) => local_open = false,
             },
             message = out_rx.recv() => match message {
-                Some(Outbound::CatchUp { after, upto }) => {
-                    if catch_up(&shared, &doc, &mut sink, after, upto).await.is_err() {
-                        break Some(CLOSE_UNAVAILABLE);
-                    }
-                }
                 Some(first) => {
-                    let catch_up_next = match write_batch(&mut sink, &mut out_rx, &awaiting, first).await {
-                        Ok(next) => next,
-                        Err(()) => return,
+                    // A catch-up is served on its own, or after the batch it ended.
+                    let catch_up_request = match first {
+                        request @ Outbound::CatchUp { .. } => Some(request),
+                        frame => match write_batch(&mut sink, &mut out_rx, &awaiting, frame).await {
+                            Ok(next) => next,
+                            Err(()) => return,
+                        },
                     };
-                    if let Some(Outbound::CatchUp { after, upto }) = catch_up_next {
+                    if let Some(Outbound::CatchUp { after, upto }) = catch_up_request {
                         if catch_up(&shared, &doc, &mut sink, after, upto).await.is_err() {
                             break Some(CLOSE_UNAVAILABLE);
                         }
