@@ -564,7 +564,7 @@ impl Sim {
     fn check(&self) {
         let text = self.server.durable_text();
         for (i, c) in self.clients.iter().enumerate() {
-            if c.core.client().text().to_string() != text {
+            if *c.core.client().text() != text {
                 self.fail(&format!("c{i} diverged from the server"));
             }
             if c.conflict_copies > 0 {
