@@ -114,7 +114,7 @@ async fn connected(common: &Common, doc: &str) -> Result<Session> {
         report(&session.connect().await?);
     }
     let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
-    while session.client.revision() < session.head {
+    while session.client().revision() < session.head() {
         if !session.is_connected() {
             bail!("the connection was lost while catching up with {doc}");
         }
@@ -149,7 +149,7 @@ fn report(events: &[SessionEvent]) {
 /// lost (the edits stay saved and are sent next time).
 async fn settle(session: &mut Session) -> Result<()> {
     let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
-    while !session.client.all_saved() {
+    while !session.client().all_saved() {
         if !session.is_connected() {
             bail!("the connection was lost before the server acknowledged every edit (they are saved and will be sent next time)");
         }
@@ -190,7 +190,7 @@ async fn edit_with(
     let mut session = connected(common, doc).await?;
     // Send anything saved from an earlier run first.
     settle(&mut session).await?;
-    let text = session.client.text().to_string();
+    let text = session.client().text().to_string();
     let op = build(&text)?;
     session.local_edit(&op).await?;
     settle(&mut session).await?;
@@ -259,7 +259,7 @@ pub async fn sync(common: &Common, doc: &str) -> Result<()> {
             Err(e) if format!("{e:#}").contains("in use") => continue,
             Err(e) => return Err(e),
         };
-        if session.client.all_saved() {
+        if session.client().all_saved() {
             continue;
         }
         // Edits given up earlier (kept as a conflict copy) are not sent again:
@@ -267,7 +267,7 @@ pub async fn sync(common: &Common, doc: &str) -> Result<()> {
         let pending = if session.resyncing() {
             0
         } else {
-            session.client.unacknowledged()
+            session.client().unacknowledged()
         };
         report(&session.connect().await?);
         if !session.is_connected() && session.resyncing() {
@@ -289,7 +289,7 @@ pub async fn watch(common: &Common, doc: &str, whole_text: bool, limit: Option<u
     let mut session = connected(common, doc).await?;
     let mut out = std::io::stdout();
     if whole_text {
-        writeln!(out, "{}", session.client.text())?;
+        writeln!(out, "{}", session.client().text())?;
     }
     let mut seen = 0u64;
     loop {
@@ -310,12 +310,12 @@ pub async fn watch(common: &Common, doc: &str, whole_text: bool, limit: Option<u
             if let SessionEvent::Remote(op) = event {
                 seen += 1;
                 if whole_text {
-                    writeln!(out, "{}", session.client.text())?;
+                    writeln!(out, "{}", session.client().text())?;
                 } else {
                     writeln!(
                         out,
                         "{}",
-                        serde_json::json!({"rev": session.client.revision(), "op": op})
+                        serde_json::json!({"rev": session.client().revision(), "op": op})
                     )?;
                 }
                 out.flush()?;

@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ot_core::client::ClientState;
+use ot_driver::SessionState;
 use serde::{Deserialize, Serialize};
 
 /// Errors of the state store.
@@ -55,19 +55,12 @@ pub struct SavedState {
     pub server: String,
     /// The document id.
     pub doc: String,
-    /// The server epoch last seen.
-    pub epoch: Option<u64>,
-    /// Whether the state was ever synced with the server (it can resume).
-    pub synced: bool,
-    /// Set when the pending edits were given up (the server rejected them or
-    /// could not resume them; they were saved as a conflict copy): the hash of
-    /// the local text then. The next connection starts from a snapshot instead
-    /// of resuming and resending them; edits made since are kept as another
-    /// conflict copy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resync: Option<String>,
-    /// The client state machine.
-    pub client: ClientState,
+    /// The session: epoch, whether it ever synced, a resync mark (pending
+    /// edits given up and kept as a conflict copy: the next connection starts
+    /// from a snapshot) and the client state machine. Flattened, so the file
+    /// keeps the fields it always had.
+    #[serde(flatten)]
+    pub session: SessionState,
 }
 
 /// The store's root folder (by default in the user's data directory).
@@ -284,10 +277,12 @@ mod tests {
             version: 1,
             server: "ws://x".into(),
             doc: "doc".into(),
-            epoch: Some(3),
-            synced: true,
-            resync: None,
-            client: Client::new(a.client_id.clone(), 4, "héllo", 2).state(),
+            session: SessionState {
+                epoch: Some(3),
+                synced: true,
+                resync: None,
+                client: Client::new(a.client_id.clone(), 4, "héllo", 2).state(),
+            },
         };
         a.save(&state).unwrap();
         // While `a` runs, a second client gets another id.

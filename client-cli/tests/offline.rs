@@ -262,8 +262,8 @@ async fn offline_edits_of_a_quit_session_arrive_once_with_sync() {
     ] {
         session.local_edit(&op).await.unwrap();
     }
-    assert_eq!(session.client.text().to_string(), "«hello »");
-    assert_eq!(session.client.unacknowledged(), 2);
+    assert_eq!(session.client().text().to_string(), "«hello »");
+    assert_eq!(session.client().unacknowledged(), 2);
     quit(session);
 
     // Saved: a new session (offline) sees the edits, and could go on editing.
@@ -274,10 +274,10 @@ async fn offline_edits_of_a_quit_session_arrive_once_with_sync() {
         "the slot is reused; the store holds {:?}",
         files_below(data.path())
     );
-    assert_eq!(session.client.text().to_string(), "«hello »");
-    assert_eq!(session.client.revision(), 1);
-    assert_eq!(session.client.outstanding().map(|o| o.seq), Some(2));
-    assert_eq!(session.client.unacknowledged(), 2);
+    assert_eq!(session.client().text().to_string(), "«hello »");
+    assert_eq!(session.client().revision(), 1);
+    assert_eq!(session.client().outstanding().map(|o| o.seq), Some(2));
+    assert_eq!(session.client().unacknowledged(), 2);
     quit(session);
 
     // The server comes back (same address, same storage); someone edits first.
@@ -314,8 +314,8 @@ async fn offline_edits_of_a_quit_session_arrive_once_with_sync() {
     );
     assert_eq!(ok(data.path(), addr, &["cat", doc]).await, "«hello, »");
     let session = Session::open(store, url, doc, None, None).unwrap();
-    assert!(session.client.all_saved());
-    assert_eq!(session.client.revision(), 4);
+    assert!(session.client().all_saved());
+    assert_eq!(session.client().revision(), 4);
     quit(session);
 
     server.stop().await.unwrap();

@@ -324,7 +324,7 @@ async fn conflicts_lists_an_op_transformed_past_a_concurrent_one() {
         .unwrap();
     a.wait_saved(within).await.unwrap();
     b.connect().await.unwrap();
-    assert_eq!(b.client.text().to_string(), "hello");
+    assert_eq!(b.client().text().to_string(), "hello");
     // No conflict yet.
     let data_dir = data.path();
     assert_eq!(ok(data_dir, addr, &["conflicts", doc]).await, "");
@@ -340,9 +340,9 @@ async fn conflicts_lists_an_op_transformed_past_a_concurrent_one() {
     a.wait_saved(within).await.unwrap();
     b.wait_saved(within).await.unwrap();
     let deadline = Instant::now() + within;
-    while a.client.revision() < 3 || b.client.revision() < 3 {
+    while a.client().revision() < 3 || b.client().revision() < 3 {
         let left = deadline.saturating_duration_since(Instant::now());
-        let session = if a.client.revision() < 3 {
+        let session = if a.client().revision() < 3 {
             &mut a
         } else {
             &mut b
@@ -352,8 +352,8 @@ async fn conflicts_lists_an_op_transformed_past_a_concurrent_one() {
             .expect("both sessions reach revision 3")
             .unwrap();
     }
-    assert_eq!(a.client.text().to_string(), "¡hello 世界");
-    assert_eq!(b.client.text().to_string(), "¡hello 世界");
+    assert_eq!(a.client().text().to_string(), "¡hello 世界");
+    assert_eq!(b.client().text().to_string(), "¡hello 世界");
     let (a_id, b_id) = (a.client_id().to_owned(), b.client_id().to_owned());
     drop((a, b));
 

@@ -17,9 +17,9 @@ use ot_core::{Operation, Range};
 use ropey::Rope;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{ErrorCode, Limits, ServerMessage};
 use crate::state::Shared;
 use crate::storage::{Durability, StorageError, StoredOp, WriteItem};
+use ot_protocol::{ErrorCode, Limits, ServerMessage};
 
 /// Mailbox size of a document actor: senders wait when it is full (backpressure).
 const MAILBOX: usize = 1024;
@@ -320,6 +320,7 @@ impl Document {
         Limits {
             max_doc_len: self.shared.config.max_doc_len,
             max_op_len: self.shared.config.max_op_len,
+            max_message_bytes: self.shared.config.max_message_bytes,
         }
     }
 
@@ -433,7 +434,7 @@ impl Document {
                 frames.push(Outbound::Text(text_frame(&ServerMessage::Resume {
                     rev,
                     head: self.durable_rev,
-                    client: &request.client_id,
+                    client: request.client_id.as_str().into(),
                     seq,
                     epoch,
                     limits: self.limits(),
@@ -469,8 +470,8 @@ impl Document {
                 let text = self.durable_text.to_string();
                 frames.push(Outbound::Text(text_frame(&ServerMessage::Snapshot {
                     rev: self.durable_rev,
-                    text: &text,
-                    client: &request.client_id,
+                    text: text.as_str().into(),
+                    client: request.client_id.as_str().into(),
                     seq,
                     epoch,
                     limits: self.limits(),
@@ -480,10 +481,10 @@ impl Document {
         for conn in self.conns.values() {
             if let Some(ranges) = &conn.ranges {
                 frames.push(Outbound::Text(text_frame(&ServerMessage::Cursor {
-                    client: &conn.client_id,
+                    client: conn.client_id.as_str().into(),
                     rev: self.durable_rev,
-                    ranges,
-                    name: conn.name.as_deref(),
+                    ranges: ranges.into(),
+                    name: conn.name.as_deref().map(Into::into),
                 })));
             }
         }
@@ -516,7 +517,9 @@ impl Document {
         if self.conns.values().any(|c| c.client_id == client_id) {
             return;
         }
-        let frame = text_frame(&ServerMessage::Leave { client: client_id });
+        let frame = text_frame(&ServerMessage::Leave {
+            client: client_id.into(),
+        });
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             self.send(id, Outbound::Broadcast(frame.clone()));
@@ -547,7 +550,11 @@ impl Document {
             .errors
             .with_label_values(&[code.as_str()])
             .inc();
-        let frame = text_frame(&ServerMessage::Error { code, message, seq });
+        let frame = text_frame(&ServerMessage::Error {
+            code: code.into(),
+            message: message.into(),
+            seq,
+        });
         // An error about an op (it names the seq) answers that op.
         let outbound = match seq {
             Some(_) => Outbound::Reply(frame),
@@ -939,10 +946,10 @@ impl Document {
         }
         conn.ranges = Some(ranges);
         let frame = text_frame(&ServerMessage::Cursor {
-            client: &conn.client_id,
+            client: conn.client_id.as_str().into(),
             rev: self.durable_rev,
-            ranges: conn.ranges.as_deref().unwrap_or(&[]),
-            name: conn.name.as_deref(),
+            ranges: conn.ranges.as_deref().unwrap_or(&[]).into(),
+            name: conn.name.as_deref().map(Into::into),
         });
         let ids: Vec<u64> = self
             .conns
@@ -960,8 +967,8 @@ impl Document {
 pub fn op_frame(applied: &AppliedOp) -> Utf8Bytes {
     text_frame(&ServerMessage::Op {
         rev: applied.rev,
-        op: &applied.op,
-        client: &applied.client_id,
+        op: std::borrow::Cow::Borrowed(&applied.op),
+        client: applied.client_id.as_ref().into(),
         seq: applied.seq,
     })
 }
@@ -970,8 +977,8 @@ pub fn op_frame(applied: &AppliedOp) -> Utf8Bytes {
 pub fn stored_op_frame(stored: &StoredOp) -> Utf8Bytes {
     text_frame(&ServerMessage::Op {
         rev: stored.rev,
-        op: &stored.applied,
-        client: &stored.client_id,
+        op: std::borrow::Cow::Borrowed(&stored.applied),
+        client: stored.client_id.as_str().into(),
         seq: stored.seq,
     })
 }

@@ -12,9 +12,9 @@ use axum::Json;
 use serde_json::json;
 
 use crate::document::DocCommand;
-use crate::protocol::valid_doc_id;
 use crate::state::Shared;
 use crate::storage::{Storage, StorageError, StoredOp};
+use ot_protocol::DocId;
 
 /// Most ops one `/ops` or `/conflicts` request returns.
 pub const MAX_PAGE: usize = 1000;
@@ -42,7 +42,7 @@ fn not_found(doc: &str) -> Response {
 }
 
 fn check_doc(doc: &str) -> Result<(), Response> {
-    if valid_doc_id(doc) {
+    if DocId::parse(doc).is_ok() {
         Ok(())
     } else {
         Err(api_error(

@@ -9,7 +9,6 @@ pub mod config;
 pub mod document;
 pub mod http;
 pub mod metrics;
-pub mod protocol;
 pub mod state;
 pub mod storage;
 pub mod web;

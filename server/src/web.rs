@@ -13,7 +13,7 @@ use axum::extract::{Path, Query};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::protocol::valid_doc_id;
+use ot_protocol::DocId;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const EDITOR_HTML: &str = include_str!("../web/editor.html");
@@ -86,7 +86,7 @@ pub async fn index() -> Response {
 /// `GET /d?doc=…`: the form's target; redirects to the editor.
 pub async fn open_form(Query(query): Query<std::collections::HashMap<String, String>>) -> Response {
     let doc = query.get("doc").map(|d| d.trim()).unwrap_or_default();
-    if !valid_doc_id(doc) {
+    if DocId::parse(doc).is_err() {
         return bad_id_page(doc);
     }
     // A valid id is URL-safe as it is.
@@ -99,7 +99,7 @@ pub async fn open_form(Query(query): Query<std::collections::HashMap<String, Str
 
 /// `GET /d/{doc}`: the editor page.
 pub async fn editor(Path(doc): Path<String>) -> Response {
-    if !valid_doc_id(&doc) {
+    if DocId::parse(&doc).is_err() {
         return bad_id_page(&doc);
     }
     page(

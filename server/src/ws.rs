@@ -21,11 +21,8 @@ use crate::document::{
     JOIN_TIMEOUT,
 };
 use crate::http::api_error;
-use crate::protocol::{
-    new_client_id, parse_client_message, valid_client_id, valid_doc_id, ClientMessage, ErrorCode,
-    ServerMessage,
-};
 use crate::state::Shared;
+use ot_protocol::{ClientId, ClientMessage, DocId, ErrorCode, ServerMessage};
 
 /// Close: the server is shutting down.
 const CLOSE_GOING_AWAY: CloseReason = CloseReason {
@@ -60,7 +57,7 @@ pub async fn ws_handler(
     Query(params): Query<HashMap<String, String>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    if !valid_doc_id(&doc) {
+    if DocId::parse(&doc).is_err() {
         return api_error(
             StatusCode::BAD_REQUEST,
             "invalid_document_id",
@@ -68,7 +65,7 @@ pub async fn ws_handler(
         );
     }
     let client_id = match params.get("client") {
-        Some(id) if valid_client_id(id) => id.clone(),
+        Some(id) if ClientId::parse(id).is_ok() => id.clone(),
         Some(_) => {
             return api_error(
                 StatusCode::BAD_REQUEST,
@@ -76,7 +73,7 @@ pub async fn ws_handler(
                 "a client id is 1 to 64 characters of A-Z a-z 0-9 _ -",
             )
         }
-        None => new_client_id(),
+        None => ClientId::random().into(),
     };
     #[allow(clippy::result_large_err)] // the error is the HTTP response to send
     let parse_number = |key: &str| -> Result<Option<u64>, Response> {
@@ -197,7 +194,12 @@ fn error_frame(shared: &Shared, code: ErrorCode, message: &str, seq: Option<u64>
         .with_label_values(&[code.as_str()])
         .inc();
     Outbound::Text(Utf8Bytes::from(
-        ServerMessage::Error { code, message, seq }.to_text(),
+        ServerMessage::Error {
+            code: code.into(),
+            message: message.into(),
+            seq,
+        }
+        .to_text(),
     ))
 }
 
@@ -396,7 +398,7 @@ async fn run_connection(
             }
             continue;
         }
-        let command = match parse_client_message(text.as_str()) {
+        let command = match ClientMessage::parse(text.as_str()) {
             Ok(ClientMessage::Op {
                 rev,
                 seq,

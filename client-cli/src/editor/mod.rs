@@ -54,8 +54,9 @@ use ratatui::Terminal;
 use tokio::time::Instant;
 
 use crate::commands::Common;
-use crate::session::{ConnState, Dialed, Session, SessionEvent};
+use crate::session::{ConnState, Session, SessionEvent};
 use model::{Action, Editor};
+use ot_driver::{Dialed, DriverError};
 use view::{RemoteView, Severity, StatusView};
 
 /// How long the editor waits for outstanding acks when quitting while connected.
@@ -63,7 +64,7 @@ const QUIT_GRACE: Duration = Duration::from_secs(2);
 /// How long a server error or notice stays on screen.
 const NOTICE_TIME: Duration = Duration::from_secs(6);
 
-type Dialing = Pin<Box<dyn Future<Output = Result<Dialed>> + Send>>;
+type Dialing = Pin<Box<dyn Future<Output = Result<Dialed, DriverError>> + Send>>;
 
 /// Leave the alternate screen, raw mode and bracketed paste (idempotent).
 fn restore_terminal() {
@@ -141,7 +142,7 @@ pub async fn run(common: &Common, doc: &str) -> Result<()> {
             path.display()
         );
     }
-    let pending = app.session.client.unacknowledged();
+    let pending = app.session.client().unacknowledged();
     if pending > 0 {
         eprintln!(
             "ot-client: {pending} edit(s) to {doc} are not acknowledged by the server yet; \
@@ -176,7 +177,7 @@ impl App {
     fn new(session: Session) -> Self {
         let mut editor = Editor::new();
         // Start at the end of the text: where one usually goes on.
-        editor.set_cursor(session.client.text().len_chars());
+        editor.set_cursor(session.client().text().len_chars());
         App {
             session,
             editor,
@@ -205,8 +206,8 @@ impl App {
         StatusView {
             doc: self.session.doc.clone(),
             conn: self.session.conn,
-            rev: self.session.client.revision(),
-            unacked: self.session.client.unacknowledged(),
+            rev: self.session.client().revision(),
+            unacked: self.session.client().unacknowledged(),
             message,
         }
     }
@@ -250,7 +251,7 @@ impl App {
                     view::render(
                         frame,
                         &mut self.editor,
-                        self.session.client.text(),
+                        self.session.client().text(),
                         &remotes,
                         &status,
                     )
@@ -318,16 +319,19 @@ impl App {
 
     /// Handle one terminal event; true to quit.
     async fn on_input(&mut self, event: Event) -> bool {
-        let action = self.editor.handle_event(self.session.client.text(), &event);
+        let action = self
+            .editor
+            .handle_event(self.session.client().text(), &event);
         match action {
             Action::Edit(op) => {
-                let goes_now = self.session.is_connected() && self.session.client.all_saved();
+                let goes_now = self.session.is_connected() && self.session.client().all_saved();
                 let range = self.editor.range();
                 match self.session.local_edit_with_cursor(&op, vec![range]).await {
-                    Ok(()) => {
+                    Ok(events) => {
                         if goes_now {
                             self.sent_range = Some(range);
                         }
+                        self.on_session_events(events).await;
                     }
                     Err(e) => self.tell(format!("{e:#}"), Severity::Error),
                 }
@@ -343,14 +347,19 @@ impl App {
     /// when one is outstanding; see `Acked`).
     async fn sync_cursor(&mut self) {
         let range = self.editor.range();
-        let goes_now = self.session.is_connected() && self.session.client.all_saved();
-        self.session.set_cursor(vec![range]).await;
-        if goes_now {
-            self.sent_range = Some(range);
+        let goes_now = self.session.is_connected() && self.session.client().all_saved();
+        match self.session.set_cursor(vec![range]).await {
+            Ok(events) => {
+                if goes_now {
+                    self.sent_range = Some(range);
+                }
+                self.on_session_events(events).await;
+            }
+            Err(e) => self.tell(format!("{e:#}"), Severity::Error),
         }
     }
 
-    async fn on_dialed(&mut self, dialed: Result<Dialed>) {
+    async fn on_dialed(&mut self, dialed: Result<Dialed, DriverError>) {
         match dialed {
             Ok(dialed) => match self.session.attach(dialed).await {
                 Ok(events) => {
@@ -382,10 +391,15 @@ impl App {
     }
 
     async fn announce(&mut self) {
-        if self.session.client.all_saved() {
+        if self.session.client().all_saved() {
             let range = self.editor.range();
-            self.session.announce_cursor(vec![range]).await;
-            self.sent_range = Some(range);
+            match self.session.announce_cursor(vec![range]).await {
+                Ok(events) => {
+                    self.sent_range = Some(range);
+                    Box::pin(self.on_session_events(events)).await;
+                }
+                Err(e) => self.tell(format!("{e:#}"), Severity::Error),
+            }
         }
     }
 
@@ -400,7 +414,7 @@ impl App {
                     self.sent_range = None;
                 }
                 SessionEvent::Acked => {
-                    if self.session.client.all_saved()
+                    if self.session.client().all_saved()
                         && self.sent_range != Some(self.editor.range())
                     {
                         self.announce().await;
@@ -413,24 +427,20 @@ impl App {
                 SessionEvent::ConflictCopy(path) => {
                     self.conflict = Some(path);
                 }
+                SessionEvent::Stopped(why) => {
+                    self.sent_range = None;
+                    self.stopped = true;
+                    self.tell(format!("{why}: not reconnecting"), Severity::Error);
+                }
                 SessionEvent::Disconnected(why) => {
                     self.sent_range = None;
-                    if why.contains("(4009") {
-                        self.stopped = true;
-                        self.session.conn = ConnState::Offline;
+                    if why != "resyncing" && why != "revision gap" {
                         self.tell(
-                            "another ot-client took over this writer: not reconnecting".to_owned(),
-                            Severity::Error,
+                            format!("{why}; reconnecting in the background"),
+                            Severity::Info,
                         );
-                    } else {
-                        if why != "resyncing" && why != "revision gap" {
-                            self.tell(
-                                format!("{why}; reconnecting in the background"),
-                                Severity::Info,
-                            );
-                        }
-                        self.schedule_retry();
                     }
+                    self.schedule_retry();
                 }
             }
         }
@@ -438,7 +448,7 @@ impl App {
 
     /// Quit: give outstanding edits a moment to be acknowledged, then close.
     async fn quit(&mut self) -> Result<()> {
-        if self.session.is_connected() && !self.session.client.all_saved() {
+        if self.session.is_connected() && !self.session.client().all_saved() {
             let _ = self.session.wait_saved(QUIT_GRACE).await;
         }
         self.session.disconnect().await;

@@ -1,184 +1,16 @@
-//! The wire protocol: JSON text frames. PROTOCOL.md is the user-facing description;
-//! this module is its single source of truth in code.
+//! Client → server messages: written by every client, read strictly by the
+//! server (unknown types and malformed fields are typed errors; see
+//! PROTOCOL.md "Error codes").
 
 use ot_core::{Operation, Range};
 use serde::Serialize;
 use serde_json::Value;
 
-/// Limits announced to clients in the snapshot.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct Limits {
-    /// Most characters a document may hold.
-    pub max_doc_len: usize,
-    /// Most characters one op may insert plus delete.
-    pub max_op_len: usize,
-}
+use crate::codes::ErrorCode;
 
-/// A message from the server.
-#[derive(Debug, Clone, Serialize)]
+/// A client message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMessage<'a> {
-    /// First message when the server cannot (or was not asked to) resume.
-    Snapshot {
-        /// Durable revision.
-        rev: u64,
-        /// Text at that revision.
-        text: &'a str,
-        /// The connection's client id.
-        client: &'a str,
-        /// Last seq applied from this client id on this document (0 if none).
-        seq: u64,
-        /// Storage epoch: a change means the server may have lost recent ops.
-        epoch: u64,
-        /// Limits.
-        limits: Limits,
-    },
-    /// First message when resuming at the client's revision; the ops after it follow.
-    Resume {
-        /// The revision the client asked for.
-        rev: u64,
-        /// The durable head revision.
-        head: u64,
-        /// The connection's client id.
-        client: &'a str,
-        /// Last seq applied from this client id on this document.
-        seq: u64,
-        /// Storage epoch.
-        epoch: u64,
-        /// Limits.
-        limits: Limits,
-    },
-    /// An op of another client (or of this client, applied through another connection).
-    Op {
-        /// The revision it created.
-        rev: u64,
-        /// The op as applied.
-        op: &'a Operation,
-        /// Its client id.
-        client: &'a str,
-        /// Its seq.
-        seq: u64,
-    },
-    /// The sender's op is durable as revision `rev`.
-    Ack {
-        /// The revision it created.
-        rev: u64,
-        /// Its seq.
-        seq: u64,
-    },
-    /// Another client's cursors and selections, at revision `rev`.
-    Cursor {
-        /// Its client id.
-        client: &'a str,
-        /// The revision the ranges refer to.
-        rev: u64,
-        /// `[anchor, head]` pairs.
-        ranges: &'a [Range],
-        /// Display name, if given.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        name: Option<&'a str>,
-    },
-    /// A client went away.
-    Leave {
-        /// Its client id.
-        client: &'a str,
-    },
-    /// A request was rejected; nothing changed.
-    Error {
-        /// Machine-readable code (see [`ErrorCode`]).
-        code: ErrorCode,
-        /// Human-readable text.
-        message: &'a str,
-        /// The seq of the op concerned, if any.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        seq: Option<u64>,
-    },
-}
-
-impl ServerMessage<'_> {
-    /// The JSON text of the message.
-    pub fn to_text(&self) -> String {
-        // Serialising these plain structures cannot fail.
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
-    }
-}
-
-/// The fixed set of error codes (see PROTOCOL.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The frame is not valid JSON (syntax, lone surrogate escape, nesting too deep).
-    InvalidJson,
-    /// A binary frame: only text frames are accepted.
-    BinaryFrame,
-    /// The `type` field is missing or unknown.
-    UnknownType,
-    /// A required field is missing or has the wrong type or range.
-    InvalidMessage,
-    /// The `op` field is not a valid ot.js operation.
-    InvalidOp,
-    /// The message is larger than the server's limit.
-    MessageTooLarge,
-    /// The op inserts plus deletes more characters than allowed.
-    OpTooLong,
-    /// The op would make the document longer than allowed.
-    DocTooLong,
-    /// The op does not fit the document at its base revision.
-    OpDoesNotFit,
-    /// The base revision is newer than the document.
-    FutureRevision,
-    /// The base revision cannot be served.
-    RevisionTooOld,
-    /// The seq skips ahead of the last applied seq + 1 (or is 0).
-    BadSeq,
-    /// The (client, seq) was applied with a different op.
-    SeqReused,
-    /// The op could not be stored; it was not applied. Resync.
-    StorageError,
-    /// The document has too many clients.
-    TooManyClients,
-    /// The server is shutting down.
-    ShuttingDown,
-}
-
-impl ErrorCode {
-    /// The snake_case code as sent.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidJson => "invalid_json",
-            ErrorCode::BinaryFrame => "binary_frame",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::InvalidMessage => "invalid_message",
-            ErrorCode::InvalidOp => "invalid_op",
-            ErrorCode::MessageTooLarge => "message_too_large",
-            ErrorCode::OpTooLong => "op_too_long",
-            ErrorCode::DocTooLong => "doc_too_long",
-            ErrorCode::OpDoesNotFit => "op_does_not_fit",
-            ErrorCode::FutureRevision => "future_revision",
-            ErrorCode::RevisionTooOld => "revision_too_old",
-            ErrorCode::BadSeq => "bad_seq",
-            ErrorCode::SeqReused => "seq_reused",
-            ErrorCode::StorageError => "storage_error",
-            ErrorCode::TooManyClients => "too_many_clients",
-            ErrorCode::ShuttingDown => "shutting_down",
-        }
-    }
-
-    /// Map a [`ot_core::history::ReceiveError`] to its wire code.
-    pub fn from_receive(error: &ot_core::history::ReceiveError) -> ErrorCode {
-        use ot_core::history::ReceiveError as E;
-        match error {
-            E::SeqReused { .. } => ErrorCode::SeqReused,
-            E::BadSeq { .. } => ErrorCode::BadSeq,
-            E::FutureRevision { .. } => ErrorCode::FutureRevision,
-            E::RevisionTooOld { .. } => ErrorCode::RevisionTooOld,
-            E::DoesNotFit { .. } => ErrorCode::OpDoesNotFit,
-        }
-    }
-}
-
-/// A parsed client message.
-#[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
     /// `{"type":"op","rev":R,"seq":K,"op":[…],"ranges"?:[[a,h],…]}`
     Op {
@@ -189,6 +21,7 @@ pub enum ClientMessage {
         /// The operation.
         op: Operation,
         /// The sender's selection after the op, if attached.
+        #[serde(skip_serializing_if = "Option::is_none")]
         ranges: Option<Vec<Range>>,
     },
     /// `{"type":"cursor","rev":R,"ranges":[[a,h],…],"name"?:"…"}`
@@ -198,8 +31,46 @@ pub enum ClientMessage {
         /// `[anchor, head]` pairs.
         ranges: Vec<Range>,
         /// Display name.
+        #[serde(skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+}
+
+impl ClientMessage {
+    /// The JSON text of the message (what a client sends). The same message
+    /// always gives the same bytes, so a resend is byte-for-byte.
+    pub fn to_text(&self) -> String {
+        // Serialising these plain structures cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// Read one text frame from a client, strictly (the server's side).
+    pub fn parse(text: &str) -> Result<ClientMessage, Rejection> {
+        parse_client_message(text)
+    }
+}
+
+/// The JSON text of an `op` message without copying the op (what
+/// [`ClientMessage::to_text`] gives for the same fields).
+pub fn op_message_text(rev: u64, seq: u64, op: &Operation, ranges: Option<&[Range]>) -> String {
+    #[derive(Serialize)]
+    struct OpMessage<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        rev: u64,
+        seq: u64,
+        op: &'a Operation,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ranges: Option<&'a [Range]>,
+    }
+    serde_json::to_string(&OpMessage {
+        kind: "op",
+        rev,
+        seq,
+        op,
+        ranges,
+    })
+    .unwrap_or_else(|_| String::from("{}"))
 }
 
 /// Why a client frame was rejected: the code, the text, and the seq when known.
@@ -214,7 +85,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(code: ErrorCode, message: impl Into<String>, seq: Option<u64>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>, seq: Option<u64>) -> Self {
         Rejection {
             code,
             message: message.into(),
@@ -313,7 +184,7 @@ fn parse_ranges(value: &Value, seq: Option<u64>) -> Result<Vec<Range>, Rejection
 }
 
 /// Parse one text frame into a client message.
-pub fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
+fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
     match parse_plain_op(text) {
         Some(message) => Ok(message),
         None => parse_general(text),
@@ -406,27 +277,6 @@ fn parse_general(text: &str) -> Result<ClientMessage, Rejection> {
             None,
         )),
     }
-}
-
-/// Whether `id` is a valid document id: 1–128 characters of `[A-Za-z0-9._-]`.
-pub fn valid_doc_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Whether `id` is a valid client id: 1–64 URL-safe characters `[A-Za-z0-9_-]`.
-pub fn valid_client_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-}
-
-/// A new random client id: 128 random bits as 32 lowercase hex digits.
-pub fn new_client_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 #[cfg(test)]
@@ -527,13 +377,48 @@ mod tests {
     }
 
     #[test]
-    fn ids() {
-        assert!(valid_doc_id("notes.v2_final-1"));
-        assert!(!valid_doc_id(""));
-        assert!(!valid_doc_id("a/b"));
-        assert!(!valid_doc_id(&"x".repeat(129)));
-        let id = new_client_id();
-        assert!(valid_client_id(&id));
-        assert_ne!(id, new_client_id());
+    fn what_clients_write_the_server_reads_back() {
+        let op = Operation::from_json(r#"[2,"x",-1]"#).unwrap();
+        let messages = [
+            ClientMessage::Op {
+                rev: 5,
+                seq: 9,
+                op: op.clone(),
+                ranges: None,
+            },
+            ClientMessage::Op {
+                rev: 5,
+                seq: 9,
+                op: op.clone(),
+                ranges: Some(vec![Range { anchor: 1, head: 3 }]),
+            },
+            ClientMessage::Cursor {
+                rev: 2,
+                ranges: vec![Range::cursor(0)],
+                name: Some("Ann".into()),
+            },
+            ClientMessage::Cursor {
+                rev: 2,
+                ranges: vec![],
+                name: None,
+            },
+        ];
+        for message in messages {
+            assert_eq!(parse_client_message(&message.to_text()).unwrap(), message);
+        }
+        assert_eq!(
+            op_message_text(5, 9, &op, None),
+            ClientMessage::Op {
+                rev: 5,
+                seq: 9,
+                op: op.clone(),
+                ranges: None
+            }
+            .to_text()
+        );
+        assert_eq!(
+            op_message_text(5, 9, &op, None),
+            r#"{"type":"op","rev":5,"seq":9,"op":[2,"x",-1]}"#
+        );
     }
 }

@@ -1,0 +1,22 @@
+//! The one client driver every Rust client uses (the terminal client, the
+//! end-to-end tests, and later a regional server's upstream link).
+//!
+//! - [`SessionCore`] (sans-I/O): the connect path with `rev`/`epoch`, the
+//!   first message (resume or snapshot), op/ack/error/close → typed
+//!   [`Event`]s, and PROTOCOL.md's error and close rules. It never releases an
+//!   op until the caller has confirmed that the state which produced it is
+//!   durable.
+//! - [`Driver`]: a thin tokio shell (connect, timeouts, frame limits from the
+//!   server's announced limits, backoff with full jitter).
+
+pub mod core;
+pub mod shell;
+pub mod url;
+
+pub use crate::core::{Event, RemoteCursor, SessionCore, SessionError, SessionState};
+pub use crate::shell::{
+    next_incoming, open_socket, socket_config, Backoff, BoxError, Dialed, Driver, DriverError,
+    Incoming, Saver, Socket, WaitError, CONNECT_TIMEOUT,
+};
+pub use crate::url::{ServerUrl, UrlError};
+pub use ot_protocol::{CloseAction, Code, ErrorCode};

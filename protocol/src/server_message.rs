@@ -1,0 +1,278 @@
+//! Server → client messages: written by the server, read by every client.
+//!
+//! Clients read them by the rules of PROTOCOL.md ("Reading server messages"):
+//! unknown fields are ignored, an unknown message type is
+//! [`ServerMessage::Unknown`] (skipped), an unknown error code is kept as
+//! [`Code::Unknown`], and an integer above 2^53−1 is an error.
+
+use std::borrow::Cow;
+
+use ot_core::{Operation, Range};
+use serde::{Deserialize, Serialize};
+
+use crate::codes::Code;
+use crate::numbers::{safe_opt_u64, safe_u64};
+
+/// Limits announced to clients in the first message.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    /// Most characters a document may hold.
+    pub max_doc_len: usize,
+    /// Most characters one op may insert plus delete.
+    pub max_op_len: usize,
+    /// Most bytes one client message may have (`message_too_large` beyond).
+    /// Absent from servers before it was announced: then the default.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+fn default_max_message_bytes() -> usize {
+    Limits::default().max_message_bytes
+}
+
+impl Default for Limits {
+    /// The server's defaults.
+    fn default() -> Self {
+        Limits {
+            max_doc_len: 10_000_000,
+            max_op_len: 100_000,
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest frame a server with these limits sends: a snapshot of a
+    /// full document, every character escaped (`\u001f`, 6 bytes), plus room
+    /// for the other fields. A client sizes its frame limit by this.
+    pub fn max_server_frame_bytes(&self) -> usize {
+        self.max_doc_len.saturating_mul(6).saturating_add(1 << 20)
+    }
+}
+
+/// A message from the server. Borrowed where the server writes it (no copies
+/// of texts and ops on the hot path); owned (`ServerMessage<'static>`) where a
+/// client reads it with [`ServerMessage::parse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    /// First message when the server cannot (or was not asked to) resume.
+    Snapshot {
+        /// Durable revision.
+        #[serde(deserialize_with = "safe_u64")]
+        rev: u64,
+        /// Text at that revision.
+        text: Cow<'a, str>,
+        /// The connection's client id.
+        client: Cow<'a, str>,
+        /// Last seq applied from this client id on this document (0 if none).
+        #[serde(deserialize_with = "safe_u64")]
+        seq: u64,
+        /// Storage epoch: a change means the server may have lost recent ops.
+        #[serde(deserialize_with = "safe_u64")]
+        epoch: u64,
+        /// Limits.
+        limits: Limits,
+    },
+    /// First message when resuming at the client's revision; the ops after it follow.
+    Resume {
+        /// The revision the client asked for.
+        #[serde(deserialize_with = "safe_u64")]
+        rev: u64,
+        /// The durable head revision.
+        #[serde(deserialize_with = "safe_u64")]
+        head: u64,
+        /// The connection's client id.
+        client: Cow<'a, str>,
+        /// Last seq applied from this client id on this document.
+        #[serde(deserialize_with = "safe_u64")]
+        seq: u64,
+        /// Storage epoch.
+        #[serde(deserialize_with = "safe_u64")]
+        epoch: u64,
+        /// Limits.
+        limits: Limits,
+    },
+    /// An op of another client (or of this client, applied through another connection).
+    Op {
+        /// The revision it created.
+        #[serde(deserialize_with = "safe_u64")]
+        rev: u64,
+        /// The op as applied.
+        op: Cow<'a, Operation>,
+        /// Its client id.
+        client: Cow<'a, str>,
+        /// Its seq.
+        #[serde(deserialize_with = "safe_u64")]
+        seq: u64,
+    },
+    /// The sender's op is durable as revision `rev`.
+    Ack {
+        /// The revision it created.
+        #[serde(deserialize_with = "safe_u64")]
+        rev: u64,
+        /// Its seq.
+        #[serde(deserialize_with = "safe_u64")]
+        seq: u64,
+    },
+    /// Another client's cursors and selections, at revision `rev`.
+    Cursor {
+        /// Its client id.
+        client: Cow<'a, str>,
+        /// The revision the ranges refer to.
+        #[serde(deserialize_with = "safe_u64")]
+        rev: u64,
+        /// `[anchor, head]` pairs.
+        ranges: Cow<'a, [Range]>,
+        /// Display name, if given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<Cow<'a, str>>,
+    },
+    /// A client went away.
+    Leave {
+        /// Its client id.
+        client: Cow<'a, str>,
+    },
+    /// A request was rejected; nothing changed.
+    Error {
+        /// Machine-readable code.
+        code: Code,
+        /// Human-readable text.
+        message: Cow<'a, str>,
+        /// The seq of the op concerned, if any.
+        #[serde(
+            default,
+            deserialize_with = "safe_opt_u64",
+            skip_serializing_if = "Option::is_none"
+        )]
+        seq: Option<u64>,
+    },
+    /// A message type this version does not know (a later server's): skipped.
+    /// Never sent.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Why a server frame could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("the server sent a message that cannot be read: {0}")]
+pub struct FrameError(#[from] serde_json::Error);
+
+impl ServerMessage<'_> {
+    /// Every message type, as in the `type` field ([`ServerMessage::Unknown`] aside).
+    pub const TYPES: &'static [&'static str] = &[
+        "snapshot", "resume", "op", "ack", "cursor", "leave", "error",
+    ];
+
+    /// The JSON text of the message.
+    pub fn to_text(&self) -> String {
+        // Serialising these plain structures cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// The `type` field (`"unknown"` for [`ServerMessage::Unknown`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Snapshot { .. } => "snapshot",
+            ServerMessage::Resume { .. } => "resume",
+            ServerMessage::Op { .. } => "op",
+            ServerMessage::Ack { .. } => "ack",
+            ServerMessage::Cursor { .. } => "cursor",
+            ServerMessage::Leave { .. } => "leave",
+            ServerMessage::Error { .. } => "error",
+            ServerMessage::Unknown => "unknown",
+        }
+    }
+
+    /// Read one text frame from the server (a client's side).
+    pub fn parse(text: &str) -> Result<ServerMessage<'static>, FrameError> {
+        Ok(serde_json::from_str(text)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::ErrorCode;
+
+    fn parse(text: &str) -> ServerMessage<'static> {
+        match ServerMessage::parse(text) {
+            Ok(message) => message,
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let op = Operation::from_json(r#"[1,"é",-1]"#).unwrap_or_default();
+        let ranges = [Range::cursor(2)];
+        let messages = [
+            ServerMessage::Op {
+                rev: 3,
+                op: Cow::Borrowed(&op),
+                client: "c".into(),
+                seq: 2,
+            },
+            ServerMessage::Cursor {
+                client: "c".into(),
+                rev: 3,
+                ranges: Cow::Borrowed(&ranges),
+                name: Some("Ann".into()),
+            },
+            ServerMessage::Error {
+                code: ErrorCode::BadSeq.into(),
+                message: "no".into(),
+                seq: None,
+            },
+        ];
+        for message in messages {
+            assert_eq!(parse(&message.to_text()), message);
+        }
+    }
+
+    #[test]
+    fn reading_rules() {
+        // Unknown fields are ignored, unknown types skipped, unknown codes kept.
+        assert_eq!(
+            parse(r#"{"type":"ack","rev":4,"seq":2,"later":{"x":[1]}}"#),
+            ServerMessage::Ack { rev: 4, seq: 2 }
+        );
+        assert_eq!(
+            parse(r#"{"type":"presence_v2","x":1}"#),
+            ServerMessage::Unknown
+        );
+        assert!(matches!(
+            parse(r#"{"type":"error","code":"quota","message":"m","seq":3}"#),
+            ServerMessage::Error { code: Code::Unknown(c), seq: Some(3), .. } if c == "quota"
+        ));
+        // An old server's limits (no max_message_bytes) read with the default.
+        let old = parse(
+            r#"{"type":"resume","rev":1,"head":2,"client":"c","seq":0,"epoch":0,"limits":{"max_doc_len":5,"max_op_len":6}}"#,
+        );
+        assert!(matches!(old, ServerMessage::Resume { limits, .. }
+            if limits.max_message_bytes == Limits::default().max_message_bytes && limits.max_doc_len == 5));
+    }
+
+    #[test]
+    fn unsafe_integers_are_refused() {
+        for text in [
+            r#"{"type":"ack","rev":9007199254740992,"seq":1}"#,
+            r#"{"type":"ack","rev":18446744073709551616,"seq":1}"#,
+            r#"{"type":"ack","rev":1,"seq":-1}"#,
+            r#"{"type":"ack","rev":1.5,"seq":1}"#,
+            r#"{"type":"error","code":"bad_seq","message":"","seq":9007199254740992}"#,
+            r#"{"type":"op","rev":1,"seq":1,"client":"c","op":[9007199254740992]}"#,
+            r#"{"rev":1}"#,
+            r#"[]"#,
+        ] {
+            assert!(ServerMessage::parse(text).is_err(), "{text}");
+        }
+        assert_eq!(
+            parse(r#"{"type":"ack","rev":9007199254740991,"seq":1}"#),
+            ServerMessage::Ack {
+                rev: (1 << 53) - 1,
+                seq: 1
+            }
+        );
+    }
+}
