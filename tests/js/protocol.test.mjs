@@ -371,6 +371,8 @@ test("integers above 2^53-1 and malformed frames are unreadable: not rounded, re
     '{"type":"snapshot","rev":1,"text":"","client":"c0ffee","seq":0,"epoch":9007199254740992}',
     '{"type":"op","rev":9,"op":[4,"x"],"client":"beef","seq":-1}',
     '{"type":"op","rev":9,"op":[4,0],"client":"beef","seq":1}',
+    '{"type":"op","rev":9,"op":[9007199254740993,"x"],"client":"beef","seq":1}',
+    '{"type":"op","rev":9,"op":[9007199254740991,-4],"client":"beef","seq":1}',
     '{"type":"cursor","client":"beef","rev":9,"ranges":[[1]]}',
     '{"type":"ack","rev":9,"seq":3',
     '{"rev":9,"seq":3}',
