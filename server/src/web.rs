@@ -7,7 +7,7 @@
 //! | `GET /` | a form to create or open a document |
 //! | `GET /d?doc=…` | 303 to `/d/{doc}` (the form's target) |
 //! | `GET /d/{doc}` | the editor for `doc` (400 page for an invalid id) |
-//! | `GET /static/{file}` | `ot.js`, `editor.js`, `editor.css` |
+//! | `GET /static/{file}` | the page's ES modules (`ot.js`, `session.js`, `textarea.js`, `view.js`, `slots.js`, `editor.js`) and `editor.css` |
 
 use axum::extract::{Path, Query};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -17,9 +17,17 @@ use ot_protocol::DocId;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const EDITOR_HTML: &str = include_str!("../web/editor.html");
-const OT_JS: &str = include_str!("../web/ot.js");
-const EDITOR_JS: &str = include_str!("../web/editor.js");
 const EDITOR_CSS: &str = include_str!("../web/editor.css");
+
+/// The page's ES modules, served as `/static/{name}` (editor.js imports the others).
+const SCRIPTS: &[(&str, &str)] = &[
+    ("ot.js", include_str!("../web/ot.js")),
+    ("session.js", include_str!("../web/session.js")),
+    ("textarea.js", include_str!("../web/textarea.js")),
+    ("view.js", include_str!("../web/view.js")),
+    ("slots.js", include_str!("../web/slots.js")),
+    ("editor.js", include_str!("../web/editor.js")),
+];
 
 /// Only this origin: scripts, styles, and the WebSocket.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -102,10 +110,10 @@ pub async fn editor(Path(doc): Path<String>) -> Response {
 
 /// `GET /static/{file}`: the embedded scripts and style sheet.
 pub async fn asset(Path(file): Path<String>) -> Response {
-    let (body, kind) = match file.as_str() {
-        "ot.js" => (OT_JS, "text/javascript; charset=utf-8"),
-        "editor.js" => (EDITOR_JS, "text/javascript; charset=utf-8"),
-        "editor.css" => (EDITOR_CSS, "text/css; charset=utf-8"),
+    let script = SCRIPTS.iter().find(|(name, _)| *name == file);
+    let (body, kind) = match (script, file.as_str()) {
+        (Some((_, body)), _) => (*body, "text/javascript; charset=utf-8"),
+        (None, "editor.css") => (EDITOR_CSS, "text/css; charset=utf-8"),
         _ => return crate::http::api_error(StatusCode::NOT_FOUND, "not_found", "no such file"),
     };
     let mut response = (StatusCode::OK, body).into_response();
@@ -137,6 +145,27 @@ mod tests {
         assert!(EDITOR_HTML.contains("{{DOC}}"));
         for html in [INDEX_HTML, EDITOR_HTML] {
             assert!(!html.contains("http://") && !html.contains("https://"));
+        }
+    }
+
+    /// Every module a script imports is served, and nothing is imported from elsewhere.
+    #[test]
+    fn every_imported_module_is_embedded() {
+        for (name, body) in SCRIPTS {
+            for line in body.lines().filter(|l| l.contains(" from \"")) {
+                let target = line
+                    .split(" from \"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_default();
+                let file = target.strip_prefix("./").unwrap_or_else(|| {
+                    panic!("{name} imports {target}: only ./ modules are served")
+                });
+                assert!(
+                    SCRIPTS.iter().any(|(n, _)| *n == file),
+                    "{name} imports {file}, which is not embedded"
+                );
+            }
         }
     }
 }

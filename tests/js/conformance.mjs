@@ -3,19 +3,16 @@
 // line out. Usage: node tests/js/conformance.mjs < cases.jsonl > results.jsonl
 import { createInterface } from "node:readline";
 import {
-  JsonNumber,
   MAX_SAFE_INTEGER,
   OtError,
   apply,
   compose,
   invert,
-  opFromJSON,
-  parseJSONExact,
-  parseOp,
   replaceRange,
   transform,
   transformPosition,
 } from "../../server/web/ot.js";
+import { JsonNumber, opFromExactJSON, parseJSONExact, parseOp } from "./json_exact.mjs";
 
 class CaseError extends Error {
   constructor(code) {
@@ -41,7 +38,7 @@ function integerField(c, name) {
 
 function opField(c, name) {
   if (!has(c, name)) throw new CaseError("invalid_case");
-  return opFromJSON(c[name]);
+  return opFromExactJSON(c[name]);
 }
 
 function evalCase(c) {

@@ -3,8 +3,9 @@
 //! combining marks and CRLF; non-canonical and invalid operations; malformed
 //! lines) run in-process through `ot_core::conformance::run_line` and in Node
 //! through `tests/js/conformance.mjs`, compared line by line; plus the
-//! hand-checked vectors and the JavaScript client state machine's own tests
-//! (`node --test tests/js/`).
+//! hand-checked vectors and the JavaScript tests (`node --test tests/js/`): the
+//! client state machine's own tests, and the page's message handler against
+//! the protocol fixture (`protocol/fixtures/protocol.json`).
 //!
 //! Needs `node` (v18+); skipped with a message if it is not installed.
 //! `OT_JS_SEED=<n>` picks another seed, `OT_JS_CASES=<n>` the number of cases.
@@ -458,12 +459,23 @@ fn ot_js_passes_the_hand_checked_vectors() {
 
 #[test]
 fn ot_js_client_state_machine_tests_pass_in_node() {
+    node_test("tests/js/client.test.mjs");
+}
+
+/// The page's message handler (`server/web/session.js`) against every example
+/// message, error code and close code of `protocol/fixtures/protocol.json`.
+#[test]
+fn the_page_follows_the_protocol_fixture_in_node() {
+    node_test("tests/js/protocol.test.mjs");
+}
+
+fn node_test(file: &str) {
     if !have_node() {
         return;
     }
     let out = Command::new("node")
         .arg("--test")
-        .arg(workspace().join("tests/js/client.test.mjs"))
+        .arg(workspace().join(file))
         .output()
         .expect("running node --test");
     let report = format!(
@@ -472,4 +484,8 @@ fn ot_js_client_state_machine_tests_pass_in_node() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "node --test failed:\n{report}");
+    assert!(
+        report.contains("# fail 0") && !report.contains("# pass 0"),
+        "node --test {file} ran no test:\n{report}"
+    );
 }
