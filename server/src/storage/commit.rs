@@ -596,15 +596,17 @@ mod tests {
     use crate::storage::{DocSummary, Durability, LoadedDoc, SqliteStorage, StoredOp, WriteItem};
     use ot_core::history::{DocumentHistory, OpHash, Receipt};
     use ot_core::Operation;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Condvar;
     use tempfile::TempDir;
 
     /// A storage wrapper that counts commits, can hold them until released,
-    /// and fails every commit touching a "bad" document.
+    /// and fails every commit touching a "bad" document (and the next commit
+    /// after [`Probe::fail_next`]).
     struct Probe {
         inner: SqliteStorage,
         commits: AtomicUsize,
+        fail_next: AtomicBool,
         held: Mutex<bool>,
         released: Condvar,
         entered: Mutex<Option<mpsc::Sender<()>>>,
@@ -616,6 +618,7 @@ mod tests {
             Arc::new(Probe {
                 inner: SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap(),
                 commits: AtomicUsize::new(0),
+                fail_next: AtomicBool::new(false),
                 held: Mutex::new(false),
                 released: Condvar::new(),
                 entered: Mutex::new(None),
@@ -635,6 +638,16 @@ mod tests {
             *lock(&self.held) = false;
             self.released.notify_all();
         }
+
+        /// Make the next commit fail (as a full disk would).
+        fn fail_next(&self) {
+            self.fail_next.store(true, Ordering::SeqCst);
+        }
+
+        fn injected_failure(&self, items: &[WriteItem]) -> bool {
+            self.fail_next.swap(false, Ordering::SeqCst)
+                || items.iter().any(|i| i.doc().starts_with("bad"))
+        }
     }
 
     impl Storage for Probe {
@@ -649,10 +662,21 @@ mod tests {
             drop(held);
             std::thread::sleep(self.delay);
             self.commits.fetch_add(1, Ordering::SeqCst);
-            if items.iter().any(|i| i.doc().starts_with("bad")) {
+            if self.injected_failure(items) {
                 return Err(StorageError::Internal("injected failure".into()));
             }
             self.inner.commit(items)
+        }
+        fn try_commit(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
+            if *lock(&self.held) {
+                return None; // as busy as a held commit
+            }
+            if self.injected_failure(items) {
+                return Some(Err(StorageError::Internal("injected failure".into())));
+            }
+            let result = self.inner.try_commit(items)?;
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            Some(result)
         }
         fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {
             self.inner.last_rev(doc)
@@ -711,6 +735,8 @@ mod tests {
     struct Doc {
         id: String,
         history: DocumentHistory,
+        /// What each op appends.
+        text: &'static str,
     }
 
     impl Doc {
@@ -718,6 +744,7 @@ mod tests {
             Doc {
                 id: id.to_owned(),
                 history: DocumentHistory::new(),
+                text: "x",
             }
         }
 
@@ -725,7 +752,7 @@ mod tests {
             let h = &mut self.history;
             let len = h.text().len_chars();
             let seq = h.last_seq("w") + 1;
-            let op = Operation::insert_at(len, len, "x").unwrap();
+            let op = Operation::insert_at(len, len, self.text).unwrap();
             match h.receive("w", seq, h.revision(), op).unwrap() {
                 Receipt::Applied { applied, received } => WriteItem::Op {
                     doc: self.id.clone(),
@@ -868,6 +895,71 @@ mod tests {
         assert!(got[8].1.is_err());
         assert_eq!(got[9..], [(9, Ok(())), (10, Ok(()))]);
         assert_eq!(probe.last_rev("b").unwrap(), 1);
+    }
+
+    /// After a failed commit the document's actor reloads from storage and
+    /// commits its next op as the new revision. A request of the failed
+    /// generation may still be queued behind the failure: committing the
+    /// new op in place would let that stale request continue it, so that an
+    /// op computed on a revision that was never stored would be stored.
+    #[test]
+    fn a_stale_queued_request_is_refused_after_a_failed_commit() {
+        let dir = TempDir::new().unwrap();
+        let probe = Probe::new(&dir, Duration::ZERO);
+        let queue = CommitQueue::start(probe.clone());
+        let outcomes: Outcomes = Arc::default();
+        // The first generation: "x" at revision 1, "xx" at revision 2.
+        let mut old = Doc::new("d");
+        let entered = probe.hold();
+        let (failed_tx, failed_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let recorder = record(&outcomes, 0);
+        queue.submit(
+            vec![old.next()],
+            Box::new(move |r| {
+                recorder(r);
+                // The actor hears of the failure and reloads while the commit
+                // thread has not taken the next request yet.
+                let _ = failed_tx.send(());
+                let _ = go_rx.recv_timeout(Duration::from_secs(10));
+            }),
+        );
+        entered.recv().unwrap();
+        // Pipelined: revision 2 of the first generation waits in the queue.
+        queue.submit(vec![old.next()], record(&outcomes, 1));
+        probe.fail_next();
+        probe.release();
+        failed_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+        // The reloaded actor: revision 1 is free again, and its next op
+        // takes it (nothing of this generation is on its way to storage).
+        let mut new = Doc::new("d");
+        new.text = "y";
+        let fresh = new.next();
+        match queue.try_commit_now(std::slice::from_ref(&fresh)) {
+            Some(r) => lock(&outcomes).push((2, r.map_err(|e| e.to_string()))),
+            None => queue.submit(vec![fresh], record(&outcomes, 2)),
+        }
+        go_tx.send(()).unwrap();
+        queue.flush_blocking();
+
+        let mut got = lock(&outcomes).clone();
+        got.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].1.as_ref().unwrap_err().contains("injected"));
+        assert_eq!(
+            got[1].1,
+            Err("document \"d\": expected revision 1 but got 2".to_owned()),
+            "the stale revision 2 (computed on the failed revision 1) was accepted"
+        );
+        assert_eq!(got[2].1, Ok(()));
+        // Nothing readable holds an op of the failed generation.
+        assert_eq!(probe.last_rev("d").unwrap(), 1);
+        let loaded = probe.load("d").unwrap().unwrap();
+        let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+        assert_eq!(rebuilt.text().to_string(), "y");
+        assert_eq!(probe.text_at("d", 1).unwrap().as_deref(), Some("y"));
+        assert_eq!(probe.ops("d", 0, 10).unwrap().len(), 1);
     }
 
     #[test]
