@@ -16,6 +16,15 @@
 //! fails as a whole, each request is retried in a commit of its own, so that
 //! only the requests that fail by themselves get the error.
 //!
+//! In place: [`CommitQueue::commit`] commits on the calling thread instead
+//! when the storage can do so cheaply and at once ([`Storage::try_commit`]:
+//! SQLite with relaxed durability) and none of the request's documents has
+//! a request queued or being committed. The queue counts those per document
+//! from the submit until the callback has returned, so a commit in place
+//! never overtakes an earlier request of its document (after a failed
+//! commit, a queued request of the failed generation would otherwise
+//! continue the new revision; in order, the continuity check refuses it).
+//!
 //! Compaction: once [`Storage::backlog`] reaches [`CommitOptions::compact_at`] items after a
 //! group commit, or nothing has arrived for [`IDLE_COMPACT_AFTER`], the commit
 //! thread wakes a second thread (`ot-ingest`) that calls [`Storage::compact`]
@@ -97,18 +106,76 @@ const IDLE_COMPACT_AFTER: Duration = Duration::from_millis(50);
 const COMPACT_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 enum Msg {
-    Write {
-        items: Vec<WriteItem>,
-        done: CommitCallback,
-    },
+    Write(Request),
     Flush(mpsc::SyncSender<()>),
+}
+
+/// How a request given to [`CommitQueue::commit`] went.
+#[derive(Debug)]
+pub enum Committed {
+    /// Committed in place on the calling thread, with this outcome; the
+    /// callback was dropped without being called.
+    Now(Result<(), Arc<StorageError>>),
+    /// Queued as by [`CommitQueue::submit`]: the callback gets the outcome.
+    Queued,
+}
+
+/// Per document, the requests submitted and not yet called back, plus the
+/// commits in place running: a document's request is only committed in place
+/// when it has none (it would overtake them otherwise).
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<String, usize>>);
+
+impl InFlight {
+    fn add(&self, docs: &[String]) {
+        let mut counts = lock(&self.0);
+        for doc in docs {
+            *counts.entry(doc.clone()).or_default() += 1;
+        }
+    }
+
+    /// [`add`](Self::add) if none of `docs` has anything in flight.
+    fn add_if_idle(&self, docs: &[String]) -> bool {
+        let mut counts = lock(&self.0);
+        if docs.iter().any(|doc| counts.contains_key(doc)) {
+            return false;
+        }
+        for doc in docs {
+            counts.insert(doc.clone(), 1);
+        }
+        true
+    }
+
+    fn remove(&self, docs: &[String]) {
+        let mut counts = lock(&self.0);
+        for doc in docs {
+            if let Some(count) = counts.get_mut(doc) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(doc);
+                }
+            }
+        }
+    }
+}
+
+/// The distinct documents `items` write to.
+fn docs_of(items: &[WriteItem]) -> Vec<String> {
+    let mut docs: Vec<String> = Vec::new();
+    for item in items {
+        if !docs.iter().any(|d| d == item.doc()) {
+            docs.push(item.doc().to_owned());
+        }
+    }
+    docs
 }
 
 struct Inner {
     /// `None` once shut down.
     tx: Mutex<Option<Sender<Msg>>>,
-    /// For [`CommitQueue::try_commit_now`].
+    /// For commits in place ([`CommitQueue::commit`]).
     storage: Arc<dyn Storage>,
+    in_flight: Arc<InFlight>,
     options: CommitOptions,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: ThreadId,
@@ -155,9 +222,11 @@ impl CommitQueue {
     /// Start the commit thread on `storage` with `options`.
     pub fn start_with(storage: Arc<dyn Storage>, options: CommitOptions) -> CommitQueue {
         let (tx, rx) = mpsc::channel();
+        let in_flight = Arc::new(InFlight::default());
         let mut worker = Worker {
             storage: Arc::clone(&storage),
             options: options.clone(),
+            in_flight: Arc::clone(&in_flight),
         };
         let thread = std::thread::Builder::new()
             .name("ot-commit".to_owned())
@@ -174,6 +243,7 @@ impl CommitQueue {
                     inner: Arc::new(Inner {
                         tx: Mutex::new(None),
                         storage,
+                        in_flight,
                         options,
                         thread: Mutex::new(None),
                         thread_id: std::thread::current().id(),
@@ -185,6 +255,7 @@ impl CommitQueue {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
                 storage,
+                in_flight,
                 options,
                 thread: Mutex::new(thread),
                 thread_id,
@@ -201,35 +272,59 @@ impl CommitQueue {
     /// [`shutdown`](Self::shutdown), `done` is called at once with
     /// [`StorageError::Closed`].
     pub fn submit(&self, items: Vec<WriteItem>, done: CommitCallback) {
+        let docs = docs_of(&items);
+        self.inner.in_flight.add(&docs);
+        let request = Request { items, docs, done };
         let rejected = {
             let tx = lock(&self.inner.tx);
             match tx.as_ref() {
-                Some(tx) => match tx.send(Msg::Write { items, done }) {
+                Some(tx) => match tx.send(Msg::Write(request)) {
                     Ok(()) => None,
                     Err(mpsc::SendError(msg)) => Some(msg),
                 },
-                None => Some(Msg::Write { items, done }),
+                None => Some(Msg::Write(request)),
             }
         };
-        if let Some(Msg::Write { done, .. }) = rejected {
-            done(Err(Arc::new(StorageError::Closed)));
+        if let Some(Msg::Write(request)) = rejected {
+            self.inner.in_flight.remove(&request.docs);
+            (request.done)(Err(Arc::new(StorageError::Closed)));
         }
     }
 
-    /// Commit `items` on the calling thread, if that cannot wait for another
-    /// writer: the storage is free (no group commit running) and its backlog
-    /// is below the compaction threshold (so that the commit thread has a
-    /// compaction started soon). `None`: nothing was done; [`submit`](Self::submit)
-    /// instead. Saves two thread switches when a commit is cheap (relaxed
-    /// durability: no fsync).
+    /// Commit `items` in place on the calling thread when that is cheap and
+    /// safe, else [`submit`](Self::submit) them with `done`.
     ///
-    /// The caller must have no request for the same documents still queued:
-    /// these items would overtake it.
-    pub fn try_commit_now(&self, items: &[WriteItem]) -> Option<Result<(), Arc<StorageError>>> {
+    /// In place means: the storage commits without waiting and cheaply
+    /// ([`Storage::try_commit`]: for SQLite, with relaxed durability, one
+    /// write to the commit log when no group commit holds it), its backlog
+    /// is below the ingest threshold (so that the commit thread has an ingest
+    /// started soon), and none of the documents of `items` has a request
+    /// still queued or being committed (these items would overtake it: after
+    /// a failed commit, a queued request of the failed generation could then
+    /// continue them). Saves two thread switches per commit.
+    ///
+    /// Callers must commit each document's requests from one thread, in order.
+    pub fn commit(&self, items: Vec<WriteItem>, done: CommitCallback) -> Committed {
+        match self.commit_in_place(&items) {
+            Some(result) => Committed::Now(result),
+            None => {
+                self.submit(items, done);
+                Committed::Queued
+            }
+        }
+    }
+
+    /// The in-place half of [`commit`](Self::commit): `None` if it cannot
+    /// be done (nothing was written).
+    fn commit_in_place(&self, items: &[WriteItem]) -> Option<Result<(), Arc<StorageError>>> {
         if items.is_empty()
             || lock(&self.inner.tx).is_none()
             || self.inner.storage.backlog() >= self.inner.options.compact_at()
         {
+            return None;
+        }
+        let docs = docs_of(items);
+        if !self.inner.in_flight.add_if_idle(&docs) {
             return None;
         }
         let started = Instant::now();
@@ -238,7 +333,9 @@ impl CommitQueue {
                 Some(Err(StorageError::Internal(
                     "the storage commit panicked".into(),
                 )))
-            })?;
+            });
+        self.inner.in_flight.remove(&docs);
+        let result = result?;
         if let Some(observer) = &self.inner.options.on_commit {
             observer(started.elapsed(), items.len());
         }
@@ -355,6 +452,8 @@ impl Compactor {
 /// One submitted request.
 struct Request {
     items: Vec<WriteItem>,
+    /// The documents of `items` (counted in [`InFlight`] until called back).
+    docs: Vec<String>,
     done: CommitCallback,
 }
 
@@ -362,6 +461,7 @@ struct Request {
 struct Worker {
     storage: Arc<dyn Storage>,
     options: CommitOptions,
+    in_flight: Arc<InFlight>,
 }
 
 impl Worker {
@@ -429,9 +529,9 @@ impl Worker {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Write { items: req, done } => {
-                        items += req.len();
-                        requests.push(Request { items: req, done });
+                    Msg::Write(request) => {
+                        items += request.items.len();
+                        requests.push(request);
                     }
                     Msg::Flush(reply) => flushes.push(reply),
                 }
@@ -520,6 +620,7 @@ impl Worker {
             if catch_unwind(AssertUnwindSafe(move || done(outcome))).is_err() {
                 tracing::error!("a commit callback panicked");
             }
+            self.in_flight.remove(&request.docs);
         }
     }
 
@@ -933,12 +1034,13 @@ mod tests {
 
         // The reloaded actor: revision 1 is free again, and its next op
         // takes it (nothing of this generation is on its way to storage).
+        // Storage is free, yet it must not be committed in place: it would
+        // overtake the stale request.
         let mut new = Doc::new("d");
         new.text = "y";
-        let fresh = new.next();
-        match queue.try_commit_now(std::slice::from_ref(&fresh)) {
-            Some(r) => lock(&outcomes).push((2, r.map_err(|e| e.to_string()))),
-            None => queue.submit(vec![fresh], record(&outcomes, 2)),
+        match queue.commit(vec![new.next()], record(&outcomes, 2)) {
+            Committed::Now(r) => lock(&outcomes).push((2, r.map_err(|e| e.to_string()))),
+            Committed::Queued => {}
         }
         go_tx.send(()).unwrap();
         queue.flush_blocking();
@@ -960,6 +1062,14 @@ mod tests {
         assert_eq!(rebuilt.text().to_string(), "y");
         assert_eq!(probe.text_at("d", 1).unwrap().as_deref(), Some("y"));
         assert_eq!(probe.ops("d", 0, 10).unwrap().len(), 1);
+
+        // Once nothing of the document is in flight, it is committed in place.
+        assert!(matches!(
+            queue.commit(vec![new.next()], record(&outcomes, 3)),
+            Committed::Now(Ok(()))
+        ));
+        assert_eq!(probe.last_rev("d").unwrap(), 2);
+        assert_eq!(lock(&outcomes).len(), 3, "the callback is not called");
     }
 
     #[test]
@@ -1104,7 +1214,7 @@ mod tests {
     }
 
     #[test]
-    fn try_commit_now_commits_in_place_until_a_compaction_is_due() {
+    fn commit_commits_in_place_until_an_ingest_is_due() {
         let dir = TempDir::new().unwrap();
         let sqlite = Arc::new(SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap());
         let storage: Arc<dyn Storage> = Arc::clone(&sqlite) as Arc<dyn Storage>;
@@ -1117,23 +1227,31 @@ mod tests {
             }),
         );
         let mut doc = Doc::new("d");
+        let outcomes: Outcomes = Arc::default();
         // The commit thread sees no request meanwhile and may ask for an idle
         // compaction: hold it off so that the backlog only grows.
         let paused = sqlite.pause_ingests();
-        for _ in 0..DEFAULT_COMPACT_AT {
-            assert!(matches!(queue.try_commit_now(&[doc.next()]), Some(Ok(()))));
+        for i in 0..DEFAULT_COMPACT_AT {
+            assert!(matches!(
+                queue.commit(vec![doc.next()], record(&outcomes, i)),
+                Committed::Now(Ok(()))
+            ));
         }
+        assert!(
+            lock(&outcomes).is_empty(),
+            "callbacks of commits in place are not called"
+        );
         assert_eq!(storage.backlog(), DEFAULT_COMPACT_AT);
         assert_eq!(
             commits.load(Ordering::SeqCst),
             DEFAULT_COMPACT_AT,
             "observed"
         );
-        // Now the commit thread must compact: the caller is sent to `submit`.
-        let next = doc.next();
-        assert!(queue.try_commit_now(std::slice::from_ref(&next)).is_none());
-        let outcomes: Outcomes = Arc::default();
-        queue.submit(vec![next], record(&outcomes, 0));
+        // Now the commit thread must compact: the request is queued.
+        assert!(matches!(
+            queue.commit(vec![doc.next()], record(&outcomes, 0)),
+            Committed::Queued
+        ));
         queue.flush_blocking();
         assert_eq!(lock(&outcomes).clone(), vec![(0, Ok(()))]);
         drop(paused);
@@ -1145,17 +1263,68 @@ mod tests {
         assert_eq!(storage.backlog(), 0);
         // A gap is refused like any commit.
         let _skipped = doc.next();
-        match queue.try_commit_now(&[doc.next()]) {
-            Some(Err(e)) => assert!(matches!(*e, StorageError::Gap { .. }), "{e}"),
+        match queue.commit(vec![doc.next()], record(&outcomes, 1)) {
+            Committed::Now(Err(e)) => assert!(matches!(*e, StorageError::Gap { .. }), "{e}"),
             other => panic!("expected a gap, got {other:?}"),
         }
         // After shutdown nothing is committed in place either.
         queue.shutdown();
-        assert!(queue.try_commit_now(&[doc.next()]).is_none());
+        assert!(matches!(
+            queue.commit(vec![doc.next()], record(&outcomes, 2)),
+            Committed::Queued
+        ));
+        assert_eq!(
+            lock(&outcomes).last(),
+            Some(&(2, Err("the commit queue is shut down".to_owned())))
+        );
         assert_eq!(
             storage.last_rev("d").unwrap(),
             DEFAULT_COMPACT_AT as u64 + 1
         );
+    }
+
+    #[test]
+    fn commit_never_overtakes_a_queued_request_of_its_document() {
+        let dir = TempDir::new().unwrap();
+        let probe = Probe::new(&dir, Duration::ZERO);
+        let queue = CommitQueue::start(probe.clone());
+        let outcomes: Outcomes = Arc::default();
+        let mut a = Doc::new("a");
+        let mut b = Doc::new("b");
+        let entered = probe.hold();
+        queue.submit(vec![a.next()], record(&outcomes, 0));
+        entered.recv().unwrap();
+        queue.submit(vec![a.next()], record(&outcomes, 1));
+        // The storage is busy: nothing is committed in place.
+        assert!(matches!(
+            queue.commit(vec![b.next()], record(&outcomes, 2)),
+            Committed::Queued
+        ));
+        probe.release();
+        queue.flush_blocking();
+        // Free again, and nothing of "b" in flight: in place.
+        assert!(matches!(
+            queue.commit(vec![b.next()], record(&outcomes, 3)),
+            Committed::Now(Ok(()))
+        ));
+        // A request of "a" behind a held one is queued even when the storage
+        // could take it (try_commit is not held by `hold` once released).
+        let entered = probe.hold();
+        queue.submit(vec![a.next()], record(&outcomes, 4));
+        entered.recv().unwrap();
+        *lock(&probe.held) = false; // try_commit would go ahead now
+        assert!(matches!(
+            queue.commit(vec![a.next()], record(&outcomes, 5)),
+            Committed::Queued
+        ));
+        probe.release();
+        queue.flush_blocking();
+        let got = lock(&outcomes).clone();
+        let expected: Vec<(usize, Result<(), String>)> =
+            [0, 1, 2, 4, 5].into_iter().map(|t| (t, Ok(()))).collect();
+        assert_eq!(got, expected);
+        assert_eq!(probe.last_rev("a").unwrap(), 4);
+        assert_eq!(probe.last_rev("b").unwrap(), 2);
     }
 
     /// Commit throughput: `cargo test -p server --release --lib storage::commit::tests::throughput -- --ignored --nocapture`

@@ -23,7 +23,9 @@ mod sqlite;
 use ot_core::history::{AppliedOp, DocumentSnapshot, OpHash};
 use ot_core::Operation;
 
-pub use commit::{CommitCallback, CommitObserver, CommitOptions, CommitQueue, DEFAULT_COMPACT_AT};
+pub use commit::{
+    CommitCallback, CommitObserver, CommitOptions, CommitQueue, Committed, DEFAULT_COMPACT_AT,
+};
 pub use sqlite::{Durability, SqliteStorage};
 
 /// One stored op: everything the server persists per op.
@@ -224,9 +226,10 @@ pub trait Storage: Send + Sync + 'static {
     /// document's last stored revision + 1 (counting earlier items), and with
     /// [`StorageError::SnapshotAhead`] for a snapshot newer than the log.
     fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError>;
-    /// Like [`commit`](Self::commit), but only if it can run without waiting
-    /// for another writer (e.g. a group commit in progress):
-    /// `None` means busy, and nothing was written. The default is always busy.
+    /// Like [`commit`](Self::commit), but only if it is cheap (no fsync)
+    /// and can run without waiting for another writer (e.g. a group commit in
+    /// progress): `None` means not now, and nothing was written. The
+    /// [`CommitQueue`] commits in place with it. The default is never.
     fn try_commit(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
         let _ = items;
         None

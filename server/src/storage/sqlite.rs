@@ -783,6 +783,17 @@ impl SqliteStorage {
         self.pending_count.store(0, Ordering::Relaxed);
     }
 
+    /// [`Storage::commit`] if the writer is free (`None`: busy, nothing
+    /// was written), whatever the durability.
+    fn commit_unless_busy(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
+        let mut writer = match self.writer.try_lock() {
+            Ok(writer) => writer,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(self.commit_locked(&mut writer, items))
+    }
+
     /// [`Storage::commit`] with the writer locked.
     fn commit_locked(&self, writer: &mut Writer, items: &[WriteItem]) -> Result<(), StorageError> {
         if items.is_empty() {
@@ -1015,12 +1026,10 @@ impl Storage for SqliteStorage {
     }
 
     fn try_commit(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
-        let mut writer = match self.writer.try_lock() {
-            Ok(writer) => writer,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
-        Some(self.commit_locked(&mut writer, items))
+        if self.durability == Durability::Fsync {
+            return None; // an fsync is no cheaper here than on the commit thread
+        }
+        self.commit_unless_busy(items)
     }
 
     fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {
@@ -1832,7 +1841,7 @@ mod tests {
                 // not need it.
                 let ingesting = lock(&s.ingester);
                 s.commit(&items[2..4]).unwrap();
-                assert!(matches!(s.try_commit(&items[4..5]), Some(Ok(()))));
+                assert!(matches!(s.commit_unless_busy(&items[4..5]), Some(Ok(()))));
                 drop(ingesting);
                 assert_eq!(s.backlog(), 5);
                 assert_eq!(s.last_rev("d").unwrap(), 5);
@@ -1887,10 +1896,10 @@ mod tests {
             std::thread::spawn(move || s.ops("d", 0, 100))
         };
         // The reader is waiting for the "running ingest"; commits go on (the
-        // commit side's lock is free: `try_commit` would say busy otherwise).
+        // commit side's lock is free: it would be busy otherwise).
         std::thread::sleep(Duration::from_millis(50));
         assert!(!reader.is_finished());
-        assert!(matches!(s.try_commit(&items[2..4]), Some(Ok(()))));
+        assert!(matches!(s.commit_unless_busy(&items[2..4]), Some(Ok(()))));
         s.commit(&items[4..]).unwrap();
         drop(ingesting);
         let read = reader.join().unwrap().unwrap();
@@ -1950,6 +1959,11 @@ mod tests {
         drop(held);
         assert!(matches!(s.try_commit(&items[..1]), Some(Ok(()))));
         assert_eq!(s.backlog(), 1);
+        // With fsync durability a commit is never cheap.
+        let fsync_dir = TempDir::new().unwrap();
+        let fsynced = open(&fsync_dir, Durability::Fsync);
+        assert!(fsynced.try_commit(&items[..1]).is_none());
+        assert_eq!(fsynced.last_rev("d").unwrap(), 0);
         // Continuity is checked as for `commit`.
         assert!(matches!(
             s.try_commit(&items[2..3]),
