@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use super::{Storage, StorageError, WriteItem};
+use super::{check_continuity, Storage, StorageError, WriteItem};
 
 /// Called once per request with the outcome of its commit: `Ok(())` once its
 /// items are durable, or the error (nothing of the request was written).
@@ -636,44 +636,14 @@ impl Worker {
     /// The new last revisions if `items` continue the known ones (`batch`
     /// first, then storage).
     fn check(
-        &mut self,
+        &self,
         items: &[WriteItem],
         batch: &HashMap<String, u64>,
     ) -> Result<Vec<(String, u64)>, StorageError> {
-        let mut revs: Vec<(String, u64)> = Vec::new();
-        for item in items {
-            let (doc, rev) = match item {
-                WriteItem::CreateDoc { .. } => continue,
-                WriteItem::Op { doc, op, .. } => (doc, op.rev),
-                WriteItem::Snapshot { doc, snapshot } => (doc, snapshot.rev),
-            };
-            let last = match revs.iter().rev().find(|(d, _)| d == doc) {
-                Some(&(_, last)) => last,
-                None => match batch.get(doc) {
-                    Some(&last) => last,
-                    None => self.storage.last_rev(doc)?,
-                },
-            };
-            match item {
-                WriteItem::Op { .. } if rev != last + 1 => {
-                    return Err(StorageError::Gap {
-                        doc: doc.clone(),
-                        expected: last + 1,
-                        found: rev,
-                    })
-                }
-                WriteItem::Op { .. } => revs.push((doc.clone(), rev)),
-                WriteItem::Snapshot { .. } if rev > last => {
-                    return Err(StorageError::SnapshotAhead {
-                        doc: doc.clone(),
-                        snapshot_rev: rev,
-                        last_rev: last,
-                    })
-                }
-                _ => {}
-            }
-        }
-        Ok(revs)
+        check_continuity(items, |doc| match batch.get(doc) {
+            Some(&last) => Ok(last),
+            None => self.storage.last_rev(doc),
+        })
     }
 
     /// One storage commit, timed and observed; a panic becomes an error.

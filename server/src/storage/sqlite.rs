@@ -102,7 +102,7 @@ use ropey::Rope;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::oplog::{OpLog, LOG_FILES};
-use super::{DocSummary, LoadedDoc, Storage, StorageError, StoredOp, WriteItem};
+use super::{check_continuity, DocSummary, LoadedDoc, Storage, StorageError, StoredOp, WriteItem};
 
 /// The database file name inside the data directory.
 pub const DB_FILE: &str = "ot.sqlite3";
@@ -833,42 +833,11 @@ impl SqliteStorage {
         writer: &Writer,
         items: &[WriteItem],
     ) -> Result<Vec<(String, u64)>, StorageError> {
-        let mut revs: Vec<(String, u64)> = Vec::new();
-        for item in items {
-            let doc = item.doc();
-            let last = match revs.iter().rev().find(|(d, _)| d == doc) {
-                Some(&(_, rev)) => rev,
-                None => match writer.last_revs.get(doc) {
-                    Some(&rev) => rev,
-                    // Not cached, so nothing of it is pending: the table is current.
-                    None => doc_rev(&writer.conn, doc)?.unwrap_or(0),
-                },
-            };
-            match item {
-                WriteItem::CreateDoc { .. } => revs.push((doc.to_owned(), last)),
-                WriteItem::Op { op, .. } => {
-                    if op.rev != last + 1 {
-                        return Err(StorageError::Gap {
-                            doc: doc.to_owned(),
-                            expected: last + 1,
-                            found: op.rev,
-                        });
-                    }
-                    revs.push((doc.to_owned(), op.rev));
-                }
-                WriteItem::Snapshot { snapshot, .. } => {
-                    if snapshot.rev > last {
-                        return Err(StorageError::SnapshotAhead {
-                            doc: doc.to_owned(),
-                            snapshot_rev: snapshot.rev,
-                            last_rev: last,
-                        });
-                    }
-                    revs.push((doc.to_owned(), last));
-                }
-            }
-        }
-        Ok(revs)
+        check_continuity(items, |doc| match writer.last_revs.get(doc) {
+            Some(&rev) => Ok(rev),
+            // Not cached, so nothing of it is pending: the table is current.
+            None => Ok(doc_rev(&writer.conn, doc)?.unwrap_or(0)),
+        })
     }
 }
 
