@@ -25,15 +25,15 @@
 //! commit, a queued request of the failed generation would otherwise
 //! continue the new revision; in order, the continuity check refuses it).
 //!
-//! Compaction: once [`Storage::backlog`] reaches [`CommitOptions::compact_at`] items after a
-//! group commit, or nothing has arrived for [`IDLE_COMPACT_AFTER`], the commit
-//! thread wakes a second thread (`ot-ingest`) that calls [`Storage::compact`]
+//! Ingests: once [`Storage::backlog`] reaches [`CommitOptions::ingest_every`] items after a
+//! group commit, or nothing has arrived for [`IDLE_INGEST_AFTER`], the commit
+//! thread wakes a second thread (`ot-ingest`) that calls [`Storage::ingest`]
 //! (for SQLite: move the commit log's items into the tables). Commits go on
 //! meanwhile, as far as the storage allows (SQLite's never wait for an ingest).
 //! So that an ingest that falls behind (a slow disk, a busy database) cannot
 //! let the backlog (memory, and the wait of the next read) grow without
-//! bound, the commit thread compacts itself, and commits wait, once the
-//! backlog reaches [`MAX_BACKLOG_FACTOR`] × `compact_at` items.
+//! bound, the commit thread ingests on its own thread, and commits wait, once the
+//! backlog reaches [`MAX_BACKLOG_FACTOR`] × `ingest_every` items.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -56,54 +56,54 @@ pub type CommitObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
 /// request is still committed whole).
 pub const MAX_BATCH_ITEMS: usize = 4096;
 
-/// The default [`CommitOptions::compact_at`]: enough that each document's
+/// The default [`CommitOptions::ingest_every`]: enough that each document's
 /// pages are written once for many ops, few enough that a read (which waits
-/// for everything to be compacted) waits only a few milliseconds.
-pub const DEFAULT_COMPACT_AT: usize = 4096;
+/// for everything to be ingested) waits only a few milliseconds.
+pub const DEFAULT_INGEST_EVERY: usize = 4096;
 
-/// The commit thread compacts itself (commits wait) once this many times
-/// `compact_at` items wait.
+/// The commit thread ingests on its own thread (commits wait) once this many times
+/// `ingest_every` items wait.
 pub const MAX_BACKLOG_FACTOR: usize = 16;
 
 /// How a [`CommitQueue`] runs.
 #[derive(Clone)]
 pub struct CommitOptions {
-    /// Compact (see [`Storage::compact`]) once the backlog reaches this many items.
-    pub compact_at: usize,
+    /// Ingest (see [`Storage::ingest`]) once the backlog reaches this many items.
+    pub ingest_every: usize,
     /// Called after every commit with its duration and number of items (feed
     /// a latency histogram with it).
     pub on_commit: Option<CommitObserver>,
-    /// Called after every successful compaction with its duration and the
+    /// Called after every successful ingest with its duration and the
     /// number of items it moved.
-    pub on_compact: Option<CommitObserver>,
+    pub on_ingest: Option<CommitObserver>,
 }
 
 impl Default for CommitOptions {
     fn default() -> Self {
         CommitOptions {
-            compact_at: DEFAULT_COMPACT_AT,
+            ingest_every: DEFAULT_INGEST_EVERY,
             on_commit: None,
-            on_compact: None,
+            on_ingest: None,
         }
     }
 }
 
 impl CommitOptions {
-    fn compact_at(&self) -> usize {
-        self.compact_at.max(1)
+    fn ingest_every(&self) -> usize {
+        self.ingest_every.max(1)
     }
 
     fn max_backlog(&self) -> usize {
-        self.compact_at().saturating_mul(MAX_BACKLOG_FACTOR)
+        self.ingest_every().saturating_mul(MAX_BACKLOG_FACTOR)
     }
 }
 
-/// With a backlog, compact once no request has arrived for this long.
-const IDLE_COMPACT_AFTER: Duration = Duration::from_millis(50);
+/// With a backlog, ingest once no request has arrived for this long.
+const IDLE_INGEST_AFTER: Duration = Duration::from_millis(50);
 
-/// After a failed compaction, wait this long before trying again (commits
+/// After a failed ingest, wait this long before trying again (commits
 /// go on meanwhile; the backlog only makes reads slower).
-const COMPACT_RETRY_AFTER: Duration = Duration::from_secs(10);
+const INGEST_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 enum Msg {
     Write(Request),
@@ -319,7 +319,7 @@ impl CommitQueue {
     fn commit_in_place(&self, items: &[WriteItem]) -> Option<Result<(), Arc<StorageError>>> {
         if items.is_empty()
             || lock(&self.inner.tx).is_none()
-            || self.inner.storage.backlog() >= self.inner.options.compact_at()
+            || self.inner.storage.backlog() >= self.inner.options.ingest_every()
         {
             return None;
         }
@@ -392,36 +392,36 @@ impl Drop for Inner {
     }
 }
 
-/// Runs compactions: the ingest thread's state (and the commit thread's,
-/// for its own compactions).
-struct Compactor {
+/// Runs ingests: the ingest thread's state (and the commit thread's,
+/// for its own ingests).
+struct IngestRunner {
     storage: Arc<dyn Storage>,
     observer: Option<CommitObserver>,
-    /// Set after a failed compaction: do not try again before then.
+    /// Set after a failed ingest: do not try again before then.
     paused_until: Option<Instant>,
 }
 
-impl Compactor {
-    fn new(storage: Arc<dyn Storage>, observer: Option<CommitObserver>) -> Compactor {
-        Compactor {
+impl IngestRunner {
+    fn new(storage: Arc<dyn Storage>, observer: Option<CommitObserver>) -> IngestRunner {
+        IngestRunner {
             storage,
             observer,
             paused_until: None,
         }
     }
 
-    /// Compact on every wake-up; once the commit thread is gone, compact
+    /// Ingest on every wake-up; once the commit thread is gone, ingest
     /// what is left (leaving the storage tidy for the next start) and return.
     fn run(mut self, wake: Receiver<()>) {
         while wake.recv().is_ok() {
-            self.compact_if_allowed();
+            self.ingest_if_allowed();
         }
-        self.compact_if_allowed();
+        self.ingest_if_allowed();
     }
 
-    /// One compaction if anything waits for one, unless an earlier failure
-    /// paused compactions (then the backlog only makes reads slower).
-    fn compact_if_allowed(&mut self) {
+    /// One ingest if anything waits for one, unless an earlier failure
+    /// paused ingests (then the backlog only makes reads slower).
+    fn ingest_if_allowed(&mut self) {
         if self.storage.backlog() == 0
             || self
                 .paused_until
@@ -430,20 +430,20 @@ impl Compactor {
             return;
         }
         let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| self.storage.compact()))
-            .unwrap_or_else(|_| Err(StorageError::Internal("compaction panicked".into())));
+        let result = catch_unwind(AssertUnwindSafe(|| self.storage.ingest()))
+            .unwrap_or_else(|_| Err(StorageError::Internal("the ingest panicked".into())));
         match result {
             Ok(moved) => {
                 self.paused_until = None;
                 let elapsed = started.elapsed();
-                tracing::debug!(moved, ?elapsed, "compacted");
+                tracing::debug!(moved, ?elapsed, "ingested");
                 if let Some(observer) = &self.observer {
                     observer(elapsed, moved);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "storage compaction failed; retrying later");
-                self.paused_until = Some(Instant::now() + COMPACT_RETRY_AFTER);
+                tracing::error!(error = %e, "storage ingest failed; retrying later");
+                self.paused_until = Some(Instant::now() + INGEST_RETRY_AFTER);
             }
         }
     }
@@ -467,11 +467,11 @@ struct Worker {
 impl Worker {
     fn run(&mut self, rx: Receiver<Msg>) {
         let (wake_tx, wake_rx) = mpsc::sync_channel::<()>(1);
-        let compactor =
-            || Compactor::new(Arc::clone(&self.storage), self.options.on_compact.clone());
-        let background = compactor();
-        // For the commit thread's own compactions (at the backlog cap).
-        let foreground = Mutex::new(compactor());
+        let runner =
+            || IngestRunner::new(Arc::clone(&self.storage), self.options.on_ingest.clone());
+        let background = runner();
+        // For the commit thread's own ingests (at the backlog cap).
+        let foreground = Mutex::new(runner());
         std::thread::scope(|scope| {
             let ingest = std::thread::Builder::new()
                 .name("ot-ingest".to_owned())
@@ -484,29 +484,29 @@ impl Worker {
                         &|| {
                             let _ = wake_tx.try_send(());
                         },
-                        &|| lock(&foreground).compact_if_allowed(),
+                        &|| lock(&foreground).ingest_if_allowed(),
                     );
                     // Closing the channel tells the ingest thread to finish.
                     drop(wake_tx);
                 }
                 Err(e) => {
-                    // Without it, this thread compacts itself (commits wait).
+                    // Without it, this thread ingests (commits wait).
                     tracing::error!(error = %e, "cannot start the ingest thread");
-                    let compact = || lock(&foreground).compact_if_allowed();
-                    self.commit_loop(&rx, &compact, &compact);
-                    compact();
+                    let ingest = || lock(&foreground).ingest_if_allowed();
+                    self.commit_loop(&rx, &ingest, &ingest);
+                    ingest();
                 }
             }
-            // The scope waits for the ingest thread to compact what is left.
+            // The scope waits for the ingest thread to ingest what is left.
         });
     }
 
-    /// Group commits until the queue closes; `wake` asks for a compaction,
-    /// `compact_now` compacts on this thread.
-    fn commit_loop(&mut self, rx: &Receiver<Msg>, wake: &dyn Fn(), compact_now: &dyn Fn()) {
+    /// Group commits until the queue closes; `wake` asks for an ingest,
+    /// `ingest_now` ingests on this thread.
+    fn commit_loop(&mut self, rx: &Receiver<Msg>, wake: &dyn Fn(), ingest_now: &dyn Fn()) {
         loop {
             let first = if self.storage.backlog() > 0 {
-                match rx.recv_timeout(IDLE_COMPACT_AFTER) {
+                match rx.recv_timeout(IDLE_INGEST_AFTER) {
                     Ok(msg) => msg,
                     Err(RecvTimeoutError::Timeout) => {
                         wake();
@@ -549,10 +549,10 @@ impl Worker {
             if backlog >= self.options.max_backlog() {
                 tracing::debug!(
                     backlog,
-                    "the ingest is behind: compacting on the commit thread"
+                    "the ingest is behind: ingesting on the commit thread"
                 );
-                compact_now();
-            } else if backlog >= self.options.compact_at() {
+                ingest_now();
+            } else if backlog >= self.options.ingest_every() {
                 wake();
             }
         }
@@ -794,8 +794,8 @@ mod tests {
         fn backlog(&self) -> usize {
             self.inner.backlog()
         }
-        fn compact(&self) -> Result<usize, StorageError> {
-            self.inner.compact()
+        fn ingest(&self) -> Result<usize, StorageError> {
+            self.inner.ingest()
         }
         fn close_clean(&self) -> Result<(), StorageError> {
             self.inner.close_clean()
@@ -1123,7 +1123,7 @@ mod tests {
         let queue = CommitQueue::start_with(
             Arc::clone(&storage),
             CommitOptions {
-                on_compact: Some(Arc::new(move |_, moved| {
+                on_ingest: Some(Arc::new(move |_, moved| {
                     let _ = lock(&ingests_tx).send(moved);
                 })),
                 ..CommitOptions::default()
@@ -1136,7 +1136,7 @@ mod tests {
         }
         queue.flush_blocking();
         assert_eq!(lock(&outcomes).len(), 3);
-        // Nothing more arrives: after IDLE_COMPACT_AFTER the ingest thread
+        // Nothing more arrives: after IDLE_INGEST_AFTER the ingest thread
         // moves all six items, and the observer hears of it.
         let moved = ingests_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(moved, 6);
@@ -1150,12 +1150,12 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let sqlite = Arc::new(SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap());
         let storage: Arc<dyn Storage> = Arc::clone(&sqlite) as Arc<dyn Storage>;
-        let compact_at = 8;
-        let max_backlog = compact_at * MAX_BACKLOG_FACTOR;
+        let ingest_every = 8;
+        let max_backlog = ingest_every * MAX_BACKLOG_FACTOR;
         let queue = CommitQueue::start_with(
             Arc::clone(&storage),
             CommitOptions {
-                compact_at,
+                ingest_every,
                 ..CommitOptions::default()
             },
         );
@@ -1199,9 +1199,9 @@ mod tests {
         let mut doc = Doc::new("d");
         let outcomes: Outcomes = Arc::default();
         // The commit thread sees no request meanwhile and may ask for an idle
-        // compaction: hold it off so that the backlog only grows.
+        // ingest: hold it off so that the backlog only grows.
         let paused = sqlite.pause_ingests();
-        for i in 0..DEFAULT_COMPACT_AT {
+        for i in 0..DEFAULT_INGEST_EVERY {
             assert!(matches!(
                 queue.commit(vec![doc.next()], record(&outcomes, i)),
                 Committed::Now(Ok(()))
@@ -1211,13 +1211,13 @@ mod tests {
             lock(&outcomes).is_empty(),
             "callbacks of commits in place are not called"
         );
-        assert_eq!(storage.backlog(), DEFAULT_COMPACT_AT);
+        assert_eq!(storage.backlog(), DEFAULT_INGEST_EVERY);
         assert_eq!(
             commits.load(Ordering::SeqCst),
-            DEFAULT_COMPACT_AT,
+            DEFAULT_INGEST_EVERY,
             "observed"
         );
-        // Now the commit thread must compact: the request is queued.
+        // Now the commit thread must ingest: the request is queued.
         assert!(matches!(
             queue.commit(vec![doc.next()], record(&outcomes, 0)),
             Committed::Queued
@@ -1225,7 +1225,7 @@ mod tests {
         queue.flush_blocking();
         assert_eq!(lock(&outcomes).clone(), vec![(0, Ok(()))]);
         drop(paused);
-        // The ingest thread compacts right after that commit.
+        // The ingest thread ingests right after that commit.
         let deadline = Instant::now() + Duration::from_secs(10);
         while storage.backlog() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -1249,7 +1249,7 @@ mod tests {
         );
         assert_eq!(
             storage.last_rev("d").unwrap(),
-            DEFAULT_COMPACT_AT as u64 + 1
+            DEFAULT_INGEST_EVERY as u64 + 1
         );
     }
 

@@ -24,7 +24,7 @@ use ot_core::history::{AppliedOp, DocumentSnapshot, OpHash};
 use ot_core::Operation;
 
 pub use commit::{
-    CommitCallback, CommitObserver, CommitOptions, CommitQueue, Committed, DEFAULT_COMPACT_AT,
+    CommitCallback, CommitObserver, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY,
 };
 pub use sqlite::{Durability, SqliteStorage};
 
@@ -312,8 +312,8 @@ pub trait Storage: Send + Sync + 'static {
     /// The storage epoch: changes when data committed with relaxed durability
     /// may have been lost (an unclean shutdown), so clients must resync.
     fn epoch(&self) -> u64;
-    /// Committed items waiting for [`compact`](Self::compact) (0: none). The
-    /// commit queue has its ingest thread compact when this grows large or
+    /// Committed items waiting for [`ingest`](Self::ingest) (0: none). The
+    /// commit queue has its ingest thread ingest when this grows large or
     /// when commits are idle.
     fn backlog(&self) -> usize {
         0
@@ -322,7 +322,7 @@ pub trait Storage: Send + Sync + 'static {
     /// commits go on: move committed items to their final place (for SQLite,
     /// from the commit log into the tables). Changes nothing that reads
     /// return. Returns how many items it moved.
-    fn compact(&self) -> Result<usize, StorageError> {
+    fn ingest(&self) -> Result<usize, StorageError> {
         Ok(0)
     }
     /// Mark a clean shutdown (after the last commit). A later commit clears

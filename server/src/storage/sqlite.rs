@@ -59,7 +59,7 @@
 //! [`Storage::commit`] does not touch SQLite: it appends one record to the
 //! active commit log (`<dir>/commit.log` or `<dir>/commit-2.log`, see
 //! [`OpLog`]), with `fdatasync` under [`Durability::Fsync`], and keeps the
-//! items in memory as *pending*. [`Storage::compact`] ("ingest") first
+//! items in memory as *pending*. [`Storage::ingest`] first
 //! *seals* them: the other log becomes the active one, so commits go on
 //! while the sealed items are written to the tables above in one transaction
 //! (fsynced under [`Durability::Fsync`]); then the sealed log starts over.
@@ -1201,7 +1201,7 @@ impl Storage for SqliteStorage {
         self.pending_count.load(Ordering::Relaxed) + self.sealed_count.load(Ordering::Relaxed)
     }
 
-    fn compact(&self) -> Result<usize, StorageError> {
+    fn ingest(&self) -> Result<usize, StorageError> {
         self.seal_and_ingest()
     }
 
@@ -1438,7 +1438,7 @@ mod tests {
         for chunk in items.chunks(37) {
             s.commit(chunk).unwrap();
             if chunk.len() % 2 == 1 {
-                s.compact().unwrap();
+                s.ingest().unwrap();
             }
         }
         assert_every_seq_found(&s, "d", &items);
@@ -1520,7 +1520,7 @@ mod tests {
         let (_, items) = sample("d");
         let s = open(&dir, Durability::Fsync);
         s.commit(&items).unwrap();
-        s.compact().unwrap();
+        s.ingest().unwrap();
         // Point a's seq 1 at revision 3 (b's op).
         let mut revs = Vec::new();
         set_seq_slot(&mut revs, 1, 3);
@@ -1780,7 +1780,7 @@ mod tests {
                 s.commit(&items[..4]).unwrap();
                 s.commit(&items[4..]).unwrap();
                 assert_eq!(s.backlog(), 7);
-            } // dropped before any read or compaction: only the log has them
+            } // dropped before any read or ingest: only the log has them
             let s = open(&dir, durability);
             assert_eq!(s.backlog(), 0);
             assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
@@ -1885,7 +1885,7 @@ mod tests {
         let s = open(&dir, Durability::Fsync);
         s.commit(&items[..3]).unwrap();
         let log_before_ingest = std::fs::read(&log_path).unwrap();
-        assert_eq!(s.compact().unwrap(), 3);
+        assert_eq!(s.ingest().unwrap(), 3);
         drop(s);
         // As if a crash had come between the ingest and the log's reset: the
         // log's items are stored already and are skipped.
@@ -1951,7 +1951,7 @@ mod tests {
         let (_, items) = sample("d");
         s.commit(&items).unwrap();
         // Write the commit log's items to the tables, then damage them there.
-        assert_eq!(s.compact().unwrap(), items.len());
+        assert_eq!(s.ingest().unwrap(), items.len());
         let raw = Connection::open(s.path()).unwrap();
         raw.execute(
             "UPDATE ops SET applied = '[1,' WHERE doc = 'd' AND rev = 2",
