@@ -89,12 +89,12 @@ impl Default for CommitOptions {
 }
 
 impl CommitOptions {
-    fn ingest_every(&self) -> usize {
+    fn ingest_threshold(&self) -> usize {
         self.ingest_every.max(1)
     }
 
     fn max_backlog(&self) -> usize {
-        self.ingest_every().saturating_mul(MAX_BACKLOG_FACTOR)
+        self.ingest_threshold().saturating_mul(MAX_BACKLOG_FACTOR)
     }
 }
 
@@ -319,7 +319,7 @@ impl CommitQueue {
     fn commit_in_place(&self, items: &[WriteItem]) -> Option<Result<(), Arc<StorageError>>> {
         if items.is_empty()
             || lock(&self.inner.tx).is_none()
-            || self.inner.storage.backlog() >= self.inner.options.ingest_every()
+            || self.inner.storage.backlog() >= self.inner.options.ingest_threshold()
         {
             return None;
         }
@@ -552,7 +552,7 @@ impl Worker {
                     "the ingest is behind: ingesting on the commit thread"
                 );
                 ingest_now();
-            } else if backlog >= self.options.ingest_every() {
+            } else if backlog >= self.options.ingest_threshold() {
                 wake();
             }
         }
