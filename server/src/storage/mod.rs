@@ -26,7 +26,7 @@ use ot_core::Operation;
 pub use commit::{
     CommitCallback, CommitObserver, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY,
 };
-pub use sqlite::{Durability, SqliteStorage};
+pub use sqlite::{Durability, SqliteStorage, UnknownDurability};
 
 /// One stored op: everything the server persists per op.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -54,7 +54,7 @@ pub type CommitObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
 
 /// At most this many items are drained into one group commit (a single larger
 /// request is still committed whole).
-pub const MAX_BATCH_ITEMS: usize = 4096;
+pub(crate) const MAX_BATCH_ITEMS: usize = 4096;
 
 /// The default [`CommitOptions::ingest_every`]: enough that each document's
 /// pages are written once for many ops, few enough that a read (which waits
@@ -63,7 +63,7 @@ pub const DEFAULT_INGEST_EVERY: usize = 4096;
 
 /// The commit thread ingests on its own thread (commits wait) once this many times
 /// `ingest_every` items wait.
-pub const MAX_BACKLOG_FACTOR: usize = 16;
+pub(crate) const MAX_BACKLOG_FACTOR: usize = 16;
 
 /// How a [`CommitQueue`] runs.
 #[derive(Clone)]

@@ -60,7 +60,7 @@ use super::oplog::OpLog;
 use super::{check_continuity, DocSummary, LoadedDoc, Storage, StorageError, StoredOp, WriteItem};
 
 /// The database file name inside the data directory.
-pub const DB_FILE: &str = "ot.sqlite3";
+pub(crate) const DB_FILE: &str = "ot.sqlite3";
 
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,16 +114,19 @@ impl fmt::Display for Durability {
     }
 }
 
+/// A `--durability` value that is neither `fsync` nor `relaxed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown durability {0:?}: expected \"fsync\" or \"relaxed\"")]
+pub struct UnknownDurability(pub String);
+
 impl FromStr for Durability {
-    type Err = String;
+    type Err = UnknownDurability;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "fsync" => Ok(Durability::Fsync),
             "relaxed" => Ok(Durability::Relaxed),
-            other => Err(format!(
-                "unknown durability {other:?}: expected \"fsync\" or \"relaxed\""
-            )),
+            other => Err(UnknownDurability(other.to_owned())),
         }
     }
 }

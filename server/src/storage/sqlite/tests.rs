@@ -781,7 +781,11 @@ fn corrupt_rows_are_errors_not_panics() {
 fn durability_parses() {
     assert_eq!("fsync".parse::<Durability>(), Ok(Durability::Fsync));
     assert_eq!(" Relaxed".parse::<Durability>(), Ok(Durability::Relaxed));
-    assert!("sometimes".parse::<Durability>().is_err());
+    let err = "sometimes".parse::<Durability>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown durability \"sometimes\": expected \"fsync\" or \"relaxed\""
+    );
     assert_eq!(Durability::Relaxed.to_string(), "relaxed");
 }
 
