@@ -273,6 +273,11 @@ impl CommitQueue {
     /// [`StorageError::Closed`].
     pub fn submit(&self, items: Vec<WriteItem>, done: CommitCallback) {
         let docs = docs_of(&items);
+        self.submit_with_docs(items, docs, done);
+    }
+
+    /// [`submit`](Self::submit) with `docs = docs_of(&items)`.
+    fn submit_with_docs(&self, items: Vec<WriteItem>, docs: Vec<String>, done: CommitCallback) {
         self.inner.in_flight.add(&docs);
         let request = Request { items, docs, done };
         let rejected = {
@@ -305,10 +310,11 @@ impl CommitQueue {
     ///
     /// Callers must commit each document's requests from one thread, in order.
     pub fn commit(&self, items: Vec<WriteItem>, done: CommitCallback) -> Committed {
-        match self.commit_in_place(&items) {
+        let docs = docs_of(&items);
+        match self.commit_in_place(&items, &docs) {
             Some(result) => Committed::Now(result),
             None => {
-                self.submit(items, done);
+                self.submit_with_docs(items, docs, done);
                 Committed::Queued
             }
         }
@@ -316,15 +322,18 @@ impl CommitQueue {
 
     /// The in-place half of [`commit`](Self::commit): `None` if it cannot
     /// be done (nothing was written).
-    fn commit_in_place(&self, items: &[WriteItem]) -> Option<Result<(), Arc<StorageError>>> {
+    fn commit_in_place(
+        &self,
+        items: &[WriteItem],
+        docs: &[String],
+    ) -> Option<Result<(), Arc<StorageError>>> {
         if items.is_empty()
             || lock(&self.inner.tx).is_none()
             || self.inner.storage.backlog() >= self.inner.options.ingest_threshold()
         {
             return None;
         }
-        let docs = docs_of(items);
-        if !self.inner.in_flight.add_if_idle(&docs) {
+        if !self.inner.in_flight.add_if_idle(docs) {
             return None;
         }
         let started = Instant::now();
@@ -334,7 +343,7 @@ impl CommitQueue {
                     "the storage commit panicked".into(),
                 )))
             });
-        self.inner.in_flight.remove(&docs);
+        self.inner.in_flight.remove(docs);
         let result = result?;
         if let Some(observer) = &self.inner.options.on_commit {
             observer(started.elapsed(), items.len());
