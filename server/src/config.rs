@@ -60,7 +60,7 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Committed items that make the server write them from the commit log
     /// into the SQLite tables (an ingest); a read waits for at most one ingest.
-    #[arg(long, env = "OT_INGEST_EVERY", default_value_t = crate::storage::DEFAULT_COMPACT_AT)]
+    #[arg(long, env = "OT_INGEST_EVERY", default_value_t = crate::storage::DEFAULT_INGEST_EVERY)]
     pub ingest_every: usize,
     /// Seconds a document with no connections stays in memory.
     #[arg(long, env = "OT_IDLE_UNLOAD_SECS", default_value_t = 60)]

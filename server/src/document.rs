@@ -18,7 +18,7 @@ use ropey::Rope;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::state::Shared;
-use crate::storage::{Durability, StorageError, StoredOp, WriteItem};
+use crate::storage::{Committed, StorageError, StoredOp, WriteItem};
 use ot_protocol::{ErrorCode, Limits, ServerMessage};
 
 /// Mailbox size of a document actor: senders wait when it is full (backpressure).
@@ -723,20 +723,10 @@ impl Document {
         }
         let generation = self.generation;
         let rev = applied.rev;
-        // With relaxed durability a commit is one write to the commit log:
-        // when none of this document's ops is still on its way to storage,
-        // make it here instead of a round trip through the commit thread.
-        if self.shared.config.durability == Durability::Relaxed && self.pending.is_empty() {
-            if let Some(result) = self.shared.queue.try_commit_now(&items) {
-                return Some(CommitDone {
-                    generation,
-                    rev,
-                    result,
-                });
-            }
-        }
         let tx = self.commit_tx.clone();
-        self.shared.queue.submit(
+        // The queue commits in place when that is cheap and nothing of this
+        // document is still on its way to storage.
+        let committed = self.shared.queue.commit(
             items,
             Box::new(move |result| {
                 let _ = tx.send(CommitDone {
@@ -746,7 +736,14 @@ impl Document {
                 });
             }),
         );
-        None
+        match committed {
+            Committed::Now(result) => Some(CommitDone {
+                generation,
+                rev,
+                result,
+            }),
+            Committed::Queued => None,
+        }
     }
 
     async fn read_ops(&self, after: u64, upto: u64) -> Result<Vec<Operation>, String> {

@@ -82,14 +82,14 @@ pub async fn run(
     let queue = CommitQueue::start_with(
         storage.clone(),
         CommitOptions {
-            compact_at: config.ingest_every,
+            ingest_every: config.ingest_every,
             on_commit: Some(Arc::new(move |elapsed: Duration, items: usize| {
                 observer_metrics
                     .commit_latency
                     .observe(elapsed.as_secs_f64());
                 observer_metrics.commit_batch.observe(items as f64);
             })),
-            on_compact: Some(Arc::new(move |elapsed: Duration, items: usize| {
+            on_ingest: Some(Arc::new(move |elapsed: Duration, items: usize| {
                 ingest_metrics.ingest_latency.observe(elapsed.as_secs_f64());
                 ingest_metrics.ingest_batch.observe(items as f64);
             })),

@@ -30,7 +30,7 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Committed items not yet moved to their final place (set when scraped).
     pub storage_backlog: IntGauge,
-    /// Time of one ingest (compaction).
+    /// Time of one ingest.
     pub ingest_latency: Histogram,
     /// Items moved per ingest.
     pub ingest_batch: Histogram,

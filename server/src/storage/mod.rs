@@ -23,8 +23,10 @@ mod sqlite;
 use ot_core::history::{AppliedOp, DocumentSnapshot, OpHash};
 use ot_core::Operation;
 
-pub use commit::{CommitCallback, CommitObserver, CommitOptions, CommitQueue, DEFAULT_COMPACT_AT};
-pub use sqlite::{Durability, SqliteStorage};
+pub use commit::{
+    CommitCallback, CommitObserver, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY,
+};
+pub use sqlite::{Durability, SqliteStorage, UnknownDurability};
 
 /// One stored op: everything the server persists per op.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -212,6 +214,51 @@ pub enum StorageError {
     Closed,
 }
 
+/// The continuity check of [`Storage::commit`] and the [`CommitQueue`]:
+/// whether `items` continue their documents' logs, given each document's last
+/// revision before them (`last_rev`, asked once per document). Returns every
+/// document of `items` with its last revision after them; fails with
+/// [`StorageError::Gap`] for an op that is not the last revision + 1
+/// (counting the earlier items) and with [`StorageError::SnapshotAhead`] for
+/// a snapshot newer than that.
+pub(crate) fn check_continuity(
+    items: &[WriteItem],
+    mut last_rev: impl FnMut(&str) -> Result<u64, StorageError>,
+) -> Result<Vec<(String, u64)>, StorageError> {
+    let mut revs: Vec<(String, u64)> = Vec::new();
+    for item in items {
+        let doc = item.doc();
+        let i = match revs.iter().position(|(d, _)| d == doc) {
+            Some(i) => i,
+            None => {
+                revs.push((doc.to_owned(), last_rev(doc)?));
+                revs.len() - 1
+            }
+        };
+        let last = &mut revs[i].1;
+        match item {
+            WriteItem::CreateDoc { .. } => {}
+            WriteItem::Op { op, .. } if op.rev != *last + 1 => {
+                return Err(StorageError::Gap {
+                    doc: doc.to_owned(),
+                    expected: *last + 1,
+                    found: op.rev,
+                });
+            }
+            WriteItem::Op { op, .. } => *last = op.rev,
+            WriteItem::Snapshot { snapshot, .. } if snapshot.rev > *last => {
+                return Err(StorageError::SnapshotAhead {
+                    doc: doc.to_owned(),
+                    snapshot_rev: snapshot.rev,
+                    last_rev: *last,
+                });
+            }
+            WriteItem::Snapshot { .. } => {}
+        }
+    }
+    Ok(revs)
+}
+
 /// Storage behind a trait so a shared database can replace SQLite later.
 ///
 /// All methods are blocking: callers run them on a blocking thread
@@ -224,9 +271,10 @@ pub trait Storage: Send + Sync + 'static {
     /// document's last stored revision + 1 (counting earlier items), and with
     /// [`StorageError::SnapshotAhead`] for a snapshot newer than the log.
     fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError>;
-    /// Like [`commit`](Self::commit), but only if it can run without waiting
-    /// for another writer (e.g. a group commit in progress):
-    /// `None` means busy, and nothing was written. The default is always busy.
+    /// Like [`commit`](Self::commit), but only if it is cheap (no fsync)
+    /// and can run without waiting for another writer (e.g. a group commit in
+    /// progress): `None` means not now, and nothing was written. The
+    /// [`CommitQueue`] commits in place with it. The default is never.
     fn try_commit(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
         let _ = items;
         None
@@ -264,8 +312,8 @@ pub trait Storage: Send + Sync + 'static {
     /// The storage epoch: changes when data committed with relaxed durability
     /// may have been lost (an unclean shutdown), so clients must resync.
     fn epoch(&self) -> u64;
-    /// Committed items waiting for [`compact`](Self::compact) (0: none). The
-    /// commit queue has its ingest thread compact when this grows large or
+    /// Committed items waiting for [`ingest`](Self::ingest) (0: none). The
+    /// commit queue has its ingest thread ingest when this grows large or
     /// when commits are idle.
     fn backlog(&self) -> usize {
         0
@@ -274,10 +322,90 @@ pub trait Storage: Send + Sync + 'static {
     /// commits go on: move committed items to their final place (for SQLite,
     /// from the commit log into the tables). Changes nothing that reads
     /// return. Returns how many items it moved.
-    fn compact(&self) -> Result<usize, StorageError> {
+    fn ingest(&self) -> Result<usize, StorageError> {
         Ok(0)
     }
     /// Mark a clean shutdown (after the last commit). A later commit clears
     /// the mark again.
     fn close_clean(&self) -> Result<(), StorageError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ot_core::history::{DocumentHistory, Receipt};
+
+    /// Ops appending "x" to `doc`, revisions 1, 2, ...
+    fn ops(doc: &str, count: usize) -> (DocumentHistory, Vec<WriteItem>) {
+        let mut h = DocumentHistory::new();
+        let items = (0..count)
+            .map(|_| {
+                let len = h.text().len_chars();
+                let seq = h.last_seq("w") + 1;
+                let op = Operation::insert_at(len, len, "x").unwrap();
+                match h.receive("w", seq, h.revision(), op).unwrap() {
+                    Receipt::Applied { applied, received } => WriteItem::Op {
+                        doc: doc.to_owned(),
+                        op: StoredOp::from_applied(&applied, received, 0),
+                        len_after: h.text().len_chars() as u64,
+                    },
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        (h, items)
+    }
+
+    #[test]
+    fn continuity_is_checked_per_document_counting_earlier_items() {
+        let (h, a) = ops("a", 3);
+        let (_, b) = ops("b", 2);
+        let mut asked = Vec::new();
+        let mut last_rev = |doc: &str| {
+            asked.push(doc.to_owned());
+            Ok(if doc == "a" { 1 } else { 0 })
+        };
+        let items = vec![
+            WriteItem::CreateDoc { doc: "c".into() },
+            a[1].clone(),
+            b[0].clone(),
+            a[2].clone(),
+            WriteItem::Snapshot {
+                doc: "a".into(),
+                snapshot: h.snapshot(),
+            },
+            b[1].clone(),
+        ];
+        let revs = check_continuity(&items, &mut last_rev).unwrap();
+        assert_eq!(
+            revs,
+            vec![("c".into(), 0), ("a".into(), 3), ("b".into(), 2)]
+        );
+        assert_eq!(asked, ["c", "a", "b"], "asked once per document");
+
+        match check_continuity(&a[2..], |_| Ok(1)) {
+            Err(StorageError::Gap {
+                expected: 2,
+                found: 3,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let snapshot = WriteItem::Snapshot {
+            doc: "a".into(),
+            snapshot: h.snapshot(),
+        };
+        match check_continuity(&[a[1].clone(), snapshot], |_| Ok(1)) {
+            Err(StorageError::SnapshotAhead {
+                snapshot_rev: 3,
+                last_rev: 2,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match check_continuity(&a[..1], |_| Err(StorageError::Closed)) {
+            Err(StorageError::Closed) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

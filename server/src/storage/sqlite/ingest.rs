@@ -1,0 +1,306 @@
+//! Ingests: sealing the pending items (the spare commit log becomes the
+//! active one) and writing sealed items to the tables in one transaction
+//! while commits go on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ot_core::history::{ClientRecord, OpHash};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::reads::doc_rev;
+use super::schema::set_synchronous;
+use super::seq_revs::{store_seq_revs, NewSeqs, SEQS_PER_BLOCK};
+use super::{
+    lock, now_ms, to_sql_int, Durability, Ingester, SqliteStorage, Writer, BUSY_TIMEOUT,
+    STATEMENT_CACHE, WRITER_CACHE_KIB,
+};
+use crate::storage::oplog::{OpLog, LOG_FILES};
+use crate::storage::{StorageError, WriteItem};
+
+/// Per-document state accumulated while writing one commit.
+struct PendingDoc {
+    rev: u64,
+    /// `Some(len)` once an op of this commit changed the document.
+    len: Option<u64>,
+}
+
+impl SqliteStorage {
+    /// The connection that writes ingests to the tables.
+    pub(super) fn open_ingest_connection(
+        path: &Path,
+        durability: Durability,
+    ) -> Result<Connection, StorageError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        set_synchronous(&conn, durability)?;
+        // Enough cache for the pages of many documents' log tails and indexes.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+        Ok(conn)
+    }
+
+    /// Write the sealed items to the tables and start the spare log over;
+    /// returns how many items were written.
+    pub(super) fn ingest_sealed(&self, ingester: &mut Ingester) -> Result<usize, StorageError> {
+        let Ingester {
+            conn,
+            spare,
+            sealed,
+        } = ingester;
+        ingest_log(conn, sealed, spare, &self.sealed_count)
+    }
+
+    /// Write the pending items to the tables without sealing them (the
+    /// caller holds both locks, so no commit can run meanwhile), then start
+    /// the active log over.
+    pub(super) fn ingest_pending_in_place(
+        &self,
+        writer: &mut Writer,
+        ingester: &mut Ingester,
+    ) -> Result<usize, StorageError> {
+        ingest_log(
+            &mut ingester.conn,
+            &mut writer.pending,
+            &mut writer.log,
+            &self.pending_count,
+        )
+    }
+
+    /// Write every sealed and pending item to the tables, with both locks
+    /// held (commits wait).
+    pub(super) fn ingest_all_locked(
+        &self,
+        writer: &mut Writer,
+        ingester: &mut Ingester,
+    ) -> Result<usize, StorageError> {
+        // Sealed items are older than pending ones: they go first.
+        let sealed = self.ingest_sealed(ingester)?;
+        Ok(sealed + self.ingest_pending_in_place(writer, ingester)?)
+    }
+
+    /// Write every item committed before this call to the tables: seal the
+    /// pending items (the spare log becomes the active log) and write them
+    /// while commits go on. Waits for a running ingest first. Returns how
+    /// many items were written.
+    pub(super) fn seal_and_ingest(&self) -> Result<usize, StorageError> {
+        let mut ingester = lock(&self.ingester);
+        let mut writer = lock(&self.writer);
+        if !ingester.sealed.is_empty() || !ingester.spare.is_empty() {
+            // An earlier ingest or log reset failed: retry it, then ingest
+            // the rest in place (commits wait), which needs no spare log.
+            if ingester.sealed.is_empty() {
+                if let Err(e) = ingester.spare.reset() {
+                    tracing::warn!(error = %e, "cannot restart the commit log");
+                }
+            }
+            return self.ingest_all_locked(&mut writer, &mut ingester);
+        }
+        if writer.pending.is_empty() {
+            return Ok(0);
+        }
+        self.seal(&mut writer, &mut ingester);
+        drop(writer);
+        self.ingest_sealed(&mut ingester)
+    }
+
+    /// Hold off every ingest (and read) until the returned guard is dropped;
+    /// commits go on.
+    #[cfg(test)]
+    pub(crate) fn pause_ingests(&self) -> impl Sized + '_ {
+        lock(&self.ingester)
+    }
+
+    /// The pending items become sealed; the (empty) spare log becomes the
+    /// active log.
+    pub(super) fn seal(&self, writer: &mut Writer, ingester: &mut Ingester) {
+        ingester.spare.start_after(&writer.log);
+        std::mem::swap(&mut writer.log, &mut ingester.spare);
+        ingester.sealed = std::mem::take(&mut writer.pending);
+        self.sealed_count
+            .store(ingester.sealed.len(), Ordering::Relaxed);
+        self.pending_count.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Write `items` (everything `log` holds) to the tables, then empty both;
+/// `count` follows `items.len()`. Returns how many items were written.
+pub(super) fn ingest_log(
+    conn: &mut Connection,
+    items: &mut Vec<WriteItem>,
+    log: &mut OpLog,
+    count: &AtomicUsize,
+) -> Result<usize, StorageError> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    write_items(conn, items, false)?;
+    let written = items.len();
+    items.clear();
+    count.store(0, Ordering::Relaxed);
+    if let Err(e) = log.reset() {
+        // Harmless: the log keeps records that are stored already (opening
+        // skips them). An active log then grows; a spare one is not used
+        // until a reset works (ingests happen in place meanwhile).
+        tracing::warn!(error = %e, "cannot restart the commit log");
+    }
+    Ok(written)
+}
+
+/// Write `items` to the tables in one transaction.
+///
+/// With `recovering` (replaying the commit log on open), an op whose revision
+/// is already stored is skipped if its op hash matches and refused as corrupt
+/// otherwise; snapshots and document rows are simply written again (the same
+/// content).
+pub(super) fn write_items(
+    conn: &mut Connection,
+    items: &[WriteItem],
+    recovering: bool,
+) -> Result<(), StorageError> {
+    let now = now_ms();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut pending: HashMap<&str, PendingDoc> = HashMap::new();
+    // Sorted, so the seq_revs rows are visited in key order.
+    let mut new_seqs = NewSeqs::new();
+    {
+        let mut insert_op = tx.prepare_cached(
+            "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received, applied, time_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut create_doc = tx.prepare_cached(
+            "INSERT OR IGNORE INTO docs (id, rev, len, created_ms) VALUES (?1, 0, 0, ?2)",
+        )?;
+        let mut insert_snapshot = tx.prepare_cached(
+            "INSERT OR REPLACE INTO snapshots (doc, rev, text, clients) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for item in items {
+            let doc = item.doc();
+            if !pending.contains_key(doc) {
+                // First sight of this document in the transaction: make sure
+                // its row exists and learn its last revision.
+                create_doc.execute(params![doc, now])?;
+                let rev = doc_rev(&tx, doc)?.unwrap_or(0);
+                pending.insert(doc, PendingDoc { rev, len: None });
+            }
+            let Some(state) = pending.get_mut(doc) else {
+                continue;
+            };
+            match item {
+                WriteItem::CreateDoc { .. } => {}
+                WriteItem::Op { op, .. } if recovering && op.rev <= state.rev => {
+                    let stored = stored_hash(&tx, doc, op.rev)?;
+                    if stored != Some(op.hash) {
+                        return Err(StorageError::Corrupt(format!(
+                            "document {doc:?} revision {}: the commit log and the database hold different ops",
+                            op.rev
+                        )));
+                    }
+                }
+                WriteItem::Op { op, len_after, .. } => {
+                    if op.rev != state.rev + 1 {
+                        return Err(StorageError::Gap {
+                            doc: doc.to_owned(),
+                            expected: state.rev + 1,
+                            found: op.rev,
+                        });
+                    }
+                    insert_op.execute(params![
+                        doc,
+                        to_sql_int(op.rev, "rev")?,
+                        op.client_id,
+                        to_sql_int(op.seq, "seq")?,
+                        op.hash.to_hex(),
+                        to_sql_int(op.base_rev, "base_rev")?,
+                        op.received.to_json(),
+                        op.applied.to_json(),
+                        op.time_ms,
+                    ])?;
+                    new_seqs
+                        .entry((doc, &op.client_id, op.seq / SEQS_PER_BLOCK))
+                        .or_default()
+                        .push((op.seq, op.rev));
+                    state.rev = op.rev;
+                    state.len = Some(*len_after);
+                }
+                WriteItem::Snapshot { snapshot, .. } => {
+                    if snapshot.rev > state.rev {
+                        return Err(StorageError::SnapshotAhead {
+                            doc: doc.to_owned(),
+                            snapshot_rev: snapshot.rev,
+                            last_rev: state.rev,
+                        });
+                    }
+                    let clients: BTreeMap<&String, &ClientRecord> =
+                        snapshot.clients.iter().collect();
+                    let clients = serde_json::to_string(&clients).map_err(|e| {
+                        StorageError::Corrupt(format!("cannot serialise a dedup table: {e}"))
+                    })?;
+                    insert_snapshot.execute(params![
+                        doc,
+                        to_sql_int(snapshot.rev, "snapshot rev")?,
+                        snapshot.text,
+                        clients,
+                    ])?;
+                }
+            }
+        }
+        store_seq_revs(&tx, &new_seqs)?;
+        let mut update_doc =
+            tx.prepare_cached("UPDATE docs SET rev = ?2, len = ?3 WHERE id = ?1")?;
+        for (doc, state) in &pending {
+            if let Some(len) = state.len {
+                update_doc.execute(params![
+                    doc,
+                    to_sql_int(state.rev, "rev")?,
+                    to_sql_int(len, "len")?
+                ])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The op hash stored for (`doc`, `rev`), if any.
+pub(super) fn stored_hash(
+    conn: &Connection,
+    doc: &str,
+    rev: u64,
+) -> Result<Option<OpHash>, StorageError> {
+    let hash: Option<String> = conn
+        .prepare_cached("SELECT op_hash FROM ops WHERE doc = ?1 AND rev = ?2")?
+        .query_row(params![doc, to_sql_int(rev, "rev")?], |row| row.get(0))
+        .optional()?;
+    Ok(hash.as_deref().and_then(OpHash::from_hex))
+}
+
+/// Store whatever the commit logs in `dir` still hold (a crash left it
+/// there; fsynced, whatever the durability), older log first, then start
+/// both logs over; returns (the active log, the spare log).
+pub(super) fn recover(
+    conn: &mut Connection,
+    dir: &Path,
+    durability: Durability,
+) -> Result<(OpLog, OpLog), StorageError> {
+    // Whatever the logs still hold was committed: store it (fsynced,
+    // whatever the durability), older log first, before a log may start over.
+    let sync = durability == Durability::Fsync;
+    let (mut active, active_records) = OpLog::open(&dir.join(LOG_FILES[0]), sync)?;
+    let (mut spare, spare_records) = OpLog::open(&dir.join(LOG_FILES[1]), sync)?;
+    let mut logs = [(&active, active_records), (&spare, spare_records)];
+    logs.sort_by_key(|(log, _)| (log.is_empty(), log.first_lsn()));
+    for (log, records) in logs {
+        let recovered: Vec<WriteItem> = records.into_iter().flatten().collect();
+        write_items(conn, &recovered, true)?;
+        if !recovered.is_empty() {
+            tracing::info!(items = recovered.len(), log = %log.path().display(), "recovered commits from the commit log");
+        }
+    }
+    active.reset()?;
+    spare.reset()?;
+    // New records come after any old record whose reset did not reach the disk.
+    active.start_after(&spare);
+    Ok((active, spare))
+}

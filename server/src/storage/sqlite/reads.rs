@@ -1,0 +1,344 @@
+//! Reads: a pool of reader connections, each read in one transaction after
+//! an ingest of everything committed before it; the queries behind
+//! [`Storage`](crate::storage::Storage)'s read methods.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use ot_core::history::{DocumentSnapshot, OpHash};
+use ot_core::Operation;
+use ropey::Rope;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::seq_revs::{seq_slot, SEQS_PER_BLOCK, SQL_SEQ_REVS};
+use super::{
+    from_sql_int, limit_to_sql, lock, to_sql_int, SqliteStorage, BUSY_TIMEOUT, MAX_IDLE_READERS,
+    STATEMENT_CACHE,
+};
+use crate::storage::{DocSummary, LoadedDoc, StorageError, StoredOp};
+
+/// Ops of a document after a revision (`?2`), at most `?3`: the columns [`RawOp`] reads.
+pub(super) const SQL_OPS_AFTER: &str =
+    "SELECT rev, client_id, seq, op_hash, base_rev, received, applied, time_ms
+     FROM ops WHERE doc = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3";
+
+/// Like [`SQL_OPS_AFTER`], only concurrent ops, through the partial index
+/// `ops_conflicts` (named: the planner would pick the primary key). The
+/// condition must be written exactly as in the index for SQLite to use it.
+pub(super) const SQL_CONFLICTS_AFTER: &str =
+    "SELECT rev, client_id, seq, op_hash, base_rev, received, applied, time_ms
+     FROM ops INDEXED BY ops_conflicts
+     WHERE doc = ?1 AND rev > ?2 AND rev > base_rev + 1 ORDER BY rev LIMIT ?3";
+
+/// One `ops` row as read, before parsing.
+struct RawOp {
+    rev: i64,
+    client_id: String,
+    seq: i64,
+    hash: String,
+    base_rev: i64,
+    received: String,
+    applied: String,
+    time_ms: i64,
+}
+
+impl RawOp {
+    pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawOp> {
+        Ok(RawOp {
+            rev: row.get(0)?,
+            client_id: row.get(1)?,
+            seq: row.get(2)?,
+            hash: row.get(3)?,
+            base_rev: row.get(4)?,
+            received: row.get(5)?,
+            applied: row.get(6)?,
+            time_ms: row.get(7)?,
+        })
+    }
+
+    pub(super) fn parse(self, doc: &str) -> Result<StoredOp, StorageError> {
+        let rev = from_sql_int(self.rev, "rev")?;
+        let corrupt = |what: &str, detail: &dyn fmt::Display| {
+            StorageError::Corrupt(format!("document {doc:?} revision {rev}: {what}: {detail}"))
+        };
+        let hash =
+            OpHash::from_hex(&self.hash).ok_or_else(|| corrupt("bad op hash", &self.hash))?;
+        let received =
+            Operation::from_json(&self.received).map_err(|e| corrupt("bad received op", &e))?;
+        let applied =
+            Operation::from_json(&self.applied).map_err(|e| corrupt("bad applied op", &e))?;
+        Ok(StoredOp {
+            rev,
+            client_id: self.client_id,
+            seq: from_sql_int(self.seq, "seq")?,
+            hash,
+            base_rev: from_sql_int(self.base_rev, "base_rev")?,
+            received,
+            applied,
+            time_ms: self.time_ms,
+        })
+    }
+}
+
+/// Read ops of `doc` with `sql` ([`SQL_OPS_AFTER`] or [`SQL_CONFLICTS_AFTER`]) and parse them.
+pub(super) fn query_ops(
+    conn: &Connection,
+    sql: &str,
+    doc: &str,
+    after_rev: u64,
+    limit: usize,
+) -> Result<Vec<StoredOp>, StorageError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let raw = stmt
+        .query_map(
+            params![
+                doc,
+                to_sql_int(after_rev, "after_rev")?,
+                limit_to_sql(limit)
+            ],
+            RawOp::from_row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    raw.into_iter().map(|r| r.parse(doc)).collect()
+}
+
+/// The document's last revision, `None` if it does not exist.
+pub(super) fn doc_rev(conn: &Connection, doc: &str) -> Result<Option<u64>, StorageError> {
+    let rev: Option<i64> = conn
+        .prepare_cached("SELECT rev FROM docs WHERE id = ?1")?
+        .query_row([doc], |row| row.get(0))
+        .optional()?;
+    rev.map(|r| from_sql_int(r, "docs.rev")).transpose()
+}
+
+/// Check that `ops` continue revision `after` without gaps, up to `last`.
+pub(super) fn check_contiguous(
+    doc: &str,
+    after: u64,
+    ops: &[StoredOp],
+    last: u64,
+) -> Result<(), StorageError> {
+    let mut expected = after + 1;
+    for op in ops {
+        if op.rev != expected {
+            return Err(StorageError::Corrupt(format!(
+                "document {doc:?}: the op log jumps from revision {} to {}",
+                expected - 1,
+                op.rev
+            )));
+        }
+        expected += 1;
+    }
+    if expected - 1 != last {
+        return Err(StorageError::Corrupt(format!(
+            "document {doc:?}: the op log ends at revision {} but the document is at {last}",
+            expected - 1
+        )));
+    }
+    Ok(())
+}
+
+impl SqliteStorage {
+    pub(super) fn open_reader(&self) -> Result<Connection, StorageError> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.pragma_update(None, "query_only", "ON")?;
+        Ok(conn)
+    }
+
+    /// Run `f` on a reader connection inside one read transaction (a
+    /// consistent view of the database).
+    pub(super) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        // Everything committed before the read began.
+        self.seal_and_ingest()?;
+        let pooled = lock(&self.readers).pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => self.open_reader()?,
+        };
+        let result = (|| {
+            let tx = conn.transaction()?;
+            let value = f(&tx)?;
+            tx.finish()?;
+            Ok(value)
+        })();
+        let mut pool = lock(&self.readers);
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// [`Storage::load`](crate::storage::Storage::load).
+    pub(super) fn load_doc(&self, doc: &str) -> Result<Option<LoadedDoc>, StorageError> {
+        self.read(|conn| {
+            let Some(last) = doc_rev(conn, doc)? else {
+                return Ok(None);
+            };
+            let row: Option<(i64, String, String)> = conn
+                .prepare_cached(
+                    "SELECT rev, text, clients FROM snapshots WHERE doc = ?1
+                     ORDER BY rev DESC LIMIT 1",
+                )?
+                .query_row([doc], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()?;
+            let snapshot = match row {
+                None => DocumentSnapshot {
+                    rev: 0,
+                    text: String::new(),
+                    clients: HashMap::new(),
+                },
+                Some((rev, text, clients)) => {
+                    let rev = from_sql_int(rev, "snapshot rev")?;
+                    let clients = serde_json::from_str(&clients).map_err(|e| {
+                        StorageError::Corrupt(format!(
+                            "document {doc:?}: bad dedup table in the snapshot at {rev}: {e}"
+                        ))
+                    })?;
+                    DocumentSnapshot { rev, text, clients }
+                }
+            };
+            let tail = query_ops(conn, SQL_OPS_AFTER, doc, snapshot.rev, usize::MAX)?;
+            check_contiguous(doc, snapshot.rev, &tail, last)?;
+            Ok(Some(LoadedDoc {
+                snapshot,
+                tail: tail.into_iter().map(StoredOp::into_applied).collect(),
+            }))
+        })
+    }
+
+    /// [`Storage::find_seq`](crate::storage::Storage::find_seq).
+    pub(super) fn find_stored_seq(
+        &self,
+        doc: &str,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<Option<(u64, OpHash)>, StorageError> {
+        let block = to_sql_int(seq / SEQS_PER_BLOCK, "seq")?;
+        let seq_sql = to_sql_int(seq, "seq")?;
+        let found: Option<(u64, String)> = self.read(|conn| {
+            let revs: Option<Vec<u8>> = conn
+                .prepare_cached(SQL_SEQ_REVS)?
+                .query_row(params![doc, client_id, block], |row| row.get(0))
+                .optional()?;
+            let Some(rev) = revs.as_deref().and_then(|revs| seq_slot(revs, seq)) else {
+                return Ok(None);
+            };
+            let row: Option<(String, i64, String)> = conn
+                .prepare_cached(
+                    "SELECT client_id, seq, op_hash FROM ops WHERE doc = ?1 AND rev = ?2",
+                )?
+                .query_row(params![doc, to_sql_int(rev, "rev")?], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()?;
+            match row {
+                Some((stored_client, stored_seq, hash))
+                    if stored_client == client_id && stored_seq == seq_sql =>
+                {
+                    Ok(Some((rev, hash)))
+                }
+                _ => Err(StorageError::Corrupt(format!(
+                    "document {doc:?}: seq_revs gives revision {rev} for client {client_id:?} \
+                     seq {seq}, but the op log holds another op there"
+                ))),
+            }
+        })?;
+        let Some((rev, hash)) = found else {
+            return Ok(None);
+        };
+        let hash = OpHash::from_hex(&hash).ok_or_else(|| {
+            StorageError::Corrupt(format!(
+                "document {doc:?} revision {rev}: bad op hash {hash:?}"
+            ))
+        })?;
+        Ok(Some((rev, hash)))
+    }
+
+    /// [`Storage::text_at`](crate::storage::Storage::text_at).
+    pub(super) fn text_at_rev(&self, doc: &str, rev: u64) -> Result<Option<String>, StorageError> {
+        self.read(|conn| {
+            match doc_rev(conn, doc)? {
+                Some(last) if rev <= last => {}
+                _ => return Ok(None),
+            }
+            let row: Option<(i64, String)> = conn
+                .prepare_cached(
+                    "SELECT rev, text FROM snapshots WHERE doc = ?1 AND rev <= ?2
+                     ORDER BY rev DESC LIMIT 1",
+                )?
+                .query_row(params![doc, to_sql_int(rev, "rev")?], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            let (base, text) = match row {
+                Some((base, text)) => (from_sql_int(base, "snapshot rev")?, text),
+                None => (0, String::new()),
+            };
+            if base == rev {
+                return Ok(Some(text));
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT rev, applied FROM ops WHERE doc = ?1 AND rev > ?2 AND rev <= ?3 ORDER BY rev",
+            )?;
+            let mut rows = stmt.query(params![
+                doc,
+                to_sql_int(base, "rev")?,
+                to_sql_int(rev, "rev")?
+            ])?;
+            let mut rope = Rope::from_str(&text);
+            let mut expected = base + 1;
+            while let Some(row) = rows.next()? {
+                let op_rev = from_sql_int(row.get(0)?, "rev")?;
+                let corrupt = |detail: String| {
+                    StorageError::Corrupt(format!("document {doc:?} revision {op_rev}: {detail}"))
+                };
+                if op_rev != expected {
+                    return Err(corrupt(format!("expected revision {expected}")));
+                }
+                let json: String = row.get(1)?;
+                let op = Operation::from_json(&json)
+                    .map_err(|e| corrupt(format!("bad applied op: {e}")))?;
+                op.apply_to_rope(&mut rope)
+                    .map_err(|e| corrupt(format!("stored op does not apply: {e}")))?;
+                expected += 1;
+            }
+            if expected != rev + 1 {
+                return Err(StorageError::Corrupt(format!(
+                    "document {doc:?}: the op log stops at revision {} before {rev}",
+                    expected - 1
+                )));
+            }
+            Ok(Some(rope.to_string()))
+        })
+    }
+
+    /// [`Storage::list`](crate::storage::Storage::list).
+    pub(super) fn list_docs(&self) -> Result<Vec<DocSummary>, StorageError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT id, rev, len FROM docs ORDER BY id")?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, rev, len)| {
+                    Ok(DocSummary {
+                        rev: from_sql_int(rev, "docs.rev")?,
+                        len: from_sql_int(len, "docs.len")?,
+                        id,
+                    })
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,852 @@
+//! Tests of [`SqliteStorage`]: round trips, continuity, the commit log and
+//! its recovery, ingests, the schema migration, corrupt rows, query plans.
+
+use super::reads::*;
+use super::schema::*;
+use super::seq_revs::*;
+use super::*;
+use crate::storage::oplog::LOG_FILES;
+use ot_core::history::{DocumentHistory, DocumentSnapshot, Receipt};
+use ot_core::Operation;
+use rusqlite::{params, OptionalExtension};
+use tempfile::TempDir;
+
+/// Apply `op` from `client` (seq `seq`, base `base`) to `h`; the write item.
+fn apply(
+    h: &mut DocumentHistory,
+    doc: &str,
+    client: &str,
+    seq: u64,
+    base: u64,
+    op: Operation,
+) -> WriteItem {
+    match h.receive(client, seq, base, op).unwrap() {
+        Receipt::Applied { applied, received } => WriteItem::Op {
+            doc: doc.to_owned(),
+            op: StoredOp::from_applied(&applied, received, 1_000 + applied.rev as i64),
+            len_after: h.text().len_chars() as u64,
+        },
+        other => panic!("not applied: {other:?}"),
+    }
+}
+
+fn ins(len: usize, pos: usize, text: &str) -> Operation {
+    Operation::insert_at(len, pos, text).unwrap()
+}
+
+/// A history of `doc` with 6 ops (two of them concurrent) and its items.
+fn sample(doc: &str) -> (DocumentHistory, Vec<WriteItem>) {
+    let mut h = DocumentHistory::new();
+    let items = vec![
+        apply(&mut h, doc, "a", 1, 0, ins(0, 0, "hello")),
+        apply(&mut h, doc, "a", 2, 1, ins(5, 5, " world")),
+        // b only saw revision 1: transformed past rev 2.
+        apply(&mut h, doc, "b", 1, 1, ins(5, 0, "¡")),
+        apply(&mut h, doc, "a", 3, 3, ins(12, 12, "!")),
+        // c saw nothing: transformed past revs 1..=4.
+        apply(&mut h, doc, "c", 1, 0, ins(0, 0, "🙂")),
+        apply(
+            &mut h,
+            doc,
+            "b",
+            2,
+            5,
+            Operation::delete_range(14, 1, 1).unwrap(),
+        ),
+    ];
+    (h, items)
+}
+
+fn stored(items: &[WriteItem]) -> Vec<StoredOp> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            WriteItem::Op { op, .. } => Some(op.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn texts(items: &[WriteItem]) -> Vec<String> {
+    let mut text = String::new();
+    let mut out = vec![text.clone()];
+    for op in stored(items) {
+        text = op.applied.apply(&text).unwrap();
+        out.push(text.clone());
+    }
+    out
+}
+
+fn open(dir: &TempDir, durability: Durability) -> SqliteStorage {
+    SqliteStorage::open(dir.path(), durability).unwrap()
+}
+
+fn create(doc: &str) -> WriteItem {
+    WriteItem::CreateDoc {
+        doc: doc.to_owned(),
+    }
+}
+
+#[test]
+fn round_trip_ops_snapshots_and_load() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Fsync);
+    assert_eq!(s.load("d").unwrap(), None);
+    assert!(!s.exists("d").unwrap());
+    assert_eq!(s.last_rev("d").unwrap(), 0);
+
+    let (mut h, items) = sample("d");
+    let mut batch = vec![create("d")];
+    batch.extend(items[..3].iter().cloned());
+    s.commit(&batch).unwrap();
+    // A document with ops and no snapshot loads from the empty snapshot.
+    let loaded = s.load("d").unwrap().unwrap();
+    assert_eq!(loaded.snapshot.rev, 0);
+    assert_eq!(loaded.tail.len(), 3);
+    assert_eq!(loaded.rev(), 3);
+
+    // Ops and a snapshot in one commit: the snapshot after rev 4.
+    let mut h4 = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+    let WriteItem::Op { op: op4, .. } = &items[3] else {
+        panic!()
+    };
+    h4.append_stored(op4.to_applied()).unwrap();
+    let snap4 = h4.snapshot();
+    let mut batch = vec![items[3].clone()];
+    batch.push(WriteItem::Snapshot {
+        doc: "d".into(),
+        snapshot: snap4.clone(),
+    });
+    batch.extend(items[4..].iter().cloned());
+    s.commit(&batch).unwrap();
+
+    let loaded = s.load("d").unwrap().unwrap();
+    assert_eq!(loaded.snapshot, snap4);
+    let tail_revs: Vec<u64> = loaded.tail.iter().map(|a| a.rev).collect();
+    assert_eq!(tail_revs, vec![5, 6]);
+    assert_eq!(loaded.tail, h.retained_ops()[4..].to_vec());
+    let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+    assert_eq!(rebuilt.text().to_string(), h.text().to_string());
+    assert_eq!(rebuilt.revision(), 6);
+    assert_eq!(rebuilt.snapshot(), h.snapshot());
+
+    // Every op reads back exactly as written.
+    assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+    assert_eq!(s.ops("d", 2, 2).unwrap(), stored(&items)[2..4].to_vec());
+    assert!(s.ops("d", 6, 10).unwrap().is_empty());
+    assert!(s.ops("nope", 0, 10).unwrap().is_empty());
+    assert!(s.exists("d").unwrap());
+    assert_eq!(s.last_rev("d").unwrap(), 6);
+
+    // A newer snapshot wins; the DocumentHistory keeps working from it.
+    h.trim_to(0);
+    s.commit(&[WriteItem::Snapshot {
+        doc: "d".into(),
+        snapshot: h.snapshot(),
+    }])
+    .unwrap();
+    let loaded = s.load("d").unwrap().unwrap();
+    assert_eq!(loaded.snapshot.rev, 6);
+    assert!(loaded.tail.is_empty());
+}
+
+#[test]
+fn created_document_without_ops() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Fsync);
+    s.commit(&[create("empty"), create("empty")]).unwrap();
+    assert!(s.exists("empty").unwrap());
+    let loaded = s.load("empty").unwrap().unwrap();
+    assert_eq!(loaded.snapshot.rev, 0);
+    assert_eq!(loaded.snapshot.text, "");
+    assert!(loaded.tail.is_empty());
+    assert_eq!(s.text_at("empty", 0).unwrap().as_deref(), Some(""));
+    assert_eq!(s.text_at("empty", 1).unwrap(), None);
+    // An empty commit is fine and writes nothing.
+    s.commit(&[]).unwrap();
+}
+
+#[test]
+fn find_seq_finds_each_op() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Fsync);
+    let (_, items) = sample("d");
+    s.commit(&items).unwrap();
+    for op in stored(&items) {
+        assert_eq!(
+            s.find_seq("d", &op.client_id, op.seq).unwrap(),
+            Some((op.rev, op.hash))
+        );
+        assert_eq!(op.hash, OpHash::of(&op.received));
+    }
+    assert_eq!(s.find_seq("d", "a", 4).unwrap(), None);
+    assert_eq!(s.find_seq("d", "zz", 1).unwrap(), None);
+    assert_eq!(s.find_seq("other", "a", 1).unwrap(), None);
+}
+
+/// `count` ops by clients "a" and "b" in turn (each op appends one
+/// char, based on the latest revision), so both clients' seqs span
+/// several `seq_revs` blocks.
+fn two_writers(doc: &str, count: u64) -> Vec<WriteItem> {
+    let mut h = DocumentHistory::new();
+    (0..count)
+        .map(|i| {
+            let client = if i % 2 == 0 { "a" } else { "b" };
+            let len = h.text().len_chars();
+            apply(&mut h, doc, client, i / 2 + 1, i, ins(len, len, "x"))
+        })
+        .collect()
+}
+
+fn assert_every_seq_found(s: &SqliteStorage, doc: &str, items: &[WriteItem]) {
+    for op in stored(items) {
+        assert_eq!(
+            s.find_seq(doc, &op.client_id, op.seq).unwrap(),
+            Some((op.rev, op.hash)),
+            "client {} seq {}",
+            op.client_id,
+            op.seq
+        );
+    }
+}
+
+#[test]
+fn find_seq_across_blocks_commits_ingests_and_reopens() {
+    let dir = TempDir::new().unwrap();
+    let items = two_writers("d", 300); // seqs 1..=150 each: blocks 0, 1 and 2
+    let s = open(&dir, Durability::Fsync);
+    // Uneven commits, some ingested on their own, so one block's slots
+    // arrive over several ingests.
+    for chunk in items.chunks(37) {
+        s.commit(chunk).unwrap();
+        if chunk.len() % 2 == 1 {
+            s.ingest().unwrap();
+        }
+    }
+    assert_every_seq_found(&s, "d", &items);
+    for (client, seq) in [("a", 0), ("a", 151), ("b", 64 * 5), ("c", 1)] {
+        assert_eq!(
+            s.find_seq("d", client, seq).unwrap(),
+            None,
+            "{client} {seq}"
+        );
+    }
+    assert_eq!(s.find_seq("other", "a", 1).unwrap(), None);
+    drop(s);
+    let s = open(&dir, Durability::Fsync);
+    assert_every_seq_found(&s, "d", &items);
+}
+
+#[test]
+fn a_version_1_database_is_migrated_on_open() {
+    let dir = TempDir::new().unwrap();
+    let items = two_writers("d", 200);
+    let (_, other) = sample("e");
+    let s = open(&dir, Durability::Fsync);
+    s.commit(&items).unwrap();
+    s.commit(&other).unwrap();
+    drop(s);
+    // Turn it into what version 1 left: the index, no seq_revs rows.
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch(
+        "DELETE FROM seq_revs;
+         CREATE INDEX ops_by_seq ON ops (doc, client_id, seq);
+         UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+
+    let s = open(&dir, Durability::Fsync);
+    assert_every_seq_found(&s, "d", &items);
+    assert_every_seq_found(&s, "e", &other);
+    let conn = s.open_reader().unwrap();
+    let version = meta_get(&conn, "schema_version").unwrap();
+    assert_eq!(version.as_deref(), Some(SCHEMA_VERSION));
+    let index: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE name = 'ops_by_seq'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .unwrap();
+    assert_eq!(index, None);
+    // Ops after the migration are found as well.
+    drop(conn);
+    let more = two_writers("f", 70);
+    s.commit(&more).unwrap();
+    assert_every_seq_found(&s, "f", &more);
+}
+
+#[test]
+fn an_unknown_schema_version_is_refused() {
+    let dir = TempDir::new().unwrap();
+    drop(open(&dir, Durability::Fsync));
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let Err(err) = SqliteStorage::open(dir.path(), Durability::Fsync) else {
+        panic!("version 3 must be refused");
+    };
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+    assert!(err.to_string().contains("schema version 3"), "{err}");
+}
+
+#[test]
+fn a_seq_revs_row_that_disagrees_with_the_op_log_is_reported() {
+    let dir = TempDir::new().unwrap();
+    let (_, items) = sample("d");
+    let s = open(&dir, Durability::Fsync);
+    s.commit(&items).unwrap();
+    s.ingest().unwrap();
+    // Point a's seq 1 at revision 3 (b's op).
+    let mut revs = Vec::new();
+    set_seq_slot(&mut revs, 1, 3);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    put_seq_revs(&conn, "d", "a", 0, &revs).unwrap();
+    drop(conn);
+    let err = s.find_seq("d", "a", 1).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+}
+
+#[test]
+fn seq_slots_round_trip_and_grow() {
+    let mut revs = Vec::new();
+    assert_eq!(seq_slot(&revs, 5), None);
+    set_seq_slot(&mut revs, 64 + 3, 42);
+    assert_eq!(revs.len(), 4 * SLOT_BYTES);
+    assert_eq!(seq_slot(&revs, 3), Some(42));
+    assert_eq!(seq_slot(&revs, 2), None);
+    assert_eq!(seq_slot(&revs, 4), None);
+    set_seq_slot(&mut revs, 63, u64::MAX);
+    assert_eq!(revs.len(), 64 * SLOT_BYTES);
+    assert_eq!(seq_slot(&revs, 63), Some(u64::MAX));
+    assert_eq!(seq_slot(&revs, 3), Some(42));
+}
+
+#[test]
+fn text_at_every_revision() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Fsync);
+    let (_, items) = sample("d");
+    let expected = texts(&items);
+    assert_eq!(s.text_at("d", 0).unwrap(), None);
+    s.commit(&items[..2]).unwrap();
+    // Snapshot at 2 (the dedup table does not matter for text_at).
+    s.commit(&[WriteItem::Snapshot {
+        doc: "d".into(),
+        snapshot: DocumentSnapshot {
+            rev: 2,
+            text: expected[2].clone(),
+            clients: HashMap::new(),
+        },
+    }])
+    .unwrap();
+    s.commit(&items[2..]).unwrap();
+    s.commit(&[WriteItem::Snapshot {
+        doc: "d".into(),
+        snapshot: DocumentSnapshot {
+            rev: 5,
+            text: expected[5].clone(),
+            clients: HashMap::new(),
+        },
+    }])
+    .unwrap();
+    for (rev, text) in expected.iter().enumerate() {
+        assert_eq!(
+            s.text_at("d", rev as u64).unwrap().as_deref(),
+            Some(text.as_str()),
+            "rev {rev}"
+        );
+    }
+    assert_eq!(expected[6], "🙂hello world!");
+    assert_eq!(s.text_at("d", 7).unwrap(), None);
+    assert_eq!(s.text_at("unknown", 0).unwrap(), None);
+}
+
+#[test]
+fn list_and_conflicts() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Fsync);
+    let (hb, items_b) = sample("b");
+    let mut ha = DocumentHistory::new();
+    let items_a = vec![apply(&mut ha, "a", "x", 1, 0, ins(0, 0, "héllo"))];
+    s.commit(&[create("c")]).unwrap();
+    s.commit(&items_b).unwrap();
+    s.commit(&items_a).unwrap();
+    let list = s.list().unwrap();
+    assert_eq!(
+        list,
+        vec![
+            DocSummary {
+                id: "a".into(),
+                rev: 1,
+                len: 5
+            },
+            DocSummary {
+                id: "b".into(),
+                rev: 6,
+                len: hb.text().len_chars() as u64
+            },
+            DocSummary {
+                id: "c".into(),
+                rev: 0,
+                len: 0
+            },
+        ]
+    );
+    let conflicts = s.conflicts("b", 0, 10).unwrap();
+    let revs: Vec<u64> = conflicts.iter().map(|o| o.rev).collect();
+    assert_eq!(revs, vec![3, 5]);
+    assert!(conflicts.iter().all(StoredOp::is_concurrent));
+    assert_eq!(conflicts[1].received, ins(0, 0, "🙂"));
+    assert_ne!(conflicts[1].received, conflicts[1].applied);
+    assert_eq!(s.conflicts("b", 3, 10).unwrap()[0].rev, 5);
+    assert_eq!(s.conflicts("b", 0, 1).unwrap().len(), 1);
+    assert!(s.conflicts("a", 0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn gap_rejection_writes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Fsync);
+    let (_, items) = sample("d");
+    let (_, other) = sample("e");
+    s.commit(&items[..2]).unwrap();
+    let before = s.list().unwrap();
+
+    // e's first op is fine, then d skips revision 3: nothing of the batch is written.
+    let batch = vec![create("new"), other[0].clone(), items[3].clone()];
+    match s.commit(&batch) {
+        Err(StorageError::Gap {
+            doc,
+            expected,
+            found,
+        }) => assert_eq!((doc.as_str(), expected, found), ("d", 3, 4)),
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    // A repeated revision is a gap too.
+    assert!(matches!(
+        s.commit(&[items[1].clone()]),
+        Err(StorageError::Gap {
+            expected: 3,
+            found: 2,
+            ..
+        })
+    ));
+    // So is a log that does not start at 1.
+    assert!(matches!(
+        s.commit(&[other[1].clone()]),
+        Err(StorageError::Gap {
+            expected: 1,
+            found: 2,
+            ..
+        })
+    ));
+    // A snapshot newer than the log is refused.
+    assert!(matches!(
+        s.commit(&[WriteItem::Snapshot {
+            doc: "d".into(),
+            snapshot: DocumentSnapshot {
+                rev: 3,
+                text: String::new(),
+                clients: HashMap::new()
+            }
+        }]),
+        Err(StorageError::SnapshotAhead {
+            snapshot_rev: 3,
+            last_rev: 2,
+            ..
+        })
+    ));
+    assert_eq!(s.list().unwrap(), before);
+    assert!(!s.exists("new").unwrap());
+    assert!(!s.exists("e").unwrap());
+    assert_eq!(s.ops("d", 0, 10).unwrap(), stored(&items[..2]));
+    // The log continues normally afterwards.
+    s.commit(&items[2..]).unwrap();
+    s.commit(&other).unwrap();
+    assert_eq!(s.last_rev("d").unwrap(), 6);
+    assert_eq!(s.last_rev("e").unwrap(), 6);
+}
+
+#[test]
+fn reopen_after_drop_keeps_everything() {
+    let dir = TempDir::new().unwrap();
+    let (h, items) = sample("d");
+    let snapshot;
+    {
+        let s = open(&dir, Durability::Relaxed);
+        s.commit(&items[..4]).unwrap();
+        let loaded = s.load("d").unwrap().unwrap();
+        snapshot = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail)
+            .unwrap()
+            .snapshot();
+        s.commit(&[WriteItem::Snapshot {
+            doc: "d".into(),
+            snapshot: snapshot.clone(),
+        }])
+        .unwrap();
+        s.commit(&items[4..]).unwrap();
+        s.commit(&[create("other")]).unwrap();
+    }
+    let s = open(&dir, Durability::Fsync);
+    assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+    let loaded = s.load("d").unwrap().unwrap();
+    assert_eq!(loaded.snapshot, snapshot);
+    let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+    assert_eq!(rebuilt.snapshot(), h.snapshot());
+    assert!(s.exists("other").unwrap());
+    // The reopened writer knows where the log is.
+    assert!(matches!(
+        s.commit(&[items[5].clone()]),
+        Err(StorageError::Gap { expected: 7, .. })
+    ));
+}
+
+#[test]
+fn epoch_changes_only_after_unclean_relaxed_runs() {
+    let dir = TempDir::new().unwrap();
+    let (_, items) = sample("d");
+    let epoch = {
+        let s = open(&dir, Durability::Relaxed);
+        s.commit(&items[..1]).unwrap();
+        s.epoch()
+    }; // dropped without close_clean: unclean
+    assert!(epoch > 0);
+    let s = open(&dir, Durability::Relaxed);
+    assert_eq!(s.epoch(), epoch + 1);
+    s.commit(&items[1..2]).unwrap();
+    s.close_clean().unwrap();
+    drop(s);
+    // Clean shutdown: same epoch.
+    let s = open(&dir, Durability::Relaxed);
+    assert_eq!(s.epoch(), epoch + 1);
+    s.close_clean().unwrap();
+    // A commit after close_clean makes the run unclean again.
+    s.commit(&items[2..3]).unwrap();
+    drop(s);
+    let s = open(&dir, Durability::Relaxed);
+    assert_eq!(s.epoch(), epoch + 2);
+    drop(s); // unclean, relaxed
+             // Opening in fsync mode after an unclean relaxed run still changes it...
+    let s = open(&dir, Durability::Fsync);
+    assert_eq!(s.epoch(), epoch + 3);
+    drop(s); // unclean, but fsync
+             // ...but unclean fsync runs never do.
+    for _ in 0..2 {
+        let s = open(&dir, Durability::Fsync);
+        assert_eq!(s.epoch(), epoch + 3);
+    }
+    let s = open(&dir, Durability::Fsync);
+    s.close_clean().unwrap();
+    drop(s);
+    assert_eq!(open(&dir, Durability::Relaxed).epoch(), epoch + 3);
+    assert_eq!(open(&dir, Durability::Fsync).epoch(), epoch + 4);
+    assert_eq!(open(&dir, Durability::Fsync).epoch(), epoch + 4);
+    assert_eq!(open(&dir, Durability::Fsync).last_rev("d").unwrap(), 3);
+}
+
+#[test]
+fn commits_are_recovered_from_the_commit_log() {
+    let (h, items) = sample("d");
+    for durability in [Durability::Fsync, Durability::Relaxed] {
+        let dir = TempDir::new().unwrap();
+        {
+            let s = open(&dir, durability);
+            s.commit(&[create("empty")]).unwrap();
+            s.commit(&items[..4]).unwrap();
+            s.commit(&items[4..]).unwrap();
+            assert_eq!(s.backlog(), 7);
+        } // dropped before any read or ingest: only the log has them
+        let s = open(&dir, durability);
+        assert_eq!(s.backlog(), 0);
+        assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+        assert!(s.exists("empty").unwrap());
+        let loaded = s.load("d").unwrap().unwrap();
+        let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+        assert_eq!(rebuilt.snapshot(), h.snapshot());
+        // The log continues where the recovered commits ended.
+        assert!(matches!(
+            s.commit(&[items[5].clone()]),
+            Err(StorageError::Gap { expected: 7, .. })
+        ));
+    }
+}
+
+#[test]
+fn commits_go_on_during_an_ingest_and_both_logs_are_recovered_in_order() {
+    let (h, items) = sample("d");
+    for durability in [Durability::Fsync, Durability::Relaxed] {
+        let dir = TempDir::new().unwrap();
+        {
+            let s = open(&dir, durability);
+            s.commit(&items[..2]).unwrap();
+            s.seal(&mut lock(&s.writer), &mut lock(&s.ingester));
+            assert_eq!(s.backlog(), 2);
+            // An ingest holds the ingester while it writes: commits do
+            // not need it.
+            let ingesting = lock(&s.ingester);
+            s.commit(&items[2..4]).unwrap();
+            assert!(matches!(s.commit_unless_busy(&items[4..5]), Some(Ok(()))));
+            drop(ingesting);
+            assert_eq!(s.backlog(), 5);
+            assert_eq!(s.last_rev("d").unwrap(), 5);
+            // A second seal while the first sealed items are not yet
+            // written must not lose or reorder them: it ingests in place.
+            assert_eq!(s.seal_and_ingest().unwrap(), 5);
+            s.commit(&items[5..]).unwrap();
+            s.seal(&mut lock(&s.writer), &mut lock(&s.ingester));
+        } // a crash between the seal and the ingest
+        let s = open(&dir, durability);
+        assert_eq!(s.backlog(), 0);
+        assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+        let loaded = s.load("d").unwrap().unwrap();
+        let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+        assert_eq!(rebuilt.snapshot(), h.snapshot());
+    }
+
+    // Sealed and pending items both unwritten at the crash: the sealed
+    // (older) log is replayed first, whichever file it is.
+    for seals_before in 0..3 {
+        let dir = TempDir::new().unwrap();
+        {
+            let s = open(&dir, Durability::Fsync);
+            s.commit(&[create("other")]).unwrap();
+            for _ in 0..seals_before {
+                // Moves the active log to the other file and back.
+                s.seal_and_ingest().unwrap();
+                s.commit(&[create("other")]).unwrap();
+            }
+            s.commit(&items[..3]).unwrap();
+            s.seal(&mut lock(&s.writer), &mut lock(&s.ingester));
+            s.commit(&items[3..]).unwrap();
+        }
+        let s = open(&dir, Durability::Fsync);
+        assert_eq!(
+            s.ops("d", 0, 100).unwrap(),
+            stored(&items),
+            "{seals_before}"
+        );
+    }
+}
+
+#[test]
+fn a_read_waiting_for_an_ingest_does_not_hold_up_commits() {
+    let dir = TempDir::new().unwrap();
+    let s = std::sync::Arc::new(open(&dir, Durability::Fsync));
+    let (_, items) = sample("d");
+    s.commit(&items[..2]).unwrap();
+    let ingesting = s.pause_ingests();
+    let reader = {
+        let s = std::sync::Arc::clone(&s);
+        std::thread::spawn(move || s.ops("d", 0, 100))
+    };
+    // The reader is waiting for the "running ingest"; commits go on (the
+    // commit side's lock is free: it would be busy otherwise).
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!reader.is_finished());
+    assert!(matches!(s.commit_unless_busy(&items[2..4]), Some(Ok(()))));
+    s.commit(&items[4..]).unwrap();
+    drop(ingesting);
+    let read = reader.join().unwrap().unwrap();
+    // It sees at least what was committed before it began.
+    assert!(read.len() >= 2 && read[..] == stored(&items)[..read.len()]);
+    assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+}
+
+#[test]
+fn recovering_items_already_stored_skips_them_and_detects_a_mismatch() {
+    let dir = TempDir::new().unwrap();
+    let log_path = dir.path().join(LOG_FILES[0]);
+    let (_, items) = sample("d");
+    let s = open(&dir, Durability::Fsync);
+    s.commit(&items[..3]).unwrap();
+    let log_before_ingest = std::fs::read(&log_path).unwrap();
+    assert_eq!(s.ingest().unwrap(), 3);
+    drop(s);
+    // As if a crash had come between the ingest and the log's reset: the
+    // log's items are stored already and are skipped.
+    std::fs::write(&log_path, &log_before_ingest).unwrap();
+    let s = open(&dir, Durability::Fsync);
+    assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items[..3]));
+    s.commit(&items[3..]).unwrap();
+    assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+    drop(s);
+
+    // A log whose op differs from the stored op at the same revision is
+    // refused rather than silently dropped.
+    let (_, other) = {
+        let mut h = DocumentHistory::new();
+        let item = apply(&mut h, "d", "z", 1, 0, ins(0, 0, "HELLO"));
+        (h, vec![item])
+    };
+    let other_dir = TempDir::new().unwrap();
+    {
+        let o = open(&other_dir, Durability::Fsync);
+        o.commit(&other).unwrap();
+    }
+    let log = std::fs::read(other_dir.path().join(LOG_FILES[0])).unwrap();
+    std::fs::write(&log_path, &log).unwrap();
+    match SqliteStorage::open(dir.path(), Durability::Fsync) {
+        Err(StorageError::Corrupt(message)) => {
+            assert!(message.contains("different ops"), "{message}")
+        }
+        other => panic!("expected a corrupt error, got {other:?}"),
+    }
+}
+
+#[test]
+fn try_commit_never_waits_for_the_writer() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Relaxed);
+    let (_, items) = sample("d");
+    let held = lock(&s.writer);
+    assert!(s.try_commit(&items[..1]).is_none());
+    drop(held);
+    assert!(matches!(s.try_commit(&items[..1]), Some(Ok(()))));
+    assert_eq!(s.backlog(), 1);
+    // With fsync durability a commit is never cheap.
+    let fsync_dir = TempDir::new().unwrap();
+    let fsynced = open(&fsync_dir, Durability::Fsync);
+    assert!(fsynced.try_commit(&items[..1]).is_none());
+    assert_eq!(fsynced.last_rev("d").unwrap(), 0);
+    // Continuity is checked as for `commit`.
+    assert!(matches!(
+        s.try_commit(&items[2..3]),
+        Some(Err(StorageError::Gap { expected: 2, .. }))
+    ));
+    assert!(matches!(s.try_commit(&items[1..]), Some(Ok(()))));
+    assert_eq!(s.last_rev("d").unwrap(), 6);
+    assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&items));
+    assert_eq!(s.backlog(), 0); // the read ingested
+}
+
+#[test]
+fn corrupt_rows_are_errors_not_panics() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Fsync);
+    let (_, items) = sample("d");
+    s.commit(&items).unwrap();
+    // Write the commit log's items to the tables, then damage them there.
+    assert_eq!(s.ingest().unwrap(), items.len());
+    let raw = Connection::open(s.path()).unwrap();
+    raw.execute(
+        "UPDATE ops SET applied = '[1,' WHERE doc = 'd' AND rev = 2",
+        [],
+    )
+    .unwrap();
+    raw.execute(
+        "UPDATE ops SET op_hash = 'xyz' WHERE doc = 'd' AND rev = 3",
+        [],
+    )
+    .unwrap();
+    assert!(matches!(s.load("d"), Err(StorageError::Corrupt(_))));
+    assert!(matches!(s.ops("d", 0, 10), Err(StorageError::Corrupt(_))));
+    assert!(matches!(s.text_at("d", 4), Err(StorageError::Corrupt(_))));
+    assert!(matches!(
+        s.find_seq("d", "b", 1),
+        Err(StorageError::Corrupt(_))
+    ));
+    // Unaffected revisions still read.
+    assert_eq!(s.text_at("d", 1).unwrap().as_deref(), Some("hello"));
+    raw.execute("DELETE FROM ops WHERE doc = 'd' AND rev = 5", [])
+        .unwrap();
+    raw.execute(
+        "UPDATE ops SET applied = '[5]' WHERE doc = 'd' AND rev = 2",
+        [],
+    )
+    .unwrap();
+    let e = s.text_at("d", 6).unwrap_err();
+    assert!(matches!(e, StorageError::Corrupt(_)), "{e}");
+    // A bad dedup table in a snapshot.
+    let (h, items) = sample("s");
+    s.commit(&items).unwrap();
+    s.commit(&[WriteItem::Snapshot {
+        doc: "s".into(),
+        snapshot: h.snapshot(),
+    }])
+    .unwrap();
+    assert!(s.load("s").unwrap().is_some()); // a read ingests too
+    raw.execute("UPDATE snapshots SET clients = 'nope' WHERE doc = 's'", [])
+        .unwrap();
+    assert!(matches!(s.load("s"), Err(StorageError::Corrupt(_))));
+}
+
+#[test]
+fn durability_parses() {
+    assert_eq!("fsync".parse::<Durability>(), Ok(Durability::Fsync));
+    assert_eq!(" Relaxed".parse::<Durability>(), Ok(Durability::Relaxed));
+    let err = "sometimes".parse::<Durability>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown durability \"sometimes\": expected \"fsync\" or \"relaxed\""
+    );
+    assert_eq!(Durability::Relaxed.to_string(), "relaxed");
+}
+
+#[test]
+fn readers_work_alongside_the_writer() {
+    let dir = TempDir::new().unwrap();
+    let s = std::sync::Arc::new(open(&dir, Durability::Relaxed));
+    let mut h = DocumentHistory::new();
+    let items: Vec<WriteItem> = (0..200)
+        .map(|i| {
+            let len = h.text().len_chars();
+            apply(&mut h, "d", "a", i + 1, i, ins(len, len, "x"))
+        })
+        .collect();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let s = std::sync::Arc::clone(&s);
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while last < 200 {
+                    let rev = s.last_rev("d").unwrap();
+                    assert!(rev >= last);
+                    last = rev;
+                    if let Some(text) = s.text_at("d", rev).unwrap() {
+                        assert_eq!(text.len() as u64, rev);
+                    }
+                }
+            })
+        })
+        .collect();
+    for item in items {
+        s.commit(&[item]).unwrap();
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(lock(&s.readers).len() <= MAX_IDLE_READERS);
+}
+
+mod plan_tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(params!["d", 0, 10], |row| row.get::<_, String>(3))
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn queries_use_their_indexes() {
+        let dir = TempDir::new().unwrap();
+        let s = SqliteStorage::open(dir.path(), Durability::Fsync).unwrap();
+        let conn = s.open_reader().unwrap();
+        let conflicts = plan(&conn, SQL_CONFLICTS_AFTER);
+        assert!(conflicts.contains("ops_conflicts"), "{conflicts}");
+        let by_seq = plan(&conn, SQL_SEQ_REVS);
+        assert!(by_seq.contains("PRIMARY KEY"), "{by_seq}");
+        let after = plan(&conn, SQL_OPS_AFTER);
+        assert!(after.contains("PRIMARY KEY"), "{after}");
+    }
+}
