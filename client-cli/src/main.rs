@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use client_cli::commands::{self, Common};
 use client_cli::session::ServerUrl;
 use client_cli::store::Store;
+use ot_protocol::{ClientId, DocId};
 
 #[derive(Parser)]
 #[command(
@@ -141,14 +142,18 @@ fn main() -> ExitCode {
 }
 
 fn check_doc(doc: &str) -> anyhow::Result<()> {
-    let ok = (1..=128).contains(&doc.len())
-        && doc
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        anyhow::bail!("invalid document id {doc:?}: use 1 to 128 characters of A-Z a-z 0-9 . _ -")
+    DocId::parse(doc)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("invalid document id {doc:?}: {e}"))
+}
+
+fn check_client_id(id: Option<String>) -> anyhow::Result<Option<String>> {
+    match id {
+        Some(id) => match ClientId::parse(&id) {
+            Ok(_) => Ok(Some(id)),
+            Err(e) => anyhow::bail!("invalid client id {id:?}: {e}"),
+        },
+        None => Ok(None),
     }
 }
 
@@ -156,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let common = Common {
         server: ServerUrl::parse(&cli.server)?,
         name: cli.name,
-        client_id: cli.client_id,
+        client_id: check_client_id(cli.client_id)?,
         store: cli
             .data_dir
             .map(Store::new)

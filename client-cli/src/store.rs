@@ -164,7 +164,7 @@ impl Store {
         }
         // A fresh writer: 128 random bits.
         loop {
-            let id = format!("{:032x}", rand::random::<u128>());
+            let id = ot_protocol::ClientId::random().to_string();
             if let Some(slot) = self.try_lock(&dir, &id)? {
                 return Ok((slot, None));
             }
