@@ -1,6 +1,4 @@
 //! The HTTP API: document reads, history, conflicts, health and metrics.
-// Handlers return `Result<_, Response>` (the axum idiom: the error is the response to send).
-#![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,89 +7,56 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ot_protocol::{ApiErrorCode, DocId, ErrorCode};
 use serde_json::json;
 
+use crate::api_error::ApiError;
 use crate::document::DocCommand;
 use crate::state::Shared;
 use crate::storage::{Storage, StorageError, StoredOp};
-use ot_protocol::DocId;
 
 /// Most ops one `/ops` or `/conflicts` request returns.
-pub const MAX_PAGE: usize = 1000;
+const MAX_PAGE: usize = 1000;
 
-/// A JSON error response: `{"code":"…","message":"…"}`.
-pub fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "code": code, "message": message }))).into_response()
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// A paged read of a document's stored ops: (storage, doc, after, limit).
+type PageRead = fn(&dyn Storage, &str, u64, usize) -> Result<Vec<StoredOp>, StorageError>;
+
+fn doc_id(doc: &str) -> ApiResult<DocId> {
+    DocId::parse(doc).map_err(ApiError::invalid_id)
 }
 
-fn storage_failure(error: &StorageError) -> Response {
-    tracing::error!(%error, "storage read failed");
-    api_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "storage_error",
-        "the storage could not be read",
-    )
+fn not_found(doc: &DocId) -> ApiError {
+    ApiError::not_found(format!("no document `{doc}`"))
 }
 
-fn not_found(doc: &str) -> Response {
-    api_error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        &format!("no document `{doc}`"),
-    )
-}
-
-fn check_doc(doc: &str) -> Result<(), Response> {
-    if DocId::parse(doc).is_ok() {
-        Ok(())
-    } else {
-        Err(api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_document_id",
-            "a document id is 1 to 128 characters of A-Z a-z 0-9 . _ -",
-        ))
-    }
-}
-
-fn query_u64(query: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, Response> {
+fn query_u64(query: &HashMap<String, String>, key: &str, default: u64) -> ApiResult<u64> {
     match query.get(key) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|_| {
-            api_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                &format!("`{key}` must be a non-negative integer"),
-            )
-        }),
+        Some(v) => v.parse().map_err(|_| ApiError::invalid_query(key)),
     }
-}
-
-/// `from` (default 0) and `limit` (default and at most [`MAX_PAGE`]) of a paged request.
-fn page(query: &HashMap<String, String>) -> Result<(u64, usize), Response> {
-    let from = query_u64(query, "from", 0)?;
-    let limit = query_u64(query, "limit", MAX_PAGE as u64)?;
-    Ok((from, (limit as usize).min(MAX_PAGE)))
 }
 
 /// Run a blocking storage read off the async threads.
 async fn blocking<T: Send + 'static>(
     shared: &Arc<Shared>,
     read: impl FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, Response> {
+) -> ApiResult<T> {
     let storage = shared.storage.clone();
     match tokio::task::spawn_blocking(move || read(storage.as_ref())).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(storage_failure(&e)),
-        Err(_) => Err(api_error(
+        Ok(Err(e)) => Err(ApiError::storage(&e)),
+        Err(_) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ApiErrorCode::InternalError,
             "the read task failed",
         )),
     }
 }
 
 /// The durable revision and text: from the open document, else from storage.
-async fn current(shared: &Arc<Shared>, doc: &str) -> Result<Option<(u64, String)>, Response> {
+async fn current(shared: &Arc<Shared>, doc: &DocId) -> ApiResult<Option<(u64, String)>> {
     if let Some(handle) = shared.registry.get(doc) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if handle.tx.send(DocCommand::Read(tx)).await.is_ok() {
@@ -100,7 +65,7 @@ async fn current(shared: &Arc<Shared>, doc: &str) -> Result<Option<(u64, String)
             }
         }
     }
-    let id = doc.to_owned();
+    let id = doc.to_string();
     blocking(shared, move |s| {
         let rev = s.last_rev(&id)?;
         if !s.exists(&id)? {
@@ -112,35 +77,30 @@ async fn current(shared: &Arc<Shared>, doc: &str) -> Result<Option<(u64, String)
 }
 
 /// `GET /api/docs/{doc}` → `{"rev":N,"text":"…"}`
-pub async fn get_doc(State(shared): State<Arc<Shared>>, Path(doc): Path<String>) -> Response {
-    if let Err(r) = check_doc(&doc) {
-        return r;
-    }
-    match current(&shared, &doc).await {
-        Ok(Some((rev, text))) => Json(json!({ "rev": rev, "text": text })).into_response(),
-        Ok(None) => not_found(&doc),
-        Err(r) => r,
+pub(crate) async fn get_doc(
+    State(shared): State<Arc<Shared>>,
+    Path(doc): Path<String>,
+) -> ApiResult {
+    let doc = doc_id(&doc)?;
+    match current(&shared, &doc).await? {
+        Some((rev, text)) => Ok(Json(json!({ "rev": rev, "text": text })).into_response()),
+        None => Err(not_found(&doc)),
     }
 }
 
 /// `GET /api/docs/{doc}/text?rev=R` → the text as of revision R (plain text).
-pub async fn get_text(
+pub(crate) async fn get_text(
     State(shared): State<Arc<Shared>>,
     Path(doc): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = check_doc(&doc) {
-        return r;
-    }
+) -> ApiResult {
+    let doc = doc_id(&doc)?;
     let rev = match query.get("rev") {
         None => None,
-        Some(_) => match query_u64(&query, "rev", 0) {
-            Ok(v) => Some(v),
-            Err(r) => return r,
-        },
+        Some(_) => Some(query_u64(&query, "rev", 0)?),
     };
-    let id = doc.clone();
-    let result = blocking(&shared, move |s| {
+    let id = doc.to_string();
+    let found = blocking(&shared, move |s| {
         if !s.exists(&id)? {
             return Ok(Err(false));
         }
@@ -151,9 +111,9 @@ pub async fn get_text(
         }
         Ok(s.text_at(&id, rev)?.map(|t| (rev, t)).ok_or(false))
     })
-    .await;
-    match result {
-        Ok(Ok((rev, text))) => (
+    .await?;
+    match found {
+        Ok((rev, text)) => Ok((
             [
                 (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
                 (
@@ -163,85 +123,85 @@ pub async fn get_text(
             ],
             text,
         )
-            .into_response(),
-        Ok(Err(true)) => api_error(
+            .into_response()),
+        Err(true) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "future_revision",
+            ErrorCode::FutureRevision.into(),
             "that revision does not exist yet",
-        ),
-        Ok(Err(false)) => not_found(&doc),
-        Err(r) => r,
+        )),
+        Err(false) => Err(not_found(&doc)),
     }
 }
 
-fn op_json(op: &StoredOp) -> serde_json::Value {
-    json!({
-        "rev": op.rev,
-        "client": op.client_id,
-        "seq": op.seq,
-        "base_rev": op.base_rev,
-        "op": op.applied,
-        "received": op.received,
-        "hash": op.hash.to_hex(),
-        "time_ms": op.time_ms,
+/// One page of a document's stored ops: those after `from` (default 0), at
+/// most `limit` (default and at most [`MAX_PAGE`]), read by `read`, each
+/// written by `to_json`, as `{key: [...]}`.
+async fn paged(
+    shared: &Arc<Shared>,
+    doc: &str,
+    query: &HashMap<String, String>,
+    key: &str,
+    read: PageRead,
+    to_json: fn(&StoredOp) -> serde_json::Value,
+) -> ApiResult {
+    let doc = doc_id(doc)?;
+    let from = query_u64(query, "from", 0)?;
+    let limit = (query_u64(query, "limit", MAX_PAGE as u64)? as usize).min(MAX_PAGE);
+    let id = doc.to_string();
+    let ops = blocking(shared, move |s| {
+        if !s.exists(&id)? {
+            return Ok(None);
+        }
+        Ok(Some(read(s, &id, from, limit)?))
     })
+    .await?
+    .ok_or_else(|| not_found(&doc))?;
+    let items: Vec<serde_json::Value> = ops.iter().map(to_json).collect();
+    Ok(Json(json!({ key: items })).into_response())
 }
 
 /// `GET /api/docs/{doc}/ops?from=R&limit=L` → the ops after revision R (default 0), at most L.
-pub async fn get_ops(
+pub(crate) async fn get_ops(
     State(shared): State<Arc<Shared>>,
     Path(doc): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = check_doc(&doc) {
-        return r;
-    }
-    let (from, limit) = match page(&query) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let id = doc.clone();
-    match blocking(&shared, move |s| {
-        if !s.exists(&id)? {
-            return Ok(None);
-        }
-        Ok(Some(s.ops(&id, from, limit)?))
-    })
+) -> ApiResult {
+    paged(
+        &shared,
+        &doc,
+        &query,
+        "ops",
+        |s, doc, from, limit| s.ops(doc, from, limit),
+        |op| {
+            json!({
+                "rev": op.rev,
+                "client": op.client_id,
+                "seq": op.seq,
+                "base_rev": op.base_rev,
+                "op": op.applied,
+                "received": op.received,
+                "hash": op.hash.to_hex(),
+                "time_ms": op.time_ms,
+            })
+        },
+    )
     .await
-    {
-        Ok(Some(ops)) => Json(json!({
-            "ops": ops.iter().map(op_json).collect::<Vec<_>>(),
-        }))
-        .into_response(),
-        Ok(None) => not_found(&doc),
-        Err(r) => r,
-    }
 }
 
 /// `GET /api/docs/{doc}/conflicts?from=R&limit=L` → ops transformed past concurrent ops.
-pub async fn get_conflicts(
+pub(crate) async fn get_conflicts(
     State(shared): State<Arc<Shared>>,
     Path(doc): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = check_doc(&doc) {
-        return r;
-    }
-    let (from, limit) = match page(&query) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let id = doc.clone();
-    match blocking(&shared, move |s| {
-        if !s.exists(&id)? {
-            return Ok(None);
-        }
-        Ok(Some(s.conflicts(&id, from, limit)?))
-    })
-    .await
-    {
-        Ok(Some(ops)) => Json(json!({
-            "conflicts": ops.iter().map(|op| json!({
+) -> ApiResult {
+    paged(
+        &shared,
+        &doc,
+        &query,
+        "conflicts",
+        |s, doc, from, limit| s.conflicts(doc, from, limit),
+        |op| {
+            json!({
                 "rev": op.rev,
                 "client": op.client_id,
                 "seq": op.seq,
@@ -251,36 +211,28 @@ pub async fn get_conflicts(
                 "original": op.received,
                 "applied": op.applied,
                 "time_ms": op.time_ms,
-            })).collect::<Vec<_>>(),
-        }))
-        .into_response(),
-        Ok(None) => not_found(&doc),
-        Err(r) => r,
-    }
+            })
+        },
+    )
+    .await
 }
 
 /// `GET /api/docs` → every document with its revision and length.
-pub async fn list_docs(State(shared): State<Arc<Shared>>) -> Response {
-    match blocking(&shared, |s| s.list()).await {
-        Ok(docs) => Json(json!({ "docs": docs })).into_response(),
-        Err(r) => r,
-    }
+pub(crate) async fn list_docs(State(shared): State<Arc<Shared>>) -> ApiResult {
+    let docs = blocking(&shared, |s| s.list()).await?;
+    Ok(Json(json!({ "docs": docs })).into_response())
 }
 
 /// `GET /healthz`
-pub async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+pub(crate) async fn healthz(State(shared): State<Arc<Shared>>) -> ApiResult {
     if shared.shutdown.is_cancelled() {
-        return api_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        );
+        return Err(ApiError::shutting_down());
     }
-    Json(json!({ "status": "ok" })).into_response()
+    Ok(Json(json!({ "status": "ok" })).into_response())
 }
 
 /// `GET /metrics` in the Prometheus text format.
-pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared
         .metrics
         .storage_backlog

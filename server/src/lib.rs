@@ -5,14 +5,16 @@
 //! `run` is what the binary calls; tests call [`start`] to get a server on a
 //! free loopback port.
 
-pub mod config;
-pub mod document;
-pub mod http;
-pub mod metrics;
-pub mod state;
-pub mod storage;
-pub mod web;
-pub mod ws;
+mod api_error;
+mod config;
+mod connection;
+mod document;
+mod http;
+mod metrics;
+mod outbound;
+mod state;
+mod storage;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,15 +25,16 @@ use anyhow::Context;
 use axum::routing::get;
 use axum::Router;
 
+use api_error::ApiError;
 pub use config::Config;
 use metrics::Metrics;
 use state::Shared;
 use storage::{CommitOptions, CommitQueue, SqliteStorage, Storage};
 
 /// The HTTP and WebSocket routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/ws/{doc}", get(ws::ws_handler))
+        .route("/ws/{doc}", get(connection::ws_handler))
         .route("/api/docs", get(http::list_docs))
         .route("/api/docs/{doc}", get(http::get_doc))
         .route("/api/docs/{doc}/text", get(http::get_text))
@@ -48,19 +51,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Unknown paths: a malformed WebSocket path is a bad document id (400), anything else 404.
-async fn fallback(uri: axum::http::Uri) -> axum::response::Response {
+async fn fallback(uri: axum::http::Uri) -> ApiError {
     if uri.path() == "/ws" || uri.path().starts_with("/ws/") {
-        http::api_error(
-            axum::http::StatusCode::BAD_REQUEST,
-            "invalid_document_id",
-            "a document id is 1 to 128 characters of A-Z a-z 0-9 . _ -",
-        )
+        ApiError::invalid_id(ot_protocol::IdError::Document)
     } else {
-        http::api_error(
-            axum::http::StatusCode::NOT_FOUND,
-            "not_found",
-            "no such route",
-        )
+        ApiError::not_found("no such route")
     }
 }
 

@@ -6,39 +6,39 @@ use prometheus::{
 };
 
 /// All the server's metrics.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Open WebSocket connections.
-    pub connections: IntGauge,
+    pub(crate) connections: IntGauge,
     /// Documents loaded in memory.
-    pub open_documents: IntGauge,
+    pub(crate) open_documents: IntGauge,
     /// Documents loaded from storage (each open after an unload counts).
-    pub document_loads: IntCounter,
+    pub(crate) document_loads: IntCounter,
     /// Ops applied (new revisions).
-    pub ops_applied: IntCounter,
+    pub(crate) ops_applied: IntCounter,
     /// Ops transformed past concurrent ops (detected conflicts).
-    pub conflicts: IntCounter,
+    pub(crate) conflicts: IntCounter,
     /// Resent ops answered as duplicates.
-    pub duplicates: IntCounter,
+    pub(crate) duplicates: IntCounter,
     /// Error messages sent, by code.
-    pub errors: IntCounterVec,
+    pub(crate) errors: IntCounterVec,
     /// Time from receiving an op to sending its ack.
-    pub ack_latency: Histogram,
+    pub(crate) ack_latency: Histogram,
     /// Time of one group commit.
-    pub commit_latency: Histogram,
+    pub(crate) commit_latency: Histogram,
     /// Items per group commit.
-    pub commit_batch: Histogram,
+    pub(crate) commit_batch: Histogram,
     /// Committed items not yet moved to their final place (set when scraped).
-    pub storage_backlog: IntGauge,
+    pub(crate) storage_backlog: IntGauge,
     /// Time of one ingest.
-    pub ingest_latency: Histogram,
+    pub(crate) ingest_latency: Histogram,
     /// Items moved per ingest.
-    pub ingest_batch: Histogram,
+    pub(crate) ingest_batch: Histogram,
 }
 
 impl Metrics {
     /// Create and register every metric.
-    pub fn new() -> Result<Metrics, prometheus::Error> {
+    pub(crate) fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let latency_buckets = vec![
             0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -125,7 +125,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {

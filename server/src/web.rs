@@ -35,7 +35,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    base-uri 'none'; frame-ancestors 'none'";
 
 /// Escape `text` for HTML text and double-quoted attribute values.
-pub fn escape_html(text: &str) -> String {
+pub(crate) fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -79,12 +79,14 @@ fn bad_id_page(doc: &str) -> Response {
 }
 
 /// `GET /`: create or open a document.
-pub async fn index() -> Response {
+pub(crate) async fn index() -> Response {
     page(StatusCode::OK, INDEX_HTML.to_owned())
 }
 
 /// `GET /d?doc=…`: the form's target; redirects to the editor.
-pub async fn open_form(Query(query): Query<std::collections::HashMap<String, String>>) -> Response {
+pub(crate) async fn open_form(
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
     let doc = query.get("doc").map(|d| d.trim()).unwrap_or_default();
     if DocId::parse(doc).is_err() {
         return bad_id_page(doc);
@@ -98,7 +100,7 @@ pub async fn open_form(Query(query): Query<std::collections::HashMap<String, Str
 }
 
 /// `GET /d/{doc}`: the editor page.
-pub async fn editor(Path(doc): Path<String>) -> Response {
+pub(crate) async fn editor(Path(doc): Path<String>) -> Response {
     if DocId::parse(&doc).is_err() {
         return bad_id_page(&doc);
     }
@@ -109,12 +111,12 @@ pub async fn editor(Path(doc): Path<String>) -> Response {
 }
 
 /// `GET /static/{file}`: the embedded scripts and style sheet.
-pub async fn asset(Path(file): Path<String>) -> Response {
+pub(crate) async fn asset(Path(file): Path<String>) -> Response {
     let script = SCRIPTS.iter().find(|(name, _)| *name == file);
     let (body, kind) = match (script, file.as_str()) {
         (Some((_, body)), _) => (*body, "text/javascript; charset=utf-8"),
         (None, "editor.css") => (EDITOR_CSS, "text/css; charset=utf-8"),
-        _ => return crate::http::api_error(StatusCode::NOT_FOUND, "not_found", "no such file"),
+        _ => return crate::api_error::ApiError::not_found("no such file").into_response(),
     };
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();

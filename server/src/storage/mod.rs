@@ -23,10 +23,8 @@ mod sqlite;
 use ot_core::history::{AppliedOp, DocumentSnapshot, OpHash};
 use ot_core::Operation;
 
-pub use commit::{
-    CommitCallback, CommitObserver, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY,
-};
-pub use sqlite::{Durability, SqliteStorage, UnknownDurability};
+pub use commit::{CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY};
+pub use sqlite::{Durability, SqliteStorage};
 
 /// One stored op: everything the server persists per op.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,6 +65,7 @@ impl StoredOp {
     /// The history entry of this op (for [`DocumentHistory::from_snapshot`]).
     ///
     /// [`DocumentHistory::from_snapshot`]: ot_core::history::DocumentHistory::from_snapshot
+    #[cfg(test)]
     pub fn to_applied(&self) -> AppliedOp {
         AppliedOp {
             rev: self.rev,
@@ -92,6 +91,7 @@ impl StoredOp {
 
     /// True when the op was transformed past at least one concurrent op
     /// (`base_rev + 1 < rev`): a detected conflict.
+    #[cfg(test)]
     pub fn is_concurrent(&self) -> bool {
         self.base_rev.saturating_add(1) < self.rev
     }
@@ -154,6 +154,7 @@ pub struct LoadedDoc {
 
 impl LoadedDoc {
     /// The document's latest revision.
+    #[cfg(test)]
     pub fn rev(&self) -> u64 {
         self.tail.last().map_or(self.snapshot.rev, |op| op.rev)
     }

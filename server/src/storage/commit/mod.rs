@@ -203,12 +203,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl CommitQueue {
     /// Start the commit thread on `storage`.
+    #[cfg(test)]
     pub fn start(storage: Arc<dyn Storage>) -> CommitQueue {
         Self::start_with(storage, CommitOptions::default())
     }
 
     /// Start the commit thread on `storage`; `observer` is called after every
     /// commit with its duration and number of items.
+    #[cfg(test)]
     pub fn start_with_observer(storage: Arc<dyn Storage>, observer: CommitObserver) -> CommitQueue {
         Self::start_with(
             storage,
@@ -373,6 +375,7 @@ impl CommitQueue {
     /// Stop accepting requests, commit everything already submitted, and wait
     /// for the commit thread to exit (unless called on the commit thread).
     /// Later submits fail with [`StorageError::Closed`]. Idempotent.
+    #[cfg(test)]
     pub fn shutdown(&self) {
         self.inner.stop();
     }

@@ -253,13 +253,9 @@ impl SqliteStorage {
     }
 
     /// The database file.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The configured durability.
-    pub fn durability(&self) -> Durability {
-        self.durability
     }
 
     /// [`Storage::commit`] if the writer is free (`None`: busy, nothing

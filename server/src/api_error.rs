@@ -1,0 +1,86 @@
+//! HTTP errors: a status, a code and a message, sent as
+//! `{"code":"…","message":"…"}` (PROTOCOL.md, "HTTP API").
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ot_protocol::{ApiErrorCode, ErrorCode, IdError};
+use serde::Serialize;
+
+use crate::storage::StorageError;
+
+/// An HTTP error response.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: ApiErrorCode,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: ApiErrorCode,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: ApiErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400: a document or client id that breaks the id rule.
+    pub(crate) fn invalid_id(error: IdError) -> Self {
+        let code = match error {
+            IdError::Document => ApiErrorCode::InvalidDocumentId,
+            IdError::Client => ApiErrorCode::InvalidClientId,
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, error.to_string())
+    }
+
+    /// 400: query parameter `key` is not a non-negative integer.
+    pub(crate) fn invalid_query(key: &str) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ApiErrorCode::InvalidQuery,
+            format!("`{key}` must be a non-negative integer"),
+        )
+    }
+
+    /// 404 with `message`.
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, ApiErrorCode::NotFound, message)
+    }
+
+    /// 503: the server is shutting down.
+    pub(crate) fn shutting_down() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown.into(),
+            "the server is shutting down",
+        )
+    }
+
+    /// 500: a storage read failed (logged here; the client gets no details).
+    pub(crate) fn storage(error: &StorageError) -> Self {
+        tracing::error!(%error, "storage read failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::StorageError.into(),
+            "the storage could not be read",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            code: self.code,
+            message: &self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,268 @@
+//! A joined connection's reader: it starts the writer, then reads frames
+//! (size check, token-bucket rate limit = backpressure, parse, `max_op_len`)
+//! and forwards them to the document's actor; errors go back on the
+//! connection's queue, and too many in a row close it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
+use ot_core::Component;
+use ot_protocol::{ClientMessage, CloseCode, DocId, ErrorCode};
+use tokio::sync::{mpsc, oneshot};
+
+use super::writer::{self, AwaitingReplies, Queues};
+use crate::document::{DocCommand, DocHandle};
+use crate::outbound::{error_frame, Outbound};
+use crate::state::Shared;
+
+/// Reading pauses when a connection sends faster than its rate (backpressure).
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    async fn take(&mut self) {
+        self.refill();
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / self.rate;
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            // Credit the whole time slept: timers round up to whole milliseconds,
+            // and dropping the surplus would cap the rate far below the setting.
+            self.refill();
+            self.tokens = self.tokens.max(1.0);
+        }
+        self.tokens -= 1.0;
+    }
+}
+
+/// How a socket read failed, as far as the client is told.
+enum ReadFailure {
+    /// A text frame that is not valid UTF-8: close with 1007.
+    InvalidUtf8,
+    /// A message beyond the hard size limit: an error, then close with 1009.
+    TooBig,
+    /// Anything else (the connection broke): just stop.
+    Other,
+}
+
+impl ReadFailure {
+    fn of(error: axum::Error) -> ReadFailure {
+        // axum wraps the socket's own error (tungstenite's, of the version axum uses).
+        match error.into_inner().downcast::<tungstenite::Error>() {
+            Ok(e) => match *e {
+                tungstenite::Error::Utf8(_) => ReadFailure::InvalidUtf8,
+                tungstenite::Error::Capacity(_) => ReadFailure::TooBig,
+                _ => ReadFailure::Other,
+            },
+            Err(_) => ReadFailure::Other,
+        }
+    }
+}
+
+/// Characters an op inserts plus deletes.
+fn change_size(op: &ot_core::Operation) -> usize {
+    op.components()
+        .iter()
+        .map(|c| match c {
+            Component::Retain(_) => 0,
+            Component::Insert(s) => s.chars().count(),
+            Component::Delete(n) => *n,
+        })
+        .sum()
+}
+
+/// Serve a joined connection until it ends: start its writer, read and
+/// forward frames, then leave the document and let the writer finish.
+pub(super) async fn run(
+    shared: &Arc<Shared>,
+    socket: WebSocket,
+    doc: &DocId,
+    conn_id: u64,
+    handle: DocHandle,
+    (out_tx, out_rx): (mpsc::Sender<Outbound>, mpsc::Receiver<Outbound>),
+    kick_rx: oneshot::Receiver<CloseCode>,
+) {
+    let (sink, mut stream) = socket.split();
+    let (local_close_tx, local_close_rx) = oneshot::channel::<CloseCode>();
+    let awaiting = Arc::new(AwaitingReplies::default());
+    let mut writer = tokio::spawn(writer::run(
+        shared.clone(),
+        doc.clone(),
+        sink,
+        Queues {
+            out_rx,
+            kick_rx,
+            local_close_rx,
+        },
+        awaiting.clone(),
+    ));
+    let mut local_close = Some(local_close_tx);
+    let mut close_with = |code: CloseCode| {
+        if let Some(tx) = local_close.take() {
+            let _ = tx.send(code);
+        }
+    };
+    let config = &shared.config;
+    let mut bucket = TokenBucket::new(config.ops_per_sec, config.ops_burst);
+    let mut consecutive_errors = 0u32;
+    // Errors the reader finds itself are plain text frames: they answer no
+    // forwarded op, so the writer's hold does not count them as replies.
+    let reply = |code: ErrorCode, message: &str, seq: Option<u64>| {
+        // An error that cannot even be queued means the client is not reading: the
+        // actor's overflow handling closes it.
+        let frame = error_frame(&shared.metrics, code, message, seq);
+        let _ = out_tx.try_send(Outbound::Text(frame));
+    };
+    loop {
+        let frame = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = &mut writer => break,
+            frame = stream.next() => frame,
+        };
+        let text = match frame {
+            None | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
+            Some(Ok(Message::Binary(_))) => {
+                reply(
+                    ErrorCode::BinaryFrame,
+                    "binary frames are not accepted; send JSON text frames",
+                    None,
+                );
+                consecutive_errors += 1;
+                if consecutive_errors > config.max_errors {
+                    close_with(CloseCode::Abusive);
+                    break;
+                }
+                continue;
+            }
+            Some(Ok(Message::Text(text))) => text,
+            Some(Err(e)) => {
+                tracing::debug!(%doc, conn_id, error = %e, "read error");
+                match ReadFailure::of(e) {
+                    ReadFailure::InvalidUtf8 => close_with(CloseCode::InvalidUtf8),
+                    ReadFailure::TooBig => {
+                        reply(
+                            ErrorCode::MessageTooLarge,
+                            "the message exceeds the hard size limit; closing",
+                            None,
+                        );
+                        close_with(CloseCode::TooBig);
+                    }
+                    ReadFailure::Other => {}
+                }
+                break;
+            }
+        };
+        bucket.take().await;
+        if text.len() > config.max_message_bytes {
+            reply(
+                ErrorCode::MessageTooLarge,
+                &format!(
+                    "the message is {} bytes; the limit is {}",
+                    text.len(),
+                    config.max_message_bytes
+                ),
+                None,
+            );
+            consecutive_errors += 1;
+            if consecutive_errors > config.max_errors {
+                close_with(CloseCode::Abusive);
+                break;
+            }
+            continue;
+        }
+        let command = match ClientMessage::parse(text.as_str()) {
+            Ok(ClientMessage::Op {
+                rev,
+                seq,
+                op,
+                ranges,
+            }) => {
+                let size = change_size(&op);
+                if size > config.max_op_len {
+                    Err((
+                        ErrorCode::OpTooLong,
+                        format!(
+                            "the op inserts and deletes {size} characters; the limit is {}",
+                            config.max_op_len
+                        ),
+                        Some(seq),
+                    ))
+                } else {
+                    Ok(DocCommand::Op {
+                        conn_id,
+                        seq,
+                        base_rev: rev,
+                        op,
+                        ranges,
+                        received_at: Instant::now(),
+                    })
+                }
+            }
+            Ok(ClientMessage::Cursor { rev, ranges, name }) => Ok(DocCommand::Cursor {
+                conn_id,
+                rev,
+                ranges,
+                name,
+            }),
+            Err(rejection) => Err((rejection.code, rejection.message, rejection.seq)),
+        };
+        match command {
+            Ok(command) => {
+                consecutive_errors = 0;
+                if matches!(command, DocCommand::Op { .. }) {
+                    awaiting.op_sent();
+                }
+                if handle.tx.send(command).await.is_err() {
+                    break;
+                }
+            }
+            Err((code, message, seq)) => {
+                reply(code, &message, seq);
+                consecutive_errors += 1;
+                if consecutive_errors > config.max_errors {
+                    close_with(CloseCode::Abusive);
+                    break;
+                }
+            }
+        }
+    }
+    if !shared.shutdown.is_cancelled() {
+        let _ = handle.tx.send(DocCommand::Leave { conn_id }).await;
+    }
+    // On shutdown the connection stays registered with its document until the
+    // document has committed and acked everything in flight; then it drops the
+    // connection and the writer closes the socket with 1001.
+    drop(out_tx);
+    if !writer.is_finished() {
+        // The writer drains what is queued and closes; bounded in time.
+        if tokio::time::timeout(Duration::from_secs(30), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+}

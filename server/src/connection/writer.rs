@@ -1,0 +1,353 @@
+//! A connection's writer: drains the bounded outbound queue onto the socket,
+//! one flush per batch, holding broadcasts briefly for an awaited reply;
+//! serves catch-ups from storage; sends the close frame.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::stream::SplitSink;
+use futures_util::{Sink, SinkExt};
+use ot_protocol::{CloseCode, DocId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::outbound::{close_frame, stored_op_frame, Outbound};
+use crate::state::Shared;
+
+/// How long the writer may hold other clients' ops and cursors while this
+/// client awaits the reply to its own op, so that they go out in the same
+/// write as the reply: one send (and one wake-up of the client) instead of
+/// several. Bounded, so a reply that is slow or never comes costs a
+/// collaborator at most this much delay.
+pub(crate) const BROADCAST_HOLD: Duration = Duration::from_millis(2);
+
+/// Frames written per flush at most.
+const MAX_BATCH: usize = 256;
+
+/// How many of this client's ops the document has not answered yet: the
+/// reader counts ops it forwards, the writer counts the replies it writes.
+#[derive(Debug, Default)]
+pub(super) struct AwaitingReplies(AtomicUsize);
+
+impl AwaitingReplies {
+    /// The reader forwarded an op to the document.
+    pub(super) fn op_sent(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The writer wrote a reply (never below zero: a reply may answer an op the
+    /// reader refused itself).
+    fn reply_written(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// What the writer reads: the outbound queue and the two ways to be closed.
+pub(super) struct Queues {
+    pub(super) out_rx: mpsc::Receiver<Outbound>,
+    /// Fired by the document.
+    pub(super) kick_rx: oneshot::Receiver<CloseCode>,
+    /// Fired by the reader.
+    pub(super) local_close_rx: oneshot::Receiver<CloseCode>,
+}
+
+/// Write until the queue closes or the connection is closed, then send the close frame.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    doc: DocId,
+    mut sink: SplitSink<WebSocket, Message>,
+    queues: Queues,
+    awaiting: Arc<AwaitingReplies>,
+) {
+    let Queues {
+        mut out_rx,
+        mut kick_rx,
+        mut local_close_rx,
+    } = queues;
+    let mut kick_open = true;
+    let mut local_open = true;
+    let close = loop {
+        tokio::select! {
+            biased;
+            reason = &mut kick_rx, if kick_open => match reason {
+                Ok(reason) => break Some(reason),
+                Err(_) => kick_open = false, // removed without a kick: drain, then close
+            },
+            reason = &mut local_close_rx, if local_open => match reason {
+                Ok(reason) => {
+                    // Flush what is queued (e.g. the error that explains the close) first.
+                    while let Ok(Ok(text)) = out_rx.try_recv().map(Outbound::into_text) {
+                        if sink.send(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    break Some(reason);
+                }
+                Err(_) => local_open = false,
+            },
+            message = out_rx.recv() => match message {
+                Some(first) => {
+                    // A catch-up is served on its own, or after the batch it ended.
+                    let catch_up_request = match first {
+                        request @ Outbound::CatchUp { .. } => Some(request),
+                        frame => match write_batch(&mut sink, &mut out_rx, &awaiting, frame).await {
+                            Ok(next) => next,
+                            Err(()) => return,
+                        },
+                    };
+                    if let Some(Outbound::CatchUp { after, upto }) = catch_up_request {
+                        if catch_up(&shared, &doc, &mut sink, after, upto).await.is_err() {
+                            break Some(CloseCode::Unavailable);
+                        }
+                    }
+                }
+                None => break if shared.shutdown.is_cancelled() { Some(CloseCode::GoingAway) } else { None },
+            },
+        }
+    };
+    let _ = sink.send(Message::Close(close.map(close_frame))).await;
+    let _ = sink.close().await;
+}
+
+/// Write `first` and whatever else is already queued in one flush: under load
+/// this turns many small writes into one syscall. If the batch holds only
+/// broadcasts while the client awaits a reply, wait up to [`BROADCAST_HOLD`]
+/// for the reply to join them. Returns a non-frame item that ended the batch
+/// (a catch-up, to run after the flush); `Err` if the socket failed.
+async fn write_batch<S: Sink<Message> + Unpin>(
+    sink: &mut S,
+    out_rx: &mut mpsc::Receiver<Outbound>,
+    awaiting: &AwaitingReplies,
+    first: Outbound,
+) -> Result<Option<Outbound>, ()> {
+    let mut batched = 0;
+    let mut only_broadcasts = true;
+    let mut next = Some(first);
+    let mut hold_until = None;
+    let mut stopped_by = None;
+    while batched < MAX_BATCH {
+        let outbound = match next.take() {
+            Some(outbound) => outbound,
+            None => match out_rx.try_recv() {
+                Ok(outbound) => outbound,
+                Err(_) => {
+                    if !(only_broadcasts && awaiting.any()) {
+                        break;
+                    }
+                    let deadline = *hold_until
+                        .get_or_insert_with(|| tokio::time::Instant::now() + BROADCAST_HOLD);
+                    match tokio::time::timeout_at(deadline, out_rx.recv()).await {
+                        Ok(Some(outbound)) => outbound,
+                        // Closed or held long enough: write what there is.
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            },
+        };
+        match &outbound {
+            Outbound::Reply(_) => {
+                awaiting.reply_written();
+                only_broadcasts = false;
+            }
+            Outbound::Text(_) => only_broadcasts = false,
+            Outbound::Broadcast(_) | Outbound::CatchUp { .. } => {}
+        }
+        match outbound.into_text() {
+            Ok(text) => {
+                sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                batched += 1;
+            }
+            Err(other) => {
+                stopped_by = Some(other);
+                break;
+            }
+        }
+    }
+    sink.flush().await.map_err(|_| ())?;
+    Ok(stopped_by)
+}
+
+/// Send ops `after+1 ..= upto` from storage.
+async fn catch_up(
+    shared: &Arc<Shared>,
+    doc: &DocId,
+    sink: &mut SplitSink<WebSocket, Message>,
+    after: u64,
+    upto: u64,
+) -> Result<(), ()> {
+    let mut next = after;
+    while next < upto {
+        let storage = shared.storage.clone();
+        let doc_id = doc.to_string();
+        let limit = (upto - next).min(512) as usize;
+        let from = next;
+        let ops = tokio::task::spawn_blocking(move || storage.ops(&doc_id, from, limit))
+            .await
+            .map_err(|_| ())?
+            .map_err(|e| tracing::error!(%doc, error = %e, "catch-up read failed"))?;
+        if ops.is_empty() {
+            tracing::error!(%doc, after = next, upto, "catch-up found no ops");
+            return Err(());
+        }
+        for op in ops {
+            if op.rev != next + 1 || op.rev > upto {
+                return Err(());
+            }
+            sink.send(Message::Text(stored_op_frame(&op)))
+                .await
+                .map_err(|_| ())?;
+            next = op.rev;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::ws::Utf8Bytes;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A sink that records each flush's frames.
+    #[derive(Default)]
+    struct Recorder {
+        fed: Vec<String>,
+        flushes: Vec<Vec<String>>,
+    }
+
+    impl Sink<Message> for Recorder {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), ()> {
+            match item {
+                Message::Text(text) => self.fed.push(text.as_str().to_owned()),
+                _ => return Err(()),
+            }
+            Ok(())
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            let fed = std::mem::take(&mut self.fed);
+            self.flushes.push(fed);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn broadcast(text: &str) -> Outbound {
+        Outbound::Broadcast(Utf8Bytes::from(text.to_owned()))
+    }
+
+    fn awaiting(n: usize) -> AwaitingReplies {
+        let awaiting = AwaitingReplies::default();
+        for _ in 0..n {
+            awaiting.op_sent();
+        }
+        awaiting
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcasts_to_a_client_awaiting_nothing_go_out_at_once() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.try_send(broadcast("b2")).unwrap();
+        let mut sink = Recorder::default();
+        let started = tokio::time::Instant::now();
+        let next = write_batch(&mut sink, &mut rx, &awaiting(0), broadcast("b1")).await;
+        assert!(matches!(next, Ok(None)));
+        assert_eq!(sink.flushes, vec![vec!["b1".to_owned(), "b2".to_owned()]]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcasts_wait_for_the_reply_they_can_share_a_write_with() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let awaiting = awaiting(1);
+        let mut sink = Recorder::default();
+        let started = tokio::time::Instant::now();
+        let reply = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tx.send(broadcast("b2")).await.unwrap();
+            tx.send(Outbound::Reply(Utf8Bytes::from_static("ack")))
+                .await
+                .unwrap();
+            tx
+        });
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
+        assert!(matches!(next, Ok(None)));
+        assert_eq!(
+            sink.flushes,
+            vec![vec!["b1".to_owned(), "b2".to_owned(), "ack".to_owned()]]
+        );
+        // Sent when the reply came, before the hold ran out.
+        assert_eq!(started.elapsed(), Duration::from_millis(1));
+        assert!(Duration::from_millis(1) < BROADCAST_HOLD);
+        assert!(!awaiting.any(), "the reply was counted");
+        drop(reply.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_does_not_come_delays_broadcasts_by_the_hold_at_most() {
+        let (_tx, mut rx) = mpsc::channel(8);
+        let awaiting = awaiting(1);
+        let mut sink = Recorder::default();
+        let started = tokio::time::Instant::now();
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
+        assert!(matches!(next, Ok(None)));
+        assert_eq!(sink.flushes, vec![vec!["b1".to_owned()]]);
+        assert_eq!(started.elapsed(), BROADCAST_HOLD);
+        assert!(awaiting.any(), "still awaiting its reply");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_and_other_frames_are_not_held_and_a_catch_up_ends_the_batch() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let awaiting = awaiting(2);
+        let mut sink = Recorder::default();
+        let started = tokio::time::Instant::now();
+        // A snapshot-like frame is written at once even while replies are awaited.
+        let next = write_batch(
+            &mut sink,
+            &mut rx,
+            &awaiting,
+            Outbound::Text(Utf8Bytes::from_static("t")),
+        )
+        .await;
+        assert!(matches!(next, Ok(None)));
+        tx.try_send(broadcast("b")).unwrap();
+        tx.try_send(Outbound::CatchUp { after: 1, upto: 2 })
+            .unwrap();
+        tx.try_send(broadcast("later")).unwrap();
+        let next = write_batch(
+            &mut sink,
+            &mut rx,
+            &awaiting,
+            Outbound::Reply(Utf8Bytes::from_static("ack")),
+        )
+        .await;
+        assert!(matches!(
+            next,
+            Ok(Some(Outbound::CatchUp { after: 1, upto: 2 }))
+        ));
+        assert_eq!(
+            sink.flushes,
+            vec![vec!["t".to_owned()], vec!["ack".to_owned(), "b".to_owned()]]
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // One reply written of two awaited; a stray extra reply never underflows.
+        assert!(awaiting.any());
+        awaiting.reply_written();
+        awaiting.reply_written();
+        assert!(!awaiting.any());
+    }
+}

@@ -1,0 +1,331 @@
+//! One task per open document: the actor that owns its state and orders its
+//! ops. It holds the commit pipeline and the connection table, and turns
+//! mailbox commands and commit results into calls on them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ot_core::history::DocumentHistory;
+use ot_core::{Operation, Range};
+use ot_protocol::{DocId, ErrorCode, Limits};
+use tokio::sync::{mpsc, oneshot};
+
+use super::connections::Connections;
+use super::error::DocError;
+use super::mailbox::{DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
+use super::pipeline::{Accepted, CommitDone, Pipeline};
+use crate::state::Shared;
+use crate::storage::WriteItem;
+
+/// Ops applied but not yet durable before the actor stops taking new commands.
+const MAX_PENDING: usize = 8192;
+
+struct Document {
+    id: DocId,
+    shared: Arc<Shared>,
+    actor_id: u64,
+    pipeline: Pipeline,
+    conns: Connections,
+    /// Whether storage has the document (it exists once someone joins).
+    created: bool,
+    last_activity: Instant,
+    shutting_down: bool,
+}
+
+/// The actor of `doc`, started (and loaded from storage) if it is not running.
+pub(crate) fn open(shared: &Arc<Shared>, doc: &DocId) -> DocHandle {
+    shared
+        .registry
+        .open(doc, |actor_id| spawn(shared.clone(), doc.clone(), actor_id))
+}
+
+/// Start the actor for `id`: it loads the document from storage, then serves its mailbox.
+fn spawn(shared: Arc<Shared>, id: DocId, actor_id: u64) -> DocHandle {
+    let (tx, rx) = mpsc::channel(MAILBOX);
+    let tracker = shared.tasks.clone();
+    tracker.spawn(run(shared, id, actor_id, rx));
+    DocHandle { tx }
+}
+
+async fn load(shared: &Shared, id: &DocId) -> Result<(bool, DocumentHistory), DocError> {
+    let storage = shared.storage.clone();
+    let doc = id.to_string();
+    Ok(
+        match tokio::task::spawn_blocking(move || storage.load(&doc)).await?? {
+            Some(l) => (true, DocumentHistory::from_snapshot(l.snapshot, l.tail)?),
+            None => (false, DocumentHistory::new()),
+        },
+    )
+}
+
+async fn run(shared: Arc<Shared>, id: DocId, actor_id: u64, mut rx: mpsc::Receiver<DocCommand>) {
+    let (created, history) = match load(&shared, &id).await {
+        Ok(loaded) => loaded,
+        Err(e) => return fail_load(&shared, &id, actor_id, rx, e).await,
+    };
+    let (commit_tx, mut commit_rx) = mpsc::unbounded_channel();
+    let mut doc = Document {
+        pipeline: Pipeline::new(shared.clone(), id.to_string(), history, commit_tx),
+        conns: Connections::new(id.to_string(), shared.metrics.clone()),
+        id,
+        actor_id,
+        created,
+        last_activity: Instant::now(),
+        shutting_down: false,
+        shared: shared.clone(),
+    };
+    shared.metrics.open_documents.inc();
+    shared.metrics.document_loads.inc();
+    tracing::debug!(doc = %doc.id, rev = doc.pipeline.durable_rev(), "document loaded");
+    let idle = shared.config.idle_unload();
+    let mut shutdown_done: Option<oneshot::Sender<()>> = None;
+    loop {
+        let idle_for =
+            if doc.conns.is_empty() && doc.pipeline.pending_len() == 0 && !doc.shutting_down {
+                Some(doc.last_activity + idle)
+            } else {
+                None
+            };
+        tokio::select! {
+            biased;
+            Some(done) = commit_rx.recv() => doc.on_commit(done).await,
+            command = rx.recv(), if doc.pipeline.pending_len() < MAX_PENDING && !doc.shutting_down => {
+                match command {
+                    Some(DocCommand::Shutdown(done)) => {
+                        doc.shutting_down = true;
+                        shutdown_done = Some(done);
+                    }
+                    Some(command) => doc.handle(command).await,
+                    None => break,
+                }
+            }
+            _ = tokio::time::sleep_until(idle_for.unwrap_or_else(Instant::now).into()), if idle_for.is_some() => {
+                if doc.try_unload(&mut rx) {
+                    break;
+                }
+                doc.last_activity = Instant::now();
+            }
+        }
+        if doc.shutting_down && doc.pipeline.pending_len() == 0 {
+            // Everything is durable and acked: close the connections (their writers
+            // drain what is queued, then send a close frame) and stop.
+            doc.conns.clear();
+            shared.registry.remove(&doc.id, doc.actor_id);
+            if let Some(done) = shutdown_done.take() {
+                let _ = done.send(());
+            }
+            break;
+        }
+    }
+    shared.metrics.open_documents.dec();
+    tracing::debug!(doc = %doc.id, "document unloaded");
+}
+
+/// The document could not be loaded: answer every join with the error, then stop.
+async fn fail_load(
+    shared: &Shared,
+    id: &DocId,
+    actor_id: u64,
+    mut rx: mpsc::Receiver<DocCommand>,
+    error: DocError,
+) {
+    tracing::error!(doc = %id, %error, "could not load document");
+    let error = Arc::new(error);
+    shared.registry.remove(id, actor_id);
+    rx.close();
+    while let Some(command) = rx.recv().await {
+        match command {
+            DocCommand::Join(_, reply) => {
+                let _ = reply.send(Err(JoinError::Unavailable(error.clone())));
+            }
+            DocCommand::Shutdown(done) => {
+                let _ = done.send(());
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Document {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_doc_len: self.shared.config.max_doc_len,
+            max_op_len: self.shared.config.max_op_len,
+            max_message_bytes: self.shared.config.max_message_bytes,
+        }
+    }
+
+    /// Unload if nothing is happening; under the registry lock so no join can race it.
+    fn try_unload(&mut self, rx: &mut mpsc::Receiver<DocCommand>) -> bool {
+        let unloaded = self
+            .shared
+            .registry
+            .remove_if(&self.id, self.actor_id, || rx.is_empty());
+        if unloaded {
+            rx.close();
+            // Anything that slipped in before the close is answered: joins retry
+            // through the registry (which now loads a fresh actor).
+            while let Ok(command) = rx.try_recv() {
+                match command {
+                    DocCommand::Join(_, reply) => {
+                        let _ = reply.send(Err(JoinError::Retry));
+                    }
+                    DocCommand::Read(reply) => {
+                        let _ = reply.send(self.pipeline.read());
+                    }
+                    DocCommand::Shutdown(done) => {
+                        let _ = done.send(());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        unloaded
+    }
+
+    async fn handle(&mut self, command: DocCommand) {
+        self.last_activity = Instant::now();
+        match command {
+            DocCommand::Join(request, reply) => {
+                let result = self.on_join(request);
+                let _ = reply.send(result);
+            }
+            DocCommand::Leave { conn_id } => self.conns.remove(conn_id),
+            DocCommand::Op {
+                conn_id,
+                seq,
+                base_rev,
+                op,
+                ranges,
+                received_at,
+            } => {
+                self.on_op(conn_id, seq, base_rev, op, ranges, received_at)
+                    .await
+            }
+            DocCommand::Cursor {
+                conn_id,
+                rev,
+                ranges,
+                name,
+            } => self.on_cursor(conn_id, rev, ranges, name),
+            DocCommand::Read(reply) => {
+                let _ = reply.send(self.pipeline.read());
+            }
+            DocCommand::Shutdown(done) => {
+                self.shutting_down = true;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn on_join(&mut self, request: JoinRequest) -> Result<(), JoinError> {
+        if self.shutting_down {
+            return Err(JoinError::ShuttingDown);
+        }
+        self.conns.replace(&request.client_id);
+        if self.conns.len() >= self.shared.config.max_clients_per_doc {
+            return Err(JoinError::TooManyClients);
+        }
+        if !self.created {
+            self.created = true;
+            self.shared.queue.submit(
+                vec![WriteItem::CreateDoc {
+                    doc: self.id.to_string(),
+                }],
+                Box::new(|_| {}),
+            );
+        }
+        // Room in the connection's queue after the first message, a catch-up
+        // item and the cursors.
+        let room = request.out.capacity().saturating_sub(2 + self.conns.len());
+        let mut frames = self.pipeline.first_frames(
+            &request.client_id,
+            request.rev,
+            request.epoch,
+            room,
+            self.limits(),
+        );
+        frames.extend(self.conns.cursor_frames(self.pipeline.durable_rev()));
+        self.conns.add(request, frames);
+        Ok(())
+    }
+
+    async fn on_op(
+        &mut self,
+        conn_id: u64,
+        seq: u64,
+        base_rev: u64,
+        op: Operation,
+        ranges: Option<Vec<Range>>,
+        received_at: Instant,
+    ) {
+        let Some(client_id) = self.conns.client_id(conn_id) else {
+            return; // the connection is gone: its op was never acknowledged
+        };
+        let accepted = self
+            .pipeline
+            .receive(conn_id, &client_id, seq, base_rev, op, ranges, received_at)
+            .await;
+        match accepted {
+            Ok(Accepted::Applied(Some(done))) => self.on_commit(done).await,
+            Ok(Accepted::Applied(None)) | Ok(Accepted::AckLater) => {}
+            Ok(Accepted::AckNow(rev)) => self.conns.ack(conn_id, rev, seq),
+            Err(refused) => {
+                self.conns
+                    .send_error(conn_id, refused.code, &refused.message, Some(seq))
+            }
+        }
+    }
+
+    fn on_cursor(&mut self, conn_id: u64, rev: u64, ranges: Vec<Range>, name: Option<String>) {
+        match self.pipeline.map_cursor(rev, ranges) {
+            Ok(Some(ranges)) => {
+                let rev = self.pipeline.durable_rev();
+                self.conns.set_presence(conn_id, rev, ranges, name);
+            }
+            Ok(None) => {}
+            Err(refused) => self
+                .conns
+                .send_error(conn_id, refused.code, &refused.message, None),
+        }
+    }
+
+    async fn on_commit(&mut self, done: CommitDone) {
+        if self.pipeline.is_stale(&done) {
+            return; // a result for ops dropped by an earlier failure
+        }
+        let rev = match Pipeline::outcome(done) {
+            Ok(rev) => rev,
+            Err(error) => {
+                for (conn_id, seq) in self.pipeline.fail(&error) {
+                    self.conns.send_error(
+                        conn_id,
+                        ErrorCode::StorageError,
+                        "the op could not be stored and was not applied; reconnect and resend it",
+                        Some(seq),
+                    );
+                }
+                self.pipeline.reload().await;
+                return;
+            }
+        };
+        while let Some(durable) = self.pipeline.pop_durable(rev) {
+            let Ok(p) = durable else {
+                self.pipeline.reload().await;
+                return;
+            };
+            self.conns.op_durable(p.conn_id, &p.applied);
+            self.shared
+                .metrics
+                .ack_latency
+                .observe(p.received_at.elapsed().as_secs_f64());
+            if let Some(ranges) = p.ranges {
+                self.conns
+                    .set_presence(p.conn_id, p.applied.rev, ranges, None);
+            }
+        }
+        for (rev, conn_id, seq) in self.pipeline.ready_acks() {
+            self.conns.ack(conn_id, rev, seq);
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Why a document could not be loaded or read from storage.
+
+use ot_protocol::ClientId;
+
+use crate::storage::StorageError;
+
+/// Why a document could not be opened, or its older ops not read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DocError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("a storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the stored history does not restore: {0}")]
+    Restore(#[from] ot_core::history::RestoreError),
+    #[error("storage returned {got} of {wanted} ops")]
+    ShortRead { got: usize, wanted: usize },
+    #[error("seq {seq} of {client} is not in storage")]
+    SeqNotStored { client: ClientId, seq: u64 },
+    #[error("the document did not answer in time")]
+    NoAnswer,
+    #[error("the document kept unloading")]
+    KeptUnloading,
+}

@@ -1,0 +1,83 @@
+//! What a document actor is sent: its commands, the join handshake, the handle.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ot_core::{Operation, Range};
+use ot_protocol::{ClientId, CloseCode};
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::DocError;
+use crate::outbound::Outbound;
+
+/// Mailbox size of a document actor: senders wait when it is full (backpressure).
+pub(super) const MAILBOX: usize = 1024;
+
+/// How long a joiner waits for an actor before giving up.
+pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection asking to join a document.
+pub(crate) struct JoinRequest {
+    /// Server-wide connection id.
+    pub(crate) conn_id: u64,
+    pub(crate) client_id: ClientId,
+    /// The revision the client has, to resume from.
+    pub(crate) rev: Option<u64>,
+    /// The storage epoch the client last saw.
+    pub(crate) epoch: Option<u64>,
+    /// The connection's bounded outbound queue.
+    pub(crate) out: mpsc::Sender<Outbound>,
+    /// Fired to close the connection with a code.
+    pub(crate) kick: oneshot::Sender<CloseCode>,
+}
+
+/// Why a join failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum JoinError {
+    #[error("the document has too many clients")]
+    TooManyClients,
+    #[error("the document could not be opened: {0}")]
+    Unavailable(Arc<DocError>),
+    /// The actor was unloading; open the document again.
+    #[error("the document could not be opened; retry")]
+    Retry,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A command for a document actor.
+pub(crate) enum DocCommand {
+    Join(JoinRequest, oneshot::Sender<Result<(), JoinError>>),
+    Leave {
+        conn_id: u64,
+    },
+    Op {
+        conn_id: u64,
+        seq: u64,
+        base_rev: u64,
+        op: Operation,
+        /// The sender's selection after the op.
+        ranges: Option<Vec<Range>>,
+        /// When the frame was read (for the ack-latency histogram).
+        received_at: Instant,
+    },
+    /// Presence from a connection with nothing outstanding.
+    Cursor {
+        conn_id: u64,
+        /// The revision the ranges refer to.
+        rev: u64,
+        ranges: Vec<Range>,
+        /// Display name.
+        name: Option<String>,
+    },
+    /// Read the durable revision and text.
+    Read(oneshot::Sender<(u64, String)>),
+    /// Commit everything pending, ack it, close every connection and stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to a running document actor: its mailbox.
+#[derive(Clone)]
+pub(crate) struct DocHandle {
+    pub(crate) tx: mpsc::Sender<DocCommand>,
+}

@@ -1,0 +1,15 @@
+//! Open documents: one actor per document ([`actor`]) owning its commit
+//! pipeline ([`pipeline`]) and its connection table ([`connections`]); the
+//! commands it is sent ([`mailbox`]); the registry of open documents
+//! ([`registry`]), which the actor's [`open`] starts actors through.
+
+mod actor;
+mod connections;
+mod error;
+pub(crate) mod mailbox;
+mod pipeline;
+pub(crate) mod registry;
+
+pub(crate) use actor::open;
+pub(crate) use error::DocError;
+pub(crate) use mailbox::{DocCommand, DocHandle, JoinError, JoinRequest, JOIN_TIMEOUT};

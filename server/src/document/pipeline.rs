@@ -1,0 +1,537 @@
+//! The commit pipeline of one document: the in-memory history, the ops applied
+//! but not yet durable, the durable text/revision/seqs, and the deferred acks.
+//!
+//! Ops are applied in memory at once (so later ops can be transformed against
+//! them) but nothing is readable before it is durable: acks, broadcasts,
+//! snapshots, resumes and cursor revisions all stop at `durable_rev`. Ops
+//! become durable in revision order through the group-commit queue; each
+//! commit result comes back on the commit channel.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ot_core::history::{AppliedOp, DocumentHistory, OpHash, Receipt, ReceiveError};
+use ot_core::{Operation, Range};
+use ot_protocol::{ClientId, ErrorCode, Limits, ServerMessage};
+use ropey::Rope;
+use tokio::sync::mpsc;
+
+use super::error::DocError;
+use crate::outbound::{op_frame, text_frame, Outbound};
+use crate::state::Shared;
+use crate::storage::{Committed, StorageError, StoredOp, WriteItem};
+
+/// An op applied in memory and on its way to storage.
+pub(super) struct Pending {
+    pub(super) applied: AppliedOp,
+    /// The connection that sent it.
+    pub(super) conn_id: u64,
+    pub(super) received_at: Instant,
+    /// The sender's selection after the op, at the op's revision.
+    pub(super) ranges: Option<Vec<Range>>,
+}
+
+/// The outcome of a commit, for the ops up to `rev`.
+pub(super) struct CommitDone {
+    generation: u64,
+    rev: u64,
+    result: Result<(), Arc<StorageError>>,
+}
+
+/// What became of an op the document took.
+pub(super) enum Accepted {
+    /// Applied in memory; if the commit already happened, its outcome.
+    Applied(Option<CommitDone>),
+    /// A resend of an op that is durable as this revision: ack it now.
+    AckNow(u64),
+    /// A resend of an op that is not durable yet: acked when it is.
+    AckLater,
+}
+
+/// An op the document refused, with the error to send about it.
+pub(super) struct Refused {
+    pub(super) code: ErrorCode,
+    pub(super) message: String,
+}
+
+impl Refused {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Refused {
+        Refused {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub(super) struct Pipeline {
+    /// The document id as storage keys it.
+    id: String,
+    shared: Arc<Shared>,
+    history: DocumentHistory,
+    durable_rev: u64,
+    durable_text: Rope,
+    durable_seq: HashMap<String, u64>,
+    pending: VecDeque<Pending>,
+    /// Acks of resends whose original is not durable yet: (rev, conn, seq).
+    deferred_acks: Vec<(u64, u64, u64)>,
+    /// Bumped by a reload: commit results of an older generation are stale.
+    generation: u64,
+    commit_tx: mpsc::UnboundedSender<CommitDone>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn last_seqs(history: &DocumentHistory) -> HashMap<String, u64> {
+    history
+        .snapshot()
+        .clients
+        .into_iter()
+        .map(|(client, record)| (client, record.last_seq))
+        .collect()
+}
+
+impl Pipeline {
+    /// A pipeline for a document loaded as `history`; commit results come
+    /// back on `commit_tx`.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        id: String,
+        history: DocumentHistory,
+        commit_tx: mpsc::UnboundedSender<CommitDone>,
+    ) -> Pipeline {
+        let mut pipeline = Pipeline {
+            id,
+            durable_rev: history.revision(),
+            durable_text: history.text().clone(),
+            durable_seq: last_seqs(&history),
+            history,
+            pending: VecDeque::new(),
+            deferred_acks: Vec::new(),
+            generation: 0,
+            commit_tx,
+            shared,
+        };
+        pipeline
+            .history
+            .trim_to(pipeline.shared.config.history_window);
+        pipeline
+    }
+
+    pub(super) fn durable_rev(&self) -> u64 {
+        self.durable_rev
+    }
+
+    /// The durable revision and text.
+    pub(super) fn read(&self) -> (u64, String) {
+        (self.durable_rev, self.durable_text.to_string())
+    }
+
+    /// Ops applied but not durable yet.
+    pub(super) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    // ---------- joins and cursors ----------
+
+    /// What a joining client gets first: a resume from `rev` (with the ops
+    /// after it) if it can be served, else a snapshot. At most `room` ops come
+    /// from memory; more are read from storage by the connection's writer.
+    pub(super) fn first_frames(
+        &self,
+        client_id: &ClientId,
+        rev: Option<u64>,
+        epoch: Option<u64>,
+        room: usize,
+        limits: Limits,
+    ) -> Vec<Outbound> {
+        let current_epoch = self.shared.storage.epoch();
+        let seq = self
+            .durable_seq
+            .get(client_id.as_str())
+            .copied()
+            .unwrap_or(0);
+        let resume_from =
+            rev.filter(|rev| *rev <= self.durable_rev && epoch.is_none_or(|e| e == current_epoch));
+        let mut frames: Vec<Outbound> = Vec::new();
+        match resume_from {
+            Some(rev) => {
+                frames.push(Outbound::Text(text_frame(&ServerMessage::Resume {
+                    rev,
+                    head: self.durable_rev,
+                    client: client_id.as_str().into(),
+                    seq,
+                    epoch: current_epoch,
+                    limits,
+                })));
+                let oldest = self.history.oldest_revision();
+                let from = rev.max(oldest);
+                let in_memory = self.durable_rev.saturating_sub(from) as usize;
+                // More ops than fit would overflow the connection's queue at once
+                // (and close the client as too slow every time it resumes), so the
+                // writer reads them all from storage instead.
+                if in_memory > room {
+                    frames.push(Outbound::CatchUp {
+                        after: rev,
+                        upto: self.durable_rev,
+                    });
+                } else {
+                    if rev < oldest {
+                        frames.push(Outbound::CatchUp {
+                            after: rev,
+                            upto: oldest,
+                        });
+                    }
+                    if let Some(ops) = self.history.ops_since(from) {
+                        for a in ops.iter().take_while(|a| a.rev <= self.durable_rev) {
+                            frames.push(Outbound::Text(op_frame(a)));
+                        }
+                    }
+                }
+            }
+            None => {
+                let text = self.durable_text.to_string();
+                frames.push(Outbound::Text(text_frame(&ServerMessage::Snapshot {
+                    rev: self.durable_rev,
+                    text: text.as_str().into(),
+                    client: client_id.as_str().into(),
+                    seq,
+                    epoch: current_epoch,
+                    limits,
+                })));
+            }
+        }
+        frames
+    }
+
+    /// Map a client's cursor `ranges` at `rev` to the durable revision, clamped
+    /// to the document. `Ok(None)`: too old to map (the client sends a fresh
+    /// cursor after catching up).
+    pub(super) fn map_cursor(
+        &self,
+        rev: u64,
+        mut ranges: Vec<Range>,
+    ) -> Result<Option<Vec<Range>>, Refused> {
+        if rev > self.durable_rev {
+            return Err(Refused::new(
+                ErrorCode::FutureRevision,
+                "cursor revision is newer than the document",
+            ));
+        }
+        let Some(ops) = self.history.ops_since(rev) else {
+            return Ok(None);
+        };
+        for a in ops.iter().take_while(|a| a.rev <= self.durable_rev) {
+            ranges = ot_core::transform_ranges(&ranges, &a.op);
+        }
+        // Positions past the end mean the end.
+        let len = self.durable_text.len_chars();
+        for r in &mut ranges {
+            r.anchor = r.anchor.min(len);
+            r.head = r.head.min(len);
+        }
+        Ok(Some(ranges))
+    }
+
+    // ---------- ops ----------
+
+    /// Take an op from `client_id` (sent on `conn_id`): apply it and send it to
+    /// storage, or recognise a resend, or refuse it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn receive(
+        &mut self,
+        conn_id: u64,
+        client_id: &ClientId,
+        seq: u64,
+        base_rev: u64,
+        op: Operation,
+        ranges: Option<Vec<Range>>,
+        received_at: Instant,
+    ) -> Result<Accepted, Refused> {
+        let max_doc_len = self.shared.config.max_doc_len;
+        if seq == self.history.last_seq(client_id) + 1 {
+            let len = self.history.text().len_chars() as i128;
+            let after = len + op.target_len() as i128 - op.base_len() as i128;
+            if after > max_doc_len as i128 {
+                return Err(Refused::new(
+                    ErrorCode::DocTooLong,
+                    format!(
+                        "the document would hold {after} characters; the limit is {max_doc_len}"
+                    ),
+                ));
+            }
+        }
+        let mut result = self.history.receive(client_id, seq, base_rev, op.clone());
+        if let Err(ReceiveError::RevisionTooOld { oldest, .. }) = &result {
+            let oldest = *oldest;
+            match self.read_ops(base_rev, oldest).await {
+                Ok(older) => {
+                    result = self.history.receive_with_older(
+                        client_id,
+                        seq,
+                        base_rev,
+                        op.clone(),
+                        &older,
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(doc = %self.id, error = %e, "could not read older ops");
+                    return Err(Refused::new(
+                        ErrorCode::StorageError,
+                        "could not read the ops since your base revision",
+                    ));
+                }
+            }
+        }
+        match result {
+            Ok(Receipt::Applied { applied, received }) => {
+                self.shared.metrics.ops_applied.inc();
+                if applied.is_concurrent() {
+                    self.shared.metrics.conflicts.inc();
+                }
+                let ranges =
+                    ranges.map(|r| self.map_op_ranges(base_rev, applied.rev, &received, r));
+                let committed_now = self.persist(&applied, received);
+                self.pending.push_back(Pending {
+                    applied,
+                    conn_id,
+                    received_at,
+                    ranges,
+                });
+                // Pending ops stay in memory: later ops may need to transform past them.
+                let keep = self.shared.config.history_window.max(self.pending.len());
+                self.history.trim_to(keep);
+                Ok(Accepted::Applied(committed_now))
+            }
+            Ok(Receipt::Duplicate { seq, rev }) => {
+                let rev = match rev {
+                    Some(rev) => rev,
+                    None => match self.find_original(client_id, seq, &op).await {
+                        Ok(Some(rev)) => rev,
+                        Ok(None) => {
+                            return Err(Refused::new(
+                                ErrorCode::SeqReused,
+                                "this seq was already used for a different operation",
+                            ))
+                        }
+                        Err(e) => {
+                            tracing::error!(doc = %self.id, error = %e, "dedup lookup failed");
+                            return Err(Refused::new(
+                                ErrorCode::StorageError,
+                                "could not look up the original op",
+                            ));
+                        }
+                    },
+                };
+                // Counted only once it is known to be a true resend (not `seq_reused`).
+                self.shared.metrics.duplicates.inc();
+                if rev <= self.durable_rev {
+                    Ok(Accepted::AckNow(rev))
+                } else {
+                    self.deferred_acks.push((rev, conn_id, seq));
+                    Ok(Accepted::AckLater)
+                }
+            }
+            Err(e) => Err(Refused::new(ErrorCode::from_receive(&e), e.to_string())),
+        }
+    }
+
+    /// Map the ranges a client attached to its op (positions after its op, at
+    /// `base_rev`) to revision `rev`, through the concurrent ops it was transformed past.
+    fn map_op_ranges(
+        &self,
+        base_rev: u64,
+        rev: u64,
+        received: &Operation,
+        mut ranges: Vec<Range>,
+    ) -> Vec<Range> {
+        let Some(concurrent) = self.history.ops_since(base_rev) else {
+            return ranges; // older than memory: rare; the client's next cursor corrects it
+        };
+        let mut mine = received.clone();
+        for other in concurrent.iter().take_while(|a| a.rev < rev) {
+            match mine.transform(&other.op) {
+                Ok((mine_prime, other_prime)) => {
+                    ranges = ot_core::transform_ranges(&ranges, &other_prime);
+                    mine = mine_prime;
+                }
+                Err(_) => break,
+            }
+        }
+        ranges
+    }
+
+    /// Commit the op (and a snapshot every `snapshot_every` ops). Returns the
+    /// outcome if the commit already happened here, else it arrives later on
+    /// the commit channel.
+    fn persist(&mut self, applied: &AppliedOp, received: Operation) -> Option<CommitDone> {
+        let mut items = vec![WriteItem::Op {
+            doc: self.id.clone(),
+            op: StoredOp::from_applied(applied, received, now_ms()),
+            len_after: applied.op.target_len() as u64,
+        }];
+        if applied
+            .rev
+            .is_multiple_of(self.shared.config.snapshot_every.max(1))
+        {
+            items.push(WriteItem::Snapshot {
+                doc: self.id.clone(),
+                snapshot: self.history.snapshot(),
+            });
+        }
+        let generation = self.generation;
+        let rev = applied.rev;
+        let tx = self.commit_tx.clone();
+        // The queue commits in place when that is cheap and nothing of this
+        // document is still on its way to storage.
+        let committed = self.shared.queue.commit(
+            items,
+            Box::new(move |result| {
+                let _ = tx.send(CommitDone {
+                    generation,
+                    rev,
+                    result,
+                });
+            }),
+        );
+        match committed {
+            Committed::Now(result) => Some(CommitDone {
+                generation,
+                rev,
+                result,
+            }),
+            Committed::Queued => None,
+        }
+    }
+
+    /// Ops `after+1 ..= upto` from storage.
+    async fn read_ops(&self, after: u64, upto: u64) -> Result<Vec<Operation>, DocError> {
+        let storage = self.shared.storage.clone();
+        let doc = self.id.clone();
+        let limit = (upto - after) as usize;
+        let ops = tokio::task::spawn_blocking(move || storage.ops(&doc, after, limit)).await??;
+        if ops.len() != limit || ops.last().map(|o| o.rev) != Some(upto) {
+            return Err(DocError::ShortRead {
+                got: ops.len(),
+                wanted: limit,
+            });
+        }
+        Ok(ops.into_iter().map(|o| o.applied).collect())
+    }
+
+    /// The revision of an old (client, seq), if stored with the same op.
+    async fn find_original(
+        &self,
+        client_id: &ClientId,
+        seq: u64,
+        op: &Operation,
+    ) -> Result<Option<u64>, DocError> {
+        let storage = self.shared.storage.clone();
+        let doc = self.id.clone();
+        let client = client_id.clone();
+        let found =
+            tokio::task::spawn_blocking(move || storage.find_seq(&doc, &client, seq)).await??;
+        match found {
+            Some((rev, hash)) if hash == OpHash::of(op) => Ok(Some(rev)),
+            Some(_) => Ok(None),
+            None => Err(DocError::SeqNotStored {
+                client: client_id.clone(),
+                seq,
+            }),
+        }
+    }
+
+    // ---------- commits ----------
+
+    /// Whether `done` is for ops dropped by an earlier failure.
+    pub(super) fn is_stale(&self, done: &CommitDone) -> bool {
+        done.generation != self.generation
+    }
+
+    /// The commit's result, and the revision it made durable.
+    pub(super) fn outcome(done: CommitDone) -> Result<u64, Arc<StorageError>> {
+        done.result.map(|()| done.rev)
+    }
+
+    /// The next pending op that is durable now (revision ≤ `rev`), applied to
+    /// the durable text. `Some(Err)`: the durable text is out of step; reload.
+    pub(super) fn pop_durable(&mut self, rev: u64) -> Option<Result<Pending, ()>> {
+        if self.pending.front().is_none_or(|p| p.applied.rev > rev) {
+            return None;
+        }
+        let p = self.pending.pop_front()?;
+        if let Err(e) = p.applied.op.apply_to_rope(&mut self.durable_text) {
+            tracing::error!(doc = %self.id, error = %e, "durable text out of step; reloading");
+            return Some(Err(()));
+        }
+        self.durable_rev = p.applied.rev;
+        self.durable_seq
+            .insert(p.applied.client_id.to_string(), p.applied.seq);
+        Some(Ok(p))
+    }
+
+    /// The deferred acks whose ops are durable now: (rev, conn, seq).
+    pub(super) fn ready_acks(&mut self) -> Vec<(u64, u64, u64)> {
+        let durable = self.durable_rev;
+        let ready = self
+            .deferred_acks
+            .iter()
+            .copied()
+            .filter(|(rev, _, _)| *rev <= durable)
+            .collect();
+        self.deferred_acks.retain(|(rev, _, _)| *rev > durable);
+        ready
+    }
+
+    /// A commit failed: drop every pending op and deferred ack; returns the
+    /// (conn, seq) of each, to tell its sender. Then [`Pipeline::reload`].
+    pub(super) fn fail(&mut self, error: &StorageError) -> Vec<(u64, u64)> {
+        tracing::error!(doc = %self.id, %error, pending = self.pending.len(), "commit failed; reloading the document");
+        self.pending
+            .drain(..)
+            .map(|p| (p.conn_id, p.applied.seq))
+            .chain(self.deferred_acks.drain(..).map(|(_, c, s)| (c, s)))
+            .collect()
+    }
+
+    /// Rebuild the in-memory state from storage (after a failed commit).
+    pub(super) async fn reload(&mut self) {
+        self.generation += 1;
+        self.pending.clear();
+        self.deferred_acks.clear();
+        let storage = self.shared.storage.clone();
+        let doc = self.id.clone();
+        let loaded = tokio::task::spawn_blocking(move || storage.load(&doc)).await;
+        let history = match loaded {
+            Ok(Ok(Some(l))) => DocumentHistory::from_snapshot(l.snapshot, l.tail).ok(),
+            Ok(Ok(None)) => Some(DocumentHistory::new()),
+            _ => None,
+        };
+        match history {
+            Some(history) => {
+                self.durable_rev = history.revision();
+                self.durable_text = history.text().clone();
+                self.durable_seq = last_seqs(&history);
+                self.history = history;
+                self.history.trim_to(self.shared.config.history_window);
+            }
+            None => {
+                // Keep the durable state we know; roll the in-memory history back to it.
+                tracing::error!(doc = %self.id, "reload failed; continuing from the last durable state");
+                let snapshot = ot_core::history::DocumentSnapshot {
+                    rev: self.durable_rev,
+                    text: self.durable_text.to_string(),
+                    clients: HashMap::new(),
+                };
+                if let Ok(h) = DocumentHistory::from_snapshot(snapshot, Vec::new()) {
+                    self.history = h;
+                }
+            }
+        }
+    }
+}
