@@ -11,8 +11,8 @@ use ot_protocol::{ApiErrorCode, DocId, ErrorCode};
 use serde_json::json;
 
 use crate::api_error::ApiError;
+use crate::app::Shared;
 use crate::document::DocCommand;
-use crate::state::Shared;
 use crate::storage::{Storage, StorageError, StoredOp};
 
 /// Most ops one `/ops` or `/conflicts` request returns.

@@ -6,6 +6,7 @@
 //! free loopback port.
 
 mod api_error;
+mod app;
 mod config;
 mod connection;
 mod document;
@@ -26,9 +27,10 @@ use axum::routing::get;
 use axum::Router;
 
 use api_error::ApiError;
+use app::Shared;
 pub use config::Config;
 use metrics::Metrics;
-use state::Shared;
+use state::Services;
 use storage::{CommitOptions, CommitQueue, SqliteStorage, Storage};
 
 /// The HTTP and WebSocket routes.
@@ -90,7 +92,12 @@ pub async fn run(
             })),
         },
     );
-    let shared = Arc::new(Shared::new(config, storage.clone(), queue.clone(), metrics));
+    let shared = Arc::new(Shared::new(Services::new(
+        config,
+        storage.clone(),
+        queue.clone(),
+        metrics,
+    )));
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, durability = ?shared.config.durability, data_dir = %shared.config.data_dir.display(), epoch = storage.epoch(), "listening");
     let token = shared.shutdown.clone();

@@ -1,4 +1,8 @@
-//! Server-wide shared state.
+//! The services every part of the server uses: configuration, storage, the
+//! commit queue, metrics, the shutdown token and the task tracker. It knows
+//! nothing of documents or connections (the registry of open documents is
+//! beside it in `app.rs`), so the document actors can use it
+//! without a cycle.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -7,19 +11,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::document::registry::Registry;
 use crate::metrics::Metrics;
 use crate::storage::{CommitQueue, Storage};
 
-/// Everything the request handlers and document actors share.
-pub(crate) struct Shared {
+/// What the request handlers and document actors share.
+pub(crate) struct Services {
     pub(crate) config: Config,
     pub(crate) storage: Arc<dyn Storage>,
     /// The group-commit queue in front of `storage`.
     pub(crate) queue: CommitQueue,
     pub(crate) metrics: Arc<Metrics>,
-    /// Open documents.
-    pub(crate) registry: Registry,
     /// Cancelled when the server starts shutting down.
     pub(crate) shutdown: CancellationToken,
     /// Every connection and document task, to wait for on shutdown.
@@ -29,19 +30,18 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
 }
 
-impl Shared {
+impl Services {
     pub(crate) fn new(
         config: Config,
         storage: Arc<dyn Storage>,
         queue: CommitQueue,
         metrics: Arc<Metrics>,
-    ) -> Shared {
-        Shared {
+    ) -> Services {
+        Services {
             config,
             storage,
             queue,
             metrics,
-            registry: Registry::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connections: AtomicUsize::new(0),

@@ -13,9 +13,9 @@ use ot_protocol::{ClientMessage, CloseCode, DocId, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::writer::{self, AwaitingReplies, Queues};
+use crate::app::Shared;
 use crate::document::{DocCommand, DocHandle};
 use crate::outbound::{error_frame, Outbound};
-use crate::state::Shared;
 
 /// Reading pauses when a connection sends faster than its rate (backpressure).
 struct TokenBucket {

@@ -15,11 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::reader;
 use crate::api_error::ApiError;
+use crate::app::Shared;
 use crate::document::{
     self, DocCommand, DocError, DocHandle, JoinError, JoinRequest, JOIN_TIMEOUT,
 };
 use crate::outbound::{close_frame, error_frame, Outbound};
-use crate::state::Shared;
 
 /// What the client asked for in the upgrade request.
 struct Request {
@@ -111,7 +111,7 @@ async fn join(
     out: &mpsc::Sender<Outbound>,
 ) -> Result<(DocHandle, oneshot::Receiver<CloseCode>), JoinError> {
     for _ in 0..8 {
-        let handle = document::open(shared, &request.doc);
+        let handle = document::open(shared.services(), &shared.registry, &request.doc);
         let (kick_tx, kick_rx) = oneshot::channel();
         let (reply_tx, reply_rx) = oneshot::channel();
         let join = JoinRequest {

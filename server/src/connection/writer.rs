@@ -12,8 +12,8 @@ use futures_util::{Sink, SinkExt};
 use ot_protocol::{CloseCode, DocId};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::app::Shared;
 use crate::outbound::{close_frame, stored_op_frame, Outbound};
-use crate::state::Shared;
 
 /// How long the writer may hold other clients' ops and cursors while this
 /// client awaits the reply to its own op, so that they go out in the same

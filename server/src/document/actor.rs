@@ -14,7 +14,8 @@ use super::connections::Connections;
 use super::error::DocError;
 use super::mailbox::{DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
 use super::pipeline::{Accepted, CommitDone, Pipeline};
-use crate::state::Shared;
+use super::registry::Registry;
+use crate::state::Services;
 use crate::storage::WriteItem;
 
 /// Ops applied but not yet durable before the actor stops taking new commands.
@@ -22,7 +23,8 @@ const MAX_PENDING: usize = 8192;
 
 struct Document {
     id: DocId,
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
+    registry: Arc<Registry>,
     actor_id: u64,
     pipeline: Pipeline,
     conns: Connections,
@@ -33,21 +35,21 @@ struct Document {
 }
 
 /// The actor of `doc`, started (and loaded from storage) if it is not running.
-pub(crate) fn open(shared: &Arc<Shared>, doc: &DocId) -> DocHandle {
-    shared
-        .registry
-        .open(doc, |actor_id| spawn(shared.clone(), doc.clone(), actor_id))
+pub(crate) fn open(shared: &Arc<Services>, registry: &Arc<Registry>, doc: &DocId) -> DocHandle {
+    registry.open(doc, |actor_id| {
+        spawn(shared.clone(), registry.clone(), doc.clone(), actor_id)
+    })
 }
 
 /// Start the actor for `id`: it loads the document from storage, then serves its mailbox.
-fn spawn(shared: Arc<Shared>, id: DocId, actor_id: u64) -> DocHandle {
+fn spawn(shared: Arc<Services>, registry: Arc<Registry>, id: DocId, actor_id: u64) -> DocHandle {
     let (tx, rx) = mpsc::channel(MAILBOX);
     let tracker = shared.tasks.clone();
-    tracker.spawn(run(shared, id, actor_id, rx));
+    tracker.spawn(run(shared, registry, id, actor_id, rx));
     DocHandle { tx }
 }
 
-async fn load(shared: &Shared, id: &DocId) -> Result<(bool, DocumentHistory), DocError> {
+async fn load(shared: &Services, id: &DocId) -> Result<(bool, DocumentHistory), DocError> {
     let storage = shared.storage.clone();
     let doc = id.to_string();
     Ok(
@@ -58,10 +60,16 @@ async fn load(shared: &Shared, id: &DocId) -> Result<(bool, DocumentHistory), Do
     )
 }
 
-async fn run(shared: Arc<Shared>, id: DocId, actor_id: u64, mut rx: mpsc::Receiver<DocCommand>) {
+async fn run(
+    shared: Arc<Services>,
+    registry: Arc<Registry>,
+    id: DocId,
+    actor_id: u64,
+    mut rx: mpsc::Receiver<DocCommand>,
+) {
     let (created, history) = match load(&shared, &id).await {
         Ok(loaded) => loaded,
-        Err(e) => return fail_load(&shared, &id, actor_id, rx, e).await,
+        Err(e) => return fail_load(&registry, &id, actor_id, rx, e).await,
     };
     let (commit_tx, mut commit_rx) = mpsc::unbounded_channel();
     let mut doc = Document {
@@ -73,6 +81,7 @@ async fn run(shared: Arc<Shared>, id: DocId, actor_id: u64, mut rx: mpsc::Receiv
         last_activity: Instant::now(),
         shutting_down: false,
         shared: shared.clone(),
+        registry: registry.clone(),
     };
     shared.metrics.open_documents.inc();
     shared.metrics.document_loads.inc();
@@ -110,7 +119,7 @@ async fn run(shared: Arc<Shared>, id: DocId, actor_id: u64, mut rx: mpsc::Receiv
             // Everything is durable and acked: close the connections (their writers
             // drain what is queued, then send a close frame) and stop.
             doc.conns.clear();
-            shared.registry.remove(&doc.id, doc.actor_id);
+            registry.remove(&doc.id, doc.actor_id);
             if let Some(done) = shutdown_done.take() {
                 let _ = done.send(());
             }
@@ -123,7 +132,7 @@ async fn run(shared: Arc<Shared>, id: DocId, actor_id: u64, mut rx: mpsc::Receiv
 
 /// The document could not be loaded: answer every join with the error, then stop.
 async fn fail_load(
-    shared: &Shared,
+    registry: &Registry,
     id: &DocId,
     actor_id: u64,
     mut rx: mpsc::Receiver<DocCommand>,
@@ -131,7 +140,7 @@ async fn fail_load(
 ) {
     tracing::error!(doc = %id, %error, "could not load document");
     let error = Arc::new(error);
-    shared.registry.remove(id, actor_id);
+    registry.remove(id, actor_id);
     rx.close();
     while let Some(command) = rx.recv().await {
         match command {
@@ -158,7 +167,6 @@ impl Document {
     /// Unload if nothing is happening; under the registry lock so no join can race it.
     fn try_unload(&mut self, rx: &mut mpsc::Receiver<DocCommand>) -> bool {
         let unloaded = self
-            .shared
             .registry
             .remove_if(&self.id, self.actor_id, || rx.is_empty());
         if unloaded {

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::error::DocError;
 use crate::outbound::{op_frame, text_frame, Outbound};
-use crate::state::Shared;
+use crate::state::Services;
 use crate::storage::{Committed, StorageError, StoredOp, WriteItem};
 
 /// An op applied in memory and on its way to storage.
@@ -67,7 +67,7 @@ impl Refused {
 pub(super) struct Pipeline {
     /// The document id as storage keys it.
     id: String,
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
     history: DocumentHistory,
     durable_rev: u64,
     durable_text: Rope,
@@ -100,7 +100,7 @@ impl Pipeline {
     /// A pipeline for a document loaded as `history`; commit results come
     /// back on `commit_tx`.
     pub(super) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Services>,
         id: String,
         history: DocumentHistory,
         commit_tx: mpsc::UnboundedSender<CommitDone>,
