@@ -29,30 +29,7 @@ pub struct Common {
 
 /// A GET against the server: returns (status, body).
 pub async fn http_get(server: &ServerUrl, path: &str) -> Result<(u16, String)> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("cannot set up an HTTP client")?;
-    let url = format!("{}{path}", server.http());
-    let response = client.get(&url).send().await.map_err(|e| {
-        if e.is_timeout() {
-            anyhow!("the server at {} did not answer in time", server.http())
-        } else {
-            // The cause (e.g. "Connection refused") is at the end of the chain.
-            let mut cause: &dyn std::error::Error = &e;
-            while let Some(source) = cause.source() {
-                cause = source;
-            }
-            anyhow!("cannot reach the server at {}: {cause}", server.http())
-        }
-    })?;
-    let status = response.status().as_u16();
-    let body = response
-        .text()
-        .await
-        .context("cannot read the server's answer")?;
-    Ok((status, body))
+    Ok(ot_driver::http::get(server, path).await?)
 }
 
 async fn get_json(server: &ServerUrl, path: &str) -> Result<Value> {

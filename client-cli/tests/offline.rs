@@ -23,65 +23,28 @@
 //! Every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client_cli::session::{ServerUrl, Session};
 use client_cli::store::Store;
-use e2e_tests::{doc_state, http_get, replay_ops, start_server, start_server_with, WsClient};
+use common::{cli, exactly_once, ok, ops_log, run, start, state_files, FORK, LIMIT};
+use e2e_tests::{doc_state, replay_ops, start_server, start_server_with, WsClient};
 use ot_core::Operation;
+use ot_protocol::{ClientMessage, ServerMessage};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ot-client");
-/// Longest any one client run (or wait) may take.
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// An `ot-client` command with its own data directory and `--server`.
-fn cli(data: &Path, server: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env("OT_CLIENT_DATA_DIR", data)
-        .env_remove("OT_SERVER")
-        .env_remove("OT_NAME")
-        .arg("--server")
-        .arg(server)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// Held while a child process is started and while a test drops a session
-/// (releasing its slot lock): a child forked in between would hold a copy of
-/// the lock file's descriptor until it execs, keeping the slot locked a moment
-/// longer (only in tests: the real client starts no processes).
-static FORK: Mutex<()> = Mutex::new(());
-
-/// Start a command (its stdout and stderr piped), never while a test drops a session.
-fn start(mut cmd: Command) -> Child {
-    let _guard = FORK.lock().unwrap_or_else(|e| e.into_inner());
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Run a command to its end (bounded).
-async fn output(cmd: Command) -> std::process::Output {
-    timeout(LIMIT, start(cmd).wait_with_output())
-        .await
-        .expect("ot-client finished in time")
-        .expect("ot-client ran")
-}
 
 /// Every file below `dir` (relative paths), for failure messages.
 fn files_below(dir: &Path) -> Vec<String> {
@@ -107,74 +70,15 @@ fn quit(session: Session) {
     drop(session);
 }
 
-/// `ot-client --server ws://ADDR ARGS…` with data directory `data`: must
-/// succeed (bounded) without a word on stderr. Returns stdout.
-async fn ok(data: &Path, addr: SocketAddr, args: &[&str]) -> String {
-    let mut cmd = cli(data, &format!("ws://{addr}"));
-    cmd.args(args);
-    let out = output(cmd).await;
-    let (stdout, stderr) = (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    );
-    assert!(
-        out.status.success() && stderr.is_empty(),
-        "ot-client {args:?}: {:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
-    );
-    stdout
-}
-
-/// The server's ops log of `doc` (all of it).
-async fn ops_log(addr: SocketAddr, doc: &str) -> Vec<Value> {
-    let body = http_get(addr, &format!("/api/docs/{doc}/ops?from=0&limit=1000"))
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["ops"].as_array().unwrap().clone()
-}
-
 /// Every (client, seq) of the ops log appears once, the revisions are 1..=N,
 /// and the log replays to the server's text. Returns the seqs per client.
 async fn assert_exactly_once(addr: SocketAddr, doc: &str) -> BTreeMap<String, Vec<u64>> {
     let ops = ops_log(addr, doc).await;
-    let mut seen = BTreeSet::new();
-    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for (i, op) in ops.iter().enumerate() {
-        assert_eq!(op["rev"].as_u64(), Some(i as u64 + 1), "{ops:#?}");
-        let client = op["client"].as_str().unwrap().to_owned();
-        let seq = op["seq"].as_u64().unwrap();
-        assert!(
-            seen.insert((client.clone(), seq)),
-            "({client}, {seq}) applied twice: {ops:#?}"
-        );
-        seqs.entry(client).or_default().push(seq);
-    }
+    let seqs = exactly_once(&ops);
     let (rev, text) = doc_state(addr, doc).await.unwrap();
     assert_eq!(rev, ops.len() as u64);
     assert_eq!(replay_ops(addr, doc).await.unwrap(), (rev, text));
     seqs
-}
-
-/// The state files (`*.json`) under a client data directory, by client id.
-fn state_files(data: &Path) -> BTreeMap<String, PathBuf> {
-    fn walk(dir: &Path, found: &mut BTreeMap<String, PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, found);
-            } else if path.extension().is_some_and(|e| e == "json") {
-                let id = path.file_stem().unwrap().to_string_lossy().into_owned();
-                found.insert(id, path);
-            }
-        }
-    }
-    let mut found = BTreeMap::new();
-    walk(data, &mut found);
-    found
 }
 
 /// The only saved writer in a data directory: its client id and saved state.
@@ -379,13 +283,10 @@ async fn refused_edits_are_not_resent_and_later_ones_not_dropped() {
     // the later edit is not dropped silently (a second copy holds it).
     let mut cmd = cli(data.path(), &format!("ws://{addr}"));
     cmd.args(["sync", doc]);
-    let out = output(cmd).await;
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{stderr}");
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        format!("sent 0 pending edit(s) of {doc}\n")
-    );
+    let out = run(cmd).await;
+    let stderr = out.stderr;
+    assert_eq!(out.code, Some(0), "{stderr}");
+    assert_eq!(out.stdout, format!("sent 0 pending edit(s) of {doc}\n"));
     let second = stderr
         .trim_end()
         .strip_prefix("ot-client: edits that could not be merged were saved to ")
@@ -659,10 +560,11 @@ async fn killed_before_the_ack(mode: Mode) {
             })
             .await;
             let frame = first_frame_payload(&proxy.swallowed_up.lock().unwrap()).unwrap();
-            let message: Value = serde_json::from_slice(&frame).unwrap();
-            assert_eq!(message["type"], "op", "{message}");
-            assert_eq!(message["seq"], 1, "{message}");
-            assert_eq!(message["rev"], 1, "{message}");
+            let message = ClientMessage::parse(std::str::from_utf8(&frame).unwrap()).unwrap();
+            assert!(
+                matches!(message, ClientMessage::Op { rev: 1, seq: 1, .. }),
+                "{message:?}"
+            );
         }
         Mode::Forward => unreachable!(),
     }
@@ -672,8 +574,8 @@ async fn killed_before_the_ack(mode: Mode) {
         let acked = || {
             frames(&proxy.swallowed_down.lock().unwrap())
                 .iter()
-                .filter_map(|f| serde_json::from_slice::<Value>(f).ok())
-                .any(|m| m["type"] == "ack" && m["seq"] == 1 && m["rev"] == 2)
+                .filter_map(|f| ServerMessage::parse(std::str::from_utf8(f).ok()?).ok())
+                .any(|m| m == ServerMessage::Ack { rev: 2, seq: 1 })
         };
         wait_until("the proxy swallowed the ack", || async { acked() }).await;
     }

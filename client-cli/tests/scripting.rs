@@ -21,6 +21,8 @@
 //! Every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,61 +31,13 @@ use std::time::Duration;
 
 use client_cli::session::{ServerUrl, Session};
 use client_cli::store::Store;
-use e2e_tests::{doc_state, http_get, replay_ops, start_server};
+use common::{cli, exactly_once, ok, ops_log, run, state_files, BIN, LIMIT};
+use e2e_tests::{doc_state, replay_ops, start_server};
 use ot_core::Operation;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{timeout, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ot-client");
-/// Longest any one client run may take.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-/// An `ot-client` command with its own data directory and `--server`.
-fn cli(data: &Path, server: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env("OT_CLIENT_DATA_DIR", data)
-        .env_remove("OT_SERVER")
-        .env_remove("OT_NAME")
-        .arg("--server")
-        .arg(server)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// What a finished run printed.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Run to completion (bounded).
-async fn run(mut cmd: Command) -> Run {
-    let out = timeout(RUN_LIMIT, cmd.output())
-        .await
-        .expect("ot-client finished in time")
-        .expect("ot-client ran");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
-    }
-}
-
-/// `ot-client --server ws://ADDR ARGS…` with data directory `data`; must succeed
-/// without a word on stderr. Returns stdout.
-async fn ok(data: &Path, addr: SocketAddr, args: &[&str]) -> String {
-    let mut cmd = cli(data, &format!("ws://{addr}"));
-    cmd.args(args);
-    let r = run(cmd).await;
-    assert_eq!(r.code, Some(0), "ot-client {args:?} failed: {r:?}");
-    assert_eq!(r.stderr, "", "ot-client {args:?} complained: {r:?}");
-    r.stdout
-}
 
 /// Like [`ok`] but the run must fail with exit code 1 and exactly one line
 /// `ot-client: …` on stderr (and nothing on stdout). Returns that line.
@@ -108,28 +62,6 @@ async fn fails(data: &Path, server: &str, args: &[&str]) -> String {
     line.to_owned()
 }
 
-/// The server's ops log of `doc` (all of it).
-async fn ops_log(addr: SocketAddr, doc: &str) -> Vec<Value> {
-    let body = http_get(addr, &format!("/api/docs/{doc}/ops?from=0&limit=1000"))
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["ops"].as_array().unwrap().clone()
-}
-
-/// Every (client, seq) of the ops log appears once, and the revisions are 1..=N.
-fn assert_exactly_once(ops: &[Value]) {
-    let mut seen = BTreeSet::new();
-    for (i, op) in ops.iter().enumerate() {
-        assert_eq!(op["rev"].as_u64(), Some(i as u64 + 1), "{ops:#?}");
-        let key = (
-            op["client"].as_str().unwrap().to_owned(),
-            op["seq"].as_u64(),
-        );
-        assert!(seen.insert(key.clone()), "{key:?} applied twice: {ops:#?}");
-    }
-}
-
 /// `text` with `ins` inserted at character `pos`.
 fn insert_chars(text: &str, pos: usize, ins: &str) -> String {
     let mut chars: Vec<char> = text.chars().collect();
@@ -142,27 +74,6 @@ fn delete_chars(text: &str, pos: usize, len: usize) -> String {
     let mut chars: Vec<char> = text.chars().collect();
     chars.drain(pos..pos + len);
     chars.into_iter().collect()
-}
-
-/// The state files (`*.json`) under a client data directory, by client id.
-fn state_files(data: &Path) -> BTreeMap<String, PathBuf> {
-    fn walk(dir: &Path, found: &mut BTreeMap<String, PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, found);
-            } else if path.extension().is_some_and(|e| e == "json") {
-                let id = path.file_stem().unwrap().to_string_lossy().into_owned();
-                found.insert(id, path);
-            }
-        }
-    }
-    let mut found = BTreeMap::new();
-    walk(data, &mut found);
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,14 +321,14 @@ async fn watch_prints_the_changes_another_process_makes() {
     let mut text_watch = spawn_watch(text_data.path(), addr, &[doc, "--text", "--count", "3"]);
     // --text prints the whole text at once: then it is connected.
     let mut text_lines = BufReader::new(text_watch.stdout.take().unwrap()).lines();
-    let first = timeout(RUN_LIMIT, text_lines.next_line())
+    let first = timeout(LIMIT, text_lines.next_line())
         .await
         .expect("watch --text prints the text")
         .unwrap();
     assert_eq!(first.as_deref(), Some("héllo"));
     // The other one prints nothing until a change: it is connected once it has
     // saved its state (that happens after the server's first message).
-    let deadline = Instant::now() + RUN_LIMIT;
+    let deadline = Instant::now() + LIMIT;
     while state_files(ops_data.path()).is_empty() {
         assert!(Instant::now() < deadline, "watch did not connect");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -428,7 +339,7 @@ async fn watch_prints_the_changes_another_process_makes() {
     ok(editor_data.path(), addr, &["delete", doc, "0", "1"]).await;
     ok(editor_data.path(), addr, &["append", doc, " 世界"]).await;
 
-    let ops_out = timeout(RUN_LIMIT, ops_watch.wait_with_output())
+    let ops_out = timeout(LIMIT, ops_watch.wait_with_output())
         .await
         .expect("watch --count 3 exits after three changes")
         .unwrap();
@@ -448,7 +359,7 @@ async fn watch_prints_the_changes_another_process_makes() {
     }
 
     let mut rest = Vec::new();
-    while let Some(line) = timeout(RUN_LIMIT, text_lines.next_line())
+    while let Some(line) = timeout(LIMIT, text_lines.next_line())
         .await
         .expect("watch --text prints each change")
         .unwrap()
@@ -456,7 +367,7 @@ async fn watch_prints_the_changes_another_process_makes() {
         rest.push(line);
     }
     assert_eq!(rest, ["h👋🏽éllo", "👋🏽éllo", "👋🏽éllo 世界"]);
-    let status = timeout(RUN_LIMIT, text_watch.wait())
+    let status = timeout(LIMIT, text_watch.wait())
         .await
         .expect("watch --text --count 3 exits")
         .unwrap();
@@ -496,20 +407,17 @@ async fn a_resumed_saved_state_catches_up_before_editing_or_watching() {
     ok(other, addr, &["append", doc, "f"]).await;
     let mut watch = spawn_watch(mine, addr, &[doc, "--text", "--count", "1"]);
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let first = timeout(RUN_LIMIT, lines.next_line())
+    let first = timeout(LIMIT, lines.next_line())
         .await
         .expect("watch --text prints the text")
         .unwrap();
     assert_eq!(first.as_deref(), Some("abcD_ef"));
     ok(other, addr, &["append", doc, "g"]).await;
-    let second = timeout(RUN_LIMIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
+    let second = timeout(LIMIT, lines.next_line()).await.unwrap().unwrap();
     assert_eq!(second.as_deref(), Some("abcD_efg"));
-    let status = timeout(RUN_LIMIT, watch.wait()).await.unwrap().unwrap();
+    let status = timeout(LIMIT, watch.wait()).await.unwrap().unwrap();
     assert!(status.success());
-    assert_exactly_once(&ops_log(addr, doc).await);
+    exactly_once(&ops_log(addr, doc).await);
 
     server.stop().await.unwrap();
 }
@@ -639,7 +547,7 @@ async fn a_refused_edit_is_reported_kept_as_a_copy_and_not_sent_again() {
         (2, "hello ok".to_owned())
     );
     let log = ops_log(addr, doc).await;
-    assert_exactly_once(&log);
+    exactly_once(&log);
     assert_eq!(
         log[1]["client"], log[0]["client"],
         "the same writer goes on"
@@ -697,7 +605,7 @@ async fn two_scripted_clients_appending_at_once_get_every_edit_in_once() {
     }
     assert_eq!(text.len(), 2 * EACH * "[A00]".len());
     let log = ops_log(addr, doc).await;
-    assert_exactly_once(&log);
+    exactly_once(&log);
     assert_eq!(replay_ops(addr, doc).await.unwrap().1, text);
     // Runs that overlapped could not share a client id (the slot lock): two
     // ids were used, each with consecutive seqs 1, 2, 3, … (never reused,

@@ -8,12 +8,15 @@
 //!   durable.
 //! - [`Driver`]: a thin tokio shell (connect, timeouts, frame limits from the
 //!   server's announced limits, backoff with full jitter).
+//! - [`http::get`]: one GET against the server's HTTP API, with timeouts.
 
 pub mod core;
+pub mod http;
 pub mod shell;
 pub mod url;
 
 pub use crate::core::{Event, RemoteCursor, SessionCore, SessionError, SessionState};
+pub use crate::http::HttpError;
 pub use crate::shell::{
     next_incoming, open_socket, socket_config, Backoff, BoxError, Dialed, Driver, DriverError,
     Incoming, Saver, Socket, WaitError, CONNECT_TIMEOUT,

@@ -32,6 +32,7 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use ot_core::client::{AckOutcome, Client, OutgoingOp, RemoteOutcome};
 use ot_core::Operation;
+use ot_protocol::{op_message_text, ClientMessage, ErrorAction, ServerMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -159,27 +160,6 @@ struct ClientReport {
     remote_ops: u64,
     /// Final text and revision (server mode).
     final_state: Option<(u64, String)>,
-}
-
-/// Messages from the server (and echoed ops), the fields the tool needs.
-#[derive(Debug, Deserialize)]
-struct ServerMsg {
-    #[serde(rename = "type")]
-    kind: String,
-    rev: Option<u64>,
-    seq: Option<u64>,
-    epoch: Option<u64>,
-    text: Option<String>,
-    client: Option<String>,
-    op: Option<Operation>,
-    code: Option<String>,
-    message: Option<String>,
-}
-
-/// An echoed op message: only its seq is read back.
-#[derive(Debug, Deserialize)]
-struct EchoMsg {
-    seq: u64,
 }
 
 fn main() -> Result<()> {
@@ -940,12 +920,7 @@ impl LoadClient {
     }
 
     async fn send_op(&mut self, out: &OutgoingOp, oldest_edit: Instant) -> Result<()> {
-        let text = format!(
-            r#"{{"type":"op","rev":{},"seq":{},"op":{}}}"#,
-            out.base_rev,
-            out.seq,
-            out.op.to_json()
-        );
+        let text = op_message_text(out.base_rev, out.seq, &out.op, None);
         let sent = Instant::now();
         self.inflight = Some((out.seq, sent, oldest_edit));
         if let Some(first_sent) = &self.config.first_sent {
@@ -1004,32 +979,37 @@ impl LoadClient {
             }
         };
         if let Target::Echo(_) = self.config.target {
-            let echoed: EchoMsg = serde_json::from_str(&text)?;
+            // The echo server sends the op message back: its seq is the ack.
+            let ClientMessage::Op { seq, .. } = ClientMessage::parse(&text)
+                .map_err(|e| anyhow!("not an echoed op ({}): {text}", e.message))?
+            else {
+                bail!("not an echoed op: {text}");
+            };
             let rev = self.client.revision() + 1;
-            if let AckOutcome::Acknowledged { next } = self.client.ack(rev, echoed.seq)? {
+            if let AckOutcome::Acknowledged { next } = self.client.ack(rev, seq)? {
                 self.acknowledged(next, now).await?;
             }
             return Ok(());
         }
-        let message: ServerMsg =
-            serde_json::from_str(&text).with_context(|| format!("not a server message: {text}"))?;
-        let field = |v: Option<u64>, name: &str| {
-            v.ok_or_else(|| anyhow!("{} without {name}: {text}", message.kind))
-        };
-        match message.kind.as_str() {
-            "snapshot" => {
-                let rev = field(message.rev, "rev")?;
-                let seq = field(message.seq, "seq")?;
-                let snapshot_text = message.text.as_deref().unwrap_or_default();
-                self.epoch = message.epoch;
+        let message =
+            ServerMessage::parse(&text).with_context(|| format!("not a server message: {text}"))?;
+        match message {
+            ServerMessage::Snapshot {
+                rev,
+                text: snapshot_text,
+                seq,
+                epoch,
+                ..
+            } => {
+                self.epoch = Some(epoch);
                 if !self.synced {
                     self.synced = true;
                     let id = self.client.client_id().to_owned();
-                    self.client = Client::new(id, rev, snapshot_text, seq);
+                    self.client = Client::new(id, rev, &snapshot_text, seq);
                     self.cursor = self.rng.random_range(0..=self.client.text().len_chars());
                 } else {
                     // A resync: pending edits that cannot be rebased become a conflict copy.
-                    let outcome = self.client.snapshot(rev, snapshot_text, seq);
+                    let outcome = self.client.snapshot(rev, &snapshot_text, seq);
                     if outcome.conflict_copy.is_some() {
                         self.report.errors += 1;
                         eprintln!(
@@ -1044,10 +1024,10 @@ impl LoadClient {
                     }
                 }
             }
-            "resume" => {
-                self.epoch = message.epoch.or(self.epoch);
-                let rev = field(message.rev, "rev")?;
-                let seq = field(message.seq, "seq")?;
+            ServerMessage::Resume {
+                rev, seq, epoch, ..
+            } => {
+                self.epoch = Some(epoch);
                 if let Some(out) = self.client.resumed(rev, seq)? {
                     let oldest = self.inflight.map(|(_, _, o)| o).unwrap_or(now);
                     let sent = self.inflight.map(|(_, s, _)| s).unwrap_or(now);
@@ -1056,52 +1036,48 @@ impl LoadClient {
                     self.inflight = Some((out.seq, sent, oldest));
                 }
             }
-            "op" => {
-                let rev = field(message.rev, "rev")?;
-                let seq = field(message.seq, "seq")?;
-                let op = message
-                    .op
-                    .as_ref()
-                    .ok_or_else(|| anyhow!("op without op"))?;
-                let client = message.client.as_deref().unwrap_or_default();
-                match self.client.remote_op(rev, op, client, seq)? {
-                    RemoteOutcome::Applied(applied) => {
-                        self.report.remote_ops += 1;
-                        if let Some(first_sent) = &self.config.first_sent {
-                            let sent = lock(first_sent).get(&(client.to_owned(), seq)).copied();
-                            if let Some(sent) = sent.filter(|_| self.in_window(now)) {
-                                self.report.remote_us.push(micros(now - sent));
-                            }
+            ServerMessage::Op {
+                rev,
+                op,
+                client,
+                seq,
+            } => match self.client.remote_op(rev, &op, &client, seq)? {
+                RemoteOutcome::Applied(applied) => {
+                    self.report.remote_ops += 1;
+                    if let Some(first_sent) = &self.config.first_sent {
+                        let sent = lock(first_sent).get(&(client.into_owned(), seq)).copied();
+                        if let Some(sent) = sent.filter(|_| self.in_window(now)) {
+                            self.report.remote_us.push(micros(now - sent));
                         }
-                        self.cursor = applied.transform_position(self.cursor);
                     }
-                    RemoteOutcome::Acknowledged { next } => self.acknowledged(next, now).await?,
-                    RemoteOutcome::Ignored => {}
+                    self.cursor = applied.transform_position(self.cursor);
                 }
-            }
-            "ack" => {
-                let rev = field(message.rev, "rev")?;
-                let seq = field(message.seq, "seq")?;
+                RemoteOutcome::Acknowledged { next } => self.acknowledged(next, now).await?,
+                RemoteOutcome::Ignored => {}
+            },
+            ServerMessage::Ack { rev, seq } => {
                 if let AckOutcome::Acknowledged { next } = self.client.ack(rev, seq)? {
                     self.acknowledged(next, now).await?;
                 }
             }
-            "error" => {
+            ServerMessage::Error { code, message, seq } => {
                 self.report.errors += 1;
                 if self.report.errors <= 3 {
                     eprintln!(
-                        "client {}: error {}: {}",
-                        self.client.client_id(),
-                        message.code.as_deref().unwrap_or("?"),
-                        message.message.as_deref().unwrap_or("")
+                        "client {}: error {code}: {message}",
+                        self.client.client_id()
                     );
                 }
-                if message.seq.is_some() {
-                    // A rejected op: resync from a snapshot (the protocol's rule).
-                    return self.reconnect_fresh().await;
+                let ours = seq.is_some() && seq == self.client.outstanding().map(|o| o.seq);
+                // PROTOCOL.md's error rule.
+                match ErrorAction::for_error(&code, ours) {
+                    ErrorAction::Resend => return self.reconnect().await,
+                    ErrorAction::ConflictCopy => return self.reconnect_fresh().await,
+                    ErrorAction::Ignore => {}
                 }
             }
-            _ => {} // cursor, leave
+            ServerMessage::Cursor { .. } | ServerMessage::Leave { .. } | ServerMessage::Unknown => {
+            }
         }
         Ok(())
     }
@@ -1200,22 +1176,10 @@ fn start_echo_server(cpu: Option<usize>, read_buffer: usize) -> Result<SocketAdd
 
 /// A GET on loopback; returns the body of a 200 answer.
 async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .build()
-        .context("building the HTTP client")?;
-    let response = client
-        .get(format!("http://{addr}{path}"))
-        .send()
+    let (status, body) = ot_driver::http::get(&addr.into(), path)
         .await
         .with_context(|| format!("GET {path}"))?;
-    let status = response.status();
-    let body = response
-        .text()
-        .await
-        .with_context(|| format!("GET {path}: reading the body"))?;
-    if !status.is_success() {
+    if status != 200 {
         bail!("GET {path}: status {status}: {body}");
     }
     Ok(body)

@@ -1,6 +1,6 @@
 //! Support for the end-to-end tests: start a real server (in this process or
 //! as a subprocess) on a free loopback port, and drive it with real WebSocket
-//! clients that run ot-core's client state machine.
+//! clients that run the shared session core (`ot-driver`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use ot_core::client::{AckOutcome, Client, OutgoingOp, RemoteOutcome};
-use ot_core::Operation;
-use serde_json::{json, Value};
+use ot_core::client::Client;
+use ot_core::{Operation, Range};
+use ot_driver::{Event as SessionEvent, SessionCore};
+use ot_protocol::{ClientMessage, Code, DocId, ServerMessage};
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -155,22 +157,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 
 /// A GET on loopback; returns (status, body).
 pub async fn http_get_status(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .build()
-        .context("building the HTTP client")?;
-    let response = client
-        .get(format!("http://{addr}{path}"))
-        .send()
+    ot_driver::http::get(&addr.into(), path)
         .await
-        .with_context(|| format!("GET {path}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .text()
-        .await
-        .with_context(|| format!("GET {path}: reading the body"))?;
-    Ok((status, body))
+        .with_context(|| format!("GET {path}"))
 }
 
 /// `GET /api/docs/{doc}` → (rev, text).
@@ -341,26 +330,55 @@ pub async fn wait_for_rev(addr: SocketAddr, doc: &str, rev: u64, within: Duratio
     }
 }
 
-/// A real WebSocket client running ot-core's client state machine.
+/// An `error` frame a [`WsClient`] received (and fed to its session).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorFrame {
+    /// Its code (possibly one this version does not know).
+    pub code: Code,
+    /// Its text.
+    pub message: String,
+    /// The seq of the op it concerns, if any.
+    pub seq: Option<u64>,
+}
+
+/// Send one client message on a raw socket.
+pub async fn send_message(socket: &mut Socket, message: &ClientMessage) -> Result<()> {
+    socket.send(Message::text(message.to_text())).await?;
+    Ok(())
+}
+
+/// The next text frame on `socket`, read as a server message; an error on
+/// timeout, close, end or an unreadable frame.
+pub async fn recv_message(socket: &mut Socket, within: Duration) -> Result<ServerMessage<'static>> {
+    let value = recv_json(socket, within).await?;
+    parse_value(&value)
+}
+
+/// A received frame (as JSON) read by the protocol's rules.
+pub fn parse_value(value: &Value) -> Result<ServerMessage<'static>> {
+    ServerMessage::parse(&value.to_string()).with_context(|| format!("reading {value}"))
+}
+
+/// A real WebSocket client: the shared session core ([`SessionCore`], the
+/// same logic as every Rust client: snapshot, resume and resend, acks, the
+/// error rule) over a raw socket, with every state durable at once. The raw
+/// socket is also there for what tests need: deliberately malformed frames
+/// ([`send_text`](Self::send_text)), raw events, closes and cuts.
 pub struct WsClient {
-    /// The socket (None while disconnected).
-    pub socket: Option<Socket>,
-    /// The state machine.
-    pub client: Client,
-    /// Server address.
+    core: SessionCore,
+    socket: Option<Socket>,
+    /// Server address (set it to reconnect to a restarted server).
     pub addr: SocketAddr,
-    /// Document id.
-    pub doc: String,
-    /// Epoch from the last snapshot/resume.
-    pub epoch: Option<u64>,
-    /// Error messages received.
-    pub errors: Vec<Value>,
+    /// Error frames received (the session also acts on them: PROTOCOL.md's
+    /// error rule).
+    pub errors: Vec<ErrorFrame>,
     /// Conflict copies produced by resyncs.
     pub conflict_copies: Vec<String>,
-    /// Messages of other types (cursor, leave), newest last.
-    pub other: Vec<Value>,
-    /// Whether the client has ever been synced by a snapshot or resume.
-    pub synced: bool,
+    /// Messages of other types (cursor, leave, unknown), newest last.
+    pub other: Vec<ServerMessage<'static>>,
+    /// Why the session itself dropped the connection (to resend or resync),
+    /// if it did and [`pump_until`](Self::pump_until) has not reconnected yet.
+    dropped: Option<String>,
 }
 
 impl WsClient {
@@ -374,61 +392,90 @@ impl WsClient {
     /// A new writer with `client_id` that has not connected yet (see
     /// [`reconnect`](Self::reconnect) and [`attach`](Self::attach)).
     pub fn new(addr: SocketAddr, doc: &str, client_id: &str) -> WsClient {
+        let doc = DocId::parse(doc).expect("a valid document id");
         WsClient {
+            core: SessionCore::new(doc, client_id),
             socket: None,
-            client: Client::new(client_id, 0, "", 0),
             addr,
-            doc: doc.to_owned(),
-            epoch: None,
             errors: Vec::new(),
             conflict_copies: Vec::new(),
             other: Vec::new(),
-            synced: false,
+            dropped: None,
         }
     }
 
-    /// (Re)connect: resume from the client's revision once synced, else ask for a snapshot.
-    pub async fn reconnect(&mut self) -> Result<()> {
-        self.socket = None;
-        let url = self.url();
-        let (socket, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        .context("connect timeout")??;
-        self.attach(socket).await
+    /// The client state machine (local text, revision, pending edits).
+    pub fn client(&self) -> &Client {
+        self.core.client()
+    }
+
+    /// The session core.
+    pub fn core(&self) -> &SessionCore {
+        &self.core
+    }
+
+    /// The document id.
+    pub fn doc(&self) -> &str {
+        self.core.doc().as_str()
+    }
+
+    /// The epoch from the last snapshot or resume.
+    pub fn epoch(&self) -> Option<u64> {
+        self.core.epoch()
+    }
+
+    /// Whether the client has ever been synced by a snapshot or resume.
+    pub fn synced(&self) -> bool {
+        self.core.synced()
+    }
+
+    /// Whether a socket is open.
+    pub fn is_connected(&self) -> bool {
+        self.socket.is_some()
     }
 
     /// The URL [`reconnect`](Self::reconnect) connects to: with `rev` (and
     /// `epoch`) once synced.
     pub fn url(&self) -> String {
-        let mut url = format!(
-            "ws://{}/ws/{}?client={}",
-            self.addr,
-            self.doc,
-            self.client.client_id()
-        );
-        if self.synced {
-            url.push_str(&format!("&rev={}", self.client.revision()));
-            if let Some(epoch) = self.epoch {
-                url.push_str(&format!("&epoch={epoch}"));
-            }
-        }
-        url
+        format!("ws://{}{}", self.addr, self.core.connect_path())
+    }
+
+    /// (Re)connect: resume from the client's revision once synced, else ask for a snapshot.
+    pub async fn reconnect(&mut self) -> Result<()> {
+        self.open().await?;
+        let first = self.recv(Duration::from_secs(10)).await?;
+        self.handle(first).await
+    }
+
+    /// Open a new connection to [`url`](Self::url) without reading from it:
+    /// the next frame (read it with [`recv`](Self::recv), feed it with
+    /// [`handle`](Self::handle)) is the server's first message.
+    pub async fn open(&mut self) -> Result<()> {
+        self.cut();
+        let socket = ws_connect(self.addr, &self.core.connect_path()).await?;
+        self.set_socket(socket);
+        Ok(())
+    }
+
+    /// Use `socket` (already upgraded to [`url`](Self::url)) from now on,
+    /// without reading from it.
+    pub fn set_socket(&mut self, socket: Socket) {
+        self.cut();
+        self.socket = Some(socket);
+        self.dropped = None;
+        self.core.on_open();
     }
 
     /// Use `socket` (already upgraded to [`url`](Self::url)): read and handle
     /// its first message (a snapshot or a resume).
     pub async fn attach(&mut self, socket: Socket) -> Result<()> {
-        self.socket = Some(socket);
+        self.set_socket(socket);
         let first = self.recv(Duration::from_secs(10)).await?;
-        self.handle(first).await?;
-        Ok(())
+        self.handle(first).await
     }
 
     /// The next thing that arrives on the socket (text frames parsed as JSON,
-    /// not fed to the state machine); an error on timeout.
+    /// not fed to the session); an error on timeout.
     pub async fn next_event(&mut self, within: Duration) -> Result<Event> {
         let socket = self
             .socket
@@ -446,7 +493,7 @@ impl WsClient {
     }
 
     /// Read until the server closes the connection, feeding the messages
-    /// before the close to the state machine; returns the close code and reason.
+    /// before the close to the session; returns the close code and reason.
     pub async fn expect_close(&mut self, within: Duration) -> Result<Option<(u16, String)>> {
         let deadline = Instant::now() + within;
         loop {
@@ -459,10 +506,12 @@ impl WsClient {
                 Event::Binary(_) => bail!("unexpected binary frame"),
                 Event::Closed(frame) => {
                     self.socket = None;
+                    let code = frame.as_ref().map(|f| f.0);
+                    self.core.on_closed(code, "closed by the server");
                     return Ok(frame);
                 }
                 Event::Ended(why) => {
-                    self.socket = None;
+                    self.cut();
                     bail!("the connection ended without a close frame: {why}")
                 }
             }
@@ -472,112 +521,134 @@ impl WsClient {
     /// Drop the connection without a close handshake (like a network cut).
     pub fn cut(&mut self) {
         self.socket = None;
-    }
-
-    /// Send a JSON message.
-    pub async fn send_json(&mut self, message: &Value) -> Result<()> {
-        let socket = self
-            .socket
-            .as_mut()
-            .ok_or_else(|| anyhow!("not connected"))?;
-        socket.send(Message::text(message.to_string())).await?;
-        Ok(())
-    }
-
-    /// Send raw text.
-    pub async fn send_text(&mut self, text: &str) -> Result<()> {
-        let socket = self
-            .socket
-            .as_mut()
-            .ok_or_else(|| anyhow!("not connected"))?;
-        socket.send(Message::text(text.to_owned())).await?;
-        Ok(())
-    }
-
-    async fn send_op(&mut self, out: &OutgoingOp) -> Result<()> {
-        if self.socket.is_none() {
-            return Ok(()); // offline: resent on reconnect
+        if self.core.is_connected() {
+            self.core.on_closed(None, "cut by the test");
         }
-        self.send_json(&json!({"type":"op","rev":out.base_rev,"seq":out.seq,"op":out.op}))
-            .await
+    }
+
+    /// Close the connection cleanly (close frame, then the server's answer).
+    pub async fn close(&mut self) -> Result<()> {
+        if let Some(mut socket) = self.socket.take() {
+            socket.close(None).await?;
+            // Read up to the server's close frame (bounded).
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_secs(2), socket.next()).await
+            {}
+        }
+        if self.core.is_connected() {
+            self.core.on_closed(Some(1000), "closed by the client");
+        }
+        Ok(())
+    }
+
+    /// Send a client message as it is (not through the session).
+    pub async fn send(&mut self, message: &ClientMessage) -> Result<()> {
+        self.send_text(&message.to_text()).await
+    }
+
+    /// Send raw text (e.g. a deliberately malformed frame).
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.send_frame(Message::text(text.to_owned())).await
+    }
+
+    /// Send a binary frame (the protocol accepts none).
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.send_frame(Message::binary(bytes)).await
+    }
+
+    async fn send_frame(&mut self, frame: Message) -> Result<()> {
+        let socket = self
+            .socket
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected"))?;
+        socket.send(frame).await?;
+        Ok(())
+    }
+
+    /// Send what the session releases (every state counts as durable at
+    /// once). A failed send is returned as the socket's error; the session
+    /// resends after the next connection.
+    async fn flush(&mut self) -> Result<()> {
+        self.core.confirm_durable(self.core.version());
+        while let Some(text) = self.core.poll_transmit() {
+            let Some(socket) = self.socket.as_mut() else {
+                break;
+            };
+            socket.send(Message::text(text)).await?;
+        }
+        Ok(())
     }
 
     /// A local edit: applied at once, sent if nothing is outstanding.
     pub async fn edit(&mut self, op: &Operation) -> Result<()> {
-        if let Some(out) = self.client.local_edit(op)? {
-            self.send_op(&out).await?;
-        }
-        Ok(())
+        self.core.local_edit(op, None)?;
+        self.flush().await
     }
 
-    /// Receive the next JSON message (error on timeout or close).
+    /// A local edit with this user's selection after it (local positions):
+    /// the ranges ride on the op (and on later ops).
+    pub async fn edit_with_ranges(&mut self, op: &Operation, ranges: Vec<Range>) -> Result<()> {
+        self.core.local_edit(op, Some(ranges))?;
+        self.flush().await
+    }
+
+    /// Receive the next message as JSON, not fed to the session (error on
+    /// timeout or close).
     pub async fn recv(&mut self, within: Duration) -> Result<Value> {
         let socket = self
             .socket
             .as_mut()
             .ok_or_else(|| anyhow!("not connected"))?;
-        loop {
-            let frame = tokio::time::timeout(within, socket.next())
-                .await
-                .map_err(|_| anyhow!("no message within {within:?}"))?;
-            match frame {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
-                Some(Ok(Message::Close(frame))) => {
-                    bail!("closed: {frame:?}")
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => bail!("socket error: {e}"),
-                None => bail!("socket ended"),
-            }
-        }
+        recv_json(socket, within).await
     }
 
-    /// Feed one server message to the state machine (sending what it asks to send).
+    /// Receive the next message, read by the protocol's rules, not fed to the
+    /// session (error on timeout or close).
+    pub async fn recv_message(&mut self, within: Duration) -> Result<ServerMessage<'static>> {
+        parse_value(&self.recv(within).await?)
+    }
+
+    /// Feed one received message (as JSON) to the session (sending what it
+    /// releases).
     pub async fn handle(&mut self, message: Value) -> Result<()> {
-        let kind = message["type"].as_str().unwrap_or_default().to_owned();
-        let u = |k: &str| message[k].as_u64().ok_or_else(|| anyhow!("{kind}: no {k}"));
-        match kind.as_str() {
-            "snapshot" => {
-                self.epoch = message["epoch"].as_u64();
-                let text = message["text"].as_str().unwrap_or_default().to_owned();
-                let outcome = self.client.snapshot(u("rev")?, &text, u("seq")?);
-                if let Some(copy) = outcome.conflict_copy {
-                    self.conflict_copies.push(copy);
-                }
-                self.synced = true;
-                if let Some(out) = outcome.send {
-                    self.send_op(&out).await?;
-                }
-            }
-            "resume" => {
-                self.epoch = message["epoch"].as_u64();
-                if let Some(out) = self.client.resumed(u("rev")?, u("seq")?)? {
-                    self.send_op(&out).await?;
-                }
-            }
-            "op" => {
-                let op = Operation::from_json_value(&message["op"])?;
-                let client = message["client"].as_str().unwrap_or_default().to_owned();
-                if let RemoteOutcome::Acknowledged { next: Some(out) } =
-                    self.client.remote_op(u("rev")?, &op, &client, u("seq")?)?
-                {
-                    self.send_op(&out).await?;
-                }
-            }
-            "ack" => {
-                if let AckOutcome::Acknowledged { next: Some(out) } =
-                    self.client.ack(u("rev")?, u("seq")?)?
-                {
-                    self.send_op(&out).await?;
-                }
-            }
-            "error" => self.errors.push(message),
-            _ => self.other.push(message),
-        }
-        Ok(())
+        let message = parse_value(&message)?;
+        self.handle_message(message).await
     }
 
-    /// Process messages until `done` holds or `within` passes.
+    /// Feed one server message to the session (sending what it releases).
+    /// Errors are recorded in [`errors`](Self::errors), cursors and leaves in
+    /// [`other`](Self::other), conflict copies in
+    /// [`conflict_copies`](Self::conflict_copies). If the session drops the
+    /// connection (to resend after a `storage_error`, to resync, or on a
+    /// revision gap) the socket is closed and
+    /// [`pump_until`](Self::pump_until) reconnects.
+    pub async fn handle_message(&mut self, message: ServerMessage<'static>) -> Result<()> {
+        match &message {
+            ServerMessage::Error { code, message, seq } => self.errors.push(ErrorFrame {
+                code: code.clone(),
+                message: message.to_string(),
+                seq: *seq,
+            }),
+            ServerMessage::Cursor { .. } | ServerMessage::Leave { .. } | ServerMessage::Unknown => {
+                self.other.push(message.clone())
+            }
+            _ => {}
+        }
+        for event in self.core.handle(message) {
+            match event {
+                SessionEvent::ConflictCopy(copy) => self.conflict_copies.push(copy),
+                SessionEvent::Disconnected { reason, .. } => {
+                    self.socket = None;
+                    self.dropped = Some(reason);
+                }
+                _ => {}
+            }
+        }
+        self.flush().await
+    }
+
+    /// Process messages until `done` holds or `within` passes (reconnecting
+    /// if the session dropped the connection).
     pub async fn pump_until(
         &mut self,
         within: Duration,
@@ -588,6 +659,15 @@ impl WsClient {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 bail!("condition not reached within {within:?}");
+            }
+            if self.socket.is_none() {
+                if let Some(why) = self.dropped.take() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.reconnect()
+                        .await
+                        .with_context(|| format!("reconnecting after: {why}"))?;
+                    continue;
+                }
             }
             let message = self.recv(left).await?;
             self.handle(message).await?;
@@ -606,13 +686,13 @@ impl WsClient {
     /// Wait until everything is acknowledged and the client has reached `rev`.
     pub async fn settle_to(&mut self, rev: u64, within: Duration) -> Result<()> {
         self.pump_until(within, |c| {
-            c.client.all_saved() && c.client.revision() >= rev
+            c.client().all_saved() && c.client().revision() >= rev
         })
         .await
     }
 
     /// The local text.
     pub fn text(&self) -> String {
-        self.client.text().to_string()
+        self.client().text().to_string()
     }
 }

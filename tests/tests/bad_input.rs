@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    doc_state, http_get, http_get_json, metric, metric_value, recv_json, start_server_with,
-    ws_connect, ws_refused, Event, WsClient,
+    doc_state, http_get, http_get_json, metric, metric_value, recv_json, recv_message,
+    send_message, start_server_with, ws_connect, ws_refused, Event, WsClient,
 };
 use futures_util::{SinkExt, StreamExt};
 use ot_core::Operation;
+use ot_protocol::{op_message_text, ClientMessage, ErrorCode, ServerMessage};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -26,805 +27,822 @@ const HARD_LIMIT: usize = 4 * MAX_MESSAGE_BYTES;
 const MAX_OP_LEN: usize = 1000;
 const MAX_DOC_LEN: usize = 2000;
 
-/// The document as the bad frame finds it.
-struct Ctx {
-    /// Head revision.
-    rev: u64,
-    /// Length in chars.
-    len: usize,
-    /// The offending client's last applied seq.
-    last: u64,
-    /// Its next seq.
-    next: u64,
-}
+/// **The only place in this file that writes frames by hand**: the bad
+/// frames of the table, deliberately malformed (or valid JSON that breaks a
+/// rule of the protocol), written as text so that every byte is what the
+/// case says. Everything else sends typed [`ClientMessage`]s.
+mod malformed {
+    use serde_json::{json, Value};
 
-enum Frame {
-    Text(String),
-    Binary(Vec<u8>),
-}
+    use super::{HARD_LIMIT, MAX_DOC_LEN, MAX_MESSAGE_BYTES, MAX_OP_LEN};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Expect {
-    /// An error with this code and seq (None: no `seq` field); the connection stays open.
-    Error(&'static str, Option<u64>),
-    /// The connection is closed with this code, after an error with the code given.
-    Close(u16, &'static str),
-}
-
-struct Case {
-    name: &'static str,
-    /// Characters the offending client inserts (in ops of 900) before the bad frame.
-    prefill: usize,
-    build: fn(&Ctx) -> (Frame, Expect),
-}
-
-fn text(s: impl Into<String>) -> Frame {
-    Frame::Text(s.into())
-}
-
-fn err(code: &'static str, seq: Option<u64>) -> Expect {
-    Expect::Error(code, seq)
-}
-
-fn op_frame(rev: u64, seq: u64, op: Value) -> Frame {
-    text(json!({"type":"op","rev":rev,"seq":seq,"op":op}).to_string())
-}
-
-/// A valid op for the context: insert "?" at the start.
-fn valid_op(c: &Ctx) -> Value {
-    if c.len == 0 {
-        json!(["?"])
-    } else {
-        json!(["?", c.len])
+    /// The document as the bad frame finds it.
+    pub struct Ctx {
+        /// Head revision.
+        pub rev: u64,
+        /// Length in chars.
+        pub len: usize,
+        /// The offending client's last applied seq.
+        pub last: u64,
+        /// Its next seq.
+        pub next: u64,
     }
-}
 
-fn cases() -> Vec<Case> {
-    vec![
-        // ---- not JSON at all ----
-        Case {
-            name: "plain text",
-            prefill: 0,
-            build: |_| (text("hello"), err("invalid_json", None)),
-        },
-        Case {
-            name: "empty text frame",
-            prefill: 0,
-            build: |_| (text(""), err("invalid_json", None)),
-        },
-        Case {
-            name: "truncated JSON",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(format!(
-                        r#"{{"type":"op","rev":{},"seq":{},"op":[1"#,
-                        c.rev, c.next
-                    )),
-                    err("invalid_json", None),
-                )
+    pub enum Frame {
+        Text(String),
+        Binary(Vec<u8>),
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Expect {
+        /// An error with this code and seq (None: no `seq` field); the connection stays open.
+        Error(&'static str, Option<u64>),
+        /// The connection is closed with this code, after an error with the code given.
+        Close(u16, &'static str),
+    }
+
+    pub struct Case {
+        pub name: &'static str,
+        /// Characters the offending client inserts (in ops of 900) before the bad frame.
+        pub prefill: usize,
+        pub build: fn(&Ctx) -> (Frame, Expect),
+    }
+
+    fn text(s: impl Into<String>) -> Frame {
+        Frame::Text(s.into())
+    }
+
+    fn err(code: &'static str, seq: Option<u64>) -> Expect {
+        Expect::Error(code, seq)
+    }
+
+    fn op_frame(rev: u64, seq: u64, op: Value) -> Frame {
+        text(json!({"type":"op","rev":rev,"seq":seq,"op":op}).to_string())
+    }
+
+    /// A valid op for the context: insert "?" at the start.
+    fn valid_op(c: &Ctx) -> Value {
+        if c.len == 0 {
+            json!(["?"])
+        } else {
+            json!(["?", c.len])
+        }
+    }
+
+    pub fn cases() -> Vec<Case> {
+        vec![
+            // ---- not JSON at all ----
+            Case {
+                name: "plain text",
+                prefill: 0,
+                build: |_| (text("hello"), err("invalid_json", None)),
             },
-        },
-        Case {
-            name: "binary frame",
-            prefill: 0,
-            build: |_| {
-                (
-                    Frame::Binary(vec![0x7b, 0x7d, 0, 255]),
-                    err("binary_frame", None),
-                )
+            Case {
+                name: "empty text frame",
+                prefill: 0,
+                build: |_| (text(""), err("invalid_json", None)),
             },
-        },
-        Case {
-            name: "binary frame holding a valid op",
-            prefill: 0,
-            build: |c| {
-                let valid =
-                    json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c)}).to_string();
-                (Frame::Binary(valid.into_bytes()), err("binary_frame", None))
+            Case {
+                name: "truncated JSON",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(format!(
+                            r#"{{"type":"op","rev":{},"seq":{},"op":[1"#,
+                            c.rev, c.next
+                        )),
+                        err("invalid_json", None),
+                    )
+                },
             },
-        },
-        // ---- JSON, but not a message ----
-        Case {
-            name: "JSON array",
-            prefill: 0,
-            build: |_| (text("[1,2]"), err("invalid_message", None)),
-        },
-        Case {
-            name: "JSON string",
-            prefill: 0,
-            build: |_| (text(r#""op""#), err("invalid_message", None)),
-        },
-        Case {
-            name: "JSON null",
-            prefill: 0,
-            build: |_| (text("null"), err("invalid_message", None)),
-        },
-        Case {
-            name: "missing type",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(json!({"rev":c.rev,"seq":c.next,"op":valid_op(c)}).to_string()),
-                    err("unknown_type", None),
-                )
+            Case {
+                name: "binary frame",
+                prefill: 0,
+                build: |_| {
+                    (
+                        Frame::Binary(vec![0x7b, 0x7d, 0, 255]),
+                        err("binary_frame", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "type not a string",
-            prefill: 0,
-            build: |_| (text(r#"{"type":1}"#), err("unknown_type", None)),
-        },
-        Case {
-            name: "unknown type",
-            prefill: 0,
-            build: |_| {
-                (
-                    text(r#"{"type":"delete_everything"}"#),
-                    err("unknown_type", None),
-                )
+            Case {
+                name: "binary frame holding a valid op",
+                prefill: 0,
+                build: |c| {
+                    let valid =
+                        json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c)}).to_string();
+                    (Frame::Binary(valid.into_bytes()), err("binary_frame", None))
+                },
             },
-        },
-        Case {
-            name: "server-only type (ack)",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(json!({"type":"ack","rev":c.rev + 1,"seq":c.next}).to_string()),
-                    err("unknown_type", None),
-                )
+            // ---- JSON, but not a message ----
+            Case {
+                name: "JSON array",
+                prefill: 0,
+                build: |_| (text("[1,2]"), err("invalid_message", None)),
             },
-        },
-        Case {
-            name: "very long unknown type",
-            prefill: 0,
-            build: |_| {
-                (
-                    text(json!({"type":"x".repeat(10_000)}).to_string()),
-                    err("unknown_type", None),
-                )
+            Case {
+                name: "JSON string",
+                prefill: 0,
+                build: |_| (text(r#""op""#), err("invalid_message", None)),
             },
-        },
-        // ---- missing or mistyped fields ----
-        Case {
-            name: "op without seq",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(json!({"type":"op","rev":c.rev,"op":valid_op(c)}).to_string()),
-                    err("invalid_message", None),
-                )
+            Case {
+                name: "JSON null",
+                prefill: 0,
+                build: |_| (text("null"), err("invalid_message", None)),
             },
-        },
-        Case {
-            name: "op without rev",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(json!({"type":"op","seq":c.next,"op":valid_op(c)}).to_string()),
-                    err("invalid_message", Some(c.next)),
-                )
+            Case {
+                name: "missing type",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(json!({"rev":c.rev,"seq":c.next,"op":valid_op(c)}).to_string()),
+                        err("unknown_type", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op without op",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(json!({"type":"op","rev":c.rev,"seq":c.next}).to_string()),
-                    err("invalid_message", Some(c.next)),
-                )
+            Case {
+                name: "type not a string",
+                prefill: 0,
+                build: |_| (text(r#"{"type":1}"#), err("unknown_type", None)),
             },
-        },
-        Case {
-            name: "seq as a string",
-            prefill: 0,
-            build: |c| {
-                (
+            Case {
+                name: "unknown type",
+                prefill: 0,
+                build: |_| {
+                    (
+                        text(r#"{"type":"delete_everything"}"#),
+                        err("unknown_type", None),
+                    )
+                },
+            },
+            Case {
+                name: "server-only type (ack)",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(json!({"type":"ack","rev":c.rev + 1,"seq":c.next}).to_string()),
+                        err("unknown_type", None),
+                    )
+                },
+            },
+            Case {
+                name: "very long unknown type",
+                prefill: 0,
+                build: |_| {
+                    (
+                        text(json!({"type":"x".repeat(10_000)}).to_string()),
+                        err("unknown_type", None),
+                    )
+                },
+            },
+            // ---- missing or mistyped fields ----
+            Case {
+                name: "op without seq",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(json!({"type":"op","rev":c.rev,"op":valid_op(c)}).to_string()),
+                        err("invalid_message", None),
+                    )
+                },
+            },
+            Case {
+                name: "op without rev",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(json!({"type":"op","seq":c.next,"op":valid_op(c)}).to_string()),
+                        err("invalid_message", Some(c.next)),
+                    )
+                },
+            },
+            Case {
+                name: "op without op",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(json!({"type":"op","rev":c.rev,"seq":c.next}).to_string()),
+                        err("invalid_message", Some(c.next)),
+                    )
+                },
+            },
+            Case {
+                name: "seq as a string",
+                prefill: 0,
+                build: |c| {
+                    (
                     text(
                         json!({"type":"op","rev":c.rev,"seq":c.next.to_string(),"op":valid_op(c)})
                             .to_string(),
                     ),
                     err("invalid_message", None),
                 )
+                },
             },
-        },
-        Case {
-            name: "seq as a float",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(format!(
-                        r#"{{"type":"op","rev":{},"seq":{}.5,"op":["?",{}]}}"#,
-                        c.rev, c.next, c.len
-                    )),
-                    err("invalid_message", None),
-                )
+            Case {
+                name: "seq as a float",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(format!(
+                            r#"{{"type":"op","rev":{},"seq":{}.5,"op":["?",{}]}}"#,
+                            c.rev, c.next, c.len
+                        )),
+                        err("invalid_message", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "rev as a string",
-            prefill: 0,
-            build: |c| {
-                (
+            Case {
+                name: "rev as a string",
+                prefill: 0,
+                build: |c| {
+                    (
                     text(
                         json!({"type":"op","rev":c.rev.to_string(),"seq":c.next,"op":valid_op(c)})
                             .to_string(),
                     ),
                     err("invalid_message", Some(c.next)),
                 )
+                },
             },
-        },
-        Case {
-            name: "rev null",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(json!({"type":"op","rev":null,"seq":c.next,"op":valid_op(c)}).to_string()),
-                    err("invalid_message", Some(c.next)),
-                )
+            Case {
+                name: "rev null",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(
+                            json!({"type":"op","rev":null,"seq":c.next,"op":valid_op(c)})
+                                .to_string(),
+                        ),
+                        err("invalid_message", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "rev as a float",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw(&format!("{}.5", c.rev), c.next, &valid_op(c)),
-                    err("invalid_message", Some(c.next)),
-                )
+            Case {
+                name: "rev as a float",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw(&format!("{}.5", c.rev), c.next, &valid_op(c)),
+                        err("invalid_message", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op as a string",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!("insert ? at 0")),
-                    err("invalid_op", Some(c.next)),
-                )
+            Case {
+                name: "op as a string",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!("insert ? at 0")),
+                        err("invalid_op", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op null",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, Value::Null),
-                    err("invalid_op", Some(c.next)),
-                )
+            Case {
+                name: "op null",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, Value::Null),
+                        err("invalid_op", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op with a zero retain",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!([0, "?", c.len])),
-                    err("invalid_op", Some(c.next)),
-                )
+            Case {
+                name: "op with a zero retain",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!([0, "?", c.len])),
+                        err("invalid_op", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op with a fractional retain",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw_op(c.rev, c.next, &format!(r#"["?",{}.5]"#, c.len)),
-                    err("invalid_op", Some(c.next)),
-                )
+            Case {
+                name: "op with a fractional retain",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw_op(c.rev, c.next, &format!(r#"["?",{}.5]"#, c.len)),
+                        err("invalid_op", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op with an object component",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!([{"insert":"?"}, c.len])),
-                    err("invalid_op", Some(c.next)),
-                )
+            Case {
+                name: "op with an object component",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!([{"insert":"?"}, c.len])),
+                        err("invalid_op", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op with a nested array component",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!([["?"], c.len])),
-                    err("invalid_op", Some(c.next)),
-                )
+            Case {
+                name: "op with a nested array component",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!([["?"], c.len])),
+                        err("invalid_op", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op with a retain past 2^53",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!(["?", 9_007_199_254_740_993u64])),
-                    err("invalid_op", Some(c.next)),
-                )
+            Case {
+                name: "op with a retain past 2^53",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!(["?", 9_007_199_254_740_993u64])),
+                        err("invalid_op", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "ranges not pairs",
-            prefill: 0,
-            build: |c| {
-                (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"ranges":[[1]]}).to_string()), err("invalid_message", Some(c.next)))
+            Case {
+                name: "ranges not pairs",
+                prefill: 0,
+                build: |c| {
+                    (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"ranges":[[1]]}).to_string()), err("invalid_message", Some(c.next)))
+                },
             },
-        },
-        Case {
-            name: "ranges a string",
-            prefill: 0,
-            build: |c| {
-                (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"ranges":"0,0"}).to_string()), err("invalid_message", Some(c.next)))
+            Case {
+                name: "ranges a string",
+                prefill: 0,
+                build: |c| {
+                    (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"ranges":"0,0"}).to_string()), err("invalid_message", Some(c.next)))
+                },
             },
-        },
-        Case {
-            name: "ranges with a negative position",
-            prefill: 0,
-            build: |c| {
-                (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"ranges":[[-1,0]]}).to_string()), err("invalid_message", Some(c.next)))
+            Case {
+                name: "ranges with a negative position",
+                prefill: 0,
+                build: |c| {
+                    (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"ranges":[[-1,0]]}).to_string()), err("invalid_message", Some(c.next)))
+                },
             },
-        },
-        Case {
-            name: "cursor without ranges",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(json!({"type":"cursor","rev":c.rev}).to_string()),
-                    err("invalid_message", None),
-                )
+            Case {
+                name: "cursor without ranges",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(json!({"type":"cursor","rev":c.rev}).to_string()),
+                        err("invalid_message", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "cursor without rev",
-            prefill: 0,
-            build: |_| {
-                (
-                    text(json!({"type":"cursor","ranges":[[0,0]]}).to_string()),
-                    err("invalid_message", None),
-                )
+            Case {
+                name: "cursor without rev",
+                prefill: 0,
+                build: |_| {
+                    (
+                        text(json!({"type":"cursor","ranges":[[0,0]]}).to_string()),
+                        err("invalid_message", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "cursor with a non-string name",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(
-                        json!({"type":"cursor","rev":c.rev,"ranges":[[0,0]],"name":5}).to_string(),
-                    ),
-                    err("invalid_message", None),
-                )
+            Case {
+                name: "cursor with a non-string name",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(
+                            json!({"type":"cursor","rev":c.rev,"ranges":[[0,0]],"name":5})
+                                .to_string(),
+                        ),
+                        err("invalid_message", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "cursor with too many ranges",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(
-                        json!({"type":"cursor","rev":c.rev,"ranges":vec![[0, 0]; 65]}).to_string(),
-                    ),
-                    err("invalid_message", None),
-                )
+            Case {
+                name: "cursor with too many ranges",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(
+                            json!({"type":"cursor","rev":c.rev,"ranges":vec![[0, 0]; 65]})
+                                .to_string(),
+                        ),
+                        err("invalid_message", None),
+                    )
+                },
             },
-        },
-        // ---- negative, huge and future revisions ----
-        Case {
-            name: "negative rev",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw("-1", c.next, &valid_op(c)),
-                    err("invalid_message", Some(c.next)),
-                )
+            // ---- negative, huge and future revisions ----
+            Case {
+                name: "negative rev",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw("-1", c.next, &valid_op(c)),
+                        err("invalid_message", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "negative seq",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(format!(
-                        r#"{{"type":"op","rev":{},"seq":-1,"op":{}}}"#,
-                        c.rev,
-                        valid_op(c)
-                    )),
-                    err("invalid_message", None),
-                )
+            Case {
+                name: "negative seq",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(format!(
+                            r#"{{"type":"op","rev":{},"seq":-1,"op":{}}}"#,
+                            c.rev,
+                            valid_op(c)
+                        )),
+                        err("invalid_message", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "rev 2^53 (past the safe integers)",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw("9007199254740992", c.next, &valid_op(c)),
-                    err("invalid_message", Some(c.next)),
-                )
+            Case {
+                name: "rev 2^53 (past the safe integers)",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw("9007199254740992", c.next, &valid_op(c)),
+                        err("invalid_message", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "rev u64::MAX",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw("18446744073709551615", c.next, &valid_op(c)),
-                    err("invalid_message", Some(c.next)),
-                )
+            Case {
+                name: "rev u64::MAX",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw("18446744073709551615", c.next, &valid_op(c)),
+                        err("invalid_message", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "rev past u64",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw("123456789012345678901234567890", c.next, &valid_op(c)),
-                    err("invalid_message", Some(c.next)),
-                )
+            Case {
+                name: "rev past u64",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw("123456789012345678901234567890", c.next, &valid_op(c)),
+                        err("invalid_message", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "rev 1e400 (not a finite number)",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw("1e400", c.next, &valid_op(c)),
-                    err("invalid_json", None),
-                )
+            Case {
+                name: "rev 1e400 (not a finite number)",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw("1e400", c.next, &valid_op(c)),
+                        err("invalid_json", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "seq past 2^53",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(format!(
-                        r#"{{"type":"op","rev":{},"seq":9007199254740993,"op":{}}}"#,
-                        c.rev,
-                        valid_op(c)
-                    )),
-                    err("invalid_message", Some(9_007_199_254_740_993)),
-                )
+            Case {
+                name: "seq past 2^53",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(format!(
+                            r#"{{"type":"op","rev":{},"seq":9007199254740993,"op":{}}}"#,
+                            c.rev,
+                            valid_op(c)
+                        )),
+                        err("invalid_message", Some(9_007_199_254_740_993)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "future rev (head + 1)",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev + 1, c.next, valid_op(c)),
-                    err("future_revision", Some(c.next)),
-                )
+            Case {
+                name: "future rev (head + 1)",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev + 1, c.next, valid_op(c)),
+                        err("future_revision", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "future rev (2^53 - 1)",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(9_007_199_254_740_991, c.next, valid_op(c)),
-                    err("future_revision", Some(c.next)),
-                )
+            Case {
+                name: "future rev (2^53 - 1)",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(9_007_199_254_740_991, c.next, valid_op(c)),
+                        err("future_revision", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "cursor at a future rev",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(json!({"type":"cursor","rev":c.rev + 1,"ranges":[[0,0]]}).to_string()),
-                    err("future_revision", None),
-                )
+            Case {
+                name: "cursor at a future rev",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(json!({"type":"cursor","rev":c.rev + 1,"ranges":[[0,0]]}).to_string()),
+                        err("future_revision", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "cursor at a negative rev",
-            prefill: 0,
-            build: |_| {
-                (
-                    text(r#"{"type":"cursor","rev":-1,"ranges":[[0,0]]}"#),
-                    err("invalid_message", None),
-                )
+            Case {
+                name: "cursor at a negative rev",
+                prefill: 0,
+                build: |_| {
+                    (
+                        text(r#"{"type":"cursor","rev":-1,"ranges":[[0,0]]}"#),
+                        err("invalid_message", None),
+                    )
+                },
             },
-        },
-        // ---- ops that do not fit the document ----
-        Case {
-            name: "op longer than the document",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!(["?", c.len + 5])),
-                    err("op_does_not_fit", Some(c.next)),
-                )
+            // ---- ops that do not fit the document ----
+            Case {
+                name: "op longer than the document",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!(["?", c.len + 5])),
+                        err("op_does_not_fit", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op shorter than the document",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!(["?", c.len - 1])),
-                    err("op_does_not_fit", Some(c.next)),
-                )
+            Case {
+                name: "op shorter than the document",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!(["?", c.len - 1])),
+                        err("op_does_not_fit", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "delete past the end",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!([-((c.len + 1) as i64)])),
-                    err("op_does_not_fit", Some(c.next)),
-                )
+            Case {
+                name: "delete past the end",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!([-((c.len + 1) as i64)])),
+                        err("op_does_not_fit", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "empty op on a non-empty document",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!([])),
-                    err("op_does_not_fit", Some(c.next)),
-                )
+            Case {
+                name: "empty op on a non-empty document",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!([])),
+                        err("op_does_not_fit", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "huge retain",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!([9_007_199_254_740_991u64])),
-                    err("op_does_not_fit", Some(c.next)),
-                )
+            Case {
+                name: "huge retain",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!([9_007_199_254_740_991u64])),
+                        err("op_does_not_fit", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op based on an older rev that no longer fits",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev - 1, c.next, json!(["?", c.len])),
-                    err("op_does_not_fit", Some(c.next)),
-                )
+            Case {
+                name: "op based on an older rev that no longer fits",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev - 1, c.next, json!(["?", c.len])),
+                        err("op_does_not_fit", Some(c.next)),
+                    )
+                },
             },
-        },
-        // ---- deep nesting and lone surrogates ----
-        Case {
-            name: "deeply nested JSON",
-            prefill: 0,
-            build: |_| {
-                (
-                    text(format!("{}{}", "[".repeat(10_000), "]".repeat(10_000))),
-                    err("invalid_json", None),
-                )
+            // ---- deep nesting and lone surrogates ----
+            Case {
+                name: "deeply nested JSON",
+                prefill: 0,
+                build: |_| {
+                    (
+                        text(format!("{}{}", "[".repeat(10_000), "]".repeat(10_000))),
+                        err("invalid_json", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "deeply nested op",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw_op(
-                        c.rev,
-                        c.next,
-                        &format!("{}1{}", "[".repeat(500), "]".repeat(500)),
-                    ),
-                    err("invalid_json", None),
-                )
+            Case {
+                name: "deeply nested op",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw_op(
+                            c.rev,
+                            c.next,
+                            &format!("{}1{}", "[".repeat(500), "]".repeat(500)),
+                        ),
+                        err("invalid_json", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "deeply nested object",
-            prefill: 0,
-            build: |_| {
-                (
-                    text(format!(
-                        r#"{{"type":"op","x":{}1{}}}"#,
-                        r#"{"x":"#.repeat(1000),
-                        "}".repeat(1000)
-                    )),
-                    err("invalid_json", None),
-                )
+            Case {
+                name: "deeply nested object",
+                prefill: 0,
+                build: |_| {
+                    (
+                        text(format!(
+                            r#"{{"type":"op","x":{}1{}}}"#,
+                            r#"{"x":"#.repeat(1000),
+                            "}".repeat(1000)
+                        )),
+                        err("invalid_json", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "lone high surrogate in the op",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw_op(c.rev, c.next, &format!(r#"["\ud800",{}]"#, c.len)),
-                    err("invalid_json", None),
-                )
+            Case {
+                name: "lone high surrogate in the op",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw_op(c.rev, c.next, &format!(r#"["\ud800",{}]"#, c.len)),
+                        err("invalid_json", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "lone low surrogate in the op",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw_op(c.rev, c.next, &format!(r#"["a\udc00b",{}]"#, c.len)),
-                    err("invalid_json", None),
-                )
+            Case {
+                name: "lone low surrogate in the op",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw_op(c.rev, c.next, &format!(r#"["a\udc00b",{}]"#, c.len)),
+                        err("invalid_json", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "reversed surrogate pair in the op",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame_raw_op(c.rev, c.next, &format!(r#"["\ude00\ud83d",{}]"#, c.len)),
-                    err("invalid_json", None),
-                )
+            Case {
+                name: "reversed surrogate pair in the op",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame_raw_op(c.rev, c.next, &format!(r#"["\ude00\ud83d",{}]"#, c.len)),
+                        err("invalid_json", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "lone surrogate in a cursor name",
-            prefill: 0,
-            build: |c| {
-                (
-                    text(format!(
-                        r#"{{"type":"cursor","rev":{},"ranges":[[0,0]],"name":"\ud800"}}"#,
-                        c.rev
-                    )),
-                    err("invalid_json", None),
-                )
+            Case {
+                name: "lone surrogate in a cursor name",
+                prefill: 0,
+                build: |c| {
+                    (
+                        text(format!(
+                            r#"{{"type":"cursor","rev":{},"ranges":[[0,0]],"name":"\ud800"}}"#,
+                            c.rev
+                        )),
+                        err("invalid_json", None),
+                    )
+                },
             },
-        },
-        // ---- seqs ----
-        Case {
-            name: "seq 0",
-            prefill: 0,
-            build: |c| (op_frame(c.rev, 0, valid_op(c)), err("bad_seq", Some(0))),
-        },
-        Case {
-            name: "seq skipping ahead by one",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next + 1, valid_op(c)),
-                    err("bad_seq", Some(c.next + 1)),
-                )
+            // ---- seqs ----
+            Case {
+                name: "seq 0",
+                prefill: 0,
+                build: |c| (op_frame(c.rev, 0, valid_op(c)), err("bad_seq", Some(0))),
             },
-        },
-        Case {
-            name: "seq skipping far ahead",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, 1_000_000, valid_op(c)),
-                    err("bad_seq", Some(1_000_000)),
-                )
+            Case {
+                name: "seq skipping ahead by one",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next + 1, valid_op(c)),
+                        err("bad_seq", Some(c.next + 1)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "last seq reused with a different op",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.last, valid_op(c)),
-                    err("seq_reused", Some(c.last)),
-                )
+            Case {
+                name: "seq skipping far ahead",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, 1_000_000, valid_op(c)),
+                        err("bad_seq", Some(1_000_000)),
+                    )
+                },
             },
-        },
-        Case {
-            // The server keeps one op in memory here (history_window = 1): the
-            // hash of seq 1 comes from storage.
-            name: "old seq reused with a different op",
-            prefill: 0,
-            build: |c| (op_frame(c.rev, 1, valid_op(c)), err("seq_reused", Some(1))),
-        },
-        Case {
-            // The dedup check comes before every other check of the op.
-            name: "last seq reused with an op that does not fit",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev + 7, c.last, json!([3])),
-                    err("seq_reused", Some(c.last)),
-                )
+            Case {
+                name: "last seq reused with a different op",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.last, valid_op(c)),
+                        err("seq_reused", Some(c.last)),
+                    )
+                },
             },
-        },
-        // ---- limits ----
-        Case {
-            name: "op inserting more than max_op_len",
-            prefill: 0,
-            build: |c| {
-                (
-                    op_frame(c.rev, c.next, json!(["?".repeat(MAX_OP_LEN + 1), c.len])),
-                    err("op_too_long", Some(c.next)),
-                )
+            Case {
+                // The server keeps one op in memory here (history_window = 1): the
+                // hash of seq 1 comes from storage.
+                name: "old seq reused with a different op",
+                prefill: 0,
+                build: |c| (op_frame(c.rev, 1, valid_op(c)), err("seq_reused", Some(1))),
             },
-        },
-        Case {
-            name: "op inserting and deleting more than max_op_len",
-            prefill: 900,
-            build: |c| {
-                (
-                    op_frame(
-                        c.rev,
-                        c.next,
-                        json!(["?".repeat(MAX_OP_LEN - 100), -((c.len) as i64)]),
-                    ),
-                    err("op_too_long", Some(c.next)),
-                )
+            Case {
+                // The dedup check comes before every other check of the op.
+                name: "last seq reused with an op that does not fit",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev + 7, c.last, json!([3])),
+                        err("seq_reused", Some(c.last)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "op making the document longer than max_doc_len",
-            prefill: 1800,
-            build: |c| {
-                (
-                    op_frame(
-                        c.rev,
-                        c.next,
-                        json!(["?".repeat(MAX_DOC_LEN + 1 - c.len), c.len]),
-                    ),
-                    err("doc_too_long", Some(c.next)),
-                )
+            // ---- limits ----
+            Case {
+                name: "op inserting more than max_op_len",
+                prefill: 0,
+                build: |c| {
+                    (
+                        op_frame(c.rev, c.next, json!(["?".repeat(MAX_OP_LEN + 1), c.len])),
+                        err("op_too_long", Some(c.next)),
+                    )
+                },
             },
-        },
-        Case {
-            name: "message over max_message_bytes",
-            prefill: 0,
-            build: |c| {
-                let filler = "x".repeat(MAX_MESSAGE_BYTES);
-                (
+            Case {
+                name: "op inserting and deleting more than max_op_len",
+                prefill: 900,
+                build: |c| {
+                    (
+                        op_frame(
+                            c.rev,
+                            c.next,
+                            json!(["?".repeat(MAX_OP_LEN - 100), -((c.len) as i64)]),
+                        ),
+                        err("op_too_long", Some(c.next)),
+                    )
+                },
+            },
+            Case {
+                name: "op making the document longer than max_doc_len",
+                prefill: 1800,
+                build: |c| {
+                    (
+                        op_frame(
+                            c.rev,
+                            c.next,
+                            json!(["?".repeat(MAX_DOC_LEN + 1 - c.len), c.len]),
+                        ),
+                        err("doc_too_long", Some(c.next)),
+                    )
+                },
+            },
+            Case {
+                name: "message over max_message_bytes",
+                prefill: 0,
+                build: |c| {
+                    let filler = "x".repeat(MAX_MESSAGE_BYTES);
+                    (
                     text(
                         json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"pad":filler})
                             .to_string(),
                     ),
                     err("message_too_large", None),
                 )
+                },
             },
-        },
-        Case {
-            name: "garbage over max_message_bytes",
-            prefill: 0,
-            build: |_| {
-                (
-                    text("\u{e9}".repeat(MAX_MESSAGE_BYTES / 2 + 1)),
-                    err("message_too_large", None),
-                )
+            Case {
+                name: "garbage over max_message_bytes",
+                prefill: 0,
+                build: |_| {
+                    (
+                        text("\u{e9}".repeat(MAX_MESSAGE_BYTES / 2 + 1)),
+                        err("message_too_large", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "binary frame over max_message_bytes",
-            prefill: 0,
-            build: |_| {
-                (
-                    Frame::Binary(vec![b'x'; MAX_MESSAGE_BYTES + 1]),
-                    err("binary_frame", None),
-                )
+            Case {
+                name: "binary frame over max_message_bytes",
+                prefill: 0,
+                build: |_| {
+                    (
+                        Frame::Binary(vec![b'x'; MAX_MESSAGE_BYTES + 1]),
+                        err("binary_frame", None),
+                    )
+                },
             },
-        },
-        Case {
-            name: "message over the hard limit",
-            prefill: 0,
-            build: |_| {
-                (
-                    text("x".repeat(HARD_LIMIT + 1024)),
-                    Expect::Close(1009, "message_too_large"),
-                )
+            Case {
+                name: "message over the hard limit",
+                prefill: 0,
+                build: |_| {
+                    (
+                        text("x".repeat(HARD_LIMIT + 1024)),
+                        Expect::Close(1009, "message_too_large"),
+                    )
+                },
             },
-        },
-    ]
+        ]
+    }
+
+    /// `{"type":"op","rev":<raw>,"seq":K,"op":…}` with the rev written verbatim.
+    fn op_frame_raw(rev: &str, seq: u64, op: &Value) -> Frame {
+        text(format!(
+            r#"{{"type":"op","rev":{rev},"seq":{seq},"op":{op}}}"#
+        ))
+    }
+
+    /// `{"type":"op","rev":R,"seq":K,"op":<raw>}` with the op written verbatim.
+    fn op_frame_raw_op(rev: u64, seq: u64, op: &str) -> Frame {
+        text(format!(
+            r#"{{"type":"op","rev":{rev},"seq":{seq},"op":{op}}}"#
+        ))
+    }
 }
 
-/// `{"type":"op","rev":<raw>,"seq":K,"op":…}` with the rev written verbatim.
-fn op_frame_raw(rev: &str, seq: u64, op: &Value) -> Frame {
-    text(format!(
-        r#"{{"type":"op","rev":{rev},"seq":{seq},"op":{op}}}"#
-    ))
-}
-
-/// `{"type":"op","rev":R,"seq":K,"op":<raw>}` with the op written verbatim.
-fn op_frame_raw_op(rev: u64, seq: u64, op: &str) -> Frame {
-    text(format!(
-        r#"{{"type":"op","rev":{rev},"seq":{seq},"op":{op}}}"#
-    ))
-}
+use malformed::{cases, Case, Ctx, Expect, Frame};
 
 async fn errors_by_code(addr: SocketAddr) -> String {
     http_get(addr, "/metrics").await.unwrap()
@@ -852,11 +870,11 @@ async fn run_case(addr: SocketAddr, index: usize, case: &Case) {
     let mut left = case.prefill;
     while left > 0 {
         let n = left.min(900);
-        let len = a.client.text().len_chars();
+        let len = a.client().text().len_chars();
         a.edit(&Operation::insert_at(len, len, &"p".repeat(n)).unwrap())
             .await
             .unwrap();
-        let rev = a.client.revision() + 1;
+        let rev = a.client().revision() + 1;
         a.settle_to(rev, T).await.unwrap();
         left -= n;
     }
@@ -868,16 +886,15 @@ async fn run_case(addr: SocketAddr, index: usize, case: &Case) {
     let ctx = Ctx {
         rev: rev0,
         len: text0.chars().count(),
-        last: a.client.next_seq() - 1,
-        next: a.client.next_seq(),
+        last: a.client().next_seq() - 1,
+        next: a.client().next_seq(),
     };
     let (frame, expect) = (case.build)(&ctx);
     let before = errors_by_code(addr).await;
 
-    let socket = a.socket.as_mut().unwrap();
     let sent = match frame {
-        Frame::Text(t) => socket.send(Message::text(t)).await,
-        Frame::Binary(b) => socket.send(Message::binary(b)).await,
+        Frame::Text(t) => a.send_text(&t).await,
+        Frame::Binary(b) => a.send_binary(b).await,
     };
     let closed = match expect {
         Expect::Error(code, seq) => {
@@ -925,7 +942,7 @@ async fn run_case(addr: SocketAddr, index: usize, case: &Case) {
                 (Some("error"), Some(error_code)),
                 "{name}: {errors:?}"
             );
-            a.socket = None;
+            a.cut();
             true
         }
     };
@@ -964,17 +981,17 @@ async fn run_case(addr: SocketAddr, index: usize, case: &Case) {
     if closed {
         a.reconnect().await.unwrap();
     }
-    let len = a.client.text().len_chars();
+    let len = a.client().text().len_chars();
     a.edit(&Operation::insert_at(len, 0, "!").unwrap())
         .await
         .unwrap();
-    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+    a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     assert!(
         a.errors.is_empty(),
         "{name}: further errors: {:?}",
         a.errors
     );
-    assert_eq!(a.client.revision(), rev0 + 1, "{name}");
+    assert_eq!(a.client().revision(), rev0 + 1, "{name}");
 
     // The bystander saw nothing of the bad frame: its next message is the
     // offender's follow-up op (after a `leave` if the offender was closed).
@@ -1045,10 +1062,10 @@ async fn consecutive_errors_close_only_when_abusive() {
     for _ in 0..5 {
         a.send_text("nope").await.unwrap();
     }
-    a.pump_until(T, |c| c.client.all_saved() && c.errors.len() == 10)
+    a.pump_until(T, |c| c.client().all_saved() && c.errors.len() == 10)
         .await
         .unwrap();
-    assert!(a.errors.iter().all(|e| e["code"] == "invalid_json"));
+    assert!(a.errors.iter().all(|e| e.code == ErrorCode::InvalidJson));
     a.expect_quiet(Duration::from_millis(200)).await.unwrap();
     // The 6th in a row closes it: 6 errors, then 1008.
     a.errors.clear();
@@ -1074,7 +1091,7 @@ async fn consecutive_errors_close_only_when_abusive() {
     b.edit(&Operation::insert_at(2, 2, "!").unwrap())
         .await
         .unwrap();
-    b.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+    b.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     // The abuser may come back.
     a.reconnect().await.unwrap();
     a.settle_to(2, T).await.unwrap();
@@ -1153,11 +1170,21 @@ async fn a_noop_is_accepted_and_creates_a_revision() {
         (snapshot["type"].as_str(), snapshot["rev"].as_u64()),
         (Some("snapshot"), Some(0))
     );
-    for (seq, op) in [(1, json!(["abc"])), (2, json!([3])), (3, json!([3]))] {
-        let frame = json!({"type":"op","rev":seq - 1,"seq":seq,"op":op});
-        socket.send(Message::text(frame.to_string())).await.unwrap();
-        let ack = recv_json(&mut socket, T).await.unwrap();
-        assert_eq!(ack, json!({"type":"ack","rev":seq,"seq":seq}));
+    let ops = [
+        Operation::insert_at(0, 0, "abc").unwrap(),
+        Operation::identity(3),
+        Operation::identity(3),
+    ];
+    for (seq, op) in (1..).zip(ops) {
+        let frame = ClientMessage::Op {
+            rev: seq - 1,
+            seq,
+            op,
+            ranges: None,
+        };
+        send_message(&mut socket, &frame).await.unwrap();
+        let ack = recv_message(&mut socket, T).await.unwrap();
+        assert_eq!(ack, ServerMessage::Ack { rev: seq, seq });
     }
     assert_eq!(
         doc_state(addr, "noop").await.unwrap(),
@@ -1197,13 +1224,10 @@ async fn op_flood_is_paced_not_rejected() {
     let started = Instant::now();
     let sending = tokio::spawn(async move {
         for i in 0..N {
-            let op = if i == 0 {
-                json!(["x"])
-            } else {
-                json!([i, "x"])
-            };
-            let frame = json!({"type":"op","rev":i,"seq":i + 1,"op":op});
-            sink.send(Message::text(frame.to_string())).await?;
+            let len = usize::try_from(i)?;
+            let op = Operation::insert_at(len, len, "x")?;
+            sink.send(Message::text(op_message_text(i, i + 1, &op, None)))
+                .await?;
         }
         anyhow::Ok(sink)
     });
@@ -1211,10 +1235,10 @@ async fn op_flood_is_paced_not_rejected() {
     for i in 1..=N {
         let left = deadline.saturating_duration_since(Instant::now());
         let message = match tokio::time::timeout(left, stream.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(t.as_str()).unwrap(),
+            Ok(Some(Ok(Message::Text(t)))) => ServerMessage::parse(t.as_str()).unwrap(),
             other => panic!("waiting for ack {i}: {other:?}"),
         };
-        assert_eq!(message, json!({"type":"ack","rev":i,"seq":i}));
+        assert_eq!(message, ServerMessage::Ack { rev: i, seq: i });
     }
     let elapsed = started.elapsed();
     let _sink = sending.await.unwrap().unwrap();

@@ -28,6 +28,8 @@ use e2e_tests::{
     WsClient,
 };
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use ot_core::Range;
+use ot_protocol::ClientMessage;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
 
@@ -455,8 +457,12 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
         // scripting commands send no cursor) selects the first 4 characters;
         // Bob puts his caret at the end. Ann sees both, drawn with names.
         let mut t = WsClient::join(addr, doc, "script-1").await?;
-        t.send_json(&json!({"type":"cursor","rev":t.client.revision(),"ranges":[[0,4]],"name":"Script"}))
-            .await?;
+        t.send(&ClientMessage::Cursor {
+            rev: t.client().revision(),
+            ranges: vec![Range::from((0, 4))],
+            name: Some("Script".to_owned()),
+        })
+        .await?;
         // (UTF-16 index 40 in the textarea; the protocol counts code points.)
         let bob_at = b
             .execute(

@@ -37,7 +37,7 @@ async fn eight_clients_converge() {
                 .unwrap();
             let deadline = Instant::now() + Duration::from_secs(3);
             while Instant::now() < deadline {
-                let op = random_edit(&mut rng, c.client.text().len_chars(), i as usize);
+                let op = random_edit(&mut rng, c.client().text().len_chars(), i as usize);
                 c.edit(&op).await.unwrap();
                 // Read whatever has arrived, without waiting long.
                 let _ = c.drain(Duration::from_millis(rng.random_range(0..5))).await;
@@ -53,7 +53,7 @@ async fn eight_clients_converge() {
     let mut head = 0;
     for _ in 0..3 {
         for c in clients.iter_mut() {
-            c.pump_until(Duration::from_secs(20), |c| c.client.all_saved())
+            c.pump_until(Duration::from_secs(20), |c| c.client().all_saved())
                 .await
                 .unwrap();
         }
@@ -68,7 +68,7 @@ async fn eight_clients_converge() {
     for (i, c) in clients.iter().enumerate() {
         assert!(c.errors.is_empty(), "client {i} got errors: {:?}", c.errors);
         assert_eq!(c.text(), text, "client {i} diverged");
-        assert_eq!(c.client.revision(), rev);
+        assert_eq!(c.client().revision(), rev);
     }
     let (replayed_rev, replayed) = replay_ops(addr, "shared").await.unwrap();
     assert_eq!((replayed_rev, replayed), (rev, text));

@@ -9,6 +9,7 @@ use e2e_tests::{
     doc_state, http_get, http_get_json, http_get_status, metric, start_server, WsClient,
 };
 use ot_core::Operation;
+use ot_protocol::{ClientMessage, ServerMessage};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(20);
@@ -29,22 +30,22 @@ async fn build_alpha(addr: SocketAddr) -> (WsClient, WsClient) {
     b.edit(&Operation::insert_at(5, 5, " world").unwrap())
         .await
         .unwrap();
-    b.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+    b.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     // A has not read revision 2: its op is based on revision 1.
-    assert_eq!(a.client.revision(), 1);
+    assert_eq!(a.client().revision(), 1);
     a.edit(&Operation::insert_at(5, 0, "!").unwrap())
         .await
         .unwrap();
-    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+    a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     // B has not read revision 3: its op is based on revision 2.
-    assert_eq!(b.client.revision(), 2);
+    assert_eq!(b.client().revision(), 2);
     b.edit(&Operation::insert_at(11, 11, "?").unwrap())
         .await
         .unwrap();
-    b.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+    b.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     a.settle_to(4, T).await.unwrap();
     for (i, ch) in ('a'..='u').enumerate() {
-        let len = a.client.text().len_chars();
+        let len = a.client().text().len_chars();
         a.edit(&Operation::insert_at(len, len, &ch.to_string()).unwrap())
             .await
             .unwrap();
@@ -219,16 +220,26 @@ async fn http_api() {
     // ---- GET /metrics ----
     // One duplicate (a resend of A's last op) and one error (bad_seq).
     let last = ops[24].clone();
-    let resend =
-        json!({"type":"op","rev":last["base_rev"],"seq":last["seq"],"op":last["received"]});
-    a.send_json(&resend).await.unwrap();
+    let seq = last["seq"].as_u64().unwrap();
+    let resend = ClientMessage::Op {
+        rev: last["base_rev"].as_u64().unwrap(),
+        seq,
+        op: Operation::from_json_value(&last["received"]).unwrap(),
+        ranges: None,
+    };
+    a.send(&resend).await.unwrap();
     assert_eq!(
-        a.recv(T).await.unwrap(),
-        json!({"type":"ack","rev":25,"seq":last["seq"]})
+        a.recv_message(T).await.unwrap(),
+        ServerMessage::Ack { rev: 25, seq }
     );
-    a.send_json(&json!({"type":"op","rev":25,"seq":1000,"op":[34,"x"]}))
-        .await
-        .unwrap();
+    a.send(&ClientMessage::Op {
+        rev: 25,
+        seq: 1000,
+        op: Operation::insert_at(34, 34, "x").unwrap(),
+        ranges: None,
+    })
+    .await
+    .unwrap();
     assert_eq!(a.recv(T).await.unwrap()["code"], "bad_seq");
     let (status, page) = http_get_status(addr, "/metrics").await.unwrap();
     assert_eq!(status, 200);

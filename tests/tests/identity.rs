@@ -5,11 +5,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use e2e_tests::{doc_state, http_get_json, recv_json, start_server, ws_connect, Event, WsClient};
-use futures_util::SinkExt;
+use e2e_tests::{
+    doc_state, http_get_json, recv_json, send_message, start_server, ws_connect, Event, WsClient,
+};
 use ot_core::Operation;
+use ot_protocol::ClientMessage;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -35,13 +36,13 @@ async fn server_assigned_ids_are_distinct() {
     }
     // Each is its own writer: seq 1 of each is applied.
     for (rev, (socket, _)) in sockets.iter_mut().enumerate() {
-        let op = if rev == 0 {
-            json!(["a"])
-        } else {
-            json!([rev, "a"])
+        let frame = ClientMessage::Op {
+            rev: rev as u64,
+            seq: 1,
+            op: Operation::insert_at(rev, rev, "a").unwrap(),
+            ranges: None,
         };
-        let frame = json!({"type":"op","rev":rev,"seq":1,"op":op});
-        socket.send(Message::text(frame.to_string())).await.unwrap();
+        send_message(socket, &frame).await.unwrap();
         // Skip the ops of the earlier writers, up to this one's ack.
         loop {
             let message = recv_json(socket, T).await.unwrap();
@@ -83,9 +84,9 @@ async fn same_client_id_replaces_the_older_connection() {
     first.settle_to(1, T).await.unwrap();
 
     let mut second = WsClient::join(addr, "ident", "twin").await.unwrap();
-    assert_eq!(second.client.revision(), 1);
+    assert_eq!(second.client().revision(), 1);
     assert_eq!(
-        second.client.next_seq(),
+        second.client().next_seq(),
         2,
         "the snapshot carries the last applied seq"
     );

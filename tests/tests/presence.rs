@@ -7,10 +7,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use e2e_tests::{recv_json, start_server, ws_connect, Event, WsClient};
-use ot_core::Operation;
+use ot_core::{Operation, Range};
+use ot_protocol::ClientMessage;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(20);
+
+/// A cursor message: `ranges` at revision `rev`, with `name` if given.
+fn cursor(rev: u64, ranges: &[(usize, usize)], name: Option<&str>) -> ClientMessage {
+    ClientMessage::Cursor {
+        rev,
+        ranges: ranges.iter().map(|&r| Range::from(r)).collect(),
+        name: name.map(str::to_owned),
+    }
+}
 
 /// A and B on `doc` holding "hello world" at revision 1 (written by B).
 async fn two_clients(addr: SocketAddr, doc: &str) -> (WsClient, WsClient) {
@@ -45,9 +55,7 @@ async fn cursor_reaches_others_and_is_mapped_through_later_ops() {
     let (mut a, mut b) = two_clients(addr, "cursors").await;
 
     // A selects "world".
-    a.send_json(&json!({"type":"cursor","rev":1,"ranges":[[6,11]],"name":"Ann"}))
-        .await
-        .unwrap();
+    a.send(&cursor(1, &[(6, 11)], Some("Ann"))).await.unwrap();
     assert_eq!(
         b.recv(T).await.unwrap(),
         json!({"type":"cursor","client":"ann","rev":1,"ranges":[[6,11]],"name":"Ann"})
@@ -117,7 +125,7 @@ async fn cursor_at_an_older_revision_is_mapped_and_clamped() {
         .unwrap();
     b.settle_to(2, T).await.unwrap();
     let long_name = "n".repeat(100);
-    a.send_json(&json!({"type":"cursor","rev":1,"ranges":[[6,6],[0,11]],"name":long_name}))
+    a.send(&cursor(1, &[(6, 6), (0, 11)], Some(&long_name)))
         .await
         .unwrap();
     assert_eq!(
@@ -125,17 +133,13 @@ async fn cursor_at_an_older_revision_is_mapped_and_clamped() {
         json!({"type":"cursor","client":"ann","rev":2,"ranges":[[8,8],[2,13]],"name":"n".repeat(64)})
     );
     // Past the end: clamped to the end. Without a name: the last name stays.
-    a.send_json(&json!({"type":"cursor","rev":2,"ranges":[[100,5]]}))
-        .await
-        .unwrap();
+    a.send(&cursor(2, &[(100, 5)], None)).await.unwrap();
     assert_eq!(
         b.recv(T).await.unwrap(),
         json!({"type":"cursor","client":"ann","rev":2,"ranges":[[13,5]],"name":"n".repeat(64)})
     );
     // Without any name: no name field.
-    b.send_json(&json!({"type":"cursor","rev":2,"ranges":[[0,0]]}))
-        .await
-        .unwrap();
+    b.send(&cursor(2, &[(0, 0)], None)).await.unwrap();
     let mut got = None;
     while got.is_none() {
         let message = a.recv(T).await.unwrap();
@@ -166,15 +170,13 @@ async fn ranges_attached_to_an_op_follow_the_op() {
         .unwrap();
     b.settle_to(2, T).await.unwrap();
     // A, still at revision 1, inserts "hi" after "hello" with its cursor after it.
-    let out = a
-        .client
-        .local_edit(&Operation::insert_at(11, 5, "hi").unwrap())
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.base_rev, 1);
-    a.send_json(&json!({"type":"op","rev":1,"seq":out.seq,"op":out.op,"ranges":[[7,7],[0,5]]}))
-        .await
-        .unwrap();
+    a.edit_with_ranges(
+        &Operation::insert_at(11, 5, "hi").unwrap(),
+        vec![Range::from((7, 7)), Range::from((0, 5))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.client().outstanding().map(|o| o.base_rev), Some(1));
     let op = b.recv(T).await.unwrap();
     assert_eq!(
         op,
@@ -186,7 +188,7 @@ async fn ranges_attached_to_an_op_follow_the_op() {
         json!({"type":"cursor","client":"ann","rev":3,"ranges":[[10,10],[3,8]]})
     );
     assert_eq!(b.text(), "XYZhellohi world");
-    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+    a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     assert_eq!(a.text(), "XYZhellohi world");
     // A joiner gets the op's ranges as A's current cursor.
     let (mut c, first) = raw_join(addr, "/ws/op-ranges?client=carol").await;
@@ -206,12 +208,8 @@ async fn joiner_receives_current_cursors() {
     let server = start_server(dir.path()).await.unwrap();
     let addr = server.addr;
     let (mut a, mut b) = two_clients(addr, "joiner").await;
-    a.send_json(&json!({"type":"cursor","rev":1,"ranges":[[1,1]],"name":"Ann"}))
-        .await
-        .unwrap();
-    b.send_json(&json!({"type":"cursor","rev":1,"ranges":[[2,3]],"name":"Bob"}))
-        .await
-        .unwrap();
+    a.send(&cursor(1, &[(1, 1)], Some("Ann"))).await.unwrap();
+    b.send(&cursor(1, &[(2, 3)], Some("Bob"))).await.unwrap();
     // Each sees the other's cursor, so both are registered.
     assert_eq!(a.recv(T).await.unwrap()["client"], "bob");
     assert_eq!(b.recv(T).await.unwrap()["client"], "ann");
@@ -258,13 +256,11 @@ async fn leave_when_a_client_goes_away() {
     let server = start_server(dir.path()).await.unwrap();
     let addr = server.addr;
     let (mut a, mut b) = two_clients(addr, "leaving").await;
-    a.send_json(&json!({"type":"cursor","rev":1,"ranges":[[0,0]]}))
-        .await
-        .unwrap();
+    a.send(&cursor(1, &[(0, 0)], None)).await.unwrap();
     assert_eq!(b.recv(T).await.unwrap()["type"], "cursor");
 
     // A closes cleanly.
-    a.socket.as_mut().unwrap().close(None).await.unwrap();
+    a.close().await.unwrap();
     assert_eq!(
         b.recv(T).await.unwrap(),
         json!({"type":"leave","client":"ann"})

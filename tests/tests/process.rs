@@ -15,16 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use e2e_tests::{
-    doc_state, free_port, http_get, replay_ops, server_binary, ServerProcess, WsClient,
+    doc_state, free_port, http_get, parse_value, replay_ops, server_binary, ServerProcess, WsClient,
 };
-use futures_util::StreamExt;
 use ot_core::Operation;
+use ot_protocol::ServerMessage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Writers per test (spread over two documents).
 const CLIENTS: usize = 6;
@@ -56,7 +55,7 @@ enum Ended {
 }
 
 enum Event {
-    Message(Value),
+    Message(ServerMessage<'static>),
     Quiet,
     Ended(Ended),
 }
@@ -87,7 +86,7 @@ struct Tracked {
 impl Tracked {
     async fn join(addr: SocketAddr, doc: &str, id: &str, index: usize) -> Result<Tracked> {
         let ws = WsClient::join(addr, doc, id).await?;
-        let epoch = ws.epoch;
+        let epoch = ws.epoch();
         let t = Tracked {
             ws,
             index,
@@ -100,14 +99,14 @@ impl Tracked {
             in_flight_at_end: None,
             send_failed: None,
         };
-        if t.ws.epoch.is_none() {
+        if t.ws.epoch().is_none() {
             bail!("the snapshot carries no epoch");
         }
         Ok(t)
     }
 
     fn id(&self) -> String {
-        self.ws.client.client_id().to_owned()
+        self.ws.client().client_id().to_owned()
     }
 
     fn acked(&self, seq: u64) -> bool {
@@ -116,7 +115,7 @@ impl Tracked {
 
     /// Record the op the outstanding seq carries, if it is new.
     fn note_outstanding(&mut self) {
-        let Some(o) = self.ws.client.outstanding() else {
+        let Some(o) = self.ws.client().outstanding() else {
             return;
         };
         let (seq, op) = (o.seq, o.sent.clone());
@@ -130,13 +129,19 @@ impl Tracked {
         }
     }
 
-    /// Feed a server message to the state machine, logging acks.
-    async fn handle(&mut self, message: Value) -> Result<()> {
-        let kind = message["type"].as_str().unwrap_or_default().to_owned();
-        let before = self.ws.client.outstanding().map(|o| o.seq);
-        let last_seq = message["seq"].as_u64();
-        if let Err(e) = self.ws.handle(message).await {
-            // A failed send (the state machine has moved on; the op is resent
+    /// Feed a server message to the session, logging acks.
+    async fn handle(&mut self, message: ServerMessage<'static>) -> Result<()> {
+        let before = self.ws.client().outstanding().map(|o| o.seq);
+        let snapshot_seq = match &message {
+            ServerMessage::Snapshot { seq, .. } => Some(*seq),
+            _ => None,
+        };
+        let acking = matches!(
+            message,
+            ServerMessage::Ack { .. } | ServerMessage::Op { .. }
+        );
+        if let Err(e) = self.ws.handle_message(message).await {
+            // A failed send (the session has moved on; the op is resent
             // after a reconnect) is not a failure of the test: what is still
             // buffered (acks, a close frame) is read next.
             if e.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
@@ -146,23 +151,18 @@ impl Tracked {
             }
             self.send_failed = Some(e.to_string());
         }
-        match kind.as_str() {
-            "snapshot" => {
-                let last = last_seq.ok_or_else(|| anyhow!("snapshot without seq"))?;
-                if let Some(seq) = before.filter(|s| *s <= last) {
-                    self.acks.push((seq, None));
-                }
-                // Seqs after `last` were never applied: they are reassigned from here.
-                self.sent.retain(|s, _| *s <= last);
+        if let Some(last) = snapshot_seq {
+            if let Some(seq) = before.filter(|s| *s <= last) {
+                self.acks.push((seq, None));
             }
-            "ack" | "op" => {
-                if let Some(seq) = before {
-                    if self.ws.client.outstanding().map(|o| o.seq) != Some(seq) {
-                        self.acks.push((seq, Some(self.ws.client.revision())));
-                    }
+            // Seqs after `last` were never applied: they are reassigned from here.
+            self.sent.retain(|s, _| *s <= last);
+        } else if acking {
+            if let Some(seq) = before {
+                if self.ws.client().outstanding().map(|o| o.seq) != Some(seq) {
+                    self.acks.push((seq, Some(self.ws.client().revision())));
                 }
             }
-            _ => {}
         }
         self.note_outstanding();
         Ok(())
@@ -170,28 +170,25 @@ impl Tracked {
 
     /// The next event on the socket within `within`.
     async fn next_event(&mut self, within: Duration) -> Event {
-        let Some(socket) = self.ws.socket.as_mut() else {
+        if !self.ws.is_connected() {
             return Event::Ended(Ended::Reset("not connected".to_owned()));
-        };
-        loop {
-            match tokio::time::timeout(within, socket.next()).await {
-                Err(_) => return Event::Quiet,
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    return Event::Message(serde_json::from_str(text.as_str()).expect("JSON"))
-                }
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    return Event::Ended(Ended::Close(frame.map(|f| u16::from(f.code))))
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => return Event::Ended(Ended::Reset(e.to_string())),
-                Ok(None) => return Event::Ended(Ended::Reset("end of stream".to_owned())),
+        }
+        match self.ws.next_event(within).await {
+            Err(_) => Event::Quiet,
+            Ok(e2e_tests::Event::Json(value)) => {
+                Event::Message(parse_value(&value).expect("a server message"))
             }
+            Ok(e2e_tests::Event::Binary(_)) => {
+                Event::Ended(Ended::Reset("a binary frame".to_owned()))
+            }
+            Ok(e2e_tests::Event::Closed(frame)) => Event::Ended(Ended::Close(frame.map(|f| f.0))),
+            Ok(e2e_tests::Event::Ended(why)) => Event::Ended(Ended::Reset(why)),
         }
     }
 
     fn disconnected(&mut self, how: Ended) {
-        self.in_flight_at_end = self.ws.client.outstanding().map(|o| o.seq);
-        self.ws.socket = None;
+        self.in_flight_at_end = self.ws.client().outstanding().map(|o| o.seq);
+        self.ws.cut();
         let how = match (how, self.send_failed.take()) {
             (Ended::Reset(why), Some(send)) => {
                 Ended::Reset(format!("{why} (a send failed: {send})"))
@@ -204,7 +201,7 @@ impl Tracked {
     /// Handle what arrives until the socket is quiet for `quiet` (at most `max` in all).
     async fn read_for(&mut self, quiet: Duration, max: Duration) {
         let deadline = Instant::now() + max;
-        while self.ws.socket.is_some() && Instant::now() < deadline {
+        while self.ws.is_connected() && Instant::now() < deadline {
             match self.next_event(quiet).await {
                 Event::Message(m) => self.handle(m).await.expect("handling a server message"),
                 Event::Quiet => break,
@@ -239,7 +236,7 @@ impl Tracked {
 
     /// Type one unique token at a token boundary of the local text.
     async fn type_one(&mut self) {
-        let text = self.ws.client.text();
+        let text = self.ws.client().text();
         let len = text.len_chars();
         let mut bounds = vec![0];
         bounds.extend(
@@ -263,32 +260,16 @@ impl Tracked {
     /// `WsClient::reconnect` but noting the first message and logging acks.
     async fn reconnect(&mut self, addr: SocketAddr) -> Result<()> {
         self.ws.addr = addr;
-        self.ws.socket = None;
-        let mut url = format!(
-            "ws://{}/ws/{}?client={}",
-            addr,
-            self.ws.doc,
-            self.ws.client.client_id()
-        );
-        if self.ws.synced {
-            url.push_str(&format!("&rev={}", self.ws.client.revision()));
-            if let Some(epoch) = self.ws.epoch {
-                url.push_str(&format!("&epoch={epoch}"));
-            }
-        }
-        let (socket, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        .context("connect timeout")??;
-        self.ws.socket = Some(socket);
+        self.ws.open().await?;
         self.send_failed = None;
-        let first = self.ws.recv(Duration::from_secs(10)).await?;
-        self.firsts.push((
-            first["type"].as_str().unwrap_or_default().to_owned(),
-            first["epoch"].as_u64(),
-        ));
+        let first = self.ws.recv_message(Duration::from_secs(10)).await?;
+        let epoch = match &first {
+            ServerMessage::Snapshot { epoch, .. } | ServerMessage::Resume { epoch, .. } => {
+                Some(*epoch)
+            }
+            _ => None,
+        };
+        self.firsts.push((first.kind().to_owned(), epoch));
         self.handle(first).await
     }
 }
@@ -310,7 +291,7 @@ impl Load {
                 tokio::spawn(async move {
                     let mut offline_edits = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        if t.ws.socket.is_some() {
+                        if t.ws.is_connected() {
                             if typing {
                                 t.type_one().await;
                             }
@@ -409,7 +390,7 @@ async fn check_durable(
             (rev, text),
             "{doc}: replaying the log"
         );
-        for c in clients.iter().filter(|c| &c.ws.doc == doc) {
+        for c in clients.iter().filter(|c| c.ws.doc() == doc.as_str()) {
             let id = c.id();
             for &(seq, rev) in &c.acks {
                 let entry = match rev {
@@ -460,14 +441,14 @@ async fn settle_and_check(
     allow_conflict_copies: bool,
 ) {
     for c in clients.iter_mut() {
-        c.pump_until(WAIT, |c| c.ws.client.all_saved())
+        c.pump_until(WAIT, |c| c.ws.client().all_saved())
             .await
             .unwrap();
     }
     for doc in docs {
         let (head, _) = doc_state(addr, doc).await.unwrap();
-        for c in clients.iter_mut().filter(|c| &c.ws.doc == doc) {
-            c.pump_until(WAIT, |c| c.ws.client.revision() >= head)
+        for c in clients.iter_mut().filter(|c| c.ws.doc() == doc.as_str()) {
+            c.pump_until(WAIT, |c| c.ws.client().revision() >= head)
                 .await
                 .unwrap();
         }
@@ -482,10 +463,10 @@ async fn settle_and_check(
             log.len() > restart_heads.get(doc).copied().unwrap_or(0),
             "{doc}: no new ops after the last restart"
         );
-        for c in clients.iter().filter(|c| &c.ws.doc == doc) {
+        for c in clients.iter().filter(|c| c.ws.doc() == doc.as_str()) {
             let id = c.id();
             assert!(c.ws.errors.is_empty(), "{id} got errors: {:?}", c.ws.errors);
-            assert_eq!(c.ws.client.revision(), rev, "{id}: revision");
+            assert_eq!(c.ws.client().revision(), rev, "{id}: revision");
             assert_eq!(c.ws.text(), text, "{id} diverged");
             if !allow_conflict_copies {
                 assert!(
@@ -505,7 +486,7 @@ async fn settle_and_check(
                 .iter()
                 .map(|(_, e)| e["seq"].as_u64().unwrap())
                 .collect();
-            let expected: Vec<u64> = (1..c.ws.client.next_seq()).collect();
+            let expected: Vec<u64> = (1..c.ws.client().next_seq()).collect();
             assert_eq!(seqs, expected, "{id}: applied seqs");
             assert_eq!(
                 c.sent.keys().copied().collect::<Vec<_>>(),
@@ -560,7 +541,7 @@ async fn crash_rounds(name: &str, extra: &[&str], relaxed: bool) {
         .await
         .unwrap();
     let mut clients = join_all(server.addr, name).await;
-    let mut epoch = clients[0].ws.epoch;
+    let mut epoch = clients[0].ws.epoch();
     let mut logs: HashMap<String, Vec<Value>> = HashMap::new();
     let mut rng = ChaCha8Rng::seed_from_u64(if relaxed { 2 } else { 1 });
     // Ops in flight at a kill: (stored, so acked through the resumed op stream) and (not stored, so resent).
@@ -580,7 +561,7 @@ async fn crash_rounds(name: &str, extra: &[&str], relaxed: bool) {
             // the ack is lost); the other half send an op just before the kill.
             let mut settled = load.finish(Duration::ZERO).await;
             for c in settled.iter_mut() {
-                c.pump_until(WAIT, |c| c.ws.client.all_saved())
+                c.pump_until(WAIT, |c| c.ws.client().all_saved())
                     .await
                     .unwrap();
             }
@@ -591,7 +572,7 @@ async fn crash_rounds(name: &str, extra: &[&str], relaxed: bool) {
             }
             for c in settled[..half].iter_mut() {
                 c.type_one().await;
-                *expected.get_mut(&c.ws.doc).unwrap() += 1;
+                *expected.get_mut(c.ws.doc()).unwrap() += 1;
             }
             for (doc, rev) in &expected {
                 let deadline = Instant::now() + WAIT;
@@ -605,7 +586,7 @@ async fn crash_rounds(name: &str, extra: &[&str], relaxed: bool) {
             }
             server.kill9();
             for c in settled[..half].iter_mut() {
-                assert!(c.ws.client.outstanding().is_some());
+                assert!(c.ws.client().outstanding().is_some());
                 c.disconnected(Ended::Reset("cut before reading the ack".to_owned()));
             }
             let load = Load::start(settled, false);
@@ -618,11 +599,7 @@ async fn crash_rounds(name: &str, extra: &[&str], relaxed: bool) {
         );
         acked_before = acked;
         for c in &clients {
-            assert!(
-                c.ws.socket.is_none(),
-                "{}: did not notice the crash",
-                c.id()
-            );
+            assert!(!c.ws.is_connected(), "{}: did not notice the crash", c.id());
             assert!(
                 matches!(c.ended.last(), Some(Ended::Reset(_))),
                 "{}: a killed server cannot send a close frame: {:?}",
@@ -636,7 +613,7 @@ async fn crash_rounds(name: &str, extra: &[&str], relaxed: bool) {
         check_durable(server.addr, &docs, &clients, &mut logs).await;
         for c in &clients {
             if let Some(seq) = c.in_flight_at_end {
-                let stored = logs[&c.ws.doc].iter().any(|e| {
+                let stored = logs[c.ws.doc()].iter().any(|e| {
                     e["client"].as_str() == Some(c.id().as_str()) && e["seq"].as_u64() == Some(seq)
                 });
                 if stored {
@@ -751,7 +728,7 @@ async fn graceful_stop(
     );
     for c in &clients {
         assert!(
-            c.ws.socket.is_none() && !c.ended.is_empty(),
+            !c.ws.is_connected() && !c.ended.is_empty(),
             "{}: still connected",
             c.id()
         );
@@ -770,7 +747,7 @@ async fn graceful_stop(
 fn check_stored_were_acked(clients: &[Tracked], logs: &HashMap<String, Vec<Value>>) {
     for c in clients {
         let id = c.id();
-        for entry in logs[&c.ws.doc]
+        for entry in logs[c.ws.doc()]
             .iter()
             .filter(|e| e["client"].as_str() == Some(id.as_str()))
         {
@@ -820,14 +797,17 @@ async fn sigterm_under_load_exits_0_and_loses_nothing() {
         .await
         .unwrap();
     let clients = join_all(server.addr, name).await;
-    let epoch = clients[0].ws.epoch;
+    let epoch = clients[0].ws.epoch();
 
     // 1. SIGTERM while every client keeps typing.
     let load = Load::start(clients, true);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let killer = send_sigterm(&server);
     let (mut clients, exit1) = graceful_stop(server, killer, Instant::now(), load).await;
-    let unacked = clients.iter().filter(|c| !c.ws.client.all_saved()).count();
+    let unacked = clients
+        .iter()
+        .filter(|c| !c.ws.client().all_saved())
+        .count();
     let server = restart_and_resume(&bin, data, &docs, &mut clients, &mut logs, epoch).await;
     let load = Load::start(clients, true);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -841,13 +821,13 @@ async fn sigterm_under_load_exits_0_and_loses_nothing() {
     let killer = send_sigterm(&server);
     for c in clients.iter_mut() {
         c.type_one().await;
-        assert!(c.ws.client.outstanding().is_some());
+        assert!(c.ws.client().outstanding().is_some());
     }
     let load = Load::start(clients, false);
     let (mut clients, exit2) = graceful_stop(server, killer, sent, load).await;
     let in_flight_stored = clients
         .iter()
-        .filter(|c| c.ws.client.outstanding().is_none())
+        .filter(|c| c.ws.client().outstanding().is_none())
         .count();
     let server = restart_and_resume(&bin, data, &docs, &mut clients, &mut logs, epoch).await;
     let load = Load::start(clients, true);

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use e2e_tests::{
     doc_state, http_get_json, metric_value, replay_ops, start_server, start_server_with,
-    wait_for_rev, ws_connect, WsClient,
+    wait_for_rev, WsClient,
 };
 use ot_core::client::OutgoingOp;
 use ot_core::Operation;
+use ot_protocol::{ClientMessage, ServerMessage};
 use serde_json::{json, Value};
 use server::RunningServer;
 
@@ -61,18 +62,21 @@ async fn assert_applied_once(addr: SocketAddr, doc: &str, client: &str) -> u64 {
 
 /// Reconnect `c` by hand, checking that the server's first message is of `kind`.
 async fn reconnect_expecting(c: &mut WsClient, kind: &str) -> Value {
-    let url = c.url();
-    let path = url.split_once(&c.addr.to_string()).unwrap().1.to_owned();
-    let mut socket = ws_connect(c.addr, &path).await.unwrap();
-    let first = e2e_tests::recv_json(&mut socket, T).await.unwrap();
+    c.open().await.unwrap();
+    let first = c.recv(T).await.unwrap();
     assert_eq!(first["type"], kind, "{first}");
-    c.socket = Some(socket);
     c.handle(first.clone()).await.unwrap();
     first
 }
 
-fn op_message(out: &OutgoingOp) -> Value {
-    json!({"type":"op","rev":out.base_rev,"seq":out.seq,"op":out.op})
+/// The op message `out` was sent as (a resend is byte for byte the same).
+fn op_message(out: &OutgoingOp) -> ClientMessage {
+    ClientMessage::Op {
+        rev: out.base_rev,
+        seq: out.seq,
+        op: out.op.clone(),
+        ranges: None,
+    }
 }
 
 /// A unique character per edit, so that duplicates and losses show in the text.
@@ -93,19 +97,19 @@ async fn cut_after_sending_then_resume_applies_once() {
     let mut b = WsClient::join(addr, "cut", "steady").await.unwrap();
     let mut resent = 0;
     for round in 0..30u32 {
-        let len = a.client.text().len_chars();
+        let len = a.client().text().len_chars();
         a.edit(&Operation::insert_at(len, len, &unique(round)).unwrap())
             .await
             .unwrap();
-        let sent = a.client.pending_resend().unwrap();
+        let sent = a.client().pending_resend().unwrap();
         a.cut();
         // A concurrent edit from B, so a resent op must be transformed.
         if round.is_multiple_of(2) {
-            let len = b.client.text().len_chars();
+            let len = b.client().text().len_chars();
             b.edit(&Operation::insert_at(len, 0, &unique(1000 + round)).unwrap())
                 .await
                 .unwrap();
-            b.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+            b.pump_until(T, |c| c.client().all_saved()).await.unwrap();
         }
         let resume = reconnect_expecting(&mut a, "resume").await;
         assert_eq!(resume["rev"], sent.base_rev, "{resume}");
@@ -115,7 +119,7 @@ async fn cut_after_sending_then_resume_applies_once() {
         } else {
             assert_eq!(resume["seq"], sent.seq, "{resume}");
         }
-        a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+        a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
         assert!(a.errors.is_empty(), "round {round}: {:?}", a.errors);
     }
     let (rev, text) = doc_state(addr, "cut").await.unwrap();
@@ -166,7 +170,7 @@ async fn edit_while_offline_is_sent_after_resume() {
         (resume["rev"].as_u64(), resume["seq"].as_u64()),
         (Some(1), Some(1))
     );
-    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+    a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     assert_eq!(
         doc_state(addr, "offline").await.unwrap(),
         (3, "one two three".to_owned())
@@ -205,7 +209,7 @@ async fn op_applied_before_the_cut_is_acked_by_the_stream() {
                "epoch":resume["epoch"],"limits":resume["limits"]})
     );
     assert!(
-        a.client.outstanding().is_some(),
+        a.client().outstanding().is_some(),
         "the op is still unacknowledged"
     );
     let own = a.recv(T).await.unwrap();
@@ -214,8 +218,8 @@ async fn op_applied_before_the_cut_is_acked_by_the_stream() {
         json!({"type":"op","rev":2,"op":[4,"!"],"client":"writer","seq":1})
     );
     a.handle(own).await.unwrap();
-    assert!(a.client.all_saved());
-    assert_eq!((a.client.revision(), a.text()), (2, "base!".to_owned()));
+    assert!(a.client().all_saved());
+    assert_eq!((a.client().revision(), a.text()), (2, "base!".to_owned()));
     // Nothing was resent: no ack, no duplicate.
     a.expect_quiet(Duration::from_millis(300)).await.unwrap();
     assert_eq!(
@@ -227,7 +231,7 @@ async fn op_applied_before_the_cut_is_acked_by_the_stream() {
     a.edit(&Operation::insert_at(5, 0, ">").unwrap())
         .await
         .unwrap();
-    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+    a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     b.settle_to(3, T).await.unwrap();
     assert_eq!(b.text(), ">base!");
     server.stop().await.unwrap();
@@ -261,18 +265,18 @@ async fn restart_between_cut_and_resend() {
         .unwrap();
     let mut sent: Vec<OutgoingOp> = Vec::new();
     for i in 0..3u32 {
-        let len = a.client.text().len_chars();
+        let len = a.client().text().len_chars();
         a.edit(&Operation::insert_at(len, len, &unique(i)).unwrap())
             .await
             .unwrap();
-        sent.push(a.client.pending_resend().unwrap());
-        a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
+        sent.push(a.client().pending_resend().unwrap());
+        a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     }
     // The 4th op: sent, then the connection is cut before the ack.
     a.edit(&Operation::insert_at(3, 3, &unique(3)).unwrap())
         .await
         .unwrap();
-    sent.push(a.client.pending_resend().unwrap());
+    sent.push(a.client().pending_resend().unwrap());
     a.cut();
 
     server = restart(server, dir.path()).await;
@@ -289,8 +293,8 @@ async fn restart_between_cut_and_resend() {
         (resume["rev"].as_u64(), resume["head"].as_u64()),
         (Some(3), Some(rev))
     );
-    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
-    assert_eq!(a.client.revision(), 4);
+    a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
+    assert_eq!(a.client().revision(), 4);
     let expected: String = (0..4).map(unique).collect();
     assert_eq!(
         doc_state(addr, "restart").await.unwrap(),
@@ -305,9 +309,9 @@ async fn restart_between_cut_and_resend() {
     a.edit(&Operation::insert_at(4, 4, &unique(4)).unwrap())
         .await
         .unwrap();
-    sent.push(a.client.pending_resend().unwrap());
-    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
-    assert_eq!(a.client.revision(), 5);
+    sent.push(a.client().pending_resend().unwrap());
+    a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
+    assert_eq!(a.client().revision(), 5);
     b.settle_to(5, T).await.unwrap();
 
     // And an edit made offline, only sent after the next restart.
@@ -315,7 +319,7 @@ async fn restart_between_cut_and_resend() {
     a.edit(&Operation::insert_at(5, 5, &unique(5)).unwrap())
         .await
         .unwrap();
-    sent.push(a.client.pending_resend().unwrap());
+    sent.push(a.client().pending_resend().unwrap());
     server = restart(server, dir.path()).await;
     let addr = server.addr;
     a.addr = addr;
@@ -325,8 +329,8 @@ async fn restart_between_cut_and_resend() {
         (resume["rev"].as_u64(), resume["seq"].as_u64()),
         (Some(5), Some(5))
     );
-    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
-    assert_eq!(a.client.revision(), 6);
+    a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
+    assert_eq!(a.client().revision(), 6);
     let expected: String = (0..6).map(unique).collect();
     assert_eq!(
         doc_state(addr, "restart").await.unwrap(),
@@ -342,19 +346,28 @@ async fn restart_between_cut_and_resend() {
     reconnect_expecting(&mut a, "resume").await;
     let duplicates = metric_value(addr, "ot_duplicates_total").await.unwrap();
     for out in sent.iter().rev() {
-        a.send_json(&op_message(out)).await.unwrap();
-        let ack = a.recv(T).await.unwrap();
-        assert_eq!(ack, json!({"type":"ack","rev":out.seq,"seq":out.seq}));
+        a.send(&op_message(out)).await.unwrap();
+        let ack = a.recv_message(T).await.unwrap();
+        assert_eq!(
+            ack,
+            ServerMessage::Ack {
+                rev: out.seq,
+                seq: out.seq
+            }
+        );
     }
     assert_eq!(
         metric_value(addr, "ot_duplicates_total").await.unwrap(),
         duplicates + sent.len() as f64
     );
     // The same seq with another op is refused.
-    let mut reused = op_message(&sent[0]);
-    reused["op"] = json!(["x", 6]);
-    reused["rev"] = json!(6);
-    a.send_json(&reused).await.unwrap();
+    let reused = ClientMessage::Op {
+        rev: 6,
+        seq: sent[0].seq,
+        op: Operation::insert_at(6, 0, "x").unwrap(),
+        ranges: None,
+    };
+    a.send(&reused).await.unwrap();
     let error = a.recv(T).await.unwrap();
     assert_eq!(
         (error["code"].as_str(), error["seq"].as_u64()),
@@ -377,8 +390,8 @@ async fn restart_between_cut_and_resend() {
     a.edit(&Operation::insert_at(6, 6, "!").unwrap())
         .await
         .unwrap();
-    assert_eq!(a.client.pending_resend().unwrap().seq, 7);
-    a.pump_until(T, |c| c.client.all_saved()).await.unwrap();
-    assert_eq!(a.client.revision(), 7);
+    assert_eq!(a.client().pending_resend().unwrap().seq, 7);
+    a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
+    assert_eq!(a.client().revision(), 7);
     server.stop().await.unwrap();
 }

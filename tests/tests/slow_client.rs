@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::{doc_state, replay_ops, start_server_with, ws_connect_small_recv_buffer, WsClient};
 use ot_core::Operation;
-use serde_json::json;
+use ot_protocol::ServerMessage;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -31,7 +31,7 @@ async fn slow_client_is_closed_with_4008_and_catches_up() {
         .await
         .unwrap();
     slow.attach(socket).await.unwrap();
-    assert_eq!(slow.client.revision(), 0);
+    assert_eq!(slow.client().revision(), 0);
 
     // The writer writes big ops, the reader keeps up, until the server gives up
     // on the slow client (the others see it leave). Bounded in ops and time.
@@ -39,31 +39,29 @@ async fn slow_client_is_closed_with_4008_and_catches_up() {
     let chunk = "0123456789".repeat(500);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut ops = 0u64;
-    while !writer
-        .other
-        .iter()
-        .any(|m| *m == json!({"type":"leave","client":"sloth"}))
-    {
+    let leave = ServerMessage::Leave {
+        client: "sloth".into(),
+    };
+    while !writer.other.contains(&leave) {
         assert!(
             ops < 4000 && Instant::now() < deadline,
             "the slow client was never closed ({ops} ops)"
         );
-        let len = writer.client.text().len_chars();
+        let len = writer.client().text().len_chars();
         writer
             .edit(&Operation::insert_at(len, len, &chunk).unwrap())
             .await
             .unwrap();
         ops += 1;
         writer
-            .pump_until(T, |c| c.client.all_saved())
+            .pump_until(T, |c| c.client().all_saved())
             .await
             .unwrap();
-        let rev = writer.client.revision();
+        let rev = writer.client().revision();
         reader.settle_to(rev, T).await.unwrap();
     }
     eprintln!("the slow client was closed after {ops} ops");
     // The reader sees the leave too (it may still be in flight when the writer saw it).
-    let leave = json!({"type":"leave","client":"sloth"});
     reader
         .pump_until(T, |c| c.other.contains(&leave))
         .await
@@ -71,13 +69,13 @@ async fn slow_client_is_closed_with_4008_and_catches_up() {
 
     // The document and the others keep working.
     for _ in 0..5 {
-        let len = reader.client.text().len_chars();
+        let len = reader.client().text().len_chars();
         reader
             .edit(&Operation::insert_at(len, 0, "r").unwrap())
             .await
             .unwrap();
         reader
-            .pump_until(T, |c| c.client.all_saved())
+            .pump_until(T, |c| c.client().all_saved())
             .await
             .unwrap();
     }
@@ -93,7 +91,7 @@ async fn slow_client_is_closed_with_4008_and_catches_up() {
     // machine checks), then the close: 4008.
     let close = slow.expect_close(Duration::from_secs(60)).await.unwrap();
     assert_eq!(close.as_ref().map(|c| c.0), Some(4008), "{close:?}");
-    let reached = slow.client.revision();
+    let reached = slow.client().revision();
     assert!(
         reached < head,
         "it was closed before it had everything: {reached} of {head}"
@@ -101,7 +99,7 @@ async fn slow_client_is_closed_with_4008_and_catches_up() {
     // It resumes with rev and catches up.
     slow.reconnect().await.unwrap();
     slow.settle_to(head, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(slow.client.revision(), head);
+    assert_eq!(slow.client().revision(), head);
     assert_eq!(slow.text(), text);
     assert!(slow.errors.is_empty(), "{:?}", slow.errors);
     assert!(slow.conflict_copies.is_empty());
@@ -127,7 +125,7 @@ async fn resume_from_far_behind_with_a_small_queue() {
             .await
             .unwrap();
         writer
-            .pump_until(T, |c| c.client.all_saved())
+            .pump_until(T, |c| c.client().all_saved())
             .await
             .unwrap();
     }

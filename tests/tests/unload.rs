@@ -28,16 +28,16 @@ async fn unload_never_races_a_join() {
                 .await
                 .unwrap();
             while Instant::now() < deadline {
-                let len = c.client.text().len_chars();
+                let len = c.client().text().len_chars();
                 let op = Operation::insert_at(len, len, &format!("<{i}>")).unwrap();
                 c.edit(&op).await.unwrap();
-                c.pump_until(Duration::from_secs(10), |c| c.client.all_saved())
+                c.pump_until(Duration::from_secs(10), |c| c.client().all_saved())
                     .await
                     .unwrap();
                 acked += 1;
                 // Leave (the document may unload at once) and come back resuming,
                 // sometimes at once (racing the unload), sometimes a little later.
-                c.socket = None;
+                c.cut();
                 if acked.is_multiple_of(2) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -58,7 +58,7 @@ async fn unload_never_races_a_join() {
     for (i, client) in clients.iter().enumerate() {
         let marker = format!("<{i}>");
         let count = text.matches(&marker).count();
-        let expected = client.client.next_seq() - 1;
+        let expected = client.client().next_seq() - 1;
         assert_eq!(
             count as u64, expected,
             "writer {i}'s edits appear exactly once each"
