@@ -220,3 +220,15 @@ fn a_cursor_waits_for_nothing_but_follows_ops_in_order() {
     c.set_cursor(vec![ot_core::Range::cursor(1)], true);
     assert!(c.poll_transmit().is_some());
 }
+
+#[test]
+fn a_snapshot_without_its_text_is_unreadable_not_an_empty_document() {
+    let (mut c, _) = with_outstanding();
+    let before = c.state();
+    let events = c.receive(
+        r#"{"type":"snapshot","rev":9,"client":"me","seq":0,"epoch":1,"limits":{"max_doc_len":10,"max_op_len":10}}"#,
+    );
+    assert_eq!(disconnected(&events), Some(CloseAction::Reconnect));
+    assert_eq!(c.state(), before);
+    assert_eq!(c.client().text().to_string(), "abcd");
+}
