@@ -280,6 +280,12 @@ pub trait Storage: Send + Sync + 'static {
         let _ = items;
         None
     }
+    /// Whether [`try_commit`](Self::try_commit) can ever commit. When it
+    /// cannot (fsync durability), the [`CommitQueue`] skips the bookkeeping
+    /// that commits in place need. The default is never.
+    fn commits_in_place(&self) -> bool {
+        false
+    }
     /// Latest revision stored for a document (0 if none or unknown).
     fn last_rev(&self, doc: &str) -> Result<u64, StorageError>;
     /// Whether the document exists.

@@ -128,6 +128,9 @@ struct InFlight(Mutex<HashMap<String, usize>>);
 
 impl InFlight {
     fn add(&self, docs: &[String]) {
+        if docs.is_empty() {
+            return;
+        }
         let mut counts = lock(&self.0);
         for doc in docs {
             *counts.entry(doc.clone()).or_default() += 1;
@@ -147,6 +150,9 @@ impl InFlight {
     }
 
     fn remove(&self, docs: &[String]) {
+        if docs.is_empty() {
+            return;
+        }
         let mut counts = lock(&self.0);
         for doc in docs {
             if let Some(count) = counts.get_mut(doc) {
@@ -175,6 +181,9 @@ struct Inner {
     tx: Mutex<Option<Sender<Msg>>>,
     /// For commits in place ([`CommitQueue::commit`]).
     storage: Arc<dyn Storage>,
+    /// Whether the storage can ever commit in place
+    /// ([`Storage::commits_in_place`]); without it `in_flight` stays unused.
+    in_place: bool,
     in_flight: Arc<InFlight>,
     options: CommitOptions,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -224,6 +233,7 @@ impl CommitQueue {
     /// Start the commit thread on `storage` with `options`.
     pub fn start_with(storage: Arc<dyn Storage>, options: CommitOptions) -> CommitQueue {
         let (tx, rx) = mpsc::channel();
+        let in_place = storage.commits_in_place();
         let in_flight = Arc::new(InFlight::default());
         let mut worker = Worker {
             storage: Arc::clone(&storage),
@@ -245,6 +255,7 @@ impl CommitQueue {
                     inner: Arc::new(Inner {
                         tx: Mutex::new(None),
                         storage,
+                        in_place,
                         in_flight,
                         options,
                         thread: Mutex::new(None),
@@ -257,6 +268,7 @@ impl CommitQueue {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
                 storage,
+                in_place,
                 in_flight,
                 options,
                 thread: Mutex::new(thread),
@@ -274,7 +286,11 @@ impl CommitQueue {
     /// [`shutdown`](Self::shutdown), `done` is called at once with
     /// [`StorageError::Closed`].
     pub fn submit(&self, items: Vec<WriteItem>, done: CommitCallback) {
-        let docs = docs_of(&items);
+        let docs = if self.inner.in_place {
+            docs_of(&items)
+        } else {
+            Vec::new()
+        };
         self.submit_with_docs(items, docs, done);
     }
 
@@ -312,6 +328,12 @@ impl CommitQueue {
     ///
     /// Callers must commit each document's requests from one thread, in order.
     pub fn commit(&self, items: Vec<WriteItem>, done: CommitCallback) -> Committed {
+        if !self.inner.in_place {
+            // Nothing is ever committed in place: no request can be overtaken,
+            // so the per-document bookkeeping is not needed.
+            self.submit_with_docs(items, Vec::new(), done);
+            return Committed::Queued;
+        }
         let docs = docs_of(&items);
         match self.commit_in_place(&items, &docs) {
             Some(result) => Committed::Now(result),

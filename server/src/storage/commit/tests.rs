@@ -76,6 +76,9 @@ impl Storage for Probe {
         }
         self.inner.commit(items)
     }
+    fn commits_in_place(&self) -> bool {
+        true
+    }
     fn try_commit(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
         if *lock(&self.held) {
             return None; // as busy as a held commit

@@ -321,6 +321,10 @@ impl Storage for SqliteStorage {
         self.commit_locked(&mut lock(&self.writer), items)
     }
 
+    fn commits_in_place(&self) -> bool {
+        self.durability == Durability::Relaxed
+    }
+
     fn try_commit(&self, items: &[WriteItem]) -> Option<Result<(), StorageError>> {
         if self.durability == Durability::Fsync {
             return None; // an fsync is no cheaper here than on the commit thread
