@@ -3,13 +3,13 @@
 //! `leave` when a client goes away.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use e2e_tests::{recv_json, start_server, ws_connect, Event, WsClient};
+use e2e_tests::{recv_message, start_server, ws_connect, WsClient};
 use ot_core::{Operation, Range};
-use ot_protocol::ClientMessage;
-use serde_json::{json, Value};
+use ot_protocol::{ClientMessage, ServerMessage};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -19,6 +19,41 @@ fn cursor(rev: u64, ranges: &[(usize, usize)], name: Option<&str>) -> ClientMess
         rev,
         ranges: ranges.iter().map(|&r| Range::from(r)).collect(),
         name: name.map(str::to_owned),
+    }
+}
+
+/// The cursor message the others receive: `client`'s `ranges` at revision
+/// `rev`, with `name` if given.
+fn cursor_of(
+    client: &str,
+    rev: u64,
+    ranges: &[(usize, usize)],
+    name: Option<&str>,
+) -> ServerMessage<'static> {
+    ServerMessage::Cursor {
+        client: client.to_owned().into(),
+        rev,
+        ranges: ranges
+            .iter()
+            .map(|&r| Range::from(r))
+            .collect::<Vec<_>>()
+            .into(),
+        name: name.map(|n| n.to_owned().into()),
+    }
+}
+
+/// The `leave` message for `client`.
+fn leave_of(client: &str) -> ServerMessage<'static> {
+    ServerMessage::Leave {
+        client: client.to_owned().into(),
+    }
+}
+
+/// The client id of a cursor (empty for other messages), to sort by.
+fn cursor_client(message: &ServerMessage) -> String {
+    match message {
+        ServerMessage::Cursor { client, .. } => client.to_string(),
+        _ => String::new(),
     }
 }
 
@@ -35,9 +70,9 @@ async fn two_clients(addr: SocketAddr, doc: &str) -> (WsClient, WsClient) {
 }
 
 /// Join `doc` without a state machine; returns the socket and the first message.
-async fn raw_join(addr: SocketAddr, path: &str) -> (e2e_tests::Socket, Value) {
+async fn raw_join(addr: SocketAddr, path: &str) -> (e2e_tests::Socket, ServerMessage<'static>) {
     let mut socket = ws_connect(addr, path).await.unwrap();
-    let first = recv_json(&mut socket, T).await.unwrap();
+    let first = recv_message(&mut socket, T).await.unwrap();
     (socket, first)
 }
 
@@ -57,8 +92,8 @@ async fn cursor_reaches_others_and_is_mapped_through_later_ops() {
     // A selects "world".
     a.send(&cursor(1, &[(6, 11)], Some("Ann"))).await.unwrap();
     assert_eq!(
-        b.recv(T).await.unwrap(),
-        json!({"type":"cursor","client":"ann","rev":1,"ranges":[[6,11]],"name":"Ann"})
+        b.recv_message(T).await.unwrap(),
+        cursor_of("ann", 1, &[(6, 11)], Some("Ann"))
     );
     a.expect_quiet(Duration::from_millis(200)).await.unwrap(); // not echoed
 
@@ -68,13 +103,13 @@ async fn cursor_reaches_others_and_is_mapped_through_later_ops() {
         .unwrap();
     b.settle_to(2, T).await.unwrap();
     let (mut c, first) = raw_join(addr, "/ws/cursors?client=carol").await;
-    assert_eq!(
-        (first["type"].as_str(), first["rev"].as_u64()),
-        (Some("snapshot"), Some(2))
+    assert!(
+        matches!(first, ServerMessage::Snapshot { rev: 2, .. }),
+        "{first:?}"
     );
     assert_eq!(
-        recv_json(&mut c, T).await.unwrap(),
-        json!({"type":"cursor","client":"ann","rev":2,"ranges":[[9,14]],"name":"Ann"})
+        recv_message(&mut c, T).await.unwrap(),
+        cursor_of("ann", 2, &[(9, 14)], Some("Ann"))
     );
     expect_quiet(&mut c).await;
 
@@ -90,10 +125,13 @@ async fn cursor_reaches_others_and_is_mapped_through_later_ops() {
     b.settle_to(4, T).await.unwrap();
     assert_eq!(b.text(), ">> hello [world]");
     let (mut d, first) = raw_join(addr, "/ws/cursors?client=dave").await;
-    assert_eq!(first["rev"], 4);
+    assert!(
+        matches!(first, ServerMessage::Snapshot { rev: 4, .. }),
+        "{first:?}"
+    );
     assert_eq!(
-        recv_json(&mut d, T).await.unwrap(),
-        json!({"type":"cursor","client":"ann","rev":4,"ranges":[[10,16]],"name":"Ann"})
+        recv_message(&mut d, T).await.unwrap(),
+        cursor_of("ann", 4, &[(10, 16)], Some("Ann"))
     );
 
     // A delete covering the selection's start collapses it onto the delete point.
@@ -104,8 +142,8 @@ async fn cursor_reaches_others_and_is_mapped_through_later_ops() {
     assert_eq!(b.text(), "rld]");
     let (mut e, _) = raw_join(addr, "/ws/cursors?client=erin").await;
     assert_eq!(
-        recv_json(&mut e, T).await.unwrap(),
-        json!({"type":"cursor","client":"ann","rev":5,"ranges":[[0,4]],"name":"Ann"})
+        recv_message(&mut e, T).await.unwrap(),
+        cursor_of("ann", 5, &[(0, 4)], Some("Ann"))
     );
     expect_quiet(&mut e).await;
     server.stop().await.unwrap();
@@ -129,30 +167,27 @@ async fn cursor_at_an_older_revision_is_mapped_and_clamped() {
         .await
         .unwrap();
     assert_eq!(
-        b.recv(T).await.unwrap(),
-        json!({"type":"cursor","client":"ann","rev":2,"ranges":[[8,8],[2,13]],"name":"n".repeat(64)})
+        b.recv_message(T).await.unwrap(),
+        cursor_of("ann", 2, &[(8, 8), (2, 13)], Some(&"n".repeat(64)))
     );
     // Past the end: clamped to the end. Without a name: the last name stays.
     a.send(&cursor(2, &[(100, 5)], None)).await.unwrap();
     assert_eq!(
-        b.recv(T).await.unwrap(),
-        json!({"type":"cursor","client":"ann","rev":2,"ranges":[[13,5]],"name":"n".repeat(64)})
+        b.recv_message(T).await.unwrap(),
+        cursor_of("ann", 2, &[(13, 5)], Some(&"n".repeat(64)))
     );
     // Without any name: no name field.
     b.send(&cursor(2, &[(0, 0)], None)).await.unwrap();
     let mut got = None;
     while got.is_none() {
-        let message = a.recv(T).await.unwrap();
-        if message["type"] == "cursor" {
+        let message = a.recv_message(T).await.unwrap();
+        if matches!(message, ServerMessage::Cursor { .. }) {
             got = Some(message);
         } else {
-            a.handle(message).await.unwrap();
+            a.handle_message(message).await.unwrap();
         }
     }
-    assert_eq!(
-        got.unwrap(),
-        json!({"type":"cursor","client":"bob","rev":2,"ranges":[[0,0]]})
-    );
+    assert_eq!(got.unwrap(), cursor_of("bob", 2, &[(0, 0)], None));
     server.stop().await.unwrap();
 }
 
@@ -177,25 +212,35 @@ async fn ranges_attached_to_an_op_follow_the_op() {
     .await
     .unwrap();
     assert_eq!(a.client().outstanding().map(|o| o.base_rev), Some(1));
-    let op = b.recv(T).await.unwrap();
+    let op = b.recv_message(T).await.unwrap();
+    let mut expected_op = Operation::new();
+    expected_op.retain(8).insert("hi").retain(6);
     assert_eq!(
         op,
-        json!({"type":"op","rev":3,"op":[8,"hi",6],"client":"ann","seq":1})
+        ServerMessage::Op {
+            rev: 3,
+            op: Cow::Owned(expected_op),
+            client: "ann".into(),
+            seq: 1
+        }
     );
-    b.handle(op).await.unwrap();
+    b.handle_message(op).await.unwrap();
     assert_eq!(
-        b.recv(T).await.unwrap(),
-        json!({"type":"cursor","client":"ann","rev":3,"ranges":[[10,10],[3,8]]})
+        b.recv_message(T).await.unwrap(),
+        cursor_of("ann", 3, &[(10, 10), (3, 8)], None)
     );
     assert_eq!(b.text(), "XYZhellohi world");
     a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     assert_eq!(a.text(), "XYZhellohi world");
     // A joiner gets the op's ranges as A's current cursor.
     let (mut c, first) = raw_join(addr, "/ws/op-ranges?client=carol").await;
-    assert_eq!(first["rev"], 3);
+    assert!(
+        matches!(first, ServerMessage::Snapshot { rev: 3, .. }),
+        "{first:?}"
+    );
     assert_eq!(
-        recv_json(&mut c, T).await.unwrap(),
-        json!({"type":"cursor","client":"ann","rev":3,"ranges":[[10,10],[3,8]]})
+        recv_message(&mut c, T).await.unwrap(),
+        cursor_of("ann", 3, &[(10, 10), (3, 8)], None)
     );
     server.stop().await.unwrap();
 }
@@ -211,38 +256,35 @@ async fn joiner_receives_current_cursors() {
     a.send(&cursor(1, &[(1, 1)], Some("Ann"))).await.unwrap();
     b.send(&cursor(1, &[(2, 3)], Some("Bob"))).await.unwrap();
     // Each sees the other's cursor, so both are registered.
-    assert_eq!(a.recv(T).await.unwrap()["client"], "bob");
-    assert_eq!(b.recv(T).await.unwrap()["client"], "ann");
+    assert_eq!(cursor_client(&a.recv_message(T).await.unwrap()), "bob");
+    assert_eq!(cursor_client(&b.recv_message(T).await.unwrap()), "ann");
     let expected = [
-        json!({"type":"cursor","client":"ann","rev":1,"ranges":[[1,1]],"name":"Ann"}),
-        json!({"type":"cursor","client":"bob","rev":1,"ranges":[[2,3]],"name":"Bob"}),
+        cursor_of("ann", 1, &[(1, 1)], Some("Ann")),
+        cursor_of("bob", 1, &[(2, 3)], Some("Bob")),
     ];
     let (mut c, first) = raw_join(addr, "/ws/joiner?client=carol").await;
-    assert_eq!(first["type"], "snapshot");
+    assert!(matches!(first, ServerMessage::Snapshot { .. }), "{first:?}");
     let mut got = vec![
-        recv_json(&mut c, T).await.unwrap(),
-        recv_json(&mut c, T).await.unwrap(),
+        recv_message(&mut c, T).await.unwrap(),
+        recv_message(&mut c, T).await.unwrap(),
     ];
-    got.sort_by_key(|v| v["client"].as_str().unwrap_or_default().to_owned());
+    got.sort_by_key(cursor_client);
     assert_eq!(got, expected);
     expect_quiet(&mut c).await;
 
     // A resume from revision 0: the resume, the op, then the cursors.
     let (mut d, first) = raw_join(addr, "/ws/joiner?client=dave&rev=0").await;
-    assert_eq!(
-        (first["type"].as_str(), first["head"].as_u64()),
-        (Some("resume"), Some(1))
+    assert!(
+        matches!(first, ServerMessage::Resume { head: 1, .. }),
+        "{first:?}"
     );
-    let op = recv_json(&mut d, T).await.unwrap();
-    assert_eq!(
-        (op["type"].as_str(), op["rev"].as_u64()),
-        (Some("op"), Some(1))
-    );
+    let op = recv_message(&mut d, T).await.unwrap();
+    assert!(matches!(op, ServerMessage::Op { rev: 1, .. }), "{op:?}");
     let mut got = vec![
-        recv_json(&mut d, T).await.unwrap(),
-        recv_json(&mut d, T).await.unwrap(),
+        recv_message(&mut d, T).await.unwrap(),
+        recv_message(&mut d, T).await.unwrap(),
     ];
-    got.sort_by_key(|v| v["client"].as_str().unwrap_or_default().to_owned());
+    got.sort_by_key(cursor_client);
     assert_eq!(got, expected);
     expect_quiet(&mut d).await;
     server.stop().await.unwrap();
@@ -257,29 +299,24 @@ async fn leave_when_a_client_goes_away() {
     let addr = server.addr;
     let (mut a, mut b) = two_clients(addr, "leaving").await;
     a.send(&cursor(1, &[(0, 0)], None)).await.unwrap();
-    assert_eq!(b.recv(T).await.unwrap()["type"], "cursor");
+    let message = b.recv_message(T).await.unwrap();
+    assert!(
+        matches!(message, ServerMessage::Cursor { .. }),
+        "{message:?}"
+    );
 
     // A closes cleanly.
     a.close().await.unwrap();
-    assert_eq!(
-        b.recv(T).await.unwrap(),
-        json!({"type":"leave","client":"ann"})
-    );
+    assert_eq!(b.recv_message(T).await.unwrap(), leave_of("ann"));
     // A comes back; a joiner no longer sees its old cursor.
     a.reconnect().await.unwrap();
     let (mut c, _) = raw_join(addr, "/ws/leaving?client=carol").await;
     expect_quiet(&mut c).await;
     // A's connection is cut (no close handshake).
     a.cut();
-    assert_eq!(
-        b.recv(T).await.unwrap(),
-        json!({"type":"leave","client":"ann"})
-    );
+    assert_eq!(b.recv_message(T).await.unwrap(), leave_of("ann"));
     // Carol gets the same leave (her first message was the snapshot).
-    match e2e_tests::next_event(&mut c, T).await.unwrap() {
-        Event::Json(v) => assert_eq!(v, json!({"type":"leave","client":"ann"})),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(recv_message(&mut c, T).await.unwrap(), leave_of("ann"));
     b.expect_quiet(Duration::from_millis(200)).await.unwrap();
     server.stop().await.unwrap();
 }
