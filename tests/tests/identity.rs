@@ -6,11 +6,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use e2e_tests::{
-    doc_state, http_get_json, recv_json, send_message, start_server, ws_connect, Event, WsClient,
+    doc_state, http_get_json, recv_message, send_message, start_server, ws_connect, Event, WsClient,
 };
 use ot_core::Operation;
-use ot_protocol::ClientMessage;
-use serde_json::json;
+use ot_protocol::{ClientMessage, ServerMessage};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -25,10 +24,12 @@ async fn server_assigned_ids_are_distinct() {
     let mut sockets = Vec::new();
     for _ in 0..8 {
         let mut socket = ws_connect(addr, "/ws/anon").await.unwrap();
-        let snapshot = recv_json(&mut socket, T).await.unwrap();
-        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
-        assert_eq!(snapshot["seq"], 0, "{snapshot}");
-        let id = snapshot["client"].as_str().unwrap().to_owned();
+        let snapshot = recv_message(&mut socket, T).await.unwrap();
+        let ServerMessage::Snapshot { seq, client, .. } = &snapshot else {
+            panic!("expected a snapshot, got {snapshot:?}");
+        };
+        assert_eq!(*seq, 0, "{snapshot:?}");
+        let id = client.to_string();
         assert_eq!(id.len(), 32, "128 random bits as hex: {id}");
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
         assert!(ids.insert(id.clone()), "id {id} assigned twice");
@@ -45,12 +46,18 @@ async fn server_assigned_ids_are_distinct() {
         send_message(socket, &frame).await.unwrap();
         // Skip the ops of the earlier writers, up to this one's ack.
         loop {
-            let message = recv_json(socket, T).await.unwrap();
-            if message["type"] == "ack" {
-                assert_eq!(message, json!({"type":"ack","rev":rev + 1,"seq":1}));
+            let message = recv_message(socket, T).await.unwrap();
+            if matches!(message, ServerMessage::Ack { .. }) {
+                assert_eq!(
+                    message,
+                    ServerMessage::Ack {
+                        rev: rev as u64 + 1,
+                        seq: 1
+                    }
+                );
                 break;
             }
-            assert_eq!(message["type"], "op", "{message}");
+            assert!(matches!(message, ServerMessage::Op { .. }), "{message:?}");
         }
     }
     assert_eq!(doc_state(addr, "anon").await.unwrap(), (8, "a".repeat(8)));
@@ -106,14 +113,12 @@ async fn same_client_id_replaces_the_older_connection() {
 
     // The watcher sees the two ops and nothing else (no leave for "twin").
     for rev in 1..=2u64 {
-        let op = watcher.recv(T).await.unwrap();
-        assert_eq!(
-            (op["type"].as_str(), op["rev"].as_u64()),
-            (Some("op"), Some(rev)),
-            "{op}"
+        let op = watcher.recv_message(T).await.unwrap();
+        assert!(
+            matches!(&op, ServerMessage::Op { rev: r, client, .. } if *r == rev && client == "twin"),
+            "{op:?}"
         );
-        assert_eq!(op["client"], "twin");
-        watcher.handle(op).await.unwrap();
+        watcher.handle_message(op).await.unwrap();
     }
     watcher
         .expect_quiet(Duration::from_millis(300))
@@ -136,10 +141,10 @@ async fn same_client_id_replaces_the_older_connection() {
     let mut third = ws_connect(addr, "/ws/ident?client=twin&rev=2")
         .await
         .unwrap();
-    let resume = recv_json(&mut third, T).await.unwrap();
-    assert_eq!(
-        (resume["type"].as_str(), resume["seq"].as_u64()),
-        (Some("resume"), Some(2))
+    let resume = recv_message(&mut third, T).await.unwrap();
+    assert!(
+        matches!(resume, ServerMessage::Resume { seq: 2, .. }),
+        "{resume:?}"
     );
     match second.next_event(T).await.unwrap() {
         Event::Closed(Some((code, _))) => assert_eq!(code, 4009),
