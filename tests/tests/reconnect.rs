@@ -3,6 +3,7 @@
 //! (client, seq) dedup survives restarts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,8 +15,8 @@ use e2e_tests::{
 };
 use ot_core::client::OutgoingOp;
 use ot_core::Operation;
-use ot_protocol::{ClientMessage, ServerMessage};
-use serde_json::{json, Value};
+use ot_protocol::{ClientMessage, ErrorCode, ServerMessage};
+use serde_json::Value;
 use server::RunningServer;
 
 const T: Duration = Duration::from_secs(20);
@@ -61,11 +62,11 @@ async fn assert_applied_once(addr: SocketAddr, doc: &str, client: &str) -> u64 {
 }
 
 /// Reconnect `c` by hand, checking that the server's first message is of `kind`.
-async fn reconnect_expecting(c: &mut WsClient, kind: &str) -> Value {
+async fn reconnect_expecting(c: &mut WsClient, kind: &str) -> ServerMessage<'static> {
     c.open().await.unwrap();
-    let first = c.recv(T).await.unwrap();
-    assert_eq!(first["type"], kind, "{first}");
-    c.handle(first.clone()).await.unwrap();
+    let first = c.recv_message(T).await.unwrap();
+    assert_eq!(first.kind(), kind, "{first:?}");
+    c.handle_message(first.clone()).await.unwrap();
     first
 }
 
@@ -112,12 +113,18 @@ async fn cut_after_sending_then_resume_applies_once() {
             b.pump_until(T, |c| c.client().all_saved()).await.unwrap();
         }
         let resume = reconnect_expecting(&mut a, "resume").await;
-        assert_eq!(resume["rev"], sent.base_rev, "{resume}");
-        assert_eq!(resume["client"], "cutter");
-        if resume["seq"].as_u64().unwrap() < sent.seq {
+        let ServerMessage::Resume {
+            rev, client, seq, ..
+        } = &resume
+        else {
+            panic!("expected a resume, got {resume:?}");
+        };
+        assert_eq!(*rev, sent.base_rev, "{resume:?}");
+        assert_eq!(client, "cutter");
+        if *seq < sent.seq {
             resent += 1;
         } else {
-            assert_eq!(resume["seq"], sent.seq, "{resume}");
+            assert_eq!(*seq, sent.seq, "{resume:?}");
         }
         a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
         assert!(a.errors.is_empty(), "round {round}: {:?}", a.errors);
@@ -166,9 +173,9 @@ async fn edit_while_offline_is_sent_after_resume() {
         (1, "one".to_owned())
     );
     let resume = reconnect_expecting(&mut a, "resume").await;
-    assert_eq!(
-        (resume["rev"].as_u64(), resume["seq"].as_u64()),
-        (Some(1), Some(1))
+    assert!(
+        matches!(resume, ServerMessage::Resume { rev: 1, seq: 1, .. }),
+        "{resume:?}"
     );
     a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     assert_eq!(
@@ -203,21 +210,37 @@ async fn op_applied_before_the_cut_is_acked_by_the_stream() {
     a.cut();
     let duplicates = metric_value(addr, "ot_duplicates_total").await.unwrap();
     let resume = reconnect_expecting(&mut a, "resume").await;
+    let ServerMessage::Resume { epoch, limits, .. } = resume else {
+        panic!("expected a resume, got {resume:?}");
+    };
     assert_eq!(
         resume,
-        json!({"type":"resume","rev":1,"head":2,"client":"writer","seq":1,
-               "epoch":resume["epoch"],"limits":resume["limits"]})
+        ServerMessage::Resume {
+            rev: 1,
+            head: 2,
+            client: "writer".into(),
+            seq: 1,
+            epoch,
+            limits
+        }
     );
     assert!(
         a.client().outstanding().is_some(),
         "the op is still unacknowledged"
     );
-    let own = a.recv(T).await.unwrap();
+    let own = a.recv_message(T).await.unwrap();
+    let mut expected_op = Operation::new();
+    expected_op.retain(4).insert("!");
     assert_eq!(
         own,
-        json!({"type":"op","rev":2,"op":[4,"!"],"client":"writer","seq":1})
+        ServerMessage::Op {
+            rev: 2,
+            op: Cow::Owned(expected_op),
+            client: "writer".into(),
+            seq: 1
+        }
     );
-    a.handle(own).await.unwrap();
+    a.handle_message(own).await.unwrap();
     assert!(a.client().all_saved());
     assert_eq!((a.client().revision(), a.text()), (2, "base!".to_owned()));
     // Nothing was resent: no ack, no duplicate.
@@ -289,9 +312,9 @@ async fn restart_between_cut_and_resend() {
         "revisions continue after a restart: {rev}"
     );
     let resume = reconnect_expecting(&mut a, "resume").await;
-    assert_eq!(
-        (resume["rev"].as_u64(), resume["head"].as_u64()),
-        (Some(3), Some(rev))
+    assert!(
+        matches!(resume, ServerMessage::Resume { rev: 3, head, .. } if head == rev),
+        "{resume:?}"
     );
     a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     assert_eq!(a.client().revision(), 4);
@@ -325,9 +348,9 @@ async fn restart_between_cut_and_resend() {
     a.addr = addr;
     b.addr = addr;
     let resume = reconnect_expecting(&mut a, "resume").await;
-    assert_eq!(
-        (resume["rev"].as_u64(), resume["seq"].as_u64()),
-        (Some(5), Some(5))
+    assert!(
+        matches!(resume, ServerMessage::Resume { rev: 5, seq: 5, .. }),
+        "{resume:?}"
     );
     a.pump_until(T, |c| c.client().all_saved()).await.unwrap();
     assert_eq!(a.client().revision(), 6);
@@ -368,10 +391,10 @@ async fn restart_between_cut_and_resend() {
         ranges: None,
     };
     a.send(&reused).await.unwrap();
-    let error = a.recv(T).await.unwrap();
-    assert_eq!(
-        (error["code"].as_str(), error["seq"].as_u64()),
-        (Some("seq_reused"), Some(1))
+    let error = a.recv_message(T).await.unwrap();
+    assert!(
+        matches!(&error, ServerMessage::Error { code, seq: Some(1), .. } if *code == ErrorCode::SeqReused),
+        "{error:?}"
     );
     assert_eq!(
         doc_state(addr, "restart").await.unwrap(),
