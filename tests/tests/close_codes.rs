@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use e2e_tests::{
-    doc_state, http_get_status, next_event, recv_json, start_server, ws_connect, Event, WsClient,
+    doc_state, http_get_status, next_event, recv_message, start_server, ws_connect, Event, WsClient,
 };
 use futures_util::SinkExt;
 use ot_core::Operation;
+use ot_protocol::ServerMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
@@ -36,8 +37,8 @@ async fn a_text_frame_that_is_not_utf8_is_closed_with_1007_and_harms_no_one() {
     other.settle_to(1, T).await.unwrap();
 
     let mut bad = ws_connect(addr, "/ws/utf8?client=broken").await.unwrap();
-    let first = recv_json(&mut bad, T).await.unwrap();
-    assert_eq!(first["type"], "snapshot", "{first}");
+    let first = recv_message(&mut bad, T).await.unwrap();
+    assert!(matches!(first, ServerMessage::Snapshot { .. }), "{first:?}");
     bad.send(invalid_utf8_text_frame()).await.unwrap();
     let closed = loop {
         match next_event(&mut bad, T).await.unwrap() {
