@@ -8,18 +8,30 @@ use e2e_tests::{
 };
 use futures_util::SinkExt;
 use ot_core::Operation;
-use ot_protocol::ServerMessage;
+use ot_protocol::{ClientMessage, ServerMessage};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(20);
 
-/// A text frame whose payload is not UTF-8 (tungstenite only builds
-/// `Message::Text` from valid UTF-8, so the frame is made by hand; it is
-/// masked like any client frame when written).
+/// A text frame whose payload is not UTF-8: a cursor message whose name's
+/// bytes are replaced by `FF FE` (tungstenite only builds `Message::Text`
+/// from valid UTF-8, so the frame is made by hand; it is masked like any
+/// client frame when written).
 fn invalid_utf8_text_frame() -> Message {
-    let payload = b"{\"type\":\"cursor\",\"rev\":0,\"ranges\":[],\"name\":\"\xff\xfe\"}".to_vec();
+    let mut payload = ClientMessage::Cursor {
+        rev: 0,
+        ranges: Vec::new(),
+        name: Some("??".to_owned()),
+    }
+    .to_text()
+    .into_bytes();
+    let at = payload
+        .windows(2)
+        .position(|w| w == b"??")
+        .expect("the name is in the text");
+    payload[at..at + 2].copy_from_slice(b"\xff\xfe");
     Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true))
 }
 
