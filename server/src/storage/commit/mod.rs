@@ -123,33 +123,45 @@ pub enum Committed {
 /// Per document, the requests submitted and not yet called back, plus the
 /// commits in place running: a document's request is only committed in place
 /// when it has none (it would overtake them otherwise).
+///
+/// Documents are keyed by a hash of their id ([`DocKey`]): no id is copied
+/// per commit, and two documents that share a key only make each other's
+/// commits queue (never one overtake a request of its own document).
 #[derive(Default)]
-struct InFlight(Mutex<HashMap<String, usize>>);
+struct InFlight(Mutex<HashMap<DocKey, usize>>);
+
+/// A document's key in [`InFlight`].
+type DocKey = u64;
+
+fn doc_key(doc: &str) -> DocKey {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(doc)
+}
 
 impl InFlight {
-    fn add(&self, docs: &[String]) {
+    fn add(&self, docs: &[DocKey]) {
         if docs.is_empty() {
             return;
         }
         let mut counts = lock(&self.0);
         for doc in docs {
-            *counts.entry(doc.clone()).or_default() += 1;
+            *counts.entry(*doc).or_default() += 1;
         }
     }
 
     /// [`add`](Self::add) if none of `docs` has anything in flight.
-    fn add_if_idle(&self, docs: &[String]) -> bool {
+    fn add_if_idle(&self, docs: &[DocKey]) -> bool {
         let mut counts = lock(&self.0);
         if docs.iter().any(|doc| counts.contains_key(doc)) {
             return false;
         }
         for doc in docs {
-            counts.insert(doc.clone(), 1);
+            counts.insert(*doc, 1);
         }
         true
     }
 
-    fn remove(&self, docs: &[String]) {
+    fn remove(&self, docs: &[DocKey]) {
         if docs.is_empty() {
             return;
         }
@@ -166,11 +178,12 @@ impl InFlight {
 }
 
 /// The distinct documents `items` write to.
-fn docs_of(items: &[WriteItem]) -> Vec<String> {
-    let mut docs: Vec<String> = Vec::new();
+fn docs_of(items: &[WriteItem]) -> Vec<DocKey> {
+    let mut docs: Vec<DocKey> = Vec::with_capacity(1);
     for item in items {
-        if !docs.iter().any(|d| d == item.doc()) {
-            docs.push(item.doc().to_owned());
+        let key = doc_key(item.doc());
+        if !docs.contains(&key) {
+            docs.push(key);
         }
     }
     docs
@@ -295,7 +308,7 @@ impl CommitQueue {
     }
 
     /// [`submit`](Self::submit) with `docs = docs_of(&items)`.
-    fn submit_with_docs(&self, items: Vec<WriteItem>, docs: Vec<String>, done: CommitCallback) {
+    fn submit_with_docs(&self, items: Vec<WriteItem>, docs: Vec<DocKey>, done: CommitCallback) {
         self.inner.in_flight.add(&docs);
         let request = Request { items, docs, done };
         let rejected = {
@@ -349,7 +362,7 @@ impl CommitQueue {
     fn commit_in_place(
         &self,
         items: &[WriteItem],
-        docs: &[String],
+        docs: &[DocKey],
     ) -> Option<Result<(), Arc<StorageError>>> {
         if items.is_empty()
             || lock(&self.inner.tx).is_none()
@@ -487,7 +500,7 @@ impl IngestRunner {
 struct Request {
     items: Vec<WriteItem>,
     /// The documents of `items` (counted in [`InFlight`] until called back).
-    docs: Vec<String>,
+    docs: Vec<DocKey>,
     done: CommitCallback,
 }
 
