@@ -82,6 +82,25 @@ impl ReadFailure {
 }
 
 /// Characters an op inserts plus deletes.
+/// Rejected frames in a row: more than `max_errors` close the connection (1008).
+struct Strikes {
+    count: u32,
+    max: u32,
+}
+
+impl Strikes {
+    /// Count one rejected frame; true when it is one too many.
+    fn strike(&mut self) -> bool {
+        self.count = self.count.saturating_add(1);
+        self.count > self.max
+    }
+
+    /// An accepted frame ends the run.
+    fn clear(&mut self) {
+        self.count = 0;
+    }
+}
+
 fn change_size(op: &ot_core::Operation) -> usize {
     op.components()
         .iter()
@@ -126,7 +145,10 @@ pub(super) async fn run(
     };
     let config = &shared.config;
     let mut bucket = TokenBucket::new(config.ops_per_sec, config.ops_burst);
-    let mut consecutive_errors = 0u32;
+    let mut strikes = Strikes {
+        count: 0,
+        max: config.max_errors,
+    };
     // Errors the reader finds itself are plain text frames: they answer no
     // forwarded op, so the writer's hold does not count them as replies.
     let reply = |code: ErrorCode, message: &str, seq: Option<u64>| {
@@ -150,8 +172,7 @@ pub(super) async fn run(
                     "binary frames are not accepted; send JSON text frames",
                     None,
                 );
-                consecutive_errors += 1;
-                if consecutive_errors > config.max_errors {
+                if strikes.strike() {
                     close_with(CloseCode::Abusive);
                     break;
                 }
@@ -186,8 +207,7 @@ pub(super) async fn run(
                 ),
                 None,
             );
-            consecutive_errors += 1;
-            if consecutive_errors > config.max_errors {
+            if strikes.strike() {
                 close_with(CloseCode::Abusive);
                 break;
             }
@@ -231,7 +251,7 @@ pub(super) async fn run(
         };
         match command {
             Ok(command) => {
-                consecutive_errors = 0;
+                strikes.clear();
                 if matches!(command, DocCommand::Op { .. }) {
                     awaiting.op_sent();
                 }
@@ -241,8 +261,7 @@ pub(super) async fn run(
             }
             Err((code, message, seq)) => {
                 reply(code, &message, seq);
-                consecutive_errors += 1;
-                if consecutive_errors > config.max_errors {
+                if strikes.strike() {
                     close_with(CloseCode::Abusive);
                     break;
                 }
