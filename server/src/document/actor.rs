@@ -236,12 +236,9 @@ impl Document {
         }
         if !self.created {
             self.created = true;
-            self.shared.queue.submit(
-                vec![WriteItem::CreateDoc {
-                    doc: self.id.to_string(),
-                }],
-                Box::new(|_| {}),
-            );
+            self.pipeline.submit_unobserved(vec![WriteItem::CreateDoc {
+                doc: self.id.to_string(),
+            }]);
         }
         // Room in the connection's queue after the first message, a catch-up
         // item and the cursors.

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::error::DocError;
 use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
-use crate::storage::{Committed, StorageError, StoredOp, WriteItem};
+use crate::storage::{CommitLane, Committed, StorageError, StoredOp, WriteItem};
 
 /// An op applied in memory and on its way to storage.
 pub(super) struct Pending {
@@ -78,6 +78,8 @@ pub(super) struct Pipeline {
     /// Bumped by a reload: commit results of an older generation are stale.
     generation: u64,
     commit_tx: mpsc::UnboundedSender<CommitDone>,
+    /// This document's way into the commit queue.
+    lane: CommitLane,
 }
 
 fn now_ms() -> i64 {
@@ -106,6 +108,7 @@ impl Pipeline {
         commit_tx: mpsc::UnboundedSender<CommitDone>,
     ) -> Pipeline {
         let mut pipeline = Pipeline {
+            lane: shared.queue.lane(&id),
             id,
             durable_rev: history.revision(),
             durable_text: history.text().clone(),
@@ -121,6 +124,12 @@ impl Pipeline {
             .history
             .trim_to(pipeline.shared.config.history_window);
         pipeline
+    }
+
+    /// Write `items` of this document after everything submitted before
+    /// (the outcome is not reported).
+    pub(super) fn submit_unobserved(&self, items: Vec<WriteItem>) {
+        self.lane.submit(items, Box::new(|_| {}));
     }
 
     pub(super) fn durable_rev(&self) -> u64 {
@@ -389,7 +398,7 @@ impl Pipeline {
         let tx = self.commit_tx.clone();
         // The queue commits in place when that is cheap and nothing of this
         // document is still on its way to storage.
-        let committed = self.shared.queue.commit(
+        let committed = self.lane.commit(
             items,
             Box::new(move |result| {
                 let _ = tx.send(CommitDone {

@@ -23,7 +23,7 @@ mod sqlite;
 use ot_core::history::{AppliedOp, DocumentSnapshot, OpHash};
 use ot_core::Operation;
 
-pub use commit::{CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY};
+pub use commit::{CommitLane, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY};
 pub use sqlite::{Durability, SqliteStorage};
 
 /// One stored op: everything the server persists per op.

@@ -16,14 +16,14 @@
 //! fails as a whole, each request is retried in a commit of its own, so that
 //! only the requests that fail by themselves get the error.
 //!
-//! In place: [`CommitQueue::commit`] commits on the calling thread instead
+//! In place: [`CommitLane::commit`] commits on the calling thread instead
 //! when the storage can do so cheaply and at once ([`Storage::try_commit`]:
-//! SQLite with relaxed durability) and none of the request's documents has
-//! a request queued or being committed. The queue counts those per document
-//! from the submit until the callback has returned, so a commit in place
-//! never overtakes an earlier request of its document (after a failed
-//! commit, a queued request of the failed generation would otherwise
-//! continue the new revision; in order, the continuity check refuses it).
+//! SQLite with relaxed durability) and the document's lane has no request
+//! queued or being committed. The lane counts those from the submit until
+//! the callback has returned, so a commit in place never overtakes an
+//! earlier request of its document (after a failed commit, a queued request
+//! of the failed generation would otherwise continue the new revision; in
+//! order, the continuity check refuses it).
 //!
 //! Ingests: once [`Storage::backlog`] reaches [`CommitOptions::ingest_every`] items after a
 //! group commit, or nothing has arrived for [`IDLE_INGEST_AFTER`], the commit
@@ -37,8 +37,9 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -120,73 +121,70 @@ pub enum Committed {
     Queued,
 }
 
-/// Per document, the requests submitted and not yet called back, plus the
-/// commits in place running: a document's request is only committed in place
-/// when it has none (it would overtake them otherwise).
+/// The requests of one document submitted and not yet called back, plus
+/// its commit in place running: it is only committed in place when this is 0
+/// (it would overtake them otherwise).
+type LaneCount = Arc<AtomicUsize>;
+
+/// One document's way into a [`CommitQueue`] (from [`CommitQueue::lane`]).
 ///
-/// Documents are keyed by a hash of their id ([`DocKey`]): no id is copied
-/// per commit, and two documents that share a key only make each other's
-/// commits queue (never one overtake a request of its own document).
-#[derive(Default)]
-struct InFlight(Mutex<HashMap<DocKey, usize>>);
-
-/// A document's key in [`InFlight`].
-type DocKey = u64;
-
-fn doc_key(doc: &str) -> DocKey {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(doc)
+/// Every request of a document that may be committed in place goes through
+/// its lane: the lane counts the requests still queued or being committed,
+/// so that [`commit`](Self::commit) never overtakes one (after a failed
+/// commit, a queued request of the failed generation could otherwise continue
+/// the new revision; in order, the continuity check refuses it). Asking the
+/// queue for a document's lane again while any of its requests is in flight
+/// gives the same count, so a document reopened by a new actor waits for the
+/// old actor's requests too. Checking the lane costs one atomic operation:
+/// no lock and no lookup per commit.
+#[derive(Clone)]
+pub struct CommitLane {
+    queue: CommitQueue,
+    /// `None` when the storage never commits in place (nothing to count).
+    count: Option<LaneCount>,
 }
 
-impl InFlight {
-    fn add(&self, docs: &[DocKey]) {
-        if docs.is_empty() {
-            return;
+impl std::fmt::Debug for CommitLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitLane")
+            .field(
+                "in_flight",
+                &self.count.as_ref().map(|c| c.load(Ordering::Relaxed)),
+            )
+            .finish()
+    }
+}
+
+impl CommitLane {
+    /// [`CommitQueue::submit`], counted in this lane.
+    pub fn submit(&self, items: Vec<WriteItem>, done: CommitCallback) {
+        if let Some(count) = &self.count {
+            count.fetch_add(1, Ordering::AcqRel);
         }
-        let mut counts = lock(&self.0);
-        for doc in docs {
-            *counts.entry(*doc).or_default() += 1;
-        }
+        self.queue.send(items, self.count.clone(), done);
     }
 
-    /// [`add`](Self::add) if none of `docs` has anything in flight.
-    fn add_if_idle(&self, docs: &[DocKey]) -> bool {
-        let mut counts = lock(&self.0);
-        if docs.iter().any(|doc| counts.contains_key(doc)) {
-            return false;
-        }
-        for doc in docs {
-            counts.insert(*doc, 1);
-        }
-        true
-    }
-
-    fn remove(&self, docs: &[DocKey]) {
-        if docs.is_empty() {
-            return;
-        }
-        let mut counts = lock(&self.0);
-        for doc in docs {
-            if let Some(count) = counts.get_mut(doc) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(doc);
-                }
+    /// Commit `items` (all of this lane's document) in place on the calling
+    /// thread when that is cheap and safe, else [`submit`](Self::submit) them
+    /// with `done`.
+    ///
+    /// In place means: the storage commits without waiting and cheaply
+    /// ([`Storage::try_commit`]: for SQLite, with relaxed durability, one
+    /// write to the commit log when no group commit holds it), its backlog
+    /// is below the ingest threshold (so that the commit thread has an ingest
+    /// started soon), and nothing of this lane is still queued or being
+    /// committed. Saves two thread switches per commit.
+    ///
+    /// Callers must commit each document's requests from one thread, in order.
+    pub fn commit(&self, items: Vec<WriteItem>, done: CommitCallback) -> Committed {
+        if let Some(count) = &self.count {
+            if let Some(result) = self.queue.commit_in_place(&items, count) {
+                return Committed::Now(result);
             }
         }
+        self.submit(items, done);
+        Committed::Queued
     }
-}
-
-/// The distinct documents `items` write to.
-fn docs_of(items: &[WriteItem]) -> Vec<DocKey> {
-    let mut docs: Vec<DocKey> = Vec::with_capacity(1);
-    for item in items {
-        let key = doc_key(item.doc());
-        if !docs.contains(&key) {
-            docs.push(key);
-        }
-    }
-    docs
 }
 
 struct Inner {
@@ -195,9 +193,11 @@ struct Inner {
     /// For commits in place ([`CommitQueue::commit`]).
     storage: Arc<dyn Storage>,
     /// Whether the storage can ever commit in place
-    /// ([`Storage::commits_in_place`]); without it `in_flight` stays unused.
+    /// ([`Storage::commits_in_place`]); without it lanes count nothing.
     in_place: bool,
-    in_flight: Arc<InFlight>,
+    /// Each document's lane count, for as long as a [`CommitLane`] or a
+    /// request holds it.
+    lanes: Mutex<HashMap<String, Weak<AtomicUsize>>>,
     options: CommitOptions,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: ThreadId,
@@ -247,11 +247,9 @@ impl CommitQueue {
     pub fn start_with(storage: Arc<dyn Storage>, options: CommitOptions) -> CommitQueue {
         let (tx, rx) = mpsc::channel();
         let in_place = storage.commits_in_place();
-        let in_flight = Arc::new(InFlight::default());
         let mut worker = Worker {
             storage: Arc::clone(&storage),
             options: options.clone(),
-            in_flight: Arc::clone(&in_flight),
         };
         let thread = std::thread::Builder::new()
             .name("ot-commit".to_owned())
@@ -269,7 +267,7 @@ impl CommitQueue {
                         tx: Mutex::new(None),
                         storage,
                         in_place,
-                        in_flight,
+                        lanes: Mutex::default(),
                         options,
                         thread: Mutex::new(None),
                         thread_id: std::thread::current().id(),
@@ -282,7 +280,7 @@ impl CommitQueue {
                 tx: Mutex::new(Some(tx)),
                 storage,
                 in_place,
-                in_flight,
+                lanes: Mutex::default(),
                 options,
                 thread: Mutex::new(thread),
                 thread_id,
@@ -298,19 +296,40 @@ impl CommitQueue {
     /// submitted before it has been committed (or has failed). After
     /// [`shutdown`](Self::shutdown), `done` is called at once with
     /// [`StorageError::Closed`].
+    ///
+    /// Not counted in any lane: a document whose requests may be committed in
+    /// place sends all of them through its [`CommitLane`] (the server does;
+    /// this is for tests).
+    #[cfg(test)]
     pub fn submit(&self, items: Vec<WriteItem>, done: CommitCallback) {
-        let docs = if self.inner.in_place {
-            docs_of(&items)
-        } else {
-            Vec::new()
-        };
-        self.submit_with_docs(items, docs, done);
+        self.send(items, None, done);
     }
 
-    /// [`submit`](Self::submit) with `docs = docs_of(&items)`.
-    fn submit_with_docs(&self, items: Vec<WriteItem>, docs: Vec<DocKey>, done: CommitCallback) {
-        self.inner.in_flight.add(&docs);
-        let request = Request { items, docs, done };
+    /// The lane of document `doc` (see [`CommitLane`]).
+    pub fn lane(&self, doc: &str) -> CommitLane {
+        let count = self.inner.in_place.then(|| {
+            let mut lanes = lock(&self.inner.lanes);
+            if let Some(count) = lanes.get(doc).and_then(Weak::upgrade) {
+                return count;
+            }
+            // Forget the lanes nobody holds before the map doubles.
+            if lanes.len() >= 64 && lanes.len().is_power_of_two() {
+                lanes.retain(|_, count| count.strong_count() > 0);
+            }
+            let count = LaneCount::default();
+            lanes.insert(doc.to_owned(), Arc::downgrade(&count));
+            count
+        });
+        CommitLane {
+            queue: self.clone(),
+            count,
+        }
+    }
+
+    /// Queue a request; `lane` (already counted) is released after `done`
+    /// has run.
+    fn send(&self, items: Vec<WriteItem>, lane: Option<LaneCount>, done: CommitCallback) {
+        let request = Request { items, lane, done };
         let rejected = {
             let tx = lock(&self.inner.tx);
             match tx.as_ref() {
@@ -321,48 +340,18 @@ impl CommitQueue {
                 None => Some(Msg::Write(request)),
             }
         };
-        if let Some(Msg::Write(request)) = rejected {
-            self.inner.in_flight.remove(&request.docs);
-            (request.done)(Err(Arc::new(StorageError::Closed)));
+        if let Some(Msg::Write(mut request)) = rejected {
+            let done = std::mem::replace(&mut request.done, Box::new(|_| {}));
+            done(Err(Arc::new(StorageError::Closed)));
         }
     }
 
-    /// Commit `items` in place on the calling thread when that is cheap and
-    /// safe, else [`submit`](Self::submit) them with `done`.
-    ///
-    /// In place means: the storage commits without waiting and cheaply
-    /// ([`Storage::try_commit`]: for SQLite, with relaxed durability, one
-    /// write to the commit log when no group commit holds it), its backlog
-    /// is below the ingest threshold (so that the commit thread has an ingest
-    /// started soon), and none of the documents of `items` has a request
-    /// still queued or being committed (these items would overtake it: after
-    /// a failed commit, a queued request of the failed generation could then
-    /// continue them). Saves two thread switches per commit.
-    ///
-    /// Callers must commit each document's requests from one thread, in order.
-    pub fn commit(&self, items: Vec<WriteItem>, done: CommitCallback) -> Committed {
-        if !self.inner.in_place {
-            // Nothing is ever committed in place: no request can be overtaken,
-            // so the per-document bookkeeping is not needed.
-            self.submit_with_docs(items, Vec::new(), done);
-            return Committed::Queued;
-        }
-        let docs = docs_of(&items);
-        match self.commit_in_place(&items, &docs) {
-            Some(result) => Committed::Now(result),
-            None => {
-                self.submit_with_docs(items, docs, done);
-                Committed::Queued
-            }
-        }
-    }
-
-    /// The in-place half of [`commit`](Self::commit): `None` if it cannot
-    /// be done (nothing was written).
+    /// The in-place half of [`CommitLane::commit`]: `None` if it cannot be
+    /// done (nothing was written).
     fn commit_in_place(
         &self,
         items: &[WriteItem],
-        docs: &[DocKey],
+        lane: &AtomicUsize,
     ) -> Option<Result<(), Arc<StorageError>>> {
         if items.is_empty()
             || lock(&self.inner.tx).is_none()
@@ -370,7 +359,11 @@ impl CommitQueue {
         {
             return None;
         }
-        if !self.inner.in_flight.add_if_idle(docs) {
+        // Counted while it runs, like a queued request.
+        if lane
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             return None;
         }
         let started = Instant::now();
@@ -380,7 +373,7 @@ impl CommitQueue {
                     "the storage commit panicked".into(),
                 )))
             });
-        self.inner.in_flight.remove(docs);
+        lane.fetch_sub(1, Ordering::AcqRel);
         let result = result?;
         if let Some(observer) = &self.inner.options.on_commit {
             observer(started.elapsed(), items.len());
@@ -499,16 +492,25 @@ impl IngestRunner {
 /// One submitted request.
 struct Request {
     items: Vec<WriteItem>,
-    /// The documents of `items` (counted in [`InFlight`] until called back).
-    docs: Vec<DocKey>,
+    /// The lane that counts this request until it has been called back.
+    lane: Option<LaneCount>,
     done: CommitCallback,
+}
+
+/// A request leaves its lane when dropped (after its callback, or unanswered
+/// at shutdown).
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            lane.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// The commit thread's state.
 struct Worker {
     storage: Arc<dyn Storage>,
     options: CommitOptions,
-    in_flight: Arc<InFlight>,
 }
 
 impl Worker {
@@ -661,13 +663,13 @@ impl Worker {
             }
         }
 
-        for (request, outcome) in requests.into_iter().zip(outcomes) {
+        for (mut request, outcome) in requests.into_iter().zip(outcomes) {
             let outcome = outcome.unwrap_or(Err(Arc::new(StorageError::Closed)));
-            let done = request.done;
+            let done = std::mem::replace(&mut request.done, Box::new(|_| {}));
             if catch_unwind(AssertUnwindSafe(move || done(outcome))).is_err() {
                 tracing::error!("a commit callback panicked");
             }
-            self.in_flight.remove(&request.docs);
+            drop(request);
         }
     }
 

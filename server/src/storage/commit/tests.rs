@@ -321,7 +321,8 @@ fn a_stale_queued_request_is_refused_after_a_failed_commit() {
     let (failed_tx, failed_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let recorder = record(&outcomes, 0);
-    queue.submit(
+    let lane = queue.lane("d");
+    lane.submit(
         vec![old.next()],
         Box::new(move |r| {
             recorder(r);
@@ -333,7 +334,7 @@ fn a_stale_queued_request_is_refused_after_a_failed_commit() {
     );
     entered.recv().unwrap();
     // Pipelined: revision 2 of the first generation waits in the queue.
-    queue.submit(vec![old.next()], record(&outcomes, 1));
+    lane.submit(vec![old.next()], record(&outcomes, 1));
     probe.fail_next();
     probe.release();
     failed_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -342,9 +343,13 @@ fn a_stale_queued_request_is_refused_after_a_failed_commit() {
     // takes it (nothing of this generation is on its way to storage).
     // Storage is free, yet it must not be committed in place: it would
     // overtake the stale request.
+    // The same document's lane, asked for again (as by a new actor): the
+    // queued request still counts in it.
+    drop(lane);
+    let lane = queue.lane("d");
     let mut new = Doc::new("d");
     new.text = "y";
-    match queue.commit(vec![new.next()], record(&outcomes, 2)) {
+    match lane.commit(vec![new.next()], record(&outcomes, 2)) {
         Committed::Now(r) => lock(&outcomes).push((2, r.map_err(|e| e.to_string()))),
         Committed::Queued => {}
     }
@@ -371,7 +376,7 @@ fn a_stale_queued_request_is_refused_after_a_failed_commit() {
 
     // Once nothing of the document is in flight, it is committed in place.
     assert!(matches!(
-        queue.commit(vec![new.next()], record(&outcomes, 3)),
+        lane.commit(vec![new.next()], record(&outcomes, 3)),
         Committed::Now(Ok(()))
     ));
     assert_eq!(probe.last_rev("d").unwrap(), 2);
@@ -533,13 +538,14 @@ fn commit_commits_in_place_until_an_ingest_is_due() {
         }),
     );
     let mut doc = Doc::new("d");
+    let lane = queue.lane("d");
     let outcomes: Outcomes = Arc::default();
     // The commit thread sees no request meanwhile and may ask for an idle
     // ingest: hold it off so that the backlog only grows.
     let paused = sqlite.pause_ingests();
     for i in 0..DEFAULT_INGEST_EVERY {
         assert!(matches!(
-            queue.commit(vec![doc.next()], record(&outcomes, i)),
+            lane.commit(vec![doc.next()], record(&outcomes, i)),
             Committed::Now(Ok(()))
         ));
     }
@@ -555,7 +561,7 @@ fn commit_commits_in_place_until_an_ingest_is_due() {
     );
     // Now the commit thread must ingest: the request is queued.
     assert!(matches!(
-        queue.commit(vec![doc.next()], record(&outcomes, 0)),
+        lane.commit(vec![doc.next()], record(&outcomes, 0)),
         Committed::Queued
     ));
     queue.flush_blocking();
@@ -569,14 +575,14 @@ fn commit_commits_in_place_until_an_ingest_is_due() {
     assert_eq!(storage.backlog(), 0);
     // A gap is refused like any commit.
     let _skipped = doc.next();
-    match queue.commit(vec![doc.next()], record(&outcomes, 1)) {
+    match lane.commit(vec![doc.next()], record(&outcomes, 1)) {
         Committed::Now(Err(e)) => assert!(matches!(*e, StorageError::Gap { .. }), "{e}"),
         other => panic!("expected a gap, got {other:?}"),
     }
     // After shutdown nothing is committed in place either.
     queue.shutdown();
     assert!(matches!(
-        queue.commit(vec![doc.next()], record(&outcomes, 2)),
+        lane.commit(vec![doc.next()], record(&outcomes, 2)),
         Committed::Queued
     ));
     assert_eq!(
@@ -597,30 +603,31 @@ fn commit_never_overtakes_a_queued_request_of_its_document() {
     let outcomes: Outcomes = Arc::default();
     let mut a = Doc::new("a");
     let mut b = Doc::new("b");
+    let (lane_a, lane_b) = (queue.lane("a"), queue.lane("b"));
     let entered = probe.hold();
-    queue.submit(vec![a.next()], record(&outcomes, 0));
+    lane_a.submit(vec![a.next()], record(&outcomes, 0));
     entered.recv().unwrap();
-    queue.submit(vec![a.next()], record(&outcomes, 1));
+    lane_a.submit(vec![a.next()], record(&outcomes, 1));
     // The storage is busy: nothing is committed in place.
     assert!(matches!(
-        queue.commit(vec![b.next()], record(&outcomes, 2)),
+        lane_b.commit(vec![b.next()], record(&outcomes, 2)),
         Committed::Queued
     ));
     probe.release();
     queue.flush_blocking();
     // Free again, and nothing of "b" in flight: in place.
     assert!(matches!(
-        queue.commit(vec![b.next()], record(&outcomes, 3)),
+        lane_b.commit(vec![b.next()], record(&outcomes, 3)),
         Committed::Now(Ok(()))
     ));
     // A request of "a" behind a held one is queued even when the storage
     // could take it (try_commit is not held by `hold` once released).
     let entered = probe.hold();
-    queue.submit(vec![a.next()], record(&outcomes, 4));
+    lane_a.submit(vec![a.next()], record(&outcomes, 4));
     entered.recv().unwrap();
     *lock(&probe.held) = false; // try_commit would go ahead now
     assert!(matches!(
-        queue.commit(vec![a.next()], record(&outcomes, 5)),
+        lane_a.commit(vec![a.next()], record(&outcomes, 5)),
         Committed::Queued
     ));
     probe.release();
