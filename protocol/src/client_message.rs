@@ -222,8 +222,12 @@ fn parse_general(text: &str) -> Result<ClientMessage, Rejection> {
     };
     match kind {
         "op" => {
-            // Read the seq first so that later errors can name it.
-            let seq_hint = obj.get("seq").and_then(Value::as_u64);
+            // Read the seq first so that later errors can name it (only a
+            // safe one: a server frame never carries an integer above 2^53-1).
+            let seq_hint = obj
+                .get("seq")
+                .and_then(Value::as_u64)
+                .filter(|seq| *seq <= ot_core::MAX_SAFE_INTEGER);
             let seq = field_u64(&obj, "seq", seq_hint)?;
             let rev = field_u64(&obj, "rev", Some(seq))?;
             let op_value = obj.get("op").ok_or_else(|| {
@@ -370,6 +374,11 @@ mod tests {
         );
         let e = parse_client_message(r#"{"type":"op","rev":1,"seq":7,"op":[0]}"#).unwrap_err();
         assert_eq!((e.code, e.seq), (ErrorCode::InvalidOp, Some(7)));
+        // An unsafe seq is not named back (the error frame would break the
+        // 2^53 rule that clients enforce on server frames).
+        let e = parse_client_message(r#"{"type":"op","rev":1,"seq":9007199254740992,"op":[1]}"#)
+            .unwrap_err();
+        assert_eq!((e.code, e.seq), (ErrorCode::InvalidMessage, None));
         assert_eq!(
             code(r#"{"type":"cursor","rev":1,"ranges":[[1]]}"#),
             ErrorCode::InvalidMessage
