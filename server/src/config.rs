@@ -68,6 +68,17 @@ pub struct Config {
     /// Consecutive rejected messages after which a connection is closed as abusive.
     #[arg(long, env = "OT_MAX_ERRORS", default_value_t = 100)]
     pub max_errors: u32,
+    /// Turn authentication on with HS256 tokens signed by the secret in this
+    /// file (`server token` mints them).
+    #[arg(long, env = "OT_AUTH_SECRET_FILE", conflicts_with = "auth_public_key_file")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// Turn authentication on with tokens minted elsewhere, checked with this
+    /// PEM public key (Ed25519: EdDSA; P-256: ES256).
+    #[arg(long, env = "OT_AUTH_PUBLIC_KEY_FILE")]
+    pub auth_public_key_file: Option<PathBuf>,
+    /// Seconds of clock skew allowed when checking a token's `exp`, `nbf` and `iat`.
+    #[arg(long, env = "OT_AUTH_LEEWAY", default_value_t = 60)]
+    pub auth_leeway: u64,
 }
 
 impl Config {
@@ -78,6 +89,11 @@ impl Config {
         config.addr = addr;
         config.data_dir = data_dir;
         config
+    }
+
+    /// Whether requests must carry a token.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_secret_file.is_some() || self.auth_public_key_file.is_some()
     }
 
     /// The handshake timeout as a duration.
