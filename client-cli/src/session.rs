@@ -256,11 +256,13 @@ impl Session {
                     SessionEvent::ConflictCopy(path)
                 }
                 Event::Disconnected { reason, action } => match action {
-                    CloseAction::Reconnect => {
+                    // TODO(issue 12): Resync gives up the pending op; Reauthenticate
+                    // waits for a new token.
+                    CloseAction::Reconnect | CloseAction::Resync => {
                         self.conn = ConnState::Reconnecting;
                         SessionEvent::Disconnected(reason)
                     }
-                    CloseAction::Stop => {
+                    CloseAction::Stop | CloseAction::Reauthenticate => {
                         self.conn = ConnState::Offline;
                         SessionEvent::Stopped(reason)
                     }

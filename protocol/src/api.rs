@@ -21,6 +21,10 @@ pub enum ApiErrorCode {
     TooManyConnections,
     /// The server failed in a way that is not the request's fault.
     InternalError,
+    /// A token is needed and is missing, malformed, expired or revoked (401).
+    Unauthorized,
+    /// The request's `Host` is not one this server answers to (400).
+    InvalidHost,
     /// A code shared with the WebSocket protocol.
     Protocol(ErrorCode),
 }
@@ -35,6 +39,8 @@ impl ApiErrorCode {
             ApiErrorCode::NotFound => "not_found",
             ApiErrorCode::TooManyConnections => "too_many_connections",
             ApiErrorCode::InternalError => "internal_error",
+            ApiErrorCode::Unauthorized => "unauthorized",
+            ApiErrorCode::InvalidHost => "invalid_host",
             ApiErrorCode::Protocol(code) => code.as_str(),
         }
     }

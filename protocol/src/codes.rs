@@ -67,6 +67,8 @@ error_codes! {
     TooManyClients = "too_many_clients",
     /// The server is shutting down.
     ShuttingDown = "shutting_down",
+    /// The connection's access does not allow this (an op on a read-only connection).
+    Forbidden = "forbidden",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -182,6 +184,12 @@ pub enum CloseAction {
     /// Do not reconnect: another instance of this writer runs, or the client
     /// itself is broken; tell the user.
     Stop,
+    /// The connection's token expired or was revoked: keep every unsent edit,
+    /// tell the user, and reconnect with `rev` once there is a new token.
+    Reauthenticate,
+    /// The document was deleted: reconnect without `rev`; an unsent op of the
+    /// old document is kept as a conflict copy, never sent to the new one.
+    Resync,
 }
 
 macro_rules! close_codes {
@@ -243,6 +251,10 @@ close_codes! {
     Unavailable = (1011, Reconnect, "the document is unavailable; retry later"),
     /// The document has too many clients; retry later.
     Full = (1013, Reconnect, "too many clients on this document; retry later"),
+    /// The connection's token expired or was revoked (PROTOCOL.md "Access").
+    TokenExpired = (4001, Reauthenticate, "access expired or revoked: get a new token, then reconnect with rev"),
+    /// The document was deleted by an admin.
+    DocumentDeleted = (4004, Resync, "the document was deleted: reconnect without rev"),
     /// The client's outbound queue overflowed; reconnect with `rev`.
     TooSlow = (4008, Reconnect, "too slow: outbound queue overflowed; reconnect with rev"),
     /// A newer connection with the same client id replaced this one.

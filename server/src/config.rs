@@ -70,7 +70,11 @@ pub struct Config {
     pub max_errors: u32,
     /// Turn authentication on with HS256 tokens signed by the secret in this
     /// file (`server token` mints them).
-    #[arg(long, env = "OT_AUTH_SECRET_FILE", conflicts_with = "auth_public_key_file")]
+    #[arg(
+        long,
+        env = "OT_AUTH_SECRET_FILE",
+        conflicts_with = "auth_public_key_file"
+    )]
     pub auth_secret_file: Option<PathBuf>,
     /// Turn authentication on with tokens minted elsewhere, checked with this
     /// PEM public key (Ed25519: EdDSA; P-256: ES256).

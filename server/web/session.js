@@ -34,9 +34,14 @@ export const ERROR_CODES = new Map([
   ["storage_error", "resend"],
   ["too_many_clients", "conflict_copy"],
   ["shutting_down", "conflict_copy"],
+  ["forbidden", "conflict_copy"],
 ]);
 
-/** Every close code the server sends, with what the client does: `reconnect` or `stop`. */
+/**
+ * Every close code the server sends, with what the client does: `reconnect`,
+ * `stop`, `reauthenticate` (keep unsent edits, wait for a new token) or
+ * `resync` (reconnect without `rev`).
+ */
 export const CLOSE_CODES = new Map([
   [1000, "reconnect"],
   [1001, "reconnect"],
@@ -45,6 +50,8 @@ export const CLOSE_CODES = new Map([
   [1009, "stop"],
   [1011, "reconnect"],
   [1013, "reconnect"],
+  [4001, "reauthenticate"],
+  [4004, "resync"],
   [4008, "reconnect"],
   [4009, "stop"],
 ]);
@@ -56,6 +63,7 @@ const STOP_REASONS = new Map([
   [1007, "the server could not read this editor's messages as UTF-8"],
   [1008, "the server refused this editor's messages"],
   [1009, "this editor sent a message larger than the server accepts"],
+  [4001, "access expired — open a new link"],
   [4009, "this editor was opened again elsewhere with the same identity"],
 ]);
 
@@ -318,7 +326,8 @@ export class Session {
   /** The server closed the connection with `code` (undefined: no close frame). Returns the action. */
   closed(code) {
     const action = closeAction(code);
-    if (action === "stop") this.stopped = STOP_REASONS.get(code) || `the server closed the connection with code ${code}`;
+    // Unsent edits stay in the saved state: a new link (a new token) sends them.
+    if (action === "stop" || action === "reauthenticate") this.stopped = STOP_REASONS.get(code) || `the server closed the connection with code ${code}`;
     this.dropped();
     return action;
   }

@@ -277,8 +277,10 @@ test("the page's close-code table is the fixture's", () => {
     // And the session does it.
     const h = harness(new Client("c0ffee", 3, "abc", 0));
     h.socket.onclose({ code });
-    assert.equal(h.session.stopped !== null, action === "stop", `close code ${code}`);
-    assert.equal(h.timers.length, action === "reconnect" ? 1 : 0, `close code ${code}`);
+    // Until a new token comes, an expired one stops the page like "stop" (unsent edits are kept).
+    const stops = action === "stop" || action === "reauthenticate";
+    assert.equal(h.session.stopped !== null, stops, `close code ${code}`);
+    assert.equal(h.timers.length, stops ? 0 : 1, `close code ${code}`);
   }
   assert.equal(closeAction(undefined), "reconnect", "no close frame");
   assert.equal(closeAction(1006), "reconnect", "the browser's code for no close frame");
