@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use ot_core::{Operation, Range};
 use serde_json::{json, Value};
 
+use crate::access::Access;
 use crate::client_message::ClientMessage;
 use crate::codes::{close_action, CloseCode, ErrorAction, ErrorCode};
 use crate::server_message::{Limits, ServerMessage};
@@ -24,6 +25,7 @@ pub fn server_examples() -> Vec<ServerMessage<'static>> {
             seq: 2,
             epoch: 1,
             limits: Limits::default(),
+            access: Access::Write,
         },
         ServerMessage::Resume {
             rev: 5,
@@ -32,6 +34,7 @@ pub fn server_examples() -> Vec<ServerMessage<'static>> {
             seq: 2,
             epoch: 1,
             limits: Limits::default(),
+            access: Access::Write,
         },
         ServerMessage::Op {
             rev: 8,

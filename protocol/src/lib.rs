@@ -11,6 +11,7 @@
 //! - [`DocId`], [`ClientId`]: the only place the id rules live.
 //! - [`fixture`]: examples of everything, for other-language clients' tests.
 
+pub mod access;
 pub mod api;
 pub mod client_message;
 pub mod codes;
@@ -19,6 +20,7 @@ pub mod ids;
 pub mod numbers;
 pub mod server_message;
 
+pub use access::Access;
 pub use api::ApiErrorCode;
 pub use client_message::{op_message_text, ClientMessage, Rejection, MAX_NAME_CHARS, MAX_RANGES};
 pub use codes::{close_action, CloseAction, CloseCode, Code, ErrorAction, ErrorCode};

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use ot_core::{Operation, Range};
 use serde::{Deserialize, Serialize};
 
+use crate::access::Access;
 use crate::codes::Code;
 use crate::numbers::{safe_opt_u64, safe_u64};
 
@@ -73,6 +74,10 @@ pub enum ServerMessage<'a> {
         epoch: u64,
         /// Limits.
         limits: Limits,
+        /// What this connection may do (absent from servers before access
+        /// levels: [`Access::Write`]).
+        #[serde(default)]
+        access: Access,
     },
     /// First message when resuming at the client's revision; the ops after it follow.
     Resume {
@@ -92,6 +97,10 @@ pub enum ServerMessage<'a> {
         epoch: u64,
         /// Limits.
         limits: Limits,
+        /// What this connection may do (absent from servers before access
+        /// levels: [`Access::Write`]).
+        #[serde(default)]
+        access: Access,
     },
     /// An op of another client (or of this client, applied through another connection).
     Op {

@@ -55,6 +55,21 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, ApiErrorCode::NotFound, message)
     }
 
+    /// 401: a token is needed and this one is not good (a `WWW-Authenticate`
+    /// header says how to send one).
+    pub(crate) fn unauthorized(why: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ApiErrorCode::Unauthorized,
+            why.to_string(),
+        )
+    }
+
+    /// 403: the token (or key) does not allow this.
+    pub(crate) fn forbidden(why: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden.into(), why)
+    }
+
     /// 503: the server is shutting down.
     pub(crate) fn shutting_down() -> Self {
         ApiError::new(
@@ -81,6 +96,13 @@ impl IntoResponse for ApiError {
             code: self.code,
             message: &self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }

@@ -83,6 +83,16 @@ pub struct Config {
     /// Seconds of clock skew allowed when checking a token's `exp`, `nbf` and `iat`.
     #[arg(long, env = "OT_AUTH_LEEWAY", default_value_t = 60)]
     pub auth_leeway: u64,
+    /// Instead of serving: a tool (`server token --help`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a signed token for the server's secret (or revoke one: `server token revoke`).
+    Token(crate::token_command::TokenArgs),
 }
 
 impl Config {

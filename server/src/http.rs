@@ -7,11 +7,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ot_protocol::{ApiErrorCode, DocId, ErrorCode};
+use ot_protocol::{Access, ApiErrorCode, DocId, ErrorCode};
 use serde_json::json;
 
 use crate::api_error::ApiError;
 use crate::app::Shared;
+use crate::auth::Caller;
 use crate::document::DocCommand;
 use crate::storage::{Storage, StorageError, StoredOp};
 
@@ -79,9 +80,11 @@ async fn current(shared: &Arc<Shared>, doc: &DocId) -> ApiResult<Option<(u64, St
 /// `GET /api/docs/{doc}` → `{"rev":N,"text":"…"}`
 pub(crate) async fn get_doc(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     Path(doc): Path<String>,
 ) -> ApiResult {
     let doc = doc_id(&doc)?;
+    caller.require(&doc, Access::Read)?;
     match current(&shared, &doc).await? {
         Some((rev, text)) => Ok(Json(json!({ "rev": rev, "text": text })).into_response()),
         None => Err(not_found(&doc)),
@@ -91,10 +94,12 @@ pub(crate) async fn get_doc(
 /// `GET /api/docs/{doc}/text?rev=R` → the text as of revision R (plain text).
 pub(crate) async fn get_text(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     Path(doc): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let doc = doc_id(&doc)?;
+    caller.require(&doc, Access::Read)?;
     let rev = match query.get("rev") {
         None => None,
         Some(_) => Some(query_u64(&query, "rev", 0)?),
@@ -138,6 +143,7 @@ pub(crate) async fn get_text(
 /// written by `to_json`, as `{key: [...]}`.
 async fn paged(
     shared: &Arc<Shared>,
+    caller: &Caller,
     doc: &str,
     query: &HashMap<String, String>,
     key: &str,
@@ -145,6 +151,7 @@ async fn paged(
     to_json: fn(&StoredOp) -> serde_json::Value,
 ) -> ApiResult {
     let doc = doc_id(doc)?;
+    caller.require(&doc, Access::Read)?;
     let from = query_u64(query, "from", 0)?;
     let limit = (query_u64(query, "limit", MAX_PAGE as u64)? as usize).min(MAX_PAGE);
     let id = doc.to_string();
@@ -163,11 +170,13 @@ async fn paged(
 /// `GET /api/docs/{doc}/ops?from=R&limit=L` → the ops after revision R (default 0), at most L.
 pub(crate) async fn get_ops(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     Path(doc): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     paged(
         &shared,
+        &caller,
         &doc,
         &query,
         "ops",
@@ -191,11 +200,13 @@ pub(crate) async fn get_ops(
 /// `GET /api/docs/{doc}/conflicts?from=R&limit=L` → ops transformed past concurrent ops.
 pub(crate) async fn get_conflicts(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     Path(doc): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     paged(
         &shared,
+        &caller,
         &doc,
         &query,
         "conflicts",
@@ -217,10 +228,26 @@ pub(crate) async fn get_conflicts(
     .await
 }
 
-/// `GET /api/docs` → every document with its revision and length.
-pub(crate) async fn list_docs(State(shared): State<Arc<Shared>>) -> ApiResult {
+/// `GET /api/docs?after=ID&limit=N` → the documents the caller can read,
+/// by id, after `after`, at most `limit` (default and at most [`MAX_PAGE`]),
+/// with `next` (the `after` of the next page; `null` on the last).
+pub(crate) async fn list_docs(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let limit = (query_u64(&query, "limit", MAX_PAGE as u64)? as usize).clamp(1, MAX_PAGE);
+    let after = query.get("after").cloned().unwrap_or_default();
     let docs = blocking(&shared, |s| s.list()).await?;
-    Ok(Json(json!({ "docs": docs })).into_response())
+    let mut readable = docs
+        .into_iter()
+        .filter(|d| d.id.as_str() > after.as_str() && caller.access_to(&d.id).is_some());
+    let page: Vec<_> = readable.by_ref().take(limit).collect();
+    let next = match (readable.next(), page.last()) {
+        (Some(_), Some(last)) => Some(last.id.clone()),
+        _ => None,
+    };
+    Ok(Json(json!({ "docs": page, "next": next })).into_response())
 }
 
 /// `GET /healthz`
@@ -231,8 +258,15 @@ pub(crate) async fn healthz(State(shared): State<Arc<Shared>>) -> ApiResult {
     Ok(Json(json!({ "status": "ok" })).into_response())
 }
 
-/// `GET /metrics` in the Prometheus text format.
-pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+/// `GET /metrics` in the Prometheus text format (with authentication on, for
+/// server admins only).
+pub(crate) async fn metrics(State(shared): State<Arc<Shared>>, caller: Caller) -> ApiResult {
+    caller.require_server_admin()?;
+    Ok(render_metrics(&shared))
+}
+
+/// The metrics page.
+pub(crate) fn render_metrics(shared: &Shared) -> Response {
     shared
         .metrics
         .storage_backlog

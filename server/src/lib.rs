@@ -5,8 +5,10 @@
 //! `run` is what the binary calls; tests call [`start`] to get a server on a
 //! free loopback port.
 
+mod admin;
 mod api_error;
 mod app;
+pub mod auth;
 mod config;
 mod connection;
 mod document;
@@ -15,6 +17,7 @@ mod metrics;
 mod outbound;
 mod state;
 mod storage;
+pub mod token_command;
 mod web;
 
 use std::future::Future;
@@ -23,12 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use api_error::ApiError;
 use app::Shared;
-pub use config::Config;
+pub use config::{Command, Config};
 use metrics::Metrics;
 use state::Services;
 use storage::{CommitOptions, CommitQueue, SqliteStorage, Storage};
@@ -42,6 +45,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/docs/{doc}/text", get(http::get_text))
         .route("/api/docs/{doc}/ops", get(http::get_ops))
         .route("/api/docs/{doc}/conflicts", get(http::get_conflicts))
+        .route("/api/admin/revoke", post(admin::revoke))
         .route("/healthz", get(http::healthz))
         .route("/metrics", get(http::metrics))
         .route("/", get(web::index))
@@ -92,11 +96,14 @@ pub async fn run(
             })),
         },
     );
+    let auth =
+        auth::Auth::from_config(&config, storage.as_ref()).context("setting up authentication")?;
     let shared = Arc::new(Shared::new(Services::new(
         config,
         storage.clone(),
         queue.clone(),
         metrics,
+        auth,
     )));
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, durability = ?shared.config.durability, data_dir = %shared.config.data_dir.display(), epoch = storage.epoch(), "listening");

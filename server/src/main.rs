@@ -1,7 +1,8 @@
 //! `server`: the collaborative editing server binary.
 
 use clap::Parser;
-use server::Config;
+use server::token_command::{self, TokenCommand};
+use server::{Command, Config};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -11,7 +12,10 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config = Config::parse();
+    let mut config = Config::parse();
+    if let Some(command) = config.command.take() {
+        return run_command(command).await;
+    }
     let listener = match tokio::net::TcpListener::bind(config.addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -23,6 +27,37 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "server failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `server token …`: print to stdout what a script needs, the rest to stderr.
+async fn run_command(command: Command) -> std::process::ExitCode {
+    let Command::Token(args) = command;
+    let result = match &args.command {
+        Some(TokenCommand::Revoke(revoke)) => token_command::revoke(revoke)
+            .await
+            .map(|_| eprintln!("revoked {}", revoke.jti)),
+        None => token_command::mint(&args).map(|(token, claims)| {
+            eprintln!(
+                "token for {} ({} on {}), id {}, expires at {} (Unix seconds)",
+                claims.sub,
+                claims.access,
+                claims.docs.join(", "),
+                claims.jti,
+                claims.exp
+            );
+            match &args.url {
+                Some(url) => println!("{}", token_command::editor_link(url, &claims, &token)),
+                None => println!("{token}"),
+            }
+        }),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

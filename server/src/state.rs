@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::storage::{CommitQueue, Storage};
@@ -21,6 +22,8 @@ pub(crate) struct Services {
     /// The group-commit queue in front of `storage`.
     pub(crate) queue: CommitQueue,
     pub(crate) metrics: Arc<Metrics>,
+    /// Token checking; `None` with authentication off.
+    pub(crate) auth: Option<Auth>,
     /// Cancelled when the server starts shutting down.
     pub(crate) shutdown: CancellationToken,
     /// Every connection and document task, to wait for on shutdown.
@@ -36,12 +39,14 @@ impl Services {
         storage: Arc<dyn Storage>,
         queue: CommitQueue,
         metrics: Arc<Metrics>,
+        auth: Option<Auth>,
     ) -> Services {
         Services {
             config,
             storage,
             queue,
             metrics,
+            auth,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connections: AtomicUsize::new(0),

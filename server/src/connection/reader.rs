@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use ot_core::Component;
-use ot_protocol::{ClientMessage, CloseCode, DocId, ErrorCode};
+use ot_protocol::{Access, ClientMessage, CloseCode, DocId, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
+use super::names::display_name;
 use super::writer::{self, AwaitingReplies, Queues};
 use crate::app::Shared;
 use crate::document::{DocCommand, DocHandle};
@@ -112,17 +114,36 @@ fn change_size(op: &ot_core::Operation) -> usize {
         .sum()
 }
 
+/// A joined connection as the reader sees it.
+pub(super) struct Conn<'a> {
+    pub(super) doc: &'a DocId,
+    pub(super) conn_id: u64,
+    /// What it may do: below `write`, every op is refused with `forbidden`.
+    pub(super) access: Access,
+    /// The token's display name (authentication on): it replaces any name
+    /// the client puts in its cursor.
+    pub(super) name: Option<String>,
+    /// Cancelled when its token expires or is revoked: closed with 4001.
+    pub(super) ends: CancellationToken,
+}
+
 /// Serve a joined connection until it ends: start its writer, read and
 /// forward frames, then leave the document and let the writer finish.
 pub(super) async fn run(
     shared: &Arc<Shared>,
     socket: WebSocket,
-    doc: &DocId,
-    conn_id: u64,
+    conn: Conn<'_>,
     handle: DocHandle,
     (out_tx, out_rx): (mpsc::Sender<Outbound>, mpsc::Receiver<Outbound>),
     kick_rx: oneshot::Receiver<CloseCode>,
 ) {
+    let Conn {
+        doc,
+        conn_id,
+        access,
+        name: token_name,
+        ends,
+    } = conn;
     let (sink, mut stream) = socket.split();
     let (local_close_tx, local_close_rx) = oneshot::channel::<CloseCode>();
     let awaiting = Arc::new(AwaitingReplies::default());
@@ -160,6 +181,10 @@ pub(super) async fn run(
     loop {
         let frame = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
+            _ = ends.cancelled() => {
+                close_with(CloseCode::TokenExpired);
+                break;
+            }
             _ = &mut writer => break,
             frame = stream.next() => frame,
         };
@@ -214,6 +239,11 @@ pub(super) async fn run(
             continue;
         }
         let command = match ClientMessage::parse(text.as_str()) {
+            Ok(ClientMessage::Op { seq, .. }) if !access.can_write() => Err((
+                ErrorCode::Forbidden,
+                "this connection is read-only: its token gives read access only".to_owned(),
+                Some(seq),
+            )),
             Ok(ClientMessage::Op {
                 rev,
                 seq,
@@ -245,7 +275,11 @@ pub(super) async fn run(
                 conn_id,
                 rev,
                 ranges,
-                name,
+                // With a token its name is shown, whatever the client says.
+                name: match &token_name {
+                    Some(token_name) => Some(display_name(token_name)),
+                    None => name.map(|n| display_name(&n)),
+                },
             }),
             Err(rejection) => Err((rejection.code, rejection.message, rejection.seq)),
         };

@@ -4,18 +4,21 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ot_protocol::{ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode};
+use ot_protocol::{Access, ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::reader;
 use crate::api_error::ApiError;
 use crate::app::Shared;
+use crate::auth::{Caller, SUBPROTOCOL};
 use crate::document::{
     self, DocCommand, DocError, DocHandle, JoinError, JoinRequest, JOIN_TIMEOUT,
 };
@@ -29,6 +32,14 @@ struct Request {
     rev: Option<u64>,
     /// The epoch the client last saw.
     epoch: Option<u64>,
+}
+
+/// What the caller may do on the connection.
+struct Permit {
+    /// The caller's level on the document.
+    access: Access,
+    /// Who (with the token, if authentication is on).
+    caller: Caller,
 }
 
 impl Request {
@@ -58,15 +69,21 @@ impl Request {
     }
 }
 
-/// `GET /ws/{doc}?client=ID&rev=R&epoch=E`
+/// `GET /ws/{doc}?client=ID&rev=R&epoch=E` (a token, if needed, in the
+/// `Authorization` header or the `ot.bearer.` subprotocol: see [`Caller`]).
 pub(crate) async fn ws_handler(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     Path(doc): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let request = match Request::parse(&doc, &params) {
         Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let permit = match caller.require(&request.doc, Access::Read) {
+        Ok(access) => Permit { access, caller },
         Err(e) => return e.into_response(),
     };
     let upgrade = match upgrade {
@@ -90,6 +107,8 @@ pub(crate) async fn ws_handler(
     let hard_limit = config.max_message_bytes.saturating_mul(4);
     let largest_outgoing = config.max_doc_len.saturating_mul(4).saturating_add(1 << 20);
     upgrade
+        // Only `ot.v1` is ever echoed: never a token or key offered beside it.
+        .protocols([SUBPROTOCOL])
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         // tungstenite zero-fills its whole read buffer before each socket read: a
@@ -99,7 +118,7 @@ pub(crate) async fn ws_handler(
         .max_write_buffer_size(largest_outgoing.max(64 << 20))
         .on_upgrade(move |socket| {
             let tasks = shared.tasks.clone();
-            tasks.track_future(connection(shared, socket, request))
+            tasks.track_future(connection(shared, socket, request, permit))
         })
 }
 
@@ -107,6 +126,7 @@ pub(crate) async fn ws_handler(
 async fn join(
     shared: &Arc<Shared>,
     request: &Request,
+    access: Access,
     conn_id: u64,
     out: &mpsc::Sender<Outbound>,
 ) -> Result<(DocHandle, oneshot::Receiver<CloseCode>), JoinError> {
@@ -119,6 +139,7 @@ async fn join(
             client_id: request.client_id.clone(),
             rev: request.rev,
             epoch: request.epoch,
+            access,
             out: out.clone(),
             kick: kick_tx,
         };
@@ -140,24 +161,41 @@ async fn join(
     Err(JoinError::Unavailable(Arc::new(DocError::KeptUnloading)))
 }
 
-async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request) {
+async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request, permit: Permit) {
     shared.connections.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections.inc();
     let conn_id = shared.next_conn_id();
     let (out_tx, out_rx) = mpsc::channel(shared.config.outbound_queue.max(16));
-    match join(&shared, &request, conn_id, &out_tx).await {
+    match join(&shared, &request, permit.access, conn_id, &out_tx).await {
         Ok((handle, kick_rx)) => {
             tracing::debug!(doc = %request.doc, client = %request.client_id, conn_id, "joined");
-            reader::run(
-                &shared,
-                socket,
-                &request.doc,
+            // Cancelled when the token expires or is revoked.
+            let ends = CancellationToken::new();
+            let _watch = permit.caller.grant().and_then(|grant| {
+                let auth = shared.auth.as_ref()?;
+                let end_in = auth.ends_at(grant).saturating_sub(crate::auth::now());
+                let timer = ends.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(end_in)) => timer.cancel(),
+                        _ = timer.cancelled() => {}
+                    }
+                });
+                Some(
+                    auth.revocations
+                        .watch(&grant.claims.jti, conn_id, ends.clone()),
+                )
+            });
+            let conn = reader::Conn {
+                doc: &request.doc,
                 conn_id,
-                handle,
-                (out_tx, out_rx),
-                kick_rx,
-            )
-            .await;
+                access: permit.access,
+                name: permit.caller.grant().map(|g| g.name().to_owned()),
+                ends: ends.clone(),
+            };
+            reader::run(&shared, socket, conn, handle, (out_tx, out_rx), kick_rx).await;
+            // Stops the expiry timer.
+            ends.cancel();
         }
         Err(e) => {
             let (code, close) = match &e {

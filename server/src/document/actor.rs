@@ -243,13 +243,7 @@ impl Document {
         // Room in the connection's queue after the first message, a catch-up
         // item and the cursors.
         let room = request.out.capacity().saturating_sub(2 + self.conns.len());
-        let mut frames = self.pipeline.first_frames(
-            &request.client_id,
-            request.rev,
-            request.epoch,
-            room,
-            self.limits(),
-        );
+        let mut frames = self.pipeline.first_frames(&request, room, self.limits());
         frames.extend(self.conns.cursor_frames(self.pipeline.durable_rev()));
         self.conns.add(request, frames);
         Ok(())

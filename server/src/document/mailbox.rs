@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ot_core::{Operation, Range};
-use ot_protocol::{ClientId, CloseCode};
+use ot_protocol::{Access, ClientId, CloseCode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::DocError;
@@ -25,6 +25,8 @@ pub(crate) struct JoinRequest {
     pub(crate) rev: Option<u64>,
     /// The storage epoch the client last saw.
     pub(crate) epoch: Option<u64>,
+    /// What the connection may do (told in its first message).
+    pub(crate) access: Access,
     /// The connection's bounded outbound queue.
     pub(crate) out: mpsc::Sender<Outbound>,
     /// Fired to close the connection with a code.

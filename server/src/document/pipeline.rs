@@ -18,6 +18,7 @@ use ropey::Rope;
 use tokio::sync::mpsc;
 
 use super::error::DocError;
+use super::mailbox::JoinRequest;
 use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
 use crate::storage::{CommitLane, Committed, StorageError, StoredOp, WriteItem};
@@ -153,12 +154,16 @@ impl Pipeline {
     /// from memory; more are read from storage by the connection's writer.
     pub(super) fn first_frames(
         &self,
-        client_id: &ClientId,
-        rev: Option<u64>,
-        epoch: Option<u64>,
+        request: &JoinRequest,
         room: usize,
         limits: Limits,
     ) -> Vec<Outbound> {
+        let (client_id, rev, epoch, access) = (
+            &request.client_id,
+            request.rev,
+            request.epoch,
+            request.access,
+        );
         let current_epoch = self.shared.storage.epoch();
         let seq = self
             .durable_seq
@@ -177,6 +182,7 @@ impl Pipeline {
                     seq,
                     epoch: current_epoch,
                     limits,
+                    access,
                 })));
                 let oldest = self.history.oldest_revision();
                 let from = rev.max(oldest);
@@ -212,6 +218,7 @@ impl Pipeline {
                     seq,
                     epoch: current_epoch,
                     limits,
+                    access,
                 })));
             }
         }

@@ -335,6 +335,19 @@ pub trait Storage: Send + Sync + 'static {
     /// Mark a clean shutdown (after the last commit). A later commit clears
     /// the mark again.
     fn close_clean(&self) -> Result<(), StorageError>;
+    /// Add token id `jti` (valid until `expires`, Unix seconds) to the
+    /// revoked tokens, durably before returning. The default cannot.
+    fn revoke_token(&self, jti: &str, expires: u64) -> Result<(), StorageError> {
+        let _ = (jti, expires);
+        Err(StorageError::Internal(
+            "this storage keeps no revocation list".into(),
+        ))
+    }
+    /// The ids of the revoked tokens that have not expired at `now` (Unix seconds).
+    fn revoked_tokens(&self, now: u64) -> Result<Vec<String>, StorageError> {
+        let _ = now;
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

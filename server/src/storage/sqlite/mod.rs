@@ -49,6 +49,7 @@ use rusqlite::Connection;
 
 mod ingest;
 mod reads;
+mod revocations;
 mod schema;
 mod seq_revs;
 #[cfg(test)]
@@ -317,6 +318,20 @@ impl SqliteStorage {
 }
 
 impl Storage for SqliteStorage {
+    fn revoke_token(&self, jti: &str, expires: u64) -> Result<(), StorageError> {
+        let guard = lock(&self.writer);
+        // Durable at once whatever the durability: a revocation must not be
+        // lost to a power cut.
+        set_synchronous(&guard.conn, Durability::Fsync)?;
+        let result = revocations::insert(&guard.conn, jti, expires);
+        set_synchronous(&guard.conn, self.durability)?;
+        result
+    }
+
+    fn revoked_tokens(&self, now: u64) -> Result<Vec<String>, StorageError> {
+        revocations::unexpired(&lock(&self.writer).conn, now)
+    }
+
     fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError> {
         self.commit_locked(&mut lock(&self.writer), items)
     }

@@ -115,6 +115,11 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    jti        TEXT PRIMARY KEY NOT NULL,
+    expires    INTEGER NOT NULL,
+    revoked_ms INTEGER NOT NULL
+);
 ";
 
 pub(super) fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StorageError> {
