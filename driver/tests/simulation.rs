@@ -277,6 +277,7 @@ impl Sim {
                         seq,
                         epoch: EPOCH,
                         limits,
+                        access: ot_protocol::Access::Write,
                     }
                     .to_text(),
                 ));
@@ -294,6 +295,7 @@ impl Sim {
                         seq,
                         epoch: EPOCH,
                         limits,
+                        access: ot_protocol::Access::Write,
                     }
                     .to_text(),
                 ));

@@ -221,7 +221,9 @@ async fn op_applied_before_the_cut_is_acked_by_the_stream() {
             client: "writer".into(),
             seq: 1,
             epoch,
-            limits
+            limits,
+            // Authentication is off: everything is allowed.
+            access: ot_protocol::Access::Admin,
         }
     );
     assert!(

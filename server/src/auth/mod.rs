@@ -37,6 +37,14 @@ pub(crate) fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long until Unix second `second` is over: a token whose `exp` (plus
+/// leeway) is `second` is valid until then, and refused from the next second.
+pub(crate) fn time_until_past(second: u64) -> std::time::Duration {
+    let end = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second.saturating_add(1));
+    end.duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+}
+
 /// Token checking for a server with authentication on.
 #[derive(Debug)]
 pub(crate) struct Auth {

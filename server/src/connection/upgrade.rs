@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -173,11 +172,11 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request
             let ends = CancellationToken::new();
             let _watch = permit.caller.grant().and_then(|grant| {
                 let auth = shared.auth.as_ref()?;
-                let end_in = auth.ends_at(grant).saturating_sub(crate::auth::now());
+                let end_in = crate::auth::time_until_past(auth.ends_at(grant));
                 let timer = ends.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(end_in)) => timer.cancel(),
+                        _ = tokio::time::sleep(end_in) => timer.cancel(),
                         _ = timer.cancelled() => {}
                     }
                 });
