@@ -7,7 +7,7 @@
 //! | `GET /` | a form to create or open a document |
 //! | `GET /d?doc=…` | 303 to `/d/{doc}` (the form's target) |
 //! | `GET /d/{doc}` | the editor for `doc` (400 page for an invalid id) |
-//! | `GET /static/{file}` | the page's ES modules (`ot.js`, `session.js`, `textarea.js`, `view.js`, `slots.js`, `editor.js`) and `editor.css` |
+//! | `GET /static/{file}` | the page's ES modules (`ot.js`, `session.js`, `textarea.js`, `view.js`, `slots.js`, `token.js`, `editor.js`) and `editor.css` |
 
 use axum::extract::{Path, Query};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -26,6 +26,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("textarea.js", include_str!("../web/textarea.js")),
     ("view.js", include_str!("../web/view.js")),
     ("slots.js", include_str!("../web/slots.js")),
+    ("token.js", include_str!("../web/token.js")),
     ("editor.js", include_str!("../web/editor.js")),
 ];
 

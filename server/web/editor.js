@@ -6,11 +6,13 @@
 // - textarea.js: local edits into ops, remote ops into the textarea;
 // - view.js: status, the writers here now, remote cursors, conflict copies;
 // - slots.js: the saved state in localStorage, in a slot this tab holds a
-//   Web Lock on (saved before every send and after every edit).
+//   Web Lock on (saved before every send and after every edit);
+// - token.js: the access token from the link's fragment.
 import { Client } from "./ot.js";
 import { Session } from "./session.js";
 import { HEARTBEAT_MS, Slots, randomId, saveName, savedName } from "./slots.js";
 import { TextareaBinding } from "./textarea.js";
+import { authHeaders, subprotocols, takeToken } from "./token.js";
 import { View } from "./view.js";
 
 const docId = document.querySelector('meta[name="ot-doc"]').content;
@@ -18,6 +20,7 @@ const textarea = document.getElementById("text");
 const mirror = document.getElementById("mirror");
 const nameInput = document.getElementById("name");
 
+const token = takeToken();
 const slots = new Slots(docId);
 const binding = new TextareaBinding(textarea);
 let slot = null;
@@ -126,7 +129,7 @@ async function start() {
     hooks: {
       setText(text) {
         binding.show(text);
-        textarea.readOnly = false;
+        textarea.readOnly = !session.canWrite();
       },
       applyRemote: (op) => binding.applyRemote(op),
       conflict: keepConflict,
@@ -136,8 +139,22 @@ async function start() {
       localRanges: () => binding.localRanges(),
       name: myName,
       textLength: () => binding.cpCount,
-      openSocket: (url) => new WebSocket(url),
+      openSocket: (url) => new WebSocket(url, subprotocols(token)),
+      // A refused upgrade looks like a lost network to a WebSocket: ask over HTTP why.
+      checkAccess: async () => {
+        try {
+          const r = await fetch(`/api/docs/${encodeURIComponent(docId)}`, { headers: authHeaders(token) });
+          if (r.status === 401) return "expired";
+          if (r.status === 403) return "forbidden";
+        } catch {
+          // offline: nothing to learn
+        }
+        return "ok";
+      },
       offline: () => heldOffline,
+      accessChanged: (access) => {
+        textarea.readOnly = access === "read" || !session.synced;
+      },
     },
   });
   binding.show(client.text);
@@ -184,6 +201,12 @@ window.otEditor = {
   },
   get ready() {
     return !!session && session.synced;
+  },
+  get access() {
+    return session && session.access;
+  },
+  get stopped() {
+    return session && session.stopped;
   },
 };
 

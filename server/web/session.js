@@ -241,6 +241,10 @@ const noop = () => {};
  * - `changed()`: something shown changed (render).
  * - `localRanges()`: this writer's selection (code points); `name()`; `textLength()`.
  * - `openSocket(url)`: a WebSocket (or a stand-in); `offline()`: behave as if offline.
+ * - `accessChanged(access)`: the first message said what this connection may do.
+ * - `checkAccess()`: after a connection that never opened, a promise of why:
+ *   `"expired"` (401: the token is missing, expired or revoked), `"forbidden"`
+ *   (403) or `"ok"` (something else: reconnect as usual).
  * - `log(...)`.
  *
  * `random` (for the jitter) and `schedule(fn, ms)` (a timer) can be replaced in tests.
@@ -275,12 +279,15 @@ export class Session {
       textLength: () => cpLen(this.client.text),
       openSocket: null,
       offline: () => false,
+      checkAccess: async () => "ok",
+      accessChanged: noop,
       log: (...args) => console.warn(...args),
       ...hooks,
     };
     this.ws = null;
     this.connected = false;
     this.stopped = null; // a reason when the page must not reconnect
+    this.access = null; // "read" | "write" | "admin", from the first message
     this.wantSnapshot = false;
     this.attempt = 0;
     this.retrying = false; // resending after storage_error: keep backing off until an ack
@@ -292,6 +299,17 @@ export class Session {
   }
 
   // -- Connection ----------------------------------------------------------
+
+  /** Whether local edits may be made: not on a read-only connection. */
+  canWrite() {
+    return this.access !== "read";
+  }
+
+  /** Stop for good because of access (unsent edits stay in the saved state). */
+  accessLost(why) {
+    this.stopped = why === "forbidden" ? "this link does not give access to this document" : "access expired — open a new link";
+    this.dropped();
+  }
 
   /** The URL to connect to now: with `rev` (and `epoch`) once synced, unless a snapshot is wanted. */
   url() {
@@ -319,7 +337,14 @@ export class Session {
     };
     socket.onclose = (event) => {
       if (this.ws !== socket) return;
-      this.closed(event.code);
+      const opened = this.connected;
+      const action = this.closed(event.code);
+      // A refused upgrade (401/403) never opens: ask why before retrying.
+      if (!opened && action === "reconnect") {
+        this.hooks.checkAccess().then((why) => {
+          if (why !== "ok" && !this.stopped) this.accessLost(why);
+        });
+      }
     };
   }
 
@@ -471,6 +496,8 @@ export class Session {
     switch (m.type) {
       case "snapshot": {
         this.epoch = m.epoch ?? null;
+        this.access = m.access ?? "write";
+        this.hooks.accessChanged(this.access);
         const hadState = this.synced || !client.allSaved();
         const outcome = client.snapshot(m.rev, m.text, m.seq);
         this.synced = true;
@@ -484,6 +511,8 @@ export class Session {
       }
       case "resume": {
         this.epoch = m.epoch ?? null;
+        this.access = m.access ?? "write";
+        this.hooks.accessChanged(this.access);
         if (!this.retrying) this.attempt = 0;
         const out = client.resumed(m.rev, m.seq);
         this.hooks.persist();

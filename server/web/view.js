@@ -38,6 +38,7 @@ export class View {
     else if (!connected) text = s === "connecting" ? "connecting…" : "reconnecting…";
     else text = saved ? "connected · all saved" : "connected · saving…";
     if (!saved && session && !connected) text += " (unsent edits are kept)";
+    if (session && session.access === "read") text += " · read-only";
     statusEl.textContent = text;
     statusEl.dataset.saved = saved ? "yes" : "no";
     document.body.dataset.status = connected ? (saved ? "saved" : "saving") : s;
