@@ -20,7 +20,7 @@ const textarea = document.getElementById("text");
 const mirror = document.getElementById("mirror");
 const nameInput = document.getElementById("name");
 
-const token = takeToken();
+let token = takeToken();
 const slots = new Slots(docId);
 const binding = new TextareaBinding(textarea);
 let slot = null;
@@ -166,6 +166,14 @@ async function start() {
     if (!session.stopped) persist();
   }, HEARTBEAT_MS);
   window.addEventListener("pagehide", persist);
+  // A new link opened in this tab (same page, new fragment): use its token.
+  window.addEventListener("hashchange", () => {
+    const renewed = takeToken();
+    if (renewed && renewed !== token) {
+      token = renewed;
+      session.renewAccess();
+    }
+  });
   nameInput.addEventListener("input", () => view.render());
   session.connect();
   view.render();

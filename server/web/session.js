@@ -288,6 +288,7 @@ export class Session {
     this.connected = false;
     this.stopped = null; // a reason when the page must not reconnect
     this.access = null; // "read" | "write" | "admin", from the first message
+    this.accessStopped = false; // stopped for want of a valid token: a new one restarts
     this.wantSnapshot = false;
     this.attempt = 0;
     this.retrying = false; // resending after storage_error: keep backing off until an ack
@@ -305,8 +306,28 @@ export class Session {
     return this.access !== "read";
   }
 
+  /** A new token: reconnect with it now (also after stopping for access). */
+  renewAccess() {
+    if (this.stopped && this.accessStopped) this.stopped = null;
+    if (this.stopped) return;
+    this.accessStopped = false;
+    const socket = this.ws;
+    this.ws = null;
+    this.connected = false;
+    if (socket) {
+      try {
+        socket.close(4000, "new token");
+      } catch {
+        // already closed
+      }
+    }
+    this.attempt = 0;
+    this.connect();
+  }
+
   /** Stop for good because of access (unsent edits stay in the saved state). */
   accessLost(why) {
+    this.accessStopped = true;
     this.stopped = why === "forbidden" ? "this link does not give access to this document" : "access expired — open a new link";
     this.dropped();
   }
@@ -352,6 +373,7 @@ export class Session {
   closed(code) {
     const action = closeAction(code);
     // Unsent edits stay in the saved state: a new link (a new token) sends them.
+    if (action === "reauthenticate") this.accessStopped = true;
     if (action === "stop" || action === "reauthenticate") this.stopped = STOP_REASONS.get(code) || `the server closed the connection with code ${code}`;
     this.dropped();
     return action;

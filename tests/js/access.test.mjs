@@ -121,3 +121,24 @@ test("4001 while connected: access expired, unsent edits kept", () => {
   assert.equal(h.session.stopped, "access expired — open a new link");
   assert.equal(h.timers.length, 0);
 });
+
+test("a new token after 'access expired' reconnects and sends the kept edit", () => {
+  const h = session();
+  h.session.connect();
+  h.sockets[0].onopen();
+  h.session.receive(JSON.stringify({ type: "snapshot", rev: 0, text: "", client: "c0ffee", seq: 0, epoch: 1, limits, access: "write" }));
+  h.session.client.localEdit(["x"]);
+  h.sockets[0].onclose({ code: 4001 });
+  assert.ok(h.session.stopped);
+  h.session.renewAccess();
+  assert.equal(h.session.stopped, null);
+  assert.equal(h.sockets.length, 2, "reconnected at once");
+  // A page stopped for another reason stays stopped.
+  const other = session();
+  other.session.connect();
+  other.sockets[0].onopen();
+  other.sockets[0].onclose({ code: 4009 });
+  other.session.renewAccess();
+  assert.ok(other.session.stopped);
+  assert.equal(other.sockets.length, 1);
+});

@@ -559,3 +559,177 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
     }
     result
 }
+
+/// `server token --secret-file SECRET --url BASE ARGS…`: the editor link it
+/// prints and the token id it reports.
+fn mint_link(secret: &Path, base: &str, args: &[&str]) -> Result<(String, String)> {
+    let out = Command::new(e2e_tests::server_binary()?)
+        .args(["token", "--secret-file"])
+        .arg(secret)
+        .args(["--url", base])
+        .args(args)
+        .output()
+        .context("running server token")?;
+    if !out.status.success() {
+        bail!(
+            "server token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let link = String::from_utf8(out.stdout)?.trim().to_owned();
+    let stderr = String::from_utf8(out.stderr)?;
+    let jti = stderr
+        .split("id ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .context("no token id in server token's output")?
+        .to_owned();
+    Ok((link, jti))
+}
+
+/// The text of `doc` as the server has it, read with `token`.
+async fn text_with(addr: SocketAddr, doc: &str, token: &str) -> Result<String> {
+    let body = reqwest::Client::new()
+        .get(format!("http://{addr}/api/docs/{doc}"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let body: Value = serde_json::from_str(&body)?;
+    Ok(body["text"].as_str().context("no text")?.to_owned())
+}
+
+/// With authentication on, pages opened through minted links: the token
+/// leaves the address bar, a read-only link gives a read-only editor whose
+/// cursor carries the token's name, and a revoked link stops the page with
+/// "access expired" while keeping its unsent edit, which a new link delivers
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_opened_through_minted_links_follow_their_access() -> Result<()> {
+    let _ = (chromium(), chromedriver());
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-browser-test-secret-longer-than-32-bytes")?;
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let server = start_server_with(&dir.path().join("data"), |c| {
+        c.addr = addr;
+        c.auth_secret_file = Some(secret.clone());
+    })
+    .await?;
+    let base = format!("http://{addr}");
+    let doc = "secured";
+    let (ann_link, ann_jti) = mint_link(&secret, &base, &["--doc", doc, "--name", "Ann"])?;
+    let (bob_link, _) = mint_link(
+        &secret,
+        &base,
+        &["--doc", doc, "--access", "read", "--name", "Bob"],
+    )?;
+    assert!(
+        ann_link.starts_with(&format!("{base}/d/{doc}#token=")),
+        "{ann_link}"
+    );
+    let (test_link, _) = mint_link(
+        &secret,
+        &base,
+        &["--doc", doc, "--access", "read", "--name", "test"],
+    )?;
+    let reader = test_link
+        .split("#token=")
+        .nth(1)
+        .context("no token")?
+        .to_owned();
+    let doc_text = || text_with(addr, doc, &reader);
+
+    let driver = Driver::start().await?;
+    let (profile_a, profile_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = driver.session(profile_a.path()).await?;
+    let b = driver.session(profile_b.path()).await?;
+    let result = async {
+        a.goto(&ann_link).await?;
+        wait_for(&a, "Ann connected", Duration::from_secs(20), |s| s["connected"] == true).await?;
+        let url = a.current_url().await?;
+        assert!(!url.as_str().contains("token"), "the token stays in the address bar: {url}");
+        // Bob calls himself Mallory on his page; the others see his token's name.
+        b.goto(&format!("{base}/")).await?;
+        b.execute("localStorage.setItem('ot:v1:name', 'Mallory');", vec![]).await?;
+        b.goto(&bob_link).await?;
+        wait_for(&b, "Bob connected", Duration::from_secs(20), |s| s["connected"] == true).await?;
+        let bob = b
+            .execute(
+                "return {access: window.otEditor.access, readOnly: document.getElementById('text').readOnly, \
+                         status: document.getElementById('status').textContent};",
+                vec![],
+            )
+            .await?;
+        assert_eq!(bob["access"], "read", "{bob}");
+        assert_eq!(bob["readOnly"], true, "{bob}");
+        assert!(bob["status"].as_str().unwrap_or_default().contains("read-only"), "{bob}");
+
+        insert_text(&a, "hello from Ann").await?;
+        wait_for(&b, "Bob sees Ann's text", Duration::from_secs(20), |s| {
+            s["text"] == "hello from Ann"
+        })
+        .await?;
+        // Bob's keys change nothing (the textarea is read-only).
+        send_keys(&b, "pwned").await?;
+        b.execute(
+            "const t = document.getElementById('text'); t.focus(); t.setSelectionRange(3, 3); \
+             document.dispatchEvent(new Event('selectionchange'));",
+            vec![],
+        )
+        .await?;
+        wait_for(&a, "Bob's cursor under his token's name", Duration::from_secs(20), |s| {
+            s["cursors"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "Bob"))
+        })
+        .await?;
+        assert_eq!(doc_text().await?, "hello from Ann");
+
+        // Ann's edit waits offline; meanwhile her token is revoked.
+        a.execute("window.otEditor.setOffline(true);", vec![]).await?;
+        wait_for(&a, "Ann offline", Duration::from_secs(10), |s| s["connected"] == false).await?;
+        insert_text(&a, " +kept").await?;
+        let revoked = Command::new(e2e_tests::server_binary()?)
+            .args(["token", "revoke", "--jti", &ann_jti, "--url", &base, "--secret-file"])
+            .arg(&secret)
+            .output()?;
+        assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+        a.execute("window.otEditor.setOffline(false);", vec![]).await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stopped = loop {
+            let s = a.execute("return window.otEditor.stopped;", vec![]).await?;
+            if !s.is_null() || Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(stopped, "access expired — open a new link");
+        let status = a.find(Locator::Css("#status")).await?.text().await?;
+        assert!(status.contains("access expired"), "{status}");
+        assert_eq!(editor(&a).await?["saved"], false, "the edit is kept");
+        assert_eq!(doc_text().await?, "hello from Ann");
+
+        // A new link in the same tab delivers it, once.
+        let (new_link, _) = mint_link(&secret, &base, &["--doc", doc, "--name", "Ann"])?;
+        a.goto(&new_link).await?;
+        wait_for(&a, "Ann's edit delivered", Duration::from_secs(20), |s| {
+            s["saved"] == true && s["text"] == "hello from Ann +kept"
+        })
+        .await?;
+        wait_for(&b, "Bob sees it", Duration::from_secs(20), |s| {
+            s["text"] == "hello from Ann +kept"
+        })
+        .await?;
+        assert_eq!(doc_text().await?, "hello from Ann +kept");
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    let _ = a.close().await;
+    let _ = b.close().await;
+    server.stop().await?;
+    result
+}
