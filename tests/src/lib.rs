@@ -244,10 +244,27 @@ pub async fn recv_json(socket: &mut Socket, within: Duration) -> Result<Value> {
 
 /// Open a WebSocket to `path` (e.g. `/ws/doc?client=x`) on `addr`.
 pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Socket> {
+    ws_connect_with_key(addr, path, None).await
+}
+
+/// Open a WebSocket to `path`, proving `key` (if given) with the
+/// `x-ot-client-key` header, as the driver does.
+pub async fn ws_connect_with_key(
+    addr: SocketAddr,
+    path: &str,
+    key: Option<&ot_protocol::ClientKey>,
+) -> Result<Socket> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("ws://{addr}{path}");
+    let mut request = url.as_str().into_client_request()?;
+    if let Some(key) = key {
+        request
+            .headers_mut()
+            .insert(ot_protocol::CLIENT_KEY_HEADER, key.as_str().parse()?);
+    }
     let (socket, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url.as_str()),
+        tokio_tungstenite::connect_async(request),
     )
     .await
     .context("connect timeout")??;
@@ -393,8 +410,11 @@ impl WsClient {
     /// [`reconnect`](Self::reconnect) and [`attach`](Self::attach)).
     pub fn new(addr: SocketAddr, doc: &str, client_id: &str) -> WsClient {
         let doc = DocId::parse(doc).expect("a valid document id");
+        let mut core = SessionCore::new(doc, client_id);
+        // In memory: every state counts as durable (the key included).
+        core.confirm_durable(core.version());
         WsClient {
-            core: SessionCore::new(doc, client_id),
+            core,
             socket: None,
             addr,
             errors: Vec::new(),
@@ -452,7 +472,9 @@ impl WsClient {
     /// [`handle`](Self::handle)) is the server's first message.
     pub async fn open(&mut self) -> Result<()> {
         self.cut();
-        let socket = ws_connect(self.addr, &self.core.connect_path()).await?;
+        let socket =
+            ws_connect_with_key(self.addr, &self.core.connect_path(), self.core.client_key())
+                .await?;
         self.set_socket(socket);
         Ok(())
     }
