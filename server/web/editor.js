@@ -9,7 +9,7 @@
 //   Web Lock on (saved before every send and after every edit).
 import { Client } from "./ot.js";
 import { Session } from "./session.js";
-import { HEARTBEAT_MS, Slots, randomId, saveName, savedName } from "./slots.js";
+import { HEARTBEAT_MS, Slots, randomId, saveName, savedName, slotKey } from "./slots.js";
 import { TextareaBinding } from "./textarea.js";
 import { View } from "./view.js";
 
@@ -45,6 +45,7 @@ function persist() {
   if (!session) return;
   slots.save(slot, {
     state: session.client.state(),
+    key: session.clientKey,
     synced: session.synced,
     epoch: session.epoch,
     alive: Date.now(),
@@ -120,6 +121,8 @@ async function start() {
   session = new Session({
     client,
     docId,
+    // Saved (by the persist() below) before the first connection offers it.
+    clientKey: slotKey(claimed.saved),
     wsBase: `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}`,
     synced: restored.synced,
     epoch: restored.epoch,
@@ -136,7 +139,7 @@ async function start() {
       localRanges: () => binding.localRanges(),
       name: myName,
       textLength: () => binding.cpCount,
-      openSocket: (url) => new WebSocket(url),
+      openSocket: (url, protocols) => new WebSocket(url, protocols),
       offline: () => heldOffline,
     },
   });
