@@ -155,6 +155,14 @@ impl SessionCore {
         Ok(core)
     }
 
+    /// Use `key` as this writer's key, one the caller already keeps durably
+    /// (another instance of the same writer, a test): presented at once.
+    pub fn with_client_key(mut self, key: ClientKey) -> SessionCore {
+        self.client_key = key;
+        self.key_version = 0;
+        self
+    }
+
     /// Take a new random key; it counts only once a state holding it is durable.
     fn new_key(&mut self) {
         self.client_key = ClientKey::random();
