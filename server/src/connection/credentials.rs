@@ -14,14 +14,24 @@ use ot_protocol::{
 };
 use sha2::{Digest, Sha256};
 
-/// The credentials of one request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The credentials of one request. `Debug` shows which are present, never
+/// their values.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub(crate) struct Credentials {
     /// The writer's key: header `x-ot-client-key`, or subprotocol `ot.key.<key>`.
     pub(crate) client_key: Option<ClientKey>,
     /// A bearer token: `Authorization: Bearer <token>`, or subprotocol
     /// `ot.bearer.<token>` (only parsed here).
     pub(crate) bearer: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_key", &self.client_key.as_ref().map(|_| "…"))
+            .field("bearer", &self.bearer.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// Why a request's credentials cannot be read. Each is refused before the
@@ -221,5 +231,15 @@ mod tests {
         let error = Credentials::from_headers(&headers(&[("x-ot-client-key", bad)])).unwrap_err();
         assert!(!error.to_string().contains(bad));
         assert!(!format!("{error:?}").contains(bad));
+        let good = Credentials::from_headers(&headers(&[
+            ("x-ot-client-key", KEY),
+            ("authorization", "Bearer secret-token"),
+        ]))
+        .unwrap();
+        let shown = format!("{good:?}");
+        assert!(
+            !shown.contains(KEY) && !shown.contains("secret-token"),
+            "{shown}"
+        );
     }
 }
