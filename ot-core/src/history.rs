@@ -495,6 +495,17 @@ impl DocumentHistory {
         self.clients.set(&applied.client_id, record);
     }
 
+    /// Undo a binding to `key` whose write failed (so that the id is bound
+    /// only as durably as storage has it); any other binding stays.
+    pub fn unbind_key(&mut self, client_id: &str, key: KeyHash) {
+        if let Some(i) = self.clients.find(client_id) {
+            let record = &mut self.clients.entries[i].record;
+            if record.key_hash == Some(key) {
+                record.key_hash = None;
+            }
+        }
+    }
+
     /// The key hash `client_id` is bound to, if any.
     pub fn key_of(&self, client_id: &str) -> Option<KeyHash> {
         self.clients.get(client_id).and_then(|r| r.key_hash)
@@ -930,6 +941,12 @@ mod tests {
         assert_eq!(h.last_seq("a"), 0);
         assert_eq!(h.bind_key("a", k1), KeyCheck::Matches);
         assert_eq!(h.bind_key("a", k2), KeyCheck::Mismatch);
+        // A binding whose write failed is undone; another key's is not.
+        h.unbind_key("a", k2);
+        assert_eq!(h.key_of("a"), Some(k1));
+        h.unbind_key("a", k1);
+        assert_eq!(h.key_of("a"), None);
+        assert_eq!(h.bind_key("a", k1), KeyCheck::Bound);
         assert!(matches!(
             h.receive("a", 1, 0, ins(0, 0, "x")),
             Ok(Receipt::Applied { .. })

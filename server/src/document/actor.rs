@@ -32,6 +32,8 @@ struct Document {
     created: bool,
     last_activity: Instant,
     shutting_down: bool,
+    /// Key bindings whose write failed, to undo (see `on_authorize`).
+    bind_failed: mpsc::UnboundedSender<(ClientId, KeyHash)>,
 }
 
 /// The actor of `doc`, started (and loaded from storage) if it is not running.
@@ -72,7 +74,9 @@ async fn run(
         Err(e) => return fail_load(&registry, &id, actor_id, rx, e).await,
     };
     let (commit_tx, mut commit_rx) = mpsc::unbounded_channel();
+    let (bind_failed, mut bind_failed_rx) = mpsc::unbounded_channel();
     let mut doc = Document {
+        bind_failed,
         pipeline: Pipeline::new(shared.clone(), id.to_string(), history, commit_tx),
         conns: Connections::new(id.to_string(), shared.metrics.clone()),
         id,
@@ -98,6 +102,7 @@ async fn run(
         tokio::select! {
             biased;
             Some(done) = commit_rx.recv() => doc.on_commit(done).await,
+            Some((client_id, key)) = bind_failed_rx.recv() => doc.pipeline.unbind_key(&client_id, key),
             command = rx.recv(), if doc.pipeline.pending_len() < MAX_PENDING && !doc.shutting_down => {
                 match command {
                     Some(DocCommand::Shutdown(done)) => {
@@ -271,10 +276,19 @@ impl Document {
             return;
         }
         // Answered from a task: the actor goes on while the binding commits.
+        // A failed binding is undone, so that a retry binds again rather than
+        // find an in-memory binding that storage does not have.
+        let undo = self.bind_failed.clone();
+        let bound = (client_id.clone(), key_hash);
         self.shared.tasks.spawn(async move {
             let answer = match rx.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(JoinError::Unavailable(Arc::new(DocError::Commit(e)))),
+                Ok(Err(e)) => {
+                    if let (client_id, Some(key)) = bound {
+                        let _ = undo.send((client_id, key));
+                    }
+                    Err(JoinError::Unavailable(Arc::new(DocError::Commit(e))))
+                }
                 Err(_) => Err(JoinError::Retry),
             };
             let _ = reply.send(answer);

@@ -179,6 +179,13 @@ impl Pipeline {
         }
     }
 
+    /// A binding's write failed: undo it in memory (the next connection with
+    /// a key binds again, durably).
+    pub(super) fn unbind_key(&mut self, client_id: &ClientId, key: KeyHash) {
+        tracing::warn!(doc = %self.id, client = %client_id, "a key binding could not be stored; undone");
+        self.history.unbind_key(client_id, key);
+    }
+
     pub(super) fn durable_rev(&self) -> u64 {
         self.durable_rev
     }
