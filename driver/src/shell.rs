@@ -43,6 +43,12 @@ pub enum DriverError {
         /// What failed.
         source: tokio_tungstenite::tungstenite::Error,
     },
+    /// The server refused the connection with HTTP 403 `forbidden`: the
+    /// client id is bound to a key this writer does not have (PROTOCOL.md,
+    /// "The writer key"). Retrying cannot help: stop, and start over with a
+    /// new client id.
+    #[error("the server refused this client id (403 forbidden): {0}")]
+    Forbidden(String),
     /// Connecting, or the server's first message, took too long.
     #[error("{0}")]
     Timeout(String),
@@ -121,9 +127,17 @@ pub async fn open_socket(
     let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| DriverError::Timeout(format!("connecting to {url} timed out")))?
-        .map_err(|source| DriverError::Connect {
-            server: url.to_owned(),
-            source,
+        .map_err(|source| match source {
+            tokio_tungstenite::tungstenite::Error::Http(response)
+                if response.status().as_u16() == 403 =>
+            {
+                let body = response.body().as_deref().unwrap_or_default();
+                DriverError::Forbidden(String::from_utf8_lossy(body).into_owned())
+            }
+            source => DriverError::Connect {
+                server: url.to_owned(),
+                source,
+            },
         })?;
     Ok(socket)
 }
@@ -295,7 +309,13 @@ impl Driver {
         self.close_socket().await;
         // A new key is presented only once saved: save it now if it is not.
         self.save_now()?;
-        let dialed = self.dial().await?;
+        let dialed = match self.dial().await {
+            Err(DriverError::Forbidden(why)) => {
+                self.stopped = Some(format!("the server refused this client id: {why}"));
+                return Err(DriverError::Forbidden(why));
+            }
+            other => other?,
+        };
         self.attach(dialed).await
     }
 

@@ -13,7 +13,7 @@ use e2e_tests::{
 };
 use ot_core::client::Client;
 use ot_core::Operation;
-use ot_driver::{Driver, SessionCore, SessionState};
+use ot_driver::{Driver, DriverError, SessionCore, SessionState};
 use ot_protocol::{ClientKey, ClientMessage, DocId, ServerMessage};
 use sha2::{Digest, Sha256};
 
@@ -69,6 +69,16 @@ async fn a_known_id_without_its_key_is_refused_before_the_upgrade() {
     holder.edit(&ins(3, 3, " two")).await.unwrap();
 
     assert_takeovers_refused(addr, "take", "victim").await;
+    // A Rust client with another key: refused, and it stops (retrying cannot help).
+    let impostor = SessionCore::new(DocId::parse("take").unwrap(), "victim")
+        .with_client_key(ClientKey::random());
+    let url = ot_driver::ServerUrl::parse(&format!("http://{addr}")).unwrap();
+    let mut impostor = Driver::new(url, impostor);
+    match impostor.connect().await {
+        Err(DriverError::Forbidden(body)) => assert!(body.contains("forbidden"), "{body}"),
+        other => panic!("expected 403 forbidden, got {:?}", other.map(|_| ())),
+    }
+    assert!(impostor.stopped().is_some());
 
     holder.settle_to(2, T).await.unwrap();
     assert!(holder.is_connected(), "the holder was never closed");
