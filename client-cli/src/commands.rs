@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ot_core::Operation;
+use ot_driver::DriverError;
 use serde_json::Value;
 
 use crate::session::{ServerUrl, Session, SessionEvent};
@@ -277,6 +278,13 @@ pub async fn watch(common: &Common, doc: &str, whole_text: bool, limit: Option<u
             tokio::time::sleep(session.retry_delay()).await;
             match session.connect().await {
                 Ok(events) => report(&events),
+                // The id is bound to another key: retrying cannot help.
+                Err(e)
+                    if e.downcast_ref::<DriverError>()
+                        .is_some_and(|e| matches!(e, DriverError::Forbidden(_))) =>
+                {
+                    return Err(e)
+                }
                 Err(e) => eprintln!("ot-client: {e:#}; retrying"),
             }
             continue;

@@ -90,7 +90,7 @@ impl Session {
         };
         core.set_name(name);
         let (server_ws, doc_name) = (server.ws(), doc.to_owned());
-        let driver = Driver::new(server, core).with_saver(Box::new(move |state| {
+        let mut driver = Driver::new(server, core).with_saver(Box::new(move |state| {
             slot.save(&SavedState {
                 version: 1,
                 server: server_ws.clone(),
@@ -99,6 +99,11 @@ impl Session {
             })
             .map_err(Into::into)
         }));
+        // Save at once: a new writer's key (or the key a state saved before
+        // keys just got) must be durable before a connection presents it.
+        driver
+            .save_now()
+            .with_context(|| format!("saving {}", state_path.display()))?;
         Ok(Session {
             doc: doc.to_owned(),
             conn: ConnState::Offline,

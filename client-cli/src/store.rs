@@ -282,6 +282,7 @@ mod tests {
                 synced: true,
                 resync: None,
                 client: Client::new(a.client_id.clone(), 4, "héllo", 2).state(),
+                client_key: Some(ot_protocol::ClientKey::random()),
             },
         };
         a.save(&state).unwrap();

@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, VecDeque};
 use ot_core::client::{AckOutcome, Client, ClientError, ClientState, OutgoingOp, RemoteOutcome};
 use ot_core::{Operation, Range};
 use ot_protocol::{
-    close_action, op_message_text, ClientMessage, CloseAction, Code, DocId, ErrorAction, Limits,
-    ServerMessage,
+    close_action, op_message_text, ClientKey, ClientMessage, CloseAction, Code, DocId, ErrorAction,
+    Limits, ServerMessage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,12 @@ pub struct SessionState {
     pub resync: Option<String>,
     /// The client state machine.
     pub client: ClientState,
+    /// The writer's key, which proves a connection speaks for this client id
+    /// (PROTOCOL.md, "Connecting"). Absent in states saved before keys: such
+    /// a state gets a new key when restored, which is sent only once a state
+    /// holding it has been saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<ClientKey>,
 }
 
 /// Another user's cursor.
@@ -113,6 +119,12 @@ pub struct SessionCore {
     outbox: VecDeque<Queued>,
     version: u64,
     durable_version: u64,
+    /// This writer's key.
+    client_key: ClientKey,
+    /// The state version that first held `client_key`: the key is presented
+    /// only once that is durable, so a crash can never leave the server bound
+    /// to a key this writer no longer has.
+    key_version: u64,
 }
 
 /// The hash of a text, to recognise it later (hex).
@@ -121,21 +133,41 @@ fn text_hash(text: &str) -> String {
 }
 
 impl SessionCore {
-    /// A new writer that has never synced.
+    /// A new writer that has never synced, with a new key (see
+    /// [`client_key`](Self::client_key): it must be saved before it is sent).
     pub fn new(doc: DocId, client_id: &str) -> SessionCore {
-        SessionCore::from_parts(doc, Client::new(client_id, 0, "", 0), None, false, None)
+        let mut core =
+            SessionCore::from_parts(doc, Client::new(client_id, 0, "", 0), None, false, None);
+        core.new_key();
+        core
     }
 
     /// A writer from its saved state (which counts as durable).
     pub fn restore(doc: DocId, saved: SessionState) -> Result<SessionCore, ClientError> {
         let client = Client::from_state(saved.client)?;
-        Ok(SessionCore::from_parts(
-            doc,
-            client,
-            saved.epoch,
-            saved.synced,
-            saved.resync,
-        ))
+        let mut core =
+            SessionCore::from_parts(doc, client, saved.epoch, saved.synced, saved.resync);
+        match saved.client_key {
+            Some(key) => core.client_key = key,
+            // Saved before keys: a new key, kept from the next save on.
+            None => core.new_key(),
+        }
+        Ok(core)
+    }
+
+    /// Use `key` as this writer's key, one the caller already keeps durably
+    /// (another instance of the same writer, a test): presented at once.
+    pub fn with_client_key(mut self, key: ClientKey) -> SessionCore {
+        self.client_key = key;
+        self.key_version = 0;
+        self
+    }
+
+    /// Take a new random key; it counts only once a state holding it is durable.
+    fn new_key(&mut self) {
+        self.client_key = ClientKey::random();
+        self.changed();
+        self.key_version = self.version;
     }
 
     fn from_parts(
@@ -161,6 +193,8 @@ impl SessionCore {
             outbox: VecDeque::new(),
             version: 0,
             durable_version: 0,
+            client_key: ClientKey::random(),
+            key_version: 0,
         }
     }
 
@@ -171,7 +205,16 @@ impl SessionCore {
             synced: self.synced,
             resync: self.given_up.clone().filter(|_| self.fresh_start),
             client: self.client.state(),
+            client_key: Some(self.client_key.clone()),
         }
+    }
+
+    /// The key to present when connecting (header `x-ot-client-key`, or the
+    /// `ot.key.` subprotocol): `None` until a state holding it is durable.
+    /// Connecting without it then is safe: an id without a key stays usable
+    /// keyless, and the key is bound on the first connection that presents it.
+    pub fn client_key(&self) -> Option<&ClientKey> {
+        (self.durable_version >= self.key_version).then_some(&self.client_key)
     }
 
     /// The document.

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use ot_core::{Operation, Range};
-use ot_protocol::{CloseAction, Limits};
+use ot_protocol::{ClientKey, CloseAction, Limits, CLIENT_KEY_HEADER};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -41,6 +43,12 @@ pub enum DriverError {
         /// What failed.
         source: tokio_tungstenite::tungstenite::Error,
     },
+    /// The server refused the connection with HTTP 403 `forbidden`: the
+    /// client id is bound to a key this writer does not have (PROTOCOL.md,
+    /// "The writer key"). Retrying cannot help: stop, and start over with a
+    /// new client id.
+    #[error("the server refused this client id (403 forbidden): {0}")]
+    Forbidden(String),
     /// Connecting, or the server's first message, took too long.
     #[error("{0}")]
     Timeout(String),
@@ -95,16 +103,41 @@ pub fn socket_config(limits: &Limits) -> WebSocketConfig {
         .max_frame_size(Some(largest))
 }
 
-/// Open a WebSocket to `url` within [`CONNECT_TIMEOUT`].
-pub async fn open_socket(url: &str, limits: &Limits) -> Result<Socket, DriverError> {
+/// Open a WebSocket to `url` within [`CONNECT_TIMEOUT`], proving `key` (if
+/// given) with the `x-ot-client-key` header: never in the URL, which ends up
+/// in logs.
+pub async fn open_socket(
+    url: &str,
+    limits: &Limits,
+    key: Option<&ClientKey>,
+) -> Result<Socket, DriverError> {
+    let connect_error = |source| DriverError::Connect {
+        server: url.to_owned(),
+        source,
+    };
+    let mut request = url.into_client_request().map_err(connect_error)?;
+    if let Some(key) = key {
+        // A key is 32 hex digits: always a valid header value.
+        if let Ok(value) = HeaderValue::from_str(key.as_str()) {
+            request.headers_mut().insert(CLIENT_KEY_HEADER, value);
+        }
+    }
     let connecting =
-        tokio_tungstenite::connect_async_with_config(url, Some(socket_config(limits)), false);
+        tokio_tungstenite::connect_async_with_config(request, Some(socket_config(limits)), false);
     let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| DriverError::Timeout(format!("connecting to {url} timed out")))?
-        .map_err(|source| DriverError::Connect {
-            server: url.to_owned(),
-            source,
+        .map_err(|source| match source {
+            tokio_tungstenite::tungstenite::Error::Http(response)
+                if response.status().as_u16() == 403 =>
+            {
+                let body = response.body().as_deref().unwrap_or_default();
+                DriverError::Forbidden(String::from_utf8_lossy(body).into_owned())
+            }
+            source => DriverError::Connect {
+                server: url.to_owned(),
+                source,
+            },
         })?;
     Ok(socket)
 }
@@ -245,8 +278,9 @@ impl Driver {
     pub fn dial(&self) -> impl Future<Output = Result<Dialed, DriverError>> + Send + 'static {
         let url = self.connect_url();
         let limits = self.core.limits().unwrap_or_default();
+        let key = self.core.client_key().cloned();
         async move {
-            let mut socket = open_socket(&url, &limits).await?;
+            let mut socket = open_socket(&url, &limits, key.as_ref()).await?;
             match tokio::time::timeout(CONNECT_TIMEOUT, next_incoming(&mut socket)).await {
                 Ok(Incoming::Text(first)) => Ok(Dialed { socket, first }),
                 Ok(Incoming::Closed(_, why)) => Err(DriverError::Closed(why)),
@@ -273,7 +307,15 @@ impl Driver {
     /// One connection attempt: connect, then handle the first message.
     pub async fn connect(&mut self) -> Result<Vec<Event>, DriverError> {
         self.close_socket().await;
-        let dialed = self.dial().await?;
+        // A new key is presented only once saved: save it now if it is not.
+        self.save_now()?;
+        let dialed = match self.dial().await {
+            Err(DriverError::Forbidden(why)) => {
+                self.stopped = Some(format!("the server refused this client id: {why}"));
+                return Err(DriverError::Forbidden(why));
+            }
+            other => other?,
+        };
         self.attach(dialed).await
     }
 
@@ -350,6 +392,25 @@ impl Driver {
         Ok(events)
     }
 
+    /// Save the state now if it needs saving (with a saver, or confirmed at
+    /// once for an in-memory client). Call it before [`dial`](Self::dial)
+    /// when the state may hold a key never saved (a new writer, a state
+    /// saved before keys), so that the connection can present it.
+    pub fn save_now(&mut self) -> Result<(), DriverError> {
+        if self.core.needs_save() {
+            let version = self.core.version();
+            match &mut self.durability {
+                Durability::Immediate => self.core.confirm_durable(version),
+                Durability::Saver(save) => {
+                    save(&self.core.state()).map_err(DriverError::Save)?;
+                    self.core.confirm_durable(version);
+                }
+                Durability::External => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Save what must be saved, then send what may be sent; close the socket
     /// if the core dropped the connection.
     async fn settle(&mut self, events: &mut Vec<Event>) -> Result<(), DriverError> {
@@ -362,17 +423,7 @@ impl Driver {
                 self.stopped = Some(reason.clone());
             }
         }
-        if self.core.needs_save() {
-            let version = self.core.version();
-            match &mut self.durability {
-                Durability::Immediate => self.core.confirm_durable(version),
-                Durability::Saver(save) => {
-                    save(&self.core.state()).map_err(DriverError::Save)?;
-                    self.core.confirm_durable(version);
-                }
-                Durability::External => {}
-            }
-        }
+        self.save_now()?;
         if !self.core.is_connected() {
             self.close_socket().await;
             return Ok(());

@@ -232,3 +232,35 @@ fn a_snapshot_without_its_text_is_unreadable_not_an_empty_document() {
     assert_eq!(c.state(), before);
     assert_eq!(c.client().text().to_string(), "abcd");
 }
+
+#[test]
+fn a_key_is_presented_only_once_a_state_holding_it_is_durable() {
+    // A new writer: its key is sent only after the first save.
+    let mut c = core();
+    assert!(c.needs_save());
+    assert_eq!(c.client_key(), None);
+    c.confirm_durable(c.version());
+    let key = c.client_key().cloned().expect("saved: presented");
+    assert_eq!(c.state().client_key.as_ref(), Some(&key));
+
+    // A state saved with its key keeps it, presented at once.
+    let restored = SessionCore::restore(DocId::parse("notes").unwrap(), c.state()).unwrap();
+    assert_eq!(restored.client_key(), Some(&key));
+    assert!(!restored.needs_save());
+
+    // A state saved before keys loads (serde default), gets a new key, and
+    // presents it only after that state was saved.
+    let mut json = serde_json::to_value(c.state()).unwrap();
+    json.as_object_mut().unwrap().remove("client_key");
+    let old: ot_driver::SessionState = serde_json::from_value(json).unwrap();
+    assert_eq!(old.client_key, None);
+    let mut upgraded = SessionCore::restore(DocId::parse("notes").unwrap(), old).unwrap();
+    assert!(upgraded.needs_save());
+    assert_eq!(upgraded.client_key(), None, "not saved yet: not sent");
+    let new_key = upgraded.state().client_key.expect("a new key to save");
+    assert_ne!(new_key, key);
+    upgraded.confirm_durable(upgraded.version());
+    assert_eq!(upgraded.client_key(), Some(&new_key));
+    // The key never appears in the connect URL.
+    assert!(!upgraded.connect_path().contains(new_key.as_str()));
+}

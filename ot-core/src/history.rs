@@ -138,16 +138,76 @@ impl<'de> Deserialize<'de> for OpHash {
     }
 }
 
+/// The hash of a writer's secret key (the server computes it; here it is
+/// opaque bytes): what a [`ClientRecord`] keeps so that only the key's holder
+/// may speak for the client id. Serialised as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    /// The 64-digit lowercase hex form.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parse the 64-digit hex form (either case).
+    pub fn from_hex(text: &str) -> Option<KeyHash> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(KeyHash(bytes))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    // Only a prefix: enough to tell two apart in a test failure.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({}…)", &self.to_hex()[..8])
+    }
+}
+
+impl Serialize for KeyHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        KeyHash::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("a key hash must be 64 hex digits"))
+    }
+}
+
 /// What the history remembers about one client (one writer) of the document:
-/// the dedup table entry.
+/// the dedup table entry, and the hash of the key the client id is bound to.
+///
+/// A record made by [`DocumentHistory::bind_key`] before the client's first op
+/// has `last_seq` 0 (and `last_rev` 0, a zero `last_hash`, never consulted:
+/// the next seq is 1 whatever they hold).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
-    /// The last sequence number applied from this client.
+    /// The last sequence number applied from this client (0: none yet).
     pub last_seq: u64,
     /// The revision that op produced.
     pub last_rev: u64,
     /// The hash of that op as received.
     pub last_hash: OpHash,
+    /// The hash of the client's key, once bound; absent for old clients and
+    /// data written before keys (serde default, so old snapshots load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hash: Option<KeyHash>,
+}
+
+/// What [`DocumentHistory::bind_key`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// The client id is bound to this key already.
+    Matches,
+    /// The client id had no key: it is bound to this one now (persist it).
+    Bound,
+    /// The client id is bound to another key: refuse the connection.
+    Mismatch,
 }
 
 /// One operation in the history, as applied.
@@ -422,12 +482,64 @@ impl DocumentHistory {
     }
 
     fn remember(&mut self, applied: &AppliedOp) {
+        let key_hash = self
+            .clients
+            .get(&applied.client_id)
+            .and_then(|r| r.key_hash);
         let record = ClientRecord {
             last_seq: applied.seq,
             last_rev: applied.rev,
             last_hash: applied.hash,
+            key_hash,
         };
         self.clients.set(&applied.client_id, record);
+    }
+
+    /// Undo a binding to `key` whose write failed (so that the id is bound
+    /// only as durably as storage has it); any other binding stays.
+    pub fn unbind_key(&mut self, client_id: &str, key: KeyHash) {
+        if let Some(i) = self.clients.find(client_id) {
+            let record = &mut self.clients.entries[i].record;
+            if record.key_hash == Some(key) {
+                record.key_hash = None;
+            }
+        }
+    }
+
+    /// The key hash `client_id` is bound to, if any.
+    pub fn key_of(&self, client_id: &str) -> Option<KeyHash> {
+        self.clients.get(client_id).and_then(|r| r.key_hash)
+    }
+
+    /// Check `key` against the key `client_id` is bound to, binding the id to
+    /// `key` if it has none yet (the first key presented wins; a binding never
+    /// changes). The caller persists a [`KeyCheck::Bound`].
+    pub fn bind_key(&mut self, client_id: &str, key: KeyHash) -> KeyCheck {
+        match self.clients.find(client_id) {
+            Some(i) => {
+                let record = &mut self.clients.entries[i].record;
+                match record.key_hash {
+                    Some(bound) if bound == key => KeyCheck::Matches,
+                    Some(_) => KeyCheck::Mismatch,
+                    None => {
+                        record.key_hash = Some(key);
+                        KeyCheck::Bound
+                    }
+                }
+            }
+            None => {
+                self.clients.insert(
+                    client_id.into(),
+                    ClientRecord {
+                        last_seq: 0,
+                        last_rev: 0,
+                        last_hash: OpHash::default(),
+                        key_hash: Some(key),
+                    },
+                );
+                KeyCheck::Bound
+            }
+        }
     }
 
     /// The current revision (number of ops applied since creation).
@@ -574,17 +686,23 @@ impl DocumentHistory {
             .map_err(does_not_fit)?;
 
         self.revision += 1;
-        let record = ClientRecord {
-            last_seq: seq,
-            last_rev: self.revision,
-            last_hash: hash,
-        };
         let position = match position {
             Some(i) => {
-                self.clients.entries[i].record = record;
+                let record = &mut self.clients.entries[i].record;
+                record.last_seq = seq;
+                record.last_rev = self.revision;
+                record.last_hash = hash;
                 i
             }
-            None => self.clients.insert(client_id.into(), record),
+            None => self.clients.insert(
+                client_id.into(),
+                ClientRecord {
+                    last_seq: seq,
+                    last_rev: self.revision,
+                    last_hash: hash,
+                    key_hash: None,
+                },
+            ),
         };
         let client_id = Arc::clone(&self.clients.entries[position].id);
         let applied = AppliedOp {
@@ -811,5 +929,51 @@ mod tests {
             DocumentHistory::from_snapshot(h.snapshot(), bad_tail),
             Err(RestoreError::Gap { .. })
         ));
+    }
+
+    #[test]
+    fn a_key_binds_once_and_survives_ops_snapshots_and_replay() {
+        let k1 = KeyHash([1; 32]);
+        let k2 = KeyHash([2; 32]);
+        let mut h = DocumentHistory::new();
+        // Bound before any op (a join): the next seq is still 1.
+        assert_eq!(h.bind_key("a", k1), KeyCheck::Bound);
+        assert_eq!(h.last_seq("a"), 0);
+        assert_eq!(h.bind_key("a", k1), KeyCheck::Matches);
+        assert_eq!(h.bind_key("a", k2), KeyCheck::Mismatch);
+        // A binding whose write failed is undone; another key's is not.
+        h.unbind_key("a", k2);
+        assert_eq!(h.key_of("a"), Some(k1));
+        h.unbind_key("a", k1);
+        assert_eq!(h.key_of("a"), None);
+        assert_eq!(h.bind_key("a", k1), KeyCheck::Bound);
+        assert!(matches!(
+            h.receive("a", 1, 0, ins(0, 0, "x")),
+            Ok(Receipt::Applied { .. })
+        ));
+        assert_eq!(h.key_of("a"), Some(k1), "an op keeps the binding");
+        // An old client's record (no key) is bound to the first key presented.
+        h.receive("b", 1, 1, ins(1, 1, "y")).unwrap();
+        assert_eq!(h.key_of("b"), None);
+        let before = h.snapshot();
+        assert_eq!(h.bind_key("b", k2), KeyCheck::Bound);
+        assert_eq!(h.bind_key("b", k1), KeyCheck::Mismatch);
+        // Snapshots carry the hash; replaying ops after it keeps it.
+        let snap: DocumentSnapshot =
+            serde_json::from_str(&serde_json::to_string(&h.snapshot()).unwrap()).unwrap();
+        let mut h2 = DocumentHistory::from_snapshot(snap, Vec::new()).unwrap();
+        assert_eq!(h2.key_of("a"), Some(k1));
+        assert_eq!(h2.key_of("b"), Some(k2));
+        h2.receive("a", 2, 2, ins(2, 2, "z")).unwrap();
+        let tail = h2.retained_ops().to_vec();
+        let mut snap = h2.snapshot();
+        snap.rev = 2;
+        snap.text = "xy".into();
+        let h3 = DocumentHistory::from_snapshot(snap, tail).unwrap();
+        assert_eq!(h3.key_of("a"), Some(k1));
+        assert_eq!(h3.last_seq("a"), 2);
+        // A record without a key serialises as before (old readers, old data).
+        let json = serde_json::to_string(&before.clients["b"]).unwrap();
+        assert!(!json.contains("key_hash"), "{json}");
     }
 }

@@ -13,6 +13,9 @@ pub enum IdError {
     /// Not a valid client id.
     #[error("a client id is 1–64 characters of A–Z, a–z, 0–9, '_' and '-'")]
     Client,
+    /// Not a valid client key.
+    #[error("a client key is 32 lowercase hex digits")]
+    ClientKey,
 }
 
 /// Longest document id, in bytes (all ASCII).
@@ -76,6 +79,81 @@ impl ClientId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Length of a client key in hex digits (128 bits).
+pub const CLIENT_KEY_LEN: usize = 32;
+
+/// The request header a Rust client proves its key with on the upgrade.
+pub const CLIENT_KEY_HEADER: &str = "x-ot-client-key";
+
+/// The WebSocket subprotocol of this protocol: the only one the server
+/// selects and echoes in `Sec-WebSocket-Protocol`.
+pub const SUBPROTOCOL: &str = "ot.v1";
+
+/// A browser (which cannot set headers on a WebSocket) offers its key as the
+/// subprotocol `ot.key.<key>` next to [`SUBPROTOCOL`]; the server never echoes it.
+pub const KEY_SUBPROTOCOL_PREFIX: &str = "ot.key.";
+
+/// A browser offers a bearer token as the subprotocol `ot.bearer.<token>`
+/// (never echoed).
+pub const BEARER_SUBPROTOCOL_PREFIX: &str = "ot.bearer.";
+
+fn client_key_ok(key: &str) -> bool {
+    key.len() == CLIENT_KEY_LEN && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A writer's secret: 128 random bits as 32 lowercase hex digits, generated
+/// with its [`ClientId`] and kept with its saved state. The id is public
+/// (broadcast in every op and cursor); the key proves a connection speaks for
+/// that writer. `Debug` does not print it, so it never reaches a log by accident.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClientKey(String);
+
+impl ClientKey {
+    /// Check `key` against the rule.
+    pub fn parse(key: &str) -> Result<ClientKey, IdError> {
+        client_key_ok(key)
+            .then(|| ClientKey(key.to_owned()))
+            .ok_or(IdError::ClientKey)
+    }
+
+    /// A new random key: 128 random bits as 32 lowercase hex digits.
+    pub fn random() -> ClientKey {
+        ClientKey(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    /// The key as text (to send it; never to log it).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientKey(…)")
+    }
+}
+
+impl TryFrom<String> for ClientKey {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        ClientKey::parse(&s)
+    }
+}
+
+impl From<ClientKey> for String {
+    fn from(key: ClientKey) -> String {
+        key.0
+    }
+}
+
+impl std::str::FromStr for ClientKey {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        ClientKey::parse(s)
     }
 }
 
@@ -145,6 +223,32 @@ mod tests {
         assert!(ClientId::parse(id.as_str()).is_ok());
         assert_eq!(id.len(), 32);
         assert_ne!(id, ClientId::random());
+    }
+
+    #[test]
+    fn client_keys() {
+        let key = ClientKey::random();
+        assert_eq!(key.as_str().len(), CLIENT_KEY_LEN);
+        assert_eq!(ClientKey::parse(key.as_str()), Ok(key.clone()));
+        assert_ne!(key, ClientKey::random());
+        assert!(
+            !format!("{key:?}").contains(key.as_str()),
+            "Debug hides the key"
+        );
+        let upper = "0123456789ABCDEF0123456789abcdef";
+        for bad in [
+            "",
+            "abc",
+            upper,
+            &"g".repeat(32),
+            &"a".repeat(31),
+            &"a".repeat(33),
+        ] {
+            assert_eq!(ClientKey::parse(bad), Err(IdError::ClientKey), "{bad:?}");
+        }
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(serde_json::from_str::<ClientKey>(&json).unwrap(), key);
+        assert!(serde_json::from_str::<ClientKey>(r#""a""#).is_err());
     }
 
     #[test]

@@ -24,5 +24,8 @@ pub use access::Access;
 pub use api::ApiErrorCode;
 pub use client_message::{op_message_text, ClientMessage, Rejection, MAX_NAME_CHARS, MAX_RANGES};
 pub use codes::{close_action, CloseAction, CloseCode, Code, ErrorAction, ErrorCode};
-pub use ids::{ClientId, DocId, IdError};
+pub use ids::{
+    ClientId, ClientKey, DocId, IdError, BEARER_SUBPROTOCOL_PREFIX, CLIENT_KEY_HEADER,
+    KEY_SUBPROTOCOL_PREFIX, SUBPROTOCOL,
+};
 pub use server_message::{FrameError, Limits, ServerMessage};

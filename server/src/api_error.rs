@@ -37,6 +37,7 @@ impl ApiError {
         let code = match error {
             IdError::Document => ApiErrorCode::InvalidDocumentId,
             IdError::Client => ApiErrorCode::InvalidClientId,
+            IdError::ClientKey => ApiErrorCode::Protocol(ErrorCode::Forbidden),
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, error.to_string())
     }

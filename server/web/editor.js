@@ -10,9 +10,9 @@
 // - token.js: the access token from the link's fragment.
 import { Client } from "./ot.js";
 import { Session } from "./session.js";
-import { HEARTBEAT_MS, Slots, randomId, saveName, savedName } from "./slots.js";
+import { HEARTBEAT_MS, Slots, randomId, saveName, savedName, slotKey } from "./slots.js";
 import { TextareaBinding } from "./textarea.js";
-import { authHeaders, subprotocols, takeToken } from "./token.js";
+import { authHeaders, bearerProtocols, takeToken } from "./token.js";
 import { View } from "./view.js";
 
 const docId = document.querySelector('meta[name="ot-doc"]').content;
@@ -48,6 +48,7 @@ function persist() {
   if (!session) return;
   slots.save(slot, {
     state: session.client.state(),
+    key: session.clientKey,
     synced: session.synced,
     epoch: session.epoch,
     alive: Date.now(),
@@ -123,6 +124,8 @@ async function start() {
   session = new Session({
     client,
     docId,
+    // Saved (by the persist() below) before the first connection offers it.
+    clientKey: slotKey(claimed.saved),
     wsBase: `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}`,
     synced: restored.synced,
     epoch: restored.epoch,
@@ -139,7 +142,7 @@ async function start() {
       localRanges: () => binding.localRanges(),
       name: myName,
       textLength: () => binding.cpCount,
-      openSocket: (url) => new WebSocket(url, subprotocols(token)),
+      openSocket: (url, protocols) => new WebSocket(url, [...protocols, ...bearerProtocols(token)]),
       // A refused upgrade looks like a lost network to a WebSocket: ask over HTTP why.
       checkAccess: async () => {
         try {

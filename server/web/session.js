@@ -205,6 +205,21 @@ export function cursorMessage(rev, ranges, name) {
   return { type: "cursor", rev, ranges, name };
 }
 
+/** The WebSocket subprotocol of this protocol: the one the server selects and echoes. */
+export const SUBPROTOCOL = "ot.v1";
+/** A page offers its writer key as the subprotocol `ot.key.<key>` (browsers cannot set headers; never in the URL). */
+export const KEY_SUBPROTOCOL_PREFIX = "ot.key.";
+
+/** Whether `key` is a writer key: 32 lowercase hex digits (the protocol crate's `ClientKey` rule). */
+export function isClientKey(key) {
+  return typeof key === "string" && /^[0-9a-f]{32}$/.test(key);
+}
+
+/** The subprotocols to offer: `ot.v1`, and the writer's key when there is one. */
+export function socketProtocols(clientKey) {
+  return isClientKey(clientKey) ? [SUBPROTOCOL, KEY_SUBPROTOCOL_PREFIX + clientKey] : [SUBPROTOCOL];
+}
+
 /**
  * The WebSocket URL: `base` is `ws://host` or `wss://host`; `rev` (and
  * `epoch`, if known) ask for a resume, `rev` null for a snapshot.
@@ -240,7 +255,8 @@ const noop = () => {};
  * - `status(state)`: `connecting`, `reconnecting` or `stopped`.
  * - `changed()`: something shown changed (render).
  * - `localRanges()`: this writer's selection (code points); `name()`; `textLength()`.
- * - `openSocket(url)`: a WebSocket (or a stand-in); `offline()`: behave as if offline.
+ * - `openSocket(url, protocols)`: a WebSocket (or a stand-in) offering `protocols`
+ *   (`ot.v1` and `ot.key.<clientKey>`); `offline()`: behave as if offline.
  * - `accessChanged(access)`: the first message said what this connection may do.
  * - `checkAccess()`: after a connection that never opened, a promise of why:
  *   `"expired"` (401: the token is missing, expired or revoked), `"forbidden"`
@@ -253,6 +269,7 @@ export class Session {
   constructor({
     client,
     docId,
+    clientKey = null,
     wsBase = "",
     synced = false,
     epoch = null,
@@ -262,6 +279,9 @@ export class Session {
   }) {
     this.client = client;
     this.docId = docId;
+    // The writer's key (saved with the state before the first connection):
+    // proves this page speaks for its client id. Null: an old page's state.
+    this.clientKey = clientKey;
     this.wsBase = wsBase;
     this.synced = synced; // has had a snapshot or resume
     this.epoch = epoch;
@@ -346,7 +366,7 @@ export class Session {
       return;
     }
     this.hooks.status("connecting");
-    const socket = this.hooks.openSocket(this.url());
+    const socket = this.hooks.openSocket(this.url(), socketProtocols(this.clientKey));
     this.ws = socket;
     socket.onopen = () => {
       if (this.ws !== socket) return;

@@ -15,6 +15,21 @@ export function randomId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** A new writer key: 128 random bits as 32 lowercase hex digits. */
+export function randomKey() {
+  return randomId();
+}
+
+/**
+ * The writer key of a claimed slot: the saved one, or a new one for a slot
+ * saved before keys (or a new slot). The caller saves it before connecting,
+ * so the key the server binds is never lost.
+ */
+export function slotKey(saved) {
+  const key = saved && saved.key;
+  return typeof key === "string" && /^[0-9a-f]{32}$/.test(key) ? key : randomKey();
+}
+
 /** The display name saved for every document, or null. */
 export function savedName() {
   return localStorage.getItem(NAME_KEY);
@@ -84,7 +99,7 @@ export class Slots {
     return { slot, saved: null };
   }
 
-  /** Save `record` (`{state, synced, epoch, alive, conflicts}`) in `slot`. */
+  /** Save `record` (`{state, key, synced, epoch, alive, conflicts}`) in `slot`. */
   save(slot, record) {
     try {
       localStorage.setItem(this.key(slot), JSON.stringify(record));

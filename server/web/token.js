@@ -17,9 +17,9 @@ export function takeToken(loc = globalThis.location, storage = globalThis.sessio
   return storage.getItem(KEY);
 }
 
-/** The WebSocket subprotocols to offer: `ot.v1`, plus the token if there is one. */
-export function subprotocols(token) {
-  return token ? ["ot.v1", `ot.bearer.${token}`] : ["ot.v1"];
+/** The subprotocol entry that carries the token (none without one), offered beside `ot.v1`. */
+export function bearerProtocols(token) {
+  return token ? [`ot.bearer.${token}`] : [];
 }
 
 /** Headers for a fetch call. */

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Client } from "../../server/web/ot.js";
 import { Session } from "../../server/web/session.js";
-import { authHeaders, subprotocols, takeToken } from "../../server/web/token.js";
+import { authHeaders, bearerProtocols, takeToken } from "../../server/web/token.js";
 
 function fakeStorage() {
   const m = new Map();
@@ -30,8 +30,8 @@ test("a token in the fragment is kept for the tab and removed from the address b
 });
 
 test("the token travels as a subprotocol and a bearer header, never in the URL", () => {
-  assert.deepEqual(subprotocols(null), ["ot.v1"]);
-  assert.deepEqual(subprotocols("t0k"), ["ot.v1", "ot.bearer.t0k"]);
+  assert.deepEqual(bearerProtocols(null), []);
+  assert.deepEqual(bearerProtocols("t0k"), ["ot.bearer.t0k"]);
   assert.deepEqual(authHeaders("t0k"), { Authorization: "Bearer t0k" });
   assert.deepEqual(authHeaders(null), {});
 });

@@ -244,10 +244,41 @@ pub async fn recv_json(socket: &mut Socket, within: Duration) -> Result<Value> {
 
 /// Open a WebSocket to `path` (e.g. `/ws/doc?client=x`) on `addr`.
 pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Socket> {
+    ws_connect_with_key(addr, path, None).await
+}
+
+/// The key every [`WsClient`] with `client_id` presents: derived from the id,
+/// so that two `WsClient`s with one id are two instances of one writer (as
+/// before keys). A takeover test uses another key, or none.
+pub fn test_key(client_id: &str) -> ot_protocol::ClientKey {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        (salt, client_id).hash(&mut h);
+        h.finish()
+    };
+    let text = format!("{:016x}{:016x}", half(1), half(2));
+    ot_protocol::ClientKey::parse(&text).expect("32 lowercase hex digits")
+}
+
+/// Open a WebSocket to `path`, proving `key` (if given) with the
+/// `x-ot-client-key` header, as the driver does.
+pub async fn ws_connect_with_key(
+    addr: SocketAddr,
+    path: &str,
+    key: Option<&ot_protocol::ClientKey>,
+) -> Result<Socket> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("ws://{addr}{path}");
+    let mut request = url.as_str().into_client_request()?;
+    if let Some(key) = key {
+        request
+            .headers_mut()
+            .insert(ot_protocol::CLIENT_KEY_HEADER, key.as_str().parse()?);
+    }
     let (socket, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url.as_str()),
+        tokio_tungstenite::connect_async(request),
     )
     .await
     .context("connect timeout")??;
@@ -274,11 +305,29 @@ pub async fn ws_connect_small_recv_buffer(addr: SocketAddr, url: &str) -> Result
 /// Try to open a WebSocket to `path`, expecting the server to refuse the
 /// upgrade; returns the HTTP status and body of the refusal.
 pub async fn ws_refused(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    ws_refused_with(addr, path, &[]).await
+}
+
+/// Like [`ws_refused`], with extra request `headers` (a key, subprotocols).
+pub async fn ws_refused_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
     use tokio_tungstenite::tungstenite::Error;
     let url = format!("ws://{addr}{path}");
+    let mut request = url.as_str().into_client_request()?;
+    for (name, value) in headers {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_str(value)?,
+        );
+    }
     let result = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url.as_str()),
+        tokio_tungstenite::connect_async(request),
     )
     .await
     .context("connect timeout")?;
@@ -393,8 +442,11 @@ impl WsClient {
     /// [`reconnect`](Self::reconnect) and [`attach`](Self::attach)).
     pub fn new(addr: SocketAddr, doc: &str, client_id: &str) -> WsClient {
         let doc = DocId::parse(doc).expect("a valid document id");
+        let mut core = SessionCore::new(doc, client_id).with_client_key(test_key(client_id));
+        // In memory: every state counts as durable.
+        core.confirm_durable(core.version());
         WsClient {
-            core: SessionCore::new(doc, client_id),
+            core,
             socket: None,
             addr,
             errors: Vec::new(),
@@ -452,7 +504,9 @@ impl WsClient {
     /// [`handle`](Self::handle)) is the server's first message.
     pub async fn open(&mut self) -> Result<()> {
         self.cut();
-        let socket = ws_connect(self.addr, &self.core.connect_path()).await?;
+        let socket =
+            ws_connect_with_key(self.addr, &self.core.connect_path(), self.core.client_key())
+                .await?;
         self.set_socket(socket);
         Ok(())
     }

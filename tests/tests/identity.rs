@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use e2e_tests::{
-    doc_state, http_get_json, recv_message, send_message, start_server, ws_connect, Event, WsClient,
+    doc_state, http_get_json, recv_message, send_message, start_server, test_key, ws_connect,
+    ws_connect_with_key, Event, WsClient,
 };
 use ot_core::Operation;
 use ot_protocol::{ClientMessage, ServerMessage};
@@ -138,9 +139,10 @@ async fn same_client_id_replaces_the_older_connection() {
     );
 
     // A third connection with the id replaces the second in turn.
-    let mut third = ws_connect(addr, "/ws/ident?client=twin&rev=2")
-        .await
-        .unwrap();
+    let mut third =
+        ws_connect_with_key(addr, "/ws/ident?client=twin&rev=2", Some(&test_key("twin")))
+            .await
+            .unwrap();
     let resume = recv_message(&mut third, T).await.unwrap();
     assert!(
         matches!(resume, ServerMessage::Resume { seq: 2, .. }),

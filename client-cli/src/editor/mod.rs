@@ -373,6 +373,11 @@ impl App {
                 }
                 Err(e) => self.connection_failed(format!("{e:#}"), true).await,
             },
+            // The id is bound to another key: retrying cannot help.
+            Err(e @ DriverError::Forbidden(_)) => {
+                self.stopped = true;
+                self.tell(format!("{e:#}: not reconnecting"), Severity::Error);
+            }
             Err(e) => self.connection_failed(format!("{e:#}"), false).await,
         }
     }

@@ -6,8 +6,8 @@
 //! and may do everything: the server then only listens on loopback (or
 //! `--insecure-no-auth`).
 
-mod bearer;
 mod claims;
+mod credentials;
 mod keys;
 mod pattern;
 mod revocation;
@@ -18,9 +18,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use ot_protocol::Access;
 
-pub(crate) use bearer::{bearer_token, SUBPROTOCOL};
 pub use claims::Claims;
 pub(crate) use claims::Grant;
+pub(crate) use credentials::Credentials;
 pub use keys::{mint_hs256, read_secret, KeyError, TokenError, Verifier};
 pub(crate) use revocation::Revocations;
 
@@ -156,7 +156,13 @@ impl FromRequestParts<Arc<Shared>> for Caller {
         let Some(auth) = &shared.auth else {
             return Ok(Caller::Trusted);
         };
-        match auth.check(bearer_token(&parts.headers).as_deref()) {
+        let bearer = match Credentials::from_headers(&parts.headers) {
+            Ok(credentials) => credentials.bearer,
+            // A bad client key is the upgrade's to refuse (403).
+            Err(e) if e.is_about_the_key() => return Err(ApiError::forbidden(e.to_string())),
+            Err(e) => return Err(ApiError::unauthorized(e)),
+        };
+        match auth.check(bearer.as_deref()) {
             Ok(grant) => Ok(Caller::Token(Arc::new(grant))),
             Err(e) => {
                 tracing::debug!(error = %e, path = %parts.uri.path(), "token refused");

@@ -1,5 +1,6 @@
 //! One WebSocket connection per (client, document): [`upgrade`] checks the
-//! request, upgrades and joins the document; [`reader`] reads frames (size
+//! request (its credentials are read by [`crate::auth::Credentials`]),
+//! upgrades and joins the document; [`reader`] reads frames (size
 //! check, rate limit, parse) and forwards them to the document's actor;
 //! [`writer`] drains the connection's bounded outbound queue onto the socket;
 //! [`names`] cleans the display names it broadcasts.

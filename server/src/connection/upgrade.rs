@@ -1,5 +1,7 @@
-//! `GET /ws/{doc}`: check the request, upgrade, join the document (or refuse
-//! with an error and a close code), then hand the socket to the reader.
+//! `GET /ws/{doc}`: check the request and its credentials (the document's
+//! actor says whether the connection may speak for its client id: 403 before
+//! the upgrade if not), upgrade, join the document (or refuse with an error
+//! and a close code), then hand the socket to the reader.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -8,16 +10,17 @@ use std::sync::Arc;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ot_protocol::{Access, ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode};
+use ot_core::history::KeyHash;
+use ot_protocol::{Access, ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode, SUBPROTOCOL};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::reader;
 use crate::api_error::ApiError;
 use crate::app::Shared;
-use crate::auth::{Caller, SUBPROTOCOL};
+use crate::auth::{Caller, Credentials};
 use crate::document::{
     self, DocCommand, DocError, DocHandle, JoinError, JoinRequest, JOIN_TIMEOUT,
 };
@@ -27,6 +30,8 @@ use crate::outbound::{close_frame, error_frame, Outbound};
 struct Request {
     doc: DocId,
     client_id: ClientId,
+    /// The hash of the key the connection presented.
+    key_hash: Option<KeyHash>,
     /// The revision to resume from.
     rev: Option<u64>,
     /// The epoch the client last saw.
@@ -42,7 +47,11 @@ struct Permit {
 }
 
 impl Request {
-    fn parse(doc: &str, params: &HashMap<String, String>) -> Result<Request, ApiError> {
+    fn parse(
+        doc: &str,
+        params: &HashMap<String, String>,
+        headers: &HeaderMap,
+    ) -> Result<Request, ApiError> {
         let doc = DocId::parse(doc).map_err(ApiError::invalid_id)?;
         let client_id = match params.get("client") {
             Some(id) => ClientId::parse(id).map_err(ApiError::invalid_id)?,
@@ -59,9 +68,18 @@ impl Request {
                 })
                 .transpose()
         };
+        // Never from the query string (see `credentials`).
+        let credentials = Credentials::from_headers(headers).map_err(|e| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                ApiErrorCode::Protocol(ErrorCode::Forbidden),
+                e.to_string(),
+            )
+        })?;
         Ok(Request {
             doc,
             client_id,
+            key_hash: credentials.key_hash(),
             rev: number("rev")?,
             epoch: number("epoch")?,
         })
@@ -75,9 +93,10 @@ pub(crate) async fn ws_handler(
     caller: Caller,
     Path(doc): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let request = match Request::parse(&doc, &params) {
+    let request = match Request::parse(&doc, &params, &headers) {
         Ok(request) => request,
         Err(e) => return e.into_response(),
     };
@@ -100,13 +119,34 @@ pub(crate) async fn ws_handler(
         )
         .into_response();
     }
+    match authorize(&shared, &request).await {
+        Ok(()) => {}
+        Err(JoinError::Forbidden) => {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                ApiErrorCode::Protocol(ErrorCode::Forbidden),
+                JoinError::Forbidden.to_string(),
+            )
+            .into_response()
+        }
+        Err(JoinError::ShuttingDown) => return ApiError::shutting_down().into_response(),
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ApiErrorCode::Protocol(ErrorCode::StorageError),
+                e.to_string(),
+            )
+            .into_response()
+        }
+    }
     let config = &shared.config;
     // Frames larger than our own message limit are still read (up to 4×) so the
     // client gets a typed error and keeps its connection; beyond that the socket closes.
     let hard_limit = config.max_message_bytes.saturating_mul(4);
     let largest_outgoing = config.max_doc_len.saturating_mul(4).saturating_add(1 << 20);
     upgrade
-        // Only `ot.v1` is ever echoed: never a token or key offered beside it.
+        // Only `ot.v1` is ever selected and echoed: a browser offers its key
+        // as a second entry (`ot.key.…`), which must not come back.
         .protocols([SUBPROTOCOL])
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
@@ -119,6 +159,31 @@ pub(crate) async fn ws_handler(
             let tasks = shared.tasks.clone();
             tasks.track_future(connection(shared, socket, request, permit))
         })
+}
+
+/// Ask the document's actor whether the request may speak for its client id
+/// (binding an unbound id to its key, durably), retrying if the actor was
+/// just unloading.
+async fn authorize(shared: &Arc<Shared>, request: &Request) -> Result<(), JoinError> {
+    for _ in 0..8 {
+        let handle = document::open(shared.services(), &shared.registry, &request.doc);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let command = DocCommand::Authorize {
+            client_id: request.client_id.clone(),
+            key_hash: request.key_hash,
+            reply: reply_tx,
+        };
+        if handle.tx.send(command).await.is_err() {
+            continue; // the actor stopped: open again
+        }
+        match tokio::time::timeout(JOIN_TIMEOUT, reply_rx).await {
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(JoinError::Retry))) | Ok(Err(_)) => continue,
+            Ok(Ok(Err(e))) => return Err(e),
+            Err(_) => return Err(JoinError::Unavailable(Arc::new(DocError::NoAnswer))),
+        }
+    }
+    Err(JoinError::Unavailable(Arc::new(DocError::KeptUnloading)))
 }
 
 /// Join the document, retrying if its actor was just unloading.
@@ -136,6 +201,7 @@ async fn join(
         let join = JoinRequest {
             conn_id,
             client_id: request.client_id.clone(),
+            key_hash: request.key_hash,
             rev: request.rev,
             epoch: request.epoch,
             access,
@@ -200,6 +266,9 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request
             let (code, close) = match &e {
                 JoinError::TooManyClients => (ErrorCode::TooManyClients, CloseCode::Full),
                 JoinError::ShuttingDown => (ErrorCode::ShuttingDown, CloseCode::GoingAway),
+                // The id was bound to another key between the check and the
+                // join (a race): stop, like any policy violation.
+                JoinError::Forbidden => (ErrorCode::Forbidden, CloseCode::Abusive),
                 JoinError::Unavailable(_) | JoinError::Retry => {
                     (ErrorCode::StorageError, CloseCode::Unavailable)
                 }

@@ -5,15 +5,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ot_core::history::DocumentHistory;
+use ot_core::history::{DocumentHistory, KeyHash};
 use ot_core::{Operation, Range};
-use ot_protocol::{DocId, ErrorCode, Limits};
+use ot_protocol::{ClientId, DocId, ErrorCode, Limits};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connections::Connections;
 use super::error::DocError;
 use super::mailbox::{DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
-use super::pipeline::{Accepted, CommitDone, Pipeline};
+use super::pipeline::{Accepted, CommitDone, KeyRefused, Pipeline};
 use super::registry::Registry;
 use crate::state::Services;
 use crate::storage::WriteItem;
@@ -32,6 +32,8 @@ struct Document {
     created: bool,
     last_activity: Instant,
     shutting_down: bool,
+    /// Key bindings whose write failed, to undo (see `on_authorize`).
+    bind_failed: mpsc::UnboundedSender<(ClientId, KeyHash)>,
 }
 
 /// The actor of `doc`, started (and loaded from storage) if it is not running.
@@ -72,7 +74,9 @@ async fn run(
         Err(e) => return fail_load(&registry, &id, actor_id, rx, e).await,
     };
     let (commit_tx, mut commit_rx) = mpsc::unbounded_channel();
+    let (bind_failed, mut bind_failed_rx) = mpsc::unbounded_channel();
     let mut doc = Document {
+        bind_failed,
         pipeline: Pipeline::new(shared.clone(), id.to_string(), history, commit_tx),
         conns: Connections::new(id.to_string(), shared.metrics.clone()),
         id,
@@ -98,6 +102,7 @@ async fn run(
         tokio::select! {
             biased;
             Some(done) = commit_rx.recv() => doc.on_commit(done).await,
+            Some((client_id, key)) = bind_failed_rx.recv() => doc.pipeline.unbind_key(&client_id, key),
             command = rx.recv(), if doc.pipeline.pending_len() < MAX_PENDING && !doc.shutting_down => {
                 match command {
                     Some(DocCommand::Shutdown(done)) => {
@@ -144,7 +149,7 @@ async fn fail_load(
     rx.close();
     while let Some(command) = rx.recv().await {
         match command {
-            DocCommand::Join(_, reply) => {
+            DocCommand::Join(_, reply) | DocCommand::Authorize { reply, .. } => {
                 let _ = reply.send(Err(JoinError::Unavailable(error.clone())));
             }
             DocCommand::Shutdown(done) => {
@@ -175,7 +180,7 @@ impl Document {
             // through the registry (which now loads a fresh actor).
             while let Ok(command) = rx.try_recv() {
                 match command {
-                    DocCommand::Join(_, reply) => {
+                    DocCommand::Join(_, reply) | DocCommand::Authorize { reply, .. } => {
                         let _ = reply.send(Err(JoinError::Retry));
                     }
                     DocCommand::Read(reply) => {
@@ -194,6 +199,11 @@ impl Document {
     async fn handle(&mut self, command: DocCommand) {
         self.last_activity = Instant::now();
         match command {
+            DocCommand::Authorize {
+                client_id,
+                key_hash,
+                reply,
+            } => self.on_authorize(&client_id, key_hash, reply),
             DocCommand::Join(request, reply) => {
                 let result = self.on_join(request);
                 let _ = reply.send(result);
@@ -226,20 +236,82 @@ impl Document {
         }
     }
 
-    fn on_join(&mut self, request: JoinRequest) -> Result<(), JoinError> {
-        if self.shutting_down {
-            return Err(JoinError::ShuttingDown);
-        }
-        self.conns.replace(&request.client_id);
-        if self.conns.len() >= self.shared.config.max_clients_per_doc {
-            return Err(JoinError::TooManyClients);
-        }
+    /// Make sure storage has the document (it exists once someone joins).
+    fn create(&mut self) {
         if !self.created {
             self.created = true;
             self.pipeline.submit_unobserved(vec![WriteItem::CreateDoc {
                 doc: self.id.to_string(),
             }]);
         }
+    }
+
+    /// Before the upgrade: check (and bind) the connection's key; the answer
+    /// comes once a new binding is durable, so an id is never shown to others
+    /// (a cursor, an op) before its binding would survive a crash.
+    fn on_authorize(
+        &mut self,
+        client_id: &ClientId,
+        key_hash: Option<KeyHash>,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    ) {
+        if self.shutting_down {
+            let _ = reply.send(Err(JoinError::ShuttingDown));
+            return;
+        }
+        if key_hash.is_some() {
+            self.create();
+        }
+        let (tx, rx) = oneshot::channel();
+        let checked = self.pipeline.check_key(
+            client_id,
+            key_hash,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        if checked == Err(KeyRefused) {
+            tracing::info!(doc = %self.id, client = %client_id, "refused a connection without its client id's key");
+            let _ = reply.send(Err(JoinError::Forbidden));
+            return;
+        }
+        // Answered from a task: the actor goes on while the binding commits.
+        // A failed binding is undone, so that a retry binds again rather than
+        // find an in-memory binding that storage does not have.
+        let undo = self.bind_failed.clone();
+        let bound = (client_id.clone(), key_hash);
+        self.shared.tasks.spawn(async move {
+            let answer = match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    if let (client_id, Some(key)) = bound {
+                        let _ = undo.send((client_id, key));
+                    }
+                    Err(JoinError::Unavailable(Arc::new(DocError::Commit(e))))
+                }
+                Err(_) => Err(JoinError::Retry),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    fn on_join(&mut self, request: JoinRequest) -> Result<(), JoinError> {
+        if self.shutting_down {
+            return Err(JoinError::ShuttingDown);
+        }
+        // Checked again: the id may have been bound since the upgrade. Only a
+        // connection that passes may replace (4009) the id's older connection.
+        if request.key_hash.is_some() {
+            self.create();
+        }
+        self.pipeline
+            .check_key(&request.client_id, request.key_hash, Box::new(|_| {}))
+            .map_err(|KeyRefused| JoinError::Forbidden)?;
+        self.conns.replace(&request.client_id);
+        if self.conns.len() >= self.shared.config.max_clients_per_doc {
+            return Err(JoinError::TooManyClients);
+        }
+        self.create();
         // Room in the connection's queue after the first message, a catch-up
         // item and the cursors.
         let room = request.out.capacity().saturating_sub(2 + self.conns.len());

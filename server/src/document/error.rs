@@ -9,6 +9,8 @@ use crate::storage::StorageError;
 pub(crate) enum DocError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Commit(std::sync::Arc<StorageError>),
     #[error("a storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("the stored history does not restore: {0}")]

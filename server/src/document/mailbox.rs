@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ot_core::history::KeyHash;
 use ot_core::{Operation, Range};
 use ot_protocol::{Access, ClientId, CloseCode};
 use tokio::sync::{mpsc, oneshot};
@@ -21,6 +22,8 @@ pub(crate) struct JoinRequest {
     /// Server-wide connection id.
     pub(crate) conn_id: u64,
     pub(crate) client_id: ClientId,
+    /// The hash of the key the connection presented (checked again at join).
+    pub(crate) key_hash: Option<KeyHash>,
     /// The revision the client has, to resume from.
     pub(crate) rev: Option<u64>,
     /// The storage epoch the client last saw.
@@ -45,10 +48,23 @@ pub(crate) enum JoinError {
     Retry,
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The client id is bound to a key the connection did not present.
+    #[error(
+        "this client id belongs to another writer: connect with its key, or use a new client id"
+    )]
+    Forbidden,
 }
 
 /// A command for a document actor.
 pub(crate) enum DocCommand {
+    /// Before the upgrade: may a connection with this key speak for
+    /// `client_id`? Binds an unbound id to the key, and answers once the
+    /// binding is durable.
+    Authorize {
+        client_id: ClientId,
+        key_hash: Option<KeyHash>,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
     Join(JoinRequest, oneshot::Sender<Result<(), JoinError>>),
     Leave {
         conn_id: u64,

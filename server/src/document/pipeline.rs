@@ -11,7 +11,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ot_core::history::{AppliedOp, DocumentHistory, OpHash, Receipt, ReceiveError};
+use ot_core::history::{
+    AppliedOp, DocumentHistory, KeyCheck, KeyHash, OpHash, Receipt, ReceiveError,
+};
 use ot_core::{Operation, Range};
 use ot_protocol::{ClientId, ErrorCode, Limits, ServerMessage};
 use ropey::Rope;
@@ -21,7 +23,7 @@ use super::error::DocError;
 use super::mailbox::JoinRequest;
 use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
-use crate::storage::{CommitLane, Committed, StorageError, StoredOp, WriteItem};
+use crate::storage::{CommitCallback, CommitLane, Committed, StorageError, StoredOp, WriteItem};
 
 /// An op applied in memory and on its way to storage.
 pub(super) struct Pending {
@@ -49,6 +51,10 @@ pub(super) enum Accepted {
     /// A resend of an op that is not durable yet: acked when it is.
     AckLater,
 }
+
+/// A connection's key does not match its client id's binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct KeyRefused;
 
 /// An op the document refused, with the error to send about it.
 pub(super) struct Refused {
@@ -131,6 +137,54 @@ impl Pipeline {
     /// (the outcome is not reported).
     pub(super) fn submit_unobserved(&self, items: Vec<WriteItem>) {
         self.lane.submit(items, Box::new(|_| {}));
+    }
+
+    /// Check `key` against `client_id`'s binding; an unbound id is bound to
+    /// it in memory and the binding is written through the commit lane (in
+    /// order with the document's ops), `done` called when it is durable.
+    /// Without a key: allowed only if the id has no key (old clients).
+    pub(super) fn check_key(
+        &mut self,
+        client_id: &ClientId,
+        key: Option<KeyHash>,
+        done: CommitCallback,
+    ) -> Result<(), KeyRefused> {
+        let Some(key) = key else {
+            done(Ok(()));
+            return match self.history.key_of(client_id) {
+                Some(_) => Err(KeyRefused),
+                None => Ok(()),
+            };
+        };
+        match self.history.bind_key(client_id, key) {
+            KeyCheck::Matches => {
+                done(Ok(()));
+                Ok(())
+            }
+            KeyCheck::Mismatch => {
+                done(Ok(()));
+                Err(KeyRefused)
+            }
+            KeyCheck::Bound => {
+                tracing::info!(doc = %self.id, client = %client_id, "client id bound to its key");
+                self.lane.submit(
+                    vec![WriteItem::ClientKey {
+                        doc: self.id.clone(),
+                        client_id: client_id.to_string(),
+                        key_hash: key,
+                    }],
+                    done,
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// A binding's write failed: undo it in memory (the next connection with
+    /// a key binds again, durably).
+    pub(super) fn unbind_key(&mut self, client_id: &ClientId, key: KeyHash) {
+        tracing::warn!(doc = %self.id, client = %client_id, "a key binding could not be stored; undone");
+        self.history.unbind_key(client_id, key);
     }
 
     pub(super) fn durable_rev(&self) -> u64 {
@@ -539,10 +593,30 @@ impl Pipeline {
             None => {
                 // Keep the durable state we know; roll the in-memory history back to it.
                 tracing::error!(doc = %self.id, "reload failed; continuing from the last durable state");
+                // The dedup table is lost, but never a key binding (an id
+                // must not become takeable because storage hiccupped).
+                let clients = self
+                    .history
+                    .snapshot()
+                    .clients
+                    .into_iter()
+                    .filter_map(|(id, record)| {
+                        let key_hash = record.key_hash?;
+                        Some((
+                            id,
+                            ot_core::history::ClientRecord {
+                                last_seq: 0,
+                                last_rev: 0,
+                                last_hash: OpHash::default(),
+                                key_hash: Some(key_hash),
+                            },
+                        ))
+                    })
+                    .collect();
                 let snapshot = ot_core::history::DocumentSnapshot {
                     rev: self.durable_rev,
                     text: self.durable_text.to_string(),
-                    clients: HashMap::new(),
+                    clients,
                 };
                 if let Ok(h) = DocumentHistory::from_snapshot(snapshot, Vec::new()) {
                     self.history = h;

@@ -20,10 +20,12 @@ mod commit;
 mod oplog;
 mod sqlite;
 
-use ot_core::history::{AppliedOp, DocumentSnapshot, OpHash};
+use ot_core::history::{AppliedOp, DocumentSnapshot, KeyHash, OpHash};
 use ot_core::Operation;
 
-pub use commit::{CommitLane, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY};
+pub use commit::{
+    CommitCallback, CommitLane, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY,
+};
 pub use sqlite::{Durability, SqliteStorage};
 
 /// One stored op: everything the server persists per op.
@@ -130,6 +132,18 @@ pub enum WriteItem {
         /// The snapshot.
         snapshot: DocumentSnapshot,
     },
+    /// Bind a client id of the document to the hash of its key. A binding
+    /// never changes: an id already bound keeps its first key. Written
+    /// through the document's commit lane, so it is durable in order with
+    /// the document's ops (before any op the client sends after joining).
+    ClientKey {
+        /// The document id.
+        doc: String,
+        /// The client id.
+        client_id: String,
+        /// The hash of the client's key.
+        key_hash: KeyHash,
+    },
 }
 
 impl WriteItem {
@@ -138,7 +152,8 @@ impl WriteItem {
         match self {
             WriteItem::CreateDoc { doc }
             | WriteItem::Op { doc, .. }
-            | WriteItem::Snapshot { doc, .. } => doc,
+            | WriteItem::Snapshot { doc, .. }
+            | WriteItem::ClientKey { doc, .. } => doc,
         }
     }
 }
@@ -146,7 +161,8 @@ impl WriteItem {
 /// A document as loaded from storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedDoc {
-    /// The latest snapshot (the empty snapshot at revision 0 if none was stored).
+    /// The latest snapshot (the empty snapshot at revision 0 if none was
+    /// stored), with every stored key binding in its dedup table.
     pub snapshot: DocumentSnapshot,
     /// The ops after the snapshot, in revision order (starting at `snapshot.rev + 1`).
     pub tail: Vec<AppliedOp>,
@@ -238,7 +254,7 @@ pub(crate) fn check_continuity(
         };
         let last = &mut revs[i].1;
         match item {
-            WriteItem::CreateDoc { .. } => {}
+            WriteItem::CreateDoc { .. } | WriteItem::ClientKey { .. } => {}
             WriteItem::Op { op, .. } if op.rev != *last + 1 => {
                 return Err(StorageError::Gap {
                     doc: doc.to_owned(),

@@ -172,6 +172,10 @@ pub(super) fn write_items(
         let mut create_doc = tx.prepare_cached(
             "INSERT OR IGNORE INTO docs (id, rev, len, created_ms) VALUES (?1, 0, 0, ?2)",
         )?;
+        // OR IGNORE: the first binding stays (and a recovery replays it harmlessly).
+        let mut insert_key = tx.prepare_cached(
+            "INSERT OR IGNORE INTO client_keys (doc, client_id, key_hash) VALUES (?1, ?2, ?3)",
+        )?;
         let mut insert_snapshot = tx.prepare_cached(
             "INSERT OR REPLACE INTO snapshots (doc, rev, text, clients) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -189,6 +193,13 @@ pub(super) fn write_items(
             };
             match item {
                 WriteItem::CreateDoc { .. } => {}
+                WriteItem::ClientKey {
+                    client_id,
+                    key_hash,
+                    ..
+                } => {
+                    insert_key.execute(params![doc, client_id, key_hash.to_hex()])?;
+                }
                 WriteItem::Op { op, .. } if recovering && op.rev <= state.rev => {
                     let stored = stored_hash(&tx, doc, op.rev)?;
                     if stored != Some(op.hash) {

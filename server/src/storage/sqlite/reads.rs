@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use ot_core::history::{DocumentSnapshot, OpHash};
+use ot_core::history::{ClientRecord, DocumentSnapshot, KeyHash, OpHash};
 use ot_core::Operation;
 use ropey::Rope;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -202,6 +202,8 @@ impl SqliteStorage {
                     DocumentSnapshot { rev, text, clients }
                 }
             };
+            let mut snapshot = snapshot;
+            bind_stored_keys(conn, doc, &mut snapshot)?;
             let tail = query_ops(conn, SQL_OPS_AFTER, doc, snapshot.rev, usize::MAX)?;
             check_contiguous(doc, snapshot.rev, &tail, last)?;
             Ok(Some(LoadedDoc {
@@ -341,4 +343,37 @@ impl SqliteStorage {
                 .collect()
         })
     }
+}
+
+/// Put every stored key binding of `doc` into `snapshot`'s dedup table (the
+/// table is where bindings live; a snapshot may predate one). A client with no
+/// record yet gets a record with no op (`last_seq` 0).
+fn bind_stored_keys(
+    conn: &Connection,
+    doc: &str,
+    snapshot: &mut DocumentSnapshot,
+) -> Result<(), StorageError> {
+    let mut select =
+        conn.prepare_cached("SELECT client_id, key_hash FROM client_keys WHERE doc = ?1")?;
+    let mut rows = select.query([doc])?;
+    while let Some(row) = rows.next()? {
+        let client_id: String = row.get(0)?;
+        let text: String = row.get(1)?;
+        let key_hash = KeyHash::from_hex(&text).ok_or_else(|| {
+            StorageError::Corrupt(format!(
+                "document {doc:?}: bad key hash for client {client_id:?}"
+            ))
+        })?;
+        snapshot
+            .clients
+            .entry(client_id)
+            .or_insert_with(|| ClientRecord {
+                last_seq: 0,
+                last_rev: 0,
+                last_hash: OpHash::default(),
+                key_hash: None,
+            })
+            .key_hash = Some(key_hash);
+    }
+    Ok(())
 }

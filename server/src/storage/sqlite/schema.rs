@@ -46,6 +46,15 @@
 //!     clients TEXT NOT NULL,                -- JSON {client_id: ClientRecord}
 //!     PRIMARY KEY (doc, rev)
 //! );
+//! -- Which key each client id of a document is bound to (PROTOCOL.md,
+//! -- "Connecting"): the first key presented; never changed. Added to schema
+//! -- version 2 with CREATE TABLE IF NOT EXISTS (older databases get it on open).
+//! CREATE TABLE client_keys (
+//!     doc       TEXT NOT NULL,
+//!     client_id TEXT NOT NULL,
+//!     key_hash  TEXT NOT NULL,              -- SHA-256 of the key, 64 hex digits
+//!     PRIMARY KEY (doc, client_id)
+//! ) WITHOUT ROWID;
 //! -- 'schema_version' = '2' (a version 1 database is migrated on open);
 //! -- 'epoch' = decimal u64; 'clean' = '1' after a clean shutdown, '0' while
 //! -- running; 'durability' = 'fsync' | 'relaxed' of the last run.
@@ -111,6 +120,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
     clients TEXT NOT NULL,
     PRIMARY KEY (doc, rev)
 );
+CREATE TABLE IF NOT EXISTS client_keys (
+    doc       TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    key_hash  TEXT NOT NULL,
+    PRIMARY KEY (doc, client_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL

@@ -850,3 +850,38 @@ mod plan_tests {
         assert!(after.contains("PRIMARY KEY"), "{after}");
     }
 }
+
+#[test]
+fn key_bindings_survive_a_reopen_and_the_first_one_stays() {
+    use ot_core::history::KeyHash;
+    let dir = TempDir::new().unwrap();
+    let (_, items) = sample("d");
+    let bind = |client: &str, byte: u8| WriteItem::ClientKey {
+        doc: "d".into(),
+        client_id: client.into(),
+        key_hash: KeyHash([byte; 32]),
+    };
+    {
+        let s = open(&dir, Durability::Relaxed);
+        // Bound before its first op, and an id with no op at all.
+        let mut batch = vec![bind("a", 1), bind("nobody", 3)];
+        batch.extend(items[..2].iter().cloned());
+        s.commit(&batch).unwrap();
+        // A second binding of the same id changes nothing.
+        s.commit(&[bind("a", 2)]).unwrap();
+        let loaded = s.load("d").unwrap().unwrap();
+        let h = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+        assert_eq!(h.key_of("a"), Some(KeyHash([1; 32])));
+        // Dropped without ingesting: the reopen recovers from the commit log.
+    }
+    let s = open(&dir, Durability::Fsync);
+    let loaded = s.load("d").unwrap().unwrap();
+    let h = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+    assert_eq!(h.key_of("a"), Some(KeyHash([1; 32])));
+    assert_eq!(h.key_of("nobody"), Some(KeyHash([3; 32])));
+    assert_eq!(h.last_seq("nobody"), 0);
+    assert_eq!(h.key_of("b"), None);
+    // Nothing the HTTP API serves carries a key hash.
+    let ops = serde_json::to_string(&s.ops("d", 0, 100).unwrap()).unwrap();
+    assert!(!ops.contains(&KeyHash([1; 32]).to_hex()));
+}
