@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ot_core::Operation;
 use serde_json::Value;
 
-use crate::session::{ServerUrl, Session, SessionEvent};
+use crate::session::{ConnectOptions, ServerUrl, Session, SessionEvent};
 use crate::store::Store;
 
 /// How long a command waits for the server to acknowledge its edit.
@@ -25,15 +25,17 @@ pub struct Common {
     pub client_id: Option<String>,
     /// Where states are saved.
     pub store: Store,
+    /// How to connect (e.g. a CA file for `wss://`).
+    pub connect: ConnectOptions,
 }
 
 /// A GET against the server: returns (status, body).
-pub async fn http_get(server: &ServerUrl, path: &str) -> Result<(u16, String)> {
-    Ok(ot_driver::http::get(server, path).await?)
+pub async fn http_get(common: &Common, path: &str) -> Result<(u16, String)> {
+    Ok(ot_driver::http::get_with(&common.server, path, &common.connect).await?)
 }
 
-async fn get_json(server: &ServerUrl, path: &str) -> Result<Value> {
-    let (status, body) = http_get(server, path).await?;
+async fn get_json(common: &Common, path: &str) -> Result<Value> {
+    let (status, body) = http_get(common, path).await?;
     let value: Value = serde_json::from_str(&body)
         .with_context(|| format!("the server's answer to {path} is not JSON"))?;
     if status != 200 {
@@ -49,13 +51,13 @@ async fn get_json(server: &ServerUrl, path: &str) -> Result<Value> {
 /// `cat DOC [--rev R]`: print the text.
 pub async fn cat(common: &Common, doc: &str, rev: Option<u64>) -> Result<()> {
     let text = match rev {
-        None => get_json(&common.server, &format!("/api/docs/{doc}")).await?["text"]
+        None => get_json(common, &format!("/api/docs/{doc}")).await?["text"]
             .as_str()
             .unwrap_or_default()
             .to_owned(),
         Some(rev) => {
             let (status, body) =
-                http_get(&common.server, &format!("/api/docs/{doc}/text?rev={rev}")).await?;
+                http_get(common, &format!("/api/docs/{doc}/text?rev={rev}")).await?;
             if status != 200 {
                 let v: Value = serde_json::from_str(&body).unwrap_or_default();
                 bail!(
@@ -83,7 +85,8 @@ async fn connected(common: &Common, doc: &str) -> Result<Session> {
         doc,
         common.client_id.as_deref(),
         common.name.clone(),
-    )?;
+    )?
+    .with_connect_options(common.connect.clone());
     report(&session.connect().await?);
     if !session.is_connected() && session.resyncing() {
         // The saved edits could not be resumed (they were saved as a conflict
@@ -231,7 +234,7 @@ pub async fn sync(common: &Common, doc: &str) -> Result<()> {
             id.as_deref(),
             common.name.clone(),
         ) {
-            Ok(s) => s,
+            Ok(s) => s.with_connect_options(common.connect.clone()),
             // In use by a running editor: that one sends its own edits.
             Err(e) if format!("{e:#}").contains("in use") => continue,
             Err(e) => return Err(e),
@@ -309,7 +312,7 @@ pub async fn history(common: &Common, doc: &str, from: u64, limit: Option<u64>) 
     let mut out = std::io::stdout().lock();
     loop {
         let page = get_json(
-            &common.server,
+            common,
             &format!("/api/docs/{doc}/ops?from={after}&limit=1000"),
         )
         .await?;
@@ -343,7 +346,7 @@ pub async fn conflicts(common: &Common, doc: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     loop {
         let page = get_json(
-            &common.server,
+            common,
             &format!("/api/docs/{doc}/conflicts?from={after}&limit=1000"),
         )
         .await?;

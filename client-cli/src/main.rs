@@ -16,7 +16,7 @@ use ot_protocol::{ClientId, DocId};
     about = "Collaborative plain-text editing from the terminal"
 )]
 struct Cli {
-    /// Server address (ws://HOST:PORT or http://HOST:PORT).
+    /// Server address (ws://HOST:PORT or http://HOST:PORT; wss:// or https:// for TLS).
     #[arg(
         long,
         global = true,
@@ -33,6 +33,10 @@ struct Cli {
     /// Where the client keeps its state (default: the user's data directory).
     #[arg(long, global = true, env = "OT_CLIENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Also trust the certificate authorities in this PEM file for wss:// and
+    /// https:// (besides the system's), e.g. a self-signed server's certificate.
+    #[arg(long, global = true, env = "OT_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -166,6 +170,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .data_dir
             .map(Store::new)
             .unwrap_or_else(Store::default_location),
+        connect: client_cli::session::ConnectOptions {
+            ca_file: cli.ca_file,
+        },
     };
     match cli.command {
         Command::Edit { doc } => {

@@ -15,7 +15,7 @@ use ot_protocol::DocId;
 
 use crate::store::{SavedState, Store};
 
-pub use ot_driver::ServerUrl;
+pub use ot_driver::{ConnectOptions, ServerUrl};
 
 /// The connection state shown to the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,12 @@ impl Session {
             store,
             state_path,
         })
+    }
+
+    /// Connect with `options` (e.g. a CA file for `wss://`).
+    pub fn with_connect_options(mut self, options: ConnectOptions) -> Session {
+        self.driver = self.driver.with_connect_options(options);
+        self
     }
 
     /// The server.

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::options::ConnectOptions;
+use crate::tls::{client_config, crypto_provider, TlsError};
 use crate::url::ServerUrl;
 
 /// How long connecting for a GET may take.
@@ -18,6 +20,9 @@ pub enum HttpError {
     /// The HTTP client could not be set up.
     #[error("cannot set up an HTTP client: {0}")]
     Setup(String),
+    /// The TLS configuration (system roots, CA file) could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The server did not answer within [`HTTP_TIMEOUT`].
     #[error("the server at {server} did not answer in time")]
     Timeout {
@@ -46,16 +51,38 @@ impl From<SocketAddr> for ServerUrl {
     fn from(addr: SocketAddr) -> ServerUrl {
         ServerUrl {
             authority: addr.to_string(),
+            tls: false,
         }
     }
 }
 
 /// `GET {server}{path}` (path with its query, e.g. `/api/docs/a?x=1`):
-/// the status and the body, whatever the status.
+/// the status and the body, whatever the status. Default [`ConnectOptions`].
 pub async fn get(server: &ServerUrl, path: &str) -> Result<(u16, String), HttpError> {
+    get_with(server, path, &ConnectOptions::default()).await
+}
+
+/// [`get`] with `options` (e.g. a CA file for `https://`).
+pub async fn get_with(
+    server: &ServerUrl,
+    path: &str,
+    options: &ConnectOptions,
+) -> Result<(u16, String), HttpError> {
+    // reqwest is built without a default TLS provider: it always gets ours.
+    // A plain server's client never uses it, so it trusts nothing.
+    let tls = if server.tls {
+        (*client_config(options)?).clone()
+    } else {
+        rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::from)?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    };
     let client = reqwest::Client::builder()
         .connect_timeout(HTTP_CONNECT_TIMEOUT)
         .timeout(HTTP_TIMEOUT)
+        .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| HttpError::Setup(e.to_string()))?;
     let base = server.http();

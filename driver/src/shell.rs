@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::core::{Event, SessionCore, SessionError, SessionState};
+use crate::options::ConnectOptions;
+use crate::tls::{client_config, TlsError};
 use crate::url::ServerUrl;
 
 /// A WebSocket to the server.
@@ -41,6 +43,9 @@ pub enum DriverError {
         /// What failed.
         source: tokio_tungstenite::tungstenite::Error,
     },
+    /// The TLS configuration (system roots, CA file) could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Connecting, or the server's first message, took too long.
     #[error("{0}")]
     Timeout(String),
@@ -95,10 +100,30 @@ pub fn socket_config(limits: &Limits) -> WebSocketConfig {
         .max_frame_size(Some(largest))
 }
 
-/// Open a WebSocket to `url` within [`CONNECT_TIMEOUT`].
+/// Open a WebSocket to `url` within [`CONNECT_TIMEOUT`], with default [`ConnectOptions`].
 pub async fn open_socket(url: &str, limits: &Limits) -> Result<Socket, DriverError> {
-    let connecting =
-        tokio_tungstenite::connect_async_with_config(url, Some(socket_config(limits)), false);
+    open_socket_with(url, limits, &ConnectOptions::default()).await
+}
+
+/// Open a WebSocket to `url` (`ws://` or `wss://`) within [`CONNECT_TIMEOUT`].
+pub async fn open_socket_with(
+    url: &str,
+    limits: &Limits,
+    options: &ConnectOptions,
+) -> Result<Socket, DriverError> {
+    let connector = if url.starts_with("wss://") {
+        Some(tokio_tungstenite::Connector::Rustls(client_config(
+            options,
+        )?))
+    } else {
+        Some(tokio_tungstenite::Connector::Plain)
+    };
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        Some(socket_config(limits)),
+        false,
+        connector,
+    );
     let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| DriverError::Timeout(format!("connecting to {url} timed out")))?
@@ -168,6 +193,7 @@ impl Backoff {
 pub struct Driver {
     core: SessionCore,
     server: ServerUrl,
+    options: ConnectOptions,
     socket: Option<Socket>,
     durability: Durability,
     backoff: Backoff,
@@ -182,6 +208,7 @@ impl Driver {
         Driver {
             core,
             server,
+            options: ConnectOptions::default(),
             socket: None,
             durability: Durability::Immediate,
             backoff: Backoff::default(),
@@ -193,6 +220,17 @@ impl Driver {
     pub fn with_saver(mut self, saver: Saver) -> Driver {
         self.durability = Durability::Saver(saver);
         self
+    }
+
+    /// Connect with `options` (e.g. a CA file for `wss://`).
+    pub fn with_connect_options(mut self, options: ConnectOptions) -> Driver {
+        self.options = options;
+        self
+    }
+
+    /// The connection options.
+    pub fn connect_options(&self) -> &ConnectOptions {
+        &self.options
     }
 
     /// Send ops only once the caller has confirmed their state with
@@ -245,8 +283,9 @@ impl Driver {
     pub fn dial(&self) -> impl Future<Output = Result<Dialed, DriverError>> + Send + 'static {
         let url = self.connect_url();
         let limits = self.core.limits().unwrap_or_default();
+        let options = self.options.clone();
         async move {
-            let mut socket = open_socket(&url, &limits).await?;
+            let mut socket = open_socket_with(&url, &limits, &options).await?;
             match tokio::time::timeout(CONNECT_TIMEOUT, next_incoming(&mut socket)).await {
                 Ok(Incoming::Text(first)) => Ok(Dialed { socket, first }),
                 Ok(Incoming::Closed(_, why)) => Err(DriverError::Closed(why)),

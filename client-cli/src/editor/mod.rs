@@ -126,7 +126,8 @@ pub async fn run(common: &Common, doc: &str) -> Result<()> {
         doc,
         common.client_id.as_deref(),
         name,
-    )?;
+    )?
+    .with_connect_options(common.connect.clone());
     let mut app = App::new(session);
     let result = {
         let (guard, mut terminal) = enter_terminal()?;
