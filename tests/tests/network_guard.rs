@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +27,26 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Generous bound for one wait.
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The `server` binary, built once per test process.
+async fn server_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(bin) = BIN.get() {
+        return Ok(bin.clone());
+    }
+    let bin = tokio::task::spawn_blocking(server_binary).await??;
+    Ok(BIN.get_or_init(|| bin).clone())
+}
+
+/// The `ot-client` binary, built once per test process.
+async fn ot_client_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(bin) = BIN.get() {
+        return Ok(bin.clone());
+    }
+    let bin = tokio::task::spawn_blocking(ot_client_binary).await??;
+    Ok(BIN.get_or_init(|| bin).clone())
+}
 
 /// Send `request` (a whole HTTP/1.1 request head) on a fresh connection and
 /// read the answer's status and body (Content-Length bodies; a 101 has none).
@@ -276,7 +297,7 @@ async fn the_metrics_listener_serves_metrics_only() -> Result<()> {
 
 /// Run the server binary with `args` until it exits (bounded); (exit code, output).
 async fn server_exit(args: &[&str]) -> Result<(Option<i32>, String)> {
-    let binary = tokio::task::spawn_blocking(server_binary).await??;
+    let binary = server_bin().await?;
     let output = tokio::time::timeout(
         WAIT,
         tokio::process::Command::new(binary)
@@ -316,7 +337,7 @@ async fn a_public_bind_needs_auth_or_insecure_no_auth() -> Result<()> {
     // With --insecure-no-auth it starts on every interface, and warns.
     let port = free_port();
     let log = dir.path().join("server.log");
-    let binary = tokio::task::spawn_blocking(server_binary).await??;
+    let binary = server_bin().await?;
     let log_file = std::fs::File::create(&log)?;
     let mut child = tokio::process::Command::new(binary)
         .args(["--addr", &format!("0.0.0.0:{port}"), "--data-dir", data])
@@ -362,7 +383,7 @@ fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 
 /// Run `ot-client` with `args` (bounded); (success, stdout, stderr).
 async fn ot_client(data: &Path, args: &[&str]) -> Result<(bool, String, String)> {
-    let binary = tokio::task::spawn_blocking(ot_client_binary).await??;
+    let binary = ot_client_bin().await?;
     let output = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(binary)
@@ -388,7 +409,7 @@ async fn ot_client_edits_over_tls_with_its_ca_file() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (cert, key) = self_signed(dir.path())?;
     let port = free_port();
-    let binary = tokio::task::spawn_blocking(server_binary).await??;
+    let binary = server_bin().await?;
     let log = dir.path().join("server.log");
     let log_file = std::fs::File::create(&log)?;
     let mut child = tokio::process::Command::new(binary)
@@ -469,4 +490,54 @@ async fn ot_client_edits_over_tls_with_its_ca_file() -> Result<()> {
     assert_eq!(text["text"], "hello over tls");
     child.kill().await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn the_tls_handshake_is_bounded_by_the_handshake_timeout() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = self_signed(dir.path())?;
+    let server = start_server_with(dir.path(), |c| {
+        c.tls_cert = Some(cert.clone());
+        c.tls_key = Some(key.clone());
+        c.handshake_timeout_secs = 1;
+    })
+    .await?;
+    let addr = server.addr;
+
+    // One byte of a ClientHello, then nothing: dropped after the timeout.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await?;
+    stalled.write_all(&[0x16]).await?;
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, stalled.read(&mut buf))
+        .await
+        .context("a stalled TLS handshake was not dropped")?;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A driver connection over wss works, with the CA file.
+    let url = format!("wss://localhost:{}/ws/d?client=tlsclient", addr.port());
+    let options = ConnectOptions {
+        ca_file: Some(cert.clone()),
+    };
+    let mut socket =
+        ot_driver::open_socket_with(&url, &ot_protocol::Limits::default(), &options).await?;
+    let first = recv_json(&mut socket, WAIT).await?;
+    assert_eq!(first["type"], "snapshot", "{first}");
+    // And fails on the certificate without it.
+    let refused = ot_driver::open_socket_with(
+        &url,
+        &ot_protocol::Limits::default(),
+        &ConnectOptions::default(),
+    )
+    .await;
+    let error = refused
+        .err()
+        .context("an untrusted certificate was accepted")?;
+    assert!(
+        error.to_string().to_lowercase().contains("certificate"),
+        "{error}"
+    );
+    drop(socket);
+    server.stop().await
 }
