@@ -90,11 +90,13 @@ pub struct Config {
     #[arg(long, env = "OT_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Another allowed `Host` (repeatable): `HOST` (any port) or `HOST:PORT`.
-    /// Loopback names with the bound port are always allowed.
+    /// Loopback names with the bound port are always allowed. The variable
+    /// takes a comma-separated list.
     #[arg(long = "allowed-host", env = "OT_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_host: Vec<String>,
     /// Another `Origin` a browser may open WebSockets from (repeatable),
-    /// e.g. `https://app.example.com`. Allowed hosts' origins always are.
+    /// e.g. `https://app.example.com`. Allowed hosts' origins always are. The
+    /// variable takes a comma-separated list.
     #[arg(
         long = "allowed-origin",
         env = "OT_ALLOWED_ORIGINS",

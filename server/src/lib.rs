@@ -63,10 +63,12 @@ fn metrics_router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Put the Host/Origin guard for a listener bound to `bound` in front of `app`.
-fn guarded(app: Router, config: &Config, bound: SocketAddr, tls: bool) -> anyhow::Result<Router> {
-    let guard = Arc::new(guard::Guard::new(config, bound, tls)?);
-    Ok(app.layer(axum::middleware::from_fn_with_state(guard, guard::check)))
+/// Put a listener's Host/Origin guard in front of `app`.
+fn guarded(app: Router, guard: guard::Guard) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(
+        Arc::new(guard),
+        guard::check,
+    ))
 }
 
 /// Unknown paths: a malformed WebSocket path is a bad document id (400), anything else 404.
@@ -99,12 +101,18 @@ pub async fn run(
         (None, None) => None,
         _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
     };
+    let main_guard = guard::Guard::new(&config, bound, tls.is_some())?;
     let metrics_listener = match config.metrics_addr {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("binding the metrics listener on {addr}"))?,
-        ),
+                .with_context(|| format!("binding the metrics listener on {addr}"))?;
+            let bound = listener
+                .local_addr()
+                .context("reading the metrics address")?;
+            let guard = guard::Guard::new(&config, bound, false)?;
+            Some((listener, bound, guard))
+        }
         None => None,
     };
     let storage: Arc<dyn Storage> = Arc::new(
@@ -136,20 +144,7 @@ pub async fn run(
         queue.clone(),
         metrics,
     )));
-    let app = guarded(router(shared.clone()), &shared.config, bound, tls.is_some())?;
-    let metrics_app = match &metrics_listener {
-        Some(l) => {
-            let addr = l.local_addr().context("reading the metrics address")?;
-            tracing::info!(%addr, "serving /metrics over http");
-            Some(guarded(
-                metrics_router(shared.clone()),
-                &shared.config,
-                addr,
-                false,
-            )?)
-        }
-        None => None,
-    };
+    let app = guarded(router(shared.clone()), main_guard);
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %bound, %scheme, durability = ?shared.config.durability, data_dir = %shared.config.data_dir.display(), epoch = storage.epoch(), "listening");
     let token = shared.shutdown.clone();
@@ -159,9 +154,11 @@ pub async fn run(
         token.cancel();
     });
     let main = serve_http(listener, app, tls, &shared);
-    match metrics_listener.zip(metrics_app) {
-        Some((l, metrics_app)) => {
-            tokio::join!(main, serve_http(l, metrics_app, None, &shared));
+    match metrics_listener {
+        Some((listener, addr, guard)) => {
+            tracing::info!(%addr, "serving /metrics over http");
+            let metrics_app = guarded(metrics_router(shared.clone()), guard);
+            tokio::join!(main, serve_http(listener, metrics_app, None, &shared));
         }
         None => main.await,
     }

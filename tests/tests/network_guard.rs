@@ -333,6 +333,19 @@ async fn a_public_bind_needs_auth_or_insecure_no_auth() -> Result<()> {
         !Path::new(data).exists(),
         "the storage was opened: {output}"
     );
+    // A flag the guard cannot use is refused before the storage is opened too.
+    let (code, output) = server_exit(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--allowed-host",
+        "not a host",
+    ])
+    .await?;
+    assert_ne!(code, Some(0), "{output}");
+    assert!(output.contains("--allowed-host"), "{output}");
+    assert!(!Path::new(data).exists(), "the storage was opened: {output}");
 
     // With --insecure-no-auth it starts on every interface, and warns.
     let port = free_port();
