@@ -345,7 +345,10 @@ async fn a_public_bind_needs_auth_or_insecure_no_auth() -> Result<()> {
     .await?;
     assert_ne!(code, Some(0), "{output}");
     assert!(output.contains("--allowed-host"), "{output}");
-    assert!(!Path::new(data).exists(), "the storage was opened: {output}");
+    assert!(
+        !Path::new(data).exists(),
+        "the storage was opened: {output}"
+    );
 
     // With --insecure-no-auth it starts on every interface, and warns.
     let port = free_port();
