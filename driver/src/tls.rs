@@ -73,3 +73,40 @@ pub fn client_config(options: &ConnectOptions) -> Result<Arc<rustls::ClientConfi
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ca(path: PathBuf) -> ConnectOptions {
+        ConnectOptions {
+            ca_file: Some(path),
+        }
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_a_typed_error() {
+        let dir = std::env::temp_dir().join(format!("ot-driver-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        assert!(matches!(
+            client_config(&with_ca(missing)),
+            Err(TlsError::CaFile { .. })
+        ));
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = client_config(&with_ca(empty)).unwrap_err();
+        assert!(error.to_string().contains("no PEM certificate"), "{error}");
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            client_config(&with_ca(garbage)),
+            Err(TlsError::CaFile { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
