@@ -9,7 +9,7 @@ use ot_core::Operation;
 use ot_driver::DriverError;
 use serde_json::Value;
 
-use crate::session::{ServerUrl, Session, SessionEvent};
+use crate::session::{ConnectOptions, ServerUrl, Session, SessionEvent};
 use crate::store::Store;
 
 /// How long a command waits for the server to acknowledge its edit.
@@ -26,44 +26,49 @@ pub struct Common {
     pub client_id: Option<String>,
     /// Where states are saved.
     pub store: Store,
+    /// How to connect (e.g. a CA file for `wss://`).
+    pub connect: ConnectOptions,
 }
 
 /// A GET against the server: returns (status, body).
-pub async fn http_get(server: &ServerUrl, path: &str) -> Result<(u16, String)> {
-    Ok(ot_driver::http::get(server, path).await?)
+pub async fn http_get(common: &Common, path: &str) -> Result<(u16, String)> {
+    Ok(ot_driver::http::get_with(&common.server, path, &common.connect).await?)
 }
 
-async fn get_json(server: &ServerUrl, path: &str) -> Result<Value> {
-    let (status, body) = http_get(server, path).await?;
-    let value: Value = serde_json::from_str(&body)
-        .with_context(|| format!("the server's answer to {path} is not JSON"))?;
+async fn get_json(common: &Common, path: &str) -> Result<Value> {
+    let (status, body) = http_get(common, path).await?;
     if status != 200 {
-        bail!(
-            "{} ({})",
-            value["message"].as_str().unwrap_or("request failed"),
-            value["code"].as_str().unwrap_or("error")
-        );
+        bail!(refusal(status, &body));
     }
-    Ok(value)
+    serde_json::from_str(&body)
+        .with_context(|| format!("the server's answer to {path} is not JSON"))
+}
+
+/// What an HTTP error answer says, for a one-line failure (`token expired` first
+/// for a 401, so that scripts can tell).
+fn refusal(status: u16, body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_default();
+    let message = v["message"].as_str().unwrap_or("request failed");
+    let code = v["code"].as_str().unwrap_or("error");
+    if status == 401 {
+        format!("token expired or not accepted: {message} ({code}); get a new token")
+    } else {
+        format!("{message} ({code})")
+    }
 }
 
 /// `cat DOC [--rev R]`: print the text.
 pub async fn cat(common: &Common, doc: &str, rev: Option<u64>) -> Result<()> {
     let text = match rev {
-        None => get_json(&common.server, &format!("/api/docs/{doc}")).await?["text"]
+        None => get_json(common, &format!("/api/docs/{doc}")).await?["text"]
             .as_str()
             .unwrap_or_default()
             .to_owned(),
         Some(rev) => {
             let (status, body) =
-                http_get(&common.server, &format!("/api/docs/{doc}/text?rev={rev}")).await?;
+                http_get(common, &format!("/api/docs/{doc}/text?rev={rev}")).await?;
             if status != 200 {
-                let v: Value = serde_json::from_str(&body).unwrap_or_default();
-                bail!(
-                    "{} ({})",
-                    v["message"].as_str().unwrap_or("request failed"),
-                    v["code"].as_str().unwrap_or("error")
-                );
+                bail!(refusal(status, &body));
             }
             body
         }
@@ -84,7 +89,8 @@ async fn connected(common: &Common, doc: &str) -> Result<Session> {
         doc,
         common.client_id.as_deref(),
         common.name.clone(),
-    )?;
+    )?
+    .with_connect_options(common.connect.clone());
     report(&session.connect().await?);
     if !session.is_connected() && session.resyncing() {
         // The saved edits could not be resumed (they were saved as a conflict
@@ -97,13 +103,27 @@ async fn connected(common: &Common, doc: &str) -> Result<Session> {
             bail!("the connection was lost while catching up with {doc}");
         }
         match tokio::time::timeout_at(deadline, session.next_events()).await {
-            Ok(events) => report(&events?),
+            Ok(events) => {
+                let events = events?;
+                if let Some(why) = access_expired(&events) {
+                    bail!("token expired: {why}");
+                }
+                report(&events)
+            }
             Err(_) => {
                 bail!("the server did not send the latest edits of {doc} within {ACK_TIMEOUT:?}")
             }
         }
     }
     Ok(session)
+}
+
+/// The reason, if `events` say the token expired or was revoked (4001).
+fn access_expired(events: &[SessionEvent]) -> Option<&str> {
+    events.iter().find_map(|e| match e {
+        SessionEvent::AccessExpired(why) => Some(why.as_str()),
+        _ => None,
+    })
 }
 
 fn report(events: &[SessionEvent]) {
@@ -135,6 +155,9 @@ async fn settle(session: &mut Session) -> Result<()> {
             Ok(events) => events?,
             Err(_) => bail!("the server did not acknowledge the edits within {ACK_TIMEOUT:?} (they are saved and will be sent next time)"),
         };
+        if let Some(why) = access_expired(&events) {
+            bail!("token expired: {why} (the edits are saved and will be sent next time)");
+        }
         if session.is_connected() || !session.resyncing() {
             report(&events);
             continue;
@@ -232,7 +255,7 @@ pub async fn sync(common: &Common, doc: &str) -> Result<()> {
             id.as_deref(),
             common.name.clone(),
         ) {
-            Ok(s) => s,
+            Ok(s) => s.with_connect_options(common.connect.clone()),
             // In use by a running editor: that one sends its own edits.
             Err(e) if format!("{e:#}").contains("in use") => continue,
             Err(e) => return Err(e),
@@ -278,10 +301,12 @@ pub async fn watch(common: &Common, doc: &str, whole_text: bool, limit: Option<u
             tokio::time::sleep(session.retry_delay()).await;
             match session.connect().await {
                 Ok(events) => report(&events),
-                // The id is bound to another key: retrying cannot help.
+                // Refused (the id is bound to another key, the token does not
+                // cover the document, or it expired): retrying cannot help a script.
                 Err(e)
-                    if e.downcast_ref::<DriverError>()
-                        .is_some_and(|e| matches!(e, DriverError::Forbidden(_))) =>
+                    if e.downcast_ref::<DriverError>().is_some_and(|e| {
+                        matches!(e, DriverError::Forbidden(_) | DriverError::Unauthorized(_))
+                    }) =>
                 {
                     return Err(e)
                 }
@@ -290,6 +315,9 @@ pub async fn watch(common: &Common, doc: &str, whole_text: bool, limit: Option<u
             continue;
         }
         let events = session.next_events().await?;
+        if let Some(why) = access_expired(&events) {
+            bail!("token expired: {why}");
+        }
         report(&events);
         for event in events {
             if let SessionEvent::Remote(op) = event {
@@ -317,7 +345,7 @@ pub async fn history(common: &Common, doc: &str, from: u64, limit: Option<u64>) 
     let mut out = std::io::stdout().lock();
     loop {
         let page = get_json(
-            &common.server,
+            common,
             &format!("/api/docs/{doc}/ops?from={after}&limit=1000"),
         )
         .await?;
@@ -351,7 +379,7 @@ pub async fn conflicts(common: &Common, doc: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     loop {
         let page = get_json(
-            &common.server,
+            common,
             &format!("/api/docs/{doc}/conflicts?from={after}&limit=1000"),
         )
         .await?;

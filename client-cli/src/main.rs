@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use client_cli::commands::{self, Common};
 use client_cli::session::ServerUrl;
 use client_cli::store::Store;
+use ot_driver::TokenSource;
 use ot_protocol::{ClientId, DocId};
 
 #[derive(Parser)]
@@ -16,7 +17,7 @@ use ot_protocol::{ClientId, DocId};
     about = "Collaborative plain-text editing from the terminal"
 )]
 struct Cli {
-    /// Server address (ws://HOST:PORT or http://HOST:PORT).
+    /// Server address (ws://HOST:PORT or http://HOST:PORT; wss:// or https:// for TLS).
     #[arg(
         long,
         global = true,
@@ -33,6 +34,18 @@ struct Cli {
     /// Where the client keeps its state (default: the user's data directory).
     #[arg(long, global = true, env = "OT_CLIENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Also trust the certificate authorities in this PEM file for wss:// and
+    /// https:// (besides the system's), e.g. a self-signed server's certificate.
+    #[arg(long, global = true, env = "OT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// A file holding the access token for a server with authentication
+    /// (read again on every connection, so a renewed token is picked up).
+    #[arg(long, global = true, env = "OT_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The access token itself (prefer --token-file: the environment of a
+    /// process can be read by others on some systems).
+    #[arg(long, global = true, env = "OT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -166,6 +179,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .data_dir
             .map(Store::new)
             .unwrap_or_else(Store::default_location),
+        connect: client_cli::session::ConnectOptions {
+            ca_file: cli.ca_file,
+            token: match (cli.token_file, cli.token) {
+                (Some(file), _) => Some(TokenSource::File(file)),
+                (None, Some(token)) => Some(TokenSource::Value(token)),
+                (None, None) => None,
+            },
+        },
     };
     match cli.command {
         Command::Edit { doc } => {

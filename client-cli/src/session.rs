@@ -15,7 +15,7 @@ use ot_protocol::DocId;
 
 use crate::store::{SavedState, Store};
 
-pub use ot_driver::ServerUrl;
+pub use ot_driver::{ConnectOptions, ServerUrl};
 
 /// The connection state shown to the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,10 @@ pub enum SessionEvent {
     /// The server closed the connection for good (e.g. 4009: another instance
     /// of this writer took over): do not reconnect.
     Stopped(String),
+    /// The token expired or was revoked (4001): every unsent edit is kept;
+    /// reconnecting works once there is a new token (a token file is read
+    /// again on every attempt).
+    AccessExpired(String),
 }
 
 /// A running client of one document.
@@ -112,6 +116,12 @@ impl Session {
             store,
             state_path,
         })
+    }
+
+    /// Connect with `options` (e.g. a CA file for `wss://`).
+    pub fn with_connect_options(mut self, options: ConnectOptions) -> Session {
+        self.driver = self.driver.with_connect_options(options);
+        self
     }
 
     /// The server.
@@ -261,13 +271,16 @@ impl Session {
                     SessionEvent::ConflictCopy(path)
                 }
                 Event::Disconnected { reason, action } => match action {
-                    // TODO(issue 12): Resync gives up the pending op; Reauthenticate
-                    // waits for a new token.
+                    // TODO(issue 12): Resync gives up the pending op.
                     CloseAction::Reconnect | CloseAction::Resync => {
                         self.conn = ConnState::Reconnecting;
                         SessionEvent::Disconnected(reason)
                     }
-                    CloseAction::Stop | CloseAction::Reauthenticate => {
+                    CloseAction::Reauthenticate => {
+                        self.conn = ConnState::Reconnecting;
+                        SessionEvent::AccessExpired(reason)
+                    }
+                    CloseAction::Stop => {
                         self.conn = ConnState::Offline;
                         SessionEvent::Stopped(reason)
                     }

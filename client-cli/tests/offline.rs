@@ -532,7 +532,12 @@ async fn kill9(child: &mut Child) {
 /// before any ack; then `sync` through the proxy, forwarding again.
 async fn killed_before_the_ack(mode: Mode) {
     let server_dir = tempfile::tempdir().unwrap();
-    let server = start_server(server_dir.path()).await.unwrap();
+    // The client names the proxy's address as its Host: admit 127.0.0.1 on any port.
+    let server = start_server_with(server_dir.path(), |config| {
+        config.allowed_host = vec!["127.0.0.1".to_owned()];
+    })
+    .await
+    .unwrap();
     let addr = server.addr;
     let doc = "crash";
     let mut seed = WsClient::join(addr, doc, "seed").await.unwrap();

@@ -9,17 +9,22 @@
 //! - [`Driver`]: a thin tokio shell (connect, timeouts, frame limits from the
 //!   server's announced limits, backoff with full jitter).
 //! - [`http::get`]: one GET against the server's HTTP API, with timeouts.
+//! - [`ConnectOptions`]: how every connection of a client connects (TLS roots).
 
 pub mod core;
 pub mod http;
+pub mod options;
 pub mod shell;
+pub mod tls;
 pub mod url;
 
 pub use crate::core::{Event, RemoteCursor, SessionCore, SessionError, SessionState};
 pub use crate::http::HttpError;
+pub use crate::options::{ConnectOptions, TokenFileError, TokenSource};
 pub use crate::shell::{
-    next_incoming, open_socket, socket_config, Backoff, BoxError, Dialed, Driver, DriverError,
-    Incoming, Saver, Socket, WaitError, CONNECT_TIMEOUT,
+    next_incoming, open_socket, open_socket_with, socket_config, Backoff, BoxError, Dialed, Driver,
+    DriverError, Incoming, Saver, Socket, WaitError, CONNECT_TIMEOUT,
 };
+pub use crate::tls::TlsError;
 pub use crate::url::{ServerUrl, UrlError};
 pub use ot_protocol::{CloseAction, Code, ErrorCode};

@@ -11,12 +11,15 @@ use ot_core::{Operation, Range};
 use ot_protocol::{ClientKey, CloseAction, Limits, CLIENT_KEY_HEADER};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::core::{Event, SessionCore, SessionError, SessionState};
+use crate::options::{ConnectOptions, TokenFileError};
+use crate::tls::{client_config, TlsError};
 use crate::url::ServerUrl;
 
 /// A WebSocket to the server.
@@ -45,10 +48,21 @@ pub enum DriverError {
     },
     /// The server refused the connection with HTTP 403 `forbidden`: the
     /// client id is bound to a key this writer does not have (PROTOCOL.md,
-    /// "The writer key"). Retrying cannot help: stop, and start over with a
-    /// new client id.
-    #[error("the server refused this client id (403 forbidden): {0}")]
+    /// "The writer key"), or the token does not cover the document. Retrying
+    /// cannot help.
+    #[error("the server refused the connection (403 forbidden): {0}")]
     Forbidden(String),
+    /// The server refused the connection with HTTP 401 `unauthorized`: no
+    /// token, or an expired, revoked or malformed one. A new token is needed
+    /// (a token file is read again on every connection).
+    #[error("token expired or not accepted (401 unauthorized): {0}")]
+    Unauthorized(String),
+    /// The token file could not be read.
+    #[error(transparent)]
+    Token(#[from] TokenFileError),
+    /// The TLS configuration (system roots, CA file) could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Connecting, or the server's first message, took too long.
     #[error("{0}")]
     Timeout(String),
@@ -103,12 +117,19 @@ pub fn socket_config(limits: &Limits) -> WebSocketConfig {
         .max_frame_size(Some(largest))
 }
 
-/// Open a WebSocket to `url` within [`CONNECT_TIMEOUT`], proving `key` (if
-/// given) with the `x-ot-client-key` header: never in the URL, which ends up
-/// in logs.
-pub async fn open_socket(
+/// Open a WebSocket to `url` within [`CONNECT_TIMEOUT`], with default
+/// [`ConnectOptions`] and no key.
+pub async fn open_socket(url: &str, limits: &Limits) -> Result<Socket, DriverError> {
+    open_socket_with(url, limits, &ConnectOptions::default(), None).await
+}
+
+/// Open a WebSocket to `url` (`ws://` or `wss://`) within [`CONNECT_TIMEOUT`],
+/// proving `key` (if given) with the `x-ot-client-key` header: never in the
+/// URL, which ends up in logs.
+pub async fn open_socket_with(
     url: &str,
     limits: &Limits,
+    options: &ConnectOptions,
     key: Option<&ClientKey>,
 ) -> Result<Socket, DriverError> {
     let connect_error = |source| DriverError::Connect {
@@ -116,23 +137,43 @@ pub async fn open_socket(
         source,
     };
     let mut request = url.into_client_request().map_err(connect_error)?;
+    if let Some(token) = options.bearer()? {
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            DriverError::Unauthorized("the token holds characters a header cannot carry".into())
+        })?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
     if let Some(key) = key {
         // A key is 32 hex digits: always a valid header value.
         if let Ok(value) = HeaderValue::from_str(key.as_str()) {
             request.headers_mut().insert(CLIENT_KEY_HEADER, value);
         }
     }
-    let connecting =
-        tokio_tungstenite::connect_async_with_config(request, Some(socket_config(limits)), false);
+    let connector = if url.starts_with("wss://") {
+        tokio_tungstenite::Connector::Rustls(client_config(options)?)
+    } else {
+        tokio_tungstenite::Connector::Plain
+    };
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(socket_config(limits)),
+        false,
+        Some(connector),
+    );
     let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| DriverError::Timeout(format!("connecting to {url} timed out")))?
         .map_err(|source| match source {
             tokio_tungstenite::tungstenite::Error::Http(response)
-                if response.status().as_u16() == 403 =>
+                if matches!(response.status().as_u16(), 401 | 403) =>
             {
                 let body = response.body().as_deref().unwrap_or_default();
-                DriverError::Forbidden(String::from_utf8_lossy(body).into_owned())
+                let why = refusal_message(body);
+                if response.status().as_u16() == 401 {
+                    DriverError::Unauthorized(why)
+                } else {
+                    DriverError::Forbidden(why)
+                }
             }
             source => DriverError::Connect {
                 server: url.to_owned(),
@@ -140,6 +181,15 @@ pub async fn open_socket(
             },
         })?;
     Ok(socket)
+}
+
+/// The `message` of an HTTP error body (`{"code":…,"message":…}`), else the body.
+fn refusal_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.into_owned())
 }
 
 /// A connection opened by [`Driver::dial`], with the server's first frame,
@@ -201,6 +251,7 @@ impl Backoff {
 pub struct Driver {
     core: SessionCore,
     server: ServerUrl,
+    options: ConnectOptions,
     socket: Option<Socket>,
     durability: Durability,
     backoff: Backoff,
@@ -215,6 +266,7 @@ impl Driver {
         Driver {
             core,
             server,
+            options: ConnectOptions::default(),
             socket: None,
             durability: Durability::Immediate,
             backoff: Backoff::default(),
@@ -226,6 +278,17 @@ impl Driver {
     pub fn with_saver(mut self, saver: Saver) -> Driver {
         self.durability = Durability::Saver(saver);
         self
+    }
+
+    /// Connect with `options` (e.g. a CA file for `wss://`).
+    pub fn with_connect_options(mut self, options: ConnectOptions) -> Driver {
+        self.options = options;
+        self
+    }
+
+    /// The connection options.
+    pub fn connect_options(&self) -> &ConnectOptions {
+        &self.options
     }
 
     /// Send ops only once the caller has confirmed their state with
@@ -279,8 +342,9 @@ impl Driver {
         let url = self.connect_url();
         let limits = self.core.limits().unwrap_or_default();
         let key = self.core.client_key().cloned();
+        let options = self.options.clone();
         async move {
-            let mut socket = open_socket(&url, &limits, key.as_ref()).await?;
+            let mut socket = open_socket_with(&url, &limits, &options, key.as_ref()).await?;
             match tokio::time::timeout(CONNECT_TIMEOUT, next_incoming(&mut socket)).await {
                 Ok(Incoming::Text(first)) => Ok(Dialed { socket, first }),
                 Ok(Incoming::Closed(_, why)) => Err(DriverError::Closed(why)),
@@ -311,7 +375,7 @@ impl Driver {
         self.save_now()?;
         let dialed = match self.dial().await {
             Err(DriverError::Forbidden(why)) => {
-                self.stopped = Some(format!("the server refused this client id: {why}"));
+                self.stopped = Some(format!("the server refused the connection: {why}"));
                 return Err(DriverError::Forbidden(why));
             }
             other => other?,

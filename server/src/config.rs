@@ -83,6 +83,39 @@ pub struct Config {
     /// Seconds of clock skew allowed when checking a token's `exp`, `nbf` and `iat`.
     #[arg(long, env = "OT_AUTH_LEEWAY", default_value_t = 60)]
     pub auth_leeway: u64,
+
+    // Network access (the guard, TLS, the metrics listener).
+    /// The URL users reach the server at (e.g. `https://docs.example.com`):
+    /// its host\[:port\] is an allowed `Host`, and its origin an allowed `Origin`.
+    #[arg(long, env = "OT_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Another allowed `Host` (repeatable): `HOST` (any port) or `HOST:PORT`.
+    /// Loopback names with the bound port are always allowed. The variable
+    /// takes a comma-separated list.
+    #[arg(long = "allowed-host", env = "OT_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_host: Vec<String>,
+    /// Another `Origin` a browser may open WebSockets from (repeatable),
+    /// e.g. `https://app.example.com`. Allowed hosts' origins always are. The
+    /// variable takes a comma-separated list.
+    #[arg(
+        long = "allowed-origin",
+        env = "OT_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origin: Vec<String>,
+    /// Listen on a non-loopback address without authentication: anyone who can
+    /// reach the server can read and rewrite every document.
+    #[arg(long, env = "OT_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Speak https/wss with this PEM certificate chain (needs `--tls-key`).
+    #[arg(long, env = "OT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "OT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also serve `GET /metrics` (and nothing else) on this address, over plain HTTP.
+    #[arg(long, env = "OT_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Instead of serving: a tool (`server token --help`).
     #[command(subcommand)]
     pub command: Option<Command>,

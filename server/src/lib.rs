@@ -12,11 +12,13 @@ pub mod auth;
 mod config;
 mod connection;
 mod document;
+mod guard;
 mod http;
 mod metrics;
 mod outbound;
 mod state;
 mod storage;
+mod tls;
 pub mod token_command;
 mod web;
 
@@ -28,6 +30,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::routing::{get, post};
 use axum::Router;
+use tokio_rustls::TlsAcceptor;
 
 use api_error::ApiError;
 use app::Shared;
@@ -56,6 +59,22 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The metrics listener's routes (`--metrics-addr`): `GET /metrics` only.
+fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(http::metrics))
+        .fallback(|| async { ApiError::not_found("this listener serves /metrics only") })
+        .with_state(shared)
+}
+
+/// Put a listener's Host/Origin guard in front of `app`.
+fn guarded(app: Router, guard: guard::Guard) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(
+        Arc::new(guard),
+        guard::check,
+    ))
+}
+
 /// Unknown paths: a malformed WebSocket path is a bad document id (400), anything else 404.
 async fn fallback(uri: axum::http::Uri) -> ApiError {
     if uri.path() == "/ws" || uri.path().starts_with("/ws/") {
@@ -68,11 +87,38 @@ async fn fallback(uri: axum::http::Uri) -> ApiError {
 /// Serve on `listener` until `shutdown` completes, then shut down gracefully:
 /// stop accepting, commit and ack every op in flight, close every socket with a
 /// close frame, mark the storage clean.
+///
+/// Refuses to serve a non-loopback `listener` without authentication unless
+/// `--insecure-no-auth` is set, and a bad `--tls-*`, `--allowed-*` or
+/// `--public-url`, before touching the storage.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let bound = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    guard::check_binding(&config, bound)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
+    };
+    let main_guard = guard::Guard::new(&config, bound, tls.is_some())?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener on {addr}"))?;
+            let bound = listener
+                .local_addr()
+                .context("reading the metrics address")?;
+            let guard = guard::Guard::new(&config, bound, false)?;
+            Some((listener, bound, guard))
+        }
+        None => None,
+    };
     let storage: Arc<dyn Storage> = Arc::new(
         SqliteStorage::open(&config.data_dir, config.durability)
             .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
@@ -105,15 +151,24 @@ pub async fn run(
         metrics,
         auth,
     )));
-    let addr = listener.local_addr().ok();
-    tracing::info!(?addr, durability = ?shared.config.durability, data_dir = %shared.config.data_dir.display(), epoch = storage.epoch(), "listening");
+    let app = guarded(router(shared.clone()), main_guard);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %bound, %scheme, durability = ?shared.config.durability, data_dir = %shared.config.data_dir.display(), epoch = storage.epoch(), "listening");
     let token = shared.shutdown.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections");
         token.cancel();
     });
-    serve_http(listener, router(shared.clone()), &shared).await;
+    let main = serve_http(listener, app, tls, &shared);
+    match metrics_listener {
+        Some((listener, addr, guard)) => {
+            tracing::info!(%addr, "serving /metrics over http");
+            let metrics_app = guarded(metrics_router(shared.clone()), guard);
+            tokio::join!(main, serve_http(listener, metrics_app, None, &shared));
+        }
+        None => main.await,
+    }
     shared.shutdown.cancel();
     shared.registry.shutdown_all().await;
     shared.tasks.close();
@@ -132,10 +187,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Accept HTTP connections until shutdown. Each connection gets the
-/// handshake timeout as its header-read timeout, so a client that opens a
-/// socket and never completes its request (or upgrade) is dropped.
-async fn serve_http(listener: tokio::net::TcpListener, app: Router, shared: &Arc<Shared>) {
+/// Accept HTTP connections (HTTPS with `tls`) until shutdown. Each connection
+/// gets the handshake timeout for its TLS handshake and again as its
+/// header-read timeout, so a client that opens a socket and never completes
+/// its handshake, request or upgrade is dropped.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    shared: &Arc<Shared>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
 
@@ -163,6 +224,7 @@ async fn serve_http(listener: tokio::net::TcpListener, app: Router, shared: &Arc
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let tls = tls.clone();
         let handshake_timeout = shared.config.handshake_timeout();
         tokio::spawn(async move {
             // hyper's header timeout starts with the first byte: also drop
@@ -173,8 +235,31 @@ async fn serve_http(listener: tokio::net::TcpListener, app: Router, shared: &Arc
                 _ => return,
             }
             let service = hyper::service::service_fn(move |request| app.clone().oneshot(request));
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = watcher.watch(connection.into_owned()).await;
+            match tls {
+                None => {
+                    let io = TokioIo::new(stream);
+                    let connection = builder.serve_connection_with_upgrades(io, service);
+                    let _ = watcher.watch(connection.into_owned()).await;
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let io = TokioIo::new(stream);
+                    let connection = builder.serve_connection_with_upgrades(io, service);
+                    let _ = watcher.watch(connection.into_owned()).await;
+                }
+            }
         });
     }
     // Upgraded WebSocket connections are not HTTP connections any more: they are

@@ -64,6 +64,9 @@ pub struct RevokeArgs {
     /// Or a file holding an admin token for `*` (servers whose tokens are minted elsewhere).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Extra certificate authorities (PEM) for an `https://` server.
+    #[arg(long, env = "OT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A random 128-bit token id.
@@ -134,20 +137,20 @@ pub async fn revoke(args: &RevokeArgs) -> anyhow::Result<String> {
             .to_owned(),
         (None, None) => bail!("give --secret-file (or --token-file with an admin token)"),
     };
-    let url = format!("{}/api/admin/revoke", args.url.trim_end_matches('/'));
-    let response = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?
-        .post(&url)
-        .bearer_auth(admin_token)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(serde_json::json!({ "jti": args.jti }).to_string())
-        .send()
-        .await
-        .with_context(|| format!("reaching {url}"))?;
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    if !status.is_success() {
+    let server = ot_driver::ServerUrl::parse(&args.url)?;
+    let options = ot_driver::ConnectOptions {
+        ca_file: args.ca_file.clone(),
+        token: Some(ot_driver::TokenSource::Value(admin_token)),
+    };
+    let (status, body) = ot_driver::http::post_json_with(
+        &server,
+        "/api/admin/revoke",
+        &serde_json::json!({ "jti": args.jti }),
+        &options,
+    )
+    .await
+    .with_context(|| format!("reaching {}", args.url))?;
+    if status != 200 {
         bail!("the server refused ({status}): {body}");
     }
     Ok(body)

@@ -13,6 +13,7 @@ use base64::Engine;
 use e2e_tests::{next_event, recv_message, send_message, start_server_with, Event, Socket};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ot_core::{Operation, Range};
+use ot_driver::{ConnectOptions, TokenSource};
 use ot_protocol::{Access, ClientMessage, ErrorCode, ServerMessage};
 use serde_json::{json, Value};
 use server::auth::{mint_hs256, Claims};
@@ -71,48 +72,36 @@ fn token(docs: &[&str], access: Access, jti: &str) -> String {
     mint_hs256(&claims(docs, access, jti), SECRET).unwrap()
 }
 
-/// An HTTP request with an optional bearer token: (status, JSON body).
-async fn call(
-    addr: SocketAddr,
-    method: reqwest::Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = reqwest::Client::new().request(method, format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+/// Options that send `token` (if any) as `Authorization: Bearer`.
+fn with_token(token: Option<&str>) -> ConnectOptions {
+    ConnectOptions {
+        token: token.map(|t| TokenSource::Value(t.to_owned())),
+        ..ConnectOptions::default()
     }
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let response = tokio::time::timeout(T, request.send())
-        .await
-        .unwrap()
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
+fn json_or_text(body: String) -> Value {
+    serde_json::from_str(&body).unwrap_or(Value::String(body))
+}
+
+/// `GET path` with an optional bearer token: (status, JSON body).
 async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
-    call(addr, reqwest::Method::GET, path, token, None).await
+    let (status, body) = ot_driver::http::get_with(&addr.into(), path, &with_token(token))
+        .await
+        .unwrap();
+    (status, json_or_text(body))
 }
 
 async fn revoke(addr: SocketAddr, admin: &str, jti: &str) -> (u16, Value) {
-    call(
-        addr,
-        reqwest::Method::POST,
+    let (status, body) = ot_driver::http::post_json_with(
+        &addr.into(),
         "/api/admin/revoke",
-        Some(admin),
-        Some(json!({ "jti": jti })),
+        &json!({ "jti": jti }),
+        &with_token(Some(admin)),
     )
     .await
+    .unwrap();
+    (status, json_or_text(body))
 }
 
 /// How a token travels on an upgrade.

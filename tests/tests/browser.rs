@@ -589,14 +589,15 @@ fn mint_link(secret: &Path, base: &str, args: &[&str]) -> Result<(String, String
 
 /// The text of `doc` as the server has it, read with `token`.
 async fn text_with(addr: SocketAddr, doc: &str, token: &str) -> Result<String> {
-    let body = reqwest::Client::new()
-        .get(format!("http://{addr}/api/docs/{doc}"))
-        .bearer_auth(token)
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
+    let options = ot_driver::ConnectOptions {
+        token: Some(ot_driver::TokenSource::Value(token.to_owned())),
+        ..ot_driver::ConnectOptions::default()
+    };
+    let (status, body) =
+        ot_driver::http::get_with(&addr.into(), &format!("/api/docs/{doc}"), &options).await?;
+    if status != 200 {
+        bail!("GET /api/docs/{doc}: {status} {body}");
+    }
     let body: Value = serde_json::from_str(&body)?;
     Ok(body["text"].as_str().context("no text")?.to_owned())
 }

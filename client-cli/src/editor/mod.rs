@@ -126,7 +126,8 @@ pub async fn run(common: &Common, doc: &str) -> Result<()> {
         doc,
         common.client_id.as_deref(),
         name,
-    )?;
+    )?
+    .with_connect_options(common.connect.clone());
     let mut app = App::new(session);
     let result = {
         let (guard, mut terminal) = enter_terminal()?;
@@ -373,6 +374,17 @@ impl App {
                 }
                 Err(e) => self.connection_failed(format!("{e:#}"), true).await,
             },
+            // A refused token: say so, keep the edits, and keep trying (the
+            // token file is read again on every attempt).
+            Err(e @ DriverError::Unauthorized(_)) => {
+                self.tell(
+                    format!(
+                        "access expired — get a new token ({e}); unsent edits are kept, retrying"
+                    ),
+                    Severity::Error,
+                );
+                self.schedule_retry();
+            }
             // The id is bound to another key: retrying cannot help.
             Err(e @ DriverError::Forbidden(_)) => {
                 self.stopped = true;
@@ -436,6 +448,14 @@ impl App {
                     self.sent_range = None;
                     self.stopped = true;
                     self.tell(format!("{why}: not reconnecting"), Severity::Error);
+                }
+                SessionEvent::AccessExpired(why) => {
+                    self.sent_range = None;
+                    self.tell(
+                        format!("access expired — get a new token ({why}); unsent edits are kept, retrying"),
+                        Severity::Error,
+                    );
+                    self.schedule_retry();
                 }
                 SessionEvent::Disconnected(why) => {
                     self.sent_range = None;
