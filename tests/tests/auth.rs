@@ -631,3 +631,70 @@ async fn the_document_list_shows_only_readable_documents_in_pages() {
     assert_eq!(ids(&none), Vec::<String>::new());
     s.server.stop().await.unwrap();
 }
+
+/// The Rust driver with a token file: the token expires while an edit is
+/// unsent (closed with 4001, the edit kept); with the expired token a new
+/// connection is refused (401, `Unauthorized`); once the file holds a new
+/// token the next connection delivers the edit exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_keeps_unsent_edits_and_a_new_token_lands_them_once() {
+    use ot_driver::{CloseAction, Driver, DriverError, Event as DriverEvent, SessionCore};
+    let s = start(0).await;
+    let addr = s.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let mut short = claims(&["kept"], Access::Write, "short-lived");
+    short.exp = now() + 2;
+    std::fs::write(&token_file, mint_hs256(&short, SECRET).unwrap()).unwrap();
+    let core = SessionCore::new(ot_protocol::DocId::parse("kept").unwrap(), "writer-k");
+    let mut driver = Driver::new(addr.into(), core)
+        .with_connect_options(ConnectOptions {
+            token: Some(TokenSource::File(token_file.clone())),
+            ..ConnectOptions::default()
+        })
+        .with_external_durability();
+    // The new state (with its key) counts as saved.
+    let version = driver.core().version();
+    driver.confirm_durable(version).await.unwrap();
+    driver.connect().await.unwrap();
+    assert!(driver.is_connected());
+    // An edit that waits for its state to be confirmed durable: not sent.
+    driver
+        .local_edit(&Operation::insert_at(0, 0, "kept").unwrap(), None)
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(T, async {
+        loop {
+            for event in driver.next_events().await.unwrap() {
+                if let DriverEvent::Disconnected { action, .. } = event {
+                    return action;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, CloseAction::Reauthenticate);
+    assert!(!driver.core().client().all_saved(), "the edit is kept");
+    // The expired token is refused before the upgrade.
+    match driver.connect().await {
+        Err(DriverError::Unauthorized(why)) => assert!(why.contains("expired"), "{why}"),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // A new token in the file: the next connection delivers the edit.
+    std::fs::write(&token_file, token(&["kept"], Access::Write, "renewed")).unwrap();
+    driver.connect().await.unwrap();
+    let version = driver.core().version();
+    driver.confirm_durable(version).await.unwrap();
+    let deadline = Instant::now() + T;
+    while !driver.core().client().all_saved() {
+        assert!(Instant::now() < deadline, "the edit was not acknowledged");
+        let _ = tokio::time::timeout(Duration::from_millis(200), driver.next_events()).await;
+    }
+    let admin = token(&["*"], Access::Admin, "admin");
+    let (_, doc) = get(addr, "/api/docs/kept", Some(&admin)).await;
+    assert_eq!(doc, json!({"rev": 1, "text": "kept"}));
+    let (_, ops) = get(addr, "/api/docs/kept/ops", Some(&admin)).await;
+    assert_eq!(ops["ops"].as_array().unwrap().len(), 1, "exactly once");
+    s.server.stop().await.unwrap();
+}
