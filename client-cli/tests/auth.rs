@@ -25,7 +25,8 @@ fn token(docs: &[&str], access: Access, jti: &str, ttl: i64) -> String {
         .as_secs() as i64;
     mint_hs256(
         &Claims {
-            sub: jti.to_owned(),
+            // One user throughout: a writer id is bound to its key and the token's subject.
+            sub: "ann".to_owned(),
             name: None,
             docs: docs.iter().map(|d| d.to_string()).collect(),
             access,

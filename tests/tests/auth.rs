@@ -681,8 +681,10 @@ async fn expiry_keeps_unsent_edits_and_a_new_token_lands_them_once() {
         Err(DriverError::Unauthorized(why)) => assert!(why.contains("expired"), "{why}"),
         other => panic!("expected 401, got {other:?}"),
     }
-    // A new token in the file: the next connection delivers the edit.
-    std::fs::write(&token_file, token(&["kept"], Access::Write, "renewed")).unwrap();
+    // A new token for the same user in the file: the next connection delivers the edit.
+    let mut renewed = claims(&["kept"], Access::Write, "renewed");
+    renewed.sub = short.sub.clone();
+    std::fs::write(&token_file, mint_hs256(&renewed, SECRET).unwrap()).unwrap();
     driver.connect().await.unwrap();
     let version = driver.core().version();
     driver.confirm_durable(version).await.unwrap();
@@ -696,5 +698,46 @@ async fn expiry_keeps_unsent_edits_and_a_new_token_lands_them_once() {
     assert_eq!(doc, json!({"rev": 1, "text": "kept"}));
     let (_, ops) = get(addr, "/api/docs/kept/ops", Some(&admin)).await;
     assert_eq!(ops["ops"].as_array().unwrap().len(), 1, "exactly once");
+    s.server.stop().await.unwrap();
+}
+
+/// With authentication on, a writer id is bound to its key and its token's
+/// subject: another user holding a copy of the key cannot speak for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_id_is_bound_to_its_key_and_its_tokens_subject() {
+    let s = start(60).await;
+    let addr = s.addr;
+    let key = "0123456789abcdef0123456789abcdef";
+    let open = |token: String| async move {
+        let mut request = format!("ws://{addr}/ws/bound?client=writer-a")
+            .into_client_request()
+            .unwrap();
+        let headers = request.headers_mut();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        headers.insert("x-ot-client-key", HeaderValue::from_static(key));
+        match tokio::time::timeout(T, tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap()
+        {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let ann = token(&["bound"], Access::Write, "ann");
+    let bob = token(&["bound"], Access::Write, "bob");
+    let mut first = open(ann.clone()).await.unwrap();
+    recv_message(&mut first, T).await.unwrap();
+    // Bob has the key but not Ann's subject: refused before the upgrade.
+    assert_eq!(open(bob).await.err(), Some(403));
+    // Ann with the same key is still herself (and replaces her older connection).
+    let mut again = open(ann).await.unwrap();
+    recv_message(&mut again, T).await.unwrap();
+    assert_eq!(close_code(&mut first).await, Some(4009));
     s.server.stop().await.unwrap();
 }

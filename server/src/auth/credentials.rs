@@ -117,6 +117,18 @@ pub(crate) fn key_hash(key: &ClientKey) -> KeyHash {
     KeyHash(Sha256::digest(key.as_str().as_bytes()).into())
 }
 
+/// With authentication on, what a client id is bound to: the key *and* the
+/// token's subject, so that another user holding a copy of the key still
+/// cannot speak for the writer.
+pub(crate) fn subject_key_hash(key: &ClientKey, subject: &str) -> KeyHash {
+    let mut hash = Sha256::new();
+    hash.update(b"ot key+subject\0");
+    hash.update(key.as_str().as_bytes());
+    hash.update(b"\0");
+    hash.update(subject.as_bytes());
+    KeyHash(hash.finalize().into())
+}
+
 /// The entries of every `Sec-WebSocket-Protocol` header (a comma-separated
 /// list; browsers send one header).
 fn subprotocols(headers: &HeaderMap) -> Result<Vec<&str>, CredentialError> {

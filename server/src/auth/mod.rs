@@ -20,7 +20,7 @@ use ot_protocol::Access;
 
 pub use claims::Claims;
 pub(crate) use claims::Grant;
-pub(crate) use credentials::Credentials;
+pub(crate) use credentials::{key_hash, subject_key_hash, Credentials};
 pub use keys::{mint_hs256, read_secret, KeyError, TokenError, Verifier};
 pub(crate) use revocation::Revocations;
 

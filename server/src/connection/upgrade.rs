@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::reader;
 use crate::api_error::ApiError;
 use crate::app::Shared;
-use crate::auth::{Caller, Credentials};
+use crate::auth::{key_hash, subject_key_hash, Caller, Credentials};
 use crate::document::{
     self, DocCommand, DocError, DocHandle, JoinError, JoinRequest, JOIN_TIMEOUT,
 };
@@ -32,6 +32,11 @@ struct Request {
     client_id: ClientId,
     /// The hash of the key the connection presented.
     key_hash: Option<KeyHash>,
+    /// With a token: the hash of the key alone, which an id bound before
+    /// authentication was turned on still answers to.
+    key_only_hash: Option<KeyHash>,
+    /// The key itself (hashed with the token's subject when there is one).
+    client_key: Option<ot_protocol::ClientKey>,
     /// The revision to resume from.
     rev: Option<u64>,
     /// The epoch the client last saw.
@@ -80,6 +85,8 @@ impl Request {
             doc,
             client_id,
             key_hash: credentials.key_hash(),
+            key_only_hash: None,
+            client_key: credentials.client_key,
             rev: number("rev")?,
             epoch: number("epoch")?,
         })
@@ -96,7 +103,7 @@ pub(crate) async fn ws_handler(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let request = match Request::parse(&doc, &params, &headers) {
+    let mut request = match Request::parse(&doc, &params, &headers) {
         Ok(request) => request,
         Err(e) => return e.into_response(),
     };
@@ -104,6 +111,11 @@ pub(crate) async fn ws_handler(
         Ok(access) => Permit { access, caller },
         Err(e) => return e.into_response(),
     };
+    // With a token, a new binding is to the key and the token's subject.
+    if let (Some(grant), Some(key)) = (permit.caller.grant(), &request.client_key) {
+        request.key_only_hash = Some(key_hash(key));
+        request.key_hash = Some(subject_key_hash(key, &grant.claims.sub));
+    }
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
@@ -119,7 +131,13 @@ pub(crate) async fn ws_handler(
         )
         .into_response();
     }
-    match authorize(&shared, &request).await {
+    let mut authorized = authorize(&shared, &request).await;
+    if matches!(authorized, Err(JoinError::Forbidden)) && request.key_only_hash.is_some() {
+        // Bound before authentication was on: the key alone still counts.
+        request.key_hash = request.key_only_hash.take();
+        authorized = authorize(&shared, &request).await;
+    }
+    match authorized {
         Ok(()) => {}
         Err(JoinError::Forbidden) => {
             return ApiError::new(
