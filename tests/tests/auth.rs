@@ -741,3 +741,58 @@ async fn a_writer_id_is_bound_to_its_key_and_its_tokens_subject() {
     assert_eq!(close_code(&mut first).await, Some(4009));
     s.server.stop().await.unwrap();
 }
+
+/// Tokens minted elsewhere: the server checks them with a public key, whose
+/// type fixes the one accepted algorithm (Ed25519 → EdDSA, P-256 → ES256).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_keys_fix_the_algorithm() {
+    for (alg, rcgen_alg) in [
+        (Algorithm::EdDSA, &rcgen::PKCS_ED25519),
+        (Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+    ] {
+        let pair = rcgen::KeyPair::generate_for(rcgen_alg).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("public.pem");
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        let server = start_server_with(&dir.path().join("data"), |c| {
+            c.auth_public_key_file = Some(public.clone());
+        })
+        .await
+        .unwrap();
+        let private = pair.serialize_pem();
+        let key = match alg {
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+            _ => EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
+        };
+        let good = jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims(&["pk"], Access::Read, "pk"),
+            &key,
+        )
+        .unwrap();
+        let (status, _) = get(server.addr, "/api/docs", Some(&good)).await;
+        assert_eq!(status, 200, "{alg:?}");
+        // An HS256 token "signed" with the public key as a secret (the
+        // classic confusion attack) is refused, as is `alg: none`.
+        let confused = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(&["pk"], Access::Admin, "confused"),
+            &EncodingKey::from_secret(pair.public_key_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let none = raw_token(
+            json!({"alg":"none","typ":"JWT"}),
+            payload(json!({})),
+            SECRET,
+        );
+        for bad in [confused, none] {
+            let (status, body) = get(server.addr, "/api/docs", Some(&bad)).await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (401, Some("unauthorized")),
+                "{alg:?}"
+            );
+        }
+        server.stop().await.unwrap();
+    }
+}
