@@ -262,6 +262,17 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request
             // Stops the expiry timer.
             ends.cancel();
         }
+        Err(JoinError::Deleted) => {
+            // Nothing before the close: the client must not take this
+            // generation for the one it saw (it keeps its edits as a
+            // conflict copy and connects afresh).
+            tracing::info!(doc = %request.doc, client = %request.client_id, "closed a client of a deleted document with 4004");
+            let _ = socket
+                .send(Message::Close(Some(close_frame(
+                    CloseCode::DocumentDeleted,
+                ))))
+                .await;
+        }
         Err(e) => {
             let (code, close) = match &e {
                 JoinError::TooManyClients => (ErrorCode::TooManyClients, CloseCode::Full),
@@ -269,7 +280,7 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request
                 // The id was bound to another key between the check and the
                 // join (a race): stop, like any policy violation.
                 JoinError::Forbidden => (ErrorCode::Forbidden, CloseCode::Abusive),
-                JoinError::Unavailable(_) | JoinError::Retry => {
+                JoinError::Unavailable(_) | JoinError::Retry | JoinError::Deleted => {
                     (ErrorCode::StorageError, CloseCode::Unavailable)
                 }
             };

@@ -889,10 +889,7 @@ fn key_bindings_survive_a_reopen_and_the_first_one_stays() {
 /// `doc`'s second generation: one op "new" by client "z".
 fn second_generation(doc: &str) -> (DocumentHistory, Vec<WriteItem>) {
     let mut h = DocumentHistory::new();
-    let items = vec![
-        create(doc),
-        apply(&mut h, doc, "z", 1, 0, ins(0, 0, "new")),
-    ];
+    let items = vec![create(doc), apply(&mut h, doc, "z", 1, 0, ins(0, 0, "new"))];
     (h, items)
 }
 
@@ -914,7 +911,10 @@ fn rows_of(s: &SqliteStorage, doc: &str) -> i64 {
         "SELECT COUNT(*) FROM client_keys WHERE doc = ?1",
     ]
     .iter()
-    .map(|sql| conn.query_row(sql, [doc], |row| row.get::<_, i64>(0)).unwrap())
+    .map(|sql| {
+        conn.query_row(sql, [doc], |row| row.get::<_, i64>(0))
+            .unwrap()
+    })
     .sum()
 }
 
