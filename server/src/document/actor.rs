@@ -266,9 +266,9 @@ impl Document {
                 DocCommand::Join(_, reply) | DocCommand::Authorize { reply, .. } => {
                     let _ = reply.send(Err(JoinError::Retry));
                 }
-                DocCommand::Read(reply) => {
-                    let _ = reply.send((0, String::new()));
-                }
+                // Unanswered: the reader falls back to storage, which has no
+                // such document now (404).
+                DocCommand::Read(_) => {}
                 DocCommand::Shutdown(done) => {
                     let _ = done.send(());
                 }
