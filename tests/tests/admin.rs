@@ -82,7 +82,7 @@ async fn a_delete_closes_everyone_with_4004_and_the_re_created_document_is_new()
     let mut offline = WsClient::join(addr, "d", "c").await.unwrap();
     write(&mut a, "hello").await;
     for c in [&mut b, &mut offline] {
-        c.pump_until(T, |c| c.client().text().to_string() == "hello")
+        c.pump_until(T, |c| *c.client().text() == "hello")
             .await
             .unwrap();
     }
@@ -92,6 +92,12 @@ async fn a_delete_closes_everyone_with_4004_and_the_re_created_document_is_new()
     let op = insert("hello", 5, " from c");
     offline.edit(&op).await.unwrap();
     assert!(!offline.client().all_saved());
+
+    // `b` stays connected with edits in flight: one sent (outstanding), one
+    // buffered behind it (unsent); it reads nothing until the close.
+    b.edit(&insert("hello", 5, "X")).await.unwrap();
+    b.edit(&insert("helloX", 6, "Y")).await.unwrap();
+    assert!(*b.client().text() == "helloXY" && !b.client().all_saved());
 
     assert_eq!(delete(addr, "nope", None).await.0, 404);
     let (status, body) = delete(addr, "d", None).await;
@@ -119,8 +125,8 @@ async fn a_delete_closes_everyone_with_4004_and_the_re_created_document_is_new()
     assert_eq!(delete(addr, "d", None).await.0, 404);
 
     // `b` edits before it reconnects: that edit was made on the deleted
-    // document, so it becomes a conflict copy too.
-    b.edit(&insert("hello", 0, "b: ")).await.unwrap();
+    // document, so it goes into the conflict copy too.
+    b.edit(&insert("helloXY", 0, "b: ")).await.unwrap();
 
     // Re-created: empty, with a greater epoch.
     a.reconnect().await.unwrap();
@@ -131,8 +137,8 @@ async fn a_delete_closes_everyone_with_4004_and_the_re_created_document_is_new()
     write(&mut a, "fresh").await;
 
     b.reconnect().await.unwrap();
-    assert_eq!(b.conflict_copies, vec!["b: hello".to_owned()]);
-    b.pump_until(T, |c| c.client().text().to_string() == "fresh")
+    assert_eq!(b.conflict_copies, vec!["b: helloXY".to_owned()]);
+    b.pump_until(T, |c| *c.client().text() == "fresh")
         .await
         .unwrap();
 
@@ -145,7 +151,7 @@ async fn a_delete_closes_everyone_with_4004_and_the_re_created_document_is_new()
     offline.reconnect().await.unwrap();
     assert_eq!(offline.conflict_copies, vec!["hello from c".to_owned()]);
     offline
-        .pump_until(T, |c| c.client().text().to_string() == "fresh")
+        .pump_until(T, |c| *c.client().text() == "fresh")
         .await
         .unwrap();
     assert_eq!(offline.epoch(), Some(new_epoch));
