@@ -216,6 +216,10 @@ fn token(docs: &[&str], access: Access, jti: &str) -> String {
     mint_hs256(&claims, SECRET).unwrap()
 }
 
+async fn get_status(addr: SocketAddr, path: &str, token: &str) -> u16 {
+    call(addr, reqwest::Method::GET, path, Some(token)).await.0
+}
+
 #[tokio::test]
 async fn only_an_admin_of_the_document_may_delete_or_export_it() {
     let (server, _dir) = start_with_auth().await;
@@ -235,6 +239,17 @@ async fn only_an_admin_of_the_document_may_delete_or_export_it() {
         Event::Json(_)
     ));
 
+    // The export reads storage: the document is there once its creation is
+    // durable (just after the first message).
+    let admin = token(&["d"], Access::Admin, "a");
+    let deadline = std::time::Instant::now() + T;
+    while get_status(addr, "/api/admin/docs/d/export", &admin).await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the document never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let export = "/api/admin/docs/d/export";
     assert_eq!(delete(addr, "d", None).await.0, 401);
     assert_eq!(delete(addr, "d", Some(&writer)).await.0, 403);
@@ -246,13 +261,8 @@ async fn only_an_admin_of_the_document_may_delete_or_export_it() {
             .0,
         403
     );
-    let admin = token(&["d"], Access::Admin, "a");
-    assert_eq!(
-        call(addr, reqwest::Method::GET, export, Some(&admin))
-            .await
-            .0,
-        200
-    );
+    let (status, body) = call(addr, reqwest::Method::GET, export, Some(&admin)).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(delete(addr, "d", Some(&admin)).await.0, 200);
     match e2e_tests::next_event(&mut socket, T).await.unwrap() {
         Event::Closed(Some((code, _))) => assert_eq!(code, 4004),
