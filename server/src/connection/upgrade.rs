@@ -171,6 +171,7 @@ async fn authorize(shared: &Arc<Shared>, request: &Request) -> Result<(), JoinEr
         let command = DocCommand::Authorize {
             client_id: request.client_id.clone(),
             key_hash: request.key_hash,
+            epoch: request.epoch,
             reply: reply_tx,
         };
         if handle.tx.send(command).await.is_err() {

@@ -291,8 +291,18 @@ impl Document {
             DocCommand::Authorize {
                 client_id,
                 key_hash,
+                epoch,
                 reply,
-            } => self.on_authorize(&client_id, key_hash, reply),
+            } => {
+                if self.pipeline.epoch().saw_deleted(epoch) {
+                    // Let the upgrade happen: the join closes it with 4004
+                    // (the client must learn of the delete), and nothing of
+                    // it is bound in, or creates, the new generation.
+                    let _ = reply.send(Ok(()));
+                } else {
+                    self.on_authorize(&client_id, key_hash, reply);
+                }
+            }
             DocCommand::Join(request, reply) => {
                 let result = self.on_join(request);
                 let _ = reply.send(result);

@@ -70,6 +70,9 @@ pub(crate) enum DocCommand {
     Authorize {
         client_id: ClientId,
         key_hash: Option<KeyHash>,
+        /// The epoch the client last saw: one of a deleted generation binds
+        /// and creates nothing (the join closes it with 4004).
+        epoch: Option<u64>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
     Join(JoinRequest, oneshot::Sender<Result<(), JoinError>>),

@@ -461,6 +461,22 @@ mod tests {
             }) => {}
             other => panic!("{other:?}"),
         }
+        // A delete starts the next generation: its first op is revision 1.
+        let delete = WriteItem::DeleteDoc {
+            doc: "a".into(),
+            epoch: 9,
+        };
+        let revs =
+            check_continuity(&[a[1].clone(), delete.clone(), a[0].clone()], |_| Ok(1)).unwrap();
+        assert_eq!(revs, vec![("a".into(), 1)]);
+        match check_continuity(&[delete, a[2].clone()], |_| Ok(2)) {
+            Err(StorageError::Gap {
+                expected: 1,
+                found: 3,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
         match check_continuity(&a[..1], |_| Err(StorageError::Closed)) {
             Err(StorageError::Closed) => {}
             other => panic!("{other:?}"),
