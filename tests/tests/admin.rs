@@ -377,3 +377,41 @@ async fn a_delete_survives_kill_9_right_after_its_answer() {
         drop(server);
     }
 }
+
+#[tokio::test]
+async fn the_export_reads_more_than_one_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await.unwrap();
+    let addr = server.addr;
+    let mut a = WsClient::join(addr, "long", "a").await.unwrap();
+    // More ops than one page of storage reads (1000).
+    for i in 0..1234 {
+        write(&mut a, &(i % 10).to_string()).await;
+    }
+    let (rev, text) = doc_state(addr, "long").await.unwrap();
+    assert_eq!(rev, 1234);
+    let (status, body) = call(
+        addr,
+        reqwest::Method::GET,
+        "/api/admin/docs/long/export",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let Value::String(body) = body else {
+        panic!("NDJSON is not one JSON value: {body}");
+    };
+    let mut replayed = String::new();
+    let mut lines = body.lines();
+    let head: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(head["rev"], 1234);
+    for (i, line) in lines.enumerate() {
+        let op: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(op["rev"], i as u64 + 1);
+        replayed = Operation::from_json_value(&op["op"])
+            .unwrap()
+            .apply(&replayed)
+            .unwrap();
+    }
+    assert_eq!(replayed, text);
+}
