@@ -271,7 +271,11 @@ impl Session {
                     SessionEvent::ConflictCopy(path)
                 }
                 Event::Disconnected { reason, action } => match action {
-                    // TODO(issue 12): Resync gives up the pending op.
+                    // Resync (4004, the document was deleted): the driver's
+                    // session has already given up the pending op (its
+                    // conflict copy comes with the next snapshot) and the
+                    // next connection asks for a snapshot, so reconnecting is
+                    // right.
                     CloseAction::Reconnect | CloseAction::Resync => {
                         self.conn = ConnState::Reconnecting;
                         SessionEvent::Disconnected(reason)

@@ -24,6 +24,10 @@ use ot_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
+/// `given_up` after a 4004: the pending edits are given up, but their
+/// conflict copy is still to come (no text hashes to this).
+const DELETED_MARKER: &str = "document-deleted";
+
 /// What a session saves between runs (the caller decides where).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionState {
@@ -338,12 +342,26 @@ impl SessionCore {
     /// The connection ended: closed by the server with `code` (`None`: lost
     /// without a close frame). Nothing queued survives it: the next
     /// connection resends what is pending.
+    ///
+    /// [`CloseAction::Resync`] (4004, the document was deleted): the next
+    /// connection asks for a snapshot (no `rev`/`epoch`), and unsent edits
+    /// are never sent to the new document: the snapshot replaces them, and
+    /// the local text with them is given as a [`Event::ConflictCopy`] then
+    /// (from the same path as a conflict copy after a refused op).
     pub fn on_closed(&mut self, code: Option<u16>, reason: &str) -> Event {
         self.connected = false;
         self.outbox.clear();
+        let action = close_action(code);
+        if action == CloseAction::Resync {
+            // A marker that is no text's hash: the copy is not given yet,
+            // so the next snapshot gives it (whatever the local text is by then).
+            self.given_up = Some(DELETED_MARKER.to_owned());
+            self.fresh_start = true;
+            self.changed();
+        }
         Event::Disconnected {
             reason: reason.to_owned(),
-            action: close_action(code),
+            action,
         }
     }
 

@@ -92,8 +92,12 @@ pub async fn post_json_with(
     .await
 }
 
-/// One request (with `options`' token as `Authorization: Bearer`).
-async fn send(
+/// The HTTP methods, for [`send`].
+pub use reqwest::Method;
+
+/// One request (with `options`' token as `Authorization: Bearer`, and a JSON
+/// body if given): the status and the body, whatever the status.
+pub async fn send(
     server: &ServerUrl,
     method: reqwest::Method,
     path: &str,

@@ -183,12 +183,18 @@ pub async fn open_socket_with(
     Ok(socket)
 }
 
-/// The `message` of an HTTP error body (`{"code":…,"message":…}`), else the body.
+/// An HTTP error body (`{"code":…,"message":…}`) as `message (code)`, else the body.
 fn refusal_message(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     serde_json::from_str::<serde_json::Value>(&text)
         .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .and_then(|v| {
+            Some(format!(
+                "{} ({})",
+                v["message"].as_str()?,
+                v["code"].as_str()?
+            ))
+        })
         .unwrap_or_else(|| text.into_owned())
 }
 

@@ -126,6 +126,52 @@ fn any_other_error_on_the_outstanding_op_keeps_a_conflict_copy_and_resyncs() {
 }
 
 #[test]
+fn a_deleted_document_keeps_unsent_edits_as_a_conflict_copy_and_resyncs() {
+    // 4004 with an op outstanding, and another edit made while offline.
+    let (mut c, _) = with_outstanding();
+    let event = c.on_closed(Some(4004), "deleted");
+    assert_eq!(disconnected(&[event]), Some(CloseAction::Resync));
+    assert!(c.resyncing());
+    c.local_edit(&Operation::from_json(r#"[4,"e"]"#).unwrap(), None)
+        .unwrap();
+    c.confirm_durable(c.version());
+    assert_eq!(c.connect_path(), "/ws/notes?client=me", "no rev, no epoch");
+    // A restart from the saved state still resyncs.
+    let mut c = SessionCore::restore(DocId::parse("notes").unwrap(), c.state()).unwrap();
+    assert_eq!(c.connect_path(), "/ws/notes?client=me");
+    c.on_open();
+    assert_eq!(
+        c.poll_transmit(),
+        None,
+        "nothing is sent before the snapshot"
+    );
+    let events = c.receive(&snapshot(0, "", 0));
+    assert!(
+        events.contains(&Event::ConflictCopy("abcde".into())),
+        "{events:?}"
+    );
+    assert_eq!(c.client().text().to_string(), "");
+    assert!(c.client().all_saved());
+    assert_eq!(
+        c.poll_transmit(),
+        None,
+        "the old op never reaches the new document"
+    );
+    assert!(!c.resyncing());
+
+    // With nothing unsent: a resync without a copy.
+    let mut c = core();
+    c.on_open();
+    c.receive(&snapshot(3, "abc", 0));
+    c.on_closed(Some(4004), "deleted");
+    assert_eq!(c.connect_path(), "/ws/notes?client=me");
+    c.on_open();
+    let events = c.receive(&snapshot(0, "", 0));
+    assert!(!events.iter().any(|e| matches!(e, Event::ConflictCopy(_))));
+    assert_eq!(c.client().text().to_string(), "");
+}
+
+#[test]
 fn an_error_naming_another_seq_or_none_changes_nothing() {
     for frame in [
         r#"{"type":"error","code":"bad_seq","message":"stale","seq":7}"#,

@@ -17,18 +17,18 @@ use crate::document::DocCommand;
 use crate::storage::{Storage, StorageError, StoredOp};
 
 /// Most ops one `/ops` or `/conflicts` request returns.
-const MAX_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = 1000;
 
-type ApiResult<T = Response> = Result<T, ApiError>;
+pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
 
 /// A paged read of a document's stored ops: (storage, doc, after, limit).
 type PageRead = fn(&dyn Storage, &str, u64, usize) -> Result<Vec<StoredOp>, StorageError>;
 
-fn doc_id(doc: &str) -> ApiResult<DocId> {
+pub(crate) fn doc_id(doc: &str) -> ApiResult<DocId> {
     DocId::parse(doc).map_err(ApiError::invalid_id)
 }
 
-fn not_found(doc: &DocId) -> ApiError {
+pub(crate) fn not_found(doc: &DocId) -> ApiError {
     ApiError::not_found(format!("no document `{doc}`"))
 }
 
@@ -40,7 +40,7 @@ fn query_u64(query: &HashMap<String, String>, key: &str, default: u64) -> ApiRes
 }
 
 /// Run a blocking storage read off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     shared: &Arc<Shared>,
     read: impl FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
 ) -> ApiResult<T> {
@@ -181,20 +181,23 @@ pub(crate) async fn get_ops(
         &query,
         "ops",
         |s, doc, from, limit| s.ops(doc, from, limit),
-        |op| {
-            json!({
-                "rev": op.rev,
-                "client": op.client_id,
-                "seq": op.seq,
-                "base_rev": op.base_rev,
-                "op": op.applied,
-                "received": op.received,
-                "hash": op.hash.to_hex(),
-                "time_ms": op.time_ms,
-            })
-        },
+        op_json,
     )
     .await
+}
+
+/// A stored op as `/ops` (and the admin export) shows it.
+pub(crate) fn op_json(op: &StoredOp) -> serde_json::Value {
+    json!({
+        "rev": op.rev,
+        "client": op.client_id,
+        "seq": op.seq,
+        "base_rev": op.base_rev,
+        "op": op.applied,
+        "received": op.received,
+        "hash": op.hash.to_hex(),
+        "time_ms": op.time_ms,
+    })
 }
 
 /// `GET /api/docs/{doc}/conflicts?from=R&limit=L` → ops transformed past concurrent ops.

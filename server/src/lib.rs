@@ -6,6 +6,7 @@
 //! free loopback port.
 
 mod admin;
+mod admin_docs;
 mod api_error;
 mod app;
 pub mod auth;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio_rustls::TlsAcceptor;
 
@@ -49,6 +50,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/docs/{doc}/ops", get(http::get_ops))
         .route("/api/docs/{doc}/conflicts", get(http::get_conflicts))
         .route("/api/admin/revoke", post(admin::revoke))
+        .route("/api/admin/docs/{doc}", delete(admin_docs::delete_doc))
+        .route("/api/admin/docs/{doc}/export", get(admin_docs::export_doc))
         .route("/healthz", get(http::healthz))
         .route("/metrics", get(http::metrics))
         .route("/", get(web::index))

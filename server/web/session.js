@@ -5,7 +5,7 @@
 // to the textarea, the view and localStorage through hooks (editor.js); Node
 // imports it as it is (tests/js/protocol.test.mjs), so this module must not
 // touch `document`, `window` or `localStorage`.
-import { OtError, cpLen, opFromJSON, transformPosition } from "./ot.js";
+import { Client, OtError, cpLen, opFromJSON, transformPosition } from "./ot.js";
 
 // ---------------------------------------------------------------------------
 // The protocol's tables
@@ -310,6 +310,9 @@ export class Session {
     this.access = null; // "read" | "write" | "admin", from the first message
     this.accessStopped = false; // stopped for want of a valid token: a new one restarts
     this.wantSnapshot = false;
+    // Closed with 4004 (the document was deleted): the next snapshot is of a
+    // new document, and unsent edits become a conflict copy, never its ops.
+    this.documentDeleted = false;
     this.attempt = 0;
     this.retrying = false; // resending after storage_error: keep backing off until an ack
     this.reconnectTimer = null;
@@ -395,6 +398,11 @@ export class Session {
     // Unsent edits stay in the saved state: a new link (a new token) sends them.
     if (action === "reauthenticate") this.accessStopped = true;
     if (action === "stop" || action === "reauthenticate") this.stopped = STOP_REASONS.get(code) || `the server closed the connection with code ${code}`;
+    if (action === "resync") {
+      this.documentDeleted = true;
+      this.resync("document deleted");
+      return action;
+    }
     this.dropped();
     return action;
   }
@@ -540,6 +548,19 @@ export class Session {
         this.epoch = m.epoch ?? null;
         this.access = m.access ?? "write";
         this.hooks.accessChanged(this.access);
+        if (this.documentDeleted) {
+          // A new document: the unsent edits of the deleted one are kept as
+          // a conflict copy (as after a refused op) and never rebased onto it.
+          this.documentDeleted = false;
+          if (!client.allSaved() && client.text !== m.text) this.hooks.conflict(client.text);
+          this.client = new Client(client.clientId, m.rev, m.text, m.seq);
+          this.synced = true;
+          this.wantSnapshot = false;
+          if (!this.retrying) this.attempt = 0;
+          this.hooks.setText(this.client.text);
+          this.hooks.persist();
+          return { kind: "snapshot", action: "synced", conflictCopy: null };
+        }
         const hadState = this.synced || !client.allSaved();
         const outcome = client.snapshot(m.rev, m.text, m.seq);
         this.synced = true;

@@ -189,6 +189,7 @@ async fn authorize(shared: &Arc<Shared>, request: &Request) -> Result<(), JoinEr
         let command = DocCommand::Authorize {
             client_id: request.client_id.clone(),
             key_hash: request.key_hash,
+            epoch: request.epoch,
             reply: reply_tx,
         };
         if handle.tx.send(command).await.is_err() {
@@ -280,6 +281,17 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request
             // Stops the expiry timer.
             ends.cancel();
         }
+        Err(JoinError::Deleted) => {
+            // Nothing before the close: the client must not take this
+            // generation for the one it saw (it keeps its edits as a
+            // conflict copy and connects afresh).
+            tracing::info!(doc = %request.doc, client = %request.client_id, "closed a client of a deleted document with 4004");
+            let _ = socket
+                .send(Message::Close(Some(close_frame(
+                    CloseCode::DocumentDeleted,
+                ))))
+                .await;
+        }
         Err(e) => {
             let (code, close) = match &e {
                 JoinError::TooManyClients => (ErrorCode::TooManyClients, CloseCode::Full),
@@ -287,7 +299,7 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request
                 // The id was bound to another key between the check and the
                 // join (a race): stop, like any policy violation.
                 JoinError::Forbidden => (ErrorCode::Forbidden, CloseCode::Abusive),
-                JoinError::Unavailable(_) | JoinError::Retry => {
+                JoinError::Unavailable(_) | JoinError::Retry | JoinError::Deleted => {
                     (ErrorCode::StorageError, CloseCode::Unavailable)
                 }
             };

@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use ot_core::history::{DocumentHistory, KeyHash};
 use ot_core::{Operation, Range};
-use ot_protocol::{ClientId, DocId, ErrorCode, Limits};
+use ot_protocol::{ClientId, CloseCode, DocId, ErrorCode, Limits};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connections::Connections;
+use super::epoch::DocEpoch;
 use super::error::DocError;
-use super::mailbox::{DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
+use super::mailbox::{DeleteResult, DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
 use super::pipeline::{Accepted, CommitDone, KeyRefused, Pipeline};
 use super::registry::Registry;
 use crate::state::Services;
@@ -32,6 +33,8 @@ struct Document {
     created: bool,
     last_activity: Instant,
     shutting_down: bool,
+    /// An admin's delete waiting for the pending ops to be durable.
+    deleting: Option<oneshot::Sender<DeleteResult>>,
     /// Key bindings whose write failed, to undo (see `on_authorize`).
     bind_failed: mpsc::UnboundedSender<(ClientId, KeyHash)>,
 }
@@ -51,15 +54,26 @@ fn spawn(shared: Arc<Services>, registry: Arc<Registry>, id: DocId, actor_id: u6
     DocHandle { tx }
 }
 
-async fn load(shared: &Services, id: &DocId) -> Result<(bool, DocumentHistory), DocError> {
+/// The document as stored (whether it exists, its history) and its epoch.
+async fn load(
+    shared: &Services,
+    id: &DocId,
+) -> Result<(bool, DocumentHistory, DocEpoch), DocError> {
     let storage = shared.storage.clone();
     let doc = id.to_string();
-    Ok(
-        match tokio::task::spawn_blocking(move || storage.load(&doc)).await?? {
-            Some(l) => (true, DocumentHistory::from_snapshot(l.snapshot, l.tail)?),
-            None => (false, DocumentHistory::new()),
-        },
-    )
+    let (loaded, deleted) = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::storage::StorageError>((storage.load(&doc)?, storage.deleted_epoch(&doc)?))
+    })
+    .await??;
+    let epoch = DocEpoch::new(shared.storage.epoch(), deleted);
+    Ok(match loaded {
+        Some(l) => (
+            true,
+            DocumentHistory::from_snapshot(l.snapshot, l.tail)?,
+            epoch,
+        ),
+        None => (false, DocumentHistory::new(), epoch),
+    })
 }
 
 async fn run(
@@ -69,7 +83,7 @@ async fn run(
     actor_id: u64,
     mut rx: mpsc::Receiver<DocCommand>,
 ) {
-    let (created, history) = match load(&shared, &id).await {
+    let (created, history, epoch) = match load(&shared, &id).await {
         Ok(loaded) => loaded,
         Err(e) => return fail_load(&registry, &id, actor_id, rx, e).await,
     };
@@ -77,13 +91,14 @@ async fn run(
     let (bind_failed, mut bind_failed_rx) = mpsc::unbounded_channel();
     let mut doc = Document {
         bind_failed,
-        pipeline: Pipeline::new(shared.clone(), id.to_string(), history, commit_tx),
+        pipeline: Pipeline::new(shared.clone(), id.to_string(), history, epoch, commit_tx),
         conns: Connections::new(id.to_string(), shared.metrics.clone()),
         id,
         actor_id,
         created,
         last_activity: Instant::now(),
         shutting_down: false,
+        deleting: None,
         shared: shared.clone(),
         registry: registry.clone(),
     };
@@ -103,11 +118,15 @@ async fn run(
             biased;
             Some(done) = commit_rx.recv() => doc.on_commit(done).await,
             Some((client_id, key)) = bind_failed_rx.recv() => doc.pipeline.unbind_key(&client_id, key),
-            command = rx.recv(), if doc.pipeline.pending_len() < MAX_PENDING && !doc.shutting_down => {
+            command = rx.recv(), if doc.pipeline.pending_len() < MAX_PENDING && !doc.shutting_down && doc.deleting.is_none() => {
                 match command {
                     Some(DocCommand::Shutdown(done)) => {
                         doc.shutting_down = true;
                         shutdown_done = Some(done);
+                    }
+                    Some(DocCommand::Delete(reply)) if doc.created => doc.deleting = Some(reply),
+                    Some(DocCommand::Delete(reply)) => {
+                        let _ = reply.send(Ok(false));
                     }
                     Some(command) => doc.handle(command).await,
                     None => break,
@@ -119,6 +138,12 @@ async fn run(
                 }
                 doc.last_activity = Instant::now();
             }
+        }
+        if doc.deleting.is_some() && doc.pipeline.pending_len() == 0 {
+            if doc.delete(&mut rx).await {
+                break;
+            }
+            continue;
         }
         if doc.shutting_down && doc.pipeline.pending_len() == 0 {
             // Everything is durable and acked: close the connections (their writers
@@ -151,6 +176,9 @@ async fn fail_load(
         match command {
             DocCommand::Join(_, reply) | DocCommand::Authorize { reply, .. } => {
                 let _ = reply.send(Err(JoinError::Unavailable(error.clone())));
+            }
+            DocCommand::Delete(reply) => {
+                let _ = reply.send(Err(error.clone()));
             }
             DocCommand::Shutdown(done) => {
                 let _ = done.send(());
@@ -189,11 +217,72 @@ impl Document {
                     DocCommand::Shutdown(done) => {
                         let _ = done.send(());
                     }
+                    DocCommand::Delete(reply) => {
+                        let _ = reply.send(Err(Arc::new(DocError::KeptUnloading)));
+                    }
                     _ => {}
                 }
             }
         }
         unloaded
+    }
+
+    /// Everything pending is durable: commit the delete through the commit
+    /// lane (after every item submitted before it), and once it is durable
+    /// close every connection with 4004 and unload. Returns whether the
+    /// actor stops; a failed delete changes nothing and the actor goes on.
+    async fn delete(&mut self, rx: &mut mpsc::Receiver<DocCommand>) -> bool {
+        let Some(reply) = self.deleting.take() else {
+            return false;
+        };
+        let (tx, durable) = oneshot::channel();
+        self.pipeline.submit(
+            vec![WriteItem::DeleteDoc {
+                doc: self.id.to_string(),
+                epoch: self.pipeline.epoch().shown(),
+            }],
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        let error = match durable.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(DocError::Commit(e)),
+            Err(_) => Some(DocError::NoAnswer),
+        };
+        if let Some(error) = error {
+            tracing::error!(doc = %self.id, %error, "could not delete the document");
+            let _ = reply.send(Err(Arc::new(error)));
+            return false;
+        }
+        tracing::info!(doc = %self.id, epoch = self.pipeline.epoch().shown(), "document deleted");
+        self.conns.close_all(CloseCode::DocumentDeleted);
+        // Out of the registry before the answer: the next join loads the
+        // next generation (empty, with a greater epoch).
+        self.registry.remove(&self.id, self.actor_id);
+        rx.close();
+        while let Ok(command) = rx.try_recv() {
+            match command {
+                DocCommand::Join(_, reply) | DocCommand::Authorize { reply, .. } => {
+                    let _ = reply.send(Err(JoinError::Retry));
+                }
+                // Unanswered: the reader falls back to storage, which has no
+                // such document now (404).
+                DocCommand::Read(_) => {}
+                DocCommand::Shutdown(done) => {
+                    let _ = done.send(());
+                }
+                DocCommand::Delete(reply) => {
+                    let _ = reply.send(Ok(false));
+                }
+                // Ops queued behind the delete are dropped unacknowledged:
+                // their senders are closed with 4004 and keep them as
+                // conflict copies.
+                _ => {}
+            }
+        }
+        let _ = reply.send(Ok(true));
+        true
     }
 
     async fn handle(&mut self, command: DocCommand) {
@@ -202,8 +291,18 @@ impl Document {
             DocCommand::Authorize {
                 client_id,
                 key_hash,
+                epoch,
                 reply,
-            } => self.on_authorize(&client_id, key_hash, reply),
+            } => {
+                if self.pipeline.epoch().saw_deleted(epoch) {
+                    // Let the upgrade happen: the join closes it with 4004
+                    // (the client must learn of the delete), and nothing of
+                    // it is bound in, or creates, the new generation.
+                    let _ = reply.send(Ok(()));
+                } else {
+                    self.on_authorize(&client_id, key_hash, reply);
+                }
+            }
             DocCommand::Join(request, reply) => {
                 let result = self.on_join(request);
                 let _ = reply.send(result);
@@ -233,6 +332,8 @@ impl Document {
                 self.shutting_down = true;
                 let _ = done.send(());
             }
+            // Taken by the loop (it stops the mailbox).
+            DocCommand::Delete(reply) => self.deleting = Some(reply),
         }
     }
 
@@ -298,6 +399,9 @@ impl Document {
     fn on_join(&mut self, request: JoinRequest) -> Result<(), JoinError> {
         if self.shutting_down {
             return Err(JoinError::ShuttingDown);
+        }
+        if self.pipeline.epoch().saw_deleted(request.epoch) {
+            return Err(JoinError::Deleted);
         }
         // Checked again: the id may have been bound since the upgrade. Only a
         // connection that passes may replace (4009) the id's older connection.

@@ -113,6 +113,14 @@ impl Connections {
         }
     }
 
+    /// Close every connection with `code` (its writer drains what is queued first).
+    pub(super) fn close_all(&mut self, code: CloseCode) {
+        for conn in self.conns.values_mut() {
+            conn.close(code);
+        }
+        self.conns.clear();
+    }
+
     /// Drop every connection: each writer drains what is queued, then closes.
     pub(super) fn clear(&mut self) {
         self.conns.clear();

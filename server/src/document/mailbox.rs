@@ -26,7 +26,7 @@ pub(crate) struct JoinRequest {
     pub(crate) key_hash: Option<KeyHash>,
     /// The revision the client has, to resume from.
     pub(crate) rev: Option<u64>,
-    /// The storage epoch the client last saw.
+    /// The epoch the client last saw (of this document).
     pub(crate) epoch: Option<u64>,
     /// What the connection may do (told in its first message).
     pub(crate) access: Access,
@@ -53,7 +53,14 @@ pub(crate) enum JoinError {
         "this client id belongs to another writer: connect with its key, or use a new client id"
     )]
     Forbidden,
+    /// The client last saw a generation of the document that was deleted
+    /// (its epoch is at most the id's deleted epoch): closed with 4004.
+    #[error("the document this client last saw was deleted")]
+    Deleted,
 }
+
+/// What a delete answers: whether there was a document to delete.
+pub(crate) type DeleteResult = Result<bool, Arc<DocError>>;
 
 /// A command for a document actor.
 pub(crate) enum DocCommand {
@@ -63,6 +70,9 @@ pub(crate) enum DocCommand {
     Authorize {
         client_id: ClientId,
         key_hash: Option<KeyHash>,
+        /// The epoch the client last saw: one of a deleted generation binds
+        /// and creates nothing (the join closes it with 4004).
+        epoch: Option<u64>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
     Join(JoinRequest, oneshot::Sender<Result<(), JoinError>>),
@@ -92,6 +102,10 @@ pub(crate) enum DocCommand {
     Read(oneshot::Sender<(u64, String)>),
     /// Commit everything pending, ack it, close every connection and stop.
     Shutdown(oneshot::Sender<()>),
+    /// Delete the document (admin): stop taking commands, wait for what is
+    /// pending, commit a delete through the commit lane, then close every
+    /// connection with 4004 and unload. Answered once the delete is durable.
+    Delete(oneshot::Sender<DeleteResult>),
 }
 
 /// A handle to a running document actor: its mailbox.

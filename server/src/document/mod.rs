@@ -5,11 +5,13 @@
 
 mod actor;
 mod connections;
+pub(crate) mod epoch;
 mod error;
 pub(crate) mod mailbox;
 mod pipeline;
 pub(crate) mod registry;
 
 pub(crate) use actor::open;
+pub(crate) use epoch::DocEpoch;
 pub(crate) use error::DocError;
 pub(crate) use mailbox::{DocCommand, DocHandle, JoinError, JoinRequest, JOIN_TIMEOUT};

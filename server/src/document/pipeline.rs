@@ -19,6 +19,7 @@ use ot_protocol::{ClientId, ErrorCode, Limits, ServerMessage};
 use ropey::Rope;
 use tokio::sync::mpsc;
 
+use super::epoch::DocEpoch;
 use super::error::DocError;
 use super::mailbox::JoinRequest;
 use crate::outbound::{op_frame, text_frame, Outbound};
@@ -87,6 +88,8 @@ pub(super) struct Pipeline {
     commit_tx: mpsc::UnboundedSender<CommitDone>,
     /// This document's way into the commit queue.
     lane: CommitLane,
+    /// The epoch its first messages show.
+    epoch: DocEpoch,
 }
 
 fn now_ms() -> i64 {
@@ -112,9 +115,11 @@ impl Pipeline {
         shared: Arc<Services>,
         id: String,
         history: DocumentHistory,
+        epoch: DocEpoch,
         commit_tx: mpsc::UnboundedSender<CommitDone>,
     ) -> Pipeline {
         let mut pipeline = Pipeline {
+            epoch,
             lane: shared.queue.lane(&id),
             id,
             durable_rev: history.revision(),
@@ -187,6 +192,17 @@ impl Pipeline {
         self.history.unbind_key(client_id, key);
     }
 
+    /// The document's epoch.
+    pub(super) fn epoch(&self) -> DocEpoch {
+        self.epoch
+    }
+
+    /// Write `items` after everything submitted before; `done` is called
+    /// when they are durable (or failed).
+    pub(super) fn submit(&self, items: Vec<WriteItem>, done: CommitCallback) {
+        self.lane.submit(items, done);
+    }
+
     pub(super) fn durable_rev(&self) -> u64 {
         self.durable_rev
     }
@@ -218,14 +234,14 @@ impl Pipeline {
             request.epoch,
             request.access,
         );
-        let current_epoch = self.shared.storage.epoch();
+        let current_epoch = self.epoch.shown();
         let seq = self
             .durable_seq
             .get(client_id.as_str())
             .copied()
             .unwrap_or(0);
         let resume_from =
-            rev.filter(|rev| *rev <= self.durable_rev && epoch.is_none_or(|e| e == current_epoch));
+            rev.filter(|rev| *rev <= self.durable_rev && self.epoch.may_resume(epoch));
         let mut frames: Vec<Outbound> = Vec::new();
         match resume_from {
             Some(rev) => {

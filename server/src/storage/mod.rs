@@ -144,6 +144,18 @@ pub enum WriteItem {
         /// The hash of the client's key.
         key_hash: KeyHash,
     },
+    /// Delete the document: its row, ops, snapshots, seq index and key
+    /// bindings go, and the id is remembered with `epoch`, the last epoch
+    /// its first messages carried (see [`Storage::deleted_epoch`]). Written
+    /// through the document's commit lane, so every item submitted before it
+    /// is removed with it and every item after it starts the next generation
+    /// of the id (from revision 1).
+    DeleteDoc {
+        /// The document id.
+        doc: String,
+        /// The epoch the deleted generation showed last (never reused for the id).
+        epoch: u64,
+    },
 }
 
 impl WriteItem {
@@ -153,7 +165,8 @@ impl WriteItem {
             WriteItem::CreateDoc { doc }
             | WriteItem::Op { doc, .. }
             | WriteItem::Snapshot { doc, .. }
-            | WriteItem::ClientKey { doc, .. } => doc,
+            | WriteItem::ClientKey { doc, .. }
+            | WriteItem::DeleteDoc { doc, .. } => doc,
         }
     }
 }
@@ -271,6 +284,8 @@ pub(crate) fn check_continuity(
                 });
             }
             WriteItem::Snapshot { .. } => {}
+            // The next generation starts from nothing.
+            WriteItem::DeleteDoc { .. } => *last = 0,
         }
     }
     Ok(revs)
@@ -335,6 +350,13 @@ pub trait Storage: Send + Sync + 'static {
     /// The storage epoch: changes when data committed with relaxed durability
     /// may have been lost (an unclean shutdown), so clients must resync.
     fn epoch(&self) -> u64;
+    /// The epoch the last deleted generation of `doc` showed, if the id was
+    /// ever deleted ([`WriteItem::DeleteDoc`]); sees every committed item.
+    /// The default keeps no deletions.
+    fn deleted_epoch(&self, doc: &str) -> Result<Option<u64>, StorageError> {
+        let _ = doc;
+        Ok(None)
+    }
     /// Committed items waiting for [`ingest`](Self::ingest) (0: none). The
     /// commit queue has its ingest thread ingest when this grows large or
     /// when commits are idle.
@@ -435,6 +457,22 @@ mod tests {
             Err(StorageError::SnapshotAhead {
                 snapshot_rev: 3,
                 last_rev: 2,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // A delete starts the next generation: its first op is revision 1.
+        let delete = WriteItem::DeleteDoc {
+            doc: "a".into(),
+            epoch: 9,
+        };
+        let revs =
+            check_continuity(&[a[1].clone(), delete.clone(), a[0].clone()], |_| Ok(1)).unwrap();
+        assert_eq!(revs, vec![("a".into(), 1)]);
+        match check_continuity(&[delete, a[2].clone()], |_| Ok(2)) {
+            Err(StorageError::Gap {
+                expected: 1,
+                found: 3,
                 ..
             }) => {}
             other => panic!("{other:?}"),

@@ -153,7 +153,10 @@ pub(super) fn ingest_log(
 /// With `recovering` (replaying the commit log on open), an op whose revision
 /// is already stored is skipped if its op hash matches and refused as corrupt
 /// otherwise; snapshots and document rows are simply written again (the same
-/// content).
+/// content). A delete already stored (its id's deleted epoch is at least the
+/// delete's) is skipped with every earlier item of its document: those
+/// items belong to a generation that is gone, and the tables may already
+/// hold the next one.
 pub(super) fn write_items(
     conn: &mut Connection,
     items: &[WriteItem],
@@ -161,6 +164,11 @@ pub(super) fn write_items(
 ) -> Result<(), StorageError> {
     let now = now_ms();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let skip_upto = if recovering {
+        applied_deletes(&tx, items)?
+    } else {
+        HashMap::new()
+    };
     let mut pending: HashMap<&str, PendingDoc> = HashMap::new();
     // Sorted, so the seq_revs rows are visited in key order.
     let mut new_seqs = NewSeqs::new();
@@ -179,8 +187,20 @@ pub(super) fn write_items(
         let mut insert_snapshot = tx.prepare_cached(
             "INSERT OR REPLACE INTO snapshots (doc, rev, text, clients) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        for item in items {
+        let mut delete = DeleteStatements::prepare(&tx)?;
+        for (index, item) in items.iter().enumerate() {
             let doc = item.doc();
+            if skip_upto.get(doc).is_some_and(|&upto| index <= upto) {
+                continue;
+            }
+            if let WriteItem::DeleteDoc { epoch, .. } = item {
+                // The next item of this id (if any) starts a new generation:
+                // it creates the row again and continues from revision 0.
+                delete.run(doc, *epoch)?;
+                pending.remove(doc);
+                new_seqs.retain(|(d, _, _), _| *d != doc);
+                continue;
+            }
             if !pending.contains_key(doc) {
                 // First sight of this document in the transaction: make sure
                 // its row exists and learn its last revision.
@@ -192,7 +212,7 @@ pub(super) fn write_items(
                 continue;
             };
             match item {
-                WriteItem::CreateDoc { .. } => {}
+                WriteItem::CreateDoc { .. } | WriteItem::DeleteDoc { .. } => {}
                 WriteItem::ClientKey {
                     client_id,
                     key_hash,
@@ -274,6 +294,73 @@ pub(super) fn write_items(
     Ok(())
 }
 
+/// The statements of a [`WriteItem::DeleteDoc`].
+struct DeleteStatements<'tx> {
+    rows: Vec<rusqlite::CachedStatement<'tx>>,
+    remember: rusqlite::CachedStatement<'tx>,
+}
+
+impl<'tx> DeleteStatements<'tx> {
+    fn prepare(tx: &'tx Connection) -> Result<Self, StorageError> {
+        // Every table that holds rows of a document (the conflict journal is
+        // an index of `ops`).
+        let rows = [
+            "DELETE FROM docs WHERE id = ?1",
+            "DELETE FROM ops WHERE doc = ?1",
+            "DELETE FROM seq_revs WHERE doc = ?1",
+            "DELETE FROM snapshots WHERE doc = ?1",
+            "DELETE FROM client_keys WHERE doc = ?1",
+        ]
+        .into_iter()
+        .map(|sql| tx.prepare_cached(sql))
+        .collect::<Result<Vec<_>, _>>()?;
+        // MAX: replaying an old delete never lowers the remembered epoch.
+        let remember = tx.prepare_cached(
+            "INSERT INTO deleted_docs (id, epoch) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET epoch = MAX(epoch, excluded.epoch)",
+        )?;
+        Ok(DeleteStatements { rows, remember })
+    }
+
+    fn run(&mut self, doc: &str, epoch: u64) -> Result<(), StorageError> {
+        for statement in &mut self.rows {
+            statement.execute([doc])?;
+        }
+        self.remember
+            .execute(params![doc, to_sql_int(epoch, "epoch")?])?;
+        Ok(())
+    }
+}
+
+/// For a recovery: per document, the index of its last delete in `items`
+/// that the tables already hold (the id's deleted epoch is at least the
+/// delete's).
+fn applied_deletes<'a>(
+    conn: &Connection,
+    items: &'a [WriteItem],
+) -> Result<HashMap<&'a str, usize>, StorageError> {
+    let mut upto = HashMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if let WriteItem::DeleteDoc { doc, epoch } = item {
+            if deleted_epoch(conn, doc)?.is_some_and(|stored| stored >= *epoch) {
+                upto.insert(doc.as_str(), index);
+            }
+        }
+    }
+    Ok(upto)
+}
+
+/// The epoch remembered for a deleted id, if any.
+pub(super) fn deleted_epoch(conn: &Connection, doc: &str) -> Result<Option<u64>, StorageError> {
+    let epoch: Option<i64> = conn
+        .prepare_cached("SELECT epoch FROM deleted_docs WHERE id = ?1")?
+        .query_row([doc], |row| row.get(0))
+        .optional()?;
+    epoch
+        .map(|e| super::from_sql_int(e, "deleted_docs.epoch"))
+        .transpose()
+}
+
 /// The op hash stored for (`doc`, `rev`), if any.
 pub(super) fn stored_hash(
     conn: &Connection,
@@ -302,13 +389,18 @@ pub(super) fn recover(
     let (mut spare, spare_records) = OpLog::open(&dir.join(LOG_FILES[1]), sync)?;
     let mut logs = [(&active, active_records), (&spare, spare_records)];
     logs.sort_by_key(|(log, _)| (log.is_empty(), log.first_lsn()));
+    // Both logs in one transaction, older first: a delete in the newer log
+    // must see the older log's items of its document (to skip them when the
+    // delete is stored already).
+    let mut recovered: Vec<WriteItem> = Vec::new();
     for (log, records) in logs {
-        let recovered: Vec<WriteItem> = records.into_iter().flatten().collect();
-        write_items(conn, &recovered, true)?;
-        if !recovered.is_empty() {
-            tracing::info!(items = recovered.len(), log = %log.path().display(), "recovered commits from the commit log");
+        let before = recovered.len();
+        recovered.extend(records.into_iter().flatten());
+        if recovered.len() > before {
+            tracing::info!(items = recovered.len() - before, log = %log.path().display(), "recovering commits from the commit log");
         }
     }
+    write_items(conn, &recovered, true)?;
     active.reset()?;
     spare.reset()?;
     // New records come after any old record whose reset did not reach the disk.

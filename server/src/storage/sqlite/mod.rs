@@ -224,9 +224,11 @@ impl SqliteStorage {
         // The meta rows below must reach the disk whatever the durability.
         set_synchronous(&conn, Durability::Fsync)?;
 
-        let epoch = schema::init(&mut conn, &path, durability)?;
+        let (epoch, changed) = schema::init(&mut conn, &path, durability)?;
 
         let (active, spare) = ingest::recover(&mut conn, dir, durability)?;
+        // Still synchronous=FULL: the meta row reaches the disk.
+        let epoch = schema::raise_past_deleted(&conn, epoch, changed)?;
         set_synchronous(&conn, durability)?;
         let ingest_conn = Self::open_ingest_connection(&path, durability)?;
 
@@ -397,6 +399,10 @@ impl Storage for SqliteStorage {
 
     fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    fn deleted_epoch(&self, doc: &str) -> Result<Option<u64>, StorageError> {
+        self.read(|conn| ingest::deleted_epoch(conn, doc))
     }
 
     fn backlog(&self) -> usize {

@@ -55,6 +55,13 @@
 //!     key_hash  TEXT NOT NULL,              -- SHA-256 of the key, 64 hex digits
 //!     PRIMARY KEY (doc, client_id)
 //! ) WITHOUT ROWID;
+//! -- Ids whose documents were deleted, with the last epoch each deleted
+//! -- generation showed (a re-created document shows a greater one). Added to
+//! -- schema version 2 with CREATE TABLE IF NOT EXISTS.
+//! CREATE TABLE deleted_docs (
+//!     id    TEXT PRIMARY KEY NOT NULL,
+//!     epoch INTEGER NOT NULL
+//! ) WITHOUT ROWID;
 //! -- 'schema_version' = '2' (a version 1 database is migrated on open);
 //! -- 'epoch' = decimal u64; 'clean' = '1' after a clean shutdown, '0' while
 //! -- running; 'durability' = 'fsync' | 'relaxed' of the last run.
@@ -70,7 +77,11 @@
 //! deleted and recreated database does not reuse an old epoch). On open, if
 //! the previous run did not call [`Storage::close_clean`] and ran with
 //! [`Durability::Relaxed`], the epoch is incremented: commits acknowledged
-//! just before a power loss may be gone, so clients must resync. The meta
+//! just before a power loss may be gone, so clients must resync. A document
+//! shows `max(storage epoch, its id's deleted epoch + 1)` (see
+//! `deleted_docs`), so the new storage epoch is also made greater than every
+//! deleted epoch + 1: after the bump every document shows a value none of
+//! them showed before. The meta
 //! rows are always written with `synchronous=FULL`.
 //!
 //! [`Storage::close_clean`]: crate::storage::Storage::close_clean
@@ -125,6 +136,10 @@ CREATE TABLE IF NOT EXISTS client_keys (
     client_id TEXT NOT NULL,
     key_hash  TEXT NOT NULL,
     PRIMARY KEY (doc, client_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deleted_docs (
+    id    TEXT PRIMARY KEY NOT NULL,
+    epoch INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
@@ -191,14 +206,37 @@ pub(super) fn migrate_v1_seq_index(conn: &Connection) -> Result<usize, StorageEr
     Ok(written)
 }
 
+/// After recovering the commit logs: an epoch that `init` changed is raised
+/// above every deleted epoch + 1, the greatest value a re-created document
+/// may have shown (see "Epoch" above); returns the epoch.
+pub(super) fn raise_past_deleted(
+    conn: &Connection,
+    epoch: u64,
+    changed: bool,
+) -> Result<u64, StorageError> {
+    if !changed {
+        return Ok(epoch);
+    }
+    let deleted: Option<i64> =
+        conn.query_row("SELECT MAX(epoch) FROM deleted_docs", [], |row| row.get(0))?;
+    let deleted = deleted.map_or(0, |e| u64::try_from(e).unwrap_or(0));
+    let raised = epoch.max(deleted.saturating_add(2));
+    if raised != epoch {
+        meta_set(conn, "epoch", &raised.to_string())?;
+    }
+    Ok(raised)
+}
+
 /// Create the tables if needed, migrate a version 1 database, refuse an
 /// unknown version, and write the meta rows of this run (the clean flag
-/// cleared); returns the storage epoch. `path` names the database in errors.
+/// cleared); returns the storage epoch and whether it changed. `path` names
+/// the database in errors.
 pub(super) fn init(
     conn: &mut Connection,
     path: &Path,
     durability: Durability,
-) -> Result<u64, StorageError> {
+) -> Result<(u64, bool), StorageError> {
+    let mut changed = false;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA)?;
     match meta_get(&tx, "schema_version")?.as_deref() {
@@ -229,7 +267,10 @@ pub(super) fn init(
                     "the previous run with relaxed durability did not shut down cleanly: \
                          recent commits may be lost; changing the storage epoch"
                 );
-                epoch.wrapping_add(1).max(1)
+                changed = true;
+                // Raised past the deleted epochs by `raise_past_deleted`
+                // once the commit logs are recovered (they may hold deletes).
+                epoch.saturating_add(1).max(1)
             } else {
                 epoch
             }
@@ -240,5 +281,5 @@ pub(super) fn init(
     meta_set(&tx, "clean", "0")?;
     meta_set(&tx, "durability", durability.as_str())?;
     tx.commit()?;
-    Ok(epoch)
+    Ok((epoch, changed))
 }

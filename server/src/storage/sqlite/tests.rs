@@ -885,3 +885,140 @@ fn key_bindings_survive_a_reopen_and_the_first_one_stays() {
     let ops = serde_json::to_string(&s.ops("d", 0, 100).unwrap()).unwrap();
     assert!(!ops.contains(&KeyHash([1; 32]).to_hex()));
 }
+
+/// `doc`'s second generation: one op "new" by client "z".
+fn second_generation(doc: &str) -> (DocumentHistory, Vec<WriteItem>) {
+    let mut h = DocumentHistory::new();
+    let items = vec![create(doc), apply(&mut h, doc, "z", 1, 0, ins(0, 0, "new"))];
+    (h, items)
+}
+
+fn delete(doc: &str, epoch: u64) -> WriteItem {
+    WriteItem::DeleteDoc {
+        doc: doc.to_owned(),
+        epoch,
+    }
+}
+
+/// Every row of `doc` in the per-document tables.
+fn rows_of(s: &SqliteStorage, doc: &str) -> i64 {
+    let conn = rusqlite::Connection::open(s.path()).unwrap();
+    [
+        "SELECT COUNT(*) FROM docs WHERE id = ?1",
+        "SELECT COUNT(*) FROM ops WHERE doc = ?1",
+        "SELECT COUNT(*) FROM seq_revs WHERE doc = ?1",
+        "SELECT COUNT(*) FROM snapshots WHERE doc = ?1",
+        "SELECT COUNT(*) FROM client_keys WHERE doc = ?1",
+    ]
+    .iter()
+    .map(|sql| {
+        conn.query_row(sql, [doc], |row| row.get::<_, i64>(0))
+            .unwrap()
+    })
+    .sum()
+}
+
+#[test]
+fn a_delete_removes_the_items_before_it_and_the_items_after_it_are_the_next_generation() {
+    let (h, old) = sample("d");
+    let (new_h, new) = second_generation("d");
+    let (_, other) = sample("other");
+    // Each split: what is ingested before the delete, what is committed
+    // with it (pending), and in the same commit or not.
+    for split in [0, 3, old.len()] {
+        let dir = TempDir::new().unwrap();
+        let s = open(&dir, Durability::Relaxed);
+        s.commit(&other).unwrap();
+        s.commit(&[create("d")]).unwrap();
+        s.commit(&old[..split]).unwrap();
+        s.commit(&[WriteItem::ClientKey {
+            doc: "d".into(),
+            client_id: "a".into(),
+            key_hash: ot_core::history::KeyHash([7; 32]),
+        }])
+        .unwrap();
+        s.ingest().unwrap();
+        let mut batch = old[split..].to_vec();
+        batch.push(WriteItem::Snapshot {
+            doc: "d".into(),
+            snapshot: h.snapshot(),
+        });
+        batch.push(delete("d", 42));
+        batch.extend(new.iter().cloned());
+        // Continuity counts the delete: the new generation starts at 1.
+        s.commit(&batch).unwrap();
+        assert_eq!(s.last_rev("d").unwrap(), 1);
+        assert_eq!(s.deleted_epoch("d").unwrap(), Some(42));
+        let loaded = s.load("d").unwrap().unwrap();
+        let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+        assert_eq!(rebuilt.snapshot(), new_h.snapshot(), "split {split}");
+        assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&new));
+        assert_eq!(s.find_seq("d", "a", 1).unwrap(), None);
+        assert_eq!(s.conflicts("d", 0, 100).unwrap(), vec![]);
+        assert_eq!(s.text_at("d", 1).unwrap().as_deref(), Some("new"));
+        // The other document is untouched.
+        assert_eq!(s.ops("other", 0, 100).unwrap(), stored(&other));
+    }
+}
+
+#[test]
+fn a_deleted_document_is_gone_and_stays_gone_after_a_crash() {
+    let (_, old) = sample("d");
+    let dir = TempDir::new().unwrap();
+    {
+        let s = open(&dir, Durability::Relaxed);
+        s.commit(&[create("d")]).unwrap();
+        s.commit(&old).unwrap();
+        s.ingest().unwrap();
+        s.commit(&[delete("d", 5)]).unwrap();
+        // Rejected: the next generation starts at revision 1.
+        assert!(matches!(
+            s.commit(&[old[1].clone()]),
+            Err(StorageError::Gap { expected: 1, .. })
+        ));
+    } // dropped before the delete was ingested: only the log has it
+    let s = open(&dir, Durability::Relaxed);
+    assert!(!s.exists("d").unwrap());
+    assert_eq!(s.load("d").unwrap(), None);
+    assert_eq!(rows_of(&s, "d"), 0);
+    assert_eq!(s.deleted_epoch("d").unwrap(), Some(5));
+    assert_eq!(s.last_rev("d").unwrap(), 0);
+    assert!(s.list().unwrap().iter().all(|d| d.id != "d"));
+}
+
+#[test]
+fn recovering_a_stored_delete_keeps_the_next_generation() {
+    // The tables hold both generations' outcome (the ingest happened, the
+    // log reset did not): replaying the log changes nothing.
+    let (_, old) = sample("d");
+    let (new_h, new) = second_generation("d");
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Relaxed);
+    let mut items = vec![create("d")];
+    items.extend(old.iter().cloned());
+    items.push(delete("d", 9));
+    items.extend(new.iter().cloned());
+    s.commit(&items).unwrap();
+    s.ingest().unwrap();
+    let mut conn = rusqlite::Connection::open(s.path()).unwrap();
+    super::ingest::write_items(&mut conn, &items, true).unwrap();
+    let loaded = s.load("d").unwrap().unwrap();
+    let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
+    assert_eq!(rebuilt.snapshot(), new_h.snapshot());
+    assert_eq!(s.ops("d", 0, 100).unwrap(), stored(&new));
+}
+
+#[test]
+fn an_unclean_restart_moves_the_epoch_past_every_deleted_epoch() {
+    let dir = TempDir::new().unwrap();
+    let epoch = {
+        let s = open(&dir, Durability::Relaxed);
+        let e = s.epoch();
+        s.commit(&[create("d"), delete("d", e + 10)]).unwrap();
+        e
+    };
+    let s = open(&dir, Durability::Relaxed);
+    // The re-created "d" showed deleted + 1 = e + 11: the new storage epoch
+    // is above it.
+    assert_eq!(s.epoch(), epoch + 12);
+}
