@@ -118,6 +118,11 @@ impl Session {
         })
     }
 
+    /// The token the next connection would send (a token file is read now).
+    pub fn current_token(&self) -> Option<String> {
+        self.driver.connect_options().bearer().ok().flatten()
+    }
+
     /// Connect with `options` (e.g. a CA file for `wss://`).
     pub fn with_connect_options(mut self, options: ConnectOptions) -> Session {
         self.driver = self.driver.with_connect_options(options);

@@ -44,6 +44,17 @@ struct Editor {
 
 impl Editor {
     fn spawn(name: &'static str, server: &str, data_dir: &Path, doc: &str) -> Result<Editor> {
+        Editor::spawn_with(name, server, data_dir, doc, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with more environment variables.
+    fn spawn_with(
+        name: &'static str,
+        server: &str,
+        data_dir: &Path,
+        doc: &str,
+        env: &[(&str, &Path)],
+    ) -> Result<Editor> {
         let pair = native_pty_system()
             .openpty(PtySize {
                 rows: ROWS,
@@ -58,6 +69,9 @@ impl Editor {
         cmd.env("OT_CLIENT_DATA_DIR", data_dir);
         cmd.env_remove("OT_SERVER");
         cmd.env_remove("OT_NAME");
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         cmd.cwd(data_dir);
         let child = pair
             .slave
@@ -519,5 +533,109 @@ async fn typing_is_not_blocked_by_a_server_that_does_not_answer() -> Result<()> 
     editor.assert_terminal_restored();
     assert!(editor.rows().join("\n").contains("not acknowledged"));
     drop(silent);
+    Ok(())
+}
+
+/// A token for user "ann" on `memo`, valid for `ttl` seconds.
+fn ann_token(secret: &[u8], ttl: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    server::auth::mint_hs256(
+        &server::auth::Claims {
+            sub: "ann".into(),
+            name: None,
+            docs: vec!["memo".into()],
+            access: ot_protocol::Access::Admin,
+            exp: now + ttl,
+            jti: format!("ann-{now}-{ttl}"),
+            nbf: None,
+            iat: Some(now),
+        },
+        secret,
+    )
+    .unwrap_or_default()
+}
+
+/// With authentication on: the editor's token expires (4001) while it runs;
+/// it says so, keeps what is typed next, and as soon as the token file holds
+/// a new token it reconnects and sends it, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editor_keeps_edits_past_an_expired_token_and_sends_them_with_a_new_one() -> Result<()> {
+    const SECRET: &[u8] = b"the-editor-pty-test-secret-of-32-bytes-or-more";
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET)?;
+    let data = dir.path().join("clients");
+    std::fs::create_dir_all(&data)?;
+    let server = e2e_tests::start_server_with(&dir.path().join("server"), |c| {
+        c.auth_secret_file = Some(secret.clone());
+        c.auth_leeway = 0;
+    })
+    .await?;
+    let addr = server.addr;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, ann_token(SECRET, 3))?;
+    let reader = ot_driver::ConnectOptions {
+        token: Some(ot_driver::TokenSource::Value(ann_token(SECRET, 3600))),
+        ..ot_driver::ConnectOptions::default()
+    };
+    let server_text = || async {
+        let (status, body) =
+            ot_driver::http::get_with(&addr.into(), "/api/docs/memo", &reader).await?;
+        anyhow::ensure!(status == 200, "{status} {body}");
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        Ok::<_, anyhow::Error>(v["text"].as_str().unwrap_or_default().to_owned())
+    };
+
+    let mut editor = Editor::spawn_with(
+        "ann",
+        &format!("ws://{addr}"),
+        &data,
+        "memo",
+        &[("OT_TOKEN_FILE", token_file.as_path())],
+    )?;
+    editor.wait_status("connected").await?;
+    editor.type_text("first");
+    let deadline = Instant::now() + WAIT;
+    while server_text().await? != "first" {
+        anyhow::ensure!(Instant::now() < deadline, "not sent: {}", editor.dump());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    editor
+        .wait_for("the expiry notice", WAIT, |e| {
+            e.rows().join("\n").contains("access expired")
+        })
+        .await?;
+    editor.type_text(" kept");
+    editor
+        .wait_for("the typed text", WAIT, |e| e.shown_text() == "first kept")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server_text().await?, "first", "sent without a token?");
+
+    std::fs::write(&token_file, ann_token(SECRET, 3600))?;
+    let renewed = Instant::now();
+    let deadline = renewed + WAIT;
+    while server_text().await? != "first kept" {
+        anyhow::ensure!(Instant::now() < deadline, "not sent: {}", editor.dump());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "sent {:?} after the token file was renewed",
+        renewed.elapsed()
+    );
+    let (_, ops) = ot_driver::http::get_with(&addr.into(), "/api/docs/memo/ops", &reader).await?;
+    let ops: serde_json::Value = serde_json::from_str(&ops)?;
+    // Exactly once: every (client, seq) once, in order, and nothing else.
+    let seqs: Vec<u64> = ops["ops"]
+        .as_array()
+        .map(|ops| ops.iter().filter_map(|op| op["seq"].as_u64()).collect())
+        .unwrap_or_default();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "{ops}");
+    assert!(editor.quit().await?, "{}", editor.dump());
+    stop(server).await?;
     Ok(())
 }

@@ -172,7 +172,13 @@ struct App {
     sent_range: Option<Range>,
     /// Whether the last connection attempt failed (its error is shown once).
     failing: bool,
+    /// The token refused or expired (401, 4001), and until when to wait for a
+    /// new one before retrying anyway: a renewed token file is tried at once.
+    expired_token: Option<(Option<String>, Instant)>,
 }
+
+/// How often a refused token's file is checked for a new token.
+const TOKEN_CHECK: Duration = Duration::from_millis(300);
 
 impl App {
     fn new(session: Session) -> Self {
@@ -189,7 +195,19 @@ impl App {
             stopped: false,
             sent_range: None,
             failing: false,
+            expired_token: None,
         }
+    }
+
+    /// The token was refused: wait for a new one (checked every
+    /// [`TOKEN_CHECK`]), retrying with the old one only after the backoff.
+    fn wait_for_new_token(&mut self) {
+        if self.stopped || self.dialing.is_some() {
+            return;
+        }
+        let backoff = Instant::now() + self.session.retry_delay();
+        self.expired_token = Some((self.session.current_token(), backoff));
+        self.retry_at = Some(Instant::now() + TOKEN_CHECK);
     }
 
     fn status(&self) -> StatusView {
@@ -306,7 +324,18 @@ impl App {
                     self.on_dialed(dialed).await;
                 }
                 _ = sleep_until(self.retry_at), if idle => {
-                    self.start_dialing();
+                    match &self.expired_token {
+                        // Still the refused token, and the backoff not over: look again soon.
+                        Some((refused, until))
+                            if *refused == self.session.current_token() && Instant::now() < *until =>
+                        {
+                            self.retry_at = Some(Instant::now() + TOKEN_CHECK);
+                        }
+                        _ => {
+                            self.expired_token = None;
+                            self.start_dialing();
+                        }
+                    }
                 }
                 _ = sleep_until(notice_until) => {
                     self.notice = None;
@@ -383,7 +412,7 @@ impl App {
                     ),
                     Severity::Error,
                 );
-                self.schedule_retry();
+                self.wait_for_new_token();
             }
             // The id is bound to another key: retrying cannot help.
             Err(e @ DriverError::Forbidden(_)) => {
@@ -455,7 +484,7 @@ impl App {
                         format!("access expired — get a new token ({why}); unsent edits are kept, retrying"),
                         Severity::Error,
                     );
-                    self.schedule_retry();
+                    self.wait_for_new_token();
                 }
                 SessionEvent::Disconnected(why) => {
                     self.sent_range = None;
