@@ -69,6 +69,14 @@ impl Editor {
         cmd.env("OT_CLIENT_DATA_DIR", data_dir);
         cmd.env_remove("OT_SERVER");
         cmd.env_remove("OT_NAME");
+        // A secured server in `OT_TEST_AUTH=1` runs: a token with this
+        // editor's name (the others see the token's name), unless the test
+        // brings its own.
+        if let Some(token) = e2e_tests::test_token(Some(name)) {
+            if !env.iter().any(|(key, _)| key.starts_with("OT_TOKEN")) {
+                cmd.env("OT_TOKEN", token);
+            }
+        }
         for (key, value) in env {
             cmd.env(key, value);
         }
@@ -237,15 +245,19 @@ async fn stop(server: server::RunningServer) -> Result<()> {
 
 /// Run a scripted `ot-client` command; fails on a non-zero exit.
 async fn script(server: &str, data_dir: &Path, args: &[&str]) -> Result<String> {
-    let run = tokio::process::Command::new(BIN)
+    let mut command = tokio::process::Command::new(BIN);
+    command
         .arg("--server")
         .arg(server)
         .args(args)
         .env("OT_CLIENT_DATA_DIR", data_dir)
         .env_remove("OT_SERVER")
         .env_remove("OT_NAME")
-        .kill_on_drop(true)
-        .output();
+        .kill_on_drop(true);
+    if let Some(token) = e2e_tests::test_token(None) {
+        command.env("OT_TOKEN", token);
+    }
+    let run = command.output();
     let out = tokio::time::timeout(WAIT, run)
         .await
         .map_err(|_| anyhow!("ot-client {args:?} timed out"))??;

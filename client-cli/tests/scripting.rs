@@ -173,6 +173,9 @@ async fn edits_with_wide_and_combining_characters_cat_and_history() {
         .args(["cat", doc, "--rev", "1"])
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(token) = e2e_tests::test_token(None) {
+        cmd.env("OT_TOKEN", token);
+    }
     let r = run(cmd).await;
     assert_eq!(
         (r.code, r.stdout.as_str(), r.stderr.as_str()),
@@ -226,8 +229,12 @@ async fn conflicts_lists_an_op_transformed_past_a_concurrent_one() {
     let within = Duration::from_secs(20);
 
     // Two sessions on one machine: two slots, two client ids.
-    let mut a = Session::open(store.clone(), url.clone(), doc, None, None).unwrap();
-    let mut b = Session::open(store.clone(), url.clone(), doc, None, None).unwrap();
+    let mut a = Session::open(store.clone(), url.clone(), doc, None, None)
+        .unwrap()
+        .with_connect_options(e2e_tests::test_connect_options());
+    let mut b = Session::open(store.clone(), url.clone(), doc, None, None)
+        .unwrap()
+        .with_connect_options(e2e_tests::test_connect_options());
     assert_ne!(a.client_id(), b.client_id());
     a.connect().await.unwrap();
     a.local_edit(&Operation::insert_at(0, 0, "hello").unwrap())

@@ -22,6 +22,60 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// A WebSocket stream to the server.
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Whether the suites run as users of a secured server (`OT_TEST_AUTH=1`,
+/// which `scripts/test` sets for a second run of the browser and terminal
+/// client suites): every server [`start_server_with`] starts has
+/// authentication on, and every helper client here carries a token of one
+/// user (admin on `*`).
+pub fn test_auth() -> bool {
+    std::env::var("OT_TEST_AUTH").is_ok_and(|v| v == "1")
+}
+
+/// The secret of the servers in [`test_auth`] mode.
+pub const TEST_SECRET: &[u8] = b"the-e2e-suites-secret-for-OT_TEST_AUTH-runs";
+
+/// A token (admin on `*`, user `e2e`, display name `name` if given, an
+/// hour) for [`test_auth`] mode; `None` otherwise.
+pub fn test_token(name: Option<&str>) -> Option<String> {
+    if !test_auth() {
+        return None;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = server::auth::Claims {
+        sub: "e2e".into(),
+        name: name.map(str::to_owned),
+        docs: vec!["*".into()],
+        access: ot_protocol::Access::Admin,
+        exp: now + 3600,
+        jti: format!("e2e-{now}-{}", rand::random::<u64>()),
+        nbf: None,
+        iat: Some(now),
+    };
+    server::auth::mint_hs256(&claims, TEST_SECRET).ok()
+}
+
+/// The secret file of [`test_auth`] mode (written once per test process).
+fn test_secret_file() -> Result<PathBuf> {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(path) = FILE.get() {
+        return Ok(path.clone());
+    }
+    let path = std::env::temp_dir().join(format!("ot-e2e-secret-{}", std::process::id()));
+    std::fs::write(&path, TEST_SECRET)?;
+    Ok(FILE.get_or_init(|| path).clone())
+}
+
+/// Connection options that carry [`test_token`] (none outside [`test_auth`] mode).
+pub fn test_connect_options() -> ot_driver::ConnectOptions {
+    ot_driver::ConnectOptions {
+        token: test_token(None).map(ot_driver::TokenSource::Value),
+        ..ot_driver::ConnectOptions::default()
+    }
+}
+
 /// Start an in-process server on a free loopback port with `data_dir`.
 pub async fn start_server(data_dir: &Path) -> Result<server::RunningServer> {
     start_server_with(data_dir, |_| {}).await
@@ -36,6 +90,9 @@ pub async fn start_server_with(
         "127.0.0.1:0".parse().expect("loopback address"),
         data_dir.to_path_buf(),
     );
+    if test_auth() {
+        config.auth_secret_file = Some(test_secret_file()?);
+    }
     adjust(&mut config);
     server::start(config).await
 }
@@ -157,7 +214,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 
 /// A GET on loopback; returns (status, body).
 pub async fn http_get_status(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    ot_driver::http::get(&addr.into(), path)
+    ot_driver::http::get_with(&addr.into(), path, &test_connect_options())
         .await
         .with_context(|| format!("GET {path}"))
 }
@@ -275,6 +332,11 @@ pub async fn ws_connect_with_key(
         request
             .headers_mut()
             .insert(ot_protocol::CLIENT_KEY_HEADER, key.as_str().parse()?);
+    }
+    if let Some(token) = test_token(None) {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
     }
     let (socket, _) = tokio::time::timeout(
         Duration::from_secs(10),

@@ -157,6 +157,9 @@ impl Terminal {
             .env("OT_CLIENT_DATA_DIR", self.data.path())
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if let Some(token) = e2e_tests::test_token(Some("Terminal")) {
+            command.env("OT_TOKEN", token);
+        }
         command
     }
 
@@ -313,7 +316,12 @@ async fn open(b: &Browser, base: &str, doc: &str, name: &str) -> Result<()> {
         vec![json!(name)],
     )
     .await?;
-    b.goto(&format!("{base}/d/{doc}")).await?;
+    // In `OT_TEST_AUTH=1` runs the page is opened through a link carrying a
+    // token with this user's name, as `server token --url` mints it.
+    match e2e_tests::test_token(Some(name)) {
+        Some(token) => b.goto(&format!("{base}/d/{doc}#token={token}")).await?,
+        None => b.goto(&format!("{base}/d/{doc}")).await?,
+    }
     wait_for(b, "page connected", Duration::from_secs(20), |s| {
         s["connected"] == true
     })
@@ -457,6 +465,9 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
         // scripting commands send no cursor) selects the first 4 characters;
         // Bob puts his caret at the end. Ann sees both, drawn with names.
         let mut t = WsClient::join(addr, doc, "script-1").await?;
+        // With authentication on, the others see its token's name (the user
+        // `e2e` of the test token), whatever name it sends.
+        let script_name = if e2e_tests::test_auth() { "e2e" } else { "Script" };
         t.send(&ClientMessage::Cursor {
             rev: t.client().revision(),
             ranges: vec![Range::from((0, 4))],
@@ -476,7 +487,7 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
         let state = wait_for(&a, "remote cursors", Duration::from_secs(10), |s| {
             s["cursors"].as_array().is_some_and(|c| {
                 c.iter().any(|c| c["name"] == "Bob" && c["ranges"] == json!([[bob_at, bob_at]]))
-                    && c.iter().any(|c| c["name"] == "Script" && c["ranges"] == json!([[0, 4]]))
+                    && c.iter().any(|c| c["name"] == script_name && c["ranges"] == json!([[0, 4]]))
             })
         })
         .await?;
@@ -495,9 +506,9 @@ async fn two_browsers_and_a_terminal_client_edit_together() -> Result<()> {
             carets.iter().any(|c| c["name"] == "Bob" && c["visible"] == true),
             "Bob's caret is not drawn: {shown}"
         );
-        assert!(carets.iter().any(|c| c["name"] == "Script"), "{shown}");
+        assert!(carets.iter().any(|c| c["name"] == script_name), "{shown}");
         let list = a.find(Locator::Css("#people")).await?.text().await?;
-        assert!(list.contains("Bob") && list.contains("Script"), "{list}");
+        assert!(list.contains("Bob") && list.contains(script_name), "{list}");
         let png = a.screenshot().await?;
         assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
         // The README's picture is refreshed only on request, so a test run

@@ -26,10 +26,16 @@ pub fn cli(data: &Path, server: &str) -> Command {
     cmd.env("OT_CLIENT_DATA_DIR", data)
         .env_remove("OT_SERVER")
         .env_remove("OT_NAME")
+        .env_remove("OT_TOKEN")
+        .env_remove("OT_TOKEN_FILE")
         .arg("--server")
         .arg(server)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    // A secured server in `OT_TEST_AUTH=1` runs.
+    if let Some(token) = e2e_tests::test_token(None) {
+        cmd.env("OT_TOKEN", token);
+    }
     cmd
 }
 
