@@ -11,33 +11,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{cli, run, start, LIMIT};
-use e2e_tests::start_server_with;
+use e2e_tests::{mint_test_token, start_server_with};
 use ot_protocol::Access;
-use server::auth::{mint_hs256, Claims};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const SECRET: &[u8] = b"the-client-cli-test-secret-of-32-bytes-or-more";
 
-fn token(docs: &[&str], access: Access, jti: &str, ttl: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    mint_hs256(
-        &Claims {
-            // One user throughout: a writer id is bound to its key and the token's subject.
-            sub: "ann".to_owned(),
-            name: None,
-            docs: docs.iter().map(|d| d.to_string()).collect(),
-            access,
-            exp: (now + ttl) as u64,
-            jti: jti.to_owned(),
-            nbf: None,
-            iat: Some(now as u64),
-        },
-        SECRET,
-    )
-    .unwrap()
+/// A token of the one user of this test ("ann": a writer id is bound to its
+/// key and the token's subject); `_label` only names it at the call site.
+fn token(docs: &[&str], access: Access, _label: &str, ttl: i64) -> String {
+    mint_test_token(SECRET, "ann", docs, access, ttl)
 }
 
 fn write(path: &Path, text: &str) {

@@ -549,25 +549,8 @@ async fn typing_is_not_blocked_by_a_server_that_does_not_answer() -> Result<()> 
 }
 
 /// A token for user "ann" on `memo`, valid for `ttl` seconds.
-fn ann_token(secret: &[u8], ttl: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    server::auth::mint_hs256(
-        &server::auth::Claims {
-            sub: "ann".into(),
-            name: None,
-            docs: vec!["memo".into()],
-            access: ot_protocol::Access::Admin,
-            exp: now + ttl,
-            jti: format!("ann-{now}-{ttl}"),
-            nbf: None,
-            iat: Some(now),
-        },
-        secret,
-    )
-    .unwrap_or_default()
+fn ann_token(secret: &[u8], ttl: i64) -> String {
+    e2e_tests::mint_test_token(secret, "ann", &["memo"], ot_protocol::Access::Admin, ttl)
 }
 
 /// With authentication on: the editor's token expires (4001) while it runs;

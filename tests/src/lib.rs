@@ -34,26 +34,50 @@ pub fn test_auth() -> bool {
 /// The secret of the servers in [`test_auth`] mode.
 pub const TEST_SECRET: &[u8] = b"the-e2e-suites-secret-for-OT_TEST_AUTH-runs";
 
+/// Claims for a test token: user `sub` on `docs` with `access`, valid for
+/// `ttl` seconds from now (negative: already expired), a fresh `jti`, issued now.
+pub fn test_claims(
+    sub: &str,
+    docs: &[&str],
+    access: ot_protocol::Access,
+    ttl: i64,
+) -> server::auth::Claims {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    server::auth::Claims {
+        sub: sub.to_owned(),
+        name: None,
+        docs: docs.iter().map(|d| d.to_string()).collect(),
+        access,
+        exp: now.saturating_add_signed(ttl),
+        jti: format!("{sub}-{now}-{:016x}", rand::random::<u64>()),
+        nbf: None,
+        iat: Some(now),
+    }
+}
+
+/// [`test_claims`] signed with HS256 and `secret`.
+pub fn mint_test_token(
+    secret: &[u8],
+    sub: &str,
+    docs: &[&str],
+    access: ot_protocol::Access,
+    ttl: i64,
+) -> String {
+    server::auth::mint_hs256(&test_claims(sub, docs, access, ttl), secret)
+        .expect("HS256 signing of test claims")
+}
+
 /// A token (admin on `*`, user `e2e`, display name `name` if given, an
 /// hour) for [`test_auth`] mode; `None` otherwise.
 pub fn test_token(name: Option<&str>) -> Option<String> {
     if !test_auth() {
         return None;
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claims = server::auth::Claims {
-        sub: "e2e".into(),
-        name: name.map(str::to_owned),
-        docs: vec!["*".into()],
-        access: ot_protocol::Access::Admin,
-        exp: now + 3600,
-        jti: format!("e2e-{now}-{}", rand::random::<u64>()),
-        nbf: None,
-        iat: Some(now),
-    };
+    let mut claims = test_claims("e2e", &["*"], ot_protocol::Access::Admin, 3600);
+    claims.name = name.map(str::to_owned);
     server::auth::mint_hs256(&claims, TEST_SECRET).ok()
 }
 

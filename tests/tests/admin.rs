@@ -19,7 +19,6 @@ use ot_core::Operation;
 use ot_driver::http::Method;
 use ot_protocol::{Access, ServerMessage};
 use serde_json::Value;
-use server::auth::{mint_hs256, Claims};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -192,21 +191,7 @@ async fn start_with_auth() -> (server::RunningServer, tempfile::TempDir) {
 }
 
 fn token(docs: &[&str], access: Access, jti: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = Claims {
-        sub: format!("user-{jti}"),
-        name: None,
-        docs: docs.iter().map(|d| d.to_string()).collect(),
-        access,
-        exp: now + 3600,
-        jti: jti.to_owned(),
-        nbf: None,
-        iat: Some(now),
-    };
-    mint_hs256(&claims, SECRET).unwrap()
+    e2e_tests::mint_test_token(SECRET, &format!("user-{jti}"), docs, access, 3600)
 }
 
 async fn get_status(addr: SocketAddr, path: &str, token: &str) -> u16 {
