@@ -564,7 +564,8 @@ impl SessionCore {
                     message: message.into_owned(),
                 });
             }
-            ServerMessage::Unknown => {}
+            // A pong only proves the connection alive (the shell watches that).
+            ServerMessage::Pong | ServerMessage::Unknown => {}
         }
         events
     }

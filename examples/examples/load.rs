@@ -1076,8 +1076,10 @@ impl LoadClient {
                     ErrorAction::Ignore => {}
                 }
             }
-            ServerMessage::Cursor { .. } | ServerMessage::Leave { .. } | ServerMessage::Unknown => {
-            }
+            ServerMessage::Cursor { .. }
+            | ServerMessage::Leave { .. }
+            | ServerMessage::Pong
+            | ServerMessage::Unknown => {}
         }
         Ok(())
     }

@@ -17,8 +17,12 @@ pub enum ApiErrorCode {
     InvalidQuery,
     /// No such document, route or file.
     NotFound,
-    /// The server has `max_connections` WebSocket connections.
+    /// The server has `max_connections` WebSocket connections, or the
+    /// caller's address has its share of them.
     TooManyConnections,
+    /// The server is answering as many HTTP API requests as it will at once:
+    /// retry later (503).
+    TooManyRequests,
     /// The server failed in a way that is not the request's fault.
     InternalError,
     /// A token is needed and is missing, malformed, expired or revoked (401).
@@ -38,6 +42,7 @@ impl ApiErrorCode {
             ApiErrorCode::InvalidQuery => "invalid_query",
             ApiErrorCode::NotFound => "not_found",
             ApiErrorCode::TooManyConnections => "too_many_connections",
+            ApiErrorCode::TooManyRequests => "too_many_requests",
             ApiErrorCode::InternalError => "internal_error",
             ApiErrorCode::Unauthorized => "unauthorized",
             ApiErrorCode::InvalidHost => "invalid_host",

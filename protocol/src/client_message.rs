@@ -34,6 +34,10 @@ pub enum ClientMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+    /// `{"type":"ping"}`: asks for a `pong`, so that a client that hears
+    /// nothing else (a quiet document) still knows the connection is alive.
+    /// Browsers cannot send WebSocket ping frames; this is their way.
+    Ping,
 }
 
 impl ClientMessage {
@@ -272,6 +276,7 @@ fn parse_general(text: &str) -> Result<ClientMessage, Rejection> {
             };
             Ok(ClientMessage::Cursor { rev, ranges, name })
         }
+        "ping" => Ok(ClientMessage::Ping),
         other => Err(Rejection::new(
             ErrorCode::UnknownType,
             format!(

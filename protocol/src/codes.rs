@@ -49,6 +49,8 @@ error_codes! {
     MessageTooLarge = "message_too_large",
     /// The op inserts plus deletes more characters than allowed.
     OpTooLong = "op_too_long",
+    /// The op has more components than `limits.max_op_components`.
+    TooManyComponents = "too_many_components",
     /// The op would make the document longer than allowed.
     DocTooLong = "doc_too_long",
     /// The op does not fit the document at its base revision.
@@ -69,6 +71,12 @@ error_codes! {
     ShuttingDown = "shutting_down",
     /// The connection's access does not allow this (an op on a read-only connection).
     Forbidden = "forbidden",
+    /// The server no longer remembers this client id (its dedup record was
+    /// evicted after `--client-expiry` of inactivity) and the op is based on a
+    /// revision before the eviction: it may be a resend of an op already
+    /// applied, so it is never applied. Resync; pending edits are rebased or
+    /// kept as a conflict copy.
+    ClientExpired = "client_expired",
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -57,6 +57,7 @@ pub fn server_examples() -> Vec<ServerMessage<'static>> {
             message: "the op does not fit the document at revision 9".into(),
             seq: Some(3),
         },
+        ServerMessage::Pong,
     ]
 }
 
@@ -75,6 +76,7 @@ pub fn client_examples() -> Vec<ClientMessage> {
             ranges: vec![Range { anchor: 0, head: 2 }],
             name: Some("Ann".into()),
         },
+        ClientMessage::Ping,
     ]
 }
 

@@ -25,10 +25,19 @@ pub struct Limits {
     /// Absent from servers before it was announced: then the default.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Most components (retains, inserts, deletes) one op may have
+    /// (`too_many_components` beyond). Absent from servers before it was
+    /// announced: then the default, which clients keep to anyway.
+    #[serde(default = "default_max_op_components")]
+    pub max_op_components: usize,
 }
 
 fn default_max_message_bytes() -> usize {
     Limits::default().max_message_bytes
+}
+
+fn default_max_op_components() -> usize {
+    Limits::default().max_op_components
 }
 
 impl Default for Limits {
@@ -38,6 +47,7 @@ impl Default for Limits {
             max_doc_len: 10_000_000,
             max_op_len: 100_000,
             max_message_bytes: 1 << 20,
+            max_op_components: 10_000,
         }
     }
 }
@@ -156,6 +166,8 @@ pub enum ServerMessage<'a> {
         )]
         seq: Option<u64>,
     },
+    /// The answer to a client's `ping`: the connection is alive.
+    Pong,
     /// A message type this version does not know (a later server's): skipped.
     /// Never sent.
     #[serde(other)]
@@ -170,7 +182,7 @@ pub struct FrameError(#[from] serde_json::Error);
 impl ServerMessage<'_> {
     /// Every message type, as in the `type` field ([`ServerMessage::Unknown`] aside).
     pub const TYPES: &'static [&'static str] = &[
-        "snapshot", "resume", "op", "ack", "cursor", "leave", "error",
+        "snapshot", "resume", "op", "ack", "cursor", "leave", "error", "pong",
     ];
 
     /// The JSON text of the message.
@@ -189,6 +201,7 @@ impl ServerMessage<'_> {
             ServerMessage::Cursor { .. } => "cursor",
             ServerMessage::Leave { .. } => "leave",
             ServerMessage::Error { .. } => "error",
+            ServerMessage::Pong => "pong",
             ServerMessage::Unknown => "unknown",
         }
     }

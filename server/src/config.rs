@@ -31,6 +31,10 @@ pub struct Config {
     /// Most characters one op may insert plus delete.
     #[arg(long, env = "OT_MAX_OP_LEN", default_value_t = 100_000)]
     pub max_op_len: usize,
+    /// Most components (retains, inserts, deletes) one op may have; announced
+    /// to clients, which split longer edits into several ops.
+    #[arg(long, env = "OT_MAX_OP_COMPONENTS", default_value_t = 10_000)]
+    pub max_op_components: usize,
     /// Most characters a document may hold.
     #[arg(long, env = "OT_MAX_DOC_LEN", default_value_t = 10_000_000)]
     pub max_doc_len: usize,

@@ -25,6 +25,7 @@ export const ERROR_CODES = new Map([
   ["invalid_op", "conflict_copy"],
   ["message_too_large", "conflict_copy"],
   ["op_too_long", "conflict_copy"],
+  ["too_many_components", "conflict_copy"],
   ["doc_too_long", "conflict_copy"],
   ["op_does_not_fit", "conflict_copy"],
   ["future_revision", "conflict_copy"],
@@ -35,6 +36,7 @@ export const ERROR_CODES = new Map([
   ["too_many_clients", "conflict_copy"],
   ["shutting_down", "conflict_copy"],
   ["forbidden", "conflict_copy"],
+  ["client_expired", "conflict_copy"],
 ]);
 
 /**
@@ -173,6 +175,8 @@ export function checkServerMessage(m) {
       string(m, "message", true);
       count(m, "seq", true);
       break;
+    case "pong":
+      break;
     default:
       break;
   }
@@ -203,6 +207,11 @@ export function opMessage(out, ranges) {
 /** The `cursor` message. */
 export function cursorMessage(rev, ranges, name) {
   return { type: "cursor", rev, ranges, name };
+}
+
+/** The `ping` message: the server answers `pong` (a page cannot send WebSocket pings). */
+export function pingMessage() {
+  return { type: "ping" };
 }
 
 /** The WebSocket subprotocol of this protocol: the one the server selects and echoes. */
@@ -632,6 +641,9 @@ export class Session {
         }
         return { kind: "error", action };
       }
+      case "pong":
+        // Only proves the connection alive: every frame does that.
+        return { kind: "pong", action: "alive" };
       default:
         return { kind: "skipped", action: "ignored" };
     }

@@ -14,6 +14,7 @@ import {
   Session,
   closeAction,
   cursorMessage,
+  pingMessage,
   errorAction,
   opMessage,
 } from "../../server/web/session.js";
@@ -202,6 +203,15 @@ function setUp(m) {
         },
       };
     }
+    case "pong": {
+      const h = harness(outstandingClient(8, 3));
+      const before = h.socket.sent.length;
+      return {
+        h,
+        expect: "alive",
+        check: () => assert.equal(h.socket.sent.length, before, "a pong changes nothing"),
+      };
+    }
     default:
       throw new Error(`the page's test does not know the fixture's message type ${JSON.stringify(m.type)}`);
   }
@@ -220,7 +230,7 @@ test("every server message of the fixture is understood by the page's handler", 
     check();
     types.add(m.type);
   }
-  assert.deepEqual([...types].sort(), ["ack", "cursor", "error", "leave", "op", "resume", "snapshot"]);
+  assert.deepEqual([...types].sort(), ["ack", "cursor", "error", "leave", "op", "pong", "resume", "snapshot"]);
 });
 
 test("forward compatibility: unknown fields, types, error codes and close codes", () => {
@@ -309,11 +319,13 @@ test("the page writes the fixture's client messages", () => {
       });
       h.session.nameChanged();
       assert.deepEqual(h.socket.sent.map((t) => JSON.parse(t)), [m]);
+    } else if (m.type === "ping") {
+      assert.deepEqual(pingMessage(), m);
     } else {
       assert.fail(`the page does not write client messages of type ${m.type}`);
     }
   }
-  assert.deepEqual([...types].sort(), ["cursor", "op"]);
+  assert.deepEqual([...types].sort(), ["cursor", "op", "ping"]);
 });
 
 test("storage_error on the outstanding op: reconnect with rev and resend it byte for byte", () => {

@@ -769,9 +769,10 @@ impl WsClient {
                 message: message.to_string(),
                 seq: *seq,
             }),
-            ServerMessage::Cursor { .. } | ServerMessage::Leave { .. } | ServerMessage::Unknown => {
-                self.other.push(message.clone())
-            }
+            ServerMessage::Cursor { .. }
+            | ServerMessage::Leave { .. }
+            | ServerMessage::Pong
+            | ServerMessage::Unknown => self.other.push(message.clone()),
             _ => {}
         }
         for event in self.core.handle(message) {

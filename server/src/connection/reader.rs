@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use ot_core::Component;
-use ot_protocol::{Access, ClientMessage, CloseCode, DocId, ErrorCode};
+use ot_protocol::{Access, ClientMessage, CloseCode, DocId, ErrorCode, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,7 @@ use super::names::display_name;
 use super::writer::{self, AwaitingReplies, Queues};
 use crate::app::Shared;
 use crate::document::{DocCommand, DocHandle};
-use crate::outbound::{error_frame, Outbound};
+use crate::outbound::{error_frame, text_frame, Outbound};
 
 /// Reading pauses when a connection sends faster than its rate (backpressure).
 struct TokenBucket {
@@ -251,7 +251,17 @@ pub(super) async fn run(
                 ranges,
             }) => {
                 let size = change_size(&op);
-                if size > config.max_op_len {
+                let components = op.components().len();
+                if components > config.max_op_components {
+                    Err((
+                        ErrorCode::TooManyComponents,
+                        format!(
+                            "the op has {components} components; the limit is {}: split it into several ops",
+                            config.max_op_components
+                        ),
+                        Some(seq),
+                    ))
+                } else if size > config.max_op_len {
                     Err((
                         ErrorCode::OpTooLong,
                         format!(
@@ -281,6 +291,11 @@ pub(super) async fn run(
                     None => name.map(|n| display_name(&n)),
                 },
             }),
+            Ok(ClientMessage::Ping) => {
+                strikes.clear();
+                let _ = out_tx.try_send(Outbound::Text(text_frame(&ServerMessage::Pong)));
+                continue;
+            }
             Err(rejection) => Err((rejection.code, rejection.message, rejection.seq)),
         };
         match command {

@@ -194,6 +194,7 @@ impl Document {
             max_doc_len: self.shared.config.max_doc_len,
             max_op_len: self.shared.config.max_op_len,
             max_message_bytes: self.shared.config.max_message_bytes,
+            max_op_components: self.shared.config.max_op_components,
         }
     }
 
