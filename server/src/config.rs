@@ -59,7 +59,9 @@ pub struct Config {
     /// Ops a document keeps in memory for resumes and late ops (older ones come from storage).
     #[arg(long, env = "OT_HISTORY_WINDOW", default_value_t = 1000)]
     pub history_window: usize,
-    /// A snapshot (with the dedup table) is stored every this many ops.
+    /// A snapshot (with the dedup table) is stored at most every this many
+    /// ops, and only once the ops since the last one changed at least half
+    /// the text's size (no-ops never count; see document/snapshot_policy.rs).
     #[arg(long, env = "OT_SNAPSHOT_EVERY", default_value_t = 200)]
     pub snapshot_every: u64,
     /// Committed items that make the server write them from the commit log

@@ -20,6 +20,8 @@ pub(crate) struct Metrics {
     pub(crate) conflicts: IntCounter,
     /// Resent ops answered as duplicates.
     pub(crate) duplicates: IntCounter,
+    /// Snapshots submitted for storage with an op.
+    pub(crate) snapshots: IntCounter,
     /// Error messages sent, by code.
     pub(crate) errors: IntCounterVec,
     /// Time from receiving an op to sending its ack.
@@ -57,6 +59,10 @@ impl Metrics {
         )?;
         let duplicates =
             IntCounter::new("ot_duplicates_total", "Resent ops answered as duplicates")?;
+        let snapshots = IntCounter::new(
+            "ot_snapshots_total",
+            "Document snapshots stored (each writes the whole text)",
+        )?;
         let errors = IntCounterVec::new(
             Opts::new("ot_errors_total", "Error messages sent to clients, by code"),
             &["code"],
@@ -99,6 +105,7 @@ impl Metrics {
         registry.register(Box::new(ops_applied.clone()))?;
         registry.register(Box::new(conflicts.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(snapshots.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(ack_latency.clone()))?;
         registry.register(Box::new(commit_latency.clone()))?;
@@ -114,6 +121,7 @@ impl Metrics {
             ops_applied,
             conflicts,
             duplicates,
+            snapshots,
             errors,
             ack_latency,
             commit_latency,

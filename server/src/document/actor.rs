@@ -16,6 +16,7 @@ use super::error::DocError;
 use super::mailbox::{DeleteResult, DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
 use super::pipeline::{Accepted, CommitDone, KeyRefused, Pipeline};
 use super::registry::Registry;
+use super::snapshot_policy::SnapshotPolicy;
 use crate::state::Services;
 use crate::storage::WriteItem;
 
@@ -58,7 +59,7 @@ fn spawn(shared: Arc<Services>, registry: Arc<Registry>, id: DocId, actor_id: u6
 async fn load(
     shared: &Services,
     id: &DocId,
-) -> Result<(bool, DocumentHistory, DocEpoch), DocError> {
+) -> Result<(bool, DocumentHistory, DocEpoch, SnapshotPolicy), DocError> {
     let storage = shared.storage.clone();
     let doc = id.to_string();
     let (loaded, deleted) = tokio::task::spawn_blocking(move || {
@@ -66,13 +67,23 @@ async fn load(
     })
     .await??;
     let epoch = DocEpoch::new(shared.storage.epoch(), deleted);
+    let every = shared.config.snapshot_every;
     Ok(match loaded {
-        Some(l) => (
-            true,
-            DocumentHistory::from_snapshot(l.snapshot, l.tail)?,
+        Some(l) => {
+            let snapshots = SnapshotPolicy::after_load(every, l.tail.iter().map(|op| &op.op));
+            (
+                true,
+                DocumentHistory::from_snapshot(l.snapshot, l.tail)?,
+                epoch,
+                snapshots,
+            )
+        }
+        None => (
+            false,
+            DocumentHistory::new(),
             epoch,
+            SnapshotPolicy::after_load(every, []),
         ),
-        None => (false, DocumentHistory::new(), epoch),
     })
 }
 
@@ -83,7 +94,7 @@ async fn run(
     actor_id: u64,
     mut rx: mpsc::Receiver<DocCommand>,
 ) {
-    let (created, history, epoch) = match load(&shared, &id).await {
+    let (created, history, epoch, snapshots) = match load(&shared, &id).await {
         Ok(loaded) => loaded,
         Err(e) => return fail_load(&registry, &id, actor_id, rx, e).await,
     };
@@ -91,7 +102,13 @@ async fn run(
     let (bind_failed, mut bind_failed_rx) = mpsc::unbounded_channel();
     let mut doc = Document {
         bind_failed,
-        pipeline: Pipeline::new(shared.clone(), id.to_string(), history, epoch, commit_tx),
+        pipeline: Pipeline::new(
+            shared.clone(),
+            id.to_string(),
+            (history, snapshots),
+            epoch,
+            commit_tx,
+        ),
         conns: Connections::new(id.to_string(), shared.metrics.clone()),
         id,
         actor_id,

@@ -10,6 +10,7 @@ mod error;
 pub(crate) mod mailbox;
 mod pipeline;
 pub(crate) mod registry;
+mod snapshot_policy;
 
 pub(crate) use actor::open;
 pub(crate) use epoch::DocEpoch;

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::epoch::DocEpoch;
 use super::error::DocError;
 use super::mailbox::JoinRequest;
+use super::snapshot_policy::SnapshotPolicy;
 use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
 use crate::storage::{CommitCallback, CommitLane, Committed, StorageError, StoredOp, WriteItem};
@@ -90,6 +91,8 @@ pub(super) struct Pipeline {
     lane: CommitLane,
     /// The epoch its first messages show.
     epoch: DocEpoch,
+    /// When the next op is stored with a snapshot.
+    snapshots: SnapshotPolicy,
 }
 
 fn now_ms() -> i64 {
@@ -114,12 +117,13 @@ impl Pipeline {
     pub(super) fn new(
         shared: Arc<Services>,
         id: String,
-        history: DocumentHistory,
+        (history, snapshots): (DocumentHistory, SnapshotPolicy),
         epoch: DocEpoch,
         commit_tx: mpsc::UnboundedSender<CommitDone>,
     ) -> Pipeline {
         let mut pipeline = Pipeline {
             epoch,
+            snapshots,
             lane: shared.queue.lane(&id),
             id,
             durable_rev: history.revision(),
@@ -452,7 +456,7 @@ impl Pipeline {
         ranges
     }
 
-    /// Commit the op (and a snapshot every `snapshot_every` ops). Returns the
+    /// Commit the op (and a snapshot when [`SnapshotPolicy`] says so). Returns the
     /// outcome if the commit already happened here, else it arrives later on
     /// the commit channel.
     fn persist(&mut self, applied: &AppliedOp, received: Operation) -> Option<CommitDone> {
@@ -461,10 +465,11 @@ impl Pipeline {
             op: StoredOp::from_applied(applied, received, now_ms()),
             len_after: applied.op.target_len() as u64,
         }];
-        if applied
-            .rev
-            .is_multiple_of(self.shared.config.snapshot_every.max(1))
+        if self
+            .snapshots
+            .snapshot_due(&applied.op, applied.op.target_len())
         {
+            self.shared.metrics.snapshots.inc();
             items.push(WriteItem::Snapshot {
                 doc: self.id.clone(),
                 snapshot: self.history.snapshot(),
@@ -593,13 +598,23 @@ impl Pipeline {
         let storage = self.shared.storage.clone();
         let doc = self.id.clone();
         let loaded = tokio::task::spawn_blocking(move || storage.load(&doc)).await;
+        let every = self.shared.config.snapshot_every;
         let history = match loaded {
-            Ok(Ok(Some(l))) => DocumentHistory::from_snapshot(l.snapshot, l.tail).ok(),
-            Ok(Ok(None)) => Some(DocumentHistory::new()),
+            Ok(Ok(Some(l))) => {
+                let snapshots = SnapshotPolicy::after_load(every, l.tail.iter().map(|op| &op.op));
+                DocumentHistory::from_snapshot(l.snapshot, l.tail)
+                    .ok()
+                    .map(|history| (history, snapshots))
+            }
+            Ok(Ok(None)) => Some((
+                DocumentHistory::new(),
+                SnapshotPolicy::after_load(every, []),
+            )),
             _ => None,
         };
         match history {
-            Some(history) => {
+            Some((history, snapshots)) => {
+                self.snapshots = snapshots;
                 self.durable_rev = history.revision();
                 self.durable_text = history.text().clone();
                 self.durable_seq = last_seqs(&history);

@@ -172,6 +172,8 @@ pub(super) fn write_items(
     let mut pending: HashMap<&str, PendingDoc> = HashMap::new();
     // Sorted, so the seq_revs rows are visited in key order.
     let mut new_seqs = NewSeqs::new();
+    // Each document's newest snapshot written here: older ones are pruned.
+    let mut snapshotted: BTreeMap<&str, u64> = BTreeMap::new();
     {
         let mut insert_op = tx.prepare_cached(
             "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received, applied, time_ms)
@@ -274,10 +276,12 @@ pub(super) fn write_items(
                         snapshot.text,
                         clients,
                     ])?;
+                    snapshotted.insert(doc, snapshot.rev);
                 }
             }
         }
         store_seq_revs(&tx, &new_seqs)?;
+        super::prune::prune_snapshots(&tx, &snapshotted)?;
         let mut update_doc =
             tx.prepare_cached("UPDATE docs SET rev = ?2, len = ?3 WHERE id = ?1")?;
         for (doc, state) in &pending {

@@ -48,6 +48,7 @@ use ot_core::history::OpHash;
 use rusqlite::Connection;
 
 mod ingest;
+mod prune;
 mod reads;
 mod revocations;
 mod schema;
