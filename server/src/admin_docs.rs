@@ -17,6 +17,7 @@ use crate::app::Shared;
 use crate::auth::Caller;
 use crate::document::{self, DocCommand, DocEpoch, DocError};
 use crate::http::{blocking, doc_id, not_found, op_json, ApiResult, MAX_PAGE};
+use crate::pages::read_page;
 use crate::storage::StorageError;
 
 /// How many times a delete opens the document again when its actor was
@@ -135,7 +136,14 @@ pub(crate) async fn export_doc(
             if storage.deleted_epoch(&id)? != deleted {
                 return Ok(None);
             }
-            storage.ops(&id, after, MAX_PAGE).map(Some)
+            read_page(
+                storage.as_ref(),
+                &id,
+                after,
+                MAX_PAGE,
+                |s, doc, after, limit| s.ops(doc, after, limit),
+            )
+            .map(Some)
         })
         .await??
         .ok_or(ExportError::Deleted)?;

@@ -14,15 +14,13 @@ use crate::api_error::ApiError;
 use crate::app::Shared;
 use crate::auth::Caller;
 use crate::document::DocCommand;
+use crate::pages::{read_page, OpsRead};
 use crate::storage::{Storage, StorageError, StoredOp};
 
 /// Most ops one `/ops` or `/conflicts` request returns.
 pub(crate) const MAX_PAGE: usize = 1000;
 
 pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
-
-/// A paged read of a document's stored ops: (storage, doc, after, limit).
-type PageRead = fn(&dyn Storage, &str, u64, usize) -> Result<Vec<StoredOp>, StorageError>;
 
 pub(crate) fn doc_id(doc: &str) -> ApiResult<DocId> {
     DocId::parse(doc).map_err(ApiError::invalid_id)
@@ -139,7 +137,8 @@ pub(crate) async fn get_text(
 }
 
 /// One page of a document's stored ops: those after `from` (default 0), at
-/// most `limit` (default and at most [`MAX_PAGE`]), read by `read`, each
+/// most `limit` (default and at most [`MAX_PAGE`]) and about
+/// [`crate::pages::PAGE_BYTES`], read by `read`, each
 /// written by `to_json`, as `{key: [...]}`.
 async fn paged(
     shared: &Arc<Shared>,
@@ -147,7 +146,7 @@ async fn paged(
     doc: &str,
     query: &HashMap<String, String>,
     key: &str,
-    read: PageRead,
+    read: OpsRead,
     to_json: fn(&StoredOp) -> serde_json::Value,
 ) -> ApiResult {
     let doc = doc_id(doc)?;
@@ -159,7 +158,7 @@ async fn paged(
         if !s.exists(&id)? {
             return Ok(None);
         }
-        Ok(Some(read(s, &id, from, limit)?))
+        Ok(Some(read_page(s, &id, from, limit, read)?))
     })
     .await?
     .ok_or_else(|| not_found(&doc))?;

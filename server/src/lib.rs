@@ -17,6 +17,7 @@ mod guard;
 mod http;
 mod metrics;
 mod outbound;
+mod pages;
 mod state;
 mod storage;
 mod tls;
