@@ -5,73 +5,8 @@
 //! `--snapshot-every` ops, and the document reloads right after a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use e2e_tests::{doc_state, metric_value, recv_message, send_message, ws_connect, Socket};
-use ot_core::Operation;
-use ot_protocol::{ClientMessage, ServerMessage};
-
-const T: Duration = Duration::from_secs(30);
-
-/// A raw writer: joins `doc` as `client` and sends ops one at a time,
-/// waiting for each ack.
-struct Writer {
-    socket: Socket,
-    rev: u64,
-    seq: u64,
-    len: usize,
-}
-
-impl Writer {
-    async fn join(addr: SocketAddr, doc: &str, client: &str) -> Writer {
-        let mut socket = ws_connect(addr, &format!("/ws/{doc}?client={client}"))
-            .await
-            .unwrap();
-        match recv_message(&mut socket, T).await.unwrap() {
-            ServerMessage::Snapshot { rev, text, seq, .. } => Writer {
-                socket,
-                rev,
-                seq,
-                len: text.chars().count(),
-            },
-            other => panic!("expected a snapshot, got {other:?}"),
-        }
-    }
-
-    async fn send(&mut self, op: Operation) {
-        self.seq += 1;
-        let len_after = op.target_len();
-        let message = ClientMessage::Op {
-            rev: self.rev,
-            seq: self.seq,
-            op,
-            ranges: None,
-        };
-        send_message(&mut self.socket, &message).await.unwrap();
-        loop {
-            match recv_message(&mut self.socket, T).await.unwrap() {
-                ServerMessage::Ack { rev, seq } if seq == self.seq => {
-                    self.rev = rev;
-                    self.len = len_after;
-                    return;
-                }
-                ServerMessage::Error { code, message, .. } => panic!("{code}: {message}"),
-                _ => {}
-            }
-        }
-    }
-
-    fn insert_at_end(&self, text: &str) -> Operation {
-        Operation::insert_at(self.len, self.len, text).unwrap()
-    }
-
-    fn noop(&self) -> Operation {
-        let mut op = Operation::new();
-        op.retain(self.len);
-        op
-    }
-}
+use e2e_tests::attack::RawWriter;
+use e2e_tests::{doc_state, metric_value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ops_and_small_edits_on_a_large_document_write_no_snapshots() {
@@ -86,19 +21,19 @@ async fn no_ops_and_small_edits_on_a_large_document_write_no_snapshots() {
     let snapshots = || metric_value(server.addr, "ot_snapshots_total");
 
     // A small document: a snapshot every 10 ops.
-    let mut small = Writer::join(server.addr, "small", "w").await;
+    let mut small = RawWriter::join(server.addr, "small", "w").await.unwrap();
     for _ in 0..30 {
         let op = small.insert_at_end("x");
-        small.send(op).await;
+        small.send(op).await.unwrap();
     }
     assert_eq!(snapshots().await.unwrap(), 3.0);
 
     // A document of a million characters, written in ten ops of 100,000.
-    let mut big = Writer::join(server.addr, "big", "w").await;
+    let mut big = RawWriter::join(server.addr, "big", "w").await.unwrap();
     for n in 0..10 {
         let chunk: String = std::iter::repeat_n(char::from(b'a' + n), 100_000).collect();
         let op = big.insert_at_end(&chunk);
-        big.send(op).await;
+        big.send(op).await.unwrap();
     }
     let after_load = snapshots().await.unwrap();
     assert!(after_load <= 4.0, "{after_load}");
@@ -107,11 +42,11 @@ async fn no_ops_and_small_edits_on_a_large_document_write_no_snapshots() {
     // a megabyte each; now none.
     for _ in 0..1000 {
         let op = big.noop();
-        big.send(op).await;
+        big.send(op).await.unwrap();
     }
     for _ in 0..1000 {
         let op = big.insert_at_end("y");
-        big.send(op).await;
+        big.send(op).await.unwrap();
     }
     assert_eq!(snapshots().await.unwrap(), after_load);
     assert_eq!(big.rev, 2010);
