@@ -38,7 +38,7 @@ async fn type_acked(c: &mut WsClient, token: &str) -> Result<()> {
 
 /// Type `token` at the end of the client's text (not waiting).
 async fn type_token(c: &mut WsClient, token: &str) -> Result<()> {
-    let len = c.client().text().chars().count();
+    let len = c.client().text().len_chars();
     c.edit(&Operation::insert_at(len, len, token)?).await
 }
 
@@ -181,7 +181,11 @@ async fn a_full_disk_gives_storage_error_loses_nothing_and_recovers_by_itself() 
         acked.push(token);
     }
     let (_, text) = doc_state(server.addr, "full").await?;
-    assert_eq!(text, c.client().text(), "the server's text is the client's");
+    assert_eq!(
+        text,
+        c.client().text().to_string(),
+        "the server's text is the client's"
+    );
     assert_once(&text, &acked);
 
     // Round 2: the disk fills up again and the server is killed while it
@@ -206,7 +210,7 @@ async fn a_full_disk_gives_storage_error_loses_nothing_and_recovers_by_itself() 
     type_acked(&mut c, "«e0»").await?;
     acked.push("«e0»".to_owned());
     let (_, text) = doc_state(server.addr, "full").await?;
-    assert_eq!(text, c.client().text());
+    assert_eq!(text, c.client().text().to_string());
     assert_once(&text, &acked);
     drop(server);
     drop(tmpfs);
@@ -265,7 +269,7 @@ async fn a_data_dir_restored_from_a_copy_changes_the_epoch() -> Result<()> {
     let (_, text) = doc_state(server.addr, "restored").await?;
     assert_eq!(text, "kept ");
     assert_eq!(
-        c.client().text(),
+        c.client().text().to_string(),
         "kept ",
         "the client resynced to the restored text"
     );
