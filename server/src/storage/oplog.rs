@@ -171,9 +171,21 @@ fn later_record(data: &[u8], from: usize, salt: u64, lsn: u64) -> Option<u64> {
     None
 }
 
+/// What [`read_log`] read.
+struct LogRead {
+    /// The items of each valid record, in order.
+    records: Vec<Vec<WriteItem>>,
+    /// The offset just after the last valid record.
+    end: usize,
+    /// The first record's lsn.
+    first_lsn: u64,
+    /// See [`Found::damage`].
+    damage: Option<(u64, u64)>,
+}
+
 /// The records at the start of `data` (see [`read_records`]), and whether a
 /// damaged record hides later ones (see [`Found::damage`]).
-fn read_log(data: &[u8]) -> (Vec<Vec<WriteItem>>, usize, u64, Option<(u64, u64)>) {
+fn read_log(data: &[u8]) -> LogRead {
     let (records, end, first_lsn) = read_records(data);
     let damage = if records.is_empty() {
         // The first record: its salt is only known if its header is intact.
@@ -193,7 +205,12 @@ fn read_log(data: &[u8]) -> (Vec<Vec<WriteItem>>, usize, u64, Option<(u64, u64)>
         let next = first_lsn + records.len() as u64;
         later_record(data, end, salt, next).map(|later| (next, later))
     };
-    (records, end, first_lsn, damage)
+    LogRead {
+        records,
+        end,
+        first_lsn,
+        damage,
+    }
 }
 
 /// Parse the records at the start of `data`: the items of each valid record
@@ -257,7 +274,12 @@ impl OpLog {
         let mut data = Vec::new();
         file.read_to_end(&mut data)
             .map_err(|e| io_error(path, "cannot read", e))?;
-        let (records, end, first_lsn, damage) = read_log(&data);
+        let LogRead {
+            records,
+            end,
+            first_lsn,
+            damage,
+        } = read_log(&data);
         let marker = read_reset_marker(&data);
         let next_lsn = if records.is_empty() {
             marker.map_or(0, |(_, next)| next)
@@ -652,32 +674,32 @@ mod tests {
         }
         drop(log);
         let full = std::fs::read(&path).unwrap();
-        assert_eq!(read_log(&full).3, None);
+        assert_eq!(read_log(&full).damage, None);
         let first_len = u32::from_le_bytes(full[24..28].try_into().unwrap()) as usize;
         let second = HEADER_LEN + first_len;
         // The second record's payload damaged, the third intact: reported
         // (lsn 1 should have been there, lsn 2 follows).
         let mut damaged = full.clone();
         damaged[second + HEADER_LEN + 2] ^= 0x20;
-        let (records, _, _, damage) = read_log(&damaged);
-        assert_eq!((records.len(), damage), (1, Some((1, 2))));
+        let read = read_log(&damaged);
+        assert_eq!((read.records.len(), read.damage), (1, Some((1, 2))));
         // Its header damaged instead: the same.
         let mut damaged = full.clone();
         damaged[second] = b'X';
-        assert_eq!(read_log(&damaged).3, Some((1, 2)));
+        assert_eq!(read_log(&damaged).damage, Some((1, 2)));
         // The last record torn or damaged: a harmless tail.
-        assert_eq!(read_log(&full[..full.len() - 3]).3, None);
+        assert_eq!(read_log(&full[..full.len() - 3]).damage, None);
         let mut tail = full.clone();
         let last = full.len() - 2;
         tail[last] ^= 0x20;
-        assert_eq!(read_log(&tail).3, None);
+        assert_eq!(read_log(&tail).damage, None);
         // Records of an earlier round (another salt) after the end: not damage.
         let (mut log, _) = reopen(&path);
         log.reset().unwrap();
         log.append(&[op_item("e", 1, "x")]).unwrap();
         drop(log);
-        let (records, _, _, damage) = read_log(&std::fs::read(&path).unwrap());
-        assert_eq!((records.len(), damage), (1, None));
+        let read = read_log(&std::fs::read(&path).unwrap());
+        assert_eq!((read.records.len(), read.damage), (1, None));
     }
 
     #[test]
