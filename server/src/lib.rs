@@ -128,6 +128,9 @@ pub async fn run(
             .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
     );
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    metrics
+        .storage_faults
+        .set(i64::try_from(storage.faults_at_open()).unwrap_or(i64::MAX));
     let observer_metrics = metrics.clone();
     let ingest_metrics = metrics.clone();
     let queue = CommitQueue::start_with(

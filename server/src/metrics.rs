@@ -36,6 +36,8 @@ pub(crate) struct Metrics {
     pub(crate) ingest_latency: Histogram,
     /// Items moved per ingest.
     pub(crate) ingest_batch: Histogram,
+    /// Signs of lost acknowledged commits found when the storage was opened.
+    pub(crate) storage_faults: IntGauge,
 }
 
 impl Metrics {
@@ -113,6 +115,12 @@ impl Metrics {
         registry.register(Box::new(storage_backlog.clone()))?;
         registry.register(Box::new(ingest_latency.clone()))?;
         registry.register(Box::new(ingest_batch.clone()))?;
+        // Storage faults (issue 13): set once, when the storage is opened.
+        let storage_faults = IntGauge::new(
+            "ot_storage_faults_at_open",
+            "Signs of lost acknowledged commits found when the storage was opened (a restored backup, a damaged commit log); each changed the epoch",
+        )?;
+        registry.register(Box::new(storage_faults.clone()))?;
         Ok(Metrics {
             registry,
             connections,
@@ -129,6 +137,7 @@ impl Metrics {
             storage_backlog,
             ingest_latency,
             ingest_batch,
+            storage_faults,
         })
     }
 

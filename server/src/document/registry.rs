@@ -32,10 +32,19 @@ impl Registry {
 
     /// The actor of `doc`; if none is running, `spawn(actor_id)` starts one
     /// (under the lock, so there is never more than one).
+    ///
+    /// An entry whose actor has died (its task panicked: its mailbox is
+    /// closed, which a living actor never does while registered, as it
+    /// removes itself before it stops) is replaced by a new actor, which
+    /// loads the document from storage again.
     pub(crate) fn open(&self, doc: &DocId, spawn: impl FnOnce(u64) -> DocHandle) -> DocHandle {
         let mut docs = self.lock();
         if let Some(entry) = docs.get(doc) {
-            return entry.handle.clone();
+            if !entry.handle.tx.is_closed() {
+                return entry.handle.clone();
+            }
+            tracing::error!(doc = %doc, actor = entry.actor_id, "the document's actor died; starting a new one");
+            docs.remove(doc);
         }
         let actor_id = self.next_actor.fetch_add(1, Ordering::Relaxed);
         let handle = spawn(actor_id);
@@ -49,9 +58,17 @@ impl Registry {
         handle
     }
 
-    /// The actor of `doc` if it is loaded.
+    /// The actor of `doc` if it is loaded (and alive: a dead actor's entry
+    /// is removed, see [`open`](Self::open)).
     pub(crate) fn get(&self, doc: &DocId) -> Option<DocHandle> {
-        self.lock().get(doc).map(|e| e.handle.clone())
+        let mut docs = self.lock();
+        let entry = docs.get(doc)?;
+        if entry.handle.tx.is_closed() {
+            tracing::error!(doc = %doc, actor = entry.actor_id, "the document's actor died; forgetting it");
+            docs.remove(doc);
+            return None;
+        }
+        Some(entry.handle.clone())
     }
 
     /// Remove `doc`'s entry if it belongs to `actor_id` and `idle()` holds (checked under the lock).
@@ -89,5 +106,70 @@ impl Registry {
         for wait in waits {
             let _ = wait.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn doc() -> DocId {
+        DocId::parse("doc").unwrap()
+    }
+
+    /// An actor that serves its mailbox until it panics (the test's
+    /// failpoint): on `Shutdown` it panics, dropping its mailbox as a
+    /// panicking actor task does.
+    fn spawn_panicking(spawned: &std::sync::atomic::AtomicUsize) -> DocHandle {
+        spawned.fetch_add(1, Ordering::SeqCst);
+        let (tx, mut rx) = mpsc::channel::<DocCommand>(4);
+        tokio::spawn(async move {
+            while let Some(command) = rx.recv().await {
+                if let DocCommand::Shutdown(_) = command {
+                    panic!("failpoint: the actor panics");
+                }
+            }
+        });
+        DocHandle { tx }
+    }
+
+    #[tokio::test]
+    async fn a_dead_actor_is_replaced_on_the_next_open() {
+        let registry = Registry::default();
+        let spawned = std::sync::atomic::AtomicUsize::new(0);
+        let first = registry.open(&doc(), |_| spawn_panicking(&spawned));
+        // A living actor is reused.
+        let again = registry.open(&doc(), |_| spawn_panicking(&spawned));
+        assert!(first.tx.same_channel(&again.tx));
+        assert_eq!(spawned.load(Ordering::SeqCst), 1);
+
+        let (done, _) = tokio::sync::oneshot::channel();
+        first.tx.send(DocCommand::Shutdown(done)).await.unwrap();
+        // Bounded wait for the task to die and drop its mailbox.
+        tokio::time::timeout(std::time::Duration::from_secs(10), first.tx.closed())
+            .await
+            .expect("the actor's mailbox closes when it panics");
+
+        assert!(registry.get(&doc()).is_none(), "get forgets a dead actor");
+        let reopened = registry.open(&doc(), |_| spawn_panicking(&spawned));
+        assert_eq!(spawned.load(Ordering::SeqCst), 2, "a new actor was started");
+        assert!(!reopened.tx.is_closed());
+        assert!(registry.get(&doc()).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_dead_actor_is_replaced_by_open_without_a_get_first() {
+        let registry = Registry::default();
+        let spawned = std::sync::atomic::AtomicUsize::new(0);
+        let first = registry.open(&doc(), |_| spawn_panicking(&spawned));
+        let (done, _) = tokio::sync::oneshot::channel();
+        first.tx.send(DocCommand::Shutdown(done)).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), first.tx.closed())
+            .await
+            .expect("the actor's mailbox closes when it panics");
+        let reopened = registry.open(&doc(), |_| spawn_panicking(&spawned));
+        assert_eq!(spawned.load(Ordering::SeqCst), 2);
+        assert!(!reopened.tx.same_channel(&first.tx));
     }
 }

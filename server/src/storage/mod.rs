@@ -17,6 +17,7 @@
 //! affect another document.
 
 mod commit;
+mod dir_lock;
 mod oplog;
 mod sqlite;
 
@@ -242,6 +243,21 @@ pub enum StorageError {
     /// The commit queue has shut down: nothing was written.
     #[error("the commit queue is shut down")]
     Closed,
+    /// Another server process (or another open storage of this process)
+    /// uses the data directory: nothing was opened.
+    #[error(
+        "the data directory {dir} is in use by another server process ({holder}): \
+         only one server may use a data directory at a time; stop the other one \
+         or give this one another --data-dir",
+        dir = dir.display(),
+        holder = if holder.is_empty() { "process id unknown" } else { holder.as_str() }
+    )]
+    Locked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// What the lock file says about its holder (`pid N`), or empty.
+        holder: String,
+    },
 }
 
 /// The continuity check of [`Storage::commit`] and the [`CommitQueue`]:
@@ -356,6 +372,13 @@ pub trait Storage: Send + Sync + 'static {
     fn deleted_epoch(&self, doc: &str) -> Result<Option<u64>, StorageError> {
         let _ = doc;
         Ok(None)
+    }
+    /// How many signs that acknowledged commits were lost opening found
+    /// (a data directory restored from a backup, a damaged record in the
+    /// middle of a commit log, a missing log); each changed the epoch and
+    /// was logged. The default finds none.
+    fn faults_at_open(&self) -> usize {
+        0
     }
     /// Committed items waiting for [`ingest`](Self::ingest) (0: none). The
     /// commit queue has its ingest thread ingest when this grows large or

@@ -103,8 +103,10 @@ impl CommitOptions {
 const IDLE_INGEST_AFTER: Duration = Duration::from_millis(50);
 
 /// After a failed ingest, wait this long before trying again (commits
-/// go on meanwhile; the backlog only makes reads slower).
-const INGEST_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// go on meanwhile; the backlog only makes reads slower). Short, so that
+/// the tables catch up soon after the cause (a full disk) has gone; reads
+/// ingest by themselves anyway.
+const INGEST_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 enum Msg {
     Write(Request),

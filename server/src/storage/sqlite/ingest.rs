@@ -10,6 +10,7 @@ use ot_core::history::{ClientRecord, OpHash};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::reads::doc_rev;
+use super::restore;
 use super::schema::set_synchronous;
 use super::seq_revs::{store_seq_revs, NewSeqs, SEQS_PER_BLOCK};
 use super::{
@@ -135,7 +136,7 @@ pub(super) fn ingest_log(
     if items.is_empty() {
         return Ok(0);
     }
-    write_items(conn, items, false)?;
+    write_items(conn, items, false, log.last_lsn())?;
     let written = items.len();
     items.clear();
     count.store(0, Ordering::Relaxed);
@@ -157,13 +158,20 @@ pub(super) fn ingest_log(
 /// delete's) is skipped with every earlier item of its document: those
 /// items belong to a generation that is gone, and the tables may already
 /// hold the next one.
+///
+/// `upto_lsn`: the lsn of the last commit-log record whose items these are;
+/// recorded in the same transaction (see `restore.rs`).
 pub(super) fn write_items(
     conn: &mut Connection,
     items: &[WriteItem],
     recovering: bool,
+    upto_lsn: Option<u64>,
 ) -> Result<(), StorageError> {
     let now = now_ms();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(lsn) = upto_lsn {
+        restore::record_lsn(&tx, lsn)?;
+    }
     let skip_upto = if recovering {
         applied_deletes(&tx, items)?
     } else {
@@ -378,36 +386,61 @@ pub(super) fn stored_hash(
     Ok(hash.as_deref().and_then(OpHash::from_hex))
 }
 
+/// What opening the commit logs gave: the active and the spare log, and
+/// the reasons to believe that acknowledged commits were lost (see
+/// `restore.rs`; empty when none).
+pub(super) struct Recovered {
+    pub(super) active: OpLog,
+    pub(super) spare: OpLog,
+    pub(super) lost: Vec<String>,
+}
+
 /// Store whatever the commit logs in `dir` still hold (a crash left it
 /// there; fsynced, whatever the durability), older log first, then start
-/// both logs over; returns (the active log, the spare log).
+/// both logs over after the last lsn either the logs or the database knows.
+/// Compares the logs with the database first (`restore.rs`): the reasons
+/// it finds to believe commits were lost come back in [`Recovered::lost`].
 pub(super) fn recover(
     conn: &mut Connection,
     dir: &Path,
     durability: Durability,
-) -> Result<(OpLog, OpLog), StorageError> {
+    instance: u64,
+) -> Result<Recovered, StorageError> {
     // Whatever the logs still hold was committed: store it (fsynced,
     // whatever the durability), older log first, before a log may start over.
     let sync = durability == Durability::Fsync;
     let (mut active, active_records) = OpLog::open(&dir.join(LOG_FILES[0]), sync)?;
     let (mut spare, spare_records) = OpLog::open(&dir.join(LOG_FILES[1]), sync)?;
+    let db_lsn = restore::stored_lsn(conn)?;
+    let lost = restore::check_logs(db_lsn, instance, &[&active, &spare]);
     let mut logs = [(&active, active_records), (&spare, spare_records)];
     logs.sort_by_key(|(log, _)| (log.is_empty(), log.first_lsn()));
     // Both logs in one transaction, older first: a delete in the newer log
     // must see the older log's items of its document (to skip them when the
     // delete is stored already).
     let mut recovered: Vec<WriteItem> = Vec::new();
+    let mut high = db_lsn;
     for (log, records) in logs {
         let before = recovered.len();
         recovered.extend(records.into_iter().flatten());
         if recovered.len() > before {
             tracing::info!(items = recovered.len() - before, log = %log.path().display(), "recovering commits from the commit log");
         }
+        high = high.max(log.found().high_lsn);
     }
-    write_items(conn, &recovered, true)?;
+    write_items(conn, &recovered, true, high)?;
+    for log in [&mut active, &mut spare] {
+        log.set_instance(instance);
+        // Lsns go on after everything either side knows of.
+        log.continue_from(high.map_or(0, |lsn| lsn.saturating_add(1)));
+    }
     active.reset()?;
     spare.reset()?;
     // New records come after any old record whose reset did not reach the disk.
     active.start_after(&spare);
-    Ok((active, spare))
+    Ok(Recovered {
+        active,
+        spare,
+        lost,
+    })
 }

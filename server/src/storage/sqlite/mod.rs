@@ -8,6 +8,8 @@
 //! | `schema.rs` | the tables, the migration from schema version 1, the meta rows (epoch, clean flag) |
 //! | `seq_revs.rs` | the `seq_revs` codec: seq → revision slots, 64 per row |
 //! | `ingest.rs` | sealing, writing committed items to the tables, recovering the commit logs on open |
+//! | `unstored.rs` | loading a document from the tables plus the items not yet in them, when an ingest fails |
+//! | `restore.rs` | on open: signs that acknowledged commits are missing (a restored backup, damaged or missing logs) change the epoch |
 //! | `reads.rs` | reader connections and the read queries |
 //! | `tests.rs` | the tests |
 //!
@@ -50,14 +52,19 @@ use rusqlite::Connection;
 mod ingest;
 mod prune;
 mod reads;
+mod restore;
+#[cfg(test)]
+mod restore_tests;
 mod revocations;
 mod schema;
 mod seq_revs;
 #[cfg(test)]
 mod tests;
+mod unstored;
 
 use self::reads::{doc_rev, query_ops, SQL_CONFLICTS_AFTER, SQL_OPS_AFTER};
 use self::schema::{meta_set, set_synchronous};
+use super::dir_lock::DirLock;
 use super::oplog::OpLog;
 use super::{check_continuity, DocSummary, LoadedDoc, Storage, StorageError, StoredOp, WriteItem};
 
@@ -172,6 +179,11 @@ pub struct SqliteStorage {
     /// `ingester.sealed.len()`, readable during an ingest.
     sealed_count: AtomicUsize,
     readers: Mutex<Vec<Connection>>,
+    /// The data directory's lock, held until [`Storage::close_clean`] or
+    /// the drop (one server per data directory).
+    dir_lock: Mutex<Option<DirLock>>,
+    /// How many signs of lost commits opening found (see `restore.rs`).
+    faults_at_open: usize,
 }
 
 impl fmt::Debug for SqliteStorage {
@@ -210,6 +222,8 @@ impl SqliteStorage {
     /// Open (creating if needed) the database `dir/ot.sqlite3`, creating `dir`.
     pub fn open(dir: &Path, durability: Durability) -> Result<SqliteStorage, StorageError> {
         std::fs::create_dir_all(dir)?;
+        // Before anything is read or written: another process may be using it.
+        let dir_lock = DirLock::acquire(dir)?;
         let path = dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -227,8 +241,19 @@ impl SqliteStorage {
 
         let (epoch, changed) = schema::init(&mut conn, &path, durability)?;
 
-        let (active, spare) = ingest::recover(&mut conn, dir, durability)?;
-        // Still synchronous=FULL: the meta row reaches the disk.
+        // Restored from a backup, damaged logs: see restore.rs.
+        let instance = restore::instance(&conn)?;
+        let mut lost: Vec<String> = restore::check_identity(&conn, &dir_lock.identity()?)?
+            .into_iter()
+            .collect();
+        let ingest::Recovered {
+            active,
+            spare,
+            lost: lost_in_logs,
+        } = ingest::recover(&mut conn, dir, durability, instance)?;
+        lost.extend(lost_in_logs);
+        // Still synchronous=FULL: the meta rows reach the disk.
+        let (epoch, changed) = restore::change_epoch_if_lost(&conn, epoch, changed, &lost)?;
         let epoch = schema::raise_past_deleted(&conn, epoch, changed)?;
         set_synchronous(&conn, durability)?;
         let ingest_conn = Self::open_ingest_connection(&path, durability)?;
@@ -253,6 +278,8 @@ impl SqliteStorage {
             pending_count: AtomicUsize::new(0),
             sealed_count: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
+            dir_lock: Mutex::new(Some(dir_lock)),
+            faults_at_open: lost.len(),
         })
     }
 
@@ -406,6 +433,10 @@ impl Storage for SqliteStorage {
         self.read(|conn| ingest::deleted_epoch(conn, doc))
     }
 
+    fn faults_at_open(&self) -> usize {
+        self.faults_at_open
+    }
+
     fn backlog(&self) -> usize {
         self.pending_count.load(Ordering::Relaxed) + self.sealed_count.load(Ordering::Relaxed)
     }
@@ -428,6 +459,9 @@ impl Storage for SqliteStorage {
         result?;
         writer.marked_clean = true;
         tracing::info!(path = %self.path.display(), "storage marked clean");
+        // The server is done with the directory: a new one may start on it
+        // even while this value lingers (a task still holding it).
+        drop(lock(&self.dir_lock).take());
         Ok(())
     }
 }

@@ -155,6 +155,14 @@ impl SqliteStorage {
     ) -> Result<T, StorageError> {
         // Everything committed before the read began.
         self.seal_and_ingest()?;
+        self.read_tables(f)
+    }
+
+    /// [`read`](Self::read) without the ingest first: the tables only.
+    pub(super) fn read_tables<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
         let pooled = lock(&self.readers).pop();
         let mut conn = match pooled {
             Some(conn) => conn,
@@ -174,45 +182,64 @@ impl SqliteStorage {
     }
 
     /// [`Storage::load`](crate::storage::Storage::load).
+    ///
+    /// When the ingest before it fails (a full disk), the document is
+    /// loaded from the tables plus the committed items not yet in them
+    /// (`unstored.rs`), so that a document can reload after a failed commit
+    /// while the disk is full, keeping its dedup table.
     pub(super) fn load_doc(&self, doc: &str) -> Result<Option<LoadedDoc>, StorageError> {
-        self.read(|conn| {
-            let Some(last) = doc_rev(conn, doc)? else {
-                return Ok(None);
-            };
-            let row: Option<(i64, String, String)> = conn
-                .prepare_cached(
-                    "SELECT rev, text, clients FROM snapshots WHERE doc = ?1
-                     ORDER BY rev DESC LIMIT 1",
-                )?
-                .query_row([doc], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .optional()?;
-            let snapshot = match row {
-                None => DocumentSnapshot {
-                    rev: 0,
-                    text: String::new(),
-                    clients: HashMap::new(),
-                },
-                Some((rev, text, clients)) => {
-                    let rev = from_sql_int(rev, "snapshot rev")?;
-                    let clients = serde_json::from_str(&clients).map_err(|e| {
-                        StorageError::Corrupt(format!(
-                            "document {doc:?}: bad dedup table in the snapshot at {rev}: {e}"
-                        ))
-                    })?;
-                    DocumentSnapshot { rev, text, clients }
-                }
-            };
-            let mut snapshot = snapshot;
-            bind_stored_keys(conn, doc, &mut snapshot)?;
-            let tail = query_ops(conn, SQL_OPS_AFTER, doc, snapshot.rev, usize::MAX)?;
-            check_contiguous(doc, snapshot.rev, &tail, last)?;
-            Ok(Some(LoadedDoc {
-                snapshot,
-                tail: tail.into_iter().map(StoredOp::into_applied).collect(),
-            }))
-        })
+        match self.seal_and_ingest() {
+            Ok(_) => self.read_tables(|conn| load_from_tables(conn, doc)),
+            Err(e) => {
+                tracing::warn!(doc, error = %e, "ingest failed: loading the document from the tables and the commit log's items");
+                self.load_with_unstored(doc)
+            }
+        }
     }
+}
 
+/// A document as the tables hold it.
+pub(super) fn load_from_tables(
+    conn: &Connection,
+    doc: &str,
+) -> Result<Option<LoadedDoc>, StorageError> {
+    let Some(last) = doc_rev(conn, doc)? else {
+        return Ok(None);
+    };
+    let row: Option<(i64, String, String)> = conn
+        .prepare_cached(
+            "SELECT rev, text, clients FROM snapshots WHERE doc = ?1
+             ORDER BY rev DESC LIMIT 1",
+        )?
+        .query_row([doc], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .optional()?;
+    let snapshot = match row {
+        None => DocumentSnapshot {
+            rev: 0,
+            text: String::new(),
+            clients: HashMap::new(),
+        },
+        Some((rev, text, clients)) => {
+            let rev = from_sql_int(rev, "snapshot rev")?;
+            let clients = serde_json::from_str(&clients).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "document {doc:?}: bad dedup table in the snapshot at {rev}: {e}"
+                ))
+            })?;
+            DocumentSnapshot { rev, text, clients }
+        }
+    };
+    let mut snapshot = snapshot;
+    bind_stored_keys(conn, doc, &mut snapshot)?;
+    let tail = query_ops(conn, SQL_OPS_AFTER, doc, snapshot.rev, usize::MAX)?;
+    check_contiguous(doc, snapshot.rev, &tail, last)?;
+    Ok(Some(LoadedDoc {
+        snapshot,
+        tail: tail.into_iter().map(StoredOp::into_applied).collect(),
+    }))
+}
+
+impl SqliteStorage {
     /// [`Storage::find_seq`](crate::storage::Storage::find_seq).
     pub(super) fn find_stored_seq(
         &self,

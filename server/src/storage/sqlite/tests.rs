@@ -1001,7 +1001,7 @@ fn recovering_a_stored_delete_keeps_the_next_generation() {
     s.commit(&items).unwrap();
     s.ingest().unwrap();
     let mut conn = rusqlite::Connection::open(s.path()).unwrap();
-    super::ingest::write_items(&mut conn, &items, true).unwrap();
+    super::ingest::write_items(&mut conn, &items, true, None).unwrap();
     let loaded = s.load("d").unwrap().unwrap();
     let rebuilt = DocumentHistory::from_snapshot(loaded.snapshot, loaded.tail).unwrap();
     assert_eq!(rebuilt.snapshot(), new_h.snapshot());
