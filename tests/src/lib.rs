@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod doc_work;
+
 /// A WebSocket stream to the server.
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
