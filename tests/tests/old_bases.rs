@@ -149,7 +149,7 @@ async fn only_a_base_beyond_max_rebase_revs_is_too_old() {
     .unwrap();
     match old.recv_message(Duration::from_secs(10)).await.unwrap() {
         ServerMessage::Error { code, seq, .. } => {
-            assert_eq!(code, ErrorCode::RevisionTooOld.into());
+            assert_eq!(code, ErrorCode::RevisionTooOld);
             assert_eq!(seq, Some(1));
         }
         other => panic!("expected revision_too_old, got {other:?}"),

@@ -624,6 +624,8 @@ impl Document {
                     .set_presence(p.conn_id, p.applied.rev, ranges, None);
             }
         }
+        // Ops that became durable may leave the window now.
+        self.pipeline.trim();
         for (rev, conn_id, seq) in self.pipeline.ready_acks() {
             self.conns.ack(conn_id, rev, seq);
         }

@@ -518,7 +518,7 @@ impl Pipeline {
     /// Trim the in-memory window to `--history-window` ops and
     /// `--history-window-bytes`; pending ops stay in memory (later ops may
     /// need to transform past them, and storage does not have them yet).
-    fn trim(&mut self) {
+    pub(super) fn trim(&mut self) {
         let config = &self.shared.config;
         self.history.trim_to_bytes(
             config.history_window,
