@@ -408,7 +408,7 @@ pub fn op_bytes(applied: &AppliedOp) -> usize {
             Component::Retain(_) | Component::Delete(_) => 0,
         })
         .sum();
-    std::mem::size_of::<AppliedOp>() + components.len() * std::mem::size_of::<Component>() + text
+    std::mem::size_of::<AppliedOp>() + std::mem::size_of_val(components) + text
 }
 
 /// A dedup table entry with the client's id, shared with the table's index
@@ -885,7 +885,15 @@ impl DocumentHistory {
             });
         }
         let transformed = self.transform_to_head(&rebased, base_rev, rebased_rev, &[])?;
-        Ok(self.apply(position, client_id, seq, base_rev, hash, transformed, received))
+        Ok(self.apply(
+            position,
+            client_id,
+            seq,
+            base_rev,
+            hash,
+            transformed,
+            received,
+        ))
     }
 
     /// `op` (based on revision `from`, `older` holding stored ops before the
@@ -1275,7 +1283,12 @@ mod tests {
         assert_eq!(h2.snapshot(), snap);
         let mut old = snap;
         old.clients.remove(HORIZON_KEY);
-        assert_eq!(DocumentHistory::from_snapshot(old, Vec::new()).unwrap().horizon(), 0);
+        assert_eq!(
+            DocumentHistory::from_snapshot(old, Vec::new())
+                .unwrap()
+                .horizon(),
+            0
+        );
     }
 
     #[test]
@@ -1317,7 +1330,9 @@ mod tests {
         assert_eq!(r.text().to_string(), "xyz");
         // A durable seq whose op is not retained: its revision is looked up in storage.
         h.trim_to(1);
-        let mut r = DocumentHistory::from_snapshot(h.durable_snapshot(2, "xy".into(), durable), Vec::new()).unwrap();
+        let mut r =
+            DocumentHistory::from_snapshot(h.durable_snapshot(2, "xy".into(), durable), Vec::new())
+                .unwrap();
         assert_eq!(
             r.receive("a", 1, 0, ins(0, 0, "x")),
             Ok(Receipt::Duplicate { seq: 1, rev: None })
@@ -1330,7 +1345,8 @@ mod tests {
         let big = "x".repeat(10_000);
         for seq in 1..=20u64 {
             let len = h.text().len_chars();
-            h.receive("a", seq, h.revision(), ins(len, len, &big)).unwrap();
+            h.receive("a", seq, h.revision(), ins(len, len, &big))
+                .unwrap();
             h.trim_to_bytes(1000, 50_000, 0);
             assert!(h.retained_bytes() <= 50_000, "{}", h.retained_bytes());
         }

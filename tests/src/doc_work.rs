@@ -76,7 +76,12 @@ pub struct Bystander {
 
 impl Bystander {
     /// Join `doc` as `client_id` and start editing.
-    pub async fn start(addr: SocketAddr, doc: &str, client_id: &str, ch: char) -> Result<Bystander> {
+    pub async fn start(
+        addr: SocketAddr,
+        doc: &str,
+        client_id: &str,
+        ch: char,
+    ) -> Result<Bystander> {
         let mut client = WsClient::join(addr, doc, client_id).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();

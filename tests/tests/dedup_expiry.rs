@@ -54,7 +54,11 @@ async fn evicted_writers_resends_are_client_expired_and_a_live_writer_goes_on() 
     let w1_seq1 = op(0, 1, 0, 0, "a");
     assert_eq!(answer(&mut w1, &w1_seq1).await, Ok(1));
     let mut w2 = WsClient::join(addr, "doc", "w2").await.unwrap();
-    let w2_ops = [op(1, 1, 1, 1, "b"), op(2, 2, 2, 2, "c"), op(3, 3, 3, 3, "d")];
+    let w2_ops = [
+        op(1, 1, 1, 1, "b"),
+        op(2, 2, 2, 2, "c"),
+        op(3, 3, 3, 3, "d"),
+    ];
     for (i, message) in w2_ops.iter().enumerate() {
         assert_eq!(answer(&mut w2, message).await, Ok(2 + i as u64));
     }
@@ -72,10 +76,19 @@ async fn evicted_writers_resends_are_client_expired_and_a_live_writer_goes_on() 
 
     // Their resends (byte for byte): seq 1 would look new without the horizon.
     let mut w1 = WsClient::join(addr, "doc", "w1").await.unwrap();
-    assert_eq!(answer(&mut w1, &w1_seq1).await, Err(ErrorCode::ClientExpired));
+    assert_eq!(
+        answer(&mut w1, &w1_seq1).await,
+        Err(ErrorCode::ClientExpired)
+    );
     let mut w2 = WsClient::join(addr, "doc", "w2").await.unwrap();
-    assert_eq!(answer(&mut w2, &w2_ops[2]).await, Err(ErrorCode::ClientExpired));
-    assert_eq!(answer(&mut w2, &w2_ops[0]).await, Err(ErrorCode::ClientExpired));
+    assert_eq!(
+        answer(&mut w2, &w2_ops[2]).await,
+        Err(ErrorCode::ClientExpired)
+    );
+    assert_eq!(
+        answer(&mut w2, &w2_ops[0]).await,
+        Err(ErrorCode::ClientExpired)
+    );
     assert_eq!(doc_state(addr, "doc").await.unwrap(), before);
 
     // The live writer kept its record: its resend is acked as before, its next op applies.
@@ -97,7 +110,10 @@ async fn evicted_writers_resends_are_client_expired_and_a_live_writer_goes_on() 
     server.stop().await.unwrap();
     let server = start_server_with(dir.path(), config).await.unwrap();
     let mut w2 = WsClient::join(server.addr, "doc", "w2").await.unwrap();
-    assert_eq!(answer(&mut w2, &w2_ops[1]).await, Err(ErrorCode::ClientExpired));
+    assert_eq!(
+        answer(&mut w2, &w2_ops[1]).await,
+        Err(ErrorCode::ClientExpired)
+    );
     assert_eq!(doc_state(server.addr, "doc").await.unwrap(), after);
     server.stop().await.unwrap();
 }

@@ -24,10 +24,20 @@ fn fast(c: &mut server::Config) {
 }
 
 fn assert_fast(latencies: &[Duration], what: &str) {
-    assert!(latencies.len() >= 3, "{what}: only {} acks measured", latencies.len());
+    assert!(
+        latencies.len() >= 3,
+        "{what}: only {} acks measured",
+        latencies.len()
+    );
     let worst = latencies.iter().max().copied().unwrap_or_default();
-    eprintln!("{what}: {} bystander acks, worst {worst:?}", latencies.len());
-    assert!(worst < ACK_BOUND, "{what}: a bystander's ack took {worst:?}: {latencies:?}");
+    eprintln!(
+        "{what}: {} bystander acks, worst {worst:?}",
+        latencies.len()
+    );
+    assert!(
+        worst < ACK_BOUND,
+        "{what}: a bystander's ack took {worst:?}: {latencies:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +48,9 @@ async fn a_client_5000_revisions_behind_merges_while_a_bystander_stays_fast() {
     // The offline writer saw the empty document at revision 0, then went away.
     let mut offline = WsClient::join(addr, "doc", "offline").await.unwrap();
     offline.cut();
-    let head = fill_history(addr, "doc", "filler", 5000, 'f').await.unwrap();
+    let head = fill_history(addr, "doc", "filler", 5000, 'f')
+        .await
+        .unwrap();
     assert_eq!(head, 5000);
     // Edits made offline: one outstanding op at revision 0, the rest buffered.
     for (at, text) in [(0, "OLD"), (3, "-1"), (5, "-2")] {
@@ -48,7 +60,9 @@ async fn a_client_5000_revisions_behind_merges_while_a_bystander_stays_fast() {
             .await
             .unwrap();
     }
-    let bystander = Bystander::start(addr, "doc", "bystander", 'b').await.unwrap();
+    let bystander = Bystander::start(addr, "doc", "bystander", 'b')
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     offline.reconnect().await.unwrap();
@@ -60,17 +74,23 @@ async fn a_client_5000_revisions_behind_merges_while_a_bystander_stays_fast() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (mut bystander, latencies) = bystander.stop().await.unwrap();
     assert_fast(&latencies, "5,000 behind");
-    assert!(offline.conflict_copies.is_empty(), "{:?}", offline.conflict_copies);
+    assert!(
+        offline.conflict_copies.is_empty(),
+        "{:?}",
+        offline.conflict_copies
+    );
     assert!(offline.errors.is_empty(), "{:?}", offline.errors);
 
     let (rev, text) = doc_state(addr, "doc").await.unwrap();
-    offline.settle_to(rev, Duration::from_secs(30)).await.unwrap();
-    bystander.settle_to(rev, Duration::from_secs(30)).await.unwrap();
-    let expected = format!(
-        "OLD-1-2{}{}",
-        "f".repeat(5000),
-        "b".repeat(latencies.len())
-    );
+    offline
+        .settle_to(rev, Duration::from_secs(30))
+        .await
+        .unwrap();
+    bystander
+        .settle_to(rev, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let expected = format!("OLD-1-2{}{}", "f".repeat(5000), "b".repeat(latencies.len()));
     assert_eq!(text, expected);
     assert_eq!(offline.text(), expected);
     assert_eq!(bystander.text(), expected);
@@ -82,8 +102,12 @@ async fn forty_revision_0_ops_on_20000_ops_of_history_leave_a_bystander_fast() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server_with(dir.path(), fast).await.unwrap();
     let addr = server.addr;
-    fill_history(addr, "doc", "filler", 20_000, 'f').await.unwrap();
-    let bystander = Bystander::start(addr, "doc", "bystander", 'b').await.unwrap();
+    fill_history(addr, "doc", "filler", 20_000, 'f')
+        .await
+        .unwrap();
+    let bystander = Bystander::start(addr, "doc", "bystander", 'b')
+        .await
+        .unwrap();
     let mut attacker = WsClient::join(addr, "doc", "attacker").await.unwrap();
     let started = Instant::now();
     for seq in 1..=40 {
@@ -101,18 +125,28 @@ async fn forty_revision_0_ops_on_20000_ops_of_history_leave_a_bystander_fast() {
     let mut acked = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     while acked.len() < 40 && Instant::now() < deadline {
-        match attacker.recv_message(Duration::from_secs(120)).await.unwrap() {
+        match attacker
+            .recv_message(Duration::from_secs(120))
+            .await
+            .unwrap()
+        {
             ServerMessage::Ack { seq, .. } => acked.push(seq),
             ServerMessage::Error { code, message, .. } => panic!("refused: {code:?} {message}"),
             _ => {}
         }
     }
-    eprintln!("40 rev-0 ops on 20,000 revisions took {:?}", started.elapsed());
+    eprintln!(
+        "40 rev-0 ops on 20,000 revisions took {:?}",
+        started.elapsed()
+    );
     assert_eq!(acked, (1..=40).collect::<Vec<u64>>());
     let (mut bystander, latencies) = bystander.stop().await.unwrap();
     assert_fast(&latencies, "40 rev-0 ops");
     let (rev, text) = doc_state(addr, "doc").await.unwrap();
-    bystander.settle_to(rev, Duration::from_secs(30)).await.unwrap();
+    bystander
+        .settle_to(rev, Duration::from_secs(30))
+        .await
+        .unwrap();
     let expected = format!(
         "{}{}{}",
         "x".repeat(40),

@@ -139,10 +139,10 @@ async fn run(
             && doc.rebasing.is_empty()
             && !doc.shutting_down
         {
-                Some(doc.last_activity + idle)
-            } else {
-                None
-            };
+            Some(doc.last_activity + idle)
+        } else {
+            None
+        };
         tokio::select! {
             biased;
             Some(done) = commit_rx.recv() => doc.on_commit(done).await,
@@ -537,11 +537,15 @@ impl Document {
         let Some(mut queue) = self.rebasing.remove(&conn_id) else {
             return; // the connection was closed meanwhile
         };
-        if self.conns.client_id(conn_id).is_none() || self.shutting_down || self.deleting.is_some() {
+        if self.conns.client_id(conn_id).is_none() || self.shutting_down || self.deleting.is_some()
+        {
             // Never acknowledged: the client resends it when it reconnects.
             return;
         }
-        let accepted = self.pipeline.receive_rebased(rebased.job, rebased.result).await;
+        let accepted = self
+            .pipeline
+            .receive_rebased(rebased.job, rebased.result)
+            .await;
         self.on_accepted(conn_id, seq, accepted).await;
         while !self.rebasing.contains_key(&conn_id) {
             let Some(next) = queue.pop_front() else {

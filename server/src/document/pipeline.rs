@@ -369,8 +369,16 @@ impl Pipeline {
                 received_at,
             })));
         }
-        self.settle(result, conn_id, client_id, op, (base_rev, None), ranges, received_at)
-            .await
+        self.settle(
+            result,
+            conn_id,
+            client_id,
+            op,
+            (base_rev, None),
+            ranges,
+            received_at,
+        )
+        .await
     }
 
     /// Take an op back from its rebase (see [`super::rebase`]): apply it
@@ -470,8 +478,7 @@ impl Pipeline {
                 }
                 let (from_rev, from_op) = from;
                 let from_op = from_op.unwrap_or(received);
-                let ranges =
-                    ranges.map(|r| self.map_op_ranges(from_rev, applied.rev, &from_op, r));
+                let ranges = ranges.map(|r| self.map_op_ranges(from_rev, applied.rev, &from_op, r));
                 let committed_now = self.persist(&applied, as_received);
                 self.pending.push_back(Pending {
                     applied,
@@ -532,9 +539,7 @@ impl Pipeline {
     /// `DocumentHistory::evict_idle`). Returns how many were evicted.
     pub(super) fn evict_idle(&mut self, online: impl Fn(&str) -> bool) -> usize {
         let expiry = self.shared.config.client_expiry;
-        let evicted = self
-            .history
-            .evict_idle(expiry, self.durable_rev, &online);
+        let evicted = self.history.evict_idle(expiry, self.durable_rev, &online);
         for id in &evicted {
             self.durable_seq.remove(id);
         }

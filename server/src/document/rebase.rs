@@ -93,9 +93,10 @@ pub(super) fn spawn(
             let (storage, doc, at) = (storage.clone(), doc.clone(), job.at);
             let current = std::mem::take(&mut job.current);
             let ranges = job.ranges.take();
-            let stepped =
-                tokio::task::spawn_blocking(move || step(&*storage, &doc, at, count, current, ranges))
-                    .await;
+            let stepped = tokio::task::spawn_blocking(move || {
+                step(&*storage, &doc, at, count, current, ranges)
+            })
+            .await;
             match stepped {
                 Ok(Ok((current, ranges))) => {
                     job.current = current;
