@@ -214,3 +214,43 @@ async fn only_a_base_beyond_max_rebase_revs_is_too_old() {
     assert_eq!(text, format!("{}y{}", "f".repeat(250), "f".repeat(50)));
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_ops_behind_one_being_rebased_is_closed_as_abusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server_with(dir.path(), |c| {
+        fast(c);
+        c.history_window = 10;
+    })
+    .await
+    .unwrap();
+    let addr = server.addr;
+    fill_history(addr, "doc", "filler", 5000, 'f')
+        .await
+        .unwrap();
+    let mut attacker = WsClient::join(addr, "doc", "attacker").await.unwrap();
+    // 200 ops at once, all based at revision 0: the first is rebased off the
+    // task while the rest queue behind it, in order, up to 64.
+    for seq in 1..=200 {
+        attacker
+            .send(&ClientMessage::Op {
+                rev: 0,
+                seq,
+                op: Operation::insert_at(0, 0, "x").unwrap(),
+                ranges: None,
+            })
+            .await
+            .unwrap();
+    }
+    let closed = attacker
+        .expect_close(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(closed.map(|(code, _)| code), Some(1008));
+    // Whatever was applied before the close was applied once, in order.
+    let (_, text) = doc_state(addr, "doc").await.unwrap();
+    let applied = text.chars().take_while(|c| *c == 'x').count();
+    assert!(applied < 200, "{applied}");
+    assert_eq!(text, format!("{}{}", "x".repeat(applied), "f".repeat(5000)));
+    server.stop().await.unwrap();
+}
