@@ -281,8 +281,20 @@ pub enum Receipt {
 /// | `future_revision` | the base revision is newer than the document |
 /// | `revision_too_old` | the base revision is older than the retained history |
 /// | `op_does_not_fit` | the op's base length is not the document's length at its base revision |
+/// | `client_expired` | the client has no dedup record and its base revision is below the eviction horizon |
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReceiveError {
+    /// The client's dedup record may have been evicted: the op could be a
+    /// resend of one already applied, so it is refused (the client resyncs).
+    #[error("base revision {base_rev} is below the eviction horizon {horizon} and client {client_id:?} has no record: resync")]
+    ClientExpired {
+        /// The client.
+        client_id: String,
+        /// The base revision received.
+        base_rev: u64,
+        /// The document's eviction horizon.
+        horizon: u64,
+    },
     /// The same (client, seq) was applied with a different operation.
     #[error("sequence number {seq} was already used for a different operation")]
     SeqReused {
@@ -332,6 +344,7 @@ impl ReceiveError {
             ReceiveError::FutureRevision { .. } => "future_revision",
             ReceiveError::RevisionTooOld { .. } => "revision_too_old",
             ReceiveError::DoesNotFit { .. } => "op_does_not_fit",
+            ReceiveError::ClientExpired { .. } => "client_expired",
         }
     }
 }
@@ -368,7 +381,34 @@ pub struct DocumentHistory {
     /// many as the retained ops (amortised O(1) per trimmed op).
     ops: Vec<AppliedOp>,
     dropped: usize,
+    /// Estimated heap bytes of the retained ops (`ops[dropped..]`).
+    retained_bytes: usize,
+    /// Estimated heap bytes of the trimmed ops not yet removed (`ops[..dropped]`).
+    dropped_bytes: usize,
     clients: ClientTable,
+    /// The eviction horizon: the highest `last_rev` of any evicted dedup
+    /// record (0: none evicted).
+    horizon: u64,
+}
+
+/// The key under which a snapshot's dedup table carries the eviction
+/// horizon (as the `last_rev` of a record). No client id can take it
+/// (`#` is outside every id rule), and a snapshot without it (written before
+/// eviction existed) loads with horizon 0.
+pub const HORIZON_KEY: &str = "#horizon";
+
+/// Estimated heap bytes an applied op holds in the history (its components,
+/// their inserted text, and the entry itself).
+pub fn op_bytes(applied: &AppliedOp) -> usize {
+    let components = applied.op.components();
+    let text: usize = components
+        .iter()
+        .map(|c| match c {
+            Component::Insert(s) => s.len(),
+            Component::Retain(_) | Component::Delete(_) => 0,
+        })
+        .sum();
+    std::mem::size_of::<AppliedOp>() + std::mem::size_of_val(components) + text
 }
 
 /// A dedup table entry with the client's id, shared with the table's index
@@ -449,10 +489,17 @@ impl DocumentHistory {
             revision: snapshot.rev,
             ops: Vec::new(),
             dropped: 0,
+            retained_bytes: 0,
+            dropped_bytes: 0,
             clients: ClientTable::default(),
+            horizon: 0,
         };
         for (id, record) in snapshot.clients {
-            history.clients.insert(id.into(), record);
+            if id == HORIZON_KEY {
+                history.horizon = record.last_rev;
+            } else {
+                history.clients.insert(id.into(), record);
+            }
         }
         for applied in tail {
             history.append_stored(applied)?;
@@ -477,8 +524,14 @@ impl DocumentHistory {
             })?;
         self.revision = applied.rev;
         self.remember(&applied);
-        self.ops.push(applied);
+        self.push(applied);
         Ok(())
+    }
+
+    /// Append an applied op to the retained ops.
+    fn push(&mut self, applied: AppliedOp) {
+        self.retained_bytes += op_bytes(&applied);
+        self.ops.push(applied);
     }
 
     fn remember(&mut self, applied: &AppliedOp) {
@@ -584,29 +637,143 @@ impl DocumentHistory {
 
     /// The current state with its dedup table.
     pub fn snapshot(&self) -> DocumentSnapshot {
+        let mut clients: HashMap<String, ClientRecord> = self
+            .clients
+            .entries
+            .iter()
+            .map(|e| (e.id.to_string(), e.record.clone()))
+            .collect();
+        if self.horizon > 0 {
+            clients.insert(HORIZON_KEY.to_owned(), horizon_record(self.horizon));
+        }
         DocumentSnapshot {
             rev: self.revision,
             text: self.text.to_string(),
-            clients: self
-                .clients
-                .entries
-                .iter()
-                .map(|e| (e.id.to_string(), e.record.clone()))
-                .collect(),
+            clients,
         }
     }
 
     /// Keep only the last `keep` ops in memory (older ones live in storage).
     /// Cheap to call after every op: trimmed ops are freed in batches.
     pub fn trim_to(&mut self, keep: usize) {
+        self.trim_to_bytes(keep, usize::MAX, 0);
+    }
+
+    /// Keep at most the last `keep` ops in memory, and fewer while they hold
+    /// more than `max_bytes` (estimated by [`op_bytes`]), but never fewer than
+    /// `min_keep` (ops still on their way to storage). Trimmed ops are freed
+    /// in batches, or at once when they hold more than `max_bytes` (their
+    /// memory is what the byte bound is for).
+    pub fn trim_to_bytes(&mut self, keep: usize, max_bytes: usize, min_keep: usize) {
         let retained = self.ops.len() - self.dropped;
-        if retained > keep {
-            self.dropped += retained - keep;
+        let extra = retained.saturating_sub(keep.max(min_keep));
+        self.drop_oldest(extra);
+        while self.retained_bytes > max_bytes && self.ops.len() - self.dropped > min_keep {
+            self.drop_oldest(1);
         }
-        if self.dropped > 0 && self.dropped >= keep {
+        if self.dropped > 0 && (self.dropped >= keep || self.dropped_bytes > max_bytes) {
             self.ops.drain(..self.dropped);
             self.dropped = 0;
+            self.dropped_bytes = 0;
         }
+    }
+
+    /// Mark the `count` oldest retained ops as trimmed.
+    fn drop_oldest(&mut self, count: usize) {
+        for applied in &self.ops[self.dropped..self.dropped + count] {
+            let bytes = op_bytes(applied);
+            self.retained_bytes -= bytes;
+            self.dropped_bytes += bytes;
+        }
+        self.dropped += count;
+    }
+
+    /// Estimated heap bytes of the retained ops.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained_bytes
+    }
+
+    /// The eviction horizon: the highest revision of any evicted dedup
+    /// record (0: none evicted).
+    pub fn horizon(&self) -> u64 {
+        self.horizon
+    }
+
+    /// Evict the dedup records of clients whose last op is at least
+    /// `expiry` revisions behind the head (key bindings stay, as records
+    /// with no seq), raising the horizon to the highest evicted revision.
+    /// Returns the evicted client ids. A record whose op is in `keep_after`'s
+    /// future (revision > `keep_after`, not durable yet) is never evicted,
+    /// nor the record of a client `keep` names (one still connected).
+    pub fn evict_idle(
+        &mut self,
+        expiry: u64,
+        keep_after: u64,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let Some(limit) = self.revision.checked_sub(expiry) else {
+            return Vec::new();
+        };
+        let limit = limit.min(keep_after);
+        let mut evicted = Vec::new();
+        let mut horizon = self.horizon;
+        let old = std::mem::take(&mut self.clients);
+        for entry in old.entries {
+            let record = &entry.record;
+            if record.last_seq > 0 && record.last_rev <= limit && !keep(&entry.id) {
+                horizon = horizon.max(record.last_rev);
+                evicted.push(entry.id.to_string());
+                if let Some(key_hash) = record.key_hash {
+                    self.clients.insert(entry.id, key_record(key_hash));
+                }
+            } else {
+                self.clients.insert(entry.id, entry.record);
+            }
+        }
+        self.horizon = horizon;
+        evicted
+    }
+
+    /// A snapshot at the durable revision `rev` with text `text`, for a
+    /// history that also holds ops after `rev` which were lost (a failed
+    /// commit) and cannot be reloaded: the dedup table is kept, each
+    /// record rolled back to the client's durable seq (`durable_seq`, 0 if
+    /// none): from the retained ops when they show it, else with revision 0
+    /// (unknown: a resend of it is looked up in storage). Key bindings and
+    /// the horizon are kept.
+    pub fn durable_snapshot(
+        &self,
+        rev: u64,
+        text: String,
+        durable_seq: impl Fn(&str) -> u64,
+    ) -> DocumentSnapshot {
+        let mut clients = HashMap::new();
+        for entry in &self.clients.entries {
+            let record = &entry.record;
+            let rolled_back = if record.last_rev <= rev {
+                record.clone()
+            } else {
+                let seq = durable_seq(&entry.id);
+                let known = self
+                    .retained_ops()
+                    .iter()
+                    .rev()
+                    .find(|a| a.rev <= rev && a.client_id == entry.id && a.seq == seq);
+                ClientRecord {
+                    last_seq: seq,
+                    last_rev: known.map_or(0, |a| a.rev),
+                    last_hash: known.map_or(OpHash::default(), |a| a.hash),
+                    key_hash: record.key_hash,
+                }
+            };
+            if rolled_back.last_seq > 0 || rolled_back.key_hash.is_some() {
+                clients.insert(entry.id.to_string(), rolled_back);
+            }
+        }
+        if self.horizon > 0 {
+            clients.insert(HORIZON_KEY.to_owned(), horizon_record(self.horizon));
+        }
+        DocumentSnapshot { rev, text, clients }
     }
 
     /// Receive `op` from `client_id` with sequence number `seq`, based on
@@ -643,7 +810,16 @@ impl DocumentHistory {
         // One lookup of the client: the entry is updated in place at the end.
         let position = self.clients.find(client_id);
         let record = position.map(|i| &self.clients.entries[i].record);
-        if let Some(receipt) = check_seq(self.retained_ops(), client_id, record, seq, hash)? {
+        let checked = check_seq(
+            self.retained_ops(),
+            client_id,
+            record,
+            seq,
+            hash,
+            base_rev,
+            self.horizon,
+        )?;
+        if let Some(receipt) = checked {
             return Ok(receipt);
         }
         if base_rev > self.revision {
@@ -656,14 +832,88 @@ impl DocumentHistory {
             return Err(ReceiveError::RevisionTooOld { base_rev, oldest });
         }
         let older: &[Operation] = if base_rev < oldest { older } else { &[] };
-        let retained = &self.retained_ops()[(base_rev.max(oldest) - oldest) as usize..];
+        let transformed = self.transform_to_head(&op, base_rev, base_rev, older)?;
+        Ok(self.apply(position, client_id, seq, base_rev, hash, transformed, op))
+    }
 
+    /// Receive an op that was transformed elsewhere (off the caller's main
+    /// task, from stored ops) from its base revision `base_rev` up to revision
+    /// `rebased_rev`: `received` is the op as the client sent it (for dedup
+    /// and the journal), `rebased` the op transformed past the ops in
+    /// `base_rev + 1 ..= rebased_rev`.
+    ///
+    /// The dedup check comes first, as in [`receive`](Self::receive) (the
+    /// same (client, seq) may have been applied while the op was being
+    /// rebased). [`ReceiveError::RevisionTooOld`] (with `base_rev` =
+    /// `rebased_rev`) means more ops than the retained window arrived
+    /// meanwhile: rebase further and call again. On any error nothing changes.
+    pub fn receive_rebased(
+        &mut self,
+        client_id: &str,
+        seq: u64,
+        base_rev: u64,
+        received: Operation,
+        rebased: Operation,
+        rebased_rev: u64,
+    ) -> Result<Receipt, ReceiveError> {
+        let hash = OpHash::of(&received);
+        let position = self.clients.find(client_id);
+        let record = position.map(|i| &self.clients.entries[i].record);
+        let checked = check_seq(
+            self.retained_ops(),
+            client_id,
+            record,
+            seq,
+            hash,
+            base_rev,
+            self.horizon,
+        )?;
+        if let Some(receipt) = checked {
+            return Ok(receipt);
+        }
+        if rebased_rev > self.revision || base_rev > rebased_rev {
+            return Err(ReceiveError::FutureRevision {
+                base_rev: rebased_rev,
+                head: self.revision,
+            });
+        }
+        let oldest = self.oldest_revision();
+        if rebased_rev < oldest {
+            return Err(ReceiveError::RevisionTooOld {
+                base_rev: rebased_rev,
+                oldest,
+            });
+        }
+        let transformed = self.transform_to_head(&rebased, base_rev, rebased_rev, &[])?;
+        Ok(self.apply(
+            position,
+            client_id,
+            seq,
+            base_rev,
+            hash,
+            transformed,
+            received,
+        ))
+    }
+
+    /// `op` (based on revision `from`, `older` holding stored ops before the
+    /// retained window) transformed past every op after `from`, the incoming
+    /// op as `a`. `base_rev` only names the client's base in errors.
+    fn transform_to_head(
+        &self,
+        op: &Operation,
+        base_rev: u64,
+        from: u64,
+        older: &[Operation],
+    ) -> Result<Operation, ReceiveError> {
+        let oldest = self.oldest_revision();
+        let retained = &self.retained_ops()[(from.max(oldest) - oldest) as usize..];
         let does_not_fit = |source| ReceiveError::DoesNotFit { base_rev, source };
         let mut concurrent_ops = older
             .iter()
             .chain(retained.iter().map(|a| &a.op))
             .peekable();
-        // The document's length at base_rev is the base length of the first op after it.
+        // The document's length at `from` is the base length of the first op after it.
         let len_at_base = concurrent_ops
             .peek()
             .map_or(self.text.len_chars(), |first| first.base_len());
@@ -677,14 +927,37 @@ impl DocumentHistory {
         // the op applies as received).
         let mut transformed: Option<Operation> = None;
         for concurrent in concurrent_ops {
-            let current = transformed.as_ref().unwrap_or(&op);
+            let current = transformed.as_ref().unwrap_or(op);
             transformed = Some(current.transform_first(concurrent).map_err(does_not_fit)?);
         }
         let transformed = transformed.unwrap_or_else(|| op.clone());
-        transformed
-            .apply_to_rope(&mut self.text)
-            .map_err(does_not_fit)?;
+        // Checked before anything changes: applying to the rope cannot fail after this.
+        if transformed.base_len() != self.text.len_chars() {
+            return Err(does_not_fit(OtError::LengthMismatch {
+                expected: transformed.base_len(),
+                actual: self.text.len_chars(),
+            }));
+        }
+        Ok(transformed)
+    }
 
+    /// Apply `transformed` (based on the current revision), record the
+    /// client's seq and append the op.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        position: Option<usize>,
+        client_id: &str,
+        seq: u64,
+        base_rev: u64,
+        hash: OpHash,
+        transformed: Operation,
+        received: Operation,
+    ) -> Receipt {
+        if let Err(e) = transformed.apply_to_rope(&mut self.text) {
+            // Unreachable: transform_to_head checked the length.
+            debug_assert!(false, "a checked op did not apply: {e}");
+        }
         self.revision += 1;
         let position = match position {
             Some(i) => {
@@ -713,24 +986,55 @@ impl DocumentHistory {
             hash,
             op: transformed,
         };
-        self.ops.push(applied.clone());
-        Ok(Receipt::Applied {
-            applied,
-            received: op,
-        })
+        self.push(applied.clone());
+        Receipt::Applied { applied, received }
+    }
+}
+
+/// The record a snapshot carries the horizon in (under [`HORIZON_KEY`]).
+fn horizon_record(horizon: u64) -> ClientRecord {
+    ClientRecord {
+        last_seq: 0,
+        last_rev: horizon,
+        last_hash: OpHash::default(),
+        key_hash: None,
+    }
+}
+
+/// A record that only binds a key (no op applied, or its record evicted).
+fn key_record(key_hash: KeyHash) -> ClientRecord {
+    ClientRecord {
+        last_seq: 0,
+        last_rev: 0,
+        last_hash: OpHash::default(),
+        key_hash: Some(key_hash),
     }
 }
 
 /// Dedup check against the client's `record` and the retained `ops`:
 /// `Some(receipt)` for a duplicate, `None` for the next seq.
+///
+/// A client with no dedup record (none, or a key binding only) whose base
+/// revision is below the eviction `horizon` may be an evicted writer
+/// resending an op that was applied: [`ReceiveError::ClientExpired`], before
+/// the seq rules (its seq may be any).
 fn check_seq(
     ops: &[AppliedOp],
     client_id: &str,
     record: Option<&ClientRecord>,
     seq: u64,
     hash: OpHash,
+    base_rev: u64,
+    horizon: u64,
 ) -> Result<Option<Receipt>, ReceiveError> {
     let last_seq = record.map_or(0, |r| r.last_seq);
+    if last_seq == 0 && base_rev < horizon {
+        return Err(ReceiveError::ClientExpired {
+            client_id: client_id.to_owned(),
+            base_rev,
+            horizon,
+        });
+    }
     if seq == 0 || seq > last_seq + 1 {
         return Err(ReceiveError::BadSeq {
             seq,
@@ -741,7 +1045,9 @@ fn check_seq(
         return Ok(None);
     }
     let original = match record {
-        Some(r) if r.last_seq == seq => Some((r.last_rev, r.last_hash)),
+        // `last_rev` 0: a record rolled back to its durable seq whose
+        // revision is not known here (see `durable_snapshot`): storage has it.
+        Some(r) if r.last_seq == seq && r.last_rev > 0 => Some((r.last_rev, r.last_hash)),
         _ => ops
             .iter()
             .rev()
@@ -878,6 +1184,181 @@ mod tests {
             let len = all[..base as usize].last().map_or(0, |a| a.op.target_len());
             assert!(h.receive("b", 1, base, ins(len, 0, "y")).is_ok());
         }
+    }
+
+    #[test]
+    fn a_rebased_op_is_deduplicated_and_transformed_past_what_arrived_meanwhile() {
+        let mut h = DocumentHistory::new();
+        h.receive("a", 1, 0, ins(0, 0, "ab")).unwrap();
+        h.receive("a", 2, 1, ins(2, 2, "cd")).unwrap();
+        let first = h.retained_ops()[0].op.clone();
+        h.trim_to(1);
+        // b's op at revision 0, rebased elsewhere past revision 1.
+        let received = ins(0, 0, "X");
+        let rebased = received.transform_first(&first).unwrap();
+        // Meanwhile another op arrived (in memory).
+        h.receive("a", 3, 2, ins(4, 4, "e")).unwrap();
+        let r = h
+            .receive_rebased("b", 1, 0, received.clone(), rebased.clone(), 1)
+            .unwrap();
+        match r {
+            Receipt::Applied { applied, received } => {
+                assert_eq!(applied.rev, 4);
+                assert_eq!(applied.base_rev, 0, "the client's base, for the journal");
+                assert_eq!(received, ins(0, 0, "X"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.text().to_string(), "Xabcde");
+        // The same (client, seq) rebased twice (a resend on a new connection) applies once.
+        assert_eq!(
+            h.receive_rebased("b", 1, 0, received, rebased.clone(), 1),
+            Ok(Receipt::Duplicate {
+                seq: 1,
+                rev: Some(4)
+            })
+        );
+        // A window that moved past the rebased revision asks for more.
+        h.trim_to(1);
+        assert_eq!(
+            h.receive_rebased("c", 1, 0, ins(0, 0, "Y"), rebased, 1)
+                .unwrap_err()
+                .code(),
+            "revision_too_old"
+        );
+        assert_eq!(h.revision(), 4);
+        assert_eq!(h.text().to_string(), "Xabcde");
+    }
+
+    #[test]
+    fn evicted_records_raise_the_horizon_and_their_writers_expire() {
+        let k = KeyHash([7; 32]);
+        let mut h = DocumentHistory::new();
+        h.bind_key("w", k);
+        h.receive("w", 1, 0, ins(0, 0, "a")).unwrap(); // rev 1
+        h.receive("v", 1, 1, ins(1, 1, "b")).unwrap(); // rev 2
+        h.receive("v", 2, 2, ins(2, 2, "c")).unwrap(); // rev 3
+        h.receive("live", 1, 3, ins(3, 3, "d")).unwrap(); // rev 4
+        for seq in 1..=10u64 {
+            let len = h.text().len_chars();
+            h.receive("filler", seq, h.revision(), ins(len, len, "f"))
+                .unwrap();
+        }
+        // head 14; expiry 10: records at revision <= 4 go, except a connected client's.
+        let evicted = h.evict_idle(10, 14, &|id| id == "live");
+        assert_eq!(evicted.len(), 2, "{evicted:?}");
+        assert_eq!(h.horizon(), 3);
+        assert_eq!(h.last_seq("w"), 0);
+        assert_eq!(h.key_of("w"), Some(k), "a key binding is never evicted");
+        assert_eq!(h.last_seq("live"), 1);
+        let text = h.text().to_string();
+        // The evicted writers' resends: seq 1 (would be new without the horizon) and seq K > 1.
+        for (client, seq, base) in [("w", 1, 0), ("v", 2, 2), ("v", 1, 1)] {
+            let op = if base == 0 {
+                ins(0, 0, "a")
+            } else {
+                ins(base as usize, base as usize, "c")
+            };
+            assert_eq!(
+                h.receive(client, seq, base, op).unwrap_err().code(),
+                "client_expired",
+                "{client} {seq}"
+            );
+        }
+        assert_eq!(h.text().to_string(), text);
+        // A live writer goes on; a new writer based at or after the horizon too.
+        assert!(matches!(
+            h.receive("live", 2, 14, ins(14, 0, "L")),
+            Ok(Receipt::Applied { .. })
+        ));
+        assert!(matches!(
+            h.receive("new", 1, 3, ins(3, 0, "N")),
+            Ok(Receipt::Applied { .. })
+        ));
+        // The horizon survives a snapshot (and a snapshot without it loads with 0).
+        let snap: DocumentSnapshot =
+            serde_json::from_str(&serde_json::to_string(&h.snapshot()).unwrap()).unwrap();
+        let h2 = DocumentHistory::from_snapshot(snap.clone(), Vec::new()).unwrap();
+        assert_eq!(h2.horizon(), 3);
+        assert_eq!(h2.snapshot(), snap);
+        let mut old = snap;
+        old.clients.remove(HORIZON_KEY);
+        assert_eq!(
+            DocumentHistory::from_snapshot(old, Vec::new())
+                .unwrap()
+                .horizon(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_durable_snapshot_keeps_the_dedup_table_rolled_back() {
+        let mut h = DocumentHistory::new();
+        h.receive("a", 1, 0, ins(0, 0, "x")).unwrap(); // rev 1, durable
+        h.receive("b", 1, 1, ins(1, 1, "y")).unwrap(); // rev 2, durable
+        h.receive("a", 2, 2, ins(2, 2, "z")).unwrap(); // rev 3, lost
+        h.receive("c", 1, 3, ins(3, 3, "w")).unwrap(); // rev 4, lost
+        let durable = |id: &str| match id {
+            "a" | "b" => 1,
+            _ => 0,
+        };
+        let snap = h.durable_snapshot(2, "xy".into(), durable);
+        let mut r = DocumentHistory::from_snapshot(snap, Vec::new()).unwrap();
+        assert_eq!(r.revision(), 2);
+        assert_eq!(r.last_seq("a"), 1);
+        assert_eq!(r.last_seq("b"), 1);
+        assert_eq!(r.last_seq("c"), 0, "a lost first op leaves no record");
+        // Applied ops are still recognised as resends, lost ones apply again.
+        assert_eq!(
+            r.receive("a", 1, 0, ins(0, 0, "x")),
+            Ok(Receipt::Duplicate {
+                seq: 1,
+                rev: Some(1)
+            })
+        );
+        assert_eq!(
+            r.receive("b", 1, 1, ins(1, 1, "y")),
+            Ok(Receipt::Duplicate {
+                seq: 1,
+                rev: Some(2)
+            })
+        );
+        assert!(matches!(
+            r.receive("a", 2, 2, ins(2, 2, "z")),
+            Ok(Receipt::Applied { .. })
+        ));
+        assert_eq!(r.text().to_string(), "xyz");
+        // A durable seq whose op is not retained: its revision is looked up in storage.
+        h.trim_to(1);
+        let mut r =
+            DocumentHistory::from_snapshot(h.durable_snapshot(2, "xy".into(), durable), Vec::new())
+                .unwrap();
+        assert_eq!(
+            r.receive("a", 1, 0, ins(0, 0, "x")),
+            Ok(Receipt::Duplicate { seq: 1, rev: None })
+        );
+    }
+
+    #[test]
+    fn the_window_is_bounded_in_bytes_but_keeps_what_is_pending() {
+        let mut h = DocumentHistory::new();
+        let big = "x".repeat(10_000);
+        for seq in 1..=20u64 {
+            let len = h.text().len_chars();
+            h.receive("a", seq, h.revision(), ins(len, len, &big))
+                .unwrap();
+            h.trim_to_bytes(1000, 50_000, 0);
+            assert!(h.retained_bytes() <= 50_000, "{}", h.retained_bytes());
+        }
+        let kept = h.retained_ops().len();
+        assert!((3..=5).contains(&kept), "{kept}");
+        // Ops still pending are kept whatever they weigh.
+        h.trim_to_bytes(1000, 0, 2);
+        assert_eq!(h.retained_ops().len(), 2);
+        assert_eq!(h.oldest_revision(), 18);
+        h.trim_to_bytes(1000, 0, 0);
+        assert_eq!(h.retained_ops().len(), 0);
+        assert_eq!(h.retained_bytes(), 0);
     }
 
     #[test]

@@ -64,7 +64,12 @@ impl From<Range> for (usize, usize) {
     }
 }
 
-/// Map several selection ranges through `op` (see [`Operation::transform_position`]).
+/// Map several selection ranges through `op` (see [`Operation::transform_position`]),
+/// in one pass over its components ([`Operation::transform_ranges`]).
 pub fn transform_ranges(ranges: &[Range], op: &Operation) -> Vec<Range> {
-    ranges.iter().map(|r| op.transform_range(*r)).collect()
+    if ranges.len() <= 1 {
+        // One range: two walks that stop at the cursor beat a sort.
+        return ranges.iter().map(|r| op.transform_range(*r)).collect();
+    }
+    op.transform_ranges(ranges)
 }

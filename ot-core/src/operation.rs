@@ -605,7 +605,7 @@ impl Operation {
 
     /// The `a'` half of [`transform`](Self::transform) (`self` as `a`),
     /// without building `b'`: what the server needs to rebase an incoming op.
-    pub(crate) fn transform_first(&self, b: &Operation) -> Result<Operation, OtError> {
+    pub fn transform_first(&self, b: &Operation) -> Result<Operation, OtError> {
         if self.base_len == b.base_len {
             if let (Some(x), Some(y)) = (self.single_edit(), b.single_edit()) {
                 if let Some((a_prime, _)) = transform_edits::<false>(self.base_len, &x, &y) {
@@ -726,6 +726,64 @@ impl Operation {
             anchor: self.transform_position(range.anchor),
             head: self.transform_position(range.head),
         }
+    }
+
+    /// Map many positions through this operation in one pass over its
+    /// components: each result equals
+    /// [`transform_position`](Self::transform_position) of the same
+    /// position, but the cost is O(components + k log k) for k positions
+    /// instead of O(components · k) (an op of many components and a cursor
+    /// message of many ranges would otherwise multiply).
+    pub fn transform_positions(&self, positions: &[usize]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..positions.len()).collect();
+        order.sort_unstable_by_key(|&i| positions[i]);
+        let mut out = vec![0; positions.len()];
+        let components = self.components();
+        let mut next = 0; // the first component not yet passed by every position so far
+        let mut at = 0; // base chars before `components[next]`
+        let mut shift: isize = 0; // target − base length of the passed components
+        for i in order {
+            let pos = positions[i].min(self.base_len);
+            // Components passed by a position are passed by every larger one.
+            let mut mapped = None;
+            while let Some(component) = components.get(next) {
+                match component {
+                    Component::Retain(n) => {
+                        if at + n > pos {
+                            break;
+                        }
+                        at += n;
+                    }
+                    Component::Insert(s) => shift += char_len(s) as isize,
+                    Component::Delete(n) => {
+                        if at + n > pos {
+                            // Inside the deleted span: the cursor moves to its start.
+                            mapped = Some((at as isize + shift) as usize);
+                            break;
+                        }
+                        at += n;
+                        shift -= *n as isize;
+                    }
+                }
+                next += 1;
+            }
+            out[i] = mapped.unwrap_or((pos as isize + shift) as usize);
+        }
+        out
+    }
+
+    /// Map many selection ranges through this operation in one pass (see
+    /// [`transform_positions`](Self::transform_positions)); equal to
+    /// [`transform_range`](Self::transform_range) of each.
+    pub fn transform_ranges(&self, ranges: &[crate::Range]) -> Vec<crate::Range> {
+        let positions: Vec<usize> = ranges.iter().flat_map(|r| [r.anchor, r.head]).collect();
+        self.transform_positions(&positions)
+            .chunks_exact(2)
+            .map(|p| crate::Range {
+                anchor: p[0],
+                head: p[1],
+            })
+            .collect()
     }
 
     /// Build an operation that turns `old` into `new` (for clients that only see

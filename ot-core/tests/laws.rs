@@ -414,6 +414,25 @@ proptest! {
     #![proptest_config(config(512))]
 
     #[test]
+    fn batch_position_mapping_equals_one_by_one(
+        s in text(),
+        p in plan(),
+        positions in proptest::collection::vec(0usize..20, 0..24),
+    ) {
+        let op = p.build_for(&s);
+        // Positions past the end included (they clamp like the single mapping).
+        let one_by_one: Vec<usize> = positions.iter().map(|&q| op.transform_position(q)).collect();
+        prop_assert_eq!(op.transform_positions(&positions), one_by_one);
+        let ranges: Vec<ot_core::Range> = positions
+            .chunks_exact(2)
+            .map(|q| ot_core::Range { anchor: q[0], head: q[1] })
+            .collect();
+        let mapped: Vec<ot_core::Range> = ranges.iter().map(|r| op.transform_range(*r)).collect();
+        prop_assert_eq!(op.transform_ranges(&ranges), mapped.clone());
+        prop_assert_eq!(ot_core::transform_ranges(&ranges, &op), mapped);
+    }
+
+    #[test]
     fn transform_position_is_bounded_and_monotone(s in text(), p in plan()) {
         let op = p.build_for(&s);
         let mut previous = 0;

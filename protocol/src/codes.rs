@@ -95,6 +95,7 @@ impl ErrorCode {
             E::FutureRevision { .. } => ErrorCode::FutureRevision,
             E::RevisionTooOld { .. } => ErrorCode::RevisionTooOld,
             E::DoesNotFit { .. } => ErrorCode::OpDoesNotFit,
+            E::ClientExpired { .. } => ErrorCode::ClientExpired,
         }
     }
 }

@@ -90,6 +90,30 @@ pub struct Config {
     #[arg(long, env = "OT_AUTH_LEEWAY", default_value_t = 60)]
     pub auth_leeway: u64,
 
+    // Document work: old bases, the window's memory, dedup records (issue 13).
+    /// Most revisions an op's base revision may be behind the document's
+    /// head; a base further behind gets `revision_too_old` (the client
+    /// resyncs, keeping its edits as a conflict copy). Ops based before the
+    /// in-memory window are rebased off the document's task, reading the ops
+    /// they missed from storage in chunks, so the cost is only the sender's
+    /// wait. The default, 100,000, is more than a day of a busy document
+    /// (one op a second is 86,400 a day): a terminal client offline for a
+    /// day still merges.
+    #[arg(long, env = "OT_MAX_REBASE_REVS", default_value_t = 100_000)]
+    pub max_rebase_revs: u64,
+    /// Most bytes (estimated) the in-memory history window of a document may
+    /// hold; fewer than `--history-window` ops are kept when they are large.
+    #[arg(long, env = "OT_HISTORY_WINDOW_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub history_window_bytes: usize,
+    /// A writer's dedup record is evicted once its last op is this many
+    /// revisions behind the head and it has no connection to the document
+    /// (measured in revisions, never by a clock). An evicted writer's later
+    /// op based before the eviction gets `client_expired` (it resyncs). The
+    /// default equals `--max-rebase-revs`' default: a writer further behind
+    /// could not merge its pending edits anyway.
+    #[arg(long, env = "OT_CLIENT_EXPIRY", default_value_t = 100_000)]
+    pub client_expiry: u64,
+
     // Network access (the guard, TLS, the metrics listener).
     /// The URL users reach the server at (e.g. `https://docs.example.com`):
     /// its host\[:port\] is an allowed `Host`, and its origin an allowed `Origin`.

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod attack;
+pub mod doc_work;
 
 /// A WebSocket stream to the server.
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -2,19 +2,21 @@
 //! ops. It holds the commit pipeline and the connection table, and turns
 //! mailbox commands and commit results into calls on them.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use ot_core::history::{DocumentHistory, KeyHash};
 use ot_core::{Operation, Range};
 use ot_protocol::{ClientId, CloseCode, DocId, ErrorCode, Limits};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::connections::Connections;
 use super::epoch::DocEpoch;
 use super::error::DocError;
 use super::mailbox::{DeleteResult, DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
 use super::pipeline::{Accepted, CommitDone, KeyRefused, Pipeline};
+use super::rebase::{self, RebaseJob, Rebased, MAX_QUEUED_BEHIND, REBASES_PER_DOC};
 use super::registry::Registry;
 use super::snapshot_policy::SnapshotPolicy;
 use crate::state::Services;
@@ -38,6 +40,24 @@ struct Document {
     deleting: Option<oneshot::Sender<DeleteResult>>,
     /// Key bindings whose write failed, to undo (see `on_authorize`).
     bind_failed: mpsc::UnboundedSender<(ClientId, KeyHash)>,
+    /// Connections with an op being rebased off the task, each with the ops
+    /// it sent since (they wait, in order, behind it).
+    rebasing: HashMap<u64, VecDeque<QueuedOp>>,
+    /// Where rebase jobs come back.
+    rebase_tx: mpsc::UnboundedSender<Rebased>,
+    /// Rebases of this document that read and transform at once.
+    rebase_permits: Arc<Semaphore>,
+    /// The revision of the last pass evicting idle dedup records.
+    evicted_at: u64,
+}
+
+/// An op that waits behind its connection's op being rebased.
+struct QueuedOp {
+    seq: u64,
+    base_rev: u64,
+    op: Operation,
+    ranges: Option<Vec<Range>>,
+    received_at: Instant,
 }
 
 /// The actor of `doc`, started (and loaded from storage) if it is not running.
@@ -100,8 +120,14 @@ async fn run(
     };
     let (commit_tx, mut commit_rx) = mpsc::unbounded_channel();
     let (bind_failed, mut bind_failed_rx) = mpsc::unbounded_channel();
+    let (rebase_tx, mut rebase_rx) = mpsc::unbounded_channel();
+    let evicted_at = history.revision();
     let mut doc = Document {
         bind_failed,
+        rebasing: HashMap::new(),
+        rebase_tx,
+        rebase_permits: Arc::new(Semaphore::new(REBASES_PER_DOC)),
+        evicted_at,
         pipeline: Pipeline::new(
             shared.clone(),
             id.to_string(),
@@ -125,15 +151,19 @@ async fn run(
     let idle = shared.config.idle_unload();
     let mut shutdown_done: Option<oneshot::Sender<()>> = None;
     loop {
-        let idle_for =
-            if doc.conns.is_empty() && doc.pipeline.pending_len() == 0 && !doc.shutting_down {
-                Some(doc.last_activity + idle)
-            } else {
-                None
-            };
+        let idle_for = if doc.conns.is_empty()
+            && doc.pipeline.pending_len() == 0
+            && doc.rebasing.is_empty()
+            && !doc.shutting_down
+        {
+            Some(doc.last_activity + idle)
+        } else {
+            None
+        };
         tokio::select! {
             biased;
             Some(done) = commit_rx.recv() => doc.on_commit(done).await,
+            Some(rebased) = rebase_rx.recv() => doc.on_rebased(rebased).await,
             Some((client_id, key)) = bind_failed_rx.recv() => doc.pipeline.unbind_key(&client_id, key),
             command = rx.recv(), if doc.pipeline.pending_len() < MAX_PENDING && !doc.shutting_down && doc.deleting.is_none() => {
                 match command {
@@ -325,7 +355,11 @@ impl Document {
                 let result = self.on_join(request);
                 let _ = reply.send(result);
             }
-            DocCommand::Leave { conn_id } => self.conns.remove(conn_id),
+            DocCommand::Leave { conn_id } => {
+                // Its ops waiting behind a rebase were never acknowledged.
+                self.rebasing.remove(&conn_id);
+                self.conns.remove(conn_id)
+            }
             DocCommand::Op {
                 conn_id,
                 seq,
@@ -455,19 +489,113 @@ impl Document {
         let Some(client_id) = self.conns.client_id(conn_id) else {
             return; // the connection is gone: its op was never acknowledged
         };
+        if let Some(queue) = self.rebasing.get_mut(&conn_id) {
+            // Ops of one connection stay in order: this one waits behind the
+            // one being rebased.
+            if queue.len() >= MAX_QUEUED_BEHIND {
+                tracing::info!(doc = %self.id, client = %client_id, "too many ops sent behind one being rebased; closing");
+                self.rebasing.remove(&conn_id);
+                self.conns.close(conn_id, CloseCode::Abusive);
+                return;
+            }
+            queue.push_back(QueuedOp {
+                seq,
+                base_rev,
+                op,
+                ranges,
+                received_at,
+            });
+            return;
+        }
+        self.evict_idle();
         let accepted = self
             .pipeline
             .receive(conn_id, &client_id, seq, base_rev, op, ranges, received_at)
             .await;
+        self.on_accepted(conn_id, seq, accepted).await;
+    }
+
+    /// Answer (or hold, or rebase) an op the pipeline took or refused.
+    async fn on_accepted(
+        &mut self,
+        conn_id: u64,
+        seq: u64,
+        accepted: Result<Accepted, super::pipeline::Refused>,
+    ) {
         match accepted {
             Ok(Accepted::Applied(Some(done))) => self.on_commit(done).await,
             Ok(Accepted::Applied(None)) | Ok(Accepted::AckLater) => {}
             Ok(Accepted::AckNow(rev)) => self.conns.ack(conn_id, rev, seq),
+            Ok(Accepted::Rebase(job)) => self.start_rebase(*job),
             Err(refused) => {
                 self.conns
                     .send_error(conn_id, refused.code, &refused.message, Some(seq))
             }
         }
+    }
+
+    /// Rebase `job` off the task; its connection's later ops wait behind it.
+    fn start_rebase(&mut self, job: RebaseJob) {
+        self.rebasing.entry(job.conn_id).or_default();
+        rebase::spawn(
+            job,
+            self.shared.storage.clone(),
+            self.id.to_string(),
+            self.rebase_permits.clone(),
+            self.rebase_tx.clone(),
+        );
+    }
+
+    /// A rebase came back: apply (or refuse, or rebase further) its op, then
+    /// the ops its connection sent meanwhile, in order.
+    async fn on_rebased(&mut self, rebased: Rebased) {
+        let conn_id = rebased.job.conn_id;
+        let seq = rebased.job.seq;
+        let Some(mut queue) = self.rebasing.remove(&conn_id) else {
+            return; // the connection was closed meanwhile
+        };
+        if self.conns.client_id(conn_id).is_none() || self.shutting_down || self.deleting.is_some()
+        {
+            // Never acknowledged: the client resends it when it reconnects.
+            return;
+        }
+        let accepted = self
+            .pipeline
+            .receive_rebased(rebased.job, rebased.result)
+            .await;
+        self.on_accepted(conn_id, seq, accepted).await;
+        while !self.rebasing.contains_key(&conn_id) {
+            let Some(next) = queue.pop_front() else {
+                return;
+            };
+            self.on_op(
+                conn_id,
+                next.seq,
+                next.base_rev,
+                next.op,
+                next.ranges,
+                next.received_at,
+            )
+            .await;
+        }
+        // Another rebase started: the rest waits behind it.
+        if let Some(waiting) = self.rebasing.get_mut(&conn_id) {
+            waiting.extend(queue);
+        }
+    }
+
+    /// Every so often (a quarter of `--client-expiry`, at most 1024
+    /// revisions), evict the dedup records of idle clients that have no
+    /// connection here.
+    fn evict_idle(&mut self) {
+        let every = (self.shared.config.client_expiry / 4).clamp(1, 1024);
+        let rev = self.pipeline.revision();
+        if rev < self.evicted_at + every {
+            return;
+        }
+        self.evicted_at = rev;
+        let online = self.conns.online_clients();
+        self.pipeline.evict_idle(|id| online.contains(id));
     }
 
     fn on_cursor(&mut self, conn_id: u64, rev: u64, ranges: Vec<Range>, name: Option<String>) {
@@ -517,6 +645,8 @@ impl Document {
                     .set_presence(p.conn_id, p.applied.rev, ranges, None);
             }
         }
+        // Ops that became durable may leave the window now.
+        self.pipeline.trim();
         for (rev, conn_id, seq) in self.pipeline.ready_acks() {
             self.conns.ack(conn_id, rev, seq);
         }

@@ -1,7 +1,7 @@
 //! The connection table of one document: who is connected, their presence,
 //! and sending to them (a full outbound queue closes that connection, 4008).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ot_core::history::AppliedOp;
@@ -111,6 +111,22 @@ impl Connections {
         if let Some(conn) = self.conns.remove(&conn_id) {
             self.broadcast_leave(&conn.client_id);
         }
+    }
+
+    /// Close connection `conn_id` with `code` (its writer drains what is queued first).
+    pub(super) fn close(&mut self, conn_id: u64, code: CloseCode) {
+        if let Some(mut conn) = self.conns.remove(&conn_id) {
+            conn.close(code);
+            self.broadcast_leave(&conn.client_id);
+        }
+    }
+
+    /// The client ids with a connection here.
+    pub(super) fn online_clients(&self) -> HashSet<String> {
+        self.conns
+            .values()
+            .map(|c| c.client_id.as_str().to_owned())
+            .collect()
     }
 
     /// Close every connection with `code` (its writer drains what is queued first).

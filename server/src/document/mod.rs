@@ -1,6 +1,7 @@
 //! Open documents: one actor per document ([`actor`]) owning its commit
 //! pipeline ([`pipeline`]) and its connection table ([`connections`]); the
-//! commands it is sent ([`mailbox`]); the registry of open documents
+//! commands it is sent ([`mailbox`]); ops with old bases rebased off its
+//! task ([`rebase`]); the registry of open documents
 //! ([`registry`]), which the actor's [`open`] starts actors through.
 
 mod actor;
@@ -9,6 +10,7 @@ pub(crate) mod epoch;
 mod error;
 pub(crate) mod mailbox;
 mod pipeline;
+mod rebase;
 pub(crate) mod registry;
 mod snapshot_policy;
 

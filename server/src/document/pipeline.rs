@@ -23,6 +23,7 @@ use super::epoch::DocEpoch;
 use super::error::DocError;
 use super::mailbox::JoinRequest;
 use super::snapshot_policy::SnapshotPolicy;
+use super::rebase::{RebaseError, RebaseJob};
 use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
 use crate::storage::{CommitCallback, CommitLane, Committed, StorageError, StoredOp, WriteItem};
@@ -52,6 +53,9 @@ pub(super) enum Accepted {
     AckNow(u64),
     /// A resend of an op that is not durable yet: acked when it is.
     AckLater,
+    /// Based on a revision older than the window: rebase it off the
+    /// document's task, then [`Pipeline::receive_rebased`].
+    Rebase(Box<RebaseJob>),
 }
 
 /// A connection's key does not match its client id's binding.
@@ -107,6 +111,7 @@ fn last_seqs(history: &DocumentHistory) -> HashMap<String, u64> {
         .snapshot()
         .clients
         .into_iter()
+        .filter(|(client, _)| client != ot_core::history::HORIZON_KEY)
         .map(|(client, record)| (client, record.last_seq))
         .collect()
 }
@@ -136,9 +141,7 @@ impl Pipeline {
             commit_tx,
             shared,
         };
-        pipeline
-            .history
-            .trim_to(pipeline.shared.config.history_window);
+        pipeline.trim();
         pipeline
     }
 
@@ -343,65 +346,157 @@ impl Pipeline {
         ranges: Option<Vec<Range>>,
         received_at: Instant,
     ) -> Result<Accepted, Refused> {
-        let max_doc_len = self.shared.config.max_doc_len;
         if seq == self.history.last_seq(client_id) + 1 {
-            let len = self.history.text().len_chars() as i128;
-            let after = len + op.target_len() as i128 - op.base_len() as i128;
-            if after > max_doc_len as i128 {
+            self.check_doc_len(&op)?;
+        }
+        // Dedup first (inside `receive`): only a new op gets `RevisionTooOld`.
+        let result = self.history.receive(client_id, seq, base_rev, op.clone());
+        if let Err(ReceiveError::RevisionTooOld { oldest, .. }) = result {
+            let head = self.history.revision();
+            let max = self.shared.config.max_rebase_revs;
+            if head - base_rev > max {
                 return Err(Refused::new(
-                    ErrorCode::DocTooLong,
+                    ErrorCode::RevisionTooOld,
+                    format!("base revision {base_rev} is more than {max} revisions behind the document's revision {head}: resync"),
+                ));
+            }
+            return Ok(Accepted::Rebase(Box::new(RebaseJob {
+                conn_id,
+                client_id: client_id.clone(),
+                seq,
+                base_rev,
+                current: op.clone(),
+                received: op,
+                at: base_rev,
+                upto: oldest,
+                ranges,
+                received_at,
+            })));
+        }
+        self.settle(
+            result,
+            conn_id,
+            client_id,
+            op,
+            (base_rev, None),
+            ranges,
+            received_at,
+        )
+        .await
+    }
+
+    /// Take an op back from its rebase (see [`super::rebase`]): apply it
+    /// past whatever arrived meanwhile (dedup checked again), or send it
+    /// back to rebase further if the window moved past it, or refuse it.
+    pub(super) async fn receive_rebased(
+        &mut self,
+        mut job: RebaseJob,
+        result: Result<(), RebaseError>,
+    ) -> Result<Accepted, Refused> {
+        match result {
+            Ok(()) => {}
+            Err(RebaseError::DoesNotFit(e)) => {
+                return Err(Refused::new(
+                    ErrorCode::OpDoesNotFit,
                     format!(
-                        "the document would hold {after} characters; the limit is {max_doc_len}"
+                        "the operation does not fit the document at revision {}: {e}",
+                        job.base_rev
                     ),
+                ))
+            }
+            Err(RebaseError::Storage(e)) => {
+                tracing::error!(doc = %self.id, error = %e, "could not read older ops");
+                return Err(Refused::new(
+                    ErrorCode::StorageError,
+                    "could not read the ops since your base revision",
                 ));
             }
         }
-        let mut result = self.history.receive(client_id, seq, base_rev, op.clone());
-        if let Err(ReceiveError::RevisionTooOld { oldest, .. }) = &result {
-            let oldest = *oldest;
-            match self.read_ops(base_rev, oldest).await {
-                Ok(older) => {
-                    result = self.history.receive_with_older(
-                        client_id,
-                        seq,
-                        base_rev,
-                        op.clone(),
-                        &older,
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(doc = %self.id, error = %e, "could not read older ops");
-                    return Err(Refused::new(
-                        ErrorCode::StorageError,
-                        "could not read the ops since your base revision",
-                    ));
-                }
-            }
+        let (client_id, seq) = (job.client_id.clone(), job.seq);
+        if seq == self.history.last_seq(&client_id) + 1 {
+            self.check_doc_len(&job.current)?;
         }
+        let result = self.history.receive_rebased(
+            &client_id,
+            seq,
+            job.base_rev,
+            job.received.clone(),
+            job.current.clone(),
+            job.at,
+        );
+        if let Err(ReceiveError::RevisionTooOld { oldest, .. }) = result {
+            // More ops than the window arrived while it was rebased: once more from `at`.
+            job.upto = oldest;
+            return Ok(Accepted::Rebase(Box::new(job)));
+        }
+        let ranges = job.ranges.take();
+        self.settle(
+            result,
+            job.conn_id,
+            &client_id,
+            job.received,
+            (job.at, Some(job.current)),
+            ranges,
+            job.received_at,
+        )
+        .await
+    }
+
+    /// Refuse an op that would make the document longer than allowed.
+    fn check_doc_len(&self, op: &Operation) -> Result<(), Refused> {
+        let max_doc_len = self.shared.config.max_doc_len;
+        let len = self.history.text().len_chars() as i128;
+        let after = len + op.target_len() as i128 - op.base_len() as i128;
+        if after > max_doc_len as i128 {
+            return Err(Refused::new(
+                ErrorCode::DocTooLong,
+                format!("the document would hold {after} characters; the limit is {max_doc_len}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What becomes of an op the history took or recognised. `received` is
+    /// the op as sent (a duplicate is looked up by its hash); `from` the
+    /// revision and op (`None`: `received`) the history transformed from,
+    /// for mapping `ranges`.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &mut self,
+        result: Result<Receipt, ReceiveError>,
+        conn_id: u64,
+        client_id: &ClientId,
+        received: Operation,
+        from: (u64, Option<Operation>),
+        ranges: Option<Vec<Range>>,
+        received_at: Instant,
+    ) -> Result<Accepted, Refused> {
         match result {
-            Ok(Receipt::Applied { applied, received }) => {
+            Ok(Receipt::Applied {
+                applied,
+                received: as_received,
+            }) => {
                 self.shared.metrics.ops_applied.inc();
                 if applied.is_concurrent() {
                     self.shared.metrics.conflicts.inc();
                 }
-                let ranges =
-                    ranges.map(|r| self.map_op_ranges(base_rev, applied.rev, &received, r));
-                let committed_now = self.persist(&applied, received);
+                let (from_rev, from_op) = from;
+                let from_op = from_op.unwrap_or(received);
+                let ranges = ranges.map(|r| self.map_op_ranges(from_rev, applied.rev, &from_op, r));
+                let committed_now = self.persist(&applied, as_received);
                 self.pending.push_back(Pending {
                     applied,
                     conn_id,
                     received_at,
                     ranges,
                 });
-                // Pending ops stay in memory: later ops may need to transform past them.
-                let keep = self.shared.config.history_window.max(self.pending.len());
-                self.history.trim_to(keep);
+                self.trim();
                 Ok(Accepted::Applied(committed_now))
             }
             Ok(Receipt::Duplicate { seq, rev }) => {
                 let rev = match rev {
                     Some(rev) => rev,
-                    None => match self.find_original(client_id, seq, &op).await {
+                    None => match self.find_original(client_id, seq, &received).await {
                         Ok(Some(rev)) => rev,
                         Ok(None) => {
                             return Err(Refused::new(
@@ -429,6 +524,38 @@ impl Pipeline {
             }
             Err(e) => Err(Refused::new(ErrorCode::from_receive(&e), e.to_string())),
         }
+    }
+
+    /// Trim the in-memory window to `--history-window` ops and
+    /// `--history-window-bytes`; pending ops stay in memory (later ops may
+    /// need to transform past them, and storage does not have them yet).
+    pub(super) fn trim(&mut self) {
+        let config = &self.shared.config;
+        self.history.trim_to_bytes(
+            config.history_window,
+            config.history_window_bytes,
+            self.pending.len(),
+        );
+    }
+
+    /// Evict the dedup records of clients idle for `--client-expiry`
+    /// revisions, except those `online` says are connected (see
+    /// `DocumentHistory::evict_idle`). Returns how many were evicted.
+    pub(super) fn evict_idle(&mut self, online: impl Fn(&str) -> bool) -> usize {
+        let expiry = self.shared.config.client_expiry;
+        let evicted = self.history.evict_idle(expiry, self.durable_rev, &online);
+        for id in &evicted {
+            self.durable_seq.remove(id);
+        }
+        if !evicted.is_empty() {
+            tracing::info!(doc = %self.id, evicted = evicted.len(), horizon = self.history.horizon(), "evicted idle dedup records");
+        }
+        evicted.len()
+    }
+
+    /// The current revision (applied in memory).
+    pub(super) fn revision(&self) -> u64 {
+        self.history.revision()
     }
 
     /// Map the ranges a client attached to its op (positions after its op, at
@@ -498,21 +625,6 @@ impl Pipeline {
             }),
             Committed::Queued => None,
         }
-    }
-
-    /// Ops `after+1 ..= upto` from storage.
-    async fn read_ops(&self, after: u64, upto: u64) -> Result<Vec<Operation>, DocError> {
-        let storage = self.shared.storage.clone();
-        let doc = self.id.clone();
-        let limit = (upto - after) as usize;
-        let ops = tokio::task::spawn_blocking(move || storage.ops(&doc, after, limit)).await??;
-        if ops.len() != limit || ops.last().map(|o| o.rev) != Some(upto) {
-            return Err(DocError::ShortRead {
-                got: ops.len(),
-                wanted: limit,
-            });
-        }
-        Ok(ops.into_iter().map(|o| o.applied).collect())
     }
 
     /// The revision of an old (client, seq), if stored with the same op.
@@ -619,36 +731,21 @@ impl Pipeline {
                 self.durable_text = history.text().clone();
                 self.durable_seq = last_seqs(&history);
                 self.history = history;
-                self.history.trim_to(self.shared.config.history_window);
+                self.trim();
             }
             None => {
                 // Keep the durable state we know; roll the in-memory history back to it.
                 tracing::error!(doc = %self.id, "reload failed; continuing from the last durable state");
-                // The dedup table is lost, but never a key binding (an id
-                // must not become takeable because storage hiccupped).
-                let clients = self
-                    .history
-                    .snapshot()
-                    .clients
-                    .into_iter()
-                    .filter_map(|(id, record)| {
-                        let key_hash = record.key_hash?;
-                        Some((
-                            id,
-                            ot_core::history::ClientRecord {
-                                last_seq: 0,
-                                last_rev: 0,
-                                last_hash: OpHash::default(),
-                                key_hash: Some(key_hash),
-                            },
-                        ))
-                    })
-                    .collect();
-                let snapshot = ot_core::history::DocumentSnapshot {
-                    rev: self.durable_rev,
-                    text: self.durable_text.to_string(),
-                    clients,
-                };
+                // The dedup table is kept, rolled back to the durable seqs
+                // (the lost ops' seqs are not applied), with every key
+                // binding and the eviction horizon: a resend of an applied
+                // op is still recognised.
+                let durable_seq = &self.durable_seq;
+                let snapshot = self.history.durable_snapshot(
+                    self.durable_rev,
+                    self.durable_text.to_string(),
+                    |id| durable_seq.get(id).copied().unwrap_or(0),
+                );
                 if let Ok(h) = DocumentHistory::from_snapshot(snapshot, Vec::new()) {
                     self.history = h;
                 }
