@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use ot_core::{Operation, Range};
 use ot_protocol::{ClientKey, ClientMessage, CloseAction, Limits, CLIENT_KEY_HEADER};
-use tokio::time::Instant;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -113,9 +113,7 @@ fn incoming_of(
             Some(u16::from(f.code)),
             format!("closed by the server ({} {})", u16::from(f.code), f.reason),
         ),
-        Some(Ok(Message::Close(None))) => {
-            Incoming::Closed(None, "closed by the server".to_owned())
-        }
+        Some(Ok(Message::Close(None))) => Incoming::Closed(None, "closed by the server".to_owned()),
         Some(Ok(_)) => return None,
         Some(Err(e)) => Incoming::Closed(None, format!("connection lost: {e}")),
         None => Incoming::Closed(None, "connection lost".to_owned()),

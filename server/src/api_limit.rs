@@ -15,7 +15,11 @@ use crate::api_error::ApiError;
 use crate::app::Shared;
 
 /// Serve `request` holding a permit, or refuse it when none is free.
-pub(crate) async fn limit(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+pub(crate) async fn limit(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Ok(_permit) = shared.api_permits.clone().try_acquire_owned() else {
         shared
             .metrics

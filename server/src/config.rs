@@ -145,7 +145,11 @@ pub struct Config {
     /// A reverse proxy (IP or CIDR, repeatable) whose `X-Forwarded-For` /
     /// `Forwarded` last hop names the client. The variable takes a
     /// comma-separated list.
-    #[arg(long = "trusted-proxy", env = "OT_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(
+        long = "trusted-proxy",
+        env = "OT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     pub trusted_proxy: Vec<crate::connection::TrustedProxy>,
     /// Most `/api` requests served at once; beyond it a request gets 503
     /// `too_many_requests` at once instead of waiting.

@@ -35,3 +35,31 @@ pub(crate) fn fit_connections(config: &mut Config) {
         tracing::debug!(open_file_limit = soft, "open-file limit");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_connections_is_kept_below_the_open_file_limit() {
+        let mut config = Config::with_defaults(
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            "unused".into(),
+        );
+        config.max_connections = usize::MAX;
+        fit_connections(&mut config);
+        let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0));
+        if hard < u64::MAX {
+            assert_eq!(soft, hard, "raised to the hard limit");
+        }
+        assert_eq!(
+            config.max_connections as u64,
+            soft.saturating_sub(RESERVE),
+            "lowered to leave the reserve"
+        );
+        // A setting that fits is left alone.
+        config.max_connections = 10;
+        fit_connections(&mut config);
+        assert_eq!(config.max_connections, 10);
+    }
+}

@@ -251,9 +251,7 @@ async fn serve_http(
             }
             // The peer's address, for the per-address connection limit.
             let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-                request
-                    .extensions_mut()
-                    .insert(connection::PeerAddr(peer));
+                request.extensions_mut().insert(connection::PeerAddr(peer));
                 app.clone().oneshot(request)
             });
             match tls {

@@ -321,9 +321,16 @@ mod tests {
         proxy.cut();
         let mut rest = Vec::new();
         let ended = tokio::time::timeout(long, socket.read_to_end(&mut rest)).await;
-        assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "the cut closes the socket");
+        assert!(
+            matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+            "the cut closes the socket"
+        );
         let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
-        assert_eq!(round_trip(&mut again, 4, long).await, Some(4), "new connections work");
+        assert_eq!(
+            round_trip(&mut again, 4, long).await,
+            Some(4),
+            "new connections work"
+        );
         assert_eq!(proxy.accepted_connections(), 2);
     }
 }

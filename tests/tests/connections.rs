@@ -56,7 +56,9 @@ async fn a_silent_peer_is_closed_and_a_quiet_viewer_is_not() {
     let proxy = Proxy::start(addr).await.unwrap();
     let mut writer = WsClient::join(addr, "live", "writer").await.unwrap();
     let mut viewer = WsClient::join(addr, "live", "viewer").await.unwrap();
-    let mut silent = WsClient::join(proxy.addr(), "live", "silent").await.unwrap();
+    let mut silent = WsClient::join(proxy.addr(), "live", "silent")
+        .await
+        .unwrap();
     writer.drain(Duration::from_millis(300)).await.unwrap();
 
     proxy.stall(Direction::Both);
@@ -72,7 +74,10 @@ async fn a_silent_peer_is_closed_and_a_quiet_viewer_is_not() {
     );
     w.unwrap();
     v.unwrap();
-    assert!(started.elapsed() >= Duration::from_secs(1), "not before a ping");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before a ping"
+    );
     let (w, v) = tokio::join!(
         writer.drain(Duration::from_secs(3)),
         viewer.drain(Duration::from_secs(3))
@@ -86,10 +91,17 @@ async fn a_silent_peer_is_closed_and_a_quiet_viewer_is_not() {
         .edit(&Operation::insert_at(0, 0, "still here").unwrap())
         .await
         .unwrap();
-    writer.pump_until(T, |c| c.client().all_saved()).await.unwrap();
+    writer
+        .pump_until(T, |c| c.client().all_saved())
+        .await
+        .unwrap();
     viewer.settle_to(1, T).await.unwrap();
     assert_eq!(viewer.client().text().to_string(), "still here");
-    assert_eq!(limit_count(addr, "dead_peer").await, 1.0, "only the silent one");
+    assert_eq!(
+        limit_count(addr, "dead_peer").await,
+        1.0,
+        "only the silent one"
+    );
     silent.cut();
     server.stop().await.unwrap();
 }
@@ -136,7 +148,10 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
             .await
             .unwrap();
         ops += 1;
-        writer.pump_until(T, |c| c.client().all_saved()).await.unwrap();
+        writer
+            .pump_until(T, |c| c.client().all_saved())
+            .await
+            .unwrap();
     }
     assert_eq!(limit_count(addr, "write_timeout").await, 1.0);
     assert_eq!(
@@ -149,7 +164,10 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
         .edit(&Operation::insert_at(len, 0, "!").unwrap())
         .await
         .unwrap();
-    writer.pump_until(T, |c| c.client().all_saved()).await.unwrap();
+    writer
+        .pump_until(T, |c| c.client().all_saved())
+        .await
+        .unwrap();
     let (rev, _) = doc_state(addr, "flood").await.unwrap();
     assert_eq!(rev, ops + 1);
     server.stop().await.unwrap();
@@ -165,13 +183,19 @@ fn upgrade_headers(extra: &[(&'static str, String)]) -> Vec<(&'static str, Strin
     headers
 }
 
-async fn refused(addr: std::net::SocketAddr, doc: &str, forwarded_for: Option<&str>) -> (u16, String) {
+async fn refused(
+    addr: std::net::SocketAddr,
+    doc: &str,
+    forwarded_for: Option<&str>,
+) -> (u16, String) {
     let extra: Vec<(&'static str, String)> = forwarded_for
         .map(|f| vec![("x-forwarded-for", f.to_owned())])
         .unwrap_or_default();
     let headers = upgrade_headers(&extra);
     let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    ws_refused_with(addr, &format!("/ws/{doc}"), &pairs).await.unwrap()
+    ws_refused_with(addr, &format!("/ws/{doc}"), &pairs)
+        .await
+        .unwrap()
 }
 
 /// Opens a WebSocket with extra headers; returns it once the server greeted it.
@@ -182,7 +206,9 @@ async fn connect_with(
 ) -> e2e_tests::Socket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::http::HeaderValue;
-    let mut request = format!("ws://{addr}/ws/{doc}").into_client_request().unwrap();
+    let mut request = format!("ws://{addr}/ws/{doc}")
+        .into_client_request()
+        .unwrap();
     for (name, value) in upgrade_headers(&[("x-forwarded-for", forwarded_for.to_owned())]) {
         request
             .headers_mut()
@@ -274,7 +300,10 @@ async fn api_requests_beyond_the_limit_are_refused_at_once() {
     let (status, body) = http_get_json(addr, "/api/docs/x/text").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "too_many_requests");
-    assert!(started.elapsed() < Duration::from_secs(5), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
     let (status, _) = http_get_json(addr, "/healthz").await.unwrap();
     assert_eq!(status, 200, "not an /api route");
     assert!(limit_count(addr, "api_busy").await >= 2.0);
@@ -393,7 +422,10 @@ async fn cursors_are_coalesced_to_twenty_a_second_and_the_latest_wins() {
         .edit(&Operation::insert_at(0, 0, "hello world").unwrap())
         .await
         .unwrap();
-    mover.pump_until(T, |c| c.client().all_saved()).await.unwrap();
+    mover
+        .pump_until(T, |c| c.client().all_saved())
+        .await
+        .unwrap();
     watcher.settle_to(1, T).await.unwrap();
     watcher.drain(Duration::from_millis(300)).await.unwrap();
     watcher.other.clear();

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e_tests::proxy::Proxy;
-use e2e_tests::{
-    doc_state, server_binary, start_server_with, ws_connect, ServerProcess, WsClient,
-};
+use e2e_tests::{doc_state, server_binary, start_server_with, ws_connect, ServerProcess, WsClient};
 use futures_util::StreamExt;
 use ot_core::Operation;
 
@@ -92,13 +90,16 @@ async fn a_reconnect_storm_of_1000_clients_converges_and_the_bystander_stays_ser
                 let doc = format!("storm-{}", i % DOCS);
                 let mut client = WsClient::new(proxy, &doc, &format!("c{i}"));
                 land(&mut client, Instant::now() + Duration::from_secs(120)).await;
-                client
+                (i, client)
             }
         })
         .buffer_unordered(64);
-    while let Some(client) = joining.next().await {
-        clients.push(client);
+    while let Some(joined) = joining.next().await {
+        clients.push(joined);
     }
+    // Client i is on document i % DOCS and inserts `<i>`.
+    clients.sort_by_key(|(i, _)| *i);
+    let mut clients: Vec<WsClient> = clients.into_iter().map(|(_, c)| c).collect();
     assert_eq!(proxy.open_connections(), CLIENTS);
 
     // Each sends one edit (unique text); then the proxy cuts every connection
@@ -113,7 +114,9 @@ async fn a_reconnect_storm_of_1000_clients_converges_and_the_bystander_stays_ser
     proxy.cut();
 
     // The storm: all reconnect at once; meanwhile the bystander edits.
-    let mut bystander = WsClient::join(addr, "bystander", "bystander").await.unwrap();
+    let mut bystander = WsClient::join(addr, "bystander", "bystander")
+        .await
+        .unwrap();
     let storm = tokio::spawn(async move {
         let landed = futures_util::stream::iter(clients)
             .map(|mut client| async move {
@@ -158,7 +161,11 @@ async fn a_reconnect_storm_of_1000_clients_converges_and_the_bystander_stays_ser
         let members: Vec<usize> = (0..CLIENTS).filter(|i| i % DOCS == d).collect();
         assert_eq!(rev as usize, members.len(), "{doc}: one revision per edit");
         for i in &members {
-            assert_eq!(text.matches(&format!("<{i}>")).count(), 1, "{doc}: <{i}>");
+            assert_eq!(
+                text.matches(&format!("<{i}>")).count(),
+                1,
+                "{doc}: <{i}> in {text:?}"
+            );
         }
     }
     for client in clients.iter_mut() {
@@ -237,12 +244,15 @@ async fn ten_thousand_idle_connections_are_held() {
     let opened_in = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let held = rss_kib(pid);
-    let per_connection = (held.saturating_sub(baseline)) as f64 * 1024.0 / (CONNECTIONS - DOCS) as f64;
+    let per_connection =
+        (held.saturating_sub(baseline)) as f64 * 1024.0 / (CONNECTIONS - DOCS) as f64;
     eprintln!(
         "idle connections: {CONNECTIONS} opened in {opened_in:?}; server RSS {baseline} KiB with {DOCS}, {held} KiB with {CONNECTIONS}: {per_connection:.0} bytes per connection"
     );
     assert_eq!(
-        e2e_tests::metric_value(addr, "ot_connections").await.unwrap() as usize,
+        e2e_tests::metric_value(addr, "ot_connections")
+            .await
+            .unwrap() as usize,
         CONNECTIONS
     );
     // A newcomer is still served.

@@ -165,19 +165,26 @@ mod tests {
 
     #[test]
     fn forwarded_headers_count_only_behind_a_trusted_proxy() {
-        let trusted: Vec<TrustedProxy> = vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        let trusted: Vec<TrustedProxy> =
+            vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
         let xff = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4")]);
         assert_eq!(client_addr(ip("9.9.9.9"), &xff, &trusted), ip("9.9.9.9"));
         assert_eq!(client_addr(ip("10.1.2.3"), &xff, &trusted), ip("1.2.3.4"));
         assert_eq!(client_addr(ip("::1"), &xff, &trusted), ip("1.2.3.4"));
         let fwd = headers(&[
             ("forwarded", "for=6.6.6.6"),
-            ("forwarded", "for=\"[2001:db8::1]:443\";proto=https, for=5.6.7.8:99"),
+            (
+                "forwarded",
+                "for=\"[2001:db8::1]:443\";proto=https, for=5.6.7.8:99",
+            ),
             ("x-forwarded-for", "1.2.3.4"),
         ]);
         assert_eq!(client_addr(ip("10.0.0.1"), &fwd, &trusted), ip("5.6.7.8"));
         let fwd6 = headers(&[("forwarded", "proto=https;for=\"[2001:db8::1]:443\"")]);
-        assert_eq!(client_addr(ip("10.0.0.1"), &fwd6, &trusted), ip("2001:db8::1"));
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &fwd6, &trusted),
+            ip("2001:db8::1")
+        );
         // Trusted but nothing usable forwarded: the proxy itself.
         let junk = headers(&[("x-forwarded-for", "unknown")]);
         assert_eq!(client_addr(ip("10.0.0.1"), &junk, &trusted), ip("10.0.0.1"));

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::Extension;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use ot_core::history::KeyHash;
 use ot_protocol::{Access, ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode, SUBPROTOCOL};
 use tokio::sync::{mpsc, oneshot};
@@ -344,7 +344,9 @@ async fn connection(
             tracing::info!(doc = %request.doc, client = %request.client_id, "closed a client of a deleted document with 4004");
             let _ = tokio::time::timeout(
                 shared.config.write_timeout(),
-                socket.send(Message::Close(Some(close_frame(CloseCode::DocumentDeleted)))),
+                socket.send(Message::Close(Some(close_frame(
+                    CloseCode::DocumentDeleted,
+                )))),
             )
             .await;
         }

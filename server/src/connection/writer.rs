@@ -278,9 +278,12 @@ async fn catch_up(
             if op.rev != next + 1 || op.rev > upto {
                 return Err(CatchUpFailed::Storage);
             }
-            within(write_timeout, sink.send(Message::Text(stored_op_frame(&op))))
-                .await
-                .map_err(|_| CatchUpFailed::Stuck)?;
+            within(
+                write_timeout,
+                sink.send(Message::Text(stored_op_frame(&op))),
+            )
+            .await
+            .map_err(|_| CatchUpFailed::Stuck)?;
             next = op.rev;
         }
     }
