@@ -41,7 +41,8 @@ pub struct Config {
     /// Most connections on one document at once.
     #[arg(long, env = "OT_MAX_CLIENTS_PER_DOC", default_value_t = 256)]
     pub max_clients_per_doc: usize,
-    /// Most WebSocket connections on the server at once.
+    /// Most WebSocket connections on the server at once (lowered at start, with
+    /// a warning, to leave 256 descriptors below the open-file limit).
     #[arg(long, env = "OT_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Sustained messages per second read from one connection (reading pauses above it).
