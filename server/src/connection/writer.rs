@@ -25,6 +25,16 @@ pub(crate) const BROADCAST_HOLD: Duration = Duration::from_millis(2);
 /// Frames written per flush at most.
 const MAX_BATCH: usize = 256;
 
+/// The slowest link the write deadline allows for a large frame: a write of
+/// `n` bytes may take `--write-timeout-secs` plus `n` / this rate, so a big
+/// snapshot to a slow but working client is not taken for a stalled one.
+const MIN_WRITE_RATE: f64 = 64.0 * 1024.0;
+
+/// The deadline of a write of `bytes` bytes.
+fn write_deadline(write_timeout: Duration, bytes: usize) -> Duration {
+    write_timeout + Duration::from_secs_f64(bytes as f64 / MIN_WRITE_RATE)
+}
+
 /// How many of this client's ops the document has not answered yet: the
 /// reader counts ops it forwards, the writer counts the replies it writes.
 #[derive(Debug, Default)]
@@ -112,9 +122,7 @@ pub(super) async fn run(
                     // A catch-up is served on its own, or after the batch it ended.
                     let catch_up_request = match first {
                         request @ Outbound::CatchUp { .. } => Ok(Some(request)),
-                        frame => {
-                            within_value(write_timeout, write_batch(&mut sink, &mut out_rx, &awaiting, frame)).await
-                        }
+                        frame => write_batch(&mut sink, &mut out_rx, &awaiting, frame, write_timeout).await,
                     };
                     match catch_up_request {
                         Ok(Some(Outbound::CatchUp { after, upto })) => {
@@ -167,17 +175,9 @@ async fn within<E>(
     deadline: Duration,
     write: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), Stuck> {
-    within_value(deadline, async { write.await.map_err(|_| ()) }).await
-}
-
-/// `write` (which returns a value), bounded by `deadline`.
-async fn within_value<T>(
-    deadline: Duration,
-    write: impl std::future::Future<Output = Result<T, ()>>,
-) -> Result<T, Stuck> {
     match tokio::time::timeout(deadline, write).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(())) => Err(Stuck::Broken),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stuck::Broken),
         Err(_) => Err(Stuck::TimedOut),
     }
 }
@@ -194,13 +194,16 @@ enum CatchUpFailed {
 /// this turns many small writes into one syscall. If the batch holds only
 /// broadcasts while the client awaits a reply, wait up to [`BROADCAST_HOLD`]
 /// for the reply to join them. Returns a non-frame item that ended the batch
-/// (a catch-up, to run after the flush); `Err` if the socket failed.
+/// (a catch-up, to run after the flush); `Err` if the socket failed or a
+/// write missed its deadline ([`write_deadline`]).
 async fn write_batch<S: Sink<Message> + Unpin>(
     sink: &mut S,
     out_rx: &mut mpsc::Receiver<Outbound>,
     awaiting: &AwaitingReplies,
     first: Outbound,
-) -> Result<Option<Outbound>, ()> {
+    write_timeout: Duration,
+) -> Result<Option<Outbound>, Stuck> {
+    let mut batch_bytes = 0usize;
     let mut batched = 0;
     let mut only_broadcasts = true;
     let mut next = Some(first);
@@ -235,7 +238,14 @@ async fn write_batch<S: Sink<Message> + Unpin>(
         }
         match outbound.into_text() {
             Ok(text) => {
-                sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                // Feeding may write out the frames fed before it.
+                let len = text.len();
+                within(
+                    write_deadline(write_timeout, batch_bytes),
+                    sink.feed(Message::Text(text)),
+                )
+                .await?;
+                batch_bytes += len;
                 batched += 1;
             }
             Err(other) => {
@@ -244,7 +254,7 @@ async fn write_batch<S: Sink<Message> + Unpin>(
             }
         }
     }
-    sink.flush().await.map_err(|_| ())?;
+    within(write_deadline(write_timeout, batch_bytes), sink.flush()).await?;
     Ok(stopped_by)
 }
 
@@ -278,12 +288,11 @@ async fn catch_up(
             if op.rev != next + 1 || op.rev > upto {
                 return Err(CatchUpFailed::Storage);
             }
-            within(
-                write_timeout,
-                sink.send(Message::Text(stored_op_frame(&op))),
-            )
-            .await
-            .map_err(|_| CatchUpFailed::Stuck)?;
+            let frame = stored_op_frame(&op);
+            let deadline = write_deadline(write_timeout, frame.len());
+            within(deadline, sink.send(Message::Text(frame)))
+                .await
+                .map_err(|_| CatchUpFailed::Stuck)?;
             next = op.rev;
         }
     }
@@ -326,6 +335,9 @@ mod tests {
         }
     }
 
+    /// A write deadline the tests never reach.
+    const LONG: Duration = Duration::from_secs(15);
+
     fn broadcast(text: &str) -> Outbound {
         Outbound::Broadcast(Utf8Bytes::from(text.to_owned()))
     }
@@ -344,7 +356,7 @@ mod tests {
         tx.try_send(broadcast("b2")).unwrap();
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(&mut sink, &mut rx, &awaiting(0), broadcast("b1")).await;
+        let next = write_batch(&mut sink, &mut rx, &awaiting(0), broadcast("b1"), LONG).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned(), "b2".to_owned()]]);
         assert_eq!(started.elapsed(), Duration::ZERO);
@@ -364,7 +376,7 @@ mod tests {
                 .unwrap();
             tx
         });
-        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(
             sink.flushes,
@@ -383,7 +395,7 @@ mod tests {
         let awaiting = awaiting(1);
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned()]]);
         assert_eq!(started.elapsed(), BROADCAST_HOLD);
@@ -402,6 +414,7 @@ mod tests {
             &mut rx,
             &awaiting,
             Outbound::Text(Utf8Bytes::from_static("t")),
+            LONG,
         )
         .await;
         assert!(matches!(next, Ok(None)));
@@ -414,6 +427,7 @@ mod tests {
             &mut rx,
             &awaiting,
             Outbound::Reply(Utf8Bytes::from_static("ack")),
+            LONG,
         )
         .await;
         assert!(matches!(
