@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use ot_core::{Operation, Range};
-use ot_protocol::{ClientKey, CloseAction, Limits, CLIENT_KEY_HEADER};
+use ot_protocol::{ClientKey, ClientMessage, CloseAction, Limits, CLIENT_KEY_HEADER};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -27,6 +28,12 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long opening a connection, and then the server's first message, may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may stay silent (no message, no ping or pong) before
+/// the driver takes it for dead and reconnects. The server pings every 20 s,
+/// so a live connection is never silent that long; a dropped network (no FIN,
+/// no RST) otherwise looks connected for many minutes.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(45);
 
 /// Saves the session state durably; called before any op that the state
 /// produced is sent.
@@ -90,22 +97,27 @@ pub enum Incoming {
 /// The next text frame or end of `socket` (pings, pongs and binary frames skipped).
 pub async fn next_incoming(socket: &mut Socket) -> Incoming {
     loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(text))) => return Incoming::Text(text.as_str().to_owned()),
-            Some(Ok(Message::Close(frame))) => {
-                return match frame {
-                    Some(f) => Incoming::Closed(
-                        Some(u16::from(f.code)),
-                        format!("closed by the server ({} {})", u16::from(f.code), f.reason),
-                    ),
-                    None => Incoming::Closed(None, "closed by the server".to_owned()),
-                }
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Incoming::Closed(None, format!("connection lost: {e}")),
-            None => return Incoming::Closed(None, "connection lost".to_owned()),
+        if let Some(incoming) = incoming_of(socket.next().await) {
+            return incoming;
         }
     }
+}
+
+/// What a read from the socket means; `None` for frames that are skipped.
+fn incoming_of(
+    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Option<Incoming> {
+    Some(match frame {
+        Some(Ok(Message::Text(text))) => Incoming::Text(text.as_str().to_owned()),
+        Some(Ok(Message::Close(Some(f)))) => Incoming::Closed(
+            Some(u16::from(f.code)),
+            format!("closed by the server ({} {})", u16::from(f.code), f.reason),
+        ),
+        Some(Ok(Message::Close(None))) => Incoming::Closed(None, "closed by the server".to_owned()),
+        Some(Ok(_)) => return None,
+        Some(Err(e)) => Incoming::Closed(None, format!("connection lost: {e}")),
+        None => Incoming::Closed(None, "connection lost".to_owned()),
+    })
 }
 
 /// The socket settings for a server with `limits`: frames up to the largest
@@ -262,6 +274,12 @@ pub struct Driver {
     durability: Durability,
     backoff: Backoff,
     stopped: Option<String>,
+    /// Silence after which the connection is dropped (see [`DEFAULT_LIVENESS`]).
+    liveness: Duration,
+    /// When the last frame of any kind arrived on the socket.
+    last_heard: Instant,
+    /// Whether a ping was sent since then.
+    pinged: bool,
 }
 
 impl Driver {
@@ -277,7 +295,18 @@ impl Driver {
             durability: Durability::Immediate,
             backoff: Backoff::default(),
             stopped: None,
+            liveness: DEFAULT_LIVENESS,
+            last_heard: Instant::now(),
+            pinged: false,
         }
+    }
+
+    /// Take a connection for dead after `silence` without any frame from the
+    /// server (default [`DEFAULT_LIVENESS`]); after a third of it the driver
+    /// sends a `ping` to draw an answer.
+    pub fn with_liveness(mut self, silence: Duration) -> Driver {
+        self.liveness = silence.max(Duration::from_millis(30));
+        self
     }
 
     /// Save the state with `saver` before any op it produced is sent.
@@ -365,6 +394,7 @@ impl Driver {
     /// message (a snapshot or a resume, resending what is pending).
     pub async fn attach(&mut self, dialed: Dialed) -> Result<Vec<Event>, DriverError> {
         self.socket = Some(dialed.socket);
+        self.heard();
         self.core.on_open();
         let mut events = self.core.receive(&dialed.first);
         self.settle(&mut events).await?;
@@ -407,10 +437,10 @@ impl Driver {
     /// Wait for the next server frame and handle it. Pending forever while
     /// disconnected (so it can sit in a `select!` next to other events).
     pub async fn next_events(&mut self) -> Result<Vec<Event>, DriverError> {
-        let Some(socket) = self.socket.as_mut() else {
+        if self.socket.is_none() {
             return std::future::pending().await;
-        };
-        let mut events = match next_incoming(socket).await {
+        }
+        let mut events = match self.next_alive().await {
             Incoming::Text(text) => self.core.receive(&text),
             Incoming::Closed(code, why) => {
                 self.socket = None;
@@ -419,6 +449,53 @@ impl Driver {
         };
         self.settle(&mut events).await?;
         Ok(events)
+    }
+
+    /// A frame arrived (or the connection is new): the silence starts over.
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+        self.pinged = false;
+    }
+
+    /// The next text frame or end of the socket, like [`next_incoming`], but
+    /// every frame (pings and pongs included) counts as a sign of life: after
+    /// a third of the liveness limit of silence a `ping` is sent, and after
+    /// the whole limit the connection counts as lost. Cancel-safe between frames.
+    async fn next_alive(&mut self) -> Incoming {
+        loop {
+            let Some(socket) = self.socket.as_mut() else {
+                return Incoming::Closed(None, "connection lost".to_owned());
+            };
+            let dead_at = self.last_heard + self.liveness;
+            let ping_at = self.last_heard + self.liveness / 3;
+            let wake = if self.pinged { dead_at } else { ping_at };
+            let frame = tokio::select! {
+                frame = socket.next() => frame,
+                () = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= dead_at {
+                        return Incoming::Closed(
+                            None,
+                            format!(
+                                "no message from the server for {:.0?}: reconnecting",
+                                self.liveness
+                            ),
+                        );
+                    }
+                    self.pinged = true;
+                    let ping = Message::text(ClientMessage::Ping.to_text());
+                    // Bounded: a socket that takes no more bytes is as dead as a silent one.
+                    let sent = tokio::time::timeout(self.liveness / 3, socket.send(ping)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        return Incoming::Closed(None, "connection lost: the ping could not be sent".to_owned());
+                    }
+                    continue;
+                }
+            };
+            self.heard();
+            if let Some(incoming) = incoming_of(frame) {
+                return incoming;
+            }
+        }
     }
 
     /// Apply a local edit at once (with this user's selection after it, if

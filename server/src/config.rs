@@ -41,7 +41,8 @@ pub struct Config {
     /// Most connections on one document at once.
     #[arg(long, env = "OT_MAX_CLIENTS_PER_DOC", default_value_t = 256)]
     pub max_clients_per_doc: usize,
-    /// Most WebSocket connections on the server at once.
+    /// Most WebSocket connections on the server at once (lowered at start, with
+    /// a warning, to leave 256 descriptors below the open-file limit).
     #[arg(long, env = "OT_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Sustained messages per second read from one connection (reading pauses above it).
@@ -146,6 +147,42 @@ pub struct Config {
     /// Also serve `GET /metrics` (and nothing else) on this address, over plain HTTP.
     #[arg(long, env = "OT_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    // Connections: liveness, deadlines and limits per address and for `/api`.
+    /// Seconds between the server's WebSocket pings on each connection.
+    #[arg(long, env = "OT_PING_SECS", default_value_t = 20)]
+    pub ping_secs: u64,
+    /// Seconds after a ping within which something (a pong or any frame) must
+    /// arrive, or the connection is closed as dead.
+    #[arg(long, env = "OT_PONG_TIMEOUT_SECS", default_value_t = 20)]
+    pub pong_timeout_secs: u64,
+    /// Seconds from the upgrade to the first message (the join); beyond it the
+    /// connection is closed with 1011 (retry later).
+    #[arg(long, env = "OT_JOIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub join_timeout_secs: u64,
+    /// Seconds a frame may take to be written; beyond it the connection is
+    /// closed with 4008 (too slow).
+    #[arg(long, env = "OT_WRITE_TIMEOUT_SECS", default_value_t = 15)]
+    pub write_timeout_secs: u64,
+    /// Most WebSocket connections from one address (the forwarded one behind a
+    /// `--trusted-proxy`); beyond it the upgrade gets 429. 256 lets a
+    /// classroom or an office behind one NAT open a few tabs each.
+    #[arg(long, env = "OT_MAX_CONNECTIONS_PER_ADDR", default_value_t = 256)]
+    pub max_connections_per_addr: usize,
+    /// A reverse proxy (IP or CIDR, repeatable) whose `X-Forwarded-For` /
+    /// `Forwarded` last hop names the client. The variable takes a
+    /// comma-separated list.
+    #[arg(
+        long = "trusted-proxy",
+        env = "OT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<crate::connection::TrustedProxy>,
+    /// Most `/api` requests served at once; beyond it a request gets 503
+    /// `too_many_requests` at once instead of waiting.
+    #[arg(long, env = "OT_MAX_API_REQUESTS", default_value_t = 64)]
+    pub max_api_requests: usize,
+
     /// Instead of serving: a tool (`server token --help`).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -176,6 +213,28 @@ impl Config {
     /// The handshake timeout as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// How long a connection may stay silent (no frame, no pong) before it is
+    /// closed as dead: a ping interval plus the pong timeout, so that at least
+    /// one ping went unanswered for the whole pong timeout.
+    pub fn liveness_limit(&self) -> Duration {
+        Duration::from_secs(self.ping_secs.max(1).saturating_add(self.pong_timeout_secs))
+    }
+
+    /// The interval of the server's pings.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_secs.max(1))
+    }
+
+    /// The join deadline as a duration.
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_secs(self.join_timeout_secs)
+    }
+
+    /// The write deadline of one frame (or one batch of frames).
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs.max(1))
     }
 
     /// The idle-unload delay as a duration.

@@ -8,11 +8,13 @@
 mod admin;
 mod admin_docs;
 mod api_error;
+mod api_limit;
 mod app;
 pub mod auth;
 mod config;
 mod connection;
 mod document;
+mod fd_limit;
 mod guard;
 mod http;
 mod metrics;
@@ -37,14 +39,15 @@ use tokio_rustls::TlsAcceptor;
 use api_error::ApiError;
 use app::Shared;
 pub use config::{Command, Config};
+pub use connection::{TrustedProxy, TrustedProxyError};
 use metrics::Metrics;
 use state::Services;
 use storage::{CommitOptions, CommitQueue, SqliteStorage, Storage};
 
 /// The HTTP and WebSocket routes.
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/ws/{doc}", get(connection::ws_handler))
+    // `/api` requests share `--max-api-requests` permits (see `api_limit`).
+    let api = Router::new()
         .route("/api/docs", get(http::list_docs))
         .route("/api/docs/{doc}", get(http::get_doc))
         .route("/api/docs/{doc}/text", get(http::get_text))
@@ -53,6 +56,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/admin/revoke", post(admin::revoke))
         .route("/api/admin/docs/{doc}", delete(admin_docs::delete_doc))
         .route("/api/admin/docs/{doc}/export", get(admin_docs::export_doc))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            api_limit::limit,
+        ));
+    Router::new()
+        .route("/ws/{doc}", get(connection::ws_handler))
+        .merge(api)
         .route("/healthz", get(http::healthz))
         .route("/metrics", get(http::metrics))
         .route("/", get(web::index))
@@ -123,6 +133,8 @@ pub async fn run(
         }
         None => None,
     };
+    let mut config = config;
+    fd_limit::fit_connections(&mut config);
     let storage: Arc<dyn Storage> = Arc::new(
         SqliteStorage::open(&config.data_dir, config.durability)
             .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
@@ -218,8 +230,8 @@ async fn serve_http(
             accepted = listener.accept() => accepted,
             _ = shared.shutdown.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -241,7 +253,11 @@ async fn serve_http(
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            let service = hyper::service::service_fn(move |request| app.clone().oneshot(request));
+            // The peer's address, for the per-address connection limit.
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+                request.extensions_mut().insert(connection::PeerAddr(peer));
+                app.clone().oneshot(request)
+            });
             match tls {
                 None => {
                     let io = TokioIo::new(stream);

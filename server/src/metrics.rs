@@ -38,6 +38,10 @@ pub(crate) struct Metrics {
     pub(crate) ingest_batch: Histogram,
     /// Signs of lost acknowledged commits found when the storage was opened.
     pub(crate) storage_faults: IntGauge,
+    /// Connections and requests the connection limits ended or refused, by
+    /// reason (`dead_peer`, `write_timeout`, `join_timeout`, `per_addr`,
+    /// `api_busy`).
+    pub(crate) refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -101,6 +105,14 @@ impl Metrics {
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
             ),
         )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "ot_connection_limits_total",
+                "Connections and requests ended or refused by a connection limit, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(open_documents.clone()))?;
         registry.register(Box::new(document_loads.clone()))?;
@@ -138,6 +150,7 @@ impl Metrics {
             ingest_latency,
             ingest_batch,
             storage_faults,
+            refused,
         })
     }
 

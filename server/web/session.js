@@ -272,8 +272,28 @@ const noop = () => {};
  *   (403) or `"ok"` (something else: reconnect as usual).
  * - `log(...)`.
  *
- * `random` (for the jitter) and `schedule(fn, ms)` (a timer) can be replaced in tests.
+ * `random` (for the jitter), `schedule(fn, ms)` (a timer), `now()` (a clock
+ * in ms) and `livenessTimer(fn, ms)` (the liveness checks' timer) can be
+ * replaced in tests.
+ *
+ * Liveness: a connection on which nothing arrived for `liveness` ms (default
+ * `LIVENESS_MS`) is dropped and reconnected; after a third of that silence the
+ * page sends `pingMessage()` so that a quiet but live server answers `pong`
+ * (the server's own WebSocket pings are invisible to a page).
  */
+/** Silence (ms) after which the page takes its connection for dead. The
+ * server pings every 20 s and answers a `ping`, so a live connection is never
+ * silent this long; a dropped network otherwise shows "connected" for minutes. */
+export const LIVENESS_MS = 45000;
+
+/** A timer that never keeps a Node process alive (the liveness checks of a
+ * session left open by a test); a plain `setTimeout` in a browser. */
+function backgroundTimer(fn, ms) {
+  const timer = setTimeout(fn, ms);
+  if (typeof timer === "object" && timer !== null && typeof timer.unref === "function") timer.unref();
+  return timer;
+}
+
 export class Session {
   constructor({
     client,
@@ -285,6 +305,9 @@ export class Session {
     hooks = {},
     random = Math.random,
     schedule = (fn, ms) => setTimeout(fn, ms),
+    now = () => Date.now(),
+    liveness = LIVENESS_MS,
+    livenessTimer = backgroundTimer,
   }) {
     this.client = client;
     this.docId = docId;
@@ -296,6 +319,11 @@ export class Session {
     this.epoch = epoch;
     this.random = random;
     this.schedule = schedule;
+    this.now = now;
+    this.liveness = liveness;
+    this.livenessTimer = livenessTimer;
+    this.lastHeard = 0; // now() when the current socket last delivered anything
+    this.pinged = false; // a ping was sent since then
     this.hooks = {
       setText: noop,
       applyRemote: noop,
@@ -383,9 +411,12 @@ export class Session {
     socket.onopen = () => {
       if (this.ws !== socket) return;
       this.connected = true;
+      this.heard();
+      this.watchLiveness(socket);
     };
     socket.onmessage = (event) => {
       if (this.ws !== socket) return;
+      this.heard();
       this.receive(event.data);
     };
     socket.onclose = (event) => {
@@ -399,6 +430,35 @@ export class Session {
         });
       }
     };
+  }
+
+  /** Something arrived: the silence starts over. */
+  heard() {
+    this.lastHeard = this.now();
+    this.pinged = false;
+  }
+
+  /**
+   * Check `socket` every sixth of the liveness limit while it is the current
+   * one: ping after a third of the limit in silence, drop it after the whole.
+   * A check of a replaced socket ends its chain (timers need no cancelling).
+   */
+  watchLiveness(socket) {
+    const every = Math.max(1, Math.floor(this.liveness / 6));
+    this.livenessTimer(() => {
+      if (this.ws !== socket || !this.connected) return;
+      const silent = this.now() - this.lastHeard;
+      if (silent >= this.liveness) {
+        this.hooks.log(`no message from the server for ${Math.round(silent / 1000)} s: reconnecting`);
+        this.dropped("no message from the server");
+        return;
+      }
+      if (silent >= this.liveness / 3 && !this.pinged) {
+        this.pinged = true;
+        this.send(pingMessage());
+      }
+      this.watchLiveness(socket);
+    }, every);
   }
 
   /** The server closed the connection with `code` (undefined: no close frame). Returns the action. */

@@ -3,13 +3,17 @@
 //! upgrades and joins the document; [`reader`] reads frames (size
 //! check, rate limit, parse) and forwards them to the document's actor;
 //! [`writer`] drains the connection's bounded outbound queue onto the socket;
-//! [`names`] cleans the display names it broadcasts.
+//! [`names`] cleans the display names it broadcasts; [`peer`] tells which
+//! address a connection comes from and counts connections per address.
 //! What is queued, and every frame and close frame, is built in
 //! [`crate::outbound`].
 
 mod names;
+mod peer;
 mod reader;
 mod upgrade;
 mod writer;
 
+pub(crate) use peer::{AddrCounts, PeerAddr};
+pub use peer::{TrustedProxy, TrustedProxyError};
 pub(crate) use upgrade::ws_handler;

@@ -19,6 +19,12 @@ use crate::app::Shared;
 use crate::document::{DocCommand, DocHandle};
 use crate::outbound::{error_frame, text_frame, Outbound};
 
+/// Cursor messages forwarded per connection at most once per this interval
+/// (20 a second); a newer cursor replaces one still waiting, so a client
+/// that sends selections as fast as it can costs the document 20 cursor
+/// mappings a second, and the others see its latest selection.
+pub(crate) const CURSOR_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Reading pauses when a connection sends faster than its rate (backpressure).
 struct TokenBucket {
     rate: f64,
@@ -178,16 +184,44 @@ pub(super) async fn run(
         let frame = error_frame(&shared.metrics, code, message, seq);
         let _ = out_tx.try_send(Outbound::Text(frame));
     };
+    // Liveness: the writer pings every `ping_secs`; a peer from which nothing
+    // (a pong or any frame) arrived for a ping interval plus the pong timeout
+    // left a ping unanswered that long, and is closed as dead.
+    let silence_limit = config.liveness_limit();
+    let silence = tokio::time::sleep(silence_limit);
+    tokio::pin!(silence);
+    // Presence coalescing: the newest cursor not yet forwarded, and when the
+    // next one may go.
+    let mut held_cursor: Option<DocCommand> = None;
+    let mut next_cursor_at = tokio::time::Instant::now();
     loop {
         let frame = tokio::select! {
+            () = tokio::time::sleep_until(next_cursor_at), if held_cursor.is_some() => {
+                if let Some(cursor) = held_cursor.take() {
+                    next_cursor_at = tokio::time::Instant::now() + CURSOR_INTERVAL;
+                    if handle.tx.send(cursor).await.is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
             _ = shared.shutdown.cancelled() => break,
             _ = ends.cancelled() => {
                 close_with(CloseCode::TokenExpired);
                 break;
             }
             _ = &mut writer => break,
+            () = &mut silence => {
+                tracing::info!(%doc, conn_id, "closing a connection that answered no ping");
+                shared.metrics.refused.with_label_values(&["dead_peer"]).inc();
+                close_with(CloseCode::TooSlow);
+                break;
+            }
             frame = stream.next() => frame,
         };
+        silence
+            .as_mut()
+            .reset(tokio::time::Instant::now() + silence_limit);
         let text = match frame {
             None | Some(Ok(Message::Close(_))) => break,
             Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
@@ -299,8 +333,29 @@ pub(super) async fn run(
             Err(rejection) => Err((rejection.code, rejection.message, rejection.seq)),
         };
         match command {
+            Ok(cursor @ DocCommand::Cursor { .. }) => {
+                strikes.clear();
+                let now = tokio::time::Instant::now();
+                if held_cursor.is_none() && now >= next_cursor_at {
+                    next_cursor_at = now + CURSOR_INTERVAL;
+                    if handle.tx.send(cursor).await.is_err() {
+                        break;
+                    }
+                } else {
+                    // Replaces an older one still waiting: only the latest matters.
+                    held_cursor = Some(cursor);
+                }
+            }
             Ok(command) => {
                 strikes.clear();
+                // A held cursor goes first, so the document sees this
+                // connection's messages in the order they were sent.
+                if let Some(cursor) = held_cursor.take() {
+                    next_cursor_at = tokio::time::Instant::now() + CURSOR_INTERVAL;
+                    if handle.tx.send(cursor).await.is_err() {
+                        break;
+                    }
+                }
                 if matches!(command, DocCommand::Op { .. }) {
                     awaiting.op_sent();
                 }

@@ -12,11 +12,13 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use ot_core::history::KeyHash;
 use ot_protocol::{Access, ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode, SUBPROTOCOL};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::peer::{client_addr, AddrSlot, PeerAddr};
 use super::reader;
 use crate::api_error::ApiError;
 use crate::app::Shared;
@@ -101,6 +103,7 @@ pub(crate) async fn ws_handler(
     Path(doc): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerAddr>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let mut request = match Request::parse(&doc, &params, &headers) {
@@ -131,6 +134,35 @@ pub(crate) async fn ws_handler(
         )
         .into_response();
     }
+    // Counted before the document is asked anything: a flood from one
+    // address costs no actor work. Held for the connection's life.
+    let addr_slot = match peer {
+        Some(Extension(PeerAddr(peer))) => {
+            let addr = client_addr(peer.ip(), &headers, &shared.config.trusted_proxy);
+            match shared
+                .addr_counts
+                .take(addr, shared.config.max_connections_per_addr)
+            {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::info!(%addr, "refused a connection: too many from its address");
+                    shared
+                        .metrics
+                        .refused
+                        .with_label_values(&["per_addr"])
+                        .inc();
+                    return ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        ApiErrorCode::TooManyConnections,
+                        "too many connections from this address",
+                    )
+                    .into_response();
+                }
+            }
+        }
+        // Only a router used without the accept loop has no peer.
+        None => None,
+    };
     let mut authorized = authorize(&shared, &request).await;
     if matches!(authorized, Err(JoinError::Forbidden)) && request.key_only_hash.is_some() {
         // Bound before authentication was on: the key alone still counts.
@@ -175,7 +207,7 @@ pub(crate) async fn ws_handler(
         .max_write_buffer_size(largest_outgoing.max(64 << 20))
         .on_upgrade(move |socket| {
             let tasks = shared.tasks.clone();
-            tasks.track_future(connection(shared, socket, request, permit))
+            tasks.track_future(connection(shared, socket, request, permit, addr_slot))
         })
 }
 
@@ -245,12 +277,36 @@ async fn join(
     Err(JoinError::Unavailable(Arc::new(DocError::KeptUnloading)))
 }
 
-async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request, permit: Permit) {
+async fn connection(
+    shared: Arc<Shared>,
+    mut socket: WebSocket,
+    request: Request,
+    permit: Permit,
+    // Uncounts the address when the connection ends.
+    _addr_slot: Option<AddrSlot>,
+) {
     shared.connections.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections.inc();
     let conn_id = shared.next_conn_id();
     let (out_tx, out_rx) = mpsc::channel(shared.config.outbound_queue.max(16));
-    match join(&shared, &request, permit.access, conn_id, &out_tx).await {
+    // The join deadline: a document that does not answer in time (busy,
+    // loading, stuck) gets the client told to retry instead of holding the
+    // socket. A late answer finds the queue gone and does not register it.
+    let joined = tokio::time::timeout(
+        shared.config.join_timeout(),
+        join(&shared, &request, permit.access, conn_id, &out_tx),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        tracing::info!(doc = %request.doc, client = %request.client_id, "the join did not complete in time");
+        shared
+            .metrics
+            .refused
+            .with_label_values(&["join_timeout"])
+            .inc();
+        Err(JoinError::Unavailable(Arc::new(DocError::NoAnswer)))
+    });
+    match joined {
         Ok((handle, kick_rx)) => {
             tracing::debug!(doc = %request.doc, client = %request.client_id, conn_id, "joined");
             // Cancelled when the token expires or is revoked.
@@ -286,11 +342,13 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request
             // generation for the one it saw (it keeps its edits as a
             // conflict copy and connects afresh).
             tracing::info!(doc = %request.doc, client = %request.client_id, "closed a client of a deleted document with 4004");
-            let _ = socket
-                .send(Message::Close(Some(close_frame(
+            let _ = tokio::time::timeout(
+                shared.config.write_timeout(),
+                socket.send(Message::Close(Some(close_frame(
                     CloseCode::DocumentDeleted,
-                ))))
-                .await;
+                )))),
+            )
+            .await;
         }
         Err(e) => {
             let (code, close) = match &e {
@@ -304,8 +362,11 @@ async fn connection(shared: Arc<Shared>, mut socket: WebSocket, request: Request
                 }
             };
             let frame = error_frame(&shared.metrics, code, &e.to_string(), None);
-            let _ = socket.send(Message::Text(frame)).await;
-            let _ = socket.send(Message::Close(Some(close_frame(close)))).await;
+            let _ = tokio::time::timeout(shared.config.write_timeout(), async {
+                let _ = socket.send(Message::Text(frame)).await;
+                let _ = socket.send(Message::Close(Some(close_frame(close)))).await;
+            })
+            .await;
         }
     }
     shared.connections.fetch_sub(1, Ordering::Relaxed);

@@ -25,6 +25,16 @@ pub(crate) const BROADCAST_HOLD: Duration = Duration::from_millis(2);
 /// Frames written per flush at most.
 const MAX_BATCH: usize = 256;
 
+/// The slowest link the write deadline allows for a large frame: a write of
+/// `n` bytes may take `--write-timeout-secs` plus `n` / this rate, so a big
+/// snapshot to a slow but working client is not taken for a stalled one.
+const MIN_WRITE_RATE: f64 = 64.0 * 1024.0;
+
+/// The deadline of a write of `bytes` bytes.
+fn write_deadline(write_timeout: Duration, bytes: usize) -> Duration {
+    write_timeout + Duration::from_secs_f64(bytes as f64 / MIN_WRITE_RATE)
+}
+
 /// How many of this client's ops the document has not answered yet: the
 /// reader counts ops it forwards, the writer counts the replies it writes.
 #[derive(Debug, Default)]
@@ -58,7 +68,11 @@ pub(super) struct Queues {
     pub(super) local_close_rx: oneshot::Receiver<CloseCode>,
 }
 
-/// Write until the queue closes or the connection is closed, then send the close frame.
+/// Write until the queue closes or the connection is closed, then send the
+/// close frame. Pings the peer every `--ping-secs` (the reader closes a peer
+/// that stays silent); a write that takes longer than `--write-timeout-secs`
+/// ends the connection with 4008, so a client that stops reading its socket
+/// holds neither the queue's memory nor a document for longer than that.
 pub(super) async fn run(
     shared: Arc<Shared>,
     doc: DocId,
@@ -71,62 +85,125 @@ pub(super) async fn run(
         mut kick_rx,
         mut local_close_rx,
     } = queues;
+    let write_timeout = shared.config.write_timeout();
+    let ping_every = shared.config.ping_interval();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut kick_open = true;
     let mut local_open = true;
     let close = loop {
-        tokio::select! {
+        let wrote: Result<(), Stuck> = tokio::select! {
             biased;
             reason = &mut kick_rx, if kick_open => match reason {
                 Ok(reason) => break Some(reason),
-                Err(_) => kick_open = false, // removed without a kick: drain, then close
+                Err(_) => { kick_open = false; Ok(()) } // removed without a kick: drain, then close
             },
             reason = &mut local_close_rx, if local_open => match reason {
                 Ok(reason) => {
                     // Flush what is queued (e.g. the error that explains the close) first.
-                    while let Ok(Ok(text)) = out_rx.try_recv().map(Outbound::into_text) {
-                        if sink.send(Message::Text(text)).await.is_err() {
-                            return;
+                    let flushed = within(write_timeout, async {
+                        while let Ok(Ok(text)) = out_rx.try_recv().map(Outbound::into_text) {
+                            sink.send(Message::Text(text)).await.map_err(|_| ())?;
                         }
+                        Ok::<(), ()>(())
+                    }).await;
+                    match flushed {
+                        Ok(()) => break Some(reason),
+                        Err(stuck) => Err(stuck),
                     }
-                    break Some(reason);
                 }
-                Err(_) => local_open = false,
+                Err(_) => { local_open = false; Ok(()) }
             },
+            _ = ping.tick() => {
+                within(write_timeout, sink.send(Message::Ping(Default::default()))).await
+            }
             message = out_rx.recv() => match message {
                 Some(first) => {
                     // A catch-up is served on its own, or after the batch it ended.
                     let catch_up_request = match first {
-                        request @ Outbound::CatchUp { .. } => Some(request),
-                        frame => match write_batch(&mut sink, &mut out_rx, &awaiting, frame).await {
-                            Ok(next) => next,
-                            Err(()) => return,
-                        },
+                        request @ Outbound::CatchUp { .. } => Ok(Some(request)),
+                        frame => write_batch(&mut sink, &mut out_rx, &awaiting, frame, write_timeout).await,
                     };
-                    if let Some(Outbound::CatchUp { after, upto }) = catch_up_request {
-                        if catch_up(&shared, &doc, &mut sink, after, upto).await.is_err() {
-                            break Some(CloseCode::Unavailable);
+                    match catch_up_request {
+                        Ok(Some(Outbound::CatchUp { after, upto })) => {
+                            match catch_up(&shared, &doc, &mut sink, after, upto, write_timeout).await {
+                                Ok(()) => Ok(()),
+                                Err(CatchUpFailed::Stuck) => Err(Stuck::TimedOut),
+                                Err(CatchUpFailed::Storage) => break Some(CloseCode::Unavailable),
+                            }
                         }
+                        Ok(_) => Ok(()),
+                        Err(stuck) => Err(stuck),
                     }
                 }
                 None => break if shared.shutdown.is_cancelled() { Some(CloseCode::GoingAway) } else { None },
             },
+        };
+        match wrote {
+            Ok(()) => {}
+            Err(Stuck::Broken) => return,
+            Err(Stuck::TimedOut) => {
+                tracing::info!(%doc, "closing a connection whose writes stalled");
+                shared
+                    .metrics
+                    .refused
+                    .with_label_values(&["write_timeout"])
+                    .inc();
+                break Some(CloseCode::TooSlow);
+            }
         }
     };
-    let _ = sink.send(Message::Close(close.map(close_frame))).await;
-    let _ = sink.close().await;
+    // The close frame may not fit a stalled socket either: bounded, then dropped.
+    let _ = tokio::time::timeout(write_timeout, async {
+        let _ = sink.send(Message::Close(close.map(close_frame))).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+/// Why the socket took no more frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stuck {
+    /// The write failed (the connection broke).
+    Broken,
+    /// The write did not finish within the write deadline.
+    TimedOut,
+}
+
+/// `write`, bounded by `deadline`.
+async fn within<E>(
+    deadline: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), Stuck> {
+    match tokio::time::timeout(deadline, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stuck::Broken),
+        Err(_) => Err(Stuck::TimedOut),
+    }
+}
+
+/// Why a catch-up stopped.
+enum CatchUpFailed {
+    /// Reading storage failed: close with 1011.
+    Storage,
+    /// The socket failed or stalled.
+    Stuck,
 }
 
 /// Write `first` and whatever else is already queued in one flush: under load
 /// this turns many small writes into one syscall. If the batch holds only
 /// broadcasts while the client awaits a reply, wait up to [`BROADCAST_HOLD`]
 /// for the reply to join them. Returns a non-frame item that ended the batch
-/// (a catch-up, to run after the flush); `Err` if the socket failed.
+/// (a catch-up, to run after the flush); `Err` if the socket failed or a
+/// write missed its deadline ([`write_deadline`]).
 async fn write_batch<S: Sink<Message> + Unpin>(
     sink: &mut S,
     out_rx: &mut mpsc::Receiver<Outbound>,
     awaiting: &AwaitingReplies,
     first: Outbound,
-) -> Result<Option<Outbound>, ()> {
+    write_timeout: Duration,
+) -> Result<Option<Outbound>, Stuck> {
+    let mut batch_bytes = 0usize;
     let mut batched = 0;
     let mut only_broadcasts = true;
     let mut next = Some(first);
@@ -161,7 +238,14 @@ async fn write_batch<S: Sink<Message> + Unpin>(
         }
         match outbound.into_text() {
             Ok(text) => {
-                sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                // Feeding may write out the frames fed before it.
+                let len = text.len();
+                within(
+                    write_deadline(write_timeout, batch_bytes),
+                    sink.feed(Message::Text(text)),
+                )
+                .await?;
+                batch_bytes += len;
                 batched += 1;
             }
             Err(other) => {
@@ -170,18 +254,19 @@ async fn write_batch<S: Sink<Message> + Unpin>(
             }
         }
     }
-    sink.flush().await.map_err(|_| ())?;
+    within(write_deadline(write_timeout, batch_bytes), sink.flush()).await?;
     Ok(stopped_by)
 }
 
-/// Send ops `after+1 ..= upto` from storage.
+/// Send ops `after+1 ..= upto` from storage, each frame within `write_timeout`.
 async fn catch_up(
     shared: &Arc<Shared>,
     doc: &DocId,
     sink: &mut SplitSink<WebSocket, Message>,
     after: u64,
     upto: u64,
-) -> Result<(), ()> {
+    write_timeout: Duration,
+) -> Result<(), CatchUpFailed> {
     let mut next = after;
     while next < upto {
         let storage = shared.storage.clone();
@@ -190,19 +275,24 @@ async fn catch_up(
         let from = next;
         let ops = tokio::task::spawn_blocking(move || storage.ops(&doc_id, from, limit))
             .await
-            .map_err(|_| ())?
-            .map_err(|e| tracing::error!(%doc, error = %e, "catch-up read failed"))?;
+            .map_err(|_| CatchUpFailed::Storage)?
+            .map_err(|e| {
+                tracing::error!(%doc, error = %e, "catch-up read failed");
+                CatchUpFailed::Storage
+            })?;
         if ops.is_empty() {
             tracing::error!(%doc, after = next, upto, "catch-up found no ops");
-            return Err(());
+            return Err(CatchUpFailed::Storage);
         }
         for op in ops {
             if op.rev != next + 1 || op.rev > upto {
-                return Err(());
+                return Err(CatchUpFailed::Storage);
             }
-            sink.send(Message::Text(stored_op_frame(&op)))
+            let frame = stored_op_frame(&op);
+            let deadline = write_deadline(write_timeout, frame.len());
+            within(deadline, sink.send(Message::Text(frame)))
                 .await
-                .map_err(|_| ())?;
+                .map_err(|_| CatchUpFailed::Stuck)?;
             next = op.rev;
         }
     }
@@ -245,6 +335,9 @@ mod tests {
         }
     }
 
+    /// A write deadline the tests never reach.
+    const LONG: Duration = Duration::from_secs(15);
+
     fn broadcast(text: &str) -> Outbound {
         Outbound::Broadcast(Utf8Bytes::from(text.to_owned()))
     }
@@ -263,7 +356,7 @@ mod tests {
         tx.try_send(broadcast("b2")).unwrap();
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(&mut sink, &mut rx, &awaiting(0), broadcast("b1")).await;
+        let next = write_batch(&mut sink, &mut rx, &awaiting(0), broadcast("b1"), LONG).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned(), "b2".to_owned()]]);
         assert_eq!(started.elapsed(), Duration::ZERO);
@@ -283,7 +376,7 @@ mod tests {
                 .unwrap();
             tx
         });
-        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(
             sink.flushes,
@@ -302,7 +395,7 @@ mod tests {
         let awaiting = awaiting(1);
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned()]]);
         assert_eq!(started.elapsed(), BROADCAST_HOLD);
@@ -321,6 +414,7 @@ mod tests {
             &mut rx,
             &awaiting,
             Outbound::Text(Utf8Bytes::from_static("t")),
+            LONG,
         )
         .await;
         assert!(matches!(next, Ok(None)));
@@ -333,6 +427,7 @@ mod tests {
             &mut rx,
             &awaiting,
             Outbound::Reply(Utf8Bytes::from_static("ack")),
+            LONG,
         )
         .await;
         assert!(matches!(

@@ -1,0 +1,336 @@
+//! A TCP proxy for tests of bad networks: it listens on a free loopback port
+//! and forwards every connection to a target. Per direction it can add
+//! latency, stall (stop forwarding but keep the sockets open, as a network
+//! that silently drops everything does) and resume; [`Proxy::cut`] closes
+//! every open connection at once (as a crashed middlebox does), while new
+//! connections are still accepted.
+//!
+//! ```no_run
+//! # async fn demo(server: std::net::SocketAddr) -> anyhow::Result<()> {
+//! use e2e_tests::proxy::{Direction, Proxy};
+//! let proxy = Proxy::start(server).await?;
+//! // Clients connect to `proxy.addr()` instead of `server`.
+//! proxy.stall(Direction::Both);
+//! proxy.resume(Direction::Both);
+//! proxy.set_latency(Direction::ToServer, std::time::Duration::from_millis(50));
+//! proxy.cut();
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Which way bytes flow through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the connecting client to the target.
+    ToServer,
+    /// From the target back to the client.
+    ToClient,
+    /// Both ways.
+    Both,
+}
+
+impl Direction {
+    fn includes(self, one: Direction) -> bool {
+        self == Direction::Both || self == one
+    }
+}
+
+/// How one direction forwards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Flow {
+    /// Each chunk is delivered this long after it was read.
+    latency: Duration,
+    /// Nothing is delivered while set; what was read waits (a little), then
+    /// reading stops too, so the sender's socket buffers fill as on a dead link.
+    stalled: bool,
+}
+
+/// Chunks read ahead of delivery per direction (backpressure beyond it).
+const IN_FLIGHT: usize = 64;
+
+/// A running proxy; stops accepting and closes every connection when dropped.
+pub struct Proxy {
+    addr: SocketAddr,
+    target: SocketAddr,
+    to_server: watch::Sender<Flow>,
+    to_client: watch::Sender<Flow>,
+    /// Bumped by [`Proxy::cut`]: every connection of an older generation closes.
+    cuts: watch::Sender<u64>,
+    open: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listen on a free loopback port and forward to `target`.
+    pub async fn start(target: SocketAddr) -> Result<Proxy> {
+        let listener = TcpListener::bind((target.ip(), 0))
+            .await
+            .context("binding the proxy")?;
+        let addr = listener.local_addr()?;
+        let (to_server, _) = watch::channel(Flow::default());
+        let (to_client, _) = watch::channel(Flow::default());
+        let (cuts, _) = watch::channel(0u64);
+        let open = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let acceptor = tokio::spawn(accept_loop(
+            listener,
+            target,
+            Channels {
+                to_server: to_server.subscribe(),
+                to_client: to_client.subscribe(),
+                cuts: cuts.subscribe(),
+            },
+            open.clone(),
+            accepted.clone(),
+        ));
+        Ok(Proxy {
+            addr,
+            target,
+            to_server,
+            to_client,
+            cuts,
+            open,
+            accepted,
+            acceptor,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address it forwards to.
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// Deliver every chunk `latency` after it was read (order is kept).
+    pub fn set_latency(&self, direction: Direction, latency: Duration) {
+        self.update(direction, |flow| flow.latency = latency);
+    }
+
+    /// Stop forwarding in `direction`; sockets stay open and nothing is
+    /// closed or reset, so neither end notices except by silence.
+    pub fn stall(&self, direction: Direction) {
+        self.update(direction, |flow| flow.stalled = true);
+    }
+
+    /// Forward again what a stall held back, and what follows.
+    pub fn resume(&self, direction: Direction) {
+        self.update(direction, |flow| flow.stalled = false);
+    }
+
+    /// Close every open connection now (both sockets of each); connections
+    /// made afterwards are forwarded as usual.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|generation| *generation += 1);
+    }
+
+    /// Connections open through the proxy now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted since the start.
+    pub fn accepted_connections(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    fn update(&self, direction: Direction, change: impl Fn(&mut Flow)) {
+        if direction.includes(Direction::ToServer) {
+            self.to_server.send_modify(&change);
+        }
+        if direction.includes(Direction::ToClient) {
+            self.to_client.send_modify(&change);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.cut();
+    }
+}
+
+/// What every connection watches.
+#[derive(Clone)]
+struct Channels {
+    to_server: watch::Receiver<Flow>,
+    to_client: watch::Receiver<Flow>,
+    cuts: watch::Receiver<u64>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    channels: Channels,
+    open: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            // Out of descriptors and the like: a test will notice; do not spin.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        accepted.fetch_add(1, Ordering::Relaxed);
+        let channels = channels.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            let Ok(server) = TcpStream::connect(target).await else {
+                return; // dropping `client` closes it, as a refused connection would
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            open.fetch_add(1, Ordering::Relaxed);
+            forward(client, server, channels).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Forward both ways until both ends are done or the connection is cut.
+async fn forward(client: TcpStream, server: TcpStream, channels: Channels) {
+    let mut cuts = channels.cuts.clone();
+    let generation = *cuts.borrow_and_update();
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let both = async {
+        tokio::join!(
+            pump(client_read, server_write, channels.to_server.clone()),
+            pump(server_read, client_write, channels.to_client.clone()),
+        )
+    };
+    tokio::select! {
+        _ = both => {}
+        _ = cuts.wait_for(|now| *now != generation) => {}
+    }
+    // Dropping the halves closes both sockets.
+}
+
+/// One direction: read chunks, deliver each when its latency has passed and
+/// the direction is not stalled; at the end, half-close the destination.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, flow: watch::Receiver<Flow>) {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT);
+    let mut read_flow = flow.clone();
+    let read = async move {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            // While stalled, stop reading once the chunks in flight are full.
+            let n = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let due = Instant::now() + read_flow.borrow_and_update().latency;
+            if tx.send((due, buffer[..n].to_vec())).await.is_err() {
+                break;
+            }
+        }
+    };
+    let mut write_flow = flow;
+    let write = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            if write_flow.wait_for(|flow| !flow.stalled).await.is_err() {
+                break;
+            }
+            tokio::time::sleep_until(due).await;
+            // A stall that began during the latency still holds this chunk.
+            if write_flow.wait_for(|flow| !flow.stalled).await.is_err() {
+                break;
+            }
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// An echo server on loopback.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = socket.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn round_trip(socket: &mut TcpStream, byte: u8, within: Duration) -> Option<u8> {
+        socket.write_all(&[byte]).await.ok()?;
+        let mut answer = [0u8; 1];
+        match tokio::time::timeout(within, socket.read_exact(&mut answer)).await {
+            Ok(Ok(_)) => Some(answer[0]),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_stalls_resumes_delays_and_cuts() {
+        let proxy = Proxy::start(echo().await).await.unwrap();
+        let mut socket = TcpStream::connect(proxy.addr()).await.unwrap();
+        let long = Duration::from_secs(10);
+        assert_eq!(round_trip(&mut socket, 1, long).await, Some(1));
+        assert_eq!(proxy.open_connections(), 1);
+
+        proxy.stall(Direction::ToClient);
+        assert_eq!(
+            round_trip(&mut socket, 2, Duration::from_millis(300)).await,
+            None,
+            "nothing comes back while stalled"
+        );
+        proxy.resume(Direction::ToClient);
+        let mut held = [0u8; 1];
+        tokio::time::timeout(long, socket.read_exact(&mut held))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(held[0], 2, "what the stall held back arrives on resume");
+
+        proxy.set_latency(Direction::ToServer, Duration::from_millis(200));
+        let started = Instant::now();
+        assert_eq!(round_trip(&mut socket, 3, long).await, Some(3));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        proxy.set_latency(Direction::Both, Duration::ZERO);
+
+        proxy.cut();
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(long, socket.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+            "the cut closes the socket"
+        );
+        let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(
+            round_trip(&mut again, 4, long).await,
+            Some(4),
+            "new connections work"
+        );
+        assert_eq!(proxy.accepted_connections(), 2);
+    }
+}
