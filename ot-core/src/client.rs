@@ -761,6 +761,176 @@ mod tests {
         assert_eq!(Client::from_state(bad).unwrap_err().code(), "corrupt_state");
     }
 
+    fn small(len: usize, comps: usize) -> OpLimits {
+        OpLimits {
+            max_op_len: len,
+            max_op_components: comps,
+        }
+    }
+
+    /// Ack the outstanding op at the next revision; the next op sent, if any.
+    fn ack_next(c: &mut Client) -> Option<OutgoingOp> {
+        let seq = c.outstanding().map(|o| o.seq).unwrap();
+        let AckOutcome::Acknowledged { next } = c.ack(c.revision() + 1, seq).unwrap() else {
+            panic!("the ack must match");
+        };
+        next
+    }
+
+    #[test]
+    fn edits_queue_within_the_limits_and_leave_one_per_ack() {
+        let mut c = Client::new("me", 0, "", 0);
+        c.set_limits(small(3, 10));
+        // An edit beyond the limits is split before it is sent.
+        let first = c.local_edit(&ins(0, 0, "abcdefgh")).unwrap().unwrap();
+        assert_eq!(first.op.to_json(), r#"["abc"]"#);
+        assert_eq!(c.unacknowledged(), 3);
+        // Typing composes into the last queued op while it fits ("gh" + "i"),
+        // then starts a new one.
+        assert_eq!(c.local_edit(&ins(8, 8, "i")).unwrap(), None);
+        assert_eq!(c.local_edit(&ins(9, 9, "j")).unwrap(), None);
+        let queued: Vec<String> = c.queue().map(|op| op.to_json()).collect();
+        assert_eq!(queued, [r#"[3,"def"]"#, r#"[6,"ghi"]"#, r#"[9,"j"]"#]);
+        let mut seqs = vec![first.seq];
+        let mut synced = first.op.apply("").unwrap();
+        while let Some(next) = ack_next(&mut c) {
+            assert!(next.op.fits(c.limits()));
+            assert_eq!(next.base_rev, c.revision());
+            seqs.push(next.seq);
+            synced = next.op.apply(&synced).unwrap();
+        }
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(synced, "abcdefghij");
+        assert!(c.all_saved());
+        assert_eq!(c.synced_text().to_string(), "abcdefghij");
+    }
+
+    #[test]
+    fn remote_ops_transform_through_every_queued_op() {
+        let mut c = Client::new("me", 0, "xy", 0);
+        c.set_limits(small(2, 10));
+        let sent = c.local_edit(&ins(2, 1, "abcd")).unwrap().unwrap();
+        assert_eq!(sent.op.to_json(), r#"[1,"ab",1]"#);
+        c.local_edit(&ins(6, 6, "ef")).unwrap();
+        assert_eq!(c.unacknowledged(), 3);
+        // Another writer inserts at the start and at the end.
+        let remote = Operation::from_json(r#"["<",2,">"]"#).unwrap();
+        let RemoteOutcome::Applied(local) = c.remote_op(1, &remote, "other", 1).unwrap() else {
+            panic!("a remote op");
+        };
+        assert_eq!(local.apply("xabcdyef").unwrap(), "<xabcdyef>");
+        assert_eq!(c.text().to_string(), "<xabcdyef>");
+        // What the server would do: each queued op, sent after the acks, lands right.
+        // The outstanding op is acked as revision 2: the server has "<xaby>".
+        let second = ack_next(&mut c).unwrap();
+        assert_eq!(second.base_rev, 2);
+        let mut server = second.op.apply("<xaby>").unwrap();
+        let mut rev = 2;
+        while let Some(next) = ack_next(&mut c) {
+            rev += 1;
+            assert_eq!(next.base_rev, rev);
+            server = next.op.apply(&server).unwrap();
+        }
+        assert_eq!(server, "<xabcdyef>");
+        assert_eq!(c.synced_text().to_string(), server);
+    }
+
+    #[test]
+    fn shrinking_limits_split_the_queue_but_not_the_outstanding_op() {
+        let mut c = Client::new("me", 0, "", 0);
+        let sent = c.local_edit(&ins(0, 0, "abcdef")).unwrap().unwrap();
+        c.local_edit(&ins(6, 6, "ghijkl")).unwrap();
+        assert_eq!(c.unacknowledged(), 2);
+        assert!(c.set_limits(small(4, 10)));
+        assert!(!c.set_limits(small(4, 10)));
+        assert_eq!(c.resumed(0, 0).unwrap(), Some(sent));
+        let queued: Vec<String> = c.queue().map(|op| op.to_json()).collect();
+        assert_eq!(queued, [r#"[6,"ghij"]"#, r#"[10,"kl"]"#]);
+    }
+
+    #[test]
+    fn a_transformed_queued_op_beyond_the_limits_is_split_when_it_leaves() {
+        let mut c = Client::new("me", 0, "abcdef", 0);
+        c.set_limits(small(10, 4));
+        c.local_edit(&ins(6, 0, "!")).unwrap().unwrap();
+        // Queued: delete "bcde" (3 components).
+        c.local_edit(&Operation::delete_range(7, 2, 4).unwrap())
+            .unwrap();
+        // A remote writer inserts inside the deleted range twice: the queued
+        // delete now has 7 components.
+        let remote = Operation::from_json(r#"[2,"X",1,"Y",3]"#).unwrap();
+        c.remote_op(1, &remote, "other", 1).unwrap();
+        assert_eq!(c.queue().next().unwrap().components().len(), 7);
+        let mut server = "!abXcYdef".to_owned();
+        let mut sent = 0;
+        while let Some(next) = ack_next(&mut c) {
+            assert!(next.op.fits(small(10, 4)), "{}", next.op.to_json());
+            server = next.op.apply(&server).unwrap();
+            sent += 1;
+        }
+        assert!(sent >= 2);
+        assert_eq!(server, "!aXYf");
+        assert_eq!(c.text().to_string(), server);
+    }
+
+    #[test]
+    fn snapshot_rebases_a_queue() {
+        // Not applied, server text unchanged: the outstanding op is queued
+        // again first with a new seq, the queue follows.
+        let mut c = Client::new("me", 2, "ab", 1);
+        c.set_limits(small(1, 10));
+        c.local_edit(&ins(2, 2, "cde")).unwrap();
+        assert_eq!(c.unacknowledged(), 3);
+        let out = c.snapshot(7, "ab", 1);
+        assert_eq!(out.conflict_copy, None);
+        let send = out.send.unwrap();
+        assert_eq!((send.seq, send.base_rev), (2, 7));
+        assert_eq!(c.text().to_string(), "abcde");
+        assert_eq!(c.unacknowledged(), 3);
+
+        // Applied, and the snapshot is exactly its result: the queue is kept.
+        let mut c = Client::new("me", 2, "ab", 1);
+        c.set_limits(small(1, 10));
+        c.local_edit(&ins(2, 2, "cde")).unwrap();
+        let out = c.snapshot(3, "abc", 2);
+        assert_eq!(out.conflict_copy, None);
+        assert_eq!(out.send.unwrap().op.to_json(), r#"[3,"d"]"#);
+        assert_eq!(c.text().to_string(), "abcde");
+        assert_eq!(c.unacknowledged(), 2);
+
+        // Applied, but the snapshot is another text: conflict copy.
+        let mut c = Client::new("me", 2, "ab", 1);
+        c.set_limits(small(1, 10));
+        c.local_edit(&ins(2, 2, "cde")).unwrap();
+        let out = c.snapshot(5, "abcZ", 2);
+        assert_eq!(out.conflict_copy.as_deref(), Some("abcde"));
+        assert!(c.all_saved());
+    }
+
+    #[test]
+    fn a_state_saved_with_a_single_buffer_loads() {
+        // What the version before the queue wrote (field names as in ClientState).
+        let old = r#"{"client_id":"me","next_seq":2,"revision":3,"synced_text":"ab",
+            "outstanding":{"seq":1,"base_rev":3,"sent":[2,"c"],"current":[2,"c"]},
+            "buffer":[3,"defg"]}"#;
+        let state: ClientState = serde_json::from_str(old).unwrap();
+        let mut c = Client::from_state(state).unwrap();
+        assert_eq!(c.text().to_string(), "abcdefg");
+        assert_eq!(c.unacknowledged(), 2);
+        // It is written back as a queue, and split by the server's limits.
+        c.set_limits(small(2, 10));
+        let json = serde_json::to_value(c.state()).unwrap();
+        assert_eq!(json["queue"], serde_json::json!([[3, "de"], [5, "fg"]]));
+        assert!(json.get("buffer").is_none());
+        let next = ack_next(&mut c).unwrap();
+        assert_eq!((next.seq, next.base_rev), (2, 4));
+        // A buffer without an outstanding op is inconsistent.
+        let bad = r#"{"client_id":"me","next_seq":2,"revision":3,"synced_text":"ab",
+            "outstanding":null,"buffer":[2,"x"]}"#;
+        let state: ClientState = serde_json::from_str(bad).unwrap();
+        assert_eq!(Client::from_state(state).unwrap_err().code(), "corrupt_state");
+    }
+
     #[test]
     fn remote_ranges_map_through_pending_edits() {
         let mut c = Client::new("me", 0, "abc", 0);

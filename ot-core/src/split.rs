@@ -123,7 +123,7 @@ impl Operation {
     /// Piece `k` retains the final text the earlier pieces produced, makes
     /// the next edits, and retains the rest of the original text.
     pub fn split(&self, limits: OpLimits) -> Vec<Operation> {
-        if self.fits(limits) {
+        if self.is_noop() || self.fits(limits) {
             return vec![self.clone()];
         }
         let limits = limits.effective();
