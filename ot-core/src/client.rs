@@ -83,6 +83,10 @@ pub struct ClientState {
     /// never written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer: Option<Operation>,
+    /// The limits last announced (so edits made offline after a restart are
+    /// queued within them); absent from older states: [`OpLimits::DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<OpLimits>,
 }
 
 /// Why the client could not take a message.
@@ -257,7 +261,7 @@ impl Client {
             text,
             outstanding: state.outstanding,
             queue,
-            limits: OpLimits::DEFAULT,
+            limits: state.limits.unwrap_or_default(),
         })
     }
 
@@ -271,6 +275,7 @@ impl Client {
             outstanding: self.outstanding.clone(),
             queue: self.queue.iter().cloned().collect(),
             buffer: None,
+            limits: Some(self.limits),
         }
     }
 
