@@ -99,6 +99,8 @@ struct Sim {
     sent_limits: HashMap<(String, u64), OpLimits>,
     /// Whether this seed runs with small limits.
     small_limits: bool,
+    /// Every limits the server has announced.
+    announced: HashSet<OpLimits>,
     /// Every ack a client accepted: (client, seq, rev).
     acked: Vec<(String, u64, u64)>,
     trace: Vec<String>,
@@ -191,6 +193,7 @@ impl Sim {
             sent: HashMap::new(),
             sent_limits: HashMap::new(),
             small_limits: small,
+            announced: HashSet::from([limits]),
             acked: Vec::new(),
             trace: Vec::new(),
             stats: Stats::default(),
@@ -272,8 +275,11 @@ impl Sim {
             }
         } else {
             // A new op fits the limits this client knows (from its last first
-            // message, or its saved state).
+            // message, or its saved state), which a server announced.
             let known = self.clients[i].client.limits();
+            if !self.announced.contains(&known) {
+                self.fail(&format!("c{i} keeps to limits {known:?} no server announced"));
+            }
             if !out.op.fits(known) {
                 self.fail(&format!(
                     "op {key:?} {} is beyond the limits {known:?}",
@@ -551,6 +557,7 @@ impl Sim {
         if self.small_limits && self.rng.random_bool(0.5) {
             // Restarted with other limits: smaller or larger.
             self.server.limits = small_limits(&mut self.rng);
+            self.announced.insert(self.server.limits);
             self.log(format!("server limits now {:?}", self.server.limits));
         }
         let snapshot = self.server.snapshots.last().cloned().unwrap();
