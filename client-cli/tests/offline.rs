@@ -355,7 +355,10 @@ async fn a_long_offline_session_is_sent_within_the_limits_without_a_conflict_cop
         .await
         .unwrap();
     session.wait_saved(within).await.unwrap();
-    assert_eq!(doc_state(addr, doc).await.unwrap(), (2, "hello world".to_owned()));
+    assert_eq!(
+        doc_state(addr, doc).await.unwrap(),
+        (2, "hello world".to_owned())
+    );
 
     // The server goes away.
     let (stopped, ()) = tokio::join!(server.stop(), async {
@@ -416,7 +419,10 @@ async fn a_long_offline_session_is_sent_within_the_limits_without_a_conflict_cop
     cmd.args(["sync", doc]);
     let out = run(cmd).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.stdout, format!("sent {pending} pending edit(s) of {doc}\n"));
+    assert_eq!(
+        out.stdout,
+        format!("sent {pending} pending edit(s) of {doc}\n")
+    );
     assert!(
         !data.path().join("conflicts").exists(),
         "a conflict copy was made: {:?}",
@@ -426,7 +432,10 @@ async fn a_long_offline_session_is_sent_within_the_limits_without_a_conflict_cop
     assert_eq!(text, expected);
     // One op per queued one (more if a transform made one too big to leave whole).
     let sent_ops = rev - 3;
-    assert!(sent_ops >= pending as u64, "{sent_ops} ops for {pending} queued");
+    assert!(
+        sent_ops >= pending as u64,
+        "{sent_ops} ops for {pending} queued"
+    );
     let seqs = assert_exactly_once(addr, doc).await;
     assert_eq!(seqs[&id], (1..=2 + sent_ops).collect::<Vec<_>>());
     assert_eq!(ok(data.path(), addr, &["cat", doc]).await, expected);

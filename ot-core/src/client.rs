@@ -933,7 +933,10 @@ mod tests {
         let bad = r#"{"client_id":"me","next_seq":2,"revision":3,"synced_text":"ab",
             "outstanding":null,"buffer":[2,"x"]}"#;
         let state: ClientState = serde_json::from_str(bad).unwrap();
-        assert_eq!(Client::from_state(state).unwrap_err().code(), "corrupt_state");
+        assert_eq!(
+            Client::from_state(state).unwrap_err().code(),
+            "corrupt_state"
+        );
     }
 
     #[test]

@@ -179,9 +179,7 @@ impl Operation {
             }
         }
         if !piece.is_empty() {
-            piece
-                .op
-                .retain(base_len - done_base - piece.base_advance);
+            piece.op.retain(base_len - done_base - piece.base_advance);
             pieces.push(piece.op);
         }
         pieces

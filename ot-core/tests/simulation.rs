@@ -278,7 +278,9 @@ impl Sim {
             // message, or its saved state), which a server announced.
             let known = self.clients[i].client.limits();
             if !self.announced.contains(&known) {
-                self.fail(&format!("c{i} keeps to limits {known:?} no server announced"));
+                self.fail(&format!(
+                    "c{i} keeps to limits {known:?} no server announced"
+                ));
             }
             if !out.op.fits(known) {
                 self.fail(&format!(
