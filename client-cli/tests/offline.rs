@@ -19,6 +19,9 @@
 //! - An op the server refuses is kept as a conflict copy and never resent by
 //!   later runs; an edit made after it (before the resync) is not dropped
 //!   silently but kept as a second copy.
+//! - An offline session that changes far more than the server's `max_op_len`
+//!   (and makes more edits than `max_op_components` allows in one op) is
+//!   sent as a queue of ops within the limits: all merged, no conflict copy.
 //!
 //! Every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -228,7 +231,9 @@ async fn offline_edits_of_a_quit_session_arrive_once_with_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_edits_are_not_resent_and_later_ones_not_dropped() {
     let server_dir = tempfile::tempdir().unwrap();
-    let server = start_server_with(server_dir.path(), |config| config.max_op_len = 10)
+    // A document limit: a client splits ops by the op limits, but an edit
+    // that makes the text too long is refused whatever its size.
+    let server = start_server_with(server_dir.path(), |config| config.max_doc_len = 10)
         .await
         .unwrap();
     let addr = server.addr;
@@ -247,7 +252,7 @@ async fn refused_edits_are_not_resent_and_later_ones_not_dropped() {
         .unwrap();
     session.wait_saved(within).await.unwrap();
 
-    // An op the server refuses (too long): kept as a conflict copy, given up.
+    // An op the server refuses (the text would be too long): kept as a conflict copy, given up.
     session
         .local_edit(&Operation::insert_at(5, 5, " far too long").unwrap())
         .await
@@ -323,6 +328,143 @@ async fn refused_edits_are_not_resent_and_later_ones_not_dropped() {
     );
 
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_offline_session_is_sent_within_the_limits_without_a_conflict_copy() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let small = |config: &mut server::Config| {
+        config.max_op_len = 8;
+        config.max_op_components = 4;
+    };
+    let server = start_server_with(server_dir.path(), small).await.unwrap();
+    let addr = server.addr;
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::new(data.path());
+    let url = ServerUrl::parse(&format!("ws://{addr}")).unwrap();
+    let doc = "long-offline";
+    let within = Duration::from_secs(20);
+
+    // Synced once, learning the limits: "hello world" (11 characters) is
+    // already more than one op may insert: it leaves as two ops.
+    let mut session = Session::open(store.clone(), url.clone(), doc, None, None).unwrap();
+    let id = session.client_id().to_owned();
+    session.connect().await.unwrap();
+    session
+        .local_edit(&Operation::insert_at(0, 0, "hello world").unwrap())
+        .await
+        .unwrap();
+    session.wait_saved(within).await.unwrap();
+    assert_eq!(
+        doc_state(addr, doc).await.unwrap(),
+        (2, "hello world".to_owned())
+    );
+
+    // The server goes away.
+    let (stopped, ()) = tokio::join!(server.stop(), async {
+        let deadline = Instant::now() + within;
+        while session.is_connected() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            timeout(left, session.next_events())
+                .await
+                .expect("the session sees the server go")
+                .unwrap();
+        }
+    });
+    stopped.unwrap();
+    quit(session);
+
+    // A long offline session after a restart (from the saved state): a
+    // paste far beyond max_op_len, many scattered one-character edits,
+    // a long delete.
+    let mut session = Session::open(store.clone(), url.clone(), doc, None, None).unwrap();
+    assert_eq!(session.client_id(), id);
+    let paste: String = "0123456789".repeat(5);
+    let mut expected = "hello world".to_owned();
+    let mut edits = vec![Operation::insert_at(11, 5, &paste).unwrap()];
+    for k in 0..12 {
+        edits.push(Operation::insert_at(61 + k, (k * 5) % (61 + k), "*").unwrap());
+    }
+    edits.push(Operation::delete_range(73, 20, 30).unwrap());
+    for op in &edits {
+        expected = op.apply(&expected).unwrap();
+        session.local_edit(op).await.unwrap();
+    }
+    let pending = session.client().unacknowledged();
+    assert!(pending > 8, "the edits were queued as {pending} op(s)");
+    let limits = ot_core::OpLimits {
+        max_op_len: 8,
+        max_op_components: 4,
+    };
+    let outstanding = session.client().outstanding().map(|o| o.sent.clone());
+    for op in outstanding.iter().chain(session.client().queue()) {
+        assert!(op.fits(limits), "{} is beyond the limits", op.to_json());
+    }
+    assert_eq!(session.client().text().to_string(), expected);
+    quit(session);
+
+    // The server comes back with the same limits; someone edits first.
+    let server = restart_on_with(server_dir.path(), addr, small).await;
+    let mut other = WsClient::join(addr, doc, "other-writer").await.unwrap();
+    other
+        .edit(&Operation::insert_at(11, 11, "!").unwrap())
+        .await
+        .unwrap();
+    other.settle_to(3, within).await.unwrap();
+    drop(other);
+    expected.push('!');
+
+    // sync sends every queued op, one per ack: all merged, none refused.
+    let mut cmd = cli(data.path(), &format!("ws://{addr}"));
+    cmd.args(["sync", doc]);
+    let out = run(cmd).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        format!("sent {pending} pending edit(s) of {doc}\n")
+    );
+    assert!(
+        !data.path().join("conflicts").exists(),
+        "a conflict copy was made: {:?}",
+        files_below(data.path())
+    );
+    let (rev, text) = doc_state(addr, doc).await.unwrap();
+    assert_eq!(text, expected);
+    // One op per queued one (more if a transform made one too big to leave whole).
+    let sent_ops = rev - 3;
+    assert!(
+        sent_ops >= pending as u64,
+        "{sent_ops} ops for {pending} queued"
+    );
+    let seqs = assert_exactly_once(addr, doc).await;
+    assert_eq!(seqs[&id], (1..=2 + sent_ops).collect::<Vec<_>>());
+    assert_eq!(ok(data.path(), addr, &["cat", doc]).await, expected);
+
+    server.stop().await.unwrap();
+}
+
+/// [`restart_on`] with a configuration change.
+async fn restart_on_with(
+    dir: &Path,
+    addr: SocketAddr,
+    change: impl Fn(&mut server::Config) + Copy,
+) -> server::RunningServer {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match start_server_with(dir, |config| {
+            change(config);
+            config.addr = addr;
+        })
+        .await
+        {
+            Ok(server) => return server,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("rebinding {addr}: {e:#}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot restart the server on {addr}: {e:#}"),
+        }
+    }
 }
 
 /// What the proxy does with the frames after the WebSocket greeting.

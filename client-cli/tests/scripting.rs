@@ -520,7 +520,9 @@ async fn sync_with_nothing_saved_and_failures_with_one_line_reasons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_edit_is_reported_kept_as_a_copy_and_not_sent_again() {
     let server_dir = tempfile::tempdir().unwrap();
-    let server = e2e_tests::start_server_with(server_dir.path(), |config| config.max_op_len = 10)
+    // A document limit: the client splits ops by the op limits, but an edit
+    // that makes the text too long is refused whatever its size.
+    let server = e2e_tests::start_server_with(server_dir.path(), |config| config.max_doc_len = 10)
         .await
         .unwrap();
     let addr = server.addr;
@@ -532,7 +534,7 @@ async fn a_refused_edit_is_reported_kept_as_a_copy_and_not_sent_again() {
 
     // Too long for the server: one line naming the reason and the copy.
     let line = fails(data, &ws, &["append", doc, " and far too long"]).await;
-    assert!(line.contains("op_too_long"), "{line}");
+    assert!(line.contains("doc_too_long"), "{line}");
     let copy = line
         .split_once("saved to ")
         .map(|(_, path)| PathBuf::from(path))

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use ot_core::client::{AckOutcome, Client, ClientError, ClientState, OutgoingOp, RemoteOutcome};
-use ot_core::{Operation, Range};
+use ot_core::{OpLimits, Operation, Range};
 use ot_protocol::{
     close_action, op_message_text, ClientKey, ClientMessage, CloseAction, Code, DocId, ErrorAction,
     Limits, ServerMessage,
@@ -27,6 +27,15 @@ use serde::{Deserialize, Serialize};
 /// `given_up` after a 4004: the pending edits are given up, but their
 /// conflict copy is still to come (no text hashes to this).
 const DELETED_MARKER: &str = "document-deleted";
+
+/// The op part of a server's announced limits: what the client keeps every
+/// op it sends within (it splits and queues its edits by them).
+pub fn op_limits(limits: &Limits) -> OpLimits {
+    OpLimits {
+        max_op_len: limits.max_op_len,
+        max_op_components: limits.max_op_components,
+    }
+}
 
 /// What a session saves between runs (the caller decides where).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -479,9 +488,11 @@ impl SessionCore {
                 limits,
                 ..
             } => {
+                // Limits first: pending edits rebased onto the snapshot are
+                // queued within them.
+                self.set_limits(limits);
                 self.on_snapshot(rev, &text, seq, &mut events);
                 self.epoch = Some(epoch);
-                self.limits = Some(limits);
                 self.changed();
             }
             ServerMessage::Resume {
@@ -494,7 +505,7 @@ impl SessionCore {
             } => {
                 self.head = head;
                 self.epoch = Some(epoch);
-                self.limits = Some(limits);
+                self.set_limits(limits);
                 self.changed();
                 match self.client.resumed(rev, seq) {
                     Ok(Some(out)) => self.queue_op(&out),
@@ -585,6 +596,9 @@ impl SessionCore {
                 events.push(Event::ConflictCopy(local));
             }
             self.client = Client::new(self.client.client_id().to_owned(), rev, text, seq);
+            if let Some(limits) = &self.limits {
+                self.client.set_limits(op_limits(limits));
+            }
             self.fresh_start = false;
             self.given_up = None;
         } else {
@@ -635,9 +649,26 @@ impl SessionCore {
         }
     }
 
+    /// The server announced its limits (every first message): queued edits
+    /// are split again if they shrank.
+    fn set_limits(&mut self, limits: Limits) {
+        self.limits = Some(limits);
+        self.client.set_limits(op_limits(&limits));
+    }
+
     fn map_cursors(&mut self, op: &Operation) {
         for cursor in self.cursors.values_mut() {
             cursor.ranges = ot_core::transform_ranges(&cursor.ranges, op);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_keeps_to_the_server_defaults_until_told_otherwise() {
+        assert_eq!(op_limits(&Limits::default()), OpLimits::DEFAULT);
     }
 }

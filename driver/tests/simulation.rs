@@ -17,6 +17,11 @@
 //! storage errors and network faults, the error rule (resend on
 //! `storage_error`) must never give up an edit.
 //!
+//! Some seeds announce small limits (`max_op_len` 2–6, 3–5 components), so
+//! that edits are split and queued: every op that reaches the server must fit
+//! them (the real server refuses it otherwise, and the edit would be lost to
+//! a conflict copy).
+//!
 //! `SIM_SEEDS=N` runs more seeds; a failing seed prints how to replay it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -52,6 +57,8 @@ struct Server {
     uncommitted: Vec<(AppliedOp, u64)>,
     /// Acks for resends whose original is not durable yet: (rev, conn, seq).
     deferred: Vec<(u64, u64, u64)>,
+    /// The limits announced in every first message.
+    limits: Limits,
 }
 
 impl Server {
@@ -113,6 +120,8 @@ struct Stats {
     storage_errors: u64,
     drops: u64,
     client_restarts: u64,
+    /// Local edits after which two or more ops were queued.
+    queues: u64,
 }
 
 fn doc() -> DocId {
@@ -130,6 +139,15 @@ impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = rng.random_range(2..=6);
+        let limits = if rng.random_bool(0.4) {
+            Limits {
+                max_op_len: rng.random_range(2..=6),
+                max_op_components: rng.random_range(3..=5),
+                ..Limits::default()
+            }
+        } else {
+            Limits::default()
+        };
         let clients = (0..n)
             .map(|i| {
                 let core = SessionCore::new(doc(), &format!("c{i}"));
@@ -149,6 +167,7 @@ impl Sim {
                 storage: Vec::new(),
                 uncommitted: Vec::new(),
                 deferred: Vec::new(),
+                limits,
             },
             clients,
             conns: BTreeMap::new(),
@@ -205,6 +224,9 @@ impl Sim {
         let op = op.unwrap();
         let cursor = Some(vec![Range::cursor(0)]);
         self.clients[i].core.local_edit(&op, cursor).unwrap();
+        if self.clients[i].core.client().unacknowledged() > 2 {
+            self.stats.queues += 1;
+        }
         self.note(format!("c{i} edit {}", op.to_json()));
         self.pump_out(i);
     }
@@ -265,7 +287,7 @@ impl Sim {
         self.note(format!("c{i} connect #{id} {path}"));
         let durable = self.server.durable_rev();
         let seq = self.server.durable_seq(&client_id);
-        let limits = Limits::default();
+        let limits = self.server.limits;
         let mut to_client = VecDeque::new();
         match rev.filter(|r| *r <= durable && epoch == Some(EPOCH)) {
             Some(rev) => {
@@ -376,6 +398,12 @@ impl Sim {
             return; // cursors: presence is not simulated here
         };
         self.note(format!("c{i} -> #{id}: {text}"));
+        // What the server's reader checks before anything else.
+        let size = op.change_size();
+        let limits = self.server.limits;
+        if size > limits.max_op_len || op.components().len() > limits.max_op_components {
+            self.fail(&format!("c{i} sent an op beyond the limits {limits:?}"));
+        }
         match self
             .server
             .history
@@ -634,6 +662,7 @@ fn many_seeds_converge_and_never_give_up_an_edit() {
         total.storage_errors += stats.storage_errors;
         total.drops += stats.drops;
         total.client_restarts += stats.client_restarts;
+        total.queues += stats.queues;
     }
     println!("{count} seeds: {total:?}");
     // The faults were really exercised.
@@ -641,6 +670,7 @@ fn many_seeds_converge_and_never_give_up_an_edit() {
     assert!(total.drops > count / 2, "{total:?}");
     assert!(total.client_restarts > count / 2, "{total:?}");
     assert!(total.applied > count * 5, "{total:?}");
+    assert!(total.queues > count / 10, "{total:?}");
 }
 
 #[test]

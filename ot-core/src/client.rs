@@ -4,18 +4,24 @@
 //! A [`Client`] is in one of three states:
 //! - **synchronized**: nothing outstanding;
 //! - **awaiting ack**: one operation sent and not yet acknowledged;
-//! - **awaiting ack with a buffer**: plus the composition of the local edits made since.
+//! - **awaiting ack with a queue**: plus the local edits made since, as a
+//!   queue of operations each within the server's [`OpLimits`].
 //!
 //! Local edits apply to the local text at once ([`Client::local_edit`]). An
-//! operation gets its sequence number when it leaves the buffer to be sent, and
-//! from then on it is never changed: after a reconnect it is resent
-//! byte-for-byte with the same seq and base revision
+//! edit is composed into the last queued op while the result stays within the
+//! limits; otherwise it starts a new queued op (an edit beyond the limits by
+//! itself is split first), so no amount of offline editing ever makes an op
+//! the server refuses for its size. The queued ops are sent one at a time, the
+//! next on each ack. An operation gets its sequence number when it leaves the
+//! queue to be sent, and from then on it is never changed: after a reconnect
+//! it is resent byte-for-byte with the same seq and base revision
 //! ([`Client::pending_resend`]), and the server's dedup table makes sure it is
 //! applied at most once.
 //!
 //! The client's own operations are always `a` in transforms, like on the
 //! server: for a remote op `r`, `(o', r1) = transform(outstanding, r)`, then
-//! `(b', r2) = transform(buffer, r1)`, and `r2` is applied locally.
+//! `(q1', r2) = transform(q1, r1)` through every queued op in order, and the
+//! last `r` is applied locally.
 //!
 //! The state is serialisable ([`ClientState`]); a client persists it before
 //! it sends an operation, so it can resume after a restart.
@@ -23,8 +29,11 @@
 use ropey::Rope;
 use serde::{Deserialize, Serialize};
 
+use std::collections::VecDeque;
+
 use crate::error::OtError;
 use crate::operation::Operation;
+use crate::split::OpLimits;
 use crate::Range;
 
 /// An operation to put on the wire: `{"type":"op","rev":base_rev,"seq":seq,"op":op}`.
@@ -65,8 +74,19 @@ pub struct ClientState {
     pub synced_text: String,
     /// The op awaiting an ack, if any.
     pub outstanding: Option<Outstanding>,
-    /// Local edits made since the outstanding op was sent, composed.
+    /// Local edits made since the outstanding op was sent: ops applied one
+    /// after the other on top of it, each sent after the previous one's ack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queue: Vec<Operation>,
+    /// States saved before the queue kept the local edits composed into one
+    /// op here: read as a queue of that one op (first, before `queue`);
+    /// never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer: Option<Operation>,
+    /// The limits last announced (so edits made offline after a restart are
+    /// queued within them); absent from older states: [`OpLimits::DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<OpLimits>,
 }
 
 /// Why the client could not take a message.
@@ -141,7 +161,7 @@ pub enum RemoteOutcome {
     /// It was this client's own outstanding op (seen in the stream after a
     /// resume): taken as its ack. Send `next` if present.
     Acknowledged {
-        /// The next op to send, if the buffer had edits.
+        /// The next op to send, if edits were queued.
         next: Option<OutgoingOp>,
     },
 }
@@ -153,7 +173,7 @@ pub enum AckOutcome {
     Ignored,
     /// The outstanding op is acknowledged. Send `next` if present.
     Acknowledged {
-        /// The next op to send, if the buffer had edits.
+        /// The next op to send, if edits were queued.
         next: Option<OutgoingOp>,
     },
 }
@@ -177,10 +197,14 @@ pub struct Client {
     revision: u64,
     /// Text at `revision`.
     synced: Rope,
-    /// Local text: `synced` + outstanding + buffer.
+    /// Local text: `synced` + outstanding + every queued op.
     text: Rope,
     outstanding: Option<Outstanding>,
-    buffer: Option<Operation>,
+    /// Unsent local edits, in order; never empty ops, and not empty while
+    /// nothing is outstanding.
+    queue: VecDeque<Operation>,
+    /// What each op sent must fit.
+    limits: OpLimits,
 }
 
 impl Client {
@@ -196,7 +220,8 @@ impl Client {
             text: synced.clone(),
             synced,
             outstanding: None,
-            buffer: None,
+            queue: VecDeque::new(),
+            limits: OpLimits::DEFAULT,
         }
     }
 
@@ -209,14 +234,23 @@ impl Client {
                 .apply_to_rope(&mut text)
                 .map_err(ClientError::CorruptState)?;
         }
-        if let Some(b) = &state.buffer {
+        // An old state's buffer comes first: it is all there is in one.
+        let queue: VecDeque<Operation> = state
+            .buffer
+            .into_iter()
+            .chain(state.queue)
+            .filter(|op| !op.is_noop())
+            .collect();
+        if let Some(first) = queue.front() {
             if state.outstanding.is_none() {
                 return Err(ClientError::CorruptState(OtError::ComposeMismatch {
                     first_target: 0,
-                    second_base: b.base_len(),
+                    second_base: first.base_len(),
                 }));
             }
-            b.apply_to_rope(&mut text)
+        }
+        for op in &queue {
+            op.apply_to_rope(&mut text)
                 .map_err(ClientError::CorruptState)?;
         }
         Ok(Client {
@@ -226,7 +260,8 @@ impl Client {
             synced,
             text,
             outstanding: state.outstanding,
-            buffer: state.buffer,
+            queue,
+            limits: state.limits.unwrap_or_default(),
         })
     }
 
@@ -238,8 +273,32 @@ impl Client {
             revision: self.revision,
             synced_text: self.synced.to_string(),
             outstanding: self.outstanding.clone(),
-            buffer: self.buffer.clone(),
+            queue: self.queue.iter().cloned().collect(),
+            buffer: None,
+            limits: Some(self.limits),
         }
+    }
+
+    /// The limits every op sent must fit (the server's announced `limits`;
+    /// [`OpLimits::DEFAULT`] until set). Call it on every first message:
+    /// limits may shrink on a reconnect to another server, and queued ops
+    /// beyond the new ones are split again (the outstanding op already has
+    /// its seq: it is resent as it is). Returns whether the queue changed.
+    pub fn set_limits(&mut self, limits: OpLimits) -> bool {
+        self.limits = limits;
+        if self.queue.iter().all(|op| op.fits(limits)) {
+            return false;
+        }
+        self.queue = std::mem::take(&mut self.queue)
+            .into_iter()
+            .flat_map(|op| op.split(limits))
+            .collect();
+        true
+    }
+
+    /// The limits ops are kept within.
+    pub fn limits(&self) -> OpLimits {
+        self.limits
     }
 
     /// The client id.
@@ -272,20 +331,21 @@ impl Client {
         self.outstanding.as_ref()
     }
 
-    /// The composed local edits waiting for the outstanding op's ack.
-    pub fn buffer(&self) -> Option<&Operation> {
-        self.buffer.as_ref()
+    /// The local edits waiting to be sent, in order (each within the limits
+    /// it was made under; split again when it leaves if that changed).
+    pub fn queue(&self) -> impl ExactSizeIterator<Item = &Operation> {
+        self.queue.iter()
     }
 
-    /// "All my edits are saved": nothing outstanding and nothing buffered.
+    /// "All my edits are saved": nothing outstanding and nothing queued.
     pub fn all_saved(&self) -> bool {
-        self.outstanding.is_none() && self.buffer.is_none()
+        self.outstanding.is_none() && self.queue.is_empty()
     }
 
-    /// Number of local operations not yet acknowledged (0, 1 or 2: the
-    /// outstanding op and the buffer).
+    /// Number of local operations not yet acknowledged: the outstanding op
+    /// and the queued ones.
     pub fn unacknowledged(&self) -> usize {
-        usize::from(self.outstanding.is_some()) + usize::from(self.buffer.is_some())
+        usize::from(self.outstanding.is_some()) + self.queue.len()
     }
 
     /// The outstanding op as it must be resent after a reconnect (same seq,
@@ -300,29 +360,64 @@ impl Client {
 
     /// Apply a local edit (based on the current local text) at once. Returns
     /// the op to send now, if the client was synchronized; otherwise the edit is
-    /// composed into the buffer and sent after the next ack.
+    /// composed into the last queued op (while that stays within the limits)
+    /// or queued, and sent after the acks of those before it.
     ///
     /// Persist [`state`](Self::state) before sending the returned op.
     pub fn local_edit(&mut self, op: &Operation) -> Result<Option<OutgoingOp>, ClientError> {
+        if op.base_len() != self.text.len_chars() {
+            return Err(ClientError::LocalDoesNotFit(OtError::LengthMismatch {
+                expected: op.base_len(),
+                actual: self.text.len_chars(),
+            }));
+        }
+        if op.is_noop() {
+            return Ok(None);
+        }
+        let composed = match self.queue.back() {
+            Some(last) => Some(last.compose(op).map_err(ClientError::LocalDoesNotFit)?),
+            None => None,
+        };
         op.apply_to_rope(&mut self.text)
             .map_err(ClientError::LocalDoesNotFit)?;
-        if self.outstanding.is_none() {
-            return Ok(self.start_sending(op.clone()));
+        match composed {
+            Some(c) if c.fits(self.limits) => {
+                self.queue.pop_back();
+                if !c.is_noop() {
+                    self.queue.push_back(c);
+                }
+            }
+            _ => self.queue.extend(op.split(self.limits)),
         }
-        let composed = match &self.buffer {
-            Some(buffer) => buffer.compose(op).map_err(ClientError::LocalDoesNotFit)?,
-            None => op.clone(),
-        };
-        self.buffer = Some(composed);
+        if self.outstanding.is_none() {
+            return Ok(self.send_next());
+        }
         Ok(None)
     }
 
-    /// Give `op` a seq and make it the outstanding op; a no-op is dropped
-    /// without using a seq.
-    fn start_sending(&mut self, op: Operation) -> Option<OutgoingOp> {
-        if op.is_noop() {
-            return None;
+    /// Send the first queued op (split again if it no longer fits the
+    /// limits, e.g. after transforms added components): it gets a seq and
+    /// becomes the outstanding op.
+    fn send_next(&mut self) -> Option<OutgoingOp> {
+        while let Some(op) = self.queue.pop_front() {
+            if op.is_noop() {
+                continue;
+            }
+            if op.fits(self.limits) {
+                return Some(self.start_sending(op));
+            }
+            let mut pieces = op.split(self.limits).into_iter();
+            let first = pieces.next()?;
+            for (i, piece) in pieces.enumerate() {
+                self.queue.insert(i, piece);
+            }
+            return Some(self.start_sending(first));
         }
+        None
+    }
+
+    /// Give `op` (not a no-op) a seq and make it the outstanding op.
+    fn start_sending(&mut self, op: Operation) -> OutgoingOp {
         let outgoing = OutgoingOp {
             seq: self.next_seq,
             base_rev: self.revision,
@@ -335,7 +430,7 @@ impl Client {
             sent: op.clone(),
             current: op,
         });
-        Some(outgoing)
+        outgoing
     }
 
     /// The server acknowledged `seq` as revision `rev`.
@@ -366,7 +461,7 @@ impl Client {
             }
         }
         self.revision = rev;
-        Ok(self.buffer.take().and_then(|b| self.start_sending(b)))
+        Ok(self.send_next())
     }
 
     /// A server `op` message: revision `rev` was created by `op` from
@@ -408,23 +503,26 @@ impl Client {
             }
             None => (None, op.clone()),
         };
-        let (buffer, r2) = match &self.buffer {
-            Some(b) => {
-                let (b2, r2) = b.transform(&r1).map_err(ClientError::DoesNotFit)?;
-                (Some(b2), r2)
+        let mut r = r1;
+        let mut queue = VecDeque::with_capacity(self.queue.len());
+        for q in &self.queue {
+            let (q2, r2) = q.transform(&r).map_err(ClientError::DoesNotFit)?;
+            // An edit the remote op undid entirely (both deleted it) is gone.
+            if !q2.is_noop() {
+                queue.push_back(q2);
             }
-            None => (None, r1),
-        };
+            r = r2;
+        }
         op.apply_to_rope(&mut self.synced)
             .map_err(ClientError::DoesNotFit)?;
-        r2.apply_to_rope(&mut self.text)
+        r.apply_to_rope(&mut self.text)
             .map_err(ClientError::CorruptState)?;
         if let (Some(o), Some(current)) = (self.outstanding.as_mut(), outstanding) {
             o.current = current;
         }
-        self.buffer = buffer;
+        self.queue = queue;
         self.revision = rev;
-        Ok(RemoteOutcome::Applied(r2))
+        Ok(RemoteOutcome::Applied(r))
     }
 
     /// The server resumed the connection at `rev` (which must be the client's
@@ -457,10 +555,11 @@ impl Client {
     /// it applied from this client.
     ///
     /// Pending edits are rebased when that is provably safe: the outstanding op
-    /// was applied and the snapshot is exactly the text it produced, or it was
-    /// not applied and the snapshot is exactly the text it was based on.
-    /// Otherwise the local text is returned as a conflict copy (never dropped
-    /// silently) and the client adopts the snapshot.
+    /// was applied and the snapshot is exactly the text it produced (the
+    /// queued ops follow as they are), or it was not applied and the snapshot
+    /// is exactly the text it was based on (it is queued again, first, and
+    /// gets a new seq). Otherwise the local text is returned as a conflict
+    /// copy (never dropped silently) and the client adopts the snapshot.
     pub fn snapshot(&mut self, rev: u64, text: &str, last_seq: u64) -> SnapshotOutcome {
         let local_text = self.text.to_string();
         let old_synced = std::mem::replace(&mut self.synced, Rope::from_str(text));
@@ -468,7 +567,8 @@ impl Client {
         self.revision = rev;
         self.next_seq = last_seq + 1;
         let outstanding = self.outstanding.take();
-        let buffer = self.buffer.take().filter(|b| !b.is_noop());
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.retain(|op| !op.is_noop());
         let mut outcome = SnapshotOutcome::default();
         let Some(o) = outstanding else {
             return outcome;
@@ -476,41 +576,40 @@ impl Client {
 
         enum Plan {
             Clean,
-            Rebase(Operation),
+            Rebase(VecDeque<Operation>),
             Conflict,
         }
         let plan = if last_seq == o.seq {
-            // Applied. Only the buffer is pending; it is based on known text + our op.
-            match buffer {
-                None => Plan::Clean,
-                Some(b) => {
-                    let mut after = old_synced;
-                    if o.current.apply_to_rope(&mut after).is_ok() && after == self.synced {
-                        Plan::Rebase(b)
-                    } else {
-                        Plan::Conflict
-                    }
+            // Applied. Only the queue is pending; it is based on known text + our op.
+            if queue.is_empty() {
+                Plan::Clean
+            } else {
+                let mut after = old_synced;
+                if o.current.apply_to_rope(&mut after).is_ok() && after == self.synced {
+                    Plan::Rebase(queue)
+                } else {
+                    Plan::Conflict
                 }
             }
         } else if last_seq < o.seq && old_synced == self.synced {
             // Not applied, and the server's text is still the one it was based on.
-            match buffer {
-                None => Plan::Rebase(o.current),
-                Some(b) => o.current.compose(&b).map_or(Plan::Conflict, Plan::Rebase),
+            if !o.current.is_noop() {
+                queue.push_front(o.current);
             }
+            Plan::Rebase(queue)
         } else {
             Plan::Conflict
         };
         match plan {
             Plan::Clean => {}
-            Plan::Rebase(op) => {
-                if op.apply_to_rope(&mut self.text).is_ok() {
-                    outcome.send = self.start_sending(op);
-                } else {
-                    self.text = self.synced.clone();
-                    if local_text != text {
-                        outcome.conflict_copy = Some(local_text);
-                    }
+            Plan::Rebase(ops) => {
+                let mut rebased = self.text.clone();
+                if ops.iter().all(|op| op.apply_to_rope(&mut rebased).is_ok()) {
+                    self.text = rebased;
+                    self.queue = ops;
+                    outcome.send = self.send_next();
+                } else if local_text != text {
+                    outcome.conflict_copy = Some(local_text);
                 }
             }
             Plan::Conflict => {
@@ -523,7 +622,8 @@ impl Client {
     }
 
     /// Map another client's selection ranges, given at the client's known
-    /// revision, into the local text (through the outstanding op and the buffer).
+    /// revision, into the local text (through the outstanding op and every
+    /// queued op).
     pub fn transform_remote_ranges(&self, ranges: &[Range]) -> Vec<Range> {
         ranges
             .iter()
@@ -532,8 +632,8 @@ impl Client {
                 if let Some(o) = &self.outstanding {
                     r = o.current.transform_range(r);
                 }
-                if let Some(b) = &self.buffer {
-                    r = b.transform_range(r);
+                for q in &self.queue {
+                    r = q.transform_range(r);
                 }
                 r
             })
@@ -664,6 +764,179 @@ mod tests {
         let mut bad = c.state();
         bad.synced_text.push('x');
         assert_eq!(Client::from_state(bad).unwrap_err().code(), "corrupt_state");
+    }
+
+    fn small(len: usize, comps: usize) -> OpLimits {
+        OpLimits {
+            max_op_len: len,
+            max_op_components: comps,
+        }
+    }
+
+    /// Ack the outstanding op at the next revision; the next op sent, if any.
+    fn ack_next(c: &mut Client) -> Option<OutgoingOp> {
+        let seq = c.outstanding().map(|o| o.seq).unwrap();
+        let AckOutcome::Acknowledged { next } = c.ack(c.revision() + 1, seq).unwrap() else {
+            panic!("the ack must match");
+        };
+        next
+    }
+
+    #[test]
+    fn edits_queue_within_the_limits_and_leave_one_per_ack() {
+        let mut c = Client::new("me", 0, "", 0);
+        c.set_limits(small(3, 10));
+        // An edit beyond the limits is split before it is sent.
+        let first = c.local_edit(&ins(0, 0, "abcdefgh")).unwrap().unwrap();
+        assert_eq!(first.op.to_json(), r#"["abc"]"#);
+        assert_eq!(c.unacknowledged(), 3);
+        // Typing composes into the last queued op while it fits ("gh" + "i"),
+        // then starts a new one.
+        assert_eq!(c.local_edit(&ins(8, 8, "i")).unwrap(), None);
+        assert_eq!(c.local_edit(&ins(9, 9, "j")).unwrap(), None);
+        let queued: Vec<String> = c.queue().map(|op| op.to_json()).collect();
+        assert_eq!(queued, [r#"[3,"def"]"#, r#"[6,"ghi"]"#, r#"[9,"j"]"#]);
+        let mut seqs = vec![first.seq];
+        let mut synced = first.op.apply("").unwrap();
+        while let Some(next) = ack_next(&mut c) {
+            assert!(next.op.fits(c.limits()));
+            assert_eq!(next.base_rev, c.revision());
+            seqs.push(next.seq);
+            synced = next.op.apply(&synced).unwrap();
+        }
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(synced, "abcdefghij");
+        assert!(c.all_saved());
+        assert_eq!(c.synced_text().to_string(), "abcdefghij");
+    }
+
+    #[test]
+    fn remote_ops_transform_through_every_queued_op() {
+        let mut c = Client::new("me", 0, "xy", 0);
+        c.set_limits(small(2, 10));
+        let sent = c.local_edit(&ins(2, 1, "abcd")).unwrap().unwrap();
+        assert_eq!(sent.op.to_json(), r#"[1,"ab",1]"#);
+        c.local_edit(&ins(6, 6, "ef")).unwrap();
+        assert_eq!(c.unacknowledged(), 3);
+        // Another writer inserts at the start and at the end.
+        let remote = Operation::from_json(r#"["<",2,">"]"#).unwrap();
+        let RemoteOutcome::Applied(local) = c.remote_op(1, &remote, "other", 1).unwrap() else {
+            panic!("a remote op");
+        };
+        assert_eq!(local.apply("xabcdyef").unwrap(), "<xabcdyef>");
+        assert_eq!(c.text().to_string(), "<xabcdyef>");
+        // What the server would do: each queued op, sent after the acks, lands right.
+        // The outstanding op is acked as revision 2: the server has "<xaby>".
+        let second = ack_next(&mut c).unwrap();
+        assert_eq!(second.base_rev, 2);
+        let mut server = second.op.apply("<xaby>").unwrap();
+        let mut rev = 2;
+        while let Some(next) = ack_next(&mut c) {
+            rev += 1;
+            assert_eq!(next.base_rev, rev);
+            server = next.op.apply(&server).unwrap();
+        }
+        assert_eq!(server, "<xabcdyef>");
+        assert_eq!(c.synced_text().to_string(), server);
+    }
+
+    #[test]
+    fn shrinking_limits_split_the_queue_but_not_the_outstanding_op() {
+        let mut c = Client::new("me", 0, "", 0);
+        let sent = c.local_edit(&ins(0, 0, "abcdef")).unwrap().unwrap();
+        c.local_edit(&ins(6, 6, "ghijkl")).unwrap();
+        assert_eq!(c.unacknowledged(), 2);
+        assert!(c.set_limits(small(4, 10)));
+        assert!(!c.set_limits(small(4, 10)));
+        assert_eq!(c.resumed(0, 0).unwrap(), Some(sent));
+        let queued: Vec<String> = c.queue().map(|op| op.to_json()).collect();
+        assert_eq!(queued, [r#"[6,"ghij"]"#, r#"[10,"kl"]"#]);
+    }
+
+    #[test]
+    fn a_transformed_queued_op_beyond_the_limits_is_split_when_it_leaves() {
+        let mut c = Client::new("me", 0, "abcdef", 0);
+        c.set_limits(small(10, 4));
+        c.local_edit(&ins(6, 0, "!")).unwrap().unwrap();
+        // Queued: delete "bcde" (3 components).
+        c.local_edit(&Operation::delete_range(7, 2, 4).unwrap())
+            .unwrap();
+        // A remote writer inserts inside the deleted range twice: the queued
+        // delete now has 7 components.
+        let remote = Operation::from_json(r#"[2,"X",1,"Y",3]"#).unwrap();
+        c.remote_op(1, &remote, "other", 1).unwrap();
+        assert_eq!(c.queue().next().unwrap().components().len(), 7);
+        let mut server = "!abXcYdef".to_owned();
+        let mut sent = 0;
+        while let Some(next) = ack_next(&mut c) {
+            assert!(next.op.fits(small(10, 4)), "{}", next.op.to_json());
+            server = next.op.apply(&server).unwrap();
+            sent += 1;
+        }
+        assert!(sent >= 2);
+        assert_eq!(server, "!aXYf");
+        assert_eq!(c.text().to_string(), server);
+    }
+
+    #[test]
+    fn snapshot_rebases_a_queue() {
+        // Not applied, server text unchanged: the outstanding op is queued
+        // again first with a new seq, the queue follows.
+        let mut c = Client::new("me", 2, "ab", 1);
+        c.set_limits(small(1, 10));
+        c.local_edit(&ins(2, 2, "cde")).unwrap();
+        assert_eq!(c.unacknowledged(), 3);
+        let out = c.snapshot(7, "ab", 1);
+        assert_eq!(out.conflict_copy, None);
+        let send = out.send.unwrap();
+        assert_eq!((send.seq, send.base_rev), (2, 7));
+        assert_eq!(c.text().to_string(), "abcde");
+        assert_eq!(c.unacknowledged(), 3);
+
+        // Applied, and the snapshot is exactly its result: the queue is kept.
+        let mut c = Client::new("me", 2, "ab", 1);
+        c.set_limits(small(1, 10));
+        c.local_edit(&ins(2, 2, "cde")).unwrap();
+        let out = c.snapshot(3, "abc", 2);
+        assert_eq!(out.conflict_copy, None);
+        assert_eq!(out.send.unwrap().op.to_json(), r#"[3,"d"]"#);
+        assert_eq!(c.text().to_string(), "abcde");
+        assert_eq!(c.unacknowledged(), 2);
+
+        // Applied, but the snapshot is another text: conflict copy.
+        let mut c = Client::new("me", 2, "ab", 1);
+        c.set_limits(small(1, 10));
+        c.local_edit(&ins(2, 2, "cde")).unwrap();
+        let out = c.snapshot(5, "abcZ", 2);
+        assert_eq!(out.conflict_copy.as_deref(), Some("abcde"));
+        assert!(c.all_saved());
+    }
+
+    #[test]
+    fn a_state_saved_with_a_single_buffer_loads() {
+        // What the version before the queue wrote (field names as in ClientState).
+        let old = r#"{"client_id":"me","next_seq":2,"revision":3,"synced_text":"ab",
+            "outstanding":{"seq":1,"base_rev":3,"sent":[2,"c"],"current":[2,"c"]},
+            "buffer":[3,"defg"]}"#;
+        let state: ClientState = serde_json::from_str(old).unwrap();
+        let mut c = Client::from_state(state).unwrap();
+        assert_eq!(c.text().to_string(), "abcdefg");
+        assert_eq!(c.unacknowledged(), 2);
+        // It is written back as a queue, and split by the server's limits.
+        c.set_limits(small(2, 10));
+        let json = serde_json::to_value(c.state()).unwrap();
+        assert_eq!(json["queue"], serde_json::json!([[3, "de"], [5, "fg"]]));
+        assert!(json.get("buffer").is_none());
+        let next = ack_next(&mut c).unwrap();
+        assert_eq!((next.seq, next.base_rev), (2, 4));
+        // A buffer without an outstanding op is inconsistent.
+        let bad = r#"{"client_id":"me","next_seq":2,"revision":3,"synced_text":"ab",
+            "outstanding":null,"buffer":[2,"x"]}"#;
+        let state: ClientState = serde_json::from_str(bad).unwrap();
+        assert_eq!(
+            Client::from_state(state).unwrap_err().code(),
+            "corrupt_state"
+        );
     }
 
     #[test]

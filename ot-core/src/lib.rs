@@ -24,12 +24,14 @@ mod error;
 pub mod history;
 mod json;
 mod operation;
+mod split;
 
 /// The text type of [`Component::Insert`] (re-exported from the `compact_str` crate).
 pub use compact_str::CompactString;
 pub use error::{OpJsonError, OtError};
 pub use json::MAX_SAFE_INTEGER;
 pub use operation::{Component, Operation};
+pub use split::OpLimits;
 
 /// A selection in a document: `anchor` is where it started, `head` where the
 /// cursor is. A plain cursor has `anchor == head`. Serialised as `[anchor, head]`.

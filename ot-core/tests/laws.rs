@@ -3,7 +3,7 @@
 //! CJK, astral and combining characters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ot_core::{Component, OpJsonError, Operation, OtError, Range};
+use ot_core::{Component, OpJsonError, OpLimits, Operation, OtError, Range};
 use proptest::prelude::*;
 use ropey::Rope;
 
@@ -788,4 +788,70 @@ fn json_rejects_sums_past_max_safe_integer() {
     );
     let err = Operation::from_json(&format!("[-{}, \"a\", 2]", max - 1)).unwrap_err();
     assert_eq!(err.code(), "too_large");
+}
+
+// ---------------------------------------------------------------------------
+// split: ops within limits
+// ---------------------------------------------------------------------------
+
+/// Small limits, some below what any edit needs (raised by `effective`).
+fn limits() -> impl Strategy<Value = OpLimits> {
+    (0usize..8, 0usize..9).prop_map(|(max_op_len, max_op_components)| OpLimits {
+        max_op_len,
+        max_op_components,
+    })
+}
+
+/// A larger op than [`Plan`] makes: several plans composed on a longer text.
+fn big_op(s: &str, plans: &[Plan]) -> Result<Operation, OtError> {
+    let mut op = Operation::identity(len(s));
+    let mut text = s.to_owned();
+    for p in plans {
+        let next = p.build_for(&text);
+        text = next.apply(&text)?;
+        op = op.compose(&next)?;
+    }
+    Ok(op)
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn split_pieces_compose_to_the_original_and_fit(
+        s in text_of(40),
+        plans in prop::collection::vec(plan(), 1..5),
+        limits in limits(),
+    ) {
+        let op = big_op(&s, &plans)?;
+        let pieces = op.split(limits);
+        prop_assert!(!pieces.is_empty());
+        if op.fits(limits) {
+            prop_assert_eq!(&pieces, &vec![op.clone()]);
+        }
+        let effective = limits.effective();
+        let mut text = s.clone();
+        let mut rope = Rope::from_str(&s);
+        let mut composed: Option<Operation> = None;
+        for p in &pieces {
+            check_canonical(p)?;
+            prop_assert!(p.fits(effective), "piece {:?} beyond {:?}", p.to_json(), effective);
+            if pieces.len() > 1 {
+                prop_assert!(!p.is_noop(), "an empty piece");
+            }
+            text = p.apply(&text)?;
+            p.apply_to_rope(&mut rope)?;
+            composed = Some(match composed {
+                None => p.clone(),
+                Some(c) => c.compose(p)?,
+            });
+        }
+        prop_assert_eq!(composed.as_ref(), Some(&op));
+        let expected = op.apply(&s)?;
+        prop_assert_eq!(&text, &expected);
+        prop_assert_eq!(rope.to_string(), expected);
+        // The change is never cut finer than the size limit needs (plus one
+        // piece per component limit hit): no more pieces than characters changed.
+        prop_assert!(pieces.len() <= op.change_size().max(1));
+    }
 }

@@ -20,7 +20,7 @@ use ot_core::client::{AckOutcome, Client, ClientState, OutgoingOp, RemoteOutcome
 use ot_core::history::{
     AppliedOp, DocumentHistory, DocumentSnapshot, OpHash, Receipt, ReceiveError,
 };
-use ot_core::{Component, Operation};
+use ot_core::{Component, OpLimits, Operation};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -67,6 +67,10 @@ struct SimServer {
     deferred_acks: Vec<(u64, u64, u64)>,
     snapshot_every: u64,
     window: usize,
+    /// The limits announced in first messages (small in some seeds, so that
+    /// ops split and queues form; they may change when the server restarts,
+    /// as on a reconnect to another server).
+    limits: OpLimits,
 }
 
 impl SimServer {
@@ -91,6 +95,12 @@ struct Sim {
     next_char: u32,
     /// Every op ever sent, by (client, seq): resends must be identical.
     sent: HashMap<(String, u64), OutgoingOp>,
+    /// The server's limits when each op was first sent.
+    sent_limits: HashMap<(String, u64), OpLimits>,
+    /// Whether this seed runs with small limits.
+    small_limits: bool,
+    /// Every limits the server has announced.
+    announced: HashSet<OpLimits>,
     /// Every ack a client accepted: (client, seq, rev).
     acked: Vec<(String, u64, u64)>,
     trace: Vec<String>,
@@ -105,6 +115,13 @@ struct Stats {
     server_restarts: u64,
     client_restarts: u64,
     drops: u64,
+    /// Local edits beyond the limits by themselves (split).
+    split_edits: u64,
+    /// Local edits after which two or more ops were queued.
+    queues: u64,
+    /// Resends of an op sent under other limits than the server's now
+    /// (the outstanding op keeps its seq: resent as it is).
+    resent_beyond_new_limits: u64,
 }
 
 /// A unique scalar value for the n-th inserted character, cycling through
@@ -124,13 +141,29 @@ fn unique_char(n: u32) -> char {
     char::from_u32(code).unwrap_or('\u{FFFD}')
 }
 
+/// Limits small enough that a few edits exceed them (at least 3 components:
+/// a middle insert needs them).
+fn small_limits(rng: &mut ChaCha8Rng) -> OpLimits {
+    OpLimits {
+        max_op_len: rng.random_range(2..=6),
+        max_op_components: rng.random_range(3..=5),
+    }
+}
+
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n_clients = rng.random_range(2..=8);
+        let small = rng.random_bool(0.4);
+        let limits = if small {
+            small_limits(&mut rng)
+        } else {
+            OpLimits::DEFAULT
+        };
         let clients = (0..n_clients)
             .map(|i| {
-                let client = Client::new(format!("c{i}"), 0, "", 0);
+                let mut client = Client::new(format!("c{i}"), 0, "", 0);
+                client.set_limits(limits);
                 SimClient {
                     saved: client.state(),
                     client,
@@ -147,6 +180,7 @@ impl Sim {
             deferred_acks: Vec::new(),
             snapshot_every: rng.random_range(1..12),
             window: rng.random_range(0..16),
+            limits,
         };
         Sim {
             rng,
@@ -157,6 +191,9 @@ impl Sim {
             next_conn: 1,
             next_char: 0,
             sent: HashMap::new(),
+            sent_limits: HashMap::new(),
+            small_limits: small,
+            announced: HashSet::from([limits]),
             acked: Vec::new(),
             trace: Vec::new(),
             stats: Stats::default(),
@@ -206,11 +243,17 @@ impl Sim {
         }
         .unwrap();
         self.stats.edits += 1;
+        if !op.fits(self.clients[i].client.limits()) {
+            self.stats.split_edits += 1;
+        }
         self.log(format!("c{i} edit {}", op.to_json()));
         let outgoing = self.clients[i]
             .client
             .local_edit(&op)
             .unwrap_or_else(|e| self.fail(&format!("local edit failed: {e}")));
+        if self.clients[i].client.unacknowledged() > 2 {
+            self.stats.queues += 1;
+        }
         // The state is saved before sending; otherwise usually, not always (a crash may lose unsent edits).
         if outgoing.is_some() || self.rng.random_bool(0.8) {
             self.save(i);
@@ -231,6 +274,21 @@ impl Sim {
                 self.fail(&format!("resend of {key:?} differs: {first:?} vs {out:?}"));
             }
         } else {
+            // A new op fits the limits this client knows (from its last first
+            // message, or its saved state), which a server announced.
+            let known = self.clients[i].client.limits();
+            if !self.announced.contains(&known) {
+                self.fail(&format!(
+                    "c{i} keeps to limits {known:?} no server announced"
+                ));
+            }
+            if !out.op.fits(known) {
+                self.fail(&format!(
+                    "op {key:?} {} is beyond the limits {known:?}",
+                    out.op.to_json()
+                ));
+            }
+            self.sent_limits.insert(key.clone(), known);
             self.sent.insert(key, out.clone());
         }
         let Some(conn_id) = self.clients[i].conn else {
@@ -253,6 +311,9 @@ impl Sim {
         let client_id = self.clients[i].client.client_id().to_owned();
         let rev = self.clients[i].client.revision();
         self.log(format!("c{i} connect #{id} rev={rev}"));
+        // The first message announces the limits (taken at once here).
+        let limits = self.server.limits;
+        self.clients[i].client.set_limits(limits);
         // The handshake: resume at the client's revision, then the durable ops after it.
         let durable = self.server.durable_rev();
         if rev > durable {
@@ -369,6 +430,18 @@ impl Sim {
             out.base_rev,
             out.op.to_json()
         ));
+        // What the server's reader checks. Only an op first sent under other
+        // limits (an outstanding op keeps its seq) may be beyond them.
+        if !out.op.fits(self.server.limits) {
+            let key = (client_id.clone(), out.seq);
+            if self.sent_limits.get(&key) == Some(&self.server.limits) {
+                self.fail(&format!(
+                    "op {key:?} is beyond the server's limits {:?}",
+                    self.server.limits
+                ));
+            }
+            self.stats.resent_beyond_new_limits += 1;
+        }
         let history = &mut self.server.history;
         let mut result = history.receive(&client_id, out.seq, out.base_rev, out.op.clone());
         if let Err(ReceiveError::RevisionTooOld { base_rev, oldest }) = result {
@@ -483,6 +556,12 @@ impl Sim {
         }
         self.server.uncommitted.clear();
         self.server.deferred_acks.clear();
+        if self.small_limits && self.rng.random_bool(0.5) {
+            // Restarted with other limits: smaller or larger.
+            self.server.limits = small_limits(&mut self.rng);
+            self.announced.insert(self.server.limits);
+            self.log(format!("server limits now {:?}", self.server.limits));
+        }
         let snapshot = self.server.snapshots.last().cloned().unwrap();
         let tail = self.server.storage[snapshot.rev as usize..].to_vec();
         self.server.history = DocumentHistory::from_snapshot(snapshot, tail)
@@ -703,6 +782,9 @@ fn run_seeds(start: u64, count: u64) -> Stats {
         total.server_restarts += s.server_restarts;
         total.client_restarts += s.client_restarts;
         total.drops += s.drops;
+        total.split_edits += s.split_edits;
+        total.queues += s.queues;
+        total.resent_beyond_new_limits += s.resent_beyond_new_limits;
     }
     total
 }
@@ -720,6 +802,11 @@ fn many_seeds_converge_exactly_once() {
     );
     assert!(stats.duplicates > 0 && stats.server_restarts > 0 && stats.client_restarts > 0);
     assert!(stats.drops > 0);
+    // Small limits split edits and form queues.
+    assert!(
+        stats.split_edits > 0 && stats.queues > count / 10,
+        "too few splits or queues: {stats:?}"
+    );
 }
 
 #[test]

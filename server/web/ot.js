@@ -440,14 +440,145 @@ export function opFromJSON(value, classify = classifyNumber) {
 }
 
 // ---------------------------------------------------------------------------
+// Bounded operations (ot-core's split.rs)
+
+/**
+ * The server's default op limits (ot-core's `OpLimits::DEFAULT`): what a
+ * client keeps to until a server has announced its own.
+ */
+export const DEFAULT_OP_LIMITS = Object.freeze({ max_op_len: 100000, max_op_components: 10000 });
+
+/** The fewest components an edit in the middle of a text needs (`[retain, insert, retain]`). */
+export const MIN_COMPONENTS = 3;
+
+/** The op part of a first message's `limits` (defaults for fields a server does not announce). */
+export function opLimits(limits) {
+  const l = limits || {};
+  const count = (v, d) => (Number.isSafeInteger(v) && v >= 0 ? v : d);
+  return {
+    max_op_len: count(l.max_op_len, DEFAULT_OP_LIMITS.max_op_len),
+    max_op_components: count(l.max_op_components, DEFAULT_OP_LIMITS.max_op_components),
+  };
+}
+
+/** Code points `op` inserts plus deletes (what `max_op_len` bounds). */
+export function changeSize(op) {
+  let n = 0;
+  for (const c of op) {
+    if (isInsert(c)) n += cpLen(c);
+    else if (isDelete(c)) n -= c;
+  }
+  return n;
+}
+
+/** Whether `op` is within `limits` (change size and components). */
+export function fits(op, limits) {
+  return op.length <= limits.max_op_components && changeSize(op) <= limits.max_op_len;
+}
+
+/** The limits `split` cuts by: at least one code point and `MIN_COMPONENTS` components. */
+export function effectiveLimits(limits) {
+  return {
+    max_op_len: Math.max(1, limits.max_op_len),
+    max_op_components: Math.max(MIN_COMPONENTS, limits.max_op_components),
+  };
+}
+
+/**
+ * Split `op` into ops applied one after the other, each within `limits`
+ * (raised to `effectiveLimits`), whose composition is exactly `op`. An op
+ * that fits is returned as it is (a no-op too); an insert or delete longer
+ * than `max_op_len` is itself cut. Piece k retains the final text the
+ * earlier pieces produced, makes the next edits, and retains the rest.
+ */
+export function split(op, limits) {
+  if (isNoop(op) || fits(op, limits)) return [op];
+  const { max_op_len: maxLen, max_op_components: maxComps } = effectiveLimits(limits);
+  const base = baseLen(op);
+  const pieces = [];
+  let doneTarget = 0; // final text before the current piece
+  let doneBase = 0; // original text consumed before it
+  const fresh = () => ({ b: new Builder(), size: 0, components: 0, baseAdvance: 0, targetAdvance: 0 });
+  let piece = fresh();
+  const addTo = (lead, gap, ins, del, chars) => {
+    if (lead + gap > 0) {
+      piece.b.retain(lead + gap);
+      piece.components += 1;
+    }
+    piece.components += 1;
+    piece.size += chars;
+    piece.baseAdvance += gap;
+    piece.targetAdvance += gap;
+    if (ins !== null) {
+      piece.b.insert(ins);
+      piece.targetAdvance += chars;
+    } else {
+      piece.b.delete(del);
+      piece.baseAdvance += del;
+    }
+  };
+  // One insert (`ins`) or delete (`del`) of `chars` <= maxLen code points after `gap` retained ones.
+  const add = (gap, ins, del, chars) => {
+    const empty = piece.size === 0;
+    const lead = empty ? doneTarget : 0;
+    const cost = (lead + gap > 0 ? 1 : 0) + 1;
+    const rest = base - (doneBase + piece.baseAdvance + gap + (ins === null ? del : 0));
+    const trailing = rest > 0 ? 1 : 0;
+    const ok = piece.size + chars <= maxLen && piece.components + cost + trailing <= maxComps;
+    if (!empty && !ok) {
+      piece.b.retain(base - doneBase - piece.baseAdvance);
+      doneTarget += piece.targetAdvance;
+      doneBase += piece.baseAdvance;
+      pieces.push(piece.b.done());
+      piece = fresh();
+      addTo(doneTarget, gap, ins, del, chars);
+      return;
+    }
+    addTo(lead, gap, ins, del, chars);
+  };
+  let gap = 0;
+  for (const c of op) {
+    if (isRetain(c)) {
+      gap += c;
+    } else if (isInsert(c)) {
+      let i = 0;
+      while (i < c.length) {
+        const j = advance(c, i, maxLen);
+        const chunk = c.slice(i, j);
+        add(gap, chunk, 0, cpLen(chunk));
+        gap = 0;
+        i = j;
+      }
+    } else {
+      let left = -c;
+      while (left > 0) {
+        const take = Math.min(left, maxLen);
+        add(gap, null, take, take);
+        gap = 0;
+        left -= take;
+      }
+    }
+  }
+  if (piece.size > 0) {
+    piece.b.retain(base - doneBase - piece.baseAdvance);
+    pieces.push(piece.b.done());
+  }
+  return pieces;
+}
+
+// ---------------------------------------------------------------------------
 // The client state machine (ot-core's client.rs)
 
 /**
  * The client side of the protocol, without I/O: synchronized / awaiting ack /
- * awaiting ack with a buffer. An op gets its seq when it leaves the buffer to
- * be sent and is never changed after that: it is resent byte-for-byte (same
- * seq, same base revision) after a reconnect. The client's own ops are always
- * `a` in transforms, like on the server.
+ * awaiting ack with a queue. Unsent local edits are a queue of ops each
+ * within the server's limits (`setLimits`): an edit composes into the last
+ * queued op while that stays within them, otherwise it starts a new one (an
+ * edit beyond them by itself is split); one op is sent per ack. An op gets
+ * its seq when it leaves the queue to be sent and is never changed after
+ * that: it is resent byte-for-byte (same seq, same base revision) after a
+ * reconnect. The client's own ops are always `a` in transforms, like on the
+ * server.
  *
  * Methods return plain objects; an op to send is `{seq, base_rev, op}`.
  */
@@ -460,44 +591,70 @@ export class Client {
     this.synced = text;
     this.text = text;
     this.outstanding = null; // {seq, base_rev, sent, current}
-    this.buffer = null;
+    this.queue = []; // unsent local edits, in order; never no-ops, empty while nothing is outstanding
+    this.limits = DEFAULT_OP_LIMITS;
   }
 
-  /** Rebuild from a saved state (the field names of ot-core's `ClientState`). */
+  /**
+   * Rebuild from a saved state (the field names of ot-core's `ClientState`).
+   * A state saved before the queue has one composed `buffer`: it comes first.
+   */
   static fromState(state) {
     const c = new Client(state.client_id, state.revision, state.synced_text, 0);
     c.nextSeq = Math.max(1, state.next_seq);
+    const queue = [...(state.buffer ? [state.buffer] : []), ...(state.queue || [])].filter((op) => !isNoop(op));
     try {
       let text = state.synced_text;
       if (state.outstanding) text = apply(text, state.outstanding.current);
-      if (state.buffer) {
-        if (!state.outstanding) throw new OtError("compose_mismatch", "a buffer without an outstanding op");
-        text = apply(text, state.buffer);
+      if (queue.length > 0 && !state.outstanding) {
+        throw new OtError("compose_mismatch", "queued edits without an outstanding op");
       }
+      for (const op of queue) text = apply(text, op);
       c.text = text;
     } catch (e) {
       throw new OtError("corrupt_state", `the saved client state is inconsistent: ${e.message}`);
     }
     c.outstanding = state.outstanding ? { ...state.outstanding } : null;
-    c.buffer = state.buffer || null;
+    c.queue = queue;
+    if (state.limits) c.limits = opLimits(state.limits);
     return c;
   }
 
   /** The state to persist (before sending an op, and after any change). */
   state() {
-    return {
+    const s = {
       client_id: this.clientId,
       next_seq: this.nextSeq,
       revision: this.revision,
       synced_text: this.synced,
       outstanding: this.outstanding ? { ...this.outstanding } : null,
-      buffer: this.buffer,
     };
+    if (this.queue.length > 0) s.queue = [...this.queue];
+    s.limits = { ...this.limits };
+    return s;
   }
 
-  /** Nothing outstanding and nothing buffered. */
+  /**
+   * The limits every op sent must fit (a first message's `limits`, through
+   * `opLimits`). Call it on every first message: queued ops beyond new
+   * limits are split again (the outstanding op keeps its seq and is resent
+   * as it is). Returns whether the queue changed.
+   */
+  setLimits(limits) {
+    this.limits = limits;
+    if (this.queue.every((op) => fits(op, limits))) return false;
+    this.queue = this.queue.flatMap((op) => split(op, limits));
+    return true;
+  }
+
+  /** Nothing outstanding and nothing queued. */
   allSaved() {
-    return this.outstanding === null && this.buffer === null;
+    return this.outstanding === null && this.queue.length === 0;
+  }
+
+  /** Local ops not yet acknowledged: the outstanding one and the queued ones. */
+  unacknowledged() {
+    return (this.outstanding === null ? 0 : 1) + this.queue.length;
   }
 
   /** The outstanding op as it must be resent (same seq, base revision and op). */
@@ -506,33 +663,46 @@ export class Client {
     return o ? { seq: o.seq, base_rev: o.base_rev, op: o.sent } : null;
   }
 
-  /** Apply a local edit; returns the op to send now, or null (buffered or a no-op). */
+  /**
+   * Apply a local edit; returns the op to send now, or null (queued or a
+   * no-op). It composes into the last queued op while that stays within the
+   * limits; otherwise it is queued (split if beyond them by itself).
+   */
   localEdit(op) {
     let text;
+    let composed = null;
     try {
       text = apply(this.text, op);
+      if (isNoop(op)) return null;
+      if (this.queue.length > 0) composed = compose(this.queue[this.queue.length - 1], op);
     } catch (e) {
       throw new OtError("local_op_does_not_fit", e.message);
     }
-    if (this.outstanding === null) {
-      this.text = text;
-      return this.startSending(op);
-    }
-    let composed = op;
-    if (this.buffer !== null) {
-      try {
-        composed = compose(this.buffer, op);
-      } catch (e) {
-        throw new OtError("local_op_does_not_fit", e.message);
-      }
-    }
     this.text = text;
-    this.buffer = composed;
+    if (composed !== null && fits(composed, this.limits)) {
+      this.queue.pop();
+      if (!isNoop(composed)) this.queue.push(composed);
+    } else {
+      this.queue.push(...split(op, this.limits));
+    }
+    return this.outstanding === null ? this.sendNext() : null;
+  }
+
+  /** Send the first queued op (split again if it no longer fits, e.g. after transforms). */
+  sendNext() {
+    while (this.queue.length > 0) {
+      const op = this.queue.shift();
+      if (isNoop(op)) continue;
+      if (fits(op, this.limits)) return this.startSending(op);
+      const [first, ...rest] = split(op, this.limits);
+      this.queue.unshift(...rest);
+      return this.startSending(first);
+    }
     return null;
   }
 
+  /** Give `op` (not a no-op) a seq and make it the outstanding op. */
   startSending(op) {
-    if (isNoop(op)) return null;
     const out = { seq: this.nextSeq, base_rev: this.revision, op };
     this.nextSeq += 1;
     this.outstanding = { seq: out.seq, base_rev: out.base_rev, sent: op, current: op };
@@ -560,9 +730,7 @@ export class Client {
       this.outstanding = null;
     }
     this.revision = rev;
-    const b = this.buffer;
-    this.buffer = null;
-    return b === null ? null : this.startSending(b);
+    return this.sendNext();
   }
 
   /**
@@ -582,30 +750,33 @@ export class Client {
       throw new OtError("op_does_not_fit", "the server's operation does not fit the document");
     }
     let current = null;
-    let r1 = op;
-    let buffer = null;
-    let r2;
+    let r = op;
+    const queue = [];
     let synced;
     let text;
     try {
-      if (this.outstanding !== null) [current, r1] = transform(this.outstanding.current, op);
-      r2 = r1;
-      if (this.buffer !== null) [buffer, r2] = transform(this.buffer, r1);
+      if (this.outstanding !== null) [current, r] = transform(this.outstanding.current, op);
+      for (const q of this.queue) {
+        let q2;
+        [q2, r] = transform(q, r);
+        // An edit the remote op undid entirely (both deleted it) is gone.
+        if (!isNoop(q2)) queue.push(q2);
+      }
       synced = apply(this.synced, op);
     } catch (e) {
       throw new OtError("op_does_not_fit", e.message);
     }
     try {
-      text = apply(this.text, r2);
+      text = apply(this.text, r);
     } catch (e) {
       throw new OtError("corrupt_state", e.message);
     }
     this.synced = synced;
     this.text = text;
     if (this.outstanding !== null) this.outstanding = { ...this.outstanding, current };
-    this.buffer = buffer;
+    this.queue = queue;
     this.revision = rev;
-    return { applied: r2 };
+    return { applied: r };
   }
 
   /** The server resumed at `rev` (must be ours); returns the op to resend or null. */
@@ -621,8 +792,11 @@ export class Client {
   }
 
   /**
-   * A fresh snapshot: rebase pending edits when provably safe, otherwise
-   * return the local text as `conflictCopy`. Returns `{conflictCopy, send}`.
+   * A fresh snapshot: rebase pending edits when provably safe (the
+   * outstanding op was applied and the snapshot is exactly its result: the
+   * queue follows; or it was not applied and the snapshot is exactly its
+   * base: it is queued again first, with a new seq), otherwise return the
+   * local text as `conflictCopy`. Returns `{conflictCopy, send}`.
    */
   snapshot(rev, text, lastSeq) {
     const localText = this.text;
@@ -632,15 +806,14 @@ export class Client {
     this.revision = rev;
     this.nextSeq = lastSeq + 1;
     const o = this.outstanding;
-    let buffer = this.buffer;
-    if (buffer !== null && isNoop(buffer)) buffer = null;
+    const queue = this.queue.filter((op) => !isNoop(op));
     this.outstanding = null;
-    this.buffer = null;
+    this.queue = [];
     const outcome = { conflictCopy: null, send: null };
     if (o === null) return outcome;
-    let plan; // "clean" | op | "conflict"
+    let plan; // "clean" | [ops] | "conflict"
     if (lastSeq === o.seq) {
-      if (buffer === null) plan = "clean";
+      if (queue.length === 0) plan = "clean";
       else {
         let after = null;
         try {
@@ -648,25 +821,21 @@ export class Client {
         } catch {
           after = null;
         }
-        plan = after === text ? buffer : "conflict";
+        plan = after === text ? queue : "conflict";
       }
     } else if (lastSeq < o.seq && oldSynced === text) {
-      if (buffer === null) plan = o.current;
-      else {
-        try {
-          plan = compose(o.current, buffer);
-        } catch {
-          plan = "conflict";
-        }
-      }
+      plan = isNoop(o.current) ? queue : [o.current, ...queue];
     } else {
       plan = "conflict";
     }
     if (plan === "clean") return outcome;
     if (plan !== "conflict") {
       try {
-        this.text = apply(this.text, plan);
-        outcome.send = this.startSending(plan);
+        let rebased = this.text;
+        for (const op of plan) rebased = apply(rebased, op);
+        this.text = rebased;
+        this.queue = plan;
+        outcome.send = this.sendNext();
         return outcome;
       } catch {
         this.text = this.synced;
@@ -680,7 +849,7 @@ export class Client {
   transformRemoteRanges(ranges) {
     let r = ranges;
     if (this.outstanding !== null) r = transformRanges(r, this.outstanding.current);
-    if (this.buffer !== null) r = transformRanges(r, this.buffer);
+    for (const q of this.queue) r = transformRanges(r, q);
     return r;
   }
 }

@@ -5,7 +5,7 @@
 // to the textarea, the view and localStorage through hooks (editor.js); Node
 // imports it as it is (tests/js/protocol.test.mjs), so this module must not
 // touch `document`, `window` or `localStorage`.
-import { Client, OtError, cpLen, opFromJSON, transformPosition } from "./ot.js";
+import { Client, OtError, cpLen, opFromJSON, opLimits, transformPosition } from "./ot.js";
 
 // ---------------------------------------------------------------------------
 // The protocol's tables
@@ -614,6 +614,8 @@ export class Session {
     const client = this.client;
     switch (m.type) {
       case "snapshot": {
+        // The limits first: pending edits rebased onto the snapshot are queued within them.
+        client.setLimits(opLimits(m.limits));
         this.epoch = m.epoch ?? null;
         this.access = m.access ?? "write";
         this.hooks.accessChanged(this.access);
@@ -623,6 +625,7 @@ export class Session {
           this.documentDeleted = false;
           if (!client.allSaved() && client.text !== m.text) this.hooks.conflict(client.text);
           this.client = new Client(client.clientId, m.rev, m.text, m.seq);
+          this.client.setLimits(client.limits);
           this.synced = true;
           this.wantSnapshot = false;
           if (!this.retrying) this.attempt = 0;
@@ -642,6 +645,7 @@ export class Session {
         return { kind: "snapshot", action: "synced", conflictCopy: hadState ? outcome.conflictCopy : null };
       }
       case "resume": {
+        client.setLimits(opLimits(m.limits));
         this.epoch = m.epoch ?? null;
         this.access = m.access ?? "write";
         this.hooks.accessChanged(this.access);

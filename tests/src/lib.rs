@@ -3,8 +3,8 @@
 //! clients that run the shared session core (`ot-driver`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod tmpfs;
 pub mod proxy;
+pub mod tmpfs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
