@@ -5,13 +5,17 @@
 
 use std::time::Duration;
 
-use e2e_tests::{doc_state, http_get_json, replay_ops, WsClient};
+use e2e_tests::{doc_state, http_get_json, recv_message, replay_ops, ws_connect, WsClient};
 use ot_core::Operation;
+use ot_protocol::ServerMessage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_of_large_ops_stop_at_a_few_megabytes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = e2e_tests::start_server(dir.path()).await.unwrap();
+    // A small window, so that a resume from revision 0 is served from storage.
+    let server = e2e_tests::start_server_with(dir.path(), |c| c.history_window = 5)
+        .await
+        .unwrap();
     let mut writer = WsClient::join(server.addr, "large", "w").await.unwrap();
     // 60 ops of 100,000 characters: about 12 MB of ops as sent and applied.
     for n in 0..60u32 {
@@ -43,5 +47,38 @@ async fn pages_of_large_ops_stop_at_a_few_megabytes() {
         .await
         .unwrap();
     assert_eq!(export.lines().count(), 61);
+    // A resume from revision 0 gets every op from storage, in order, read in
+    // pages bounded the same way.
+    let mut socket = ws_connect(server.addr, "/ws/large?client=late&rev=0")
+        .await
+        .unwrap();
+    let first = recv_message(&mut socket, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            first,
+            ServerMessage::Resume {
+                rev: 0,
+                head: 60,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    let mut caught_up = String::new();
+    for expected in 1..=60u64 {
+        match recv_message(&mut socket, Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            ServerMessage::Op { rev, op, .. } => {
+                assert_eq!(rev, expected);
+                caught_up = op.apply(&caught_up).unwrap();
+            }
+            other => panic!("expected op {expected}, got {other:?}"),
+        }
+    }
+    assert_eq!(caught_up, text);
     server.stop().await.unwrap();
 }

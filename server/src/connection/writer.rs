@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::app::Shared;
 use crate::outbound::{close_frame, stored_op_frame, Outbound};
+use crate::pages::read_page;
 
 /// How long the writer may hold other clients' ops and cursors while this
 /// client awaits the reply to its own op, so that they go out in the same
@@ -273,13 +274,23 @@ async fn catch_up(
         let doc_id = doc.to_string();
         let limit = (upto - next).min(512) as usize;
         let from = next;
-        let ops = tokio::task::spawn_blocking(move || storage.ops(&doc_id, from, limit))
-            .await
-            .map_err(|_| CatchUpFailed::Storage)?
-            .map_err(|e| {
-                tracing::error!(%doc, error = %e, "catch-up read failed");
-                CatchUpFailed::Storage
-            })?;
+        // A page bounded in bytes too: catch-up over large ops holds a few
+        // MiB at a time, not 512 ops of any size.
+        let ops = tokio::task::spawn_blocking(move || {
+            read_page(
+                storage.as_ref(),
+                &doc_id,
+                from,
+                limit,
+                |s, doc, after, limit| s.ops(doc, after, limit),
+            )
+        })
+        .await
+        .map_err(|_| CatchUpFailed::Storage)?
+        .map_err(|e| {
+            tracing::error!(%doc, error = %e, "catch-up read failed");
+            CatchUpFailed::Storage
+        })?;
         if ops.is_empty() {
             tracing::error!(%doc, after = next, upto, "catch-up found no ops");
             return Err(CatchUpFailed::Storage);
