@@ -245,7 +245,7 @@ fn paste_is_one_edit_with_normalised_newlines() {
     assert_eq!(doc.text(), "ax\ny\nz[31m\twb");
     assert_eq!(doc.ops.len(), 1);
     assert_eq!(doc.cursor(), 12);
-    // Too big for one edit: refused with a notice, nothing changes.
+    // Bigger than a document may be: refused with a notice, nothing changes.
     let huge = "x".repeat(client_cli::editor::model::MAX_PASTE_CHARS + 1);
     assert!(matches!(doc.event(Event::Paste(huge)), Action::Notice(_)));
     assert_eq!(doc.ops.len(), 1);

@@ -14,9 +14,10 @@ use ropey::Rope;
 use super::layout::{layout_line, LineLayout};
 use super::text;
 
-/// The largest paste taken as one edit: the server's default `max_op_len`
-/// (an op inserting more is rejected, and would end up in a conflict copy).
-pub const MAX_PASTE_CHARS: usize = 100_000;
+/// The largest paste taken: the server's default `max_doc_len`, beyond which
+/// it could never fit. (A paste longer than the server's `max_op_len` is fine:
+/// the client sends it as several ops, each within the announced limits.)
+pub const MAX_PASTE_CHARS: usize = 10_000_000;
 
 /// What a key did.
 #[derive(Debug, Clone, PartialEq)]
@@ -299,7 +300,7 @@ impl Editor {
         let chars = clean.chars().count();
         if chars > MAX_PASTE_CHARS {
             return Action::Notice(format!(
-                "not pasted: {chars} characters is more than one edit may insert ({MAX_PASTE_CHARS})"
+                "not pasted: {chars} characters is more than a document may hold ({MAX_PASTE_CHARS})"
             ));
         }
         self.insert(text, &clean)
