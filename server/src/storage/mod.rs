@@ -160,6 +160,20 @@ pub enum WriteItem {
 }
 
 impl WriteItem {
+    /// About how much memory the item holds while it waits for an ingest
+    /// (the commit queue bounds that backlog in bytes as well as in items).
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            WriteItem::Op { op, .. } => crate::pages::op_bytes(op),
+            WriteItem::Snapshot { snapshot, .. } => {
+                128 + snapshot.text.len() + 96 * snapshot.clients.len()
+            }
+            _ => 128,
+        }
+    }
+}
+
+impl WriteItem {
     /// The document this item writes to.
     pub fn doc(&self) -> &str {
         match self {
@@ -384,6 +398,10 @@ pub trait Storage: Send + Sync + 'static {
     /// commit queue has its ingest thread ingest when this grows large or
     /// when commits are idle.
     fn backlog(&self) -> usize {
+        0
+    }
+    /// About how many bytes of memory those items hold ([`WriteItem::memory_bytes`]).
+    fn backlog_bytes(&self) -> usize {
         0
     }
     /// Maintenance off the commit path, called on its own thread while

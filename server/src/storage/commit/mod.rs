@@ -65,6 +65,14 @@ pub const DEFAULT_INGEST_EVERY: usize = 4096;
 /// The commit thread ingests on its own thread (commits wait) once this many times
 /// `ingest_every` items wait.
 pub(crate) const MAX_BACKLOG_FACTOR: usize = 16;
+/// Memory of committed items waiting for an ingest that wakes the ingest
+/// thread whatever their number (a few large ops weigh more than thousands
+/// of small ones).
+pub(crate) const INGEST_BACKLOG_BYTES: usize = 32 << 20;
+/// Memory of waiting items beyond which commits wait for an ingest (as at
+/// [`MAX_BACKLOG_FACTOR`] × `ingest_every` items): the backlog is bounded in
+/// bytes as well as in items.
+pub(crate) const MAX_BACKLOG_BYTES: usize = 256 << 20;
 
 /// How a [`CommitQueue`] runs.
 #[derive(Clone)]
@@ -597,13 +605,16 @@ impl Worker {
                 let _ = reply.send(());
             }
             let backlog = self.storage.backlog();
-            if backlog >= self.options.max_backlog() {
+            let backlog_bytes = self.storage.backlog_bytes();
+            if backlog >= self.options.max_backlog() || backlog_bytes >= MAX_BACKLOG_BYTES {
                 tracing::debug!(
                     backlog,
                     "the ingest is behind: ingesting on the commit thread"
                 );
                 ingest_now();
-            } else if backlog >= self.options.ingest_threshold() {
+            } else if backlog >= self.options.ingest_threshold()
+                || backlog_bytes >= INGEST_BACKLOG_BYTES
+            {
                 wake();
             }
         }

@@ -50,7 +50,12 @@ impl SqliteStorage {
             spare,
             sealed,
         } = ingester;
-        ingest_log(conn, sealed, spare, &self.sealed_count)
+        ingest_log(
+            conn,
+            sealed,
+            spare,
+            (&self.sealed_count, &self.sealed_bytes),
+        )
     }
 
     /// Write the pending items to the tables without sealing them (the
@@ -65,7 +70,7 @@ impl SqliteStorage {
             &mut ingester.conn,
             &mut writer.pending,
             &mut writer.log,
-            &self.pending_count,
+            (&self.pending_count, &self.pending_bytes),
         )
     }
 
@@ -122,16 +127,21 @@ impl SqliteStorage {
         self.sealed_count
             .store(ingester.sealed.len(), Ordering::Relaxed);
         self.pending_count.store(0, Ordering::Relaxed);
+        self.sealed_bytes.store(
+            self.pending_bytes.swap(0, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
     }
 }
 
 /// Write `items` (everything `log` holds) to the tables, then empty both;
-/// `count` follows `items.len()`. Returns how many items were written.
+/// `count` follows `items.len()` and `bytes` their memory. Returns how many
+/// items were written.
 pub(super) fn ingest_log(
     conn: &mut Connection,
     items: &mut Vec<WriteItem>,
     log: &mut OpLog,
-    count: &AtomicUsize,
+    (count, bytes): (&AtomicUsize, &AtomicUsize),
 ) -> Result<usize, StorageError> {
     if items.is_empty() {
         return Ok(0);
@@ -140,6 +150,7 @@ pub(super) fn ingest_log(
     let written = items.len();
     items.clear();
     count.store(0, Ordering::Relaxed);
+    bytes.store(0, Ordering::Relaxed);
     if let Err(e) = log.reset() {
         // Harmless: the log keeps records that are stored already (opening
         // skips them). An active log then grows; a spare one is not used

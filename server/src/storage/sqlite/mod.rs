@@ -178,6 +178,10 @@ pub struct SqliteStorage {
     pending_count: AtomicUsize,
     /// `ingester.sealed.len()`, readable during an ingest.
     sealed_count: AtomicUsize,
+    /// The memory `writer.pending` holds ([`WriteItem::memory_bytes`]).
+    pending_bytes: AtomicUsize,
+    /// The memory `ingester.sealed` holds.
+    sealed_bytes: AtomicUsize,
     readers: Mutex<Vec<Connection>>,
     /// The data directory's lock, held until [`Storage::close_clean`] or
     /// the drop (one server per data directory).
@@ -277,6 +281,8 @@ impl SqliteStorage {
             }),
             pending_count: AtomicUsize::new(0),
             sealed_count: AtomicUsize::new(0),
+            pending_bytes: AtomicUsize::new(0),
+            sealed_bytes: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
             dir_lock: Mutex::new(Some(dir_lock)),
             faults_at_open: lost.len(),
@@ -330,6 +336,10 @@ impl SqliteStorage {
         writer.last_revs.extend(revs);
         self.pending_count
             .store(writer.pending.len(), Ordering::Relaxed);
+        self.pending_bytes.fetch_add(
+            items.iter().map(WriteItem::memory_bytes).sum(),
+            Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -439,6 +449,10 @@ impl Storage for SqliteStorage {
 
     fn backlog(&self) -> usize {
         self.pending_count.load(Ordering::Relaxed) + self.sealed_count.load(Ordering::Relaxed)
+    }
+
+    fn backlog_bytes(&self) -> usize {
+        self.pending_bytes.load(Ordering::Relaxed) + self.sealed_bytes.load(Ordering::Relaxed)
     }
 
     fn ingest(&self) -> Result<usize, StorageError> {

@@ -1022,3 +1022,25 @@ fn an_unclean_restart_moves_the_epoch_past_every_deleted_epoch() {
     // is above it.
     assert_eq!(s.epoch(), epoch + 12);
 }
+
+/// The backlog of committed items waiting for an ingest is measured in
+/// bytes too (the commit queue bounds it): it grows with each commit by
+/// about the items' size, moves with a seal, and is zero after an ingest.
+#[test]
+fn the_backlog_is_measured_in_bytes() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Relaxed);
+    assert_eq!(s.backlog_bytes(), 0);
+    let mut h = DocumentHistory::new();
+    let big = "é".repeat(100_000);
+    s.commit(&[create("d"), apply(&mut h, "d", "a", 1, 0, ins(0, 0, &big))])
+        .unwrap();
+    let one = s.backlog_bytes();
+    // The op as received and as applied: 2 × 200,000 bytes, plus a little.
+    assert!((400_000..410_000).contains(&one), "{one}");
+    s.commit(&[apply(&mut h, "d", "a", 2, 1, ins(100_000, 0, &big))])
+        .unwrap();
+    assert!(s.backlog_bytes() >= 2 * 400_000);
+    assert_eq!(s.seal_and_ingest().unwrap(), 3);
+    assert_eq!((s.backlog(), s.backlog_bytes()), (0, 0));
+}
