@@ -400,15 +400,7 @@ pub const HORIZON_KEY: &str = "#horizon";
 /// Estimated heap bytes an applied op holds in the history (its components,
 /// their inserted text, and the entry itself).
 pub fn op_bytes(applied: &AppliedOp) -> usize {
-    let components = applied.op.components();
-    let text: usize = components
-        .iter()
-        .map(|c| match c {
-            Component::Insert(s) => s.len(),
-            Component::Retain(_) | Component::Delete(_) => 0,
-        })
-        .sum();
-    std::mem::size_of::<AppliedOp>() + std::mem::size_of_val(components) + text
+    std::mem::size_of::<AppliedOp>() + applied.op.heap_bytes()
 }
 
 /// A dedup table entry with the client's id, shared with the table's index
@@ -807,21 +799,10 @@ impl DocumentHistory {
     ) -> Result<Receipt, ReceiveError> {
         let hash = OpHash::of(&op);
         let oldest = self.oldest_revision();
-        // One lookup of the client: the entry is updated in place at the end.
-        let position = self.clients.find(client_id);
-        let record = position.map(|i| &self.clients.entries[i].record);
-        let checked = check_seq(
-            self.retained_ops(),
-            client_id,
-            record,
-            seq,
-            hash,
-            base_rev,
-            self.horizon,
-        )?;
-        if let Some(receipt) = checked {
-            return Ok(receipt);
-        }
+        let position = match self.check_resend(client_id, seq, hash, base_rev)? {
+            Ok(position) => position,
+            Err(receipt) => return Ok(receipt),
+        };
         if base_rev > self.revision {
             return Err(ReceiveError::FutureRevision {
                 base_rev,
@@ -834,6 +815,31 @@ impl DocumentHistory {
         let older: &[Operation] = if base_rev < oldest { older } else { &[] };
         let transformed = self.transform_to_head(&op, base_rev, base_rev, older)?;
         Ok(self.apply(position, client_id, seq, base_rev, hash, transformed, op))
+    }
+
+    /// The dedup check every receive starts with: `Err(receipt)` for an op
+    /// this client sent before (a resend: nothing to apply), otherwise the
+    /// client's place in the dedup table, looked up once so that its entry
+    /// is updated in place when the op is applied.
+    fn check_resend(
+        &mut self,
+        client_id: &str,
+        seq: u64,
+        hash: OpHash,
+        base_rev: u64,
+    ) -> Result<Result<Option<usize>, Receipt>, ReceiveError> {
+        let position = self.clients.find(client_id);
+        let record = position.map(|i| &self.clients.entries[i].record);
+        let checked = check_seq(
+            self.retained_ops(),
+            client_id,
+            record,
+            seq,
+            hash,
+            base_rev,
+            self.horizon,
+        )?;
+        Ok(checked.map_or(Ok(position), Err))
     }
 
     /// Receive an op that was transformed elsewhere (off the caller's main
@@ -857,20 +863,10 @@ impl DocumentHistory {
         rebased_rev: u64,
     ) -> Result<Receipt, ReceiveError> {
         let hash = OpHash::of(&received);
-        let position = self.clients.find(client_id);
-        let record = position.map(|i| &self.clients.entries[i].record);
-        let checked = check_seq(
-            self.retained_ops(),
-            client_id,
-            record,
-            seq,
-            hash,
-            base_rev,
-            self.horizon,
-        )?;
-        if let Some(receipt) = checked {
-            return Ok(receipt);
-        }
+        let position = match self.check_resend(client_id, seq, hash, base_rev)? {
+            Ok(position) => position,
+            Err(receipt) => return Ok(receipt),
+        };
         if rebased_rev > self.revision || base_rev > rebased_rev {
             return Err(ReceiveError::FutureRevision {
                 base_rev: rebased_rev,

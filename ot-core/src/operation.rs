@@ -245,6 +245,27 @@ impl Operation {
         &self.components
     }
 
+    /// About how many bytes of heap this op holds: its components' buffer
+    /// (by capacity, once it outgrew the inline storage) and the inserted
+    /// text stored outside it. What the in-memory bounds (the history
+    /// window, the commit backlog) count.
+    pub fn heap_bytes(&self) -> usize {
+        let buffer = if self.components.spilled() {
+            self.components.capacity() * std::mem::size_of::<Component>()
+        } else {
+            0
+        };
+        let text: usize = self
+            .components
+            .iter()
+            .map(|c| match c {
+                Component::Insert(s) if s.is_heap_allocated() => s.capacity(),
+                _ => 0,
+            })
+            .sum();
+        buffer + text
+    }
+
     /// Length (in chars) of the document this operation applies to.
     pub fn base_len(&self) -> usize {
         self.base_len

@@ -4,8 +4,6 @@
 //! over a history of large ops never holds hundreds of megabytes. Clients page
 //! on from the last revision they got until a page is empty.
 
-use ot_core::{Component, Operation};
-
 use crate::storage::{Storage, StorageError, StoredOp};
 
 /// Most bytes (estimated as [`op_bytes`]) of ops one page holds, beyond its first op.
@@ -16,18 +14,11 @@ const CHUNK: usize = 32;
 /// A read of a document's stored ops: (storage, doc, after, limit).
 pub(crate) type OpsRead = fn(&dyn Storage, &str, u64, usize) -> Result<Vec<StoredOp>, StorageError>;
 
-/// About how many bytes `op` takes in a page (its ops as sent and as applied).
+/// About how many bytes `op` holds in memory (its ops as sent and as
+/// applied: their components and inserted text), which also bounds its size
+/// in a page (a component is at most a dozen bytes of JSON).
 pub(crate) fn op_bytes(op: &StoredOp) -> usize {
-    fn size(op: &Operation) -> usize {
-        op.components()
-            .iter()
-            .map(|c| match c {
-                Component::Insert(text) => text.len() + 8,
-                Component::Retain(_) | Component::Delete(_) => 12,
-            })
-            .sum()
-    }
-    128 + size(&op.received) + size(&op.applied)
+    std::mem::size_of::<StoredOp>() + op.received.heap_bytes() + op.applied.heap_bytes()
 }
 
 /// The ops `read` gives after revision `after`: at most `limit`, and no more

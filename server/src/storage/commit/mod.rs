@@ -67,12 +67,13 @@ pub const DEFAULT_INGEST_EVERY: usize = 4096;
 pub(crate) const MAX_BACKLOG_FACTOR: usize = 16;
 /// Memory of committed items waiting for an ingest that wakes the ingest
 /// thread whatever their number (a few large ops weigh more than thousands
-/// of small ones).
-pub(crate) const INGEST_BACKLOG_BYTES: usize = 32 << 20;
+/// of small ones). 8 MiB is about 40,000 typical ops, more than
+/// `ingest_every`: it only matters when ops are large.
+pub(crate) const INGEST_BACKLOG_BYTES: usize = 8 << 20;
 /// Memory of waiting items beyond which commits wait for an ingest (as at
 /// [`MAX_BACKLOG_FACTOR`] × `ingest_every` items): the backlog is bounded in
 /// bytes as well as in items.
-pub(crate) const MAX_BACKLOG_BYTES: usize = 256 << 20;
+pub(crate) const MAX_BACKLOG_BYTES: usize = 64 << 20;
 
 /// How a [`CommitQueue`] runs.
 #[derive(Clone)]

@@ -80,8 +80,8 @@ const MAX_IDLE_READERS: usize = 8;
 /// Above this many cached documents the writer's last-revision cache is cleared.
 const MAX_CACHED_REVS: usize = 100_000;
 
-/// The writer's page cache: `PRAGMA cache_size` (negative: KiB), 32 MiB.
-const WRITER_CACHE_KIB: i64 = -32 * 1024;
+/// The writer's page cache: `PRAGMA cache_size` (negative: KiB), 8 MiB.
+const WRITER_CACHE_KIB: i64 = -8 * 1024;
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 32;
