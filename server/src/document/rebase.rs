@@ -15,6 +15,7 @@ use std::time::Instant;
 use ot_core::{Operation, OtError, Range};
 use ot_protocol::ClientId;
 use tokio::sync::{mpsc, Semaphore};
+use tokio_util::task::TaskTracker;
 
 use super::error::DocError;
 use crate::storage::Storage;
@@ -71,16 +72,22 @@ pub(super) struct Rebased {
 
 /// Run `job` on its own task (holding one of the document's `permits` while
 /// it reads and transforms) and send it back on `done`. Stops early if the
-/// actor is gone.
+/// actor is gone. The task is one of the server's `tasks`, so a shutdown
+/// waits for it (it stops at its next chunk once the actor has stopped).
 pub(super) fn spawn(
     job: RebaseJob,
     storage: Arc<dyn Storage>,
     doc: String,
     permits: Arc<Semaphore>,
     done: mpsc::UnboundedSender<Rebased>,
+    tasks: &TaskTracker,
 ) {
-    tokio::spawn(async move {
-        let Ok(_permit) = permits.acquire_owned().await else {
+    tasks.spawn(async move {
+        let permit = tokio::select! {
+            permit = permits.acquire_owned() => permit,
+            () = done.closed() => return, // the document stopped while this op waited
+        };
+        let Ok(_permit) = permit else {
             return;
         };
         let mut job = job;
