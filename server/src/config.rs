@@ -156,8 +156,9 @@ pub struct Config {
     /// arrive, or the connection is closed as dead.
     #[arg(long, env = "OT_PONG_TIMEOUT_SECS", default_value_t = 20)]
     pub pong_timeout_secs: u64,
-    /// Seconds from the upgrade to the first message (the join); beyond it the
-    /// connection is closed with 1011 (retry later).
+    /// Seconds a document has to answer a connection's upgrade request and
+    /// then its join; beyond it the upgrade gets 503 `storage_error`, or the
+    /// connection is closed with 1011 (both: retry later).
     #[arg(long, env = "OT_JOIN_TIMEOUT_SECS", default_value_t = 10)]
     pub join_timeout_secs: u64,
     /// Seconds a frame may take to be written; beyond it the connection is

@@ -14,6 +14,9 @@ mod reader;
 mod upgrade;
 mod writer;
 
+#[cfg(test)]
+mod join_deadline_tests;
+
 pub(crate) use peer::{AddrCounts, PeerAddr};
 pub use peer::{TrustedProxy, TrustedProxyError};
 pub(crate) use upgrade::ws_handler;

@@ -163,11 +163,11 @@ pub(crate) async fn ws_handler(
         // Only a router used without the accept loop has no peer.
         None => None,
     };
-    let mut authorized = authorize(&shared, &request).await;
+    let mut authorized = authorize_in_time(&shared, &request).await;
     if matches!(authorized, Err(JoinError::Forbidden)) && request.key_only_hash.is_some() {
         // Bound before authentication was on: the key alone still counts.
         request.key_hash = request.key_only_hash.take();
-        authorized = authorize(&shared, &request).await;
+        authorized = authorize_in_time(&shared, &request).await;
     }
     match authorized {
         Ok(()) => {}
@@ -208,6 +208,23 @@ pub(crate) async fn ws_handler(
         .on_upgrade(move |socket| {
             let tasks = shared.tasks.clone();
             tasks.track_future(connection(shared, socket, request, permit, addr_slot))
+        })
+}
+
+/// [`authorize`] within the join deadline (`--join-timeout-secs`): a
+/// document that does not answer in time (loading, busy, stuck) gets the
+/// upgrade refused with 503 (retry later) instead of holding the request.
+async fn authorize_in_time(shared: &Arc<Shared>, request: &Request) -> Result<(), JoinError> {
+    tokio::time::timeout(shared.config.join_timeout(), authorize(shared, request))
+        .await
+        .unwrap_or_else(|_| {
+            tracing::info!(doc = %request.doc, client = %request.client_id, "the document did not answer the upgrade in time");
+            shared
+                .metrics
+                .refused
+                .with_label_values(&["join_timeout"])
+                .inc();
+            Err(JoinError::Unavailable(Arc::new(DocError::NoAnswer)))
         })
 }
 

@@ -82,6 +82,10 @@ async fn load(
 ) -> Result<(bool, DocumentHistory, DocEpoch, SnapshotPolicy), DocError> {
     let storage = shared.storage.clone();
     let doc = id.to_string();
+    #[cfg(test)]
+    if let Some(delay) = super::test_hooks::load_delay(&doc) {
+        tokio::time::sleep(delay).await;
+    }
     let (loaded, deleted) = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::storage::StorageError>((storage.load(&doc)?, storage.deleted_epoch(&doc)?))
     })
@@ -145,7 +149,7 @@ async fn run(
         shared: shared.clone(),
         registry: registry.clone(),
     };
-    shared.metrics.open_documents.inc();
+    let _open = OpenDocument::count(&shared.metrics.open_documents);
     shared.metrics.document_loads.inc();
     tracing::debug!(doc = %doc.id, rev = doc.pipeline.durable_rev(), "document loaded");
     let idle = shared.config.idle_unload();
@@ -203,8 +207,24 @@ async fn run(
             break;
         }
     }
-    shared.metrics.open_documents.dec();
     tracing::debug!(doc = %doc.id, "document unloaded");
+}
+
+/// Counts a loaded document in `ot_open_documents` for as long as it lives:
+/// uncounted on drop, so also when the actor's task panics.
+struct OpenDocument(prometheus::IntGauge);
+
+impl OpenDocument {
+    fn count(gauge: &prometheus::IntGauge) -> OpenDocument {
+        gauge.inc();
+        OpenDocument(gauge.clone())
+    }
+}
+
+impl Drop for OpenDocument {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The document could not be loaded: answer every join with the error, then stop.
@@ -543,6 +563,7 @@ impl Document {
             self.id.to_string(),
             self.rebase_permits.clone(),
             self.rebase_tx.clone(),
+            &self.shared.tasks,
         );
     }
 
@@ -650,5 +671,24 @@ impl Document {
         for (rev, conn_id, seq) in self.pipeline.ready_acks() {
             self.conns.ack(conn_id, rev, seq);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OpenDocument;
+
+    #[tokio::test]
+    async fn an_actor_that_panics_is_uncounted_from_open_documents() {
+        let gauge = prometheus::IntGauge::new("open", "open").unwrap();
+        let counted = gauge.clone();
+        let died = tokio::spawn(async move {
+            let _open = OpenDocument::count(&counted);
+            assert_eq!(counted.get(), 1);
+            panic!("failpoint: the actor panics");
+        })
+        .await;
+        assert!(died.is_err());
+        assert_eq!(gauge.get(), 0);
     }
 }

@@ -13,6 +13,8 @@ mod pipeline;
 mod rebase;
 pub(crate) mod registry;
 mod snapshot_policy;
+#[cfg(test)]
+pub(crate) mod test_hooks;
 
 pub(crate) use actor::open;
 pub(crate) use epoch::DocEpoch;

@@ -1,0 +1,21 @@
+//! Hooks for the server's own unit tests (compiled only under `cfg(test)`):
+//! make a document's load from storage slow, to test what waits on it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Documents whose load waits this long first, by id.
+static SLOW_LOADS: Mutex<Option<HashMap<String, Duration>>> = Mutex::new(None);
+
+/// Every later load of `doc` waits `by` before it reads storage.
+pub(crate) fn slow_load(doc: &str, by: Duration) {
+    let mut loads = SLOW_LOADS.lock().unwrap_or_else(|p| p.into_inner());
+    loads.get_or_insert_default().insert(doc.to_owned(), by);
+}
+
+/// How long a load of `doc` waits first (none unless a test asked).
+pub(crate) fn load_delay(doc: &str) -> Option<Duration> {
+    let loads = SLOW_LOADS.lock().unwrap_or_else(|p| p.into_inner());
+    loads.as_ref()?.get(doc).copied()
+}
