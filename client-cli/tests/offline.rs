@@ -122,6 +122,35 @@ where
     }
 }
 
+/// A new session on `doc` that connects, types "hello world" and waits
+/// until the server has it.
+async fn synced_hello_world(store: &Store, url: &ServerUrl, doc: &str) -> Session {
+    let mut session = Session::open(store.clone(), url.clone(), doc, None, None).unwrap();
+    session.connect().await.unwrap();
+    session
+        .local_edit(&Operation::insert_at(0, 0, "hello world").unwrap())
+        .await
+        .unwrap();
+    session.wait_saved(LIMIT).await.unwrap();
+    session
+}
+
+/// Stop `server` while `session` is connected to it; returns once the
+/// session has seen it go (bounded).
+async fn stop_while_connected(server: server::RunningServer, session: &mut Session) {
+    let (stopped, ()) = tokio::join!(server.stop(), async {
+        let deadline = Instant::now() + LIMIT;
+        while session.is_connected() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            timeout(left, session.next_events())
+                .await
+                .expect("the session sees the server go")
+                .unwrap();
+        }
+    });
+    stopped.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_edits_of_a_quit_session_arrive_once_with_sync() {
     let server_dir = tempfile::tempdir().unwrap();
@@ -134,27 +163,11 @@ async fn offline_edits_of_a_quit_session_arrive_once_with_sync() {
     let within = Duration::from_secs(20);
 
     // Synced once: "hello world" at revision 1.
-    let mut session = Session::open(store.clone(), url.clone(), doc, None, None).unwrap();
+    let mut session = synced_hello_world(&store, &url, doc).await;
     let id = session.client_id().to_owned();
-    session.connect().await.unwrap();
-    session
-        .local_edit(&Operation::insert_at(0, 0, "hello world").unwrap())
-        .await
-        .unwrap();
-    session.wait_saved(within).await.unwrap();
 
     // The server goes away: the session notices, and cannot reconnect.
-    let (stopped, ()) = tokio::join!(server.stop(), async {
-        let deadline = Instant::now() + within;
-        while session.is_connected() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            timeout(left, session.next_events())
-                .await
-                .expect("the session sees the server go")
-                .unwrap();
-        }
-    });
-    stopped.unwrap();
+    stop_while_connected(server, &mut session).await;
     let refused = timeout(within, session.connect())
         .await
         .expect("a connection attempt fails fast");
@@ -347,31 +360,15 @@ async fn a_long_offline_session_is_sent_within_the_limits_without_a_conflict_cop
 
     // Synced once, learning the limits: "hello world" (11 characters) is
     // already more than one op may insert: it leaves as two ops.
-    let mut session = Session::open(store.clone(), url.clone(), doc, None, None).unwrap();
+    let mut session = synced_hello_world(&store, &url, doc).await;
     let id = session.client_id().to_owned();
-    session.connect().await.unwrap();
-    session
-        .local_edit(&Operation::insert_at(0, 0, "hello world").unwrap())
-        .await
-        .unwrap();
-    session.wait_saved(within).await.unwrap();
     assert_eq!(
         doc_state(addr, doc).await.unwrap(),
         (2, "hello world".to_owned())
     );
 
     // The server goes away.
-    let (stopped, ()) = tokio::join!(server.stop(), async {
-        let deadline = Instant::now() + within;
-        while session.is_connected() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            timeout(left, session.next_events())
-                .await
-                .expect("the session sees the server go")
-                .unwrap();
-        }
-    });
-    stopped.unwrap();
+    stop_while_connected(server, &mut session).await;
     quit(session);
 
     // A long offline session after a restart (from the saved state): a

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
-use ot_core::Component;
 use ot_protocol::{Access, ClientMessage, CloseCode, DocId, ErrorCode, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -107,17 +106,6 @@ impl Strikes {
     fn clear(&mut self) {
         self.count = 0;
     }
-}
-
-fn change_size(op: &ot_core::Operation) -> usize {
-    op.components()
-        .iter()
-        .map(|c| match c {
-            Component::Retain(_) => 0,
-            Component::Insert(s) => s.chars().count(),
-            Component::Delete(n) => *n,
-        })
-        .sum()
 }
 
 /// A joined connection as the reader sees it.
@@ -284,7 +272,7 @@ pub(super) async fn run(
                 op,
                 ranges,
             }) => {
-                let size = change_size(&op);
+                let size = op.change_size();
                 let components = op.components().len();
                 if components > config.max_op_components {
                     Err((

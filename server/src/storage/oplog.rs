@@ -585,9 +585,9 @@ mod tests {
         assert!(b.first_lsn() < a.first_lsn(), "b holds the older records");
     }
 
-    #[test]
-    fn a_torn_or_corrupt_record_ends_the_log() {
-        let dir = TempDir::new().unwrap();
+    /// A log in `dir` with three records appended (revisions 1 to 3): its
+    /// path and its bytes.
+    fn three_record_log(dir: &TempDir) -> (std::path::PathBuf, Vec<u8>) {
         let path = dir.path().join(LOG_FILES[0]);
         let (mut log, _) = reopen(&path);
         for rev in 1..=3 {
@@ -595,6 +595,13 @@ mod tests {
         }
         drop(log);
         let full = std::fs::read(&path).unwrap();
+        (path, full)
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_record_ends_the_log() {
+        let dir = TempDir::new().unwrap();
+        let (_, full) = three_record_log(&dir);
         let (records, end, first_lsn) = read_records(&full);
         assert_eq!((records.len(), end, first_lsn), (3, full.len(), 0));
 
@@ -667,13 +674,7 @@ mod tests {
     #[test]
     fn damage_in_the_middle_is_reported_and_a_torn_tail_is_not() {
         let dir = TempDir::new().unwrap();
-        let path = dir.path().join(LOG_FILES[0]);
-        let (mut log, _) = reopen(&path);
-        for rev in 1..=3 {
-            log.append(&[op_item("d", rev, "a")]).unwrap();
-        }
-        drop(log);
-        let full = std::fs::read(&path).unwrap();
+        let (path, full) = three_record_log(&dir);
         assert_eq!(read_log(&full).damage, None);
         let first_len = u32::from_le_bytes(full[24..28].try_into().unwrap()) as usize;
         let second = HEADER_LEN + first_len;

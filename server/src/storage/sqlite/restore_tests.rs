@@ -220,15 +220,21 @@ fn three_records_in_the_log(dir: &Path) -> (Vec<u8>, Vec<usize>) {
     (data, offsets)
 }
 
+/// Three records in the log of `dir`, a payload byte of record `index`
+/// flipped: the epoch before, and the storage opened after.
+fn open_with_damaged_record(dir: &Path, index: usize) -> (u64, SqliteStorage) {
+    let epoch = open(dir).epoch();
+    let (mut data, offsets) = three_records_in_the_log(dir);
+    data[offsets[index] + 28 + 3] ^= 0x20;
+    std::fs::write(dir.join(LOG_FILES[0]), &data).unwrap();
+    (epoch, open(dir))
+}
+
 #[test]
 fn a_damaged_record_followed_by_valid_ones_changes_the_epoch() {
     let dir = TempDir::new().unwrap();
-    let epoch = open(dir.path()).epoch();
-    let (mut data, offsets) = three_records_in_the_log(dir.path());
-    // Flip a payload byte of the middle record.
-    data[offsets[1] + 28 + 3] ^= 0x20;
-    std::fs::write(dir.path().join(LOG_FILES[0]), &data).unwrap();
-    let s = open(dir.path());
+    // The middle record damaged.
+    let (epoch, s) = open_with_damaged_record(dir.path(), 1);
     assert_eq!(text(&s), "a", "the records from the damage on are not used");
     assert!(
         s.epoch() > epoch,
@@ -240,11 +246,7 @@ fn a_damaged_record_followed_by_valid_ones_changes_the_epoch() {
 #[test]
 fn a_damaged_first_record_followed_by_valid_ones_changes_the_epoch() {
     let dir = TempDir::new().unwrap();
-    let epoch = open(dir.path()).epoch();
-    let (mut data, offsets) = three_records_in_the_log(dir.path());
-    data[offsets[0] + 28 + 3] ^= 0x20;
-    std::fs::write(dir.path().join(LOG_FILES[0]), &data).unwrap();
-    let s = open(dir.path());
+    let (epoch, s) = open_with_damaged_record(dir.path(), 0);
     assert_eq!(text(&s), "");
     assert!(s.epoch() > epoch);
     assert!(s.faults_at_open() >= 1);
