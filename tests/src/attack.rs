@@ -4,6 +4,7 @@
 //! the resident memory of a server process.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -12,7 +13,16 @@ use ot_protocol::{ClientMessage, Code, ServerMessage};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{recv_message, send_message, ws_connect, Socket};
+use crate::{
+    free_port, recv_message, send_message, server_binary, ws_connect, ServerProcess, Socket,
+};
+
+/// A server process for an attack row: the test build of `server` with
+/// `flags` (the limits the row states), on a free loopback port, storing in
+/// `dir`. Rows run a process of their own so that its RSS is the server's.
+pub async fn attack_server(dir: &Path, flags: &[&str]) -> Result<ServerProcess> {
+    ServerProcess::start(&server_binary()?, dir, free_port(), flags).await
+}
 
 /// A writer on a raw socket: joins with a snapshot and sends ops one at a
 /// time, each based on the latest revision it has heard of (its last ack or
@@ -100,6 +110,11 @@ impl RawWriter {
         }
     }
 
+    /// Send any other message (a cursor, say) without waiting for an answer.
+    pub async fn send_message(&mut self, message: &ClientMessage) -> Result<()> {
+        send_message(&mut self.socket, message).await
+    }
+
     /// An op inserting `text` at the end of the document.
     pub fn insert_at_end(&self, text: &str) -> Operation {
         Operation::insert_at(self.len, self.len, text).unwrap_or_default()
@@ -183,5 +198,45 @@ impl RssPeak {
     pub async fn finish(self) -> u64 {
         let _ = self.stop.send(true);
         self.task.await.unwrap_or(0)
+    }
+}
+
+/// The attack table's memory rule: a server's peak RSS while an attack runs
+/// stays under twice its RSS with the same documents and no attack (the
+/// baseline, taken before the attack starts).
+pub struct RssBound {
+    baseline: u64,
+    peak: RssPeak,
+}
+
+impl RssBound {
+    /// Take `pid`'s RSS now as the baseline and sample its peak from now on.
+    pub fn start(pid: u32) -> Result<RssBound> {
+        Ok(RssBound::with_baseline(pid, rss_kib(pid)?))
+    }
+
+    /// Sample `pid`'s peak from now on against a `baseline` measured before.
+    pub fn with_baseline(pid: u32, baseline: u64) -> RssBound {
+        RssBound {
+            baseline,
+            peak: RssPeak::start(pid),
+        }
+    }
+
+    /// Stop sampling: an error naming both figures unless the peak stayed
+    /// under twice the baseline; otherwise (peak, baseline) in KiB.
+    pub async fn check(self) -> Result<(u64, u64)> {
+        let peak = self.peak.finish().await;
+        if peak == 0 || peak >= 2 * self.baseline {
+            bail!(
+                "the server's RSS peaked at {peak} KiB during the attack, {} KiB before it",
+                self.baseline
+            );
+        }
+        eprintln!(
+            "RSS: peak {peak} KiB during the attack, {} KiB before it",
+            self.baseline
+        );
+        Ok((peak, self.baseline))
     }
 }

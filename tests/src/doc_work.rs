@@ -1,6 +1,7 @@
-//! Helpers of the document-work tests (old bases, dedup eviction): fill a
-//! document's history fast, and a bystander that edits and measures how long
-//! each of its acks takes.
+//! Helpers of the document-work tests (old bases, dedup eviction, slow
+//! readers): fill a document's history fast, flood it until a client is
+//! closed, and a bystander that edits and measures how long each of its
+//! acks takes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,65 @@ use ot_core::Operation;
 use ot_protocol::{ClientMessage, ServerMessage};
 
 use crate::WsClient;
+
+/// Bound on one flood op's ack.
+const FLOOD_WAIT: Duration = Duration::from_secs(30);
+
+/// Flood op number `n` as `writer`: append a 5,000-character chunk (even
+/// `n`) or delete it again (odd `n`), and wait for the ack. Every op is
+/// 5,000 characters for the others to receive, and the document stays as
+/// small as it was.
+async fn flood_op(writer: &mut WsClient, n: u64) -> Result<()> {
+    let chunk = "0123456789".repeat(500);
+    let len = writer.client().text().len_chars();
+    let op = if n.is_multiple_of(2) {
+        Operation::insert_at(len, len, &chunk)?
+    } else {
+        Operation::delete_range(len, len - chunk.len(), chunk.len())?
+    };
+    writer.edit(&op).await?;
+    writer
+        .pump_until(FLOOD_WAIT, |c| c.client().all_saved())
+        .await
+}
+
+/// `count` flood ops as `writer` (see [`flood_until_left`]): the load a
+/// writer alone puts on the server, for a baseline.
+pub async fn flood(writer: &mut WsClient, count: u64) -> Result<()> {
+    for n in 0..count {
+        flood_op(writer, n).await?;
+    }
+    Ok(())
+}
+
+/// Flood ops (a 5,000-character chunk appended, then deleted) as `writer`,
+/// one per ack, until it sees `client` leave (the server closed it);
+/// returns the ops sent. A `reader` keeps up after each op. Bounded: fails
+/// after 4,000 ops or 120 s.
+pub async fn flood_until_left(
+    writer: &mut WsClient,
+    client: &str,
+    mut reader: Option<&mut WsClient>,
+) -> Result<u64> {
+    let leave = ServerMessage::Leave {
+        client: client.into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ops = 0u64;
+    while !writer.other.contains(&leave) {
+        if ops >= 4000 || Instant::now() >= deadline {
+            bail!("{client} was never closed ({ops} ops)");
+        }
+        flood_op(writer, ops).await?;
+        ops += 1;
+        if let Some(reader) = reader.as_deref_mut() {
+            reader
+                .settle_to(writer.client().revision(), FLOOD_WAIT)
+                .await?;
+        }
+    }
+    Ok(ops)
+}
 
 /// Ops a filler sends before reading their acks.
 const FILL_BATCH: u64 = 500;

@@ -9,6 +9,7 @@ pub mod tmpfs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -89,7 +90,7 @@ pub fn test_token(name: Option<&str>) -> Option<String> {
 
 /// The secret file of [`test_auth`] mode (written once per test process).
 fn test_secret_file() -> Result<PathBuf> {
-    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
     if let Some(path) = FILE.get() {
         return Ok(path.clone());
     }
@@ -129,13 +130,25 @@ pub async fn start_server_with(
 
 /// Path of the `server` binary, built if needed (for tests that kill it).
 pub fn server_binary() -> Result<PathBuf> {
-    workspace_binary("server", "server")
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    built_once(&BUILT, "server", "server")
 }
 
 /// Path of the terminal client binary `ot-client`, built if needed (for
 /// tests that run it as a user would).
 pub fn ot_client_binary() -> Result<PathBuf> {
-    workspace_binary("client-cli", "ot-client")
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    built_once(&BUILT, "client-cli", "ot-client")
+}
+
+/// `bin`'s path from `built`, or built now (once per test process: later
+/// calls do not run cargo again).
+fn built_once(built: &OnceLock<PathBuf>, package: &str, bin: &str) -> Result<PathBuf> {
+    if let Some(path) = built.get() {
+        return Ok(path.clone());
+    }
+    let path = workspace_binary(package, bin)?;
+    Ok(built.get_or_init(|| path).clone())
 }
 
 /// Build `bin` of workspace package `package` (debug) and return its path.
@@ -201,6 +214,14 @@ impl ServerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("the server did not come up on {addr}")
+    }
+
+    /// Stop gracefully (SIGTERM, 30 s at most): an error unless it exits with 0.
+    pub fn stop(mut self) -> Result<()> {
+        match self.terminate(Duration::from_secs(30))? {
+            Some(0) => Ok(()),
+            code => bail!("the server exited with {code:?} after SIGTERM"),
+        }
     }
 
     /// SIGKILL and wait.

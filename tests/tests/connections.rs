@@ -2,11 +2,14 @@
 //! deadline, the per-address connection limit (forwarded addresses only from
 //! a trusted proxy), the `/api` concurrency limit, and the driver's own
 //! liveness check through a stalling proxy. Each test runs a real server on
-//! loopback with short limits, and bounds every wait.
+//! loopback with short limits, and bounds every wait; the attack rows run a
+//! server process of their own and bound its RSS (docs/attacks.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
+use e2e_tests::attack::{attack_server, RssBound};
+use e2e_tests::doc_work::{flood, flood_until_left};
 use e2e_tests::proxy::{Direction, Proxy};
 use e2e_tests::{
     doc_state, http_get_json, metric_value, start_server_with, test_connect_options, test_token,
@@ -44,14 +47,16 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_is_closed_and_a_quiet_viewer_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server_with(dir.path(), |c| {
-        c.ping_secs = 1;
-        c.pong_timeout_secs = 1;
-        // Through the proxy the Host names its port.
-        c.allowed_host = vec!["127.0.0.1".to_owned()];
-    })
-    .await
-    .unwrap();
+    // Through the proxy the Host names its port: --allowed-host.
+    let flags = [
+        "--ping-secs",
+        "1",
+        "--pong-timeout-secs",
+        "1",
+        "--allowed-host",
+        "127.0.0.1",
+    ];
+    let server = attack_server(dir.path(), &flags).await.unwrap();
     let addr = server.addr;
     let proxy = Proxy::start(addr).await.unwrap();
     let mut writer = WsClient::join(addr, "live", "writer").await.unwrap();
@@ -60,6 +65,7 @@ async fn a_silent_peer_is_closed_and_a_quiet_viewer_is_not() {
         .await
         .unwrap();
     writer.drain(Duration::from_millis(300)).await.unwrap();
+    let memory = RssBound::start(server.child.id()).unwrap();
 
     proxy.stall(Direction::Both);
     // The writer and the viewer read (so their sockets answer pings) but send
@@ -85,6 +91,7 @@ async fn a_silent_peer_is_closed_and_a_quiet_viewer_is_not() {
     w.unwrap();
     v.unwrap();
     assert_eq!(limit_count(addr, "dead_peer").await, 1.0);
+    memory.check().await.unwrap();
 
     // The quiet viewer is still there and still gets edits.
     writer
@@ -103,7 +110,7 @@ async fn a_silent_peer_is_closed_and_a_quiet_viewer_is_not() {
         "only the silent one"
     );
     silent.cut();
-    server.stop().await.unwrap();
+    server.stop().unwrap();
 }
 
 /// A client that upgrades and then never reads, while a writer floods the
@@ -113,47 +120,34 @@ async fn a_silent_peer_is_closed_and_a_quiet_viewer_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server_with(dir.path(), |c| {
-        c.write_timeout_secs = 1;
-        c.outbound_queue = 1 << 20;
-        c.max_doc_len = 50_000_000;
-        // No dead-peer close here: the sloth's kernel still answers nothing,
-        // but its socket is only full, not silent.
-        c.ping_secs = 3600;
-    })
-    .await
-    .unwrap();
+    // No dead-peer close here (--ping-secs 3600): the sloth's kernel still
+    // answers nothing, but its socket is only full, not silent.
+    let flags = [
+        "--write-timeout-secs",
+        "1",
+        "--outbound-queue",
+        "1048576",
+        "--ping-secs",
+        "3600",
+    ];
+    let server = attack_server(dir.path(), &flags).await.unwrap();
     let addr = server.addr;
     let mut writer = WsClient::join(addr, "flood", "writer").await.unwrap();
+    // The baseline: the same flood with no sloth (its history window and
+    // commit backlog full of 5,000-character ops).
+    const ALONE: u64 = 1000;
+    flood(&mut writer, ALONE).await.unwrap();
+    let memory = RssBound::start(server.child.id()).unwrap();
     let mut sloth = WsClient::new(addr, "flood", "sloth");
     let socket = ws_connect_small_recv_buffer(addr, &sloth.url())
         .await
         .unwrap();
     sloth.attach(socket).await.unwrap();
 
-    let chunk = "0123456789".repeat(500);
-    let leave = ServerMessage::Leave {
-        client: "sloth".into(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut ops = 0u64;
-    while !writer.other.contains(&leave) {
-        assert!(
-            ops < 4000 && Instant::now() < deadline,
-            "the sloth was never closed ({ops} ops)"
-        );
-        let len = writer.client().text().len_chars();
-        writer
-            .edit(&Operation::insert_at(len, len, &chunk).unwrap())
-            .await
-            .unwrap();
-        ops += 1;
-        writer
-            .pump_until(T, |c| c.client().all_saved())
-            .await
-            .unwrap();
-    }
+    let ops = ALONE + flood_until_left(&mut writer, "sloth", None).await.unwrap();
+    eprintln!("the sloth was closed after {} ops", ops - ALONE);
     assert_eq!(limit_count(addr, "write_timeout").await, 1.0);
+    memory.check().await.unwrap();
     assert_eq!(
         limit_count(addr, "per_addr").await + limit_count(addr, "dead_peer").await,
         0.0
@@ -170,7 +164,7 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
         .unwrap();
     let (rev, _) = doc_state(addr, "flood").await.unwrap();
     assert_eq!(rev, ops + 1);
-    server.stop().await.unwrap();
+    server.stop().unwrap();
 }
 
 /// The upgrade headers a helper client sends (a token when the suite runs
@@ -228,12 +222,13 @@ async fn connect_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_are_limited_and_forwarded_addresses_need_a_trusted_proxy() {
     let dir = tempfile::tempdir().unwrap();
-    let untrusted = start_server_with(dir.path(), |c| c.max_connections_per_addr = 2)
+    let untrusted = attack_server(dir.path(), &["--max-connections-per-addr", "2"])
         .await
         .unwrap();
     let addr = untrusted.addr;
     let mut first = WsClient::join(addr, "a", "c1").await.unwrap();
     let _second = WsClient::join(addr, "b", "c2").await.unwrap();
+    let memory = RssBound::start(untrusted.child.id()).unwrap();
     let (status, body) = refused(addr, "a", None).await;
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("too_many_connections"), "{body}");
@@ -241,21 +236,23 @@ async fn connections_per_address_are_limited_and_forwarded_addresses_need_a_trus
     let (status, _) = refused(addr, "a", Some("203.0.113.9")).await;
     assert_eq!(status, 429);
     assert_eq!(limit_count(addr, "per_addr").await, 2.0);
+    memory.check().await.unwrap();
     // A closed connection frees its slot.
     first.close().await.unwrap();
     eventually(T, "the slot is freed", || async {
         WsClient::join(addr, "a", "c3").await.is_ok()
     })
     .await;
-    untrusted.stop().await.unwrap();
+    untrusted.stop().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let behind_proxy = start_server_with(dir.path(), |c| {
-        c.max_connections_per_addr = 2;
-        c.trusted_proxy = vec!["127.0.0.0/8".parse().unwrap()];
-    })
-    .await
-    .unwrap();
+    let flags = [
+        "--max-connections-per-addr",
+        "2",
+        "--trusted-proxy",
+        "127.0.0.0/8",
+    ];
+    let behind_proxy = attack_server(dir.path(), &flags).await.unwrap();
     let addr = behind_proxy.addr;
     let _a1 = connect_with(addr, "d", "198.51.100.1").await;
     let _a2 = connect_with(addr, "d", "10.9.9.9, 198.51.100.1").await;
@@ -266,7 +263,7 @@ async fn connections_per_address_are_limited_and_forwarded_addresses_need_a_trus
     assert_eq!(status, 429);
     // Another forwarded client is not affected.
     let _b1 = connect_with(addr, "d", "198.51.100.2").await;
-    behind_proxy.stop().await.unwrap();
+    behind_proxy.stop().unwrap();
 }
 
 /// `--max-api-requests`: with every permit held by a request still reading
@@ -276,12 +273,13 @@ async fn connections_per_address_are_limited_and_forwarded_addresses_need_a_trus
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_requests_beyond_the_limit_are_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server_with(dir.path(), |c| c.max_api_requests = 1)
+    let server = attack_server(dir.path(), &["--max-api-requests", "1"])
         .await
         .unwrap();
     let addr = server.addr;
     let (status, _) = http_get_json(addr, "/api/docs").await.unwrap();
     assert_eq!(status, 200);
+    let memory = RssBound::start(server.child.id()).unwrap();
     // A request that holds the one permit: its body never comes.
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut head = format!(
@@ -307,12 +305,13 @@ async fn api_requests_beyond_the_limit_are_refused_at_once() {
     let (status, _) = http_get_json(addr, "/healthz").await.unwrap();
     assert_eq!(status, 200, "not an /api route");
     assert!(limit_count(addr, "api_busy").await >= 2.0);
+    memory.check().await.unwrap();
     drop(slow);
     eventually(T, "the permit is back", || async {
         http_get_json(addr, "/api/docs").await.unwrap().0 == 200
     })
     .await;
-    server.stop().await.unwrap();
+    server.stop().unwrap();
 }
 
 /// The driver's liveness: a connection stalled mid-edit (the proxy forwards

@@ -7,17 +7,23 @@
 
 use std::time::Duration;
 
+use e2e_tests::attack::{attack_server, RssBound};
 use e2e_tests::doc_work::fill_history;
-use e2e_tests::{doc_state, start_server_with, WsClient};
+use e2e_tests::{doc_state, WsClient};
 use ot_core::Operation;
 use ot_protocol::{ClientMessage, ErrorCode, ServerMessage};
 
-fn config(c: &mut server::Config) {
-    c.ops_per_sec = 1_000_000;
-    c.ops_burst = 1_000_000;
-    c.client_expiry = 40;
-    c.snapshot_every = 50;
-}
+/// Fast fills, records evicted after 40 revisions, a snapshot every 50.
+const FLAGS: [&str; 8] = [
+    "--ops-per-sec",
+    "1000000",
+    "--ops-burst",
+    "1000000",
+    "--client-expiry",
+    "40",
+    "--snapshot-every",
+    "50",
+];
 
 fn op(rev: u64, seq: u64, len: usize, at: usize, text: &str) -> ClientMessage {
     ClientMessage::Op {
@@ -46,7 +52,7 @@ async fn answer(client: &mut WsClient, message: &ClientMessage) -> Result<u64, E
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicted_writers_resends_are_client_expired_and_a_live_writer_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server_with(dir.path(), config).await.unwrap();
+    let server = attack_server(dir.path(), &FLAGS).await.unwrap();
     let addr = server.addr;
 
     // w1: one op (seq 1, revision 1). w2: seqs 1..=3 (revisions 2..=4).
@@ -73,6 +79,7 @@ async fn evicted_writers_resends_are_client_expired_and_a_live_writer_goes_on() 
     let head = fill_history(addr, "doc", "filler", 100, 'f').await.unwrap();
     assert_eq!(head, 105);
     let before = doc_state(addr, "doc").await.unwrap();
+    let memory = RssBound::start(server.child.id()).unwrap();
 
     // Their resends (byte for byte): seq 1 would look new without the horizon.
     let mut w1 = WsClient::join(addr, "doc", "w1").await.unwrap();
@@ -90,6 +97,7 @@ async fn evicted_writers_resends_are_client_expired_and_a_live_writer_goes_on() 
         Err(ErrorCode::ClientExpired)
     );
     assert_eq!(doc_state(addr, "doc").await.unwrap(), before);
+    memory.check().await.unwrap();
 
     // The live writer kept its record: its resend is acked as before, its next op applies.
     assert_eq!(answer(&mut live, &live_seq1).await, Ok(5));
@@ -107,13 +115,13 @@ async fn evicted_writers_resends_are_client_expired_and_a_live_writer_goes_on() 
     w1.close().await.unwrap();
     w2.close().await.unwrap();
     live.close().await.unwrap();
-    server.stop().await.unwrap();
-    let server = start_server_with(dir.path(), config).await.unwrap();
+    server.stop().unwrap();
+    let server = attack_server(dir.path(), &FLAGS).await.unwrap();
     let mut w2 = WsClient::join(server.addr, "doc", "w2").await.unwrap();
     assert_eq!(
         answer(&mut w2, &w2_ops[1]).await,
         Err(ErrorCode::ClientExpired)
     );
     assert_eq!(doc_state(server.addr, "doc").await.unwrap(), after);
-    server.stop().await.unwrap();
+    server.stop().unwrap();
 }

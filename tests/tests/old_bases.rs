@@ -2,13 +2,16 @@
 //! the document's task (reading the ops they missed from storage in
 //! chunks), so nobody else's acks wait for them; only a base more than
 //! `--max-rebase-revs` behind is refused (`revision_too_old`). Each test
-//! runs a bystander that edits the same document and bounds its acks.
+//! runs a server process with the limits it states and a bystander that
+//! edits the same document and bounds its acks; the attack rows also bound
+//! the server's RSS (docs/attacks.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
+use e2e_tests::attack::{attack_server, RssBound};
 use e2e_tests::doc_work::{fill_history, Bystander};
-use e2e_tests::{doc_state, start_server_with, WsClient};
+use e2e_tests::{doc_state, WsClient};
 use ot_core::Operation;
 use ot_protocol::{ClientMessage, ErrorCode, ServerMessage};
 
@@ -18,9 +21,11 @@ use ot_protocol::{ClientMessage, ErrorCode, ServerMessage};
 const ACK_BOUND: Duration = Duration::from_millis(500);
 
 /// Fast fills: one connection sends thousands of ops at once.
-fn fast(c: &mut server::Config) {
-    c.ops_per_sec = 1_000_000;
-    c.ops_burst = 1_000_000;
+const FAST: [&str; 4] = ["--ops-per-sec", "1000000", "--ops-burst", "1000000"];
+
+/// FAST and `more` flags.
+fn fast_and(more: &[&'static str]) -> Vec<&'static str> {
+    FAST.iter().chain(more).copied().collect()
 }
 
 fn assert_fast(latencies: &[Duration], what: &str) {
@@ -40,10 +45,26 @@ fn assert_fast(latencies: &[Duration], what: &str) {
     );
 }
 
+/// Send `count` ops inserting "x" at the start, seqs 1 to `count`, all
+/// based on revision 0, without waiting for answers.
+async fn send_x_at_revision_0(client: &mut WsClient, count: u64) {
+    for seq in 1..=count {
+        client
+            .send(&ClientMessage::Op {
+                rev: 0,
+                seq,
+                op: Operation::insert_at(0, 0, "x").unwrap(),
+                ranges: None,
+            })
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_5000_revisions_behind_merges_while_a_bystander_stays_fast() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server_with(dir.path(), fast).await.unwrap();
+    let server = attack_server(dir.path(), &FAST).await.unwrap();
     let addr = server.addr;
     // The offline writer saw the empty document at revision 0, then went away.
     let mut offline = WsClient::join(addr, "doc", "offline").await.unwrap();
@@ -64,6 +85,7 @@ async fn a_client_5000_revisions_behind_merges_while_a_bystander_stays_fast() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let memory = RssBound::start(server.child.id()).unwrap();
     let started = Instant::now();
     offline.reconnect().await.unwrap();
     offline
@@ -72,6 +94,7 @@ async fn a_client_5000_revisions_behind_merges_while_a_bystander_stays_fast() {
         .unwrap();
     eprintln!("the offline writer merged in {:?}", started.elapsed());
     tokio::time::sleep(Duration::from_millis(200)).await;
+    memory.check().await.unwrap();
     let (mut bystander, latencies) = bystander.stop().await.unwrap();
     assert_fast(&latencies, "5,000 behind");
     assert!(
@@ -94,13 +117,13 @@ async fn a_client_5000_revisions_behind_merges_while_a_bystander_stays_fast() {
     assert_eq!(text, expected);
     assert_eq!(offline.text(), expected);
     assert_eq!(bystander.text(), expected);
-    server.stop().await.unwrap();
+    server.stop().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_revision_0_ops_on_20000_ops_of_history_leave_a_bystander_fast() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server_with(dir.path(), fast).await.unwrap();
+    let server = attack_server(dir.path(), &FAST).await.unwrap();
     let addr = server.addr;
     fill_history(addr, "doc", "filler", 20_000, 'f')
         .await
@@ -109,18 +132,9 @@ async fn forty_revision_0_ops_on_20000_ops_of_history_leave_a_bystander_fast() {
         .await
         .unwrap();
     let mut attacker = WsClient::join(addr, "doc", "attacker").await.unwrap();
+    let memory = RssBound::start(server.child.id()).unwrap();
     let started = Instant::now();
-    for seq in 1..=40 {
-        attacker
-            .send(&ClientMessage::Op {
-                rev: 0,
-                seq,
-                op: Operation::insert_at(0, 0, "x").unwrap(),
-                ranges: None,
-            })
-            .await
-            .unwrap();
-    }
+    send_x_at_revision_0(&mut attacker, 40).await;
     // Each is accepted (20,000 revisions is within --max-rebase-revs), in order.
     let mut acked = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -140,6 +154,7 @@ async fn forty_revision_0_ops_on_20000_ops_of_history_leave_a_bystander_fast() {
         started.elapsed()
     );
     assert_eq!(acked, (1..=40).collect::<Vec<u64>>());
+    memory.check().await.unwrap();
     let (mut bystander, latencies) = bystander.stop().await.unwrap();
     assert_fast(&latencies, "40 rev-0 ops");
     let (rev, text) = doc_state(addr, "doc").await.unwrap();
@@ -155,23 +170,19 @@ async fn forty_revision_0_ops_on_20000_ops_of_history_leave_a_bystander_fast() {
     );
     assert_eq!(text, expected);
     assert_eq!(bystander.text(), expected);
-    server.stop().await.unwrap();
+    server.stop().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_base_beyond_max_rebase_revs_is_too_old() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server_with(dir.path(), |c| {
-        fast(c);
-        c.history_window = 10;
-        c.max_rebase_revs = 100;
-    })
-    .await
-    .unwrap();
+    let flags = fast_and(&["--history-window", "10", "--max-rebase-revs", "100"]);
+    let server = attack_server(dir.path(), &flags).await.unwrap();
     let addr = server.addr;
     fill_history(addr, "doc", "filler", 300, 'f').await.unwrap();
     let before = doc_state(addr, "doc").await.unwrap();
     let mut old = WsClient::join(addr, "doc", "old").await.unwrap();
+    let memory = RssBound::start(server.child.id()).unwrap();
     // 300 behind: refused, nothing applied.
     old.send(&ClientMessage::Op {
         rev: 0,
@@ -209,48 +220,38 @@ async fn only_a_base_beyond_max_rebase_revs_is_too_old() {
             _ => {}
         }
     }
+    memory.check().await.unwrap();
     let (rev, text) = doc_state(addr, "doc").await.unwrap();
     assert_eq!(rev, 301);
     assert_eq!(text, format!("{}y{}", "f".repeat(250), "f".repeat(50)));
-    server.stop().await.unwrap();
+    server.stop().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_ops_behind_one_being_rebased_is_closed_as_abusive() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server_with(dir.path(), |c| {
-        fast(c);
-        c.history_window = 10;
-    })
-    .await
-    .unwrap();
+    let server = attack_server(dir.path(), &fast_and(&["--history-window", "10"]))
+        .await
+        .unwrap();
     let addr = server.addr;
     fill_history(addr, "doc", "filler", 5000, 'f')
         .await
         .unwrap();
     let mut attacker = WsClient::join(addr, "doc", "attacker").await.unwrap();
+    let memory = RssBound::start(server.child.id()).unwrap();
     // 200 ops at once, all based at revision 0: the first is rebased off the
     // task while the rest queue behind it, in order, up to 64.
-    for seq in 1..=200 {
-        attacker
-            .send(&ClientMessage::Op {
-                rev: 0,
-                seq,
-                op: Operation::insert_at(0, 0, "x").unwrap(),
-                ranges: None,
-            })
-            .await
-            .unwrap();
-    }
+    send_x_at_revision_0(&mut attacker, 200).await;
     let closed = attacker
         .expect_close(Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(closed.map(|(code, _)| code), Some(1008));
+    memory.check().await.unwrap();
     // Whatever was applied before the close was applied once, in order.
     let (_, text) = doc_state(addr, "doc").await.unwrap();
     let applied = text.chars().take_while(|c| *c == 'x').count();
     assert!(applied < 200, "{applied}");
     assert_eq!(text, format!("{}{}", "x".repeat(applied), "f".repeat(5000)));
-    server.stop().await.unwrap();
+    server.stop().unwrap();
 }

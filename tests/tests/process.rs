@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -33,17 +33,6 @@ const ROUNDS: usize = 3;
 const WAIT: Duration = Duration::from_secs(20);
 /// Every test must finish well within this.
 const TEST_BUDGET: Duration = Duration::from_secs(60);
-
-/// The server binary, built once per test process.
-async fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    tokio::task::spawn_blocking(|| {
-        BIN.get_or_init(|| server_binary().expect("building the server binary"))
-            .clone()
-    })
-    .await
-    .expect("build task")
-}
 
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -532,7 +521,7 @@ async fn settle_and_check(
 /// `kill -9` the server mid-load `ROUNDS` times, restarting it on the same data
 /// dir each time, then converge.
 async fn crash_rounds(name: &str, extra: &[&str], relaxed: bool) {
-    let bin = binary().await;
+    let bin = server_binary().expect("building the server binary");
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
@@ -787,7 +776,7 @@ async fn restart_and_resume(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_and_loses_nothing() {
     let name = "graceful";
-    let bin = binary().await;
+    let bin = server_binary().expect("building the server binary");
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let data: &Path = dir.path();

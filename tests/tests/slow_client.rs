@@ -3,8 +3,9 @@
 //! the other clients carry on, and the slow client catches up by resuming.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use e2e_tests::doc_work::flood_until_left;
 use e2e_tests::{doc_state, replay_ops, start_server_with, ws_connect_small_recv_buffer, WsClient};
 use ot_core::Operation;
 use ot_protocol::ServerMessage;
@@ -16,7 +17,6 @@ async fn slow_client_is_closed_with_4008_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server_with(dir.path(), |c| {
         c.outbound_queue = 16;
-        c.max_doc_len = 50_000_000;
         // Resumes from before the in-memory window come from storage.
         c.history_window = 64;
     })
@@ -36,30 +36,12 @@ async fn slow_client_is_closed_with_4008_and_catches_up() {
     // The writer writes big ops, the reader keeps up, until the server gives up
     // on the slow client (the others see it leave). Bounded in ops and time.
     // Kernel socket buffers hold a few MB before the queue fills.
-    let chunk = "0123456789".repeat(500);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut ops = 0u64;
+    let ops = flood_until_left(&mut writer, "sloth", Some(&mut reader))
+        .await
+        .unwrap();
     let leave = ServerMessage::Leave {
         client: "sloth".into(),
     };
-    while !writer.other.contains(&leave) {
-        assert!(
-            ops < 4000 && Instant::now() < deadline,
-            "the slow client was never closed ({ops} ops)"
-        );
-        let len = writer.client().text().len_chars();
-        writer
-            .edit(&Operation::insert_at(len, len, &chunk).unwrap())
-            .await
-            .unwrap();
-        ops += 1;
-        writer
-            .pump_until(T, |c| c.client().all_saved())
-            .await
-            .unwrap();
-        let rev = writer.client().revision();
-        reader.settle_to(rev, T).await.unwrap();
-    }
     eprintln!("the slow client was closed after {ops} ops");
     // The reader sees the leave too (it may still be in flight when the writer saw it).
     reader

@@ -4,29 +4,18 @@
 //! a copy. docs/attacks.md ("Storage faults") lists them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use e2e_tests::attack::RssBound;
 use e2e_tests::tmpfs::{fill_with_ballast, Tmpfs};
 use e2e_tests::{doc_state, free_port, metric_value, server_binary, ServerProcess, WsClient};
 use ot_core::Operation;
 
 /// Generous bound for one wait on the server.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The server binary, built once per test process.
-async fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    tokio::task::spawn_blocking(|| {
-        BIN.get_or_init(|| server_binary().expect("building the server binary"))
-            .clone()
-    })
-    .await
-    .expect("build task")
-}
 
 /// Type `token` at the end of the client's text and wait for its ack.
 async fn type_acked(c: &mut WsClient, token: &str) -> Result<()> {
@@ -80,11 +69,12 @@ fn run_second_server(bin: &Path, data_dir: &Path) -> Result<(Option<i32>, String
 
 #[tokio::test]
 async fn a_second_server_on_the_same_data_dir_refuses_to_start() -> Result<()> {
-    let bin = binary().await;
+    let bin = server_binary().expect("building the server binary");
     let dir = tempfile::TempDir::new()?;
     let first = ServerProcess::start(&bin, dir.path(), free_port(), &[]).await?;
     let mut c = WsClient::join(first.addr, "locked", "writer").await?;
     type_acked(&mut c, "one ").await?;
+    let memory = RssBound::start(first.child.id())?;
 
     let bin2 = bin.clone();
     let data = dir.path().to_owned();
@@ -102,6 +92,7 @@ async fn a_second_server_on_the_same_data_dir_refuses_to_start() -> Result<()> {
 
     // The first one is untouched: it acks, and the stored text is right.
     type_acked(&mut c, "two").await?;
+    memory.check().await?;
     let (rev, text) = doc_state(first.addr, "locked").await?;
     assert_eq!((rev, text.as_str()), (2, "one two"));
     Ok(())
@@ -147,7 +138,7 @@ async fn a_full_disk_gives_storage_error_loses_nothing_and_recovers_by_itself() 
             return Ok(());
         }
     };
-    let bin = binary().await;
+    let bin = server_binary().expect("building the server binary");
     let data = tmpfs.path().join("data");
     let ballast = tmpfs.path().join("ballast");
     let mut server = ServerProcess::start(&bin, &data, free_port(), &[]).await?;
@@ -160,6 +151,7 @@ async fn a_full_disk_gives_storage_error_loses_nothing_and_recovers_by_itself() 
     }
 
     // Round 1: the disk fills up; space returns without a restart.
+    let memory = RssBound::start(server.child.id())?;
     fill_with_ballast(&ballast)?;
     let (more, failed) = type_until_storage_error(&mut c, "b").await?;
     acked.extend(more);
@@ -187,6 +179,7 @@ async fn a_full_disk_gives_storage_error_loses_nothing_and_recovers_by_itself() 
         "the server's text is the client's"
     );
     assert_once(&text, &acked);
+    memory.check().await?;
 
     // Round 2: the disk fills up again and the server is killed while it
     // is full; after space returns and a restart nothing acked is lost.
@@ -229,7 +222,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 
 #[tokio::test]
 async fn a_data_dir_restored_from_a_copy_changes_the_epoch() -> Result<()> {
-    let bin = binary().await;
+    let bin = server_binary().expect("building the server binary");
     let parent = tempfile::TempDir::new()?;
     let data = parent.path().join("data");
     let backup = parent.path().join("backup");
