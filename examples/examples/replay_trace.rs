@@ -11,7 +11,7 @@
 //!
 //! A trace is `{"startContent":"","endContent":"…","txns":[{"patches":[[pos,del,"ins"],…]},…]}`,
 //! positions in Unicode scalar values (the unit of ot-core's lengths). Each
-//! patch becomes one local edit, typed as fast as the client takes it: the
+//! txn becomes one local edit (its patches composed), typed as fast as the client takes it: the
 //! client sends one op at a time and composes the edits made meanwhile into
 //! its queue (split to the server's announced limits), as a fast typist's
 //! editor would, so far fewer ops than patches reach the server. With
@@ -161,12 +161,15 @@ async fn main() -> Result<()> {
         len = trace.start_content.chars().count();
     }
     for (index, txn) in trace.txns.iter().enumerate() {
+        // A txn's patches apply one after another: composed, they are one edit.
+        let mut edit = Operation::identity(len);
         for (pos, deleted, inserted) in &txn.patches {
-            let op = Operation::replace_range(len, *pos, *deleted, inserted)
+            let patch = Operation::replace_range(len, *pos, *deleted, inserted)
                 .with_context(|| format!("txn {index}: a patch that does not fit the text"))?;
-            len = op.target_len();
-            acks += count_acks(&driver.local_edit(&op, None).await?)?;
+            len = patch.target_len();
+            edit = edit.compose(&patch)?;
         }
+        acks += count_acks(&driver.local_edit(&edit, None).await?)?;
         if args.closed_loop {
             let events = driver.wait_saved(Duration::from_secs(30)).await?;
             acks += count_acks(&events)?;
@@ -182,7 +185,7 @@ async fn main() -> Result<()> {
     acks += count_acks(&events)?;
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "{patches} patches in {elapsed:.3} s ({:.3} s typing): {:.0} ops/s; \
+        "{patches} patches in {elapsed:.3} s ({:.3} s typing): {:.0} patches/s; \
          the server applied {acks} ops ({:.0} ops/s)",
         typed.as_secs_f64(),
         patches as f64 / elapsed,
