@@ -139,13 +139,15 @@ mod tests {
 
     #[test]
     fn a_wildcard_address_points_the_browser_at_loopback_and_a_public_url_wins() {
-        let start = |config| Start {
-            config,
-            bound: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            tls: true,
-            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
-            epoch: 1,
-        };
+        fn start(config: &Config) -> Start<'_> {
+            Start {
+                config,
+                bound: SocketAddr::from(([0, 0, 0, 0], 8443)),
+                tls: true,
+                metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+                epoch: 1,
+            }
+        }
         let mut cfg = config("data");
         let said = lines(&start(&cfg));
         assert!(said[1].starts_with("open https://127.0.0.1:8443/ "));
