@@ -10,11 +10,19 @@ use client_cli::store::Store;
 use ot_driver::TokenSource;
 use ot_protocol::{ClientId, DocId};
 
+/// The end of `ot-client --help`: commands to copy (a test parses each one).
+const EXAMPLES: &str = "\
+Examples:
+  ot-client edit notes                              # the full-screen editor on document notes
+  ot-client append notes \"a line from a script\"     # one edit, then exit
+  ot-client --server ws://127.0.0.1:9000 cat notes  # print a document of another server";
+
 #[derive(Parser)]
 #[command(
     name = "ot-client",
     version,
-    about = "Collaborative plain-text editing from the terminal"
+    about = "Collaborative plain-text editing from the terminal",
+    after_help = EXAMPLES
 )]
 struct Cli {
     /// Server address (ws://HOST:PORT or http://HOST:PORT; wss:// or https:// for TLS).
@@ -228,6 +236,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync { doc } => {
             check_doc(&doc)?;
             commands::sync(&common, &doc).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `command` split into words as a shell would (double quotes only).
+    fn words(command: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        for (i, part) in command.split('"').enumerate() {
+            if i % 2 == 1 {
+                words.push(part.to_owned());
+            } else {
+                words.extend(part.split_whitespace().map(str::to_owned));
+            }
+        }
+        words
+    }
+
+    /// Every example at the end of `--help` is a command line the client accepts.
+    #[test]
+    fn the_help_examples_parse() {
+        let commands: Vec<&str> = EXAMPLES
+            .lines()
+            .skip(1)
+            .map(|line| line.split('#').next().unwrap_or_default().trim())
+            .collect();
+        assert!((2..=3).contains(&commands.len()), "{commands:?}");
+        for command in commands {
+            let words = words(command);
+            assert_eq!(words.first().map(String::as_str), Some("ot-client"));
+            if let Err(e) = Cli::try_parse_from(&words) {
+                panic!("`{command}` does not parse: {e}");
+            }
         }
     }
 }

@@ -6,12 +6,20 @@ use std::time::Duration;
 
 use crate::storage::Durability;
 
+/// The end of `server --help`: commands to copy (a test parses each one).
+const EXAMPLES: &str = "\
+Examples:
+  server                                              # 127.0.0.1:8080, data in ./data: open http://127.0.0.1:8080/
+  server --data-dir /var/lib/ot --durability relaxed  # faster acks; a power loss may lose the last ones
+  server --auth-secret-file secret                    # tokens required: `server token --help` mints links";
+
 /// Server configuration. Every flag can also be set by the environment variable shown.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "server",
     version,
-    about = "Collaborative plain-text editing server (OT over WebSocket)"
+    about = "Collaborative plain-text editing server (OT over WebSocket)",
+    after_help = EXAMPLES
 )]
 pub struct Config {
     /// Address to listen on.
@@ -241,5 +249,29 @@ impl Config {
     /// The idle-unload delay as a duration.
     pub fn idle_unload(&self) -> Duration {
         Duration::from_secs(self.idle_unload_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Every example at the end of `--help` is a command line the server accepts.
+    #[test]
+    fn the_help_examples_parse() {
+        let commands: Vec<&str> = EXAMPLES
+            .lines()
+            .skip(1)
+            .map(|line| line.split('#').next().unwrap_or_default().trim())
+            .collect();
+        assert!((2..=3).contains(&commands.len()), "{commands:?}");
+        for command in commands {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            assert_eq!(words.first(), Some(&"server"), "{command}");
+            if let Err(e) = Config::try_parse_from(&words) {
+                panic!("`{command}` does not parse: {e}");
+            }
+        }
     }
 }

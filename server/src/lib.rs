@@ -11,6 +11,7 @@ mod api_error;
 mod api_limit;
 mod app;
 pub mod auth;
+mod banner;
 mod config;
 mod connection;
 mod document;
@@ -171,8 +172,14 @@ pub async fn run(
         auth,
     )));
     let app = guarded(router(shared.clone()), main_guard);
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = %bound, %scheme, durability = ?shared.config.durability, data_dir = %shared.config.data_dir.display(), epoch = storage.epoch(), "listening");
+    let metrics_bound = metrics_listener.as_ref().map(|(_, addr, _)| *addr);
+    banner::log(&banner::Start {
+        config: &shared.config,
+        bound,
+        tls: tls.is_some(),
+        metrics: metrics_bound,
+        epoch: storage.epoch(),
+    });
     let token = shared.shutdown.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -181,8 +188,7 @@ pub async fn run(
     });
     let main = serve_http(listener, app, tls, &shared);
     match metrics_listener {
-        Some((listener, addr, guard)) => {
-            tracing::info!(%addr, "serving /metrics over http");
+        Some((listener, _, guard)) => {
             let metrics_app = guarded(metrics_router(shared.clone()), guard);
             tokio::join!(main, serve_http(listener, metrics_app, None, &shared));
         }

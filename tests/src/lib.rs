@@ -151,24 +151,39 @@ fn built_once(built: &OnceLock<PathBuf>, package: &str, bin: &str) -> Result<Pat
     Ok(built.get_or_init(|| path).clone())
 }
 
+/// Path of example `name` of the `examples` package (`examples/examples/`),
+/// built if needed: `target/debug/examples/{name}`, where
+/// `cargo test --workspace --all-targets` puts it too.
+pub fn example_binary(name: &str) -> Result<PathBuf> {
+    cargo_build("examples", "--example", name).map(|debug| {
+        debug
+            .join("examples")
+            .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+    })
+}
+
 /// Build `bin` of workspace package `package` (debug) and return its path.
 fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
+    cargo_build(package, "--bin", bin)
+        .map(|debug| debug.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// `cargo build -p package {kind} name` (debug); returns the debug output directory.
+fn cargo_build(package: &str, kind: &str, name: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = Command::new(cargo)
         .current_dir(&workspace)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(["build", "--quiet", "-p", package, kind, name])
         .status()
-        .with_context(|| format!("running cargo build for the {bin} binary"))?;
+        .with_context(|| format!("running cargo build for {name}"))?;
     if !status.success() {
-        bail!("building the {bin} binary failed");
+        bail!("building {name} failed");
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace.join("target"));
-    Ok(target
-        .join("debug")
-        .join(format!("{bin}{}", std::env::consts::EXE_SUFFIX)))
+    Ok(target.join("debug"))
 }
 
 /// A free loopback port (bound and released).

@@ -65,10 +65,15 @@ impl Auth {
             (None, None) => return Ok(None),
         };
         let revoked = storage.revoked_tokens(now())?;
+        let algorithm = match verifier.algorithm() {
+            jsonwebtoken::Algorithm::HS256 => "HS256",
+            jsonwebtoken::Algorithm::EdDSA => "EdDSA",
+            jsonwebtoken::Algorithm::ES256 => "ES256",
+            _ => "another algorithm",
+        };
         tracing::info!(
-            algorithm = ?verifier.algorithm(),
-            revoked = revoked.len(),
-            "authentication on"
+            "authentication on: tokens signed with {algorithm}, {} revoked",
+            revoked.len()
         );
         Ok(Some(Auth {
             verifier,
