@@ -142,9 +142,13 @@ impl Editor {
     fn shown_text(&self) -> String {
         let rows = self.rows();
         let mut text_rows = &rows[..rows.len() - 1];
-        // A message line may sit above the status line.
+        // A message line may sit above the status line (cut at the screen's
+        // width, so a long one may not show its end).
         if let Some(last) = text_rows.last() {
-            if last.contains("retrying") || last.contains("reconnecting") {
+            if ["retrying", "reconnecting", "access expired"]
+                .iter()
+                .any(|message| last.contains(message))
+            {
                 text_rows = &text_rows[..text_rows.len() - 1];
             }
         }
