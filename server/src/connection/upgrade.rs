@@ -4,6 +4,7 @@
 //! and a close code), then hand the socket to the reader.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -211,14 +212,26 @@ pub(crate) async fn ws_handler(
         })
 }
 
-/// [`authorize`] within the join deadline (`--join-timeout-secs`): a
-/// document that does not answer in time (loading, busy, stuck) gets the
-/// upgrade refused with 503 (retry later) instead of holding the request.
+/// [`authorize`] within the join deadline: a document that does not answer
+/// in time (loading, busy, stuck) gets the upgrade refused with 503 (retry
+/// later) instead of holding the request.
 async fn authorize_in_time(shared: &Arc<Shared>, request: &Request) -> Result<(), JoinError> {
-    tokio::time::timeout(shared.config.join_timeout(), authorize(shared, request))
+    within_join_deadline(shared, request, authorize(shared, request)).await
+}
+
+/// `step` (a wait on the document for this request) within the join
+/// deadline (`--join-timeout-secs`); past it, the document counts as
+/// unavailable, and `ot_connection_limits_total{reason="join_timeout"}`
+/// counts it.
+async fn within_join_deadline<T>(
+    shared: &Shared,
+    request: &Request,
+    step: impl Future<Output = Result<T, JoinError>>,
+) -> Result<T, JoinError> {
+    tokio::time::timeout(shared.config.join_timeout(), step)
         .await
         .unwrap_or_else(|_| {
-            tracing::info!(doc = %request.doc, client = %request.client_id, "the document did not answer the upgrade in time");
+            tracing::info!(doc = %request.doc, client = %request.client_id, "the document did not answer in time");
             shared
                 .metrics
                 .refused
@@ -309,20 +322,12 @@ async fn connection(
     // The join deadline: a document that does not answer in time (busy,
     // loading, stuck) gets the client told to retry instead of holding the
     // socket. A late answer finds the queue gone and does not register it.
-    let joined = tokio::time::timeout(
-        shared.config.join_timeout(),
+    let joined = within_join_deadline(
+        &shared,
+        &request,
         join(&shared, &request, permit.access, conn_id, &out_tx),
     )
-    .await
-    .unwrap_or_else(|_| {
-        tracing::info!(doc = %request.doc, client = %request.client_id, "the join did not complete in time");
-        shared
-            .metrics
-            .refused
-            .with_label_values(&["join_timeout"])
-            .inc();
-        Err(JoinError::Unavailable(Arc::new(DocError::NoAnswer)))
-    });
+    .await;
     match joined {
         Ok((handle, kick_rx)) => {
             tracing::debug!(doc = %request.doc, client = %request.client_id, conn_id, "joined");
