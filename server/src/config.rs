@@ -65,6 +65,10 @@ pub struct Config {
     /// Messages queued for one client before it counts as too slow (closed with 4008).
     #[arg(long, env = "OT_OUTBOUND_QUEUE", default_value_t = 4096)]
     pub outbound_queue: usize,
+    /// Bytes of frames queued for one client before it counts as too slow
+    /// (closed with 4008); one frame larger than this still goes out alone.
+    #[arg(long, env = "OT_OUTBOUND_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
     /// Ops a document keeps in memory for resumes and late ops (older ones come from storage).
     #[arg(long, env = "OT_HISTORY_WINDOW", default_value_t = 1000)]
     pub history_window: usize,

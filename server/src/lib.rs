@@ -20,6 +20,7 @@ mod guard;
 mod http;
 mod metrics;
 mod outbound;
+mod outbound_queue;
 mod pages;
 mod state;
 mod storage;

@@ -17,12 +17,15 @@ use crate::WsClient;
 /// Bound on one flood op's ack.
 const FLOOD_WAIT: Duration = Duration::from_secs(30);
 
-/// Flood op number `n` as `writer`: append a 5,000-character chunk (even
-/// `n`) or delete it again (odd `n`), and wait for the ack. Every op is
-/// 5,000 characters for the others to receive, and the document stays as
-/// small as it was.
-async fn flood_op(writer: &mut WsClient, n: u64) -> Result<()> {
-    let chunk = "0123456789".repeat(500);
+/// The characters of a flood op unless a test says otherwise.
+pub const FLOOD_CHUNK: usize = 5000;
+
+/// Flood op number `n` as `writer`: append a `chunk_len`-character chunk
+/// (even `n`) or delete it again (odd `n`), and wait for the ack. Every op
+/// is `chunk_len` characters for the others to receive, and the document
+/// stays as small as it was.
+async fn flood_op(writer: &mut WsClient, n: u64, chunk_len: usize) -> Result<()> {
+    let chunk: String = "0123456789".chars().cycle().take(chunk_len).collect();
     let len = writer.client().text().len_chars();
     let op = if n.is_multiple_of(2) {
         Operation::insert_at(len, len, &chunk)?
@@ -35,23 +38,25 @@ async fn flood_op(writer: &mut WsClient, n: u64) -> Result<()> {
         .await
 }
 
-/// `count` flood ops as `writer` (see [`flood_until_left`]): the load a
-/// writer alone puts on the server, for a baseline.
-pub async fn flood(writer: &mut WsClient, count: u64) -> Result<()> {
+/// `count` flood ops of `chunk_len` characters as `writer` (see
+/// [`flood_until_left`]): the load a writer alone puts on the server, for
+/// a baseline.
+pub async fn flood(writer: &mut WsClient, count: u64, chunk_len: usize) -> Result<()> {
     for n in 0..count {
-        flood_op(writer, n).await?;
+        flood_op(writer, n, chunk_len).await?;
     }
     Ok(())
 }
 
-/// Flood ops (a 5,000-character chunk appended, then deleted) as `writer`,
-/// one per ack, until it sees `client` leave (the server closed it);
-/// returns the ops sent. A `reader` keeps up after each op. Bounded: fails
-/// after 4,000 ops or 120 s.
+/// Flood ops (a `chunk_len`-character chunk appended, then deleted) as
+/// `writer`, one per ack, until it sees `client` leave (the server closed
+/// it); returns the ops sent. A `reader` keeps up after each op. Bounded:
+/// fails after 4,000 ops or 120 s.
 pub async fn flood_until_left(
     writer: &mut WsClient,
     client: &str,
     mut reader: Option<&mut WsClient>,
+    chunk_len: usize,
 ) -> Result<u64> {
     let leave = ServerMessage::Leave {
         client: client.into(),
@@ -62,7 +67,7 @@ pub async fn flood_until_left(
         if ops >= 4000 || Instant::now() >= deadline {
             bail!("{client} was never closed ({ops} ops)");
         }
-        flood_op(writer, ops).await?;
+        flood_op(writer, ops, chunk_len).await?;
         ops += 1;
         if let Some(reader) = reader.as_deref_mut() {
             reader

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::attack::{attack_server, RssBound};
-use e2e_tests::doc_work::{flood, flood_until_left};
+use e2e_tests::doc_work::{flood, flood_until_left, FLOOD_CHUNK};
 use e2e_tests::proxy::{Direction, Proxy};
 use e2e_tests::{
     doc_state, http_get_json, metric_value, start_server_with, test_connect_options, test_token,
@@ -136,7 +136,7 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
     // The baseline: the same flood with no sloth (its history window and
     // commit backlog full of 5,000-character ops).
     const ALONE: u64 = 1000;
-    flood(&mut writer, ALONE).await.unwrap();
+    flood(&mut writer, ALONE, FLOOD_CHUNK).await.unwrap();
     let memory = RssBound::start(server.child.id()).unwrap();
     let mut sloth = WsClient::new(addr, "flood", "sloth");
     let socket = ws_connect_small_recv_buffer(addr, &sloth.url())
@@ -144,7 +144,10 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
         .unwrap();
     sloth.attach(socket).await.unwrap();
 
-    let ops = ALONE + flood_until_left(&mut writer, "sloth", None).await.unwrap();
+    let ops = ALONE
+        + flood_until_left(&mut writer, "sloth", None, FLOOD_CHUNK)
+            .await
+            .unwrap();
     eprintln!("the sloth was closed after {} ops", ops - ALONE);
     assert_eq!(limit_count(addr, "write_timeout").await, 1.0);
     memory.check().await.unwrap();
@@ -164,6 +167,66 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
         .unwrap();
     let (rev, _) = doc_state(addr, "flood").await.unwrap();
     assert_eq!(rev, ops + 1);
+    server.stop().unwrap();
+}
+
+/// A client that upgrades and then reads nothing, while a writer floods the
+/// document with large ops: the write deadline is out of reach here, and
+/// the queue's message bound (4,096 of 60 KB frames: 240 MB) would come
+/// far too late; the byte bound (`--outbound-queue-bytes`, 8 MiB by
+/// default) closes it (4008) while the server's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_large_ops_is_closed_by_the_queue_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // The history window and the commit backlog are bounded in bytes as
+    // well: small here, so that the baseline is reached quickly.
+    let flags = [
+        "--write-timeout-secs",
+        "3600",
+        "--ping-secs",
+        "3600",
+        "--history-window-bytes",
+        "4194304",
+    ];
+    const CHUNK: usize = 60_000;
+    let server = attack_server(dir.path(), &flags).await.unwrap();
+    let addr = server.addr;
+    let mut writer = WsClient::join(addr, "big", "writer").await.unwrap();
+    // The baseline: the same flood with no sloth (the window full of large ops).
+    const ALONE: u64 = 200;
+    flood(&mut writer, ALONE, CHUNK).await.unwrap();
+    let memory = RssBound::start(server.child.id()).unwrap();
+    let mut sloth = WsClient::new(addr, "big", "sloth");
+    let socket = ws_connect_small_recv_buffer(addr, &sloth.url())
+        .await
+        .unwrap();
+    sloth.attach(socket).await.unwrap();
+
+    let ops = flood_until_left(&mut writer, "sloth", None, CHUNK)
+        .await
+        .unwrap();
+    eprintln!("the sloth was closed after {ops} ops of {CHUNK} characters");
+    assert_eq!(limit_count(addr, "queue_bytes").await, 1.0);
+    memory.check().await.unwrap();
+    assert_eq!(
+        limit_count(addr, "queue_messages").await + limit_count(addr, "write_timeout").await,
+        0.0
+    );
+    // What it was sent arrives in order, then the close: 4008.
+    let close = sloth.expect_close(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(close.as_ref().map(|c| c.0), Some(4008), "{close:?}");
+    // The writer's next edit is acked as usual.
+    let len = writer.client().text().len_chars();
+    writer
+        .edit(&Operation::insert_at(len, 0, "!").unwrap())
+        .await
+        .unwrap();
+    writer
+        .pump_until(T, |c| c.client().all_saved())
+        .await
+        .unwrap();
+    let (rev, _) = doc_state(addr, "big").await.unwrap();
+    assert_eq!(rev, ALONE + ops + 1);
     server.stop().unwrap();
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use e2e_tests::doc_work::flood_until_left;
+use e2e_tests::doc_work::{flood_until_left, FLOOD_CHUNK};
 use e2e_tests::{doc_state, replay_ops, start_server_with, ws_connect_small_recv_buffer, WsClient};
 use ot_core::Operation;
 use ot_protocol::ServerMessage;
@@ -36,7 +36,7 @@ async fn slow_client_is_closed_with_4008_and_catches_up() {
     // The writer writes big ops, the reader keeps up, until the server gives up
     // on the slow client (the others see it leave). Bounded in ops and time.
     // Kernel socket buffers hold a few MB before the queue fills.
-    let ops = flood_until_left(&mut writer, "sloth", Some(&mut reader))
+    let ops = flood_until_left(&mut writer, "sloth", Some(&mut reader), FLOOD_CHUNK)
         .await
         .unwrap();
     let leave = ServerMessage::Leave {
@@ -121,6 +121,44 @@ async fn resume_from_far_behind_with_a_small_queue() {
         .await
         .unwrap();
     behind.settle_to(101, T).await.unwrap();
+    assert!(behind.errors.is_empty(), "{:?}", behind.errors);
+    server.stop().await.unwrap();
+}
+
+/// A client resuming behind more bytes of ops than half its queue's byte
+/// bound is not closed as too slow for it either: those ops come from
+/// storage as the connection drains, not all at once from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_behind_large_ops_with_a_small_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server_with(dir.path(), |c| c.outbound_queue_bytes = 256 * 1024)
+        .await
+        .unwrap();
+    let addr = server.addr;
+    let mut behind = WsClient::join(addr, "large", "behind").await.unwrap();
+    behind.cut();
+    let mut writer = WsClient::join(addr, "large", "writer").await.unwrap();
+    // 20 ops of 50,000 characters: 1 MB of frames, all in the history window.
+    let chunk = "x".repeat(50_000);
+    for i in 0..20 {
+        writer
+            .edit(&Operation::insert_at(i * chunk.len(), 0, &chunk).unwrap())
+            .await
+            .unwrap();
+        writer
+            .pump_until(T, |c| c.client().all_saved())
+            .await
+            .unwrap();
+    }
+    behind.reconnect().await.unwrap();
+    behind.settle_to(20, T).await.unwrap();
+    assert_eq!(behind.text(), chunk.repeat(20));
+    // It stays connected and live.
+    writer
+        .edit(&Operation::insert_at(chunk.len() * 20, 0, "!").unwrap())
+        .await
+        .unwrap();
+    behind.settle_to(21, T).await.unwrap();
     assert!(behind.errors.is_empty(), "{:?}", behind.errors);
     server.stop().await.unwrap();
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use ot_protocol::{Access, ClientMessage, CloseCode, DocId, ErrorCode, ServerMessage};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::names::display_name;
@@ -17,6 +17,7 @@ use super::writer::{self, AwaitingReplies, Queues};
 use crate::app::Shared;
 use crate::document::{DocCommand, DocHandle};
 use crate::outbound::{error_frame, text_frame, Outbound};
+use crate::outbound_queue::{OutboundRx, OutboundTx};
 
 /// Cursor messages forwarded per connection at most once per this interval
 /// (20 a second); a newer cursor replaces one still waiting, so a client
@@ -128,7 +129,7 @@ pub(super) async fn run(
     socket: WebSocket,
     conn: Conn<'_>,
     handle: DocHandle,
-    (out_tx, out_rx): (mpsc::Sender<Outbound>, mpsc::Receiver<Outbound>),
+    (out_tx, out_rx): (OutboundTx, OutboundRx),
     kick_rx: oneshot::Receiver<CloseCode>,
 ) {
     let Conn {

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use ot_core::history::KeyHash;
 use ot_protocol::{Access, ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode, SUBPROTOCOL};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::peer::{client_addr, AddrSlot, PeerAddr};
@@ -27,7 +27,8 @@ use crate::auth::{key_hash, subject_key_hash, Caller, Credentials};
 use crate::document::{
     self, DocCommand, DocError, DocHandle, JoinError, JoinRequest, JOIN_TIMEOUT,
 };
-use crate::outbound::{close_frame, error_frame, Outbound};
+use crate::outbound::{close_frame, error_frame};
+use crate::outbound_queue::{outbound_queue, OutboundTx};
 
 /// What the client asked for in the upgrade request.
 struct Request {
@@ -273,7 +274,7 @@ async fn join(
     request: &Request,
     access: Access,
     conn_id: u64,
-    out: &mpsc::Sender<Outbound>,
+    out: &OutboundTx,
 ) -> Result<(DocHandle, oneshot::Receiver<CloseCode>), JoinError> {
     for _ in 0..8 {
         let handle = document::open(shared.services(), &shared.registry, &request.doc);
@@ -318,7 +319,10 @@ async fn connection(
     shared.connections.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections.inc();
     let conn_id = shared.next_conn_id();
-    let (out_tx, out_rx) = mpsc::channel(shared.config.outbound_queue.max(16));
+    let (out_tx, out_rx) = outbound_queue(
+        shared.config.outbound_queue.max(16),
+        shared.config.outbound_queue_bytes,
+    );
     // The join deadline: a document that does not answer in time (busy,
     // loading, stuck) gets the client told to retry instead of holding the
     // socket. A late answer finds the queue gone and does not register it.

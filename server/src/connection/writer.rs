@@ -10,10 +10,11 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{Sink, SinkExt};
 use ot_protocol::{CloseCode, DocId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::app::Shared;
 use crate::outbound::{close_frame, stored_op_frame, Outbound};
+use crate::outbound_queue::OutboundRx;
 use crate::pages::read_page;
 
 /// How long the writer may hold other clients' ops and cursors while this
@@ -62,7 +63,7 @@ impl AwaitingReplies {
 
 /// What the writer reads: the outbound queue and the two ways to be closed.
 pub(super) struct Queues {
-    pub(super) out_rx: mpsc::Receiver<Outbound>,
+    pub(super) out_rx: OutboundRx,
     /// Fired by the document.
     pub(super) kick_rx: oneshot::Receiver<CloseCode>,
     /// Fired by the reader.
@@ -199,7 +200,7 @@ enum CatchUpFailed {
 /// write missed its deadline ([`write_deadline`]).
 async fn write_batch<S: Sink<Message> + Unpin>(
     sink: &mut S,
-    out_rx: &mut mpsc::Receiver<Outbound>,
+    out_rx: &mut OutboundRx,
     awaiting: &AwaitingReplies,
     first: Outbound,
     write_timeout: Duration,
@@ -363,7 +364,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn broadcasts_to_a_client_awaiting_nothing_go_out_at_once() {
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = crate::outbound_queue::outbound_queue(8, 1 << 20);
         tx.try_send(broadcast("b2")).unwrap();
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
@@ -375,15 +376,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn broadcasts_wait_for_the_reply_they_can_share_a_write_with() {
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = crate::outbound_queue::outbound_queue(8, 1 << 20);
         let awaiting = awaiting(1);
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
         let reply = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(1)).await;
-            tx.send(broadcast("b2")).await.unwrap();
-            tx.send(Outbound::Reply(Utf8Bytes::from_static("ack")))
-                .await
+            tx.try_send(broadcast("b2")).unwrap();
+            tx.try_send(Outbound::Reply(Utf8Bytes::from_static("ack")))
                 .unwrap();
             tx
         });
@@ -402,7 +402,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reply_that_does_not_come_delays_broadcasts_by_the_hold_at_most() {
-        let (_tx, mut rx) = mpsc::channel(8);
+        let (_tx, mut rx) = crate::outbound_queue::outbound_queue(8, 1 << 20);
         let awaiting = awaiting(1);
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
@@ -415,7 +415,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn replies_and_other_frames_are_not_held_and_a_catch_up_ends_the_batch() {
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = crate::outbound_queue::outbound_queue(8, 1 << 20);
         let awaiting = awaiting(2);
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();

@@ -15,7 +15,7 @@ use super::connections::Connections;
 use super::epoch::DocEpoch;
 use super::error::DocError;
 use super::mailbox::{DeleteResult, DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
-use super::pipeline::{Accepted, CommitDone, KeyRefused, Pipeline};
+use super::pipeline::{Accepted, CommitDone, JoinRoom, KeyRefused, Pipeline};
 use super::rebase::{self, RebaseJob, Rebased, MAX_QUEUED_BEHIND, REBASES_PER_DOC};
 use super::registry::Registry;
 use super::snapshot_policy::SnapshotPolicy;
@@ -489,8 +489,12 @@ impl Document {
         }
         self.create();
         // Room in the connection's queue after the first message, a catch-up
-        // item and the cursors.
-        let room = request.out.capacity().saturating_sub(2 + self.conns.len());
+        // item and the cursors; ops from memory take at most half its bytes,
+        // leaving the rest to the cursors.
+        let room = JoinRoom {
+            messages: request.out.capacity().saturating_sub(2 + self.conns.len()),
+            bytes: request.out.room_bytes() / 2,
+        };
         let mut frames = self.pipeline.first_frames(&request, room, self.limits());
         frames.extend(self.conns.cursor_frames(self.pipeline.durable_rev()));
         self.conns.add(request, frames);

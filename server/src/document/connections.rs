@@ -7,16 +7,17 @@ use std::sync::Arc;
 use ot_core::history::AppliedOp;
 use ot_core::{Operation, Range};
 use ot_protocol::{ClientId, CloseCode, ErrorCode, ServerMessage};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::mailbox::JoinRequest;
 use crate::metrics::Metrics;
 use crate::outbound::{ack_frame, error_frame, op_frame, text_frame, Outbound};
+use crate::outbound_queue::{OutboundTx, Overflow};
 
 struct Conn {
     client_id: ClientId,
     name: Option<String>,
-    out: mpsc::Sender<Outbound>,
+    out: OutboundTx,
     kick: Option<oneshot::Sender<CloseCode>>,
     /// Presence, at the document's durable revision.
     ranges: Option<Vec<Range>>,
@@ -89,7 +90,8 @@ impl Connections {
     /// do not fit its queue, close it (4008) instead.
     pub(super) fn add(&mut self, request: JoinRequest, frames: Vec<Outbound>) {
         for frame in frames {
-            if request.out.try_send(frame).is_err() {
+            if let Err(overflow) = request.out.try_send(frame) {
+                self.count_overflow(overflow);
                 let _ = request.kick.send(CloseCode::TooSlow);
                 return;
             }
@@ -166,19 +168,30 @@ impl Connections {
         }
     }
 
-    /// Queue a frame for a connection; a full queue closes it (4008).
+    /// Queue a frame for a connection; a full queue (in messages or bytes)
+    /// closes it (4008).
     pub(super) fn send(&mut self, conn_id: u64, frame: Outbound) {
         let overflowed = match self.conns.get(&conn_id) {
-            Some(conn) => conn.out.try_send(frame).is_err(),
-            None => false,
+            Some(conn) => conn.out.try_send(frame).err(),
+            None => None,
         };
-        if overflowed {
+        if let Some(overflow) = overflowed {
+            self.count_overflow(overflow);
             if let Some(mut conn) = self.conns.remove(&conn_id) {
-                tracing::info!(doc = %self.doc, client = %conn.client_id, "closing a client that does not keep up");
+                tracing::info!(doc = %self.doc, client = %conn.client_id, %overflow, "closing a client that does not keep up");
                 conn.close(CloseCode::TooSlow);
                 self.broadcast_leave(&conn.client_id);
             }
         }
+    }
+
+    /// Count an overflow in `ot_connection_limits_total{reason}`.
+    fn count_overflow(&self, overflow: Overflow) {
+        let reason = match overflow {
+            Overflow::Messages => "queue_messages",
+            Overflow::Bytes => "queue_bytes",
+        };
+        self.metrics.refused.with_label_values(&[reason]).inc();
     }
 
     /// Send an error; one that names a seq answers that op ([`Outbound::Reply`]).

@@ -9,7 +9,7 @@ use ot_protocol::{Access, ClientId, CloseCode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::DocError;
-use crate::outbound::Outbound;
+use crate::outbound_queue::OutboundTx;
 
 /// Mailbox size of a document actor: senders wait when it is full (backpressure).
 pub(super) const MAILBOX: usize = 1024;
@@ -31,7 +31,7 @@ pub(crate) struct JoinRequest {
     /// What the connection may do (told in its first message).
     pub(crate) access: Access,
     /// The connection's bounded outbound queue.
-    pub(crate) out: mpsc::Sender<Outbound>,
+    pub(crate) out: OutboundTx,
     /// Fired to close the connection with a code.
     pub(crate) kick: oneshot::Sender<CloseCode>,
 }

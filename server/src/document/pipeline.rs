@@ -28,6 +28,16 @@ use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
 use crate::storage::{CommitCallback, CommitLane, Committed, StorageError, StoredOp, WriteItem};
 
+/// What a joiner's queue can take of ops from memory (see
+/// [`Pipeline::first_frames`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct JoinRoom {
+    /// Messages.
+    pub(super) messages: usize,
+    /// Bytes of frames.
+    pub(super) bytes: usize,
+}
+
 /// An op applied in memory and on its way to storage.
 pub(super) struct Pending {
     pub(super) applied: AppliedOp,
@@ -227,12 +237,13 @@ impl Pipeline {
     // ---------- joins and cursors ----------
 
     /// What a joining client gets first: a resume from `rev` (with the ops
-    /// after it) if it can be served, else a snapshot. At most `room` ops come
-    /// from memory; more are read from storage by the connection's writer.
+    /// after it) if it can be served, else a snapshot. Ops come from memory
+    /// only if they fit `room`; else the connection's writer reads them all
+    /// from storage, page by page.
     pub(super) fn first_frames(
         &self,
         request: &JoinRequest,
-        room: usize,
+        room: JoinRoom,
         limits: Limits,
     ) -> Vec<Outbound> {
         let (client_id, rev, epoch, access) = (
@@ -267,23 +278,23 @@ impl Pipeline {
                 // More ops than fit would overflow the connection's queue at once
                 // (and close the client as too slow every time it resumes), so the
                 // writer reads them all from storage instead.
-                if in_memory > room {
-                    frames.push(Outbound::CatchUp {
+                let from_memory = (in_memory <= room.messages)
+                    .then(|| self.op_frames_within(from, room.bytes))
+                    .flatten();
+                match from_memory {
+                    Some(ops) => {
+                        if rev < oldest {
+                            frames.push(Outbound::CatchUp {
+                                after: rev,
+                                upto: oldest,
+                            });
+                        }
+                        frames.extend(ops);
+                    }
+                    None => frames.push(Outbound::CatchUp {
                         after: rev,
                         upto: self.durable_rev,
-                    });
-                } else {
-                    if rev < oldest {
-                        frames.push(Outbound::CatchUp {
-                            after: rev,
-                            upto: oldest,
-                        });
-                    }
-                    if let Some(ops) = self.history.ops_since(from) {
-                        for a in ops.iter().take_while(|a| a.rev <= self.durable_rev) {
-                            frames.push(Outbound::Text(op_frame(a)));
-                        }
-                    }
+                    }),
                 }
             }
             None => {
@@ -300,6 +311,24 @@ impl Pipeline {
             }
         }
         frames
+    }
+
+    /// The `op` frames of the durable ops after `from` in memory, if they
+    /// take at most `max_bytes`.
+    fn op_frames_within(&self, from: u64, max_bytes: usize) -> Option<Vec<Outbound>> {
+        let mut frames = Vec::new();
+        let mut bytes = 0usize;
+        if let Some(ops) = self.history.ops_since(from) {
+            for a in ops.iter().take_while(|a| a.rev <= self.durable_rev) {
+                let frame = op_frame(a);
+                bytes += frame.len();
+                if bytes > max_bytes {
+                    return None;
+                }
+                frames.push(Outbound::Text(frame));
+            }
+        }
+        Some(frames)
     }
 
     /// Map a client's cursor `ranges` at `rev` to the durable revision, clamped
