@@ -17,12 +17,15 @@ use crate::outbound::Outbound;
 /// Why an item did not fit (the connection is then closed as too slow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Overflow {
-    /// The queue holds its most messages (`--outbound-queue`), or its reader is gone.
+    /// The queue holds its most messages (`--outbound-queue`).
     #[error("the outbound queue is full")]
     Messages,
     /// The item would take the queue past `--outbound-queue-bytes`.
     #[error("the outbound queue holds too many bytes")]
     Bytes,
+    /// The connection is gone (its writer dropped the queue): not an overflow.
+    #[error("the connection is gone")]
+    Closed,
 }
 
 /// A new queue of at most `messages` items and `max_bytes` bytes of frames.
@@ -62,9 +65,12 @@ impl OutboundTx {
             self.queued.fetch_sub(bytes, Ordering::AcqRel);
             return Err(Overflow::Bytes);
         }
-        if self.tx.try_send(item).is_err() {
+        if let Err(refused) = self.tx.try_send(item) {
             self.queued.fetch_sub(bytes, Ordering::AcqRel);
-            return Err(Overflow::Messages);
+            return Err(match refused {
+                mpsc::error::TrySendError::Full(_) => Overflow::Messages,
+                mpsc::error::TrySendError::Closed(_) => Overflow::Closed,
+            });
         }
         Ok(())
     }
@@ -167,5 +173,7 @@ mod tests {
         drop(rx.try_recv());
         assert_eq!(tx.room_bytes(), 1000);
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        drop(rx);
+        assert_eq!(tx.try_send(frame(10)), Err(Overflow::Closed));
     }
 }

@@ -372,6 +372,10 @@ impl Document {
                 }
             }
             DocCommand::Join(request, reply) => {
+                #[cfg(test)]
+                if let Some(delay) = super::test_hooks::join_delay(self.id.as_str()) {
+                    tokio::time::sleep(delay).await;
+                }
                 let result = self.on_join(request);
                 let _ = reply.send(result);
             }

@@ -178,18 +178,22 @@ impl Connections {
         if let Some(overflow) = overflowed {
             self.count_overflow(overflow);
             if let Some(mut conn) = self.conns.remove(&conn_id) {
-                tracing::info!(doc = %self.doc, client = %conn.client_id, %overflow, "closing a client that does not keep up");
+                if overflow != Overflow::Closed {
+                    tracing::info!(doc = %self.doc, client = %conn.client_id, %overflow, "closing a client that does not keep up");
+                }
                 conn.close(CloseCode::TooSlow);
                 self.broadcast_leave(&conn.client_id);
             }
         }
     }
 
-    /// Count an overflow in `ot_connection_limits_total{reason}`.
+    /// Count an overflow in `ot_connection_limits_total{reason}` (a
+    /// connection that is gone is no overflow).
     fn count_overflow(&self, overflow: Overflow) {
         let reason = match overflow {
             Overflow::Messages => "queue_messages",
             Overflow::Bytes => "queue_bytes",
+            Overflow::Closed => return,
         };
         self.metrics.refused.with_label_values(&[reason]).inc();
     }

@@ -1,5 +1,6 @@
 //! Hooks for the server's own unit tests (compiled only under `cfg(test)`):
-//! make a document's load from storage slow, to test what waits on it.
+//! make a document's load from storage, or its answer to a join, slow, to
+//! test what waits on it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,4 +19,21 @@ pub(crate) fn slow_load(doc: &str, by: Duration) {
 pub(crate) fn load_delay(doc: &str) -> Option<Duration> {
     let loads = SLOW_LOADS.lock().unwrap_or_else(|p| p.into_inner());
     loads.as_ref()?.get(doc).copied()
+}
+
+/// Documents whose actor waits this long before it answers a join, by id.
+static SLOW_JOINS: Mutex<Option<HashMap<String, Duration>>> = Mutex::new(None);
+
+/// The actor of `doc` waits `by` before it answers its next join (after the
+/// upgrade's authorize, which it answers at once); later joins are answered
+/// at once.
+pub(crate) fn slow_join(doc: &str, by: Duration) {
+    let mut joins = SLOW_JOINS.lock().unwrap_or_else(|p| p.into_inner());
+    joins.get_or_insert_default().insert(doc.to_owned(), by);
+}
+
+/// How long the actor of `doc` waits before it answers this join (once).
+pub(crate) fn join_delay(doc: &str) -> Option<Duration> {
+    let mut joins = SLOW_JOINS.lock().unwrap_or_else(|p| p.into_inner());
+    joins.as_mut()?.remove(doc)
 }
