@@ -8,47 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::test_socket::{metrics, next, until_close};
 use crate::document::test_hooks;
 use crate::Config;
-
-/// Bound on every wait.
-const WAIT: Duration = Duration::from_secs(20);
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next text frame as JSON, or the close code (bounded).
-async fn next(socket: &mut Socket) -> Result<serde_json::Value, Option<u16>> {
-    loop {
-        let frame = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a frame in time");
-        match frame {
-            Some(Ok(Message::Text(text))) => {
-                return Ok(serde_json::from_str(&text).expect("JSON"));
-            }
-            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return Err(None),
-        }
-    }
-}
-
-async fn metrics(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut page = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut page))
-        .await
-        .unwrap()
-        .unwrap();
-    page
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_not_answered_in_time_is_closed_with_1011_and_the_document_serves_later() {
@@ -105,17 +70,6 @@ async fn a_join_not_answered_in_time_is_closed_with_1011_and_the_document_serves
     );
     drop(second);
     server.stop().await.unwrap();
-}
-
-/// Frames until the close: the text messages as JSON, and the close code.
-async fn until_close(socket: &mut Socket) -> (Vec<serde_json::Value>, Option<u16>) {
-    let mut messages = Vec::new();
-    loop {
-        match next(socket).await {
-            Ok(message) => messages.push(message),
-            Err(code) => return (messages, code),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

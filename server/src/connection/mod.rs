@@ -15,7 +15,11 @@ mod upgrade;
 mod writer;
 
 #[cfg(test)]
+mod dead_actor_tests;
+#[cfg(test)]
 mod join_deadline_tests;
+#[cfg(test)]
+mod test_socket;
 
 pub(crate) use peer::{AddrCounts, PeerAddr};
 pub use peer::{TrustedProxy, TrustedProxyError};

@@ -200,6 +200,14 @@ pub(super) async fn run(
                 break;
             }
             _ = &mut writer => break,
+            // The document's actor stopped while this connection is in it:
+            // it failed (a task that panicked). The client reconnects, and
+            // the next join starts a new actor that loads from storage.
+            () = handle.tx.closed() => {
+                tracing::warn!(%doc, conn_id, "the document's actor is gone; closing its connection");
+                close_with(CloseCode::Unavailable);
+                break;
+            }
             () = &mut silence => {
                 tracing::info!(%doc, conn_id, "closing a connection that answered no ping");
                 shared.metrics.refused.with_label_values(&["dead_peer"]).inc();

@@ -392,6 +392,10 @@ impl Document {
                 ranges,
                 received_at,
             } => {
+                #[cfg(test)]
+                if super::test_hooks::take_op_panic(self.id.as_str()) {
+                    panic!("test hook: the actor of {} fails", self.id);
+                }
                 self.on_op(conn_id, seq, base_rev, op, ranges, received_at)
                     .await
             }

@@ -1,8 +1,8 @@
 //! Hooks for the server's own unit tests (compiled only under `cfg(test)`):
 //! make a document's load from storage, or its answer to a join, slow, to
-//! test what waits on it.
+//! test what waits on it; make its actor fail (panic) on its next op.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -36,4 +36,19 @@ pub(crate) fn slow_join(doc: &str, by: Duration) {
 pub(crate) fn join_delay(doc: &str) -> Option<Duration> {
     let mut joins = SLOW_JOINS.lock().unwrap_or_else(|p| p.into_inner());
     joins.as_mut()?.remove(doc)
+}
+
+/// Documents whose actor panics on its next op.
+static FAILING_OPS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// The actor of `doc` panics when it receives its next op (once).
+pub(crate) fn panic_on_next_op(doc: &str) {
+    let mut failing = FAILING_OPS.lock().unwrap_or_else(|p| p.into_inner());
+    failing.get_or_insert_default().insert(doc.to_owned());
+}
+
+/// Whether the actor of `doc` panics on this op (once).
+pub(crate) fn take_op_panic(doc: &str) -> bool {
+    let mut failing = FAILING_OPS.lock().unwrap_or_else(|p| p.into_inner());
+    failing.as_mut().is_some_and(|docs| docs.remove(doc))
 }
