@@ -130,60 +130,56 @@ pub async fn start_server_with(
 
 /// Path of the `server` binary, built if needed (for tests that kill it).
 pub fn server_binary() -> Result<PathBuf> {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    built_once(&BUILT, "server", "server")
+    workspace_binaries().map(|debug| debug.join(exe("server")))
 }
 
 /// Path of the terminal client binary `ot-client`, built if needed (for
 /// tests that run it as a user would).
 pub fn ot_client_binary() -> Result<PathBuf> {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    built_once(&BUILT, "client-cli", "ot-client")
-}
-
-/// `bin`'s path from `built`, or built now (once per test process: later
-/// calls do not run cargo again).
-fn built_once(built: &OnceLock<PathBuf>, package: &str, bin: &str) -> Result<PathBuf> {
-    if let Some(path) = built.get() {
-        return Ok(path.clone());
-    }
-    let path = workspace_binary(package, bin)?;
-    Ok(built.get_or_init(|| path).clone())
+    workspace_binaries().map(|debug| debug.join(exe("ot-client")))
 }
 
 /// Path of example `name` of the `examples` package (`examples/examples/`),
 /// built if needed: `target/debug/examples/{name}`, where
 /// `cargo test --workspace --all-targets` puts it too.
 pub fn example_binary(name: &str) -> Result<PathBuf> {
-    cargo_build("examples", "--example", name).map(|debug| {
-        debug
-            .join("examples")
-            .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-    })
+    workspace_binaries().map(|debug| debug.join("examples").join(exe(name)))
 }
 
-/// Build `bin` of workspace package `package` (debug) and return its path.
-fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
-    cargo_build(package, "--bin", bin)
-        .map(|debug| debug.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX)))
+/// `name` with the platform's executable suffix.
+fn exe(name: &str) -> String {
+    format!("{name}{}", std::env::consts::EXE_SUFFIX)
 }
 
-/// `cargo build -p package {kind} name` (debug); returns the debug output directory.
-fn cargo_build(package: &str, kind: &str, name: &str) -> Result<PathBuf> {
+/// Build every binary and example of the workspace (debug), once per test
+/// process, and return the debug output directory.
+///
+/// The whole workspace, with examples, on purpose: cargo resolves the
+/// dependencies' features from what it is asked to build, and this is the
+/// selection whose features equal those of `cargo test --workspace
+/// --all-targets` (dev-dependencies included, e.g. tokio's `test-util`).
+/// After that test build this is a no-op but for linking; `cargo build -p
+/// server` instead would build tokio and everything above it once more, with
+/// other features (minutes, on a fresh clone).
+fn workspace_binaries() -> Result<PathBuf> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(debug) = BUILT.get() {
+        return Ok(debug.clone());
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = Command::new(cargo)
         .current_dir(&workspace)
-        .args(["build", "--quiet", "-p", package, kind, name])
+        .args(["build", "--quiet", "--workspace", "--bins", "--examples"])
         .status()
-        .with_context(|| format!("running cargo build for {name}"))?;
+        .context("running cargo build for the workspace's binaries")?;
     if !status.success() {
-        bail!("building {name} failed");
+        bail!("building the workspace's binaries failed");
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace.join("target"));
-    Ok(target.join("debug"))
+    Ok(BUILT.get_or_init(|| target.join("debug")).clone())
 }
 
 /// A free loopback port (bound and released).
