@@ -380,6 +380,9 @@ pub struct DocumentHistory {
     /// them shifts the whole vector, so that happens only once they are as
     /// many as the retained ops (amortised O(1) per trimmed op).
     ops: Vec<AppliedOp>,
+    /// [`op_bytes`] of each of `ops`, at the same index: trimming reads
+    /// these, never the old ops themselves (cold in the cache by then).
+    op_sizes: Vec<usize>,
     dropped: usize,
     /// Estimated heap bytes of the retained ops (`ops[dropped..]`).
     retained_bytes: usize,
@@ -480,6 +483,7 @@ impl DocumentHistory {
             text: Rope::from_str(&snapshot.text),
             revision: snapshot.rev,
             ops: Vec::new(),
+            op_sizes: Vec::new(),
             dropped: 0,
             retained_bytes: 0,
             dropped_bytes: 0,
@@ -522,7 +526,9 @@ impl DocumentHistory {
 
     /// Append an applied op to the retained ops.
     fn push(&mut self, applied: AppliedOp) {
-        self.retained_bytes += op_bytes(&applied);
+        let bytes = op_bytes(&applied);
+        self.retained_bytes += bytes;
+        self.op_sizes.push(bytes);
         self.ops.push(applied);
     }
 
@@ -665,6 +671,7 @@ impl DocumentHistory {
         }
         if self.dropped > 0 && (self.dropped >= keep || self.dropped_bytes > max_bytes) {
             self.ops.drain(..self.dropped);
+            self.op_sizes.drain(..self.dropped);
             self.dropped = 0;
             self.dropped_bytes = 0;
         }
@@ -672,8 +679,7 @@ impl DocumentHistory {
 
     /// Mark the `count` oldest retained ops as trimmed.
     fn drop_oldest(&mut self, count: usize) {
-        for applied in &self.ops[self.dropped..self.dropped + count] {
-            let bytes = op_bytes(applied);
+        for &bytes in &self.op_sizes[self.dropped..self.dropped + count] {
             self.retained_bytes -= bytes;
             self.dropped_bytes += bytes;
         }

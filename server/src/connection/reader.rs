@@ -12,6 +12,7 @@ use ot_protocol::{Access, ClientMessage, CloseCode, DocId, ErrorCode, ServerMess
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::liveness::Liveness;
 use super::names::display_name;
 use super::writer::{self, AwaitingReplies, Queues};
 use crate::app::Shared;
@@ -176,9 +177,15 @@ pub(super) async fn run(
     // Liveness: the writer pings every `ping_secs`; a peer from which nothing
     // (a pong or any frame) arrived for a ping interval plus the pong timeout
     // left a ping unanswered that long, and is closed as dead.
-    let silence_limit = config.liveness_limit();
-    let silence = tokio::time::sleep(silence_limit);
-    tokio::pin!(silence);
+    let mut liveness = Liveness::new(config.liveness_limit());
+    // Made once, not per frame: each registers with a shared list on its
+    // first poll (the server's shutdown token is shared by every connection).
+    let shutdown = shared.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let expired = ends.cancelled();
+    tokio::pin!(expired);
+    let actor_gone = handle.tx.closed();
+    tokio::pin!(actor_gone);
     // Presence coalescing: the newest cursor not yet forwarded, and when the
     // next one may go.
     let mut held_cursor: Option<DocCommand> = None;
@@ -194,8 +201,8 @@ pub(super) async fn run(
                 }
                 continue;
             }
-            _ = shared.shutdown.cancelled() => break,
-            _ = ends.cancelled() => {
+            () = &mut shutdown => break,
+            () = &mut expired => {
                 close_with(CloseCode::TokenExpired);
                 break;
             }
@@ -203,12 +210,12 @@ pub(super) async fn run(
             // The document's actor stopped while this connection is in it:
             // it failed (a task that panicked). The client reconnects, and
             // the next join starts a new actor that loads from storage.
-            () = handle.tx.closed() => {
+            () = &mut actor_gone => {
                 tracing::warn!(%doc, conn_id, "the document's actor is gone; closing its connection");
                 close_with(CloseCode::Unavailable);
                 break;
             }
-            () = &mut silence => {
+            () = liveness.silent() => {
                 tracing::info!(%doc, conn_id, "closing a connection that answered no ping");
                 shared.metrics.refused.with_label_values(&["dead_peer"]).inc();
                 close_with(CloseCode::TooSlow);
@@ -216,9 +223,7 @@ pub(super) async fn run(
             }
             frame = stream.next() => frame,
         };
-        silence
-            .as_mut()
-            .reset(tokio::time::Instant::now() + silence_limit);
+        liveness.heard();
         let text = match frame {
             None | Some(Ok(Message::Close(_))) => break,
             Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,

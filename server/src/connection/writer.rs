@@ -177,7 +177,16 @@ async fn within<E>(
     deadline: Duration,
     write: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), Stuck> {
-    match tokio::time::timeout(deadline, write).await {
+    within_until(tokio::time::Instant::now() + deadline, write).await
+}
+
+/// `write`, bounded by the instant `deadline` (no clock read: a batch reads
+/// the clock once, not once per frame).
+async fn within_until<E>(
+    deadline: tokio::time::Instant,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), Stuck> {
+    match tokio::time::timeout_at(deadline, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Stuck::Broken),
         Err(_) => Err(Stuck::TimedOut),
@@ -205,6 +214,9 @@ async fn write_batch<S: Sink<Message> + Unpin>(
     first: Outbound,
     write_timeout: Duration,
 ) -> Result<Option<Outbound>, Stuck> {
+    // The whole batch's deadline counts from here: `--write-timeout-secs`
+    // plus its bytes at the slowest allowed rate.
+    let started = tokio::time::Instant::now();
     let mut batch_bytes = 0usize;
     let mut batched = 0;
     let mut only_broadcasts = true;
@@ -240,10 +252,11 @@ async fn write_batch<S: Sink<Message> + Unpin>(
         }
         match outbound.into_text() {
             Ok(text) => {
-                // Feeding may write out the frames fed before it.
+                // Feeding may write out the frames fed before it: by then
+                // the batch so far and this frame may have taken their deadline.
                 let len = text.len();
-                within(
-                    write_deadline(write_timeout, batch_bytes),
+                within_until(
+                    started + write_deadline(write_timeout, batch_bytes + len),
                     sink.feed(Message::Text(text)),
                 )
                 .await?;
@@ -256,7 +269,11 @@ async fn write_batch<S: Sink<Message> + Unpin>(
             }
         }
     }
-    within(write_deadline(write_timeout, batch_bytes), sink.flush()).await?;
+    within_until(
+        started + write_deadline(write_timeout, batch_bytes),
+        sink.flush(),
+    )
+    .await?;
     Ok(stopped_by)
 }
 
