@@ -763,6 +763,13 @@ impl WsClient {
         self.flush().await
     }
 
+    /// A local edit, then wait (at most `within`) until everything this
+    /// client sent is acknowledged.
+    pub async fn edit_saved(&mut self, op: &Operation, within: Duration) -> Result<()> {
+        self.edit(op).await?;
+        self.pump_until(within, |c| c.client().all_saved()).await
+    }
+
     /// A local edit with this user's selection after it (local positions):
     /// the ranges ride on the op (and on later ops).
     pub async fn edit_with_ranges(&mut self, op: &Operation, ranges: Vec<Range>) -> Result<()> {

@@ -13,7 +13,7 @@ use e2e_tests::doc_work::{flood, flood_until_left, FLOOD_CHUNK};
 use e2e_tests::proxy::{Direction, Proxy};
 use e2e_tests::{
     doc_state, http_get_json, metric_value, start_server_with, test_connect_options, test_token,
-    ws_connect_small_recv_buffer, ws_refused_with, WsClient,
+    ws_connect_small_recv_buffer, ws_refused_with, ServerProcess, WsClient,
 };
 use ot_core::Operation;
 use ot_driver::{Driver, Event as DriverEvent, SessionCore};
@@ -113,13 +113,83 @@ async fn a_silent_peer_is_closed_and_a_quiet_viewer_is_not() {
     server.stop().unwrap();
 }
 
+/// A writer flooding a document on a server process of its own, first
+/// alone (the RSS baseline: the same flood with nobody else), then with a
+/// sloth that upgrades and reads nothing (its socket buffers little).
+struct SlothAttack {
+    server: ServerProcess,
+    writer: WsClient,
+    sloth: WsClient,
+    doc: &'static str,
+    chunk: usize,
+    /// Ops before the sloth joined.
+    alone: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl SlothAttack {
+    /// `alone` flood ops of `chunk` characters on `doc`, then the sloth
+    /// joins; with the memory bound, measured from just before it joined.
+    async fn start(
+        flags: &[&str],
+        doc: &'static str,
+        chunk: usize,
+        alone: u64,
+    ) -> (SlothAttack, RssBound) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = attack_server(dir.path(), flags).await.unwrap();
+        let addr = server.addr;
+        let mut writer = WsClient::join(addr, doc, "writer").await.unwrap();
+        flood(&mut writer, alone, chunk).await.unwrap();
+        let memory = RssBound::start(server.child.id()).unwrap();
+        let mut sloth = WsClient::new(addr, doc, "sloth");
+        let socket = ws_connect_small_recv_buffer(addr, &sloth.url())
+            .await
+            .unwrap();
+        sloth.attach(socket).await.unwrap();
+        let attack = SlothAttack {
+            server,
+            writer,
+            sloth,
+            doc,
+            chunk,
+            alone,
+            _dir: dir,
+        };
+        (attack, memory)
+    }
+
+    /// Flood until the writer sees the sloth leave (the server closed it);
+    /// returns the ops that took.
+    async fn flood_until_closed(&mut self) -> u64 {
+        let ops = flood_until_left(&mut self.writer, "sloth", None, self.chunk)
+            .await
+            .unwrap();
+        eprintln!(
+            "the sloth was closed after {ops} ops of {} characters",
+            self.chunk
+        );
+        ops
+    }
+
+    /// The writer's next edit is acked as usual, and the document holds
+    /// every op once (`flooded` with the sloth, plus that edit).
+    async fn writer_goes_on(mut self, flooded: u64) {
+        let len = self.writer.client().text().len_chars();
+        let op = Operation::insert_at(len, 0, "!").unwrap();
+        self.writer.edit_saved(&op, T).await.unwrap();
+        let (rev, _) = doc_state(self.server.addr, self.doc).await.unwrap();
+        assert_eq!(rev, self.alone + flooded + 1);
+        self.server.stop().unwrap();
+    }
+}
+
 /// A client that upgrades and then never reads, while a writer floods the
 /// document: its queue may grow (set huge here, so the overflow rule never
 /// fires), but the first frame that cannot be written within the write
 /// deadline closes it; the document goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
-    let dir = tempfile::tempdir().unwrap();
     // No dead-peer close here (--ping-secs 3600): the sloth's kernel still
     // answers nothing, but its socket is only full, not silent.
     let flags = [
@@ -130,44 +200,18 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
         "--ping-secs",
         "3600",
     ];
-    let server = attack_server(dir.path(), &flags).await.unwrap();
-    let addr = server.addr;
-    let mut writer = WsClient::join(addr, "flood", "writer").await.unwrap();
-    // The baseline: the same flood with no sloth (its history window and
-    // commit backlog full of 5,000-character ops).
-    const ALONE: u64 = 1000;
-    flood(&mut writer, ALONE, FLOOD_CHUNK).await.unwrap();
-    let memory = RssBound::start(server.child.id()).unwrap();
-    let mut sloth = WsClient::new(addr, "flood", "sloth");
-    let socket = ws_connect_small_recv_buffer(addr, &sloth.url())
-        .await
-        .unwrap();
-    sloth.attach(socket).await.unwrap();
-
-    let ops = ALONE
-        + flood_until_left(&mut writer, "sloth", None, FLOOD_CHUNK)
-            .await
-            .unwrap();
-    eprintln!("the sloth was closed after {} ops", ops - ALONE);
+    // The baseline's history window and commit backlog are full of
+    // 5,000-character ops.
+    let (mut attack, memory) = SlothAttack::start(&flags, "flood", FLOOD_CHUNK, 1000).await;
+    let addr = attack.server.addr;
+    let ops = attack.flood_until_closed().await;
     assert_eq!(limit_count(addr, "write_timeout").await, 1.0);
     memory.check().await.unwrap();
     assert_eq!(
         limit_count(addr, "per_addr").await + limit_count(addr, "dead_peer").await,
         0.0
     );
-    // The writer's next edit is acked as usual.
-    let len = writer.client().text().len_chars();
-    writer
-        .edit(&Operation::insert_at(len, 0, "!").unwrap())
-        .await
-        .unwrap();
-    writer
-        .pump_until(T, |c| c.client().all_saved())
-        .await
-        .unwrap();
-    let (rev, _) = doc_state(addr, "flood").await.unwrap();
-    assert_eq!(rev, ops + 1);
-    server.stop().unwrap();
+    attack.writer_goes_on(ops).await;
 }
 
 /// A client that upgrades and then reads nothing, while a writer floods the
@@ -177,7 +221,6 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
 /// default) closes it (4008) while the server's memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_large_ops_is_closed_by_the_queue_byte_bound() {
-    let dir = tempfile::tempdir().unwrap();
     // The history window and the commit backlog are bounded in bytes as
     // well: small here, so that the baseline is reached quickly.
     let flags = [
@@ -188,24 +231,9 @@ async fn a_client_that_stops_reading_large_ops_is_closed_by_the_queue_byte_bound
         "--history-window-bytes",
         "4194304",
     ];
-    const CHUNK: usize = 60_000;
-    let server = attack_server(dir.path(), &flags).await.unwrap();
-    let addr = server.addr;
-    let mut writer = WsClient::join(addr, "big", "writer").await.unwrap();
-    // The baseline: the same flood with no sloth (the window full of large ops).
-    const ALONE: u64 = 200;
-    flood(&mut writer, ALONE, CHUNK).await.unwrap();
-    let memory = RssBound::start(server.child.id()).unwrap();
-    let mut sloth = WsClient::new(addr, "big", "sloth");
-    let socket = ws_connect_small_recv_buffer(addr, &sloth.url())
-        .await
-        .unwrap();
-    sloth.attach(socket).await.unwrap();
-
-    let ops = flood_until_left(&mut writer, "sloth", None, CHUNK)
-        .await
-        .unwrap();
-    eprintln!("the sloth was closed after {ops} ops of {CHUNK} characters");
+    let (mut attack, memory) = SlothAttack::start(&flags, "big", 60_000, 200).await;
+    let addr = attack.server.addr;
+    let ops = attack.flood_until_closed().await;
     assert_eq!(limit_count(addr, "queue_bytes").await, 1.0);
     memory.check().await.unwrap();
     assert_eq!(
@@ -213,21 +241,13 @@ async fn a_client_that_stops_reading_large_ops_is_closed_by_the_queue_byte_bound
         0.0
     );
     // What it was sent arrives in order, then the close: 4008.
-    let close = sloth.expect_close(Duration::from_secs(60)).await.unwrap();
+    let close = attack
+        .sloth
+        .expect_close(Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(close.as_ref().map(|c| c.0), Some(4008), "{close:?}");
-    // The writer's next edit is acked as usual.
-    let len = writer.client().text().len_chars();
-    writer
-        .edit(&Operation::insert_at(len, 0, "!").unwrap())
-        .await
-        .unwrap();
-    writer
-        .pump_until(T, |c| c.client().all_saved())
-        .await
-        .unwrap();
-    let (rev, _) = doc_state(addr, "big").await.unwrap();
-    assert_eq!(rev, ALONE + ops + 1);
-    server.stop().unwrap();
+    attack.writer_goes_on(ops).await;
 }
 
 /// The upgrade headers a helper client sends (a token when the suite runs

@@ -53,11 +53,7 @@ async fn slow_client_is_closed_with_4008_and_catches_up() {
     for _ in 0..5 {
         let len = reader.client().text().len_chars();
         reader
-            .edit(&Operation::insert_at(len, 0, "r").unwrap())
-            .await
-            .unwrap();
-        reader
-            .pump_until(T, |c| c.client().all_saved())
+            .edit_saved(&Operation::insert_at(len, 0, "r").unwrap(), T)
             .await
             .unwrap();
     }
@@ -103,11 +99,7 @@ async fn resume_from_far_behind_with_a_small_queue() {
     let mut writer = WsClient::join(addr, "far", "writer").await.unwrap();
     for i in 0..100 {
         writer
-            .edit(&Operation::insert_at(i, i, "w").unwrap())
-            .await
-            .unwrap();
-        writer
-            .pump_until(T, |c| c.client().all_saved())
+            .edit_saved(&Operation::insert_at(i, i, "w").unwrap(), T)
             .await
             .unwrap();
     }
@@ -142,11 +134,10 @@ async fn resume_behind_large_ops_with_a_small_byte_bound() {
     let chunk = "x".repeat(50_000);
     for i in 0..20 {
         writer
-            .edit(&Operation::insert_at(i * chunk.len(), 0, &chunk).unwrap())
-            .await
-            .unwrap();
-        writer
-            .pump_until(T, |c| c.client().all_saved())
+            .edit_saved(
+                &Operation::insert_at(i * chunk.len(), 0, &chunk).unwrap(),
+                T,
+            )
             .await
             .unwrap();
     }
