@@ -326,10 +326,15 @@ impl SessionCore {
         ready.then(|| self.outbox.pop_front().map(|q| q.text))?
     }
 
-    /// The path and query to connect to: `/ws/{doc}?client=…`, with `rev`
-    /// (and `epoch`) to resume once synced.
+    /// The path and query to connect to: `/ws/{doc}?client=…&batch=1`
+    /// (several messages per frame welcome), with `rev` (and `epoch`) to
+    /// resume once synced.
     pub fn connect_path(&self) -> String {
-        let mut path = format!("/ws/{}?client={}", self.doc, self.client.client_id());
+        let mut path = format!(
+            "/ws/{}?client={}&batch=1",
+            self.doc,
+            self.client.client_id()
+        );
         if self.synced && !self.fresh_start {
             path.push_str(&format!("&rev={}", self.client.revision()));
             if let Some(epoch) = self.epoch {
@@ -476,8 +481,23 @@ impl SessionCore {
         }
     }
 
-    /// Act on one server message.
+    /// Act on one server message; a batch's messages in order, exactly as
+    /// if each had come alone, until one of them drops the connection (the
+    /// rest belong to it).
     pub fn handle(&mut self, message: ServerMessage<'_>) -> Vec<Event> {
+        let mut events = Vec::new();
+        let connected = self.connected;
+        for message in message.into_messages() {
+            events.extend(self.handle_one(message));
+            if connected && !self.connected {
+                break;
+            }
+        }
+        events
+    }
+
+    /// Act on one server message (not a batch).
+    fn handle_one(&mut self, message: ServerMessage<'_>) -> Vec<Event> {
         let mut events = Vec::new();
         match message {
             ServerMessage::Snapshot {
@@ -576,7 +596,8 @@ impl SessionCore {
                 });
             }
             // A pong only proves the connection alive (the shell watches that).
-            ServerMessage::Pong | ServerMessage::Unknown => {}
+            // A batch never reaches here (`handle` opens it).
+            ServerMessage::Pong | ServerMessage::Unknown | ServerMessage::Batch { .. } => {}
         }
         events
     }

@@ -93,7 +93,10 @@ fn storage_error_on_the_outstanding_op_reconnects_and_resends_it_byte_for_byte()
     assert_eq!(disconnected(&events), Some(CloseAction::Reconnect));
     assert!(!events.iter().any(|e| matches!(e, Event::ConflictCopy(_))));
     assert!(!c.is_connected());
-    assert_eq!(c.connect_path(), "/ws/notes?client=me&rev=3&epoch=1");
+    assert_eq!(
+        c.connect_path(),
+        "/ws/notes?client=me&batch=1&rev=3&epoch=1"
+    );
     c.on_open();
     c.receive(r#"{"type":"resume","rev":3,"head":3,"client":"me","seq":0,"epoch":1,"limits":{"max_doc_len":1000,"max_op_len":100}}"#);
     c.confirm_durable(c.version());
@@ -116,7 +119,7 @@ fn any_other_error_on_the_outstanding_op_keeps_a_conflict_copy_and_resyncs() {
         );
         assert_eq!(disconnected(&events), Some(CloseAction::Reconnect));
         assert!(c.resyncing());
-        assert_eq!(c.connect_path(), "/ws/notes?client=me", "{code}");
+        assert_eq!(c.connect_path(), "/ws/notes?client=me&batch=1", "{code}");
         c.on_open();
         c.receive(&snapshot(4, "abcX", 0));
         assert_eq!(c.client().text().to_string(), "abcX");
@@ -135,10 +138,14 @@ fn a_deleted_document_keeps_unsent_edits_as_a_conflict_copy_and_resyncs() {
     c.local_edit(&Operation::from_json(r#"[4,"e"]"#).unwrap(), None)
         .unwrap();
     c.confirm_durable(c.version());
-    assert_eq!(c.connect_path(), "/ws/notes?client=me", "no rev, no epoch");
+    assert_eq!(
+        c.connect_path(),
+        "/ws/notes?client=me&batch=1",
+        "no rev, no epoch"
+    );
     // A restart from the saved state still resyncs.
     let mut c = SessionCore::restore(DocId::parse("notes").unwrap(), c.state()).unwrap();
-    assert_eq!(c.connect_path(), "/ws/notes?client=me");
+    assert_eq!(c.connect_path(), "/ws/notes?client=me&batch=1");
     c.on_open();
     assert_eq!(
         c.poll_transmit(),
@@ -164,7 +171,7 @@ fn a_deleted_document_keeps_unsent_edits_as_a_conflict_copy_and_resyncs() {
     c.on_open();
     c.receive(&snapshot(3, "abc", 0));
     c.on_closed(Some(4004), "deleted");
-    assert_eq!(c.connect_path(), "/ws/notes?client=me");
+    assert_eq!(c.connect_path(), "/ws/notes?client=me&batch=1");
     c.on_open();
     let events = c.receive(&snapshot(0, "", 0));
     assert!(!events.iter().any(|e| matches!(e, Event::ConflictCopy(_))));
@@ -309,4 +316,40 @@ fn a_key_is_presented_only_once_a_state_holding_it_is_durable() {
     assert_eq!(upgraded.client_key(), Some(&new_key));
     // The key never appears in the connect URL.
     assert!(!upgraded.connect_path().contains(new_key.as_str()));
+}
+
+#[test]
+fn a_batch_is_handled_message_by_message_until_one_drops_the_connection() {
+    // Another client's op, then this client's ack, in one frame.
+    let (mut c, _) = with_outstanding();
+    let batch = json!({"type":"batch","messages":[
+        {"type":"op","rev":4,"op":["x",3],"client":"other","seq":1},
+        {"type":"ack","rev":5,"seq":1},
+        {"type":"cursor","client":"other","rev":5,"ranges":[[1,1]]},
+    ]});
+    let events = c.receive(&batch.to_string());
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Acked)),
+        "{events:?}"
+    );
+    assert!(c.client().all_saved());
+    assert_eq!(c.client().revision(), 5);
+    assert_eq!(c.client().text().to_string(), "xabcd");
+    assert_eq!(disconnected(&events), None);
+
+    // A refused op first: the session resyncs; the op after it in the same
+    // frame belongs to the dropped connection and is not applied.
+    let (mut c, _) = with_outstanding();
+    let batch = json!({"type":"batch","messages":[
+        {"type":"error","code":"op_does_not_fit","message":"no","seq":1},
+        {"type":"op","rev":4,"op":["late",3],"client":"other","seq":1},
+    ]});
+    let events = c.receive(&batch.to_string());
+    assert_eq!(disconnected(&events), Some(CloseAction::Reconnect));
+    assert!(events.iter().any(|e| matches!(e, Event::ConflictCopy(_))));
+    assert_eq!(
+        c.client().revision(),
+        3,
+        "the op after the resync was not applied"
+    );
 }

@@ -8,7 +8,9 @@
 //! as the real server does. Clients confirm their saved state late (the
 //! driver may send nothing before), and restart from the last confirmed
 //! state. Frames from a later server (an unknown type, unknown fields) are
-//! mixed in.
+//! mixed in. The driver asks for batches (`batch=1`), so the server often
+//! delivers several queued frames as one `batch` frame, spliced from their
+//! texts as the real server's writer does.
 //!
 //! After the network drains it checks: every replica equals the server's
 //! durable text; the stored log replays to it; each (client, seq) was
@@ -45,6 +47,8 @@ enum ToClient {
 
 struct Conn {
     client: usize,
+    /// The client asked for batches (`batch=1`).
+    batch: bool,
     to_server: VecDeque<String>,
     to_client: VecDeque<ToClient>,
 }
@@ -122,6 +126,8 @@ struct Stats {
     client_restarts: u64,
     /// Local edits after which two or more ops were queued.
     queues: u64,
+    /// Frames of two or more messages delivered as one batch.
+    batches: u64,
 }
 
 fn doc() -> DocId {
@@ -327,6 +333,7 @@ impl Sim {
             id,
             Conn {
                 client: i,
+                batch: query.get("batch") == Some(&"1"),
                 to_server: VecDeque::new(),
                 to_client,
             },
@@ -349,10 +356,32 @@ impl Sim {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let Some(frame) = conn.to_client.pop_front() else {
+        let Some(mut frame) = conn.to_client.pop_front() else {
             return;
         };
         let i = conn.client;
+        if let (true, ToClient::Text(first)) = (conn.batch, &frame) {
+            // Up to 5 frames already queued go as one batch.
+            let mut messages = vec![first.clone()];
+            let most = self.rng.random_range(1..=5);
+            while messages.len() < most {
+                match conn.to_client.front() {
+                    Some(ToClient::Text(_)) => {
+                        if let Some(ToClient::Text(next)) = conn.to_client.pop_front() {
+                            messages.push(next);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if messages.len() > 1 {
+                self.stats.batches += 1;
+                frame = ToClient::Text(format!(
+                    r#"{{"type":"batch","messages":[{}]}}"#,
+                    messages.join(",")
+                ));
+            }
+        }
         let events = match frame {
             ToClient::Text(text) => {
                 self.note(format!("#{id} -> c{i}: {text}"));
@@ -663,6 +692,7 @@ fn many_seeds_converge_and_never_give_up_an_edit() {
         total.drops += stats.drops;
         total.client_restarts += stats.client_restarts;
         total.queues += stats.queues;
+        total.batches += stats.batches;
     }
     println!("{count} seeds: {total:?}");
     // The faults were really exercised.
@@ -671,6 +701,7 @@ fn many_seeds_converge_and_never_give_up_an_edit() {
     assert!(total.client_restarts > count / 2, "{total:?}");
     assert!(total.applied > count * 5, "{total:?}");
     assert!(total.queues > count / 10, "{total:?}");
+    assert!(total.batches > count, "{total:?}");
 }
 
 #[test]

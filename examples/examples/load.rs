@@ -1079,6 +1079,8 @@ impl LoadClient {
             ServerMessage::Cursor { .. }
             | ServerMessage::Leave { .. }
             | ServerMessage::Pong
+            // This tool does not ask for batches (yet): none arrive.
+            | ServerMessage::Batch { .. }
             | ServerMessage::Unknown => {}
         }
         Ok(())

@@ -58,6 +58,20 @@ pub fn server_examples() -> Vec<ServerMessage<'static>> {
             seq: Some(3),
         },
         ServerMessage::Pong,
+        ServerMessage::Batch {
+            messages: vec![
+                ServerMessage::Op {
+                    rev: 10,
+                    op: Cow::Owned(Operation::from_json(r#"[12,"!"]"#).unwrap_or_default()),
+                    client: "beef".into(),
+                    seq: 5,
+                },
+                ServerMessage::Ack { rev: 11, seq: 4 },
+                ServerMessage::Leave {
+                    client: "beef".into(),
+                },
+            ],
+        },
     ]
 }
 

@@ -168,10 +168,33 @@ pub enum ServerMessage<'a> {
     },
     /// The answer to a client's `ping`: the connection is alive.
     Pong,
+    /// Several of the messages above in one frame, in the order they would
+    /// have been sent one by one; sent only to a connection that asked with
+    /// `batch=1`. A client handles them in order exactly as if each had come
+    /// in a frame of its own ([`ServerMessage::into_messages`]).
+    Batch {
+        /// The messages, in order (never a batch).
+        messages: Vec<ServerMessage<'a>>,
+    },
     /// A message type this version does not know (a later server's): skipped.
     /// Never sent.
     #[serde(other)]
     Unknown,
+}
+
+impl<'a> ServerMessage<'a> {
+    /// The messages this one stands for, in order: a batch's elements (a
+    /// batch inside a batch, which no server sends, is read the same way),
+    /// or the message itself.
+    pub fn into_messages(self) -> Vec<ServerMessage<'a>> {
+        match self {
+            ServerMessage::Batch { messages } => messages
+                .into_iter()
+                .flat_map(ServerMessage::into_messages)
+                .collect(),
+            message => vec![message],
+        }
+    }
 }
 
 /// Why a server frame could not be read.
@@ -182,7 +205,7 @@ pub struct FrameError(#[from] serde_json::Error);
 impl ServerMessage<'_> {
     /// Every message type, as in the `type` field ([`ServerMessage::Unknown`] aside).
     pub const TYPES: &'static [&'static str] = &[
-        "snapshot", "resume", "op", "ack", "cursor", "leave", "error", "pong",
+        "snapshot", "resume", "op", "ack", "cursor", "leave", "error", "pong", "batch",
     ];
 
     /// The JSON text of the message.
@@ -202,6 +225,7 @@ impl ServerMessage<'_> {
             ServerMessage::Leave { .. } => "leave",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Pong => "pong",
+            ServerMessage::Batch { .. } => "batch",
             ServerMessage::Unknown => "unknown",
         }
     }
@@ -295,6 +319,42 @@ mod tests {
                 rev: (1 << 53) - 1,
                 seq: 1
             }
+        );
+    }
+
+    #[test]
+    fn a_batch_stands_for_its_messages_in_order() {
+        let text = r#"{"type":"batch","messages":[
+            {"type":"op","rev":4,"op":["a"],"client":"b","seq":1},
+            {"type":"ack","rev":5,"seq":2},
+            {"type":"later_kind","x":1},
+            {"type":"batch","messages":[{"type":"leave","client":"b"}]},
+            {"type":"cursor","client":"b","rev":5,"ranges":[[1,1]]}
+        ]}"#;
+        let kinds: Vec<&str> = parse(text)
+            .into_messages()
+            .iter()
+            .map(ServerMessage::kind)
+            .collect();
+        assert_eq!(kinds, ["op", "ack", "unknown", "leave", "cursor"]);
+        // A plain message stands for itself; an element that breaks the
+        // reading rules makes the whole frame unreadable.
+        assert_eq!(
+            parse(r#"{"type":"pong"}"#).into_messages(),
+            [ServerMessage::Pong]
+        );
+        assert!(ServerMessage::parse(
+            r#"{"type":"batch","messages":[{"type":"ack","rev":-1,"seq":1}]}"#
+        )
+        .is_err());
+        assert!(ServerMessage::parse(r#"{"type":"batch"}"#).is_err());
+        // Written by the server: the elements' own texts, spliced.
+        let batch = ServerMessage::Batch {
+            messages: vec![ServerMessage::Ack { rev: 5, seq: 2 }, ServerMessage::Pong],
+        };
+        assert_eq!(
+            batch.to_text(),
+            r#"{"type":"batch","messages":[{"type":"ack","rev":5,"seq":2},{"type":"pong"}]}"#
         );
     }
 }

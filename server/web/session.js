@@ -98,7 +98,7 @@ export function errorAction(code, seq, outstandingSeq) {
 /** A frame the page cannot read: it is logged and the page reconnects. */
 export class UnreadableMessage extends Error {}
 
-const KNOWN_TYPES = new Set(["snapshot", "resume", "op", "ack", "cursor", "leave", "error"]);
+const KNOWN_TYPES = new Set(["snapshot", "resume", "op", "ack", "cursor", "leave", "error", "pong", "batch"]);
 
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 
@@ -177,6 +177,12 @@ export function checkServerMessage(m) {
       break;
     case "pong":
       break;
+    case "batch":
+      // Several messages in one frame (asked for with batch=1): each is
+      // checked as if it had come alone; one unreadable element makes the
+      // whole frame unreadable.
+      if (!Array.isArray(m.messages)) throw new UnreadableMessage('batch: "messages" is not a list');
+      return { ...m, messages: m.messages.map(checkServerMessage) };
     default:
       break;
   }
@@ -231,10 +237,12 @@ export function socketProtocols(clientKey) {
 
 /**
  * The WebSocket URL: `base` is `ws://host` or `wss://host`; `rev` (and
- * `epoch`, if known) ask for a resume, `rev` null for a snapshot.
+ * `epoch`, if known) ask for a resume, `rev` null for a snapshot; it asks
+ * for batches.
  */
 export function connectUrl(base, docId, clientId, rev = null, epoch = null) {
-  let u = `${base}/ws/${encodeURIComponent(docId)}?client=${encodeURIComponent(clientId)}`;
+  // batch=1: the server may put several messages in one frame (a `batch`).
+  let u = `${base}/ws/${encodeURIComponent(docId)}?client=${encodeURIComponent(clientId)}&batch=1`;
   if (rev !== null) {
     u += `&rev=${rev}`;
     if (epoch !== null) u += `&epoch=${epoch}`;
@@ -592,6 +600,7 @@ export class Session {
    * `reconnect` or `resync` (the message did not fit the client's state).
    */
   handleMessage(m) {
+    if (m.type === "batch") return this.handleBatch(m);
     let result;
     try {
       result = this.dispatch(m);
@@ -608,6 +617,21 @@ export class Session {
     if (result.kind !== "skipped") this.sendCursorIfIdle();
     this.hooks.changed();
     return result;
+  }
+
+  /**
+   * A batch: its messages in order, exactly as if each had come alone,
+   * until one of them drops the connection (the rest belong to it).
+   * Returns `{kind: "batch", action: "handled", results}`.
+   */
+  handleBatch(batch) {
+    const socket = this.ws;
+    const results = [];
+    for (const m of batch.messages) {
+      results.push(this.handleMessage(m));
+      if (this.ws !== socket) break;
+    }
+    return { kind: "batch", action: "handled", results };
   }
 
   dispatch(m) {

@@ -75,7 +75,10 @@ function harness(client, { synced = true, epoch = 1, ranges = [[0, 0]], name = "
   };
   h.socket = h.connect();
   /** Deliver a server message as the text of a frame (the page's reader and handler). */
-  h.receive = (message) => h.session.receive(typeof message === "string" ? message : JSON.stringify(message));
+  h.receive = (message) => {
+    h.lastResult = h.session.receive(typeof message === "string" ? message : JSON.stringify(message));
+    return h.lastResult;
+  };
   /** Run the pending reconnect timer, and open the new socket. */
   h.reconnect = () => {
     const t = h.timers.shift();
@@ -212,6 +215,25 @@ function setUp(m) {
         check: () => assert.equal(h.socket.sent.length, before, "a pong changes nothing"),
       };
     }
+    case "batch": {
+      // The fixture's batch: another client's op, this client's ack, that client leaving.
+      const [op, ack] = m.messages;
+      const h = harness(outstandingClient(ack.rev - 2, ack.seq, "x".repeat(baseLen(op.op))));
+      assert.equal(h.receive({ type: "cursor", client: "beef", rev: ack.rev - 2, ranges: [[1, 1]] }).action, "shown");
+      return {
+        h,
+        expect: "handled",
+        check: () => {
+          assert.deepEqual(
+            h.lastResult.results.map((r) => `${r.kind}:${r.action}`),
+            ["op:applied", "ack:acknowledged", "leave:removed"],
+          );
+          assert.ok(h.session.client.allSaved());
+          assert.equal(h.session.client.revision, ack.rev);
+          assert.ok(!h.session.remote.has("beef"));
+        },
+      };
+    }
     default:
       throw new Error(`the page's test does not know the fixture's message type ${JSON.stringify(m.type)}`);
   }
@@ -230,7 +252,7 @@ test("every server message of the fixture is understood by the page's handler", 
     check();
     types.add(m.type);
   }
-  assert.deepEqual([...types].sort(), ["ack", "cursor", "error", "leave", "op", "pong", "resume", "snapshot"]);
+  assert.deepEqual([...types].sort(), ["ack", "batch", "cursor", "error", "leave", "op", "pong", "resume", "snapshot"]);
 });
 
 test("forward compatibility: unknown fields, types, error codes and close codes", () => {
@@ -404,4 +426,28 @@ test("integers above 2^53-1 and malformed frames are unreadable: not rounded, re
   // 2^53 - 1 itself is fine.
   const h = harness(outstandingClient(8, 3));
   assert.equal(h.receive('{"type":"ack","rev":9007199254740991,"seq":3}').kind, "ack");
+});
+
+test("a batch is handled in order until one of its messages drops the connection", () => {
+  const h = harness(outstandingClient(8, 3));
+  const batch = {
+    type: "batch",
+    messages: [
+      { type: "error", code: "op_does_not_fit", message: "no", seq: 3 },
+      { type: "op", rev: 9, op: [4, "late"], client: "beef", seq: 1 },
+    ],
+  };
+  const result = h.receive(batch);
+  assert.equal(result.kind, "batch");
+  assert.deepEqual(
+    result.results.map((r) => `${r.kind}:${r.action}`),
+    ["error:conflict_copy"],
+    "the op after the resync belongs to the dropped connection",
+  );
+  assert.deepEqual(h.applied, []);
+  // An element that breaks the reading rules makes the whole frame unreadable.
+  const h2 = harness(outstandingClient(8, 3));
+  const bad = h2.receive({ type: "batch", messages: [{ type: "ack", rev: -1, seq: 3 }] });
+  assert.equal(bad.action, "reconnect");
+  assert.ok(!h2.session.client.allSaved(), "nothing of it was handled");
 });

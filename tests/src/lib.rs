@@ -6,6 +6,7 @@
 pub mod proxy;
 pub mod tmpfs;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -168,9 +169,20 @@ fn workspace_binaries() -> Result<PathBuf> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .current_dir(&workspace)
-        .args(["build", "--quiet", "--workspace", "--bins", "--examples"])
+        .args(["build", "--quiet", "--workspace", "--bins", "--examples"]);
+    // `cargo test` gives this process the variables of the crate under
+    // test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, OUT_DIR, …). Build scripts
+    // that watch them (ring's does) would see them change and rebuild, with
+    // everything above them, here and again in the next `cargo test`.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(is_crate_variable) {
+            build.env_remove(&key);
+        }
+    }
+    let status = build
         .status()
         .context("running cargo build for the workspace's binaries")?;
     if !status.success() {
@@ -180,6 +192,23 @@ fn workspace_binaries() -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace.join("target"));
     Ok(BUILT.get_or_init(|| target.join("debug")).clone())
+}
+
+/// Whether `name` is one of the variables cargo sets for a crate it builds
+/// or tests (not one that configures cargo itself, like CARGO_TARGET_DIR).
+fn is_crate_variable(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
 
 /// A free loopback port (bound and released).
@@ -552,6 +581,9 @@ pub struct WsClient {
     /// Why the session itself dropped the connection (to resend or resync),
     /// if it did and [`pump_until`](Self::pump_until) has not reconnected yet.
     dropped: Option<String>,
+    /// The messages of a `batch` frame that [`recv`](Self::recv) has not
+    /// returned yet (the session asks for batches; tests read messages).
+    unbatched: VecDeque<Value>,
 }
 
 impl WsClient {
@@ -577,6 +609,7 @@ impl WsClient {
             conflict_copies: Vec::new(),
             other: Vec::new(),
             dropped: None,
+            unbatched: VecDeque::new(),
         }
     }
 
@@ -655,11 +688,26 @@ impl WsClient {
     /// The next thing that arrives on the socket (text frames parsed as JSON,
     /// not fed to the session); an error on timeout.
     pub async fn next_event(&mut self, within: Duration) -> Result<Event> {
-        let socket = self
-            .socket
-            .as_mut()
-            .ok_or_else(|| anyhow!("not connected"))?;
-        next_event(socket, within).await
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(message) = self.unbatched.pop_front() {
+                return Ok(Event::Json(message));
+            }
+            let socket = self
+                .socket
+                .as_mut()
+                .ok_or_else(|| anyhow!("not connected"))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match next_event(socket, left).await? {
+                Event::Json(mut frame) if frame["type"] == "batch" => {
+                    match frame.get_mut("messages").map(Value::take) {
+                        Some(Value::Array(messages)) => self.unbatched.extend(messages),
+                        _ => return Ok(Event::Json(frame)),
+                    }
+                }
+                event => return Ok(event),
+            }
+        }
     }
 
     /// Fail if any message (or a close) arrives within `quiet`.
@@ -699,6 +747,7 @@ impl WsClient {
     /// Drop the connection without a close handshake (like a network cut).
     pub fn cut(&mut self) {
         self.socket = None;
+        self.unbatched.clear();
         if self.core.is_connected() {
             self.core.on_closed(None, "cut by the test");
         }
@@ -778,13 +827,12 @@ impl WsClient {
     }
 
     /// Receive the next message as JSON, not fed to the session (error on
-    /// timeout or close).
+    /// timeout or close). A `batch` frame's messages come one by one.
     pub async fn recv(&mut self, within: Duration) -> Result<Value> {
-        let socket = self
-            .socket
-            .as_mut()
-            .ok_or_else(|| anyhow!("not connected"))?;
-        recv_json(socket, within).await
+        match self.next_event(within).await? {
+            Event::Json(v) => Ok(v),
+            other => bail!("expected a JSON message, got {other:?}"),
+        }
     }
 
     /// Receive the next message, read by the protocol's rules, not fed to the
@@ -808,26 +856,36 @@ impl WsClient {
     /// revision gap) the socket is closed and
     /// [`pump_until`](Self::pump_until) reconnects.
     pub async fn handle_message(&mut self, message: ServerMessage<'static>) -> Result<()> {
-        match &message {
-            ServerMessage::Error { code, message, seq } => self.errors.push(ErrorFrame {
-                code: code.clone(),
-                message: message.to_string(),
-                seq: *seq,
-            }),
-            ServerMessage::Cursor { .. }
-            | ServerMessage::Leave { .. }
-            | ServerMessage::Pong
-            | ServerMessage::Unknown => self.other.push(message.clone()),
-            _ => {}
-        }
-        for event in self.core.handle(message) {
-            match event {
-                SessionEvent::ConflictCopy(copy) => self.conflict_copies.push(copy),
-                SessionEvent::Disconnected { reason, .. } => {
-                    self.socket = None;
-                    self.dropped = Some(reason);
-                }
+        // A batch's messages one by one, as the driver handles them, until
+        // one drops the connection (the rest belong to it).
+        for message in message.into_messages() {
+            match &message {
+                ServerMessage::Error { code, message, seq } => self.errors.push(ErrorFrame {
+                    code: code.clone(),
+                    message: message.to_string(),
+                    seq: *seq,
+                }),
+                ServerMessage::Cursor { .. }
+                | ServerMessage::Leave { .. }
+                | ServerMessage::Pong
+                | ServerMessage::Unknown => self.other.push(message.clone()),
                 _ => {}
+            }
+            let mut dropped = false;
+            for event in self.core.handle(message) {
+                match event {
+                    SessionEvent::ConflictCopy(copy) => self.conflict_copies.push(copy),
+                    SessionEvent::Disconnected { reason, .. } => {
+                        self.socket = None;
+                        self.unbatched.clear();
+                        self.dropped = Some(reason);
+                        dropped = true;
+                    }
+                    _ => {}
+                }
+            }
+            if dropped {
+                break;
             }
         }
         self.flush().await

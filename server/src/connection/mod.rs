@@ -8,6 +8,7 @@
 //! What is queued, and every frame and close frame, is built in
 //! [`crate::outbound`].
 
+mod batching;
 mod liveness;
 mod names;
 mod peer;

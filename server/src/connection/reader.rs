@@ -12,6 +12,7 @@ use ot_protocol::{Access, ClientMessage, CloseCode, DocId, ErrorCode, ServerMess
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::batching::Framing;
 use super::liveness::Liveness;
 use super::names::display_name;
 use super::writer::{self, AwaitingReplies, Queues};
@@ -121,6 +122,8 @@ pub(super) struct Conn<'a> {
     pub(super) name: Option<String>,
     /// Cancelled when its token expires or is revoked: closed with 4001.
     pub(super) ends: CancellationToken,
+    /// One message per frame, or batches.
+    pub(super) framing: Framing,
 }
 
 /// Serve a joined connection until it ends: start its writer, read and
@@ -139,6 +142,7 @@ pub(super) async fn run(
         access,
         name: token_name,
         ends,
+        framing,
     } = conn;
     let (sink, mut stream) = socket.split();
     let (local_close_tx, local_close_rx) = oneshot::channel::<CloseCode>();
@@ -153,6 +157,7 @@ pub(super) async fn run(
             local_close_rx,
         },
         awaiting.clone(),
+        framing,
     ));
     let mut local_close = Some(local_close_tx);
     let mut close_with = |code: CloseCode| {

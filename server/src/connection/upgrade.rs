@@ -19,6 +19,7 @@ use ot_protocol::{Access, ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode, S
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::batching::Framing;
 use super::peer::{client_addr, AddrSlot, PeerAddr};
 use super::reader;
 use crate::api_error::ApiError;
@@ -45,6 +46,8 @@ struct Request {
     rev: Option<u64>,
     /// The epoch the client last saw.
     epoch: Option<u64>,
+    /// One message per frame, or batches (`batch=1`).
+    framing: Framing,
 }
 
 /// What the caller may do on the connection.
@@ -93,11 +96,16 @@ impl Request {
             client_key: credentials.client_key,
             rev: number("rev")?,
             epoch: number("epoch")?,
+            // Any other value (or none) keeps today's one message per frame.
+            framing: match params.get("batch").map(String::as_str) {
+                Some("1") => Framing::Batches,
+                _ => Framing::OnePerMessage,
+            },
         })
     }
 }
 
-/// `GET /ws/{doc}?client=ID&rev=R&epoch=E` (a token, if needed, in the
+/// `GET /ws/{doc}?client=ID&rev=R&epoch=E&batch=1` (a token, if needed, in the
 /// `Authorization` header or the `ot.bearer.` subprotocol: see [`Caller`]).
 pub(crate) async fn ws_handler(
     State(shared): State<Arc<Shared>>,
@@ -358,6 +366,7 @@ async fn connection(
                 access: permit.access,
                 name: permit.caller.grant().map(|g| g.name().to_owned()),
                 ends: ends.clone(),
+                framing: request.framing,
             };
             reader::run(&shared, socket, conn, handle, (out_tx, out_rx), kick_rx).await;
             // Stops the expiry timer.

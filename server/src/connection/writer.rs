@@ -12,6 +12,7 @@ use futures_util::{Sink, SinkExt};
 use ot_protocol::{CloseCode, DocId};
 use tokio::sync::oneshot;
 
+use super::batching::{Batcher, Framing};
 use crate::app::Shared;
 use crate::outbound::{close_frame, stored_op_frame, Outbound};
 use crate::outbound_queue::OutboundRx;
@@ -81,6 +82,7 @@ pub(super) async fn run(
     mut sink: SplitSink<WebSocket, Message>,
     queues: Queues,
     awaiting: Arc<AwaitingReplies>,
+    framing: Framing,
 ) {
     let Queues {
         mut out_rx,
@@ -124,7 +126,7 @@ pub(super) async fn run(
                     // A catch-up is served on its own, or after the batch it ended.
                     let catch_up_request = match first {
                         request @ Outbound::CatchUp { .. } => Ok(Some(request)),
-                        frame => write_batch(&mut sink, &mut out_rx, &awaiting, frame, write_timeout).await,
+                        frame => write_batch(&mut sink, &mut out_rx, &awaiting, frame, write_timeout, framing).await,
                     };
                     match catch_up_request {
                         Ok(Some(Outbound::CatchUp { after, upto })) => {
@@ -202,7 +204,8 @@ enum CatchUpFailed {
 }
 
 /// Write `first` and whatever else is already queued in one flush: under load
-/// this turns many small writes into one syscall. If the batch holds only
+/// this turns many small writes into one syscall (and, with
+/// [`Framing::Batches`], many messages into few frames). If the batch holds only
 /// broadcasts while the client awaits a reply, wait up to [`BROADCAST_HOLD`]
 /// for the reply to join them. Returns a non-frame item that ended the batch
 /// (a catch-up, to run after the flush); `Err` if the socket failed or a
@@ -213,7 +216,9 @@ async fn write_batch<S: Sink<Message> + Unpin>(
     awaiting: &AwaitingReplies,
     first: Outbound,
     write_timeout: Duration,
+    framing: Framing,
 ) -> Result<Option<Outbound>, Stuck> {
+    let mut batcher = Batcher::default();
     // The whole batch's deadline counts from here: `--write-timeout-secs`
     // plus its bytes at the slowest allowed rate.
     let started = tokio::time::Instant::now();
@@ -255,11 +260,17 @@ async fn write_batch<S: Sink<Message> + Unpin>(
                 // Feeding may write out the frames fed before it: by then
                 // the batch so far and this frame may have taken their deadline.
                 let len = text.len();
-                within_until(
-                    started + write_deadline(write_timeout, batch_bytes + len),
-                    sink.feed(Message::Text(text)),
-                )
-                .await?;
+                let ready = match framing {
+                    Framing::OnePerMessage => Some(text),
+                    Framing::Batches => batcher.push(text),
+                };
+                if let Some(frame) = ready {
+                    within_until(
+                        started + write_deadline(write_timeout, batch_bytes + len),
+                        sink.feed(Message::Text(frame)),
+                    )
+                    .await?;
+                }
                 batch_bytes += len;
                 batched += 1;
             }
@@ -269,11 +280,11 @@ async fn write_batch<S: Sink<Message> + Unpin>(
             }
         }
     }
-    within_until(
-        started + write_deadline(write_timeout, batch_bytes),
-        sink.flush(),
-    )
-    .await?;
+    let deadline = started + write_deadline(write_timeout, batch_bytes);
+    if let Some(frame) = batcher.take() {
+        within_until(deadline, sink.feed(Message::Text(frame))).await?;
+    }
+    within_until(deadline, sink.flush()).await?;
     Ok(stopped_by)
 }
 
@@ -367,6 +378,9 @@ mod tests {
     /// A write deadline the tests never reach.
     const LONG: Duration = Duration::from_secs(15);
 
+    /// Today's framing: one message per frame.
+    const ONE: Framing = Framing::OnePerMessage;
+
     fn broadcast(text: &str) -> Outbound {
         Outbound::Broadcast(Utf8Bytes::from(text.to_owned()))
     }
@@ -385,7 +399,7 @@ mod tests {
         tx.try_send(broadcast("b2")).unwrap();
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(&mut sink, &mut rx, &awaiting(0), broadcast("b1"), LONG).await;
+        let next = write_batch(&mut sink, &mut rx, &awaiting(0), broadcast("b1"), LONG, ONE).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned(), "b2".to_owned()]]);
         assert_eq!(started.elapsed(), Duration::ZERO);
@@ -404,7 +418,7 @@ mod tests {
                 .unwrap();
             tx
         });
-        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG).await;
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG, ONE).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(
             sink.flushes,
@@ -423,7 +437,7 @@ mod tests {
         let awaiting = awaiting(1);
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG).await;
+        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG, ONE).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned()]]);
         assert_eq!(started.elapsed(), BROADCAST_HOLD);
@@ -443,6 +457,7 @@ mod tests {
             &awaiting,
             Outbound::Text(Utf8Bytes::from_static("t")),
             LONG,
+            ONE,
         )
         .await;
         assert!(matches!(next, Ok(None)));
@@ -456,6 +471,7 @@ mod tests {
             &awaiting,
             Outbound::Reply(Utf8Bytes::from_static("ack")),
             LONG,
+            ONE,
         )
         .await;
         assert!(matches!(
@@ -472,5 +488,52 @@ mod tests {
         awaiting.reply_written();
         awaiting.reply_written();
         assert!(!awaiting.any());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_batches_one_flush_is_one_frame_in_queue_order_and_a_catch_up_ends_it() {
+        let (tx, mut rx) = crate::outbound_queue::outbound_queue(8, 1 << 20);
+        tx.try_send(Outbound::Reply(Utf8Bytes::from_static(
+            r#"{"type":"ack","rev":2,"seq":1}"#,
+        )))
+        .unwrap();
+        tx.try_send(Outbound::CatchUp { after: 2, upto: 3 })
+            .unwrap();
+        tx.try_send(broadcast(r#"{"type":"pong"}"#)).unwrap();
+        let mut sink = Recorder::default();
+        let first = broadcast(r#"{"type":"leave","client":"b"}"#);
+        let next = write_batch(
+            &mut sink,
+            &mut rx,
+            &awaiting(1),
+            first,
+            LONG,
+            Framing::Batches,
+        )
+        .await;
+        assert!(matches!(
+            next,
+            Ok(Some(Outbound::CatchUp { after: 2, upto: 3 }))
+        ));
+        assert_eq!(
+            sink.flushes,
+            vec![vec![
+                r#"{"type":"batch","messages":[{"type":"leave","client":"b"},{"type":"ack","rev":2,"seq":1}]}"#
+                    .to_owned()
+            ]]
+        );
+        // What follows the catch-up: alone, so plain.
+        let next = rx.recv().await.unwrap();
+        let again = write_batch(
+            &mut sink,
+            &mut rx,
+            &awaiting(0),
+            next,
+            LONG,
+            Framing::Batches,
+        )
+        .await;
+        assert!(matches!(again, Ok(None)));
+        assert_eq!(sink.flushes[1], vec![r#"{"type":"pong"}"#.to_owned()]);
     }
 }
