@@ -82,7 +82,8 @@ mod tests {
 
     #[test]
     fn reads_utime_and_stime_past_a_command_with_spaces() {
-        let stat = "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 4 0 99";
+        let stat =
+            "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 4 0 99";
         assert_eq!(parse_cpu_ticks(stat), Some(287));
         assert_eq!(parse_cpu_ticks("garbage"), None);
     }

@@ -45,13 +45,13 @@ use ot_core::client::{AckOutcome, Client, OutgoingOp, RemoteOutcome};
 use ot_protocol::{op_message_text, ClientMessage, ErrorAction, ServerMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use workload::Workload;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use workload::Workload;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -509,10 +509,8 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
                     client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx).await
                 }
                 Protocol::Rustpad => {
-                    rustpad::client_task(
-                        config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx,
-                    )
-                    .await
+                    rustpad::client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx)
+                        .await
                 }
             }
         }));

@@ -25,8 +25,8 @@ use ot_core::client::{AckOutcome, Client, OutgoingOp, RemoteOutcome};
 use ot_core::Operation;
 use rand::rngs::StdRng;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -132,17 +132,18 @@ impl Session {
                 continue; // already integrated
             }
             if entry.id == self.identity {
-                let seq = self
-                    .client
-                    .outstanding()
-                    .map(|o| o.seq)
-                    .ok_or_else(|| anyhow!("revision {rev} is ours, but nothing is in flight"))?;
+                let seq =
+                    self.client.outstanding().map(|o| o.seq).ok_or_else(|| {
+                        anyhow!("revision {rev} is ours, but nothing is in flight")
+                    })?;
                 if received.ack.is_some() {
                     bail!("two of our ops in one History batch (revision {rev})");
                 }
                 match self.client.ack(rev, seq)? {
                     AckOutcome::Acknowledged { next } => received.ack = Some(next),
-                    AckOutcome::Ignored => bail!("our op at revision {rev} was not taken as its ack"),
+                    AckOutcome::Ignored => {
+                        bail!("our op at revision {rev} was not taken as its ack")
+                    }
                 }
             } else {
                 // Never this client's id (that case is above), so never taken as an ack.
@@ -490,9 +491,8 @@ mod tests {
         assert_eq!(s.client.text().to_string(), "abcX");
         assert_eq!(s.client.revision(), 2);
         // Entries already integrated are skipped; metadata is ignored.
-        let again = s.receive(
-            r#"{"History":{"start":1,"operations":[{"id":2,"operation":["ab",1]}]}}"#,
-        )?;
+        let again =
+            s.receive(r#"{"History":{"start":1,"operations":[{"id":2,"operation":["ab",1]}]}}"#)?;
         assert_eq!(again, Received::default());
         assert_eq!(
             s.receive(r#"{"UserInfo":{"id":5,"info":null}}"#)?,

@@ -124,7 +124,10 @@ mod tests {
         }
         // About 0.7 × 2.5 − 0.3 × 2 = 1.15 characters per edit.
         let len = text.chars().count();
-        assert!((4000..7500).contains(&len), "{len} characters after 5000 edits");
+        assert!(
+            (4000..7500).contains(&len),
+            "{len} characters after 5000 edits"
+        );
         Ok(())
     }
 
