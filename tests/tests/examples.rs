@@ -324,6 +324,46 @@ async fn replaying_a_trace_reports_speed_and_checks_the_end() -> Result<()> {
     Ok(())
 }
 
+/// The load tool's random workload (edits at random positions, documents
+/// growing) against the server binary: a short closed-loop run converges
+/// with no errors, and the documents grew.
+#[tokio::test]
+async fn the_load_tool_random_workload_converges_and_grows_documents() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Closed loop: the rate limit lifted, as scripts/bench-server does.
+    let lifted = ["--ops-per-sec", "1000000", "--ops-burst", "1000000"];
+    let server = ServerProcess::start(&server_binary()?, dir.path(), free_port(), &lifted).await?;
+    let url = format!("ws://{}", server.addr);
+    #[rustfmt::skip]
+    let args = [
+        "--server", &url, "--workload", "random", "--clients", "6", "--docs", "2",
+        "--duration-secs", "1", "--warmup-secs", "0.2", "--seed", "16", "--doc-prefix", "grow",
+    ];
+    let out = run_example("load", &args).await?;
+    let said = succeeded("load", &out)?;
+    assert!(said.contains("closed loop, random workload"), "{said}");
+    let converged = said
+        .lines()
+        .find_map(|l| l.strip_prefix("CONVERGED: 6 clients on 2 docs equal GET /api/docs/{doc} ("))
+        .ok_or_else(|| anyhow!("not converged:\n{said}"))?;
+    let revisions: u64 = converged
+        .split_once(' ')
+        .and_then(|(n, _)| n.parse().ok())
+        .ok_or_else(|| anyhow!("no revision count in {converged:?}"))?;
+    assert!(revisions >= 20, "{said}");
+    assert!(said.contains(" errors=0"), "{said}");
+    // Inserts (1–4 chars, 70 %) outweigh deletes (1–3, 30 %): about 1.15 chars per op.
+    let mut chars = 0;
+    for doc in ["grow-0", "grow-1"] {
+        chars += doc_state(server.addr, doc).await?.1.chars().count() as u64;
+    }
+    assert!(
+        chars * 2 >= revisions,
+        "{chars} chars after {revisions} ops"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_conflict_journal_is_told_in_words() -> Result<()> {
     let (server, _dir) = server().await?;

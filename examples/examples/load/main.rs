@@ -16,11 +16,22 @@
 //!   of the same size; `--compare-echo` runs the echo baseline and then the
 //!   server with the same settings, and prints the ratio of the two.
 //!
+//! Protocols (`--protocol`): `ours` (the default), or `rustpad`, which speaks
+//! Rustpad's protocol (commit 54e4a93) to a Rustpad server, for side-by-side
+//! figures (see `rustpad.rs`). Workloads (`--workload`): `cursor` (the
+//! default: edits at each client's cursor, documents held short) or `random`
+//! (random positions, growing documents); see `workload.rs`.
+//!
 //! `--clients` is the total number of clients; client `i` edits document
 //! `i % docs`. Statistics cover `--duration-secs` after `--warmup-secs`. At the
-//! end every client's text is compared with `GET /api/docs/{doc}`: the tool
-//! prints `CONVERGED`, or exits non-zero. Only loopback addresses are accepted.
+//! end every client's text is compared with `GET /api/docs/{doc}` (Rustpad:
+//! `GET /api/text/{doc}`): the tool prints `CONVERGED`, or exits non-zero.
+//! Only loopback addresses are accepted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cpu;
+mod rustpad;
+mod workload;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -28,10 +39,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use ot_core::client::{AckOutcome, Client, OutgoingOp, RemoteOutcome};
-use ot_core::Operation;
 use ot_protocol::{op_message_text, ClientMessage, ErrorAction, ServerMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -41,6 +51,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use workload::Workload;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -81,9 +92,21 @@ struct Args {
     /// under `taskset -c 1`, to mirror a server pinned to core 0).
     #[arg(long)]
     echo_cpu: Option<usize>,
-    /// Documents are kept at most about this many characters long (deletes win above it).
-    #[arg(long, default_value_t = 2000)]
-    max_len: usize,
+    /// Documents are kept at most about this many characters long (deletes
+    /// win above it); default 2000 for the cursor workload, 200000 for random.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// The protocol spoken: ours, or Rustpad's (to a Rustpad server).
+    #[arg(long, value_enum, default_value_t = Protocol::Ours)]
+    protocol: Protocol,
+    /// What the clients type: at their cursors (short documents), or at random
+    /// positions (growing documents).
+    #[arg(long, value_enum, default_value_t = Workload::Cursor)]
+    workload: Workload,
+    /// The server's process id (on this machine): also report its CPU time per
+    /// acked op over the measured window, read from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Random seed (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -103,6 +126,15 @@ struct Args {
     /// clients share one clock). Costs the tool a shared map lookup per op received.
     #[arg(long)]
     remote_latency: bool,
+}
+
+/// The protocol the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// This project's protocol (PROTOCOL.md).
+    Ours,
+    /// Rustpad's (commit 54e4a93): `/api/socket/{id}`, `Identity`, `History`, `Edit`.
+    Rustpad,
 }
 
 /// What the phase talks to.
@@ -125,8 +157,10 @@ impl Target {
 /// Shared settings of one phase.
 struct PhaseConfig {
     target: Target,
+    protocol: Protocol,
     doc_ids: Vec<String>,
     rate: Option<f64>,
+    workload: Workload,
     max_len: usize,
     warmup: Duration,
     duration: Duration,
@@ -134,6 +168,8 @@ struct PhaseConfig {
     read_buffer: usize,
     /// With `--remote-latency`: when each (client id, seq) was first sent.
     first_sent: Option<std::sync::Mutex<HashMap<(String, u64), Instant>>>,
+    /// Rustpad: every client waits here, with its final text, before closing.
+    all_final: tokio::sync::Barrier,
 }
 
 /// The start signal: `Some(t0)` once every client is connected.
@@ -167,6 +203,12 @@ fn main() -> Result<()> {
     if args.clients == 0 || args.docs == 0 {
         bail!("--clients and --docs must be at least 1");
     }
+    if args.protocol == Protocol::Rustpad && (args.echo || args.compare_echo) {
+        bail!("the echo baseline speaks our protocol only: drop --echo/--compare-echo with --protocol rustpad");
+    }
+    if args.protocol == Protocol::Rustpad && args.remote_latency {
+        bail!("--remote-latency needs our protocol's client ids and seqs: not with --protocol rustpad");
+    }
     if args.docs > args.clients {
         bail!(
             "--docs ({}) exceeds --clients ({}): some documents would have no client",
@@ -199,11 +241,18 @@ async fn run(args: Args) -> Result<bool> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    let mode = match (args.echo, args.rate) {
+    let mut mode = match (args.echo, args.rate) {
         (true, _) => "echo".to_owned(),
         (false, Some(rate)) => format!("open loop at {rate} edits/s per client"),
         (false, None) => "closed loop".to_owned(),
     };
+    // Named only when not the defaults, so default runs print what they always did.
+    if args.protocol == Protocol::Rustpad {
+        mode.push_str(", Rustpad protocol");
+    }
+    if args.workload == Workload::Random {
+        mode.push_str(", random workload");
+    }
     println!(
         "load: {mode}; {} clients over {} docs; {:.1} s warm-up + {:.1} s measured; seed {seed}; {} worker threads",
         args.clients,
@@ -342,6 +391,8 @@ struct Summary {
     remote: Option<Percentiles>,
     converged: bool,
     server_metrics: Option<String>,
+    /// CPU used over the measured window (`None` where /proc cannot be read).
+    cpu: cpu::WindowCpu,
 }
 
 impl Summary {
@@ -380,6 +431,7 @@ impl Summary {
         if let Some(m) = &self.server_metrics {
             println!("server metrics over the run: {m}");
         }
+        self.cpu.print(label, self.acked, self.seconds);
         println!(
             "RESULT {label} clients={} docs={} rate={} ops_per_s={:.0} edits_per_s_per_client={:.2} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} edit_p50_ms={:.3} edit_p99_ms={:.3} edit_max_ms={:.3} errors={}",
             self.clients,
@@ -414,23 +466,30 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
     let doc_ids: Vec<String> = (0..args.docs).map(|d| format!("{prefix}-{d}")).collect();
     let config = Arc::new(PhaseConfig {
         target,
+        protocol: args.protocol,
         doc_ids,
         rate: args.rate,
-        max_len: args.max_len.max(16),
+        workload: args.workload,
+        max_len: args
+            .max_len
+            .unwrap_or(args.workload.default_max_len())
+            .max(16),
         warmup: Duration::from_secs_f64(args.warmup_secs.max(0.0)),
         duration: Duration::from_secs_f64(args.duration_secs.max(0.1)),
         settle: Duration::from_secs(args.settle_secs.max(1)),
         read_buffer: args.read_buffer.max(64),
         first_sent: args.remote_latency.then(Default::default),
+        all_final: tokio::sync::Barrier::new(args.clients),
     });
-    let metrics_before = match target {
-        Target::Server(addr) => http_get(addr, "/metrics").await.ok(),
-        Target::Echo(_) => None,
+    let metrics_before = match (target, args.protocol) {
+        (Target::Server(addr), Protocol::Ours) => http_get(addr, "/metrics").await.ok(),
+        _ => None,
     };
 
     let (start_tx, start_rx) = watch::channel::<Option<Instant>>(None);
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(args.clients);
-    let (saved_tx, mut saved_rx) = mpsc::channel::<usize>(args.clients);
+    // (document, own ops acknowledged over the whole run) once a client's ops are all acked.
+    let (saved_tx, mut saved_rx) = mpsc::channel::<(usize, u64)>(args.clients);
     let (targets_tx, targets_rx) = watch::channel::<Option<Arc<Vec<u64>>>>(None);
     let mut tasks = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
@@ -445,7 +504,15 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
                 .wrapping_mul(0x2545_f491_4f6c_dd1d),
         );
         tasks.push(tokio::spawn(async move {
-            client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx).await
+            match config.protocol {
+                Protocol::Ours => {
+                    client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx).await
+                }
+                Protocol::Rustpad => {
+                    rustpad::client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx)
+                        .await
+                }
+            }
         }));
     }
     drop(ready_tx);
@@ -468,6 +535,11 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
     }
     let t0 = Instant::now();
     start_tx.send(Some(t0)).ok();
+    let cpu_sampler = tokio::spawn(cpu::sample_window(
+        t0 + config.warmup,
+        t0 + config.warmup + config.duration,
+        args.server_pid,
+    ));
 
     let mut converged = true;
     if let Target::Server(addr) = target {
@@ -475,20 +547,31 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
         // then the documents' final revisions are read and every client catches up to them.
         let end = t0 + config.warmup + config.duration + config.settle;
         let mut saved = 0;
+        // Rustpad: a document's history holds exactly its clients' acked ops.
+        let mut acked_per_doc = vec![0u64; args.docs];
         while saved < args.clients {
             let left = end.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, saved_rx.recv()).await {
-                Ok(Some(_)) => saved += 1,
+                Ok(Some((doc, acked))) => {
+                    saved += 1;
+                    acked_per_doc[doc] += acked;
+                }
                 Ok(None) => break, // some client failed: its task reports why
                 Err(_) => break,
             }
         }
         if saved == args.clients {
-            let mut revs = Vec::with_capacity(args.docs);
-            for doc in &config.doc_ids {
-                let (rev, _) = doc_state(addr, doc).await?;
-                revs.push(rev);
-            }
+            let revs = match config.protocol {
+                Protocol::Ours => {
+                    let mut revs = Vec::with_capacity(args.docs);
+                    for doc in &config.doc_ids {
+                        let (rev, _) = doc_state(addr, doc).await?;
+                        revs.push(rev);
+                    }
+                    revs
+                }
+                Protocol::Rustpad => acked_per_doc,
+            };
             targets_tx.send(Some(Arc::new(revs))).ok();
         } else {
             converged = false;
@@ -521,8 +604,15 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
 
     if let Target::Server(addr) = target {
         let mut finals: HashMap<usize, (u64, String)> = HashMap::new();
+        let mut rustpad_revs = targets_rx.borrow().clone().unwrap_or_default().to_vec();
+        rustpad_revs.resize(args.docs, 0);
         for (d, doc) in config.doc_ids.iter().enumerate() {
-            finals.insert(d, doc_state(addr, doc).await?);
+            let state = match config.protocol {
+                Protocol::Ours => doc_state(addr, doc).await?,
+                // Rustpad's text endpoint has no revision: the count of acked ops stands for it.
+                Protocol::Rustpad => (rustpad_revs[d], rustpad::final_text(addr, doc).await?),
+            };
+            finals.insert(d, state);
         }
         for (i, report) in &reports {
             let d = i % args.docs;
@@ -543,8 +633,12 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
         }
         if converged {
             let total: u64 = finals.values().map(|(rev, _)| *rev).sum();
+            let endpoint = match config.protocol {
+                Protocol::Ours => "GET /api/docs/{doc}",
+                Protocol::Rustpad => "GET /api/text/{doc}",
+            };
             println!(
-                "CONVERGED: {} clients on {} docs equal GET /api/docs/{{doc}} ({total} revisions in all)",
+                "CONVERGED: {} clients on {} docs equal {endpoint} ({total} revisions in all)",
                 args.clients, args.docs
             );
         } else {
@@ -578,6 +672,7 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
         remote: None,
         converged,
         server_metrics,
+        cpu: cpu_sampler.await.unwrap_or_default(),
     };
     for (_, r) in reports {
         summary.acked += r.acked;
@@ -657,7 +752,7 @@ async fn client_task(
     mut rng: StdRng,
     mut start_rx: StartSignal,
     ready_tx: mpsc::Sender<Result<(), String>>,
-    saved_tx: mpsc::Sender<usize>,
+    saved_tx: mpsc::Sender<(usize, u64)>,
     mut targets_rx: watch::Receiver<Option<Arc<Vec<u64>>>>,
 ) -> Result<ClientReport> {
     let client_id = format!("{:032x}", rng.random::<u128>());
@@ -698,7 +793,7 @@ async fn client_task(
     c.load(stop_editing, hard_deadline).await?;
 
     if let Target::Server(_) = config.target {
-        let _ = saved_tx.send(doc).await;
+        let _ = saved_tx.send((doc, 0)).await;
         drop(saved_tx);
         // Wait for the documents' final revisions, reading meanwhile.
         let targets = loop {
@@ -883,27 +978,15 @@ impl LoadClient {
         }
     }
 
-    /// One random local edit near this client's cursor, sent if nothing is in flight.
+    /// One random local edit (see [`workload`]), sent if nothing is in flight.
     async fn edit(&mut self) -> Result<()> {
-        let len = self.client.text().len_chars();
-        if self.rng.random_bool(0.05) {
-            self.cursor = self.rng.random_range(0..=len);
-        }
-        self.cursor = self.cursor.min(len);
-        let max_len = self.config.max_len;
-        let insert = len < 8 || (len < max_len && self.rng.random_bool(0.8));
-        let op = if insert {
-            let ch = random_char(&mut self.rng);
-            let op = Operation::insert_at(len, self.cursor, ch.encode_utf8(&mut [0u8; 4]))?;
-            self.cursor += 1;
-            op
-        } else {
-            // Backspace (or a small deletion) at the cursor.
-            let n = self.rng.random_range(1..=3usize).min(len);
-            let pos = self.cursor.saturating_sub(n).min(len - n);
-            self.cursor = pos;
-            Operation::delete_range(len, pos, n)?
-        };
+        let op = workload::next_edit(
+            self.config.workload,
+            &mut self.rng,
+            &mut self.cursor,
+            self.client.text().len_chars(),
+            self.config.max_len,
+        )?;
         let now = Instant::now();
         if self.in_window(now) {
             self.report.edits += 1;
@@ -1112,16 +1195,6 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
-}
-
-/// Mostly lowercase ASCII and spaces; now and then a newline or a non-ASCII scalar.
-fn random_char(rng: &mut StdRng) -> char {
-    const OTHER: [char; 6] = ['é', 'ß', 'ж', '中', '😀', '\n'];
-    match rng.random_range(0..100u32) {
-        0..=1 => OTHER[rng.random_range(0..OTHER.len())],
-        2..=16 => ' ',
-        _ => char::from(b'a' + rng.random_range(0..26u8)),
-    }
 }
 
 // ---------------------------------------------------------------- echo server
