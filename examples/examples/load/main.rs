@@ -103,6 +103,11 @@ struct Args {
     /// positions (growing documents).
     #[arg(long, value_enum, default_value_t = Workload::Cursor)]
     workload: Workload,
+    /// Ask our server for one message per frame instead of batches
+    /// (`batch=1`, several messages per frame: the default, as every client
+    /// of ours does), to measure what batching changes.
+    #[arg(long)]
+    no_batch: bool,
     /// The server's process id (on this machine): also report its CPU time per
     /// acked op over the measured window, read from /proc.
     #[arg(long)]
@@ -161,6 +166,8 @@ struct PhaseConfig {
     doc_ids: Vec<String>,
     rate: Option<f64>,
     workload: Workload,
+    /// Ask for batches (`batch=1`).
+    batch: bool,
     max_len: usize,
     warmup: Duration,
     duration: Duration,
@@ -470,6 +477,7 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
         doc_ids,
         rate: args.rate,
         workload: args.workload,
+        batch: !args.no_batch,
         max_len: args
             .max_len
             .unwrap_or(args.workload.default_max_len())
@@ -731,6 +739,9 @@ struct LoadClient {
     doc: usize,
     client: Client,
     socket: Option<Socket>,
+    /// Connections opened so far (a batch's rest is dropped when one of
+    /// its messages opens another).
+    connections: u64,
     epoch: Option<u64>,
     /// Whether a first snapshot was received.
     synced: bool,
@@ -761,6 +772,7 @@ async fn client_task(
         doc,
         client: Client::new(client_id, 0, "", 0),
         socket: None,
+        connections: 0,
         epoch: None,
         synced: false,
         rng,
@@ -869,6 +881,9 @@ impl LoadClient {
                     self.config.doc_ids[self.doc],
                     self.client.client_id()
                 );
+                if self.config.batch {
+                    url.push_str("&batch=1");
+                }
                 if resume {
                     url.push_str(&format!("&rev={}", self.client.revision()));
                     if let Some(epoch) = self.epoch {
@@ -883,6 +898,7 @@ impl LoadClient {
     /// Connect (resuming from the client's revision if `resume`) and handle the first message.
     async fn connect(&mut self, resume: bool) -> Result<()> {
         self.socket = None;
+        self.connections += 1;
         let url = self.url(resume);
         let (socket, _) = tokio::time::timeout(
             Duration::from_secs(10),
@@ -1074,8 +1090,22 @@ impl LoadClient {
             }
             return Ok(());
         }
-        let message =
+        let frame =
             ServerMessage::parse(&text).with_context(|| format!("not a server message: {text}"))?;
+        // A batch's messages in order; a message that reconnects returns, and
+        // the rest belonged to the connection it dropped.
+        let connection = self.connections;
+        for message in frame.into_messages() {
+            self.handle_message(message, now).await?;
+            if self.connections != connection || self.socket.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Act on one server message (not a batch) that arrived at `now`.
+    async fn handle_message(&mut self, message: ServerMessage<'_>, now: Instant) -> Result<()> {
         match message {
             ServerMessage::Snapshot {
                 rev,
@@ -1162,7 +1192,7 @@ impl LoadClient {
             ServerMessage::Cursor { .. }
             | ServerMessage::Leave { .. }
             | ServerMessage::Pong
-            // This tool does not ask for batches (yet): none arrive.
+            // `handle_frame` opens batches.
             | ServerMessage::Batch { .. }
             | ServerMessage::Unknown => {}
         }
