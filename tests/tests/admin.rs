@@ -102,7 +102,7 @@ async fn a_delete_closes_everyone_with_4004_and_the_re_created_document_is_new()
         assert!(c.core().resyncing());
         assert_eq!(
             c.url(),
-            format!("ws://{addr}/ws/d?client={}", c.client().client_id())
+            format!("ws://{addr}/ws/d?client={}&batch=1", c.client().client_id())
         );
     }
     // Every read says the document is gone.
