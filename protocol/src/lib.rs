@@ -15,6 +15,7 @@ pub mod access;
 pub mod api;
 pub mod client_message;
 pub mod codes;
+mod fast_read;
 pub mod fixture;
 pub mod ids;
 pub mod numbers;

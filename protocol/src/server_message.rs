@@ -230,8 +230,13 @@ impl ServerMessage<'_> {
         }
     }
 
-    /// Read one text frame from the server (a client's side).
+    /// Read one text frame from the server (a client's side). The most
+    /// frequent frames (`op`, `ack`, `batch`, as the server writes them) are
+    /// read without serde's buffering (`fast_read.rs`), by the same rules.
     pub fn parse(text: &str) -> Result<ServerMessage<'static>, FrameError> {
+        if let Some(read) = crate::fast_read::parse(text) {
+            return read;
+        }
         Ok(serde_json::from_str(text)?)
     }
 }
