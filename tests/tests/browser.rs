@@ -669,6 +669,12 @@ async fn pages_opened_through_minted_links_follow_their_access() -> Result<()> {
         b.execute("localStorage.setItem('ot:v1:name', 'Mallory');", vec![]).await?;
         b.goto(&bob_link).await?;
         wait_for(&b, "Bob connected", Duration::from_secs(20), |s| s["connected"] == true).await?;
+        // The status line is rendered at the next animation frame after the
+        // first message, not with it: wait for it.
+        wait_for(&b, "Bob's status says read-only", Duration::from_secs(20), |s| {
+            s["status"].as_str().is_some_and(|t| t.contains("read-only"))
+        })
+        .await?;
         let bob = b
             .execute(
                 "return {access: window.otEditor.access, readOnly: document.getElementById('text').readOnly, \
