@@ -18,9 +18,9 @@ pub(crate) enum Outbound {
     Text(Utf8Bytes),
     /// The answer to one of this client's own ops: its ack, or an error about it.
     Reply(Utf8Bytes),
-    /// Another client's op, cursor or leave. While this client awaits a
-    /// [`Outbound::Reply`], the writer may hold it (up to its `BROADCAST_HOLD`,
-    /// 2 ms) to write it together with the reply.
+    /// Another client's op, cursor or leave. The writer may hold it (up to
+    /// its `BROADCAST_HOLD`, 2 ms) to write it together with an awaited
+    /// [`Outbound::Reply`] or with what follows a recent write.
     Broadcast(Utf8Bytes),
     /// Read the ops with revisions `after+1 ..= upto` from storage and send them
     /// (a resume from before the in-memory window).

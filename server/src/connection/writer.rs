@@ -18,11 +18,14 @@ use crate::outbound::{close_frame, stored_op_frame, Outbound};
 use crate::outbound_queue::OutboundRx;
 use crate::pages::read_page;
 
-/// How long the writer may hold other clients' ops and cursors while this
+/// How long the writer may hold other clients' ops and cursors: while this
 /// client awaits the reply to its own op, so that they go out in the same
-/// write as the reply: one send (and one wake-up of the client) instead of
-/// several. Bounded, so a reply that is slow or never comes costs a
-/// collaborator at most this much delay.
+/// write as the reply; and after a write, so that a busy document costs each
+/// connection one write per hold rather than one per op (the send path, the
+/// client's wake-up and its frame parsing are paid per write). Bounded, so a
+/// reply that is slow or never comes costs a collaborator at most this much
+/// delay; a connection that has not been written to for this long gets its
+/// first broadcast at once.
 pub(crate) const BROADCAST_HOLD: Duration = Duration::from_millis(2);
 
 /// Frames written per flush at most.
@@ -62,6 +65,33 @@ impl AwaitingReplies {
     }
 }
 
+/// When the writer may write broadcasts (see [`BROADCAST_HOLD`]).
+pub(super) struct Pacing<'a> {
+    awaiting: &'a AwaitingReplies,
+    /// When the last write ended.
+    last_flush: Option<tokio::time::Instant>,
+}
+
+impl<'a> Pacing<'a> {
+    pub(super) fn new(awaiting: &'a AwaitingReplies) -> Pacing<'a> {
+        Pacing {
+            awaiting,
+            last_flush: None,
+        }
+    }
+
+    /// Until when a batch of only broadcasts may wait for more, from `now`:
+    /// the hold while a reply is awaited (it will carry them), else until the
+    /// hold has passed since the last write; `None`: write now.
+    fn hold_until(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        if self.awaiting.any() {
+            return Some(now + BROADCAST_HOLD);
+        }
+        let until = self.last_flush? + BROADCAST_HOLD;
+        (until > now).then_some(until)
+    }
+}
+
 /// What the writer reads: the outbound queue and the two ways to be closed.
 pub(super) struct Queues {
     pub(super) out_rx: OutboundRx,
@@ -95,6 +125,7 @@ pub(super) async fn run(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut kick_open = true;
     let mut local_open = true;
+    let mut pacing = Pacing::new(&awaiting);
     let close = loop {
         let wrote: Result<(), Stuck> = tokio::select! {
             biased;
@@ -126,7 +157,7 @@ pub(super) async fn run(
                     // A catch-up is served on its own, or after the batch it ended.
                     let catch_up_request = match first {
                         request @ Outbound::CatchUp { .. } => Ok(Some(request)),
-                        frame => write_batch(&mut sink, &mut out_rx, &awaiting, frame, write_timeout, framing).await,
+                        frame => write_batch(&mut sink, &mut out_rx, &mut pacing, frame, write_timeout, framing).await,
                     };
                     match catch_up_request {
                         Ok(Some(Outbound::CatchUp { after, upto })) => {
@@ -206,14 +237,13 @@ enum CatchUpFailed {
 /// Write `first` and whatever else is already queued in one flush: under load
 /// this turns many small writes into one syscall (and, with
 /// [`Framing::Batches`], many messages into few frames). If the batch holds only
-/// broadcasts while the client awaits a reply, wait up to [`BROADCAST_HOLD`]
-/// for the reply to join them. Returns a non-frame item that ended the batch
+/// broadcasts, it may wait for more as [`Pacing`] says, up to [`BROADCAST_HOLD`]. Returns a non-frame item that ended the batch
 /// (a catch-up, to run after the flush); `Err` if the socket failed or a
 /// write missed its deadline ([`write_deadline`]).
 async fn write_batch<S: Sink<Message> + Unpin>(
     sink: &mut S,
     out_rx: &mut OutboundRx,
-    awaiting: &AwaitingReplies,
+    pacing: &mut Pacing<'_>,
     first: Outbound,
     write_timeout: Duration,
     framing: Framing,
@@ -234,11 +264,16 @@ async fn write_batch<S: Sink<Message> + Unpin>(
             None => match out_rx.try_recv() {
                 Ok(outbound) => outbound,
                 Err(_) => {
-                    if !(only_broadcasts && awaiting.any()) {
+                    if !only_broadcasts {
                         break;
                     }
-                    let deadline = *hold_until
-                        .get_or_insert_with(|| tokio::time::Instant::now() + BROADCAST_HOLD);
+                    let deadline = match hold_until {
+                        Some(deadline) => deadline,
+                        None => match pacing.hold_until(tokio::time::Instant::now()) {
+                            Some(deadline) => *hold_until.insert(deadline),
+                            None => break,
+                        },
+                    };
                     match tokio::time::timeout_at(deadline, out_rx.recv()).await {
                         Ok(Some(outbound)) => outbound,
                         // Closed or held long enough: write what there is.
@@ -249,7 +284,7 @@ async fn write_batch<S: Sink<Message> + Unpin>(
         };
         match &outbound {
             Outbound::Reply(_) => {
-                awaiting.reply_written();
+                pacing.awaiting.reply_written();
                 only_broadcasts = false;
             }
             Outbound::Text(_) => only_broadcasts = false,
@@ -285,6 +320,7 @@ async fn write_batch<S: Sink<Message> + Unpin>(
         within_until(deadline, sink.feed(Message::Text(frame))).await?;
     }
     within_until(deadline, sink.flush()).await?;
+    pacing.last_flush = Some(tokio::time::Instant::now());
     Ok(stopped_by)
 }
 
@@ -399,7 +435,15 @@ mod tests {
         tx.try_send(broadcast("b2")).unwrap();
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(&mut sink, &mut rx, &awaiting(0), broadcast("b1"), LONG, ONE).await;
+        let next = write_batch(
+            &mut sink,
+            &mut rx,
+            &mut Pacing::new(&awaiting(0)),
+            broadcast("b1"),
+            LONG,
+            ONE,
+        )
+        .await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned(), "b2".to_owned()]]);
         assert_eq!(started.elapsed(), Duration::ZERO);
@@ -418,7 +462,15 @@ mod tests {
                 .unwrap();
             tx
         });
-        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG, ONE).await;
+        let next = write_batch(
+            &mut sink,
+            &mut rx,
+            &mut Pacing::new(&awaiting),
+            broadcast("b1"),
+            LONG,
+            ONE,
+        )
+        .await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(
             sink.flushes,
@@ -437,11 +489,71 @@ mod tests {
         let awaiting = awaiting(1);
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(&mut sink, &mut rx, &awaiting, broadcast("b1"), LONG, ONE).await;
+        let next = write_batch(
+            &mut sink,
+            &mut rx,
+            &mut Pacing::new(&awaiting),
+            broadcast("b1"),
+            LONG,
+            ONE,
+        )
+        .await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned()]]);
         assert_eq!(started.elapsed(), BROADCAST_HOLD);
         assert!(awaiting.any(), "still awaiting its reply");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcasts_right_after_a_write_wait_until_the_hold_has_passed_since_it() {
+        let (tx, mut rx) = crate::outbound_queue::outbound_queue(8, 1 << 20);
+        let awaiting = awaiting(0);
+        let mut pacing = Pacing::new(&awaiting);
+        let mut sink = Recorder::default();
+        let started = tokio::time::Instant::now();
+        write_batch(&mut sink, &mut rx, &mut pacing, broadcast("b1"), LONG, ONE)
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO, "the first goes at once");
+        // 1 ms later the next broadcast waits for the rest of the hold, and
+        // what arrives meanwhile shares its write (the timer's grain is 1 ms).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let more = tokio::spawn(async move {
+            tx.try_send(broadcast("b3")).unwrap();
+            tx
+        });
+        write_batch(&mut sink, &mut rx, &mut pacing, broadcast("b2"), LONG, ONE)
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), BROADCAST_HOLD);
+        assert_eq!(
+            sink.flushes,
+            vec![
+                vec!["b1".to_owned()],
+                vec!["b2".to_owned(), "b3".to_owned()]
+            ]
+        );
+        // After a quiet hold, at once again.
+        let tx = more.await.unwrap();
+        tokio::time::sleep(BROADCAST_HOLD).await;
+        let quiet = tokio::time::Instant::now();
+        write_batch(&mut sink, &mut rx, &mut pacing, broadcast("b4"), LONG, ONE)
+            .await
+            .unwrap();
+        assert_eq!(quiet.elapsed(), Duration::ZERO);
+        // Within the hold again: a reply ends the wait at once, carrying what was held.
+        let reply = tokio::spawn(async move {
+            tx.try_send(Outbound::Reply(Utf8Bytes::from_static("ack")))
+                .unwrap();
+            tx
+        });
+        let held = tokio::time::Instant::now();
+        write_batch(&mut sink, &mut rx, &mut pacing, broadcast("b5"), LONG, ONE)
+            .await
+            .unwrap();
+        assert_eq!(held.elapsed(), Duration::ZERO);
+        assert_eq!(sink.flushes[3], vec!["b5".to_owned(), "ack".to_owned()]);
+        drop(reply.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
@@ -454,7 +566,7 @@ mod tests {
         let next = write_batch(
             &mut sink,
             &mut rx,
-            &awaiting,
+            &mut Pacing::new(&awaiting),
             Outbound::Text(Utf8Bytes::from_static("t")),
             LONG,
             ONE,
@@ -468,7 +580,7 @@ mod tests {
         let next = write_batch(
             &mut sink,
             &mut rx,
-            &awaiting,
+            &mut Pacing::new(&awaiting),
             Outbound::Reply(Utf8Bytes::from_static("ack")),
             LONG,
             ONE,
@@ -505,7 +617,7 @@ mod tests {
         let next = write_batch(
             &mut sink,
             &mut rx,
-            &awaiting(1),
+            &mut Pacing::new(&awaiting(1)),
             first,
             LONG,
             Framing::Batches,
@@ -527,7 +639,7 @@ mod tests {
         let again = write_batch(
             &mut sink,
             &mut rx,
-            &awaiting(0),
+            &mut Pacing::new(&awaiting(0)),
             next,
             LONG,
             Framing::Batches,
