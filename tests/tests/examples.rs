@@ -364,6 +364,52 @@ async fn the_load_tool_random_workload_converges_and_grows_documents() -> Result
     Ok(())
 }
 
+/// `open_time` writes a copy of a document with a given history length,
+/// then times joins of documents the server has unloaded, and counts only
+/// joins that really loaded the document from storage.
+#[tokio::test]
+async fn open_time_copies_a_document_and_times_joins_from_storage() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let unload_fast = ["--idle-unload-secs", "1"];
+    let server =
+        ServerProcess::start(&server_binary()?, dir.path(), free_port(), &unload_fast).await?;
+    let url = format!("ws://{}", server.addr);
+    let mut writer = WsClient::join(server.addr, "source", "writer-1").await?;
+    let text = "é🙂 open me\n".repeat(50);
+    writer
+        .edit_saved(&Operation::insert_at(0, 0, &text)?, WITHIN)
+        .await?;
+    drop(writer);
+
+    #[rustfmt::skip]
+    let copy = ["--server", &url, "--doc", "copy", "--copy-from", "source", "--history-ops", "20"];
+    let said = succeeded("open_time", &run_example("open_time", &copy).await?)?;
+    let chars = text.chars().count();
+    // The text in one op, then an insert and a delete of one char each
+    // until rev 20, and a last delete: rev 21, the same text.
+    assert!(
+        said.contains(&format!("copy: {chars} chars at rev 21")),
+        "{said}"
+    );
+    assert_eq!(doc_state(server.addr, "copy").await?.1, text);
+
+    #[rustfmt::skip]
+    let time = [
+        "--server", &url, "--doc", "source", "--doc", "copy", "--rounds", "2",
+        "--unload-wait-secs", "2.5",
+    ];
+    let said = succeeded("open_time", &run_example("open_time", &time).await?)?;
+    for doc in ["source", "copy"] {
+        let result = said
+            .lines()
+            .find(|l| l.starts_with(&format!("RESULT open doc={doc} ")))
+            .ok_or_else(|| anyhow!("no result for {doc}:\n{said}"))?;
+        assert!(result.contains(" joins=2 "), "{said}");
+    }
+    assert!(said.contains(&format!("(rev 1, {chars} chars)")), "{said}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_conflict_journal_is_told_in_words() -> Result<()> {
     let (server, _dir) = server().await?;
