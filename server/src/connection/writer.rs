@@ -429,21 +429,23 @@ mod tests {
         awaiting
     }
 
+    /// [`write_batch`] on a connection not written to before, one message per frame.
+    async fn write_fresh(
+        sink: &mut Recorder,
+        rx: &mut OutboundRx,
+        awaiting: &AwaitingReplies,
+        first: Outbound,
+    ) -> Result<Option<Outbound>, Stuck> {
+        write_batch(sink, rx, &mut Pacing::new(awaiting), first, LONG, ONE).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn broadcasts_to_a_client_awaiting_nothing_go_out_at_once() {
         let (tx, mut rx) = crate::outbound_queue::outbound_queue(8, 1 << 20);
         tx.try_send(broadcast("b2")).unwrap();
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(
-            &mut sink,
-            &mut rx,
-            &mut Pacing::new(&awaiting(0)),
-            broadcast("b1"),
-            LONG,
-            ONE,
-        )
-        .await;
+        let next = write_fresh(&mut sink, &mut rx, &awaiting(0), broadcast("b1")).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned(), "b2".to_owned()]]);
         assert_eq!(started.elapsed(), Duration::ZERO);
@@ -462,15 +464,7 @@ mod tests {
                 .unwrap();
             tx
         });
-        let next = write_batch(
-            &mut sink,
-            &mut rx,
-            &mut Pacing::new(&awaiting),
-            broadcast("b1"),
-            LONG,
-            ONE,
-        )
-        .await;
+        let next = write_fresh(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(
             sink.flushes,
@@ -489,15 +483,7 @@ mod tests {
         let awaiting = awaiting(1);
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
-        let next = write_batch(
-            &mut sink,
-            &mut rx,
-            &mut Pacing::new(&awaiting),
-            broadcast("b1"),
-            LONG,
-            ONE,
-        )
-        .await;
+        let next = write_fresh(&mut sink, &mut rx, &awaiting, broadcast("b1")).await;
         assert!(matches!(next, Ok(None)));
         assert_eq!(sink.flushes, vec![vec!["b1".to_owned()]]);
         assert_eq!(started.elapsed(), BROADCAST_HOLD);
@@ -563,13 +549,11 @@ mod tests {
         let mut sink = Recorder::default();
         let started = tokio::time::Instant::now();
         // A snapshot-like frame is written at once even while replies are awaited.
-        let next = write_batch(
+        let next = write_fresh(
             &mut sink,
             &mut rx,
-            &mut Pacing::new(&awaiting),
+            &awaiting,
             Outbound::Text(Utf8Bytes::from_static("t")),
-            LONG,
-            ONE,
         )
         .await;
         assert!(matches!(next, Ok(None)));
@@ -577,13 +561,11 @@ mod tests {
         tx.try_send(Outbound::CatchUp { after: 1, upto: 2 })
             .unwrap();
         tx.try_send(broadcast("later")).unwrap();
-        let next = write_batch(
+        let next = write_fresh(
             &mut sink,
             &mut rx,
-            &mut Pacing::new(&awaiting),
+            &awaiting,
             Outbound::Reply(Utf8Bytes::from_static("ack")),
-            LONG,
-            ONE,
         )
         .await;
         assert!(matches!(
