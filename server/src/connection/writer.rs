@@ -10,6 +10,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{Sink, SinkExt};
 use ot_protocol::{CloseCode, DocId};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 
 use super::batching::{Batcher, Framing};
@@ -257,14 +258,16 @@ async fn write_batch<S: Sink<Message> + Unpin>(
     let mut only_broadcasts = true;
     let mut next = Some(first);
     let mut hold_until = None;
+    let mut held_enough = false;
     let mut stopped_by = None;
     while batched < MAX_BATCH {
         let outbound = match next.take() {
             Some(outbound) => outbound,
             None => match out_rx.try_recv() {
                 Ok(outbound) => outbound,
-                Err(_) => {
-                    if !only_broadcasts {
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    if !only_broadcasts || held_enough {
                         break;
                     }
                     let deadline = match hold_until {
@@ -274,11 +277,11 @@ async fn write_batch<S: Sink<Message> + Unpin>(
                             None => break,
                         },
                     };
-                    match tokio::time::timeout_at(deadline, out_rx.recv()).await {
-                        Ok(Some(outbound)) => outbound,
-                        // Closed or held long enough: write what there is.
-                        Ok(None) | Err(_) => break,
-                    }
+                    // Woken by a reply (or the queue closing), or at the
+                    // deadline: take what is queued then, and at the
+                    // deadline write it.
+                    held_enough = !out_rx.hold_until(deadline).await;
+                    continue;
                 }
             },
         };
