@@ -300,7 +300,8 @@ pub async fn watch(common: &Common, doc: &str, whole_text: bool, limit: Option<u
         if !session.is_connected() {
             tokio::time::sleep(session.retry_delay()).await;
             match session.connect().await {
-                Ok(events) => report(&events),
+                // A resume's first frame may carry the ops missed meanwhile.
+                Ok(events) => print_remote(&mut out, &session, events, whole_text, &mut seen)?,
                 // Refused (the id is bound to another key, the token does not
                 // cover the document, or it expired): retrying cannot help a script.
                 Err(e)
@@ -318,21 +319,34 @@ pub async fn watch(common: &Common, doc: &str, whole_text: bool, limit: Option<u
         if let Some(why) = access_expired(&events) {
             bail!("token expired: {why}");
         }
-        report(&events);
-        for event in events {
-            if let SessionEvent::Remote(op) = event {
-                seen += 1;
-                if whole_text {
-                    writeln!(out, "{}", session.client().text())?;
-                } else {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({"rev": session.client().revision(), "op": op})
-                    )?;
-                }
-                out.flush()?;
+        print_remote(&mut out, &session, events, whole_text, &mut seen)?;
+    }
+    Ok(())
+}
+
+/// `watch`'s output for `events`: what [`report`] says, then a line per
+/// remote op (the whole text, or the op as JSON), counted in `seen`.
+fn print_remote(
+    out: &mut impl Write,
+    session: &Session,
+    events: Vec<SessionEvent>,
+    whole_text: bool,
+    seen: &mut u64,
+) -> Result<()> {
+    report(&events);
+    for event in events {
+        if let SessionEvent::Remote(op) = event {
+            *seen += 1;
+            if whole_text {
+                writeln!(out, "{}", session.client().text())?;
+            } else {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"rev": session.client().revision(), "op": op})
+                )?;
             }
+            out.flush()?;
         }
     }
     Ok(())

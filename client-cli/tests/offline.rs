@@ -842,3 +842,38 @@ async fn a_killed_clients_slot_is_reused_and_a_running_ones_is_not() {
 
     server.stop().await.unwrap();
 }
+
+/// A `watch` that reconnects prints the ops its resume brought: they come
+/// with the connection itself, not after it (it printed nothing for them
+/// before, and stayed on the old text until the next edit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_prints_the_ops_missed_while_the_server_was_away() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = start_server(server_dir.path()).await.unwrap();
+    let addr = server.addr;
+    let data = tempfile::tempdir().unwrap();
+    let writer = tempfile::tempdir().unwrap();
+    let doc = "away";
+    ok(writer.path(), addr, &["append", doc, "a"]).await;
+    let mut watcher = spawn(
+        data.path(),
+        &format!("ws://{addr}"),
+        &["watch", doc, "--text"],
+    );
+    let (line, mut lines) = first_line(&mut watcher).await;
+    assert_eq!(line, "a");
+
+    // While the server is away from the watcher's address, the document
+    // takes an edit through another server on the same data (another port).
+    server.stop().await.unwrap();
+    let other = start_server(server_dir.path()).await.unwrap();
+    ok(writer.path(), other.addr, &["append", doc, "b"]).await;
+    other.stop().await.unwrap();
+    let server = restart_on(server_dir.path(), addr).await;
+
+    // The watcher resumes from "a" and prints what the resume brought.
+    let line = timeout(LIMIT, lines.next_line()).await.unwrap().unwrap();
+    assert_eq!(line.as_deref(), Some("ab"));
+    kill9(&mut watcher).await;
+    server.stop().await.unwrap();
+}
