@@ -17,19 +17,16 @@ use std::hint::black_box;
 
 #[path = "common/trace_replay.rs"]
 mod trace_replay;
-use trace_replay::{load_traces, replay_floor, replay_history, replay_operation};
+use trace_replay::{load_traces_named, replay_floor, replay_history, replay_operation};
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let path = args.next().unwrap_or_else(|| "operation".to_owned());
     let only = args.next();
-    let Some(traces) = load_traces() else {
+    let Some(traces) = load_traces_named(only.as_deref()) else {
         return;
     };
-    for trace in traces
-        .iter()
-        .filter(|t| only.as_deref().is_none_or(|name| t.name == name))
-    {
+    for trace in &traces {
         let (start, patches) = (
             black_box(trace.start.as_str()),
             black_box(&trace.patches[..]),

@@ -63,7 +63,7 @@ pub(crate) fn outbound_queue(messages: usize, max_bytes: usize) -> (OutboundTx, 
 struct Queue {
     state: Mutex<State>,
     /// Wakes the writer when an item is queued; while the writer holds
-    /// broadcasts ([`OutboundRx::hold_until`]), only for an item that must
+    /// broadcasts ([`OutboundRx::hold_broadcasts_until`]), only for an item that must
     /// not wait, so a busy document does not wake it once per op.
     wake: Notify,
     max_messages: usize,
@@ -203,7 +203,7 @@ impl OutboundRx {
     /// (a reply, an error, a catch-up) or for the queue to close, without
     /// being woken by each broadcast queued meanwhile. Returns whether it
     /// woke before the deadline (the caller looks at the queue either way).
-    pub(crate) async fn hold_until(&mut self, deadline: tokio::time::Instant) -> bool {
+    pub(crate) async fn hold_broadcasts_until(&mut self, deadline: tokio::time::Instant) -> bool {
         {
             let mut state = self.queue.lock();
             let urgent = state
@@ -287,7 +287,10 @@ mod tests {
             }
         });
         let started = tokio::time::Instant::now();
-        assert!(!rx.hold_until(later(10)).await, "held to the deadline");
+        assert!(
+            !rx.hold_broadcasts_until(later(10)).await,
+            "held to the deadline"
+        );
         assert_eq!(started.elapsed(), std::time::Duration::from_millis(10));
         broadcasts.await.unwrap();
         for _ in 0..3 {
@@ -305,14 +308,17 @@ mod tests {
                 .unwrap();
         });
         let started = tokio::time::Instant::now();
-        assert!(rx.hold_until(later(10)).await, "a reply ends the hold");
+        assert!(
+            rx.hold_broadcasts_until(later(10)).await,
+            "a reply ends the hold"
+        );
         assert_eq!(started.elapsed(), std::time::Duration::from_millis(2));
         assert!(matches!(rx.try_recv(), Ok(Outbound::Reply(_))));
         reply.await.unwrap();
 
         // The last sender going ends a hold too, and the queue reads as closed.
         drop(tx);
-        assert!(rx.hold_until(later(10)).await);
+        assert!(rx.hold_broadcasts_until(later(10)).await);
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
         assert!(rx.recv().await.is_none());
     }

@@ -84,6 +84,12 @@ fn load_trace(path: &Path) -> Trace {
 
 /// All `*.json.gz` traces in the folder, sorted by name; `None` if the folder is missing.
 pub fn load_traces() -> Option<Vec<Trace>> {
+    load_traces_named(None)
+}
+
+/// [`load_traces`], only the trace called `only` if given (the others are
+/// not even decompressed).
+pub fn load_traces_named(only: Option<&str>) -> Option<Vec<Trace>> {
     let dir = traces_dir();
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -109,7 +115,20 @@ pub fn load_traces() -> Option<Vec<Trace>> {
         );
         return None;
     }
-    Some(paths.iter().map(|p| load_trace(p)).collect())
+    let wanted = |p: &PathBuf| {
+        only.is_none_or(|name| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.trim_end_matches(".json.gz") == name)
+        })
+    };
+    Some(
+        paths
+            .iter()
+            .filter(|p| wanted(p))
+            .map(|p| load_trace(p))
+            .collect(),
+    )
 }
 
 /// Path (a): the patches applied straight to a rope.

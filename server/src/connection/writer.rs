@@ -237,10 +237,11 @@ enum CatchUpFailed {
 
 /// Write `first` and whatever else is already queued in one flush: under load
 /// this turns many small writes into one syscall (and, with
-/// [`Framing::Batches`], many messages into few frames). If the batch holds only
-/// broadcasts, it may wait for more as [`Pacing`] says, up to [`BROADCAST_HOLD`]. Returns a non-frame item that ended the batch
-/// (a catch-up, to run after the flush); `Err` if the socket failed or a
-/// write missed its deadline ([`write_deadline`]).
+/// [`Framing::Batches`], many messages into few frames). If the batch holds
+/// only broadcasts, it may wait for more as [`Pacing`] says, up to
+/// [`BROADCAST_HOLD`]. Returns a non-frame item that ended the batch (a
+/// catch-up, to run after the flush); `Err` if the socket failed or a write
+/// missed its deadline ([`write_deadline`]).
 async fn write_batch<S: Sink<Message> + Unpin>(
     sink: &mut S,
     out_rx: &mut OutboundRx,
@@ -280,7 +281,7 @@ async fn write_batch<S: Sink<Message> + Unpin>(
                     // Woken by a reply (or the queue closing), or at the
                     // deadline: take what is queued then, and at the
                     // deadline write it.
-                    held_enough = !out_rx.hold_until(deadline).await;
+                    held_enough = !out_rx.hold_broadcasts_until(deadline).await;
                     continue;
                 }
             },
