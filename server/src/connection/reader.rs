@@ -215,9 +215,13 @@ pub(super) async fn run(
             // The document's actor stopped while this connection is in it:
             // it failed (a task that panicked). The client reconnects, and
             // the next join starts a new actor that loads from storage.
+            // On shutdown the actor stops once everything is acked: that is
+            // the server going away (1001, from the writer), not a failure.
             () = &mut actor_gone => {
-                tracing::warn!(%doc, conn_id, "the document's actor is gone; closing its connection");
-                close_with(CloseCode::Unavailable);
+                if !shared.shutdown.is_cancelled() {
+                    tracing::warn!(%doc, conn_id, "the document's actor is gone; closing its connection");
+                    close_with(CloseCode::Unavailable);
+                }
                 break;
             }
             () = liveness.silent() => {

@@ -246,8 +246,19 @@ async fn within_join_deadline<T>(
                 .refused
                 .with_label_values(&["join_timeout"])
                 .inc();
-            Err(JoinError::Unavailable(Arc::new(DocError::NoAnswer)))
+            Err(unavailable_unless_stopping(shared, DocError::NoAnswer))
         })
+}
+
+/// A document that did not answer: a failure (1011), unless the server is
+/// shutting down, when documents stop on purpose and are not reopened; the
+/// client is then told the server is going away (1001).
+fn unavailable_unless_stopping(shared: &Shared, error: DocError) -> JoinError {
+    if shared.shutdown.is_cancelled() {
+        JoinError::ShuttingDown
+    } else {
+        JoinError::Unavailable(Arc::new(error))
+    }
 }
 
 /// Ask the document's actor whether the request may speak for its client id
@@ -255,6 +266,9 @@ async fn within_join_deadline<T>(
 /// just unloading.
 async fn authorize(shared: &Arc<Shared>, request: &Request) -> Result<(), JoinError> {
     for _ in 0..8 {
+        if shared.shutdown.is_cancelled() {
+            return Err(JoinError::ShuttingDown);
+        }
         let handle = document::open(shared.services(), &shared.registry, &request.doc);
         let (reply_tx, reply_rx) = oneshot::channel();
         let command = DocCommand::Authorize {
@@ -270,10 +284,10 @@ async fn authorize(shared: &Arc<Shared>, request: &Request) -> Result<(), JoinEr
             Ok(Ok(Ok(()))) => return Ok(()),
             Ok(Ok(Err(JoinError::Retry))) | Ok(Err(_)) => continue,
             Ok(Ok(Err(e))) => return Err(e),
-            Err(_) => return Err(JoinError::Unavailable(Arc::new(DocError::NoAnswer))),
+            Err(_) => return Err(unavailable_unless_stopping(shared, DocError::NoAnswer)),
         }
     }
-    Err(JoinError::Unavailable(Arc::new(DocError::KeptUnloading)))
+    Err(unavailable_unless_stopping(shared, DocError::KeptUnloading))
 }
 
 /// Join the document, retrying if its actor was just unloading.
@@ -285,6 +299,9 @@ async fn join(
     out: &OutboundTx,
 ) -> Result<(DocHandle, oneshot::Receiver<CloseCode>), JoinError> {
     for _ in 0..8 {
+        if shared.shutdown.is_cancelled() {
+            return Err(JoinError::ShuttingDown);
+        }
         let handle = document::open(shared.services(), &shared.registry, &request.doc);
         let (kick_tx, kick_rx) = oneshot::channel();
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -310,10 +327,10 @@ async fn join(
             Ok(Ok(Ok(()))) => return Ok((handle, kick_rx)),
             Ok(Ok(Err(JoinError::Retry))) | Ok(Err(_)) => continue,
             Ok(Ok(Err(e))) => return Err(e),
-            Err(_) => return Err(JoinError::Unavailable(Arc::new(DocError::NoAnswer))),
+            Err(_) => return Err(unavailable_unless_stopping(shared, DocError::NoAnswer)),
         }
     }
-    Err(JoinError::Unavailable(Arc::new(DocError::KeptUnloading)))
+    Err(unavailable_unless_stopping(shared, DocError::KeptUnloading))
 }
 
 async fn connection(
