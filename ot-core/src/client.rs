@@ -59,6 +59,34 @@ pub struct Outstanding {
     /// Transformed past the remote ops received since it was sent: how it
     /// applies on top of the client's known revision.
     pub current: Operation,
+    /// The highest tag of the local edits it holds (see
+    /// [`Client::local_edit_tagged`]); 0 for untagged edits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tag: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn all_zero(tags: &[u64]) -> bool {
+    tags.iter().all(|t| *t == 0)
+}
+
+/// A queued local edit and the highest tag among the edits it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Queued {
+    op: Operation,
+    tag: u64,
+}
+
+impl Queued {
+    /// `op` cut to fit `limits`, each piece with the same tag.
+    fn split(op: &Operation, tag: u64, limits: OpLimits) -> impl Iterator<Item = Queued> {
+        op.split(limits)
+            .into_iter()
+            .map(move |op| Queued { op, tag })
+    }
 }
 
 /// Everything needed to rebuild a [`Client`] after a restart.
@@ -78,6 +106,9 @@ pub struct ClientState {
     /// after the other on top of it, each sent after the previous one's ack.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queue: Vec<Operation>,
+    /// The tag of each op in `queue`, in order (absent when all are 0).
+    #[serde(default, skip_serializing_if = "all_zero")]
+    pub queue_tags: Vec<u64>,
     /// States saved before the queue kept the local edits composed into one
     /// op here: read as a queue of that one op (first, before `queue`);
     /// never written.
@@ -202,7 +233,7 @@ pub struct Client {
     outstanding: Option<Outstanding>,
     /// Unsent local edits, in order; never empty ops, and not empty while
     /// nothing is outstanding.
-    queue: VecDeque<Operation>,
+    queue: VecDeque<Queued>,
     /// What each op sent must fit.
     limits: OpLimits,
 }
@@ -235,22 +266,27 @@ impl Client {
                 .map_err(ClientError::CorruptState)?;
         }
         // An old state's buffer comes first: it is all there is in one.
-        let queue: VecDeque<Operation> = state
+        let mut tags = state.queue_tags.into_iter();
+        let queue: VecDeque<Queued> = state
             .buffer
             .into_iter()
-            .chain(state.queue)
-            .filter(|op| !op.is_noop())
+            .map(|op| Queued { op, tag: 0 })
+            .chain(state.queue.into_iter().map(|op| Queued {
+                op,
+                tag: tags.next().unwrap_or(0),
+            }))
+            .filter(|q| !q.op.is_noop())
             .collect();
         if let Some(first) = queue.front() {
             if state.outstanding.is_none() {
                 return Err(ClientError::CorruptState(OtError::ComposeMismatch {
                     first_target: 0,
-                    second_base: first.base_len(),
+                    second_base: first.op.base_len(),
                 }));
             }
         }
-        for op in &queue {
-            op.apply_to_rope(&mut text)
+        for q in &queue {
+            q.op.apply_to_rope(&mut text)
                 .map_err(ClientError::CorruptState)?;
         }
         Ok(Client {
@@ -273,7 +309,8 @@ impl Client {
             revision: self.revision,
             synced_text: self.synced.to_string(),
             outstanding: self.outstanding.clone(),
-            queue: self.queue.iter().cloned().collect(),
+            queue: self.queue.iter().map(|q| q.op.clone()).collect(),
+            queue_tags: self.queue.iter().map(|q| q.tag).collect(),
             buffer: None,
             limits: Some(self.limits),
         }
@@ -286,12 +323,12 @@ impl Client {
     /// its seq: it is resent as it is). Returns whether the queue changed.
     pub fn set_limits(&mut self, limits: OpLimits) -> bool {
         self.limits = limits;
-        if self.queue.iter().all(|op| op.fits(limits)) {
+        if self.queue.iter().all(|q| q.op.fits(limits)) {
             return false;
         }
         self.queue = std::mem::take(&mut self.queue)
             .into_iter()
-            .flat_map(|op| op.split(limits))
+            .flat_map(|q| Queued::split(&q.op, q.tag, limits))
             .collect();
         true
     }
@@ -334,7 +371,17 @@ impl Client {
     /// The local edits waiting to be sent, in order (each within the limits
     /// it was made under; split again when it leaves if that changed).
     pub fn queue(&self) -> impl ExactSizeIterator<Item = &Operation> {
-        self.queue.iter()
+        self.queue.iter().map(|q| &q.op)
+    }
+
+    /// The lowest tag among the local edits not yet acknowledged (the
+    /// outstanding op's, else the first queued op's), if any: every edit
+    /// tagged below it is acknowledged. Tags never decrease along the queue.
+    pub fn oldest_pending_tag(&self) -> Option<u64> {
+        match &self.outstanding {
+            Some(o) => Some(o.tag),
+            None => self.queue.front().map(|q| q.tag),
+        }
     }
 
     /// "All my edits are saved": nothing outstanding and nothing queued.
@@ -365,6 +412,19 @@ impl Client {
     ///
     /// Persist [`state`](Self::state) before sending the returned op.
     pub fn local_edit(&mut self, op: &Operation) -> Result<Option<OutgoingOp>, ClientError> {
+        self.local_edit_tagged(op, 0)
+    }
+
+    /// [`local_edit`](Self::local_edit) with a caller's tag (non-decreasing
+    /// from one edit to the next, e.g. the revision at which a regional
+    /// server applied it): each op keeps the highest tag of the edits it
+    /// holds, so the caller learns which edits are acknowledged
+    /// ([`oldest_pending_tag`](Self::oldest_pending_tag)).
+    pub fn local_edit_tagged(
+        &mut self,
+        op: &Operation,
+        tag: u64,
+    ) -> Result<Option<OutgoingOp>, ClientError> {
         if op.base_len() != self.text.len_chars() {
             return Err(ClientError::LocalDoesNotFit(OtError::LengthMismatch {
                 expected: op.base_len(),
@@ -375,7 +435,7 @@ impl Client {
             return Ok(None);
         }
         let composed = match self.queue.back() {
-            Some(last) => Some(last.compose(op).map_err(ClientError::LocalDoesNotFit)?),
+            Some(last) => Some(last.op.compose(op).map_err(ClientError::LocalDoesNotFit)?),
             None => None,
         };
         op.apply_to_rope(&mut self.text)
@@ -384,10 +444,10 @@ impl Client {
             Some(c) if c.fits(self.limits) => {
                 self.queue.pop_back();
                 if !c.is_noop() {
-                    self.queue.push_back(c);
+                    self.queue.push_back(Queued { op: c, tag });
                 }
             }
-            _ => self.queue.extend(op.split(self.limits)),
+            _ => self.queue.extend(Queued::split(op, tag, self.limits)),
         }
         if self.outstanding.is_none() {
             return Ok(self.send_next());
@@ -399,25 +459,25 @@ impl Client {
     /// limits, e.g. after transforms added components): it gets a seq and
     /// becomes the outstanding op.
     fn send_next(&mut self) -> Option<OutgoingOp> {
-        while let Some(op) = self.queue.pop_front() {
+        while let Some(Queued { op, tag }) = self.queue.pop_front() {
             if op.is_noop() {
                 continue;
             }
             if op.fits(self.limits) {
-                return Some(self.start_sending(op));
+                return Some(self.start_sending(op, tag));
             }
-            let mut pieces = op.split(self.limits).into_iter();
+            let mut pieces = Queued::split(&op, tag, self.limits);
             let first = pieces.next()?;
             for (i, piece) in pieces.enumerate() {
                 self.queue.insert(i, piece);
             }
-            return Some(self.start_sending(first));
+            return Some(self.start_sending(first.op, tag));
         }
         None
     }
 
     /// Give `op` (not a no-op) a seq and make it the outstanding op.
-    fn start_sending(&mut self, op: Operation) -> OutgoingOp {
+    fn start_sending(&mut self, op: Operation, tag: u64) -> OutgoingOp {
         let outgoing = OutgoingOp {
             seq: self.next_seq,
             base_rev: self.revision,
@@ -429,6 +489,7 @@ impl Client {
             base_rev: outgoing.base_rev,
             sent: op.clone(),
             current: op,
+            tag,
         });
         outgoing
     }
@@ -506,10 +567,10 @@ impl Client {
         let mut r = r1;
         let mut queue = VecDeque::with_capacity(self.queue.len());
         for q in &self.queue {
-            let (q2, r2) = q.transform(&r).map_err(ClientError::DoesNotFit)?;
+            let (q2, r2) = q.op.transform(&r).map_err(ClientError::DoesNotFit)?;
             // An edit the remote op undid entirely (both deleted it) is gone.
             if !q2.is_noop() {
-                queue.push_back(q2);
+                queue.push_back(Queued { op: q2, tag: q.tag });
             }
             r = r2;
         }
@@ -568,7 +629,7 @@ impl Client {
         self.next_seq = last_seq + 1;
         let outstanding = self.outstanding.take();
         let mut queue = std::mem::take(&mut self.queue);
-        queue.retain(|op| !op.is_noop());
+        queue.retain(|q| !q.op.is_noop());
         let mut outcome = SnapshotOutcome::default();
         let Some(o) = outstanding else {
             return outcome;
@@ -576,7 +637,7 @@ impl Client {
 
         enum Plan {
             Clean,
-            Rebase(VecDeque<Operation>),
+            Rebase(VecDeque<Queued>),
             Conflict,
         }
         let plan = if last_seq == o.seq {
@@ -594,7 +655,10 @@ impl Client {
         } else if last_seq < o.seq && old_synced == self.synced {
             // Not applied, and the server's text is still the one it was based on.
             if !o.current.is_noop() {
-                queue.push_front(o.current);
+                queue.push_front(Queued {
+                    op: o.current,
+                    tag: o.tag,
+                });
             }
             Plan::Rebase(queue)
         } else {
@@ -604,7 +668,7 @@ impl Client {
             Plan::Clean => {}
             Plan::Rebase(ops) => {
                 let mut rebased = self.text.clone();
-                if ops.iter().all(|op| op.apply_to_rope(&mut rebased).is_ok()) {
+                if ops.iter().all(|q| q.op.apply_to_rope(&mut rebased).is_ok()) {
                     self.text = rebased;
                     self.queue = ops;
                     outcome.send = self.send_next();
@@ -633,7 +697,7 @@ impl Client {
                     r = o.current.transform_range(r);
                 }
                 for q in &self.queue {
-                    r = q.transform_range(r);
+                    r = q.op.transform_range(r);
                 }
                 r
             })
@@ -780,6 +844,51 @@ mod tests {
             panic!("the ack must match");
         };
         next
+    }
+
+    #[test]
+    fn tags_say_which_edits_are_acknowledged_through_composition_splits_and_restarts() {
+        let limits = OpLimits {
+            max_op_len: 3,
+            max_op_components: 4,
+        };
+        let mut c = Client::new("c", 0, "", 0);
+        c.set_limits(limits);
+        assert_eq!(c.oldest_pending_tag(), None);
+        let sent = c
+            .local_edit_tagged(&Operation::insert_at(0, 0, "ab").unwrap(), 5)
+            .unwrap()
+            .unwrap();
+        // Composed into one queued op: it holds the higher tag.
+        c.local_edit_tagged(&Operation::insert_at(2, 2, "c").unwrap(), 7)
+            .unwrap();
+        c.local_edit_tagged(&Operation::insert_at(3, 3, "d").unwrap(), 8)
+            .unwrap();
+        // Beyond the limits by itself: split, every piece with its tag.
+        c.local_edit_tagged(&Operation::insert_at(4, 4, "efghij").unwrap(), 9)
+            .unwrap();
+        assert_eq!(c.oldest_pending_tag(), Some(5));
+        let restarted = Client::from_state(
+            serde_json::from_str(&serde_json::to_string(&c.state()).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let mut tags = Vec::new();
+        let mut c = restarted;
+        let mut ack = (1, sent.seq);
+        loop {
+            match c.ack(ack.0, ack.1).unwrap() {
+                AckOutcome::Acknowledged { next: Some(next) } => {
+                    tags.push(c.oldest_pending_tag().unwrap());
+                    ack = (ack.0 + 1, next.seq);
+                }
+                AckOutcome::Acknowledged { next: None } => break,
+                AckOutcome::Ignored => panic!("ack ignored"),
+            }
+        }
+        assert_eq!(c.oldest_pending_tag(), None);
+        assert_eq!(tags.first(), Some(&8), "\"cd\" went as one op tagged 8");
+        assert!(tags[1..].iter().all(|t| *t == 9), "{tags:?}");
+        assert!(tags.len() >= 3, "the long edit was split: {tags:?}");
     }
 
     #[test]

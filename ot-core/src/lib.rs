@@ -16,6 +16,9 @@
 //! - [`history::DocumentHistory`]: the server side for one document: receive an
 //!   op at a base revision, deduplicate by (client id, seq), transform, append.
 //!
+//! - [`region::RegionalDocument`]: a regional server's document: the regional
+//!   history and the link that replicates it to the document's home.
+//!
 //! Everything is deterministic; the laws are property-tested in `tests/`.
 
 pub mod client;
@@ -24,6 +27,7 @@ mod error;
 pub mod history;
 mod json;
 mod operation;
+pub mod region;
 mod split;
 
 /// The text type of [`Component::Insert`] (re-exported from the `compact_str` crate).
