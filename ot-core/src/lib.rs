@@ -22,6 +22,7 @@
 //! Everything is deterministic; the laws are property-tested in `tests/`.
 
 pub mod client;
+pub mod conflict_replay;
 pub mod conformance;
 mod error;
 pub mod history;

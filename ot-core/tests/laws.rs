@@ -3,6 +3,8 @@
 //! CJK, astral and combining characters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use ot_core::conflict_replay::{resolve, TieRule};
+use ot_core::history::{DocumentHistory, Receipt};
 use ot_core::{Component, OpJsonError, OpLimits, Operation, OtError, Range};
 use proptest::prelude::*;
 use ropey::Rope;
@@ -853,5 +855,49 @@ proptest! {
         // The change is never cut finer than the size limit needs (plus one
         // piece per component limit hit): no more pieces than characters changed.
         prop_assert!(pieces.len() <= op.change_size().max(1));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// conflict replay: the journal's resolutions recomputed from stored ops
+// ---------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Every op a history applied is what `resolve` computes from the op as
+    /// received and the ops applied between its base and its revision, under
+    /// the rule in force; the other tie rule gives an op of the same lengths.
+    #[test]
+    fn replaying_a_resolution_recomputes_what_the_history_applied(
+        s in text(),
+        steps in prop::collection::vec((plan(), 0usize..4), 1..8),
+    ) {
+        let mut history = DocumentHistory::new();
+        let mut texts = vec![String::new()];
+        let mut first = Operation::new();
+        first.insert(&s);
+        history.receive("seed", 1, 0, first).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        texts.push(s.clone());
+        for (i, (p, back)) in steps.iter().enumerate() {
+            let base = history.revision().saturating_sub(*back as u64).max(1);
+            let received = p.build_for(&texts[base as usize]);
+            let receipt = history
+                .receive(&format!("c{i}"), 1, base, received.clone())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let Receipt::Applied { applied, .. } = receipt else {
+                return Err(TestCaseError::fail("not applied"));
+            };
+            let between: Vec<Operation> = history.retained_ops()
+                [base as usize..(applied.rev - 1) as usize]
+                .iter()
+                .map(|a| a.op.clone())
+                .collect();
+            prop_assert_eq!(&resolve(&received, &between, TieRule::ReceivedFirst)?, &applied.op);
+            let other = resolve(&received, &between, TieRule::ConcurrentFirst)?;
+            prop_assert_eq!(other.base_len(), applied.op.base_len());
+            prop_assert_eq!(other.target_len(), applied.op.target_len());
+            texts.push(history.text().to_string());
+        }
     }
 }
