@@ -128,10 +128,18 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
-    /// Print the detected conflicts (ops transformed past concurrent ops).
+    /// Print the detected conflicts (ops transformed past concurrent ops);
+    /// `conflicts replay DOC` has the server recompute every journaled
+    /// resolution from the stored ops and says which differ (needs admin on
+    /// the document; exits non-zero if any differs under the rule in force).
     Conflicts {
-        /// Document id.
-        doc: String,
+        /// `DOC`, or `replay DOC`.
+        #[arg(required = true, num_args = 1..=2, value_names = ["replay", "DOC"])]
+        words: Vec<String>,
+        /// With `replay`: recompute under the other insert tie rule instead,
+        /// listing the resolutions that would change.
+        #[arg(long, value_enum)]
+        tie: Option<commands::Tie>,
     },
     /// Send edits saved by earlier runs (made offline or unacknowledged) and exit.
     Sync {
@@ -229,10 +237,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             check_doc(&doc)?;
             commands::history(&common, &doc, from, limit).await
         }
-        Command::Conflicts { doc } => {
-            check_doc(&doc)?;
-            commands::conflicts(&common, &doc).await
-        }
+        Command::Conflicts { words, tie } => match words.as_slice() {
+            [doc] if tie.is_none() => {
+                check_doc(doc)?;
+                commands::conflicts(&common, doc).await
+            }
+            [replay, doc] if replay == "replay" => {
+                check_doc(doc)?;
+                commands::conflicts_replay(&common, doc, tie.unwrap_or_default()).await
+            }
+            [_] => anyhow::bail!("--tie goes with `conflicts replay DOC`"),
+            _ => anyhow::bail!("expected `conflicts DOC` or `conflicts replay DOC`"),
+        },
         Command::Sync { doc } => {
             check_doc(&doc)?;
             commands::sync(&common, &doc).await

@@ -30,7 +30,11 @@ pub(crate) fn not_found(doc: &DocId) -> ApiError {
     ApiError::not_found(format!("no document `{doc}`"))
 }
 
-fn query_u64(query: &HashMap<String, String>, key: &str, default: u64) -> ApiResult<u64> {
+pub(crate) fn query_u64(
+    query: &HashMap<String, String>,
+    key: &str,
+    default: u64,
+) -> ApiResult<u64> {
     match query.get(key) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| ApiError::invalid_query(key)),

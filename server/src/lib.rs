@@ -13,6 +13,7 @@ mod app;
 pub mod auth;
 mod banner;
 mod config;
+mod conflict_replay;
 mod connection;
 mod document;
 mod fd_limit;
@@ -58,6 +59,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/admin/revoke", post(admin::revoke))
         .route("/api/admin/docs/{doc}", delete(admin_docs::delete_doc))
         .route("/api/admin/docs/{doc}/export", get(admin_docs::export_doc))
+        .route(
+            "/api/admin/docs/{doc}/conflicts/replay",
+            post(conflict_replay::replay_conflicts),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             api_limit::limit,
