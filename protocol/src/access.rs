@@ -1,4 +1,4 @@
-//! What a connection or token may do: `read` < `write` < `admin`.
+//! What a connection or token may do: `read` < `write` < `region` < `admin`.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,19 +19,27 @@ pub enum Access {
     /// Also send ops.
     #[default]
     Write,
+    /// Also connect as a regional server's link: a client id starting with
+    /// [`LINK_ID_PREFIX`] needs this level (a server without authentication
+    /// grants `admin`, which includes it). At the document's home a link's
+    /// ops merge however far behind they are based (no `--max-rebase-revs`),
+    /// its dedup record is never evicted, and its connections do not count
+    /// toward the per-address limit.
+    Region,
     /// Also the admin calls (delete, export; server-wide ones with the pattern `*`).
     Admin,
 }
 
 impl Access {
     /// Every level, lowest first.
-    pub const ALL: [Access; 3] = [Access::Read, Access::Write, Access::Admin];
+    pub const ALL: [Access; 4] = [Access::Read, Access::Write, Access::Region, Access::Admin];
 
     /// The level as sent (`read`, `write`, `admin`).
     pub fn as_str(self) -> &'static str {
         match self {
             Access::Read => "read",
             Access::Write => "write",
+            Access::Region => "region",
             Access::Admin => "admin",
         }
     }
@@ -40,6 +48,14 @@ impl Access {
     pub fn can_write(self) -> bool {
         self >= Access::Write
     }
+}
+
+/// The prefix of every regional link's client id at the home (`r-<node-id>`).
+pub const LINK_ID_PREFIX: &str = "r-";
+
+/// Whether `client_id` names a regional link (and so needs `region` access).
+pub fn is_link_id(client_id: &str) -> bool {
+    client_id.starts_with(LINK_ID_PREFIX)
 }
 
 impl std::fmt::Display for Access {
@@ -55,7 +71,7 @@ impl std::str::FromStr for Access {
         Access::ALL
             .into_iter()
             .find(|a| a.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not an access level (read, write or admin)"))
+            .ok_or_else(|| format!("`{s}` is not an access level (read, write, region or admin)"))
     }
 }
 
@@ -65,7 +81,10 @@ mod tests {
 
     #[test]
     fn levels_include_the_ones_before() {
-        assert!(Access::Read < Access::Write && Access::Write < Access::Admin);
+        assert!(Access::Read < Access::Write && Access::Write < Access::Region);
+        assert!(Access::Region < Access::Admin);
+        assert!(Access::Region.can_write());
+        assert!(is_link_id("r-eu") && !is_link_id("eu") && !is_link_id("rr-eu"));
         assert!(!Access::Read.can_write());
         assert!(Access::Write.can_write() && Access::Admin.can_write());
         for a in Access::ALL {

@@ -21,7 +21,7 @@ pub mod ids;
 pub mod numbers;
 pub mod server_message;
 
-pub use access::Access;
+pub use access::{is_link_id, Access, LINK_ID_PREFIX};
 pub use api::ApiErrorCode;
 pub use client_message::{op_message_text, ClientMessage, Rejection, MAX_NAME_CHARS, MAX_RANGES};
 pub use codes::{close_action, CloseAction, CloseCode, Code, ErrorAction, ErrorCode};

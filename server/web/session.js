@@ -352,7 +352,7 @@ export class Session {
     this.ws = null;
     this.connected = false;
     this.stopped = null; // a reason when the page must not reconnect
-    this.access = null; // "read" | "write" | "admin", from the first message
+    this.access = null; // "read" | "write" | "region" | "admin", from the first message
     this.accessStopped = false; // stopped for want of a valid token: a new one restarts
     this.wantSnapshot = false;
     // Closed with 4004 (the document was deleted): the next snapshot is of a

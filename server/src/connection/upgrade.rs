@@ -15,7 +15,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use ot_core::history::KeyHash;
-use ot_protocol::{Access, ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode, SUBPROTOCOL};
+use ot_protocol::{
+    is_link_id, Access, ApiErrorCode, ClientId, CloseCode, DocId, ErrorCode, LINK_ID_PREFIX,
+    SUBPROTOCOL,
+};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -124,6 +127,15 @@ pub(crate) async fn ws_handler(
         Ok(access) => Permit { access, caller },
         Err(e) => return e.into_response(),
     };
+    // A link id is a regional server's: the limits it is exempt from are
+    // only for a token that says so.
+    let link = is_link_id(request.client_id.as_str());
+    if link && permit.access < Access::Region {
+        return ApiError::forbidden(format!(
+            "client ids starting with `{LINK_ID_PREFIX}` are regional servers' links and need `region` access"
+        ))
+        .into_response();
+    }
     // With a token, a new binding is to the key and the token's subject.
     if let (Some(grant), Some(key)) = (permit.caller.grant(), &request.client_key) {
         request.key_only_hash = Some(key_hash(key));
@@ -147,6 +159,8 @@ pub(crate) async fn ws_handler(
     // Counted before the document is asked anything: a flood from one
     // address costs no actor work. Held for the connection's life.
     let addr_slot = match peer {
+        // A regional server multiplexes many documents' links from one address.
+        Some(_) if link => None,
         Some(Extension(PeerAddr(peer))) => {
             let addr = client_addr(peer.ip(), &headers, &shared.config.trusted_proxy);
             match shared

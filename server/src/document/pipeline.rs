@@ -15,7 +15,7 @@ use ot_core::history::{
     AppliedOp, DocumentHistory, KeyCheck, KeyHash, OpHash, Receipt, ReceiveError,
 };
 use ot_core::{Operation, Range};
-use ot_protocol::{ClientId, ErrorCode, Limits, ServerMessage};
+use ot_protocol::{is_link_id, ClientId, ErrorCode, Limits, ServerMessage};
 use ropey::Rope;
 use tokio::sync::mpsc;
 
@@ -383,7 +383,8 @@ impl Pipeline {
         if let Err(ReceiveError::RevisionTooOld { oldest, .. }) = result {
             let head = self.history.revision();
             let max = self.shared.config.max_rebase_revs;
-            if head - base_rev > max {
+            // A regional link's op merges however long its region was cut off.
+            if head - base_rev > max && !is_link_id(client_id.as_str()) {
                 return Err(Refused::new(
                     ErrorCode::RevisionTooOld,
                     format!("base revision {base_rev} is more than {max} revisions behind the document's revision {head}: resync"),
