@@ -306,6 +306,7 @@ impl Sim {
                         epoch: EPOCH,
                         limits,
                         access: ot_protocol::Access::Write,
+                        last_hash: None,
                     }
                     .to_text(),
                 ));
@@ -324,6 +325,7 @@ impl Sim {
                         epoch: EPOCH,
                         limits,
                         access: ot_protocol::Access::Write,
+                        last_hash: None,
                     }
                     .to_text(),
                 ));

@@ -161,6 +161,7 @@ fn join(
                 epoch: doc.epoch,
                 limits: doc.limits,
                 access: Access::Write,
+                last_hash: None,
             };
             let _ = outbound.send(first.to_text());
             for applied in ops {
@@ -182,6 +183,7 @@ fn join(
                 epoch: doc.epoch,
                 limits: doc.limits,
                 access: Access::Write,
+                last_hash: None,
             };
             let _ = outbound.send(first.to_text());
         }

@@ -26,6 +26,7 @@ pub fn server_examples() -> Vec<ServerMessage<'static>> {
             epoch: 1,
             limits: Limits::default(),
             access: Access::Write,
+            last_hash: None,
         },
         ServerMessage::Resume {
             rev: 5,
@@ -35,6 +36,7 @@ pub fn server_examples() -> Vec<ServerMessage<'static>> {
             epoch: 1,
             limits: Limits::default(),
             access: Access::Write,
+            last_hash: None,
         },
         ServerMessage::Op {
             rev: 8,

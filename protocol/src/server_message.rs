@@ -88,6 +88,12 @@ pub enum ServerMessage<'a> {
         /// levels: [`Access::Write`]).
         #[serde(default)]
         access: Access,
+        /// For a regional link (an `r-…` client id) only: the hash of the op
+        /// `seq` names, as received (32 hex digits), when the server has it
+        /// at hand; the link tells from it whether its own data is older
+        /// than what the server has seen from it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_hash: Option<Cow<'a, str>>,
     },
     /// First message when resuming at the client's revision; the ops after it follow.
     Resume {
@@ -111,6 +117,12 @@ pub enum ServerMessage<'a> {
         /// levels: [`Access::Write`]).
         #[serde(default)]
         access: Access,
+        /// For a regional link (an `r-…` client id) only: the hash of the op
+        /// `seq` names, as received (32 hex digits), when the server has it
+        /// at hand; the link tells from it whether its own data is older
+        /// than what the server has seen from it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_hash: Option<Cow<'a, str>>,
     },
     /// An op of another client (or of this client, applied through another connection).
     Op {

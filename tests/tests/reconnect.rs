@@ -224,6 +224,7 @@ async fn op_applied_before_the_cut_is_acked_by_the_stream() {
             limits,
             // Authentication is off: everything is allowed.
             access: ot_protocol::Access::Admin,
+            last_hash: None,
         }
     );
     assert!(

@@ -4,7 +4,8 @@
 //! (a writer's gets `revision_too_old`); its dedup record outlives
 //! `--client-expiry` (a writer's resend after it is refused, the link's is
 //! answered with the original ack); its connections do not count toward
-//! `--max-connections-per-addr`.
+//! `--max-connections-per-addr`; its first message names the hash of its
+//! last op, so that a region can tell its data is older than the home's view.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use e2e_tests::attack::attack_server;
 use e2e_tests::doc_work::fill_history;
 use e2e_tests::{doc_state, start_server_with, ws_refused, ws_refused_with, WsClient};
+use ot_core::history::OpHash;
 use ot_core::Operation;
 use ot_protocol::{Access, ClientMessage, ErrorCode, ServerMessage};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -80,6 +82,36 @@ async fn a_link_merges_however_far_behind_and_its_dedup_record_is_kept() {
         ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::ClientExpired),
         other => panic!("expected client_expired, got {other:?}"),
     }
+    // A link's first message names the hash of its last op as received;
+    // a writer's never does.
+    let key = e2e_tests::test_key("r-eu");
+    let mut raw = e2e_tests::ws_connect_with_key(addr, "/ws/doc?client=r-eu", Some(&key))
+        .await
+        .unwrap();
+    match e2e_tests::recv_message(&mut raw, T).await.unwrap() {
+        ServerMessage::Snapshot { seq, last_hash, .. } => {
+            let sent = Operation::insert_at(1, 0, "r").unwrap();
+            assert_eq!(seq, 1);
+            assert_eq!(
+                last_hash.as_deref(),
+                Some(OpHash::of(&sent).to_hex().as_str())
+            );
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    drop(raw);
+    let key = e2e_tests::test_key("filler");
+    let mut raw = e2e_tests::ws_connect_with_key(addr, "/ws/doc?client=filler", Some(&key))
+        .await
+        .unwrap();
+    match e2e_tests::recv_message(&mut raw, T).await.unwrap() {
+        ServerMessage::Snapshot { seq, last_hash, .. } => {
+            assert!(seq > 0);
+            assert_eq!(last_hash, None);
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    drop(raw);
     // The link's is the op it was: answered with its original ack.
     let mut link = WsClient::join(addr, "doc", "r-eu").await.unwrap();
     link.send(&op_at(1, 1, 1, 0, "r")).await.unwrap();

@@ -258,6 +258,14 @@ impl Pipeline {
             .get(client_id.as_str())
             .copied()
             .unwrap_or(0);
+        // A regional link checks its own data against this (see
+        // `RegionalDocument::upstream_resumed`): only when the record in
+        // memory is the durable one.
+        let last_hash = is_link_id(client_id.as_str())
+            .then(|| self.history.client(client_id.as_str()))
+            .flatten()
+            .filter(|record| seq > 0 && record.last_seq == seq)
+            .map(|record| record.last_hash.to_hex());
         let resume_from =
             rev.filter(|rev| *rev <= self.durable_rev && self.epoch.may_resume(epoch));
         let mut frames: Vec<Outbound> = Vec::new();
@@ -271,6 +279,7 @@ impl Pipeline {
                     epoch: current_epoch,
                     limits,
                     access,
+                    last_hash: last_hash.as_deref().map(Into::into),
                 })));
                 let oldest = self.history.oldest_revision();
                 let from = rev.max(oldest);
@@ -307,6 +316,7 @@ impl Pipeline {
                     epoch: current_epoch,
                     limits,
                     access,
+                    last_hash: last_hash.as_deref().map(Into::into),
                 })));
             }
         }
