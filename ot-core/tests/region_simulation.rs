@@ -57,6 +57,17 @@ enum Down {
     },
 }
 
+impl From<AppliedOp> for Down {
+    fn from(a: AppliedOp) -> Down {
+        Down::Op {
+            rev: a.rev,
+            op: a.op,
+            author: a.client_id.to_string(),
+            seq: a.seq,
+        }
+    }
+}
+
 /// Who is at the client end of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peer {
@@ -367,15 +378,7 @@ impl Sim {
                 },
             );
             for a in ops {
-                self.push_down(
-                    conn,
-                    Down::Op {
-                        rev: a.rev,
-                        op: a.op,
-                        author: a.client_id.to_string(),
-                        seq: a.seq,
-                    },
-                );
+                self.push_down(conn, Down::from(a));
             }
         } else {
             let (rev, text, epoch) = (d.rev, d.text.to_string(), d.epoch);
@@ -629,15 +632,7 @@ impl Sim {
                     },
                 );
                 for a in ops {
-                    self.push_down(
-                        conn,
-                        Down::Op {
-                            rev: a.rev,
-                            op: a.op,
-                            author: a.client_id.to_string(),
-                            seq: a.seq,
-                        },
-                    );
+                    self.push_down(conn, Down::from(a));
                 }
             }
             None => {
