@@ -702,7 +702,8 @@ impl DocumentHistory {
     /// with no seq), raising the horizon to the highest evicted revision.
     /// Returns the evicted client ids. A record whose op is in `keep_after`'s
     /// future (revision > `keep_after`, not durable yet) is never evicted,
-    /// nor the record of a client `keep` names (one still connected).
+    /// nor the record of a client `keep` names (one still connected), nor a
+    /// regional link's ([`crate::region::is_link_id`]).
     pub fn evict_idle(
         &mut self,
         expiry: u64,
@@ -718,7 +719,10 @@ impl DocumentHistory {
         let old = std::mem::take(&mut self.clients);
         for entry in old.entries {
             let record = &entry.record;
-            if record.last_seq > 0 && record.last_rev <= limit && !keep(&entry.id) {
+            // A regional link's record is kept however long its region is
+            // cut off: its resend after a partition must still be recognised.
+            let link = crate::region::is_link_id(&entry.id);
+            if record.last_seq > 0 && record.last_rev <= limit && !keep(&entry.id) && !link {
                 horizon = horizon.max(record.last_rev);
                 evicted.push(entry.id.to_string());
                 if let Some(key_hash) = record.key_hash {
@@ -1030,7 +1034,8 @@ fn check_seq(
     horizon: u64,
 ) -> Result<Option<Receipt>, ReceiveError> {
     let last_seq = record.map_or(0, |r| r.last_seq);
-    if last_seq == 0 && base_rev < horizon {
+    // A link's record is never evicted: without one it never sent an op.
+    if last_seq == 0 && base_rev < horizon && !crate::region::is_link_id(client_id) {
         return Err(ReceiveError::ClientExpired {
             client_id: client_id.to_owned(),
             base_rev,
@@ -1230,6 +1235,43 @@ mod tests {
         );
         assert_eq!(h.revision(), 4);
         assert_eq!(h.text().to_string(), "Xabcde");
+    }
+
+    #[test]
+    fn a_regional_links_record_is_never_evicted_and_a_new_link_never_expires() {
+        let mut h = DocumentHistory::new();
+        h.receive("r-eu", 1, 0, ins(0, 0, "a")).unwrap(); // rev 1
+        h.receive("w", 1, 1, ins(1, 1, "b")).unwrap(); // rev 2
+        for seq in 1..=20u64 {
+            let len = h.text().len_chars();
+            h.receive("filler", seq, h.revision(), ins(len, len, "f"))
+                .unwrap();
+        }
+        let evicted = h.evict_idle(10, h.revision(), &|_| false);
+        assert_eq!(evicted, vec!["w".to_owned()]);
+        assert_eq!(h.horizon(), 2);
+        // The link's resend is still a duplicate; the writer's is refused.
+        assert!(matches!(
+            h.receive("r-eu", 1, 0, ins(0, 0, "a")),
+            Ok(Receipt::Duplicate {
+                seq: 1,
+                rev: Some(1)
+            })
+        ));
+        assert_eq!(
+            h.receive("w", 1, 1, ins(1, 1, "b")).unwrap_err().code(),
+            "client_expired"
+        );
+        // A link that never sent an op, based below the horizon: merged; a
+        // writer in the same place could be a resend of an evicted op.
+        assert!(matches!(
+            h.receive("r-new", 1, 0, ins(0, 0, "n")),
+            Ok(Receipt::Applied { .. })
+        ));
+        assert_eq!(
+            h.receive("x", 1, 0, ins(0, 0, "x")).unwrap_err().code(),
+            "client_expired"
+        );
     }
 
     #[test]

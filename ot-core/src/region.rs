@@ -38,6 +38,17 @@ use crate::history::{
 };
 use crate::{OpLimits, Operation};
 
+/// The prefix of every regional link's client id at the home (`r-<node-id>`).
+/// A link's dedup record is never evicted (see
+/// [`DocumentHistory::evict_idle`]), so a link without one has never had an op
+/// applied and is never refused as possibly expired.
+pub const LINK_ID_PREFIX: &str = "r-";
+
+/// Whether `client_id` names a regional link.
+pub fn is_link_id(client_id: &str) -> bool {
+    client_id.starts_with(LINK_ID_PREFIX)
+}
+
 /// The client id under which the regional history records the home's ops.
 /// Client ids on the wire are `[A-Za-z0-9_-]`, so no client can take it.
 pub const UPSTREAM_CLIENT_ID: &str = "^upstream";

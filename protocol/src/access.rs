@@ -50,13 +50,8 @@ impl Access {
     }
 }
 
-/// The prefix of every regional link's client id at the home (`r-<node-id>`).
-pub const LINK_ID_PREFIX: &str = "r-";
-
-/// Whether `client_id` names a regional link (and so needs `region` access).
-pub fn is_link_id(client_id: &str) -> bool {
-    client_id.starts_with(LINK_ID_PREFIX)
-}
+/// A regional link's client id (`r-<node-id>`) needs `region` access.
+pub use ot_core::region::{is_link_id, LINK_ID_PREFIX};
 
 impl std::fmt::Display for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

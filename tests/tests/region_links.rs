@@ -127,9 +127,24 @@ async fn a_link_merges_however_far_behind_and_its_dedup_record_is_kept() {
     }
     let (_, text) = doc_state(addr, "doc").await.unwrap();
     assert_eq!(text.matches('L').count(), 1, "{text}");
+    // A link that never sent an op, based below the eviction horizon:
+    // merged (its record could not have been evicted); a new writer there
+    // could be resending an evicted op, and is refused.
+    let mut fresh_link = WsClient::join(addr, "doc", "r-new").await.unwrap();
+    fresh_link.send(&op_at(0, 1, 0, 0, "N")).await.unwrap();
+    assert!(matches!(
+        answer(&mut fresh_link).await,
+        ServerMessage::Ack { seq: 1, .. }
+    ));
+    let mut fresh_writer = WsClient::join(addr, "doc", "w3").await.unwrap();
+    fresh_writer.send(&op_at(0, 1, 0, 0, "X")).await.unwrap();
+    match answer(&mut fresh_writer).await {
+        ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::ClientExpired),
+        other => panic!("expected client_expired, got {other:?}"),
+    }
     // The writer's op based as far back: refused, nothing applied.
     let mut w2 = WsClient::join(addr, "doc", "w2").await.unwrap();
-    w2.send(&op_at(2, 1, 2, 2, "W")).await.unwrap();
+    w2.send(&op_at(head - 150, 1, 2, 2, "W")).await.unwrap();
     match answer(&mut w2).await {
         ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::RevisionTooOld),
         other => panic!("expected revision_too_old, got {other:?}"),

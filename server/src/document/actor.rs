@@ -628,10 +628,8 @@ impl Document {
         }
         self.evicted_at = rev;
         let online = self.conns.online_clients();
-        // A regional link's record is kept however long its region is cut
-        // off: its resend after the partition must still be recognised.
-        self.pipeline
-            .evict_idle(|id| online.contains(id) || ot_protocol::is_link_id(id));
+        // (A regional link's record is never evicted: `DocumentHistory` keeps it.)
+        self.pipeline.evict_idle(|id| online.contains(id));
     }
 
     fn on_cursor(&mut self, conn_id: u64, rev: u64, ranges: Vec<Range>, name: Option<String>) {
