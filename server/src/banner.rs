@@ -55,10 +55,16 @@ pub(crate) fn lines(start: &Start<'_>) -> Vec<String> {
         } else {
             format!("open {editor} in a browser")
         },
-        format!(
-            "data in {} (storage epoch {epoch})",
-            shown_path(&config.data_dir)
-        ),
+        match &config.node_id {
+            Some(node) => format!(
+                "data in {} (storage epoch {epoch}, node {node})",
+                shown_path(&config.data_dir)
+            ),
+            None => format!(
+                "data in {} (storage epoch {epoch})",
+                shown_path(&config.data_dir)
+            ),
+        },
         durability_line(config.durability),
     ];
     if let Some(addr) = metrics {
@@ -135,6 +141,20 @@ mod tests {
                 "durability fsync: an acknowledged edit survives a power loss",
             ]
         );
+    }
+
+    #[test]
+    fn the_node_a_data_dir_belongs_to_is_named() {
+        let mut config = config("/srv/ot");
+        config.node_id = Some("eu-1".to_owned());
+        let lines = lines(&Start {
+            config: &config,
+            bound: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: false,
+            metrics: None,
+            epoch: 3,
+        });
+        assert_eq!(lines[2], "data in /srv/ot (storage epoch 3, node eu-1)");
     }
 
     #[test]

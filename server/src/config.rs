@@ -33,6 +33,12 @@ pub struct Config {
     /// gives documents a new epoch and clients resync).
     #[arg(long, env = "OT_DURABILITY", default_value = "fsync")]
     pub durability: Durability,
+    /// The node this data dir belongs to: stored in it (`<data-dir>/node-id`)
+    /// at the first start with the flag; a later start with another name on
+    /// the same dir is refused, one without the flag runs as the stored node.
+    /// A regional server's link to its home is the client id `r-<NAME>`.
+    #[arg(long, env = "OT_NODE_ID", value_parser = crate::node_id::parse)]
+    pub node_id: Option<String>,
     /// Largest WebSocket message (bytes) the server reads; larger ones get `message_too_large`.
     #[arg(long, env = "OT_MAX_MESSAGE_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_message_bytes: usize,

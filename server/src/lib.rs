@@ -20,6 +20,7 @@ mod fd_limit;
 mod guard;
 mod http;
 mod metrics;
+mod node_id;
 mod outbound;
 mod outbound_queue;
 mod pages;
@@ -146,6 +147,8 @@ pub async fn run(
         SqliteStorage::open(&config.data_dir, config.durability)
             .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
     );
+    // The data dir is locked now: settle which node it belongs to.
+    config.node_id = node_id::settle(&config.data_dir, config.node_id.as_deref())?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     metrics
         .storage_faults
