@@ -14,6 +14,7 @@
 //!
 //! - CI runs `SIM_SEEDS` (default 10,000) seeds: `cargo test -p ot-core --test region_simulation`.
 //! - Replay one seed: `SIM_SEED=N cargo test -p ot-core --test region_simulation replay_one -- --nocapture`.
+//! - Soak: `SIM_SEEDS=100000 cargo test --release -p ot-core --test region_simulation soak -- --ignored`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -1233,27 +1234,38 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+impl Stats {
+    fn add(&mut self, other: Stats) {
+        self.edits += other.edits;
+        self.integrations += other.integrations;
+        self.region_conflicts += other.region_conflicts;
+        self.region_restarts += other.region_restarts;
+        self.home_restarts += other.home_restarts;
+        self.partitions += other.partitions;
+        self.resets += other.resets;
+        self.resyncs += other.resyncs;
+        self.checkpoints += other.checkpoints;
+        self.restores += other.restores;
+        self.home_epoch_bumps += other.home_epoch_bumps;
+    }
+}
+
+/// Seeds `start .. start + count`, each checked; the totals.
+fn run_seeds(start: u64, count: u64) -> Stats {
+    let mut total = Stats::default();
+    for seed in start..start + count {
+        let result = std::panic::catch_unwind(|| run_seed(seed));
+        total.add(result.unwrap_or_else(|_| {
+            panic!("seed {seed} failed; replay: SIM_SEED={seed} cargo test -p ot-core --test region_simulation replay_one -- --nocapture")
+        }));
+    }
+    total
+}
+
 #[test]
 fn many_seeds_converge_exactly_once_through_regions() {
     let count = env_u64("SIM_SEEDS", 10_000);
-    let mut total = Stats::default();
-    for seed in 0..count {
-        let result = std::panic::catch_unwind(|| run_seed(seed));
-        let stats = result.unwrap_or_else(|_| {
-            panic!("seed {seed} failed; replay: SIM_SEED={seed} cargo test -p ot-core --test region_simulation replay_one -- --nocapture")
-        });
-        total.edits += stats.edits;
-        total.integrations += stats.integrations;
-        total.region_conflicts += stats.region_conflicts;
-        total.region_restarts += stats.region_restarts;
-        total.home_restarts += stats.home_restarts;
-        total.partitions += stats.partitions;
-        total.resets += stats.resets;
-        total.resyncs += stats.resyncs;
-        total.checkpoints += stats.checkpoints;
-        total.restores += stats.restores;
-        total.home_epoch_bumps += stats.home_epoch_bumps;
-    }
+    let total = run_seeds(0, count);
     eprintln!("{count} seeds: {total:?}");
     // The seeds must exercise what they claim to.
     assert!(total.region_conflicts > 0 && total.region_restarts > 0 && total.partitions > 0);
@@ -1263,8 +1275,17 @@ fn many_seeds_converge_exactly_once_through_regions() {
 
 #[test]
 fn replay_one() {
-    if let Ok(seed) = std::env::var("SIM_SEED") {
-        let stats = run_seed(seed.parse().unwrap());
-        eprintln!("{stats:?}");
-    }
+    let seed =
+        std::env::var("SIM_SEED").map_or(42, |s| s.parse().expect("SIM_SEED must be a number"));
+    let stats = run_seed(seed);
+    eprintln!("seed {seed}: {stats:?}");
+}
+
+#[test]
+#[ignore = "soak: many seeds; run in release mode"]
+fn soak() {
+    let count = env_u64("SIM_SEEDS", 1_000_000);
+    let start = env_u64("SIM_START", 1_000_000_000);
+    let total = run_seeds(start, count);
+    eprintln!("{count} seeds from {start}: {total:?}");
 }
