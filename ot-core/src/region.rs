@@ -210,7 +210,11 @@ pub enum SnapshotAdoption {
     Kept,
     /// A new regional history started from the home's text (a new regional
     /// epoch); the region's text that the home lacks, if any, is the
-    /// conflict copy to keep for its users.
+    /// conflict copy to keep for its users. The caller closes every local
+    /// connection now (their ops are of the old history) and admits joins
+    /// again only once the commit holding the newest reset is durable (a
+    /// join served from an older durable epoch would base ops on a history
+    /// that memory no longer holds).
     Reset {
         /// The regional text the home does not have.
         conflict_copy: Option<String>,

@@ -138,9 +138,17 @@ struct Region {
     commit_ends: Vec<usize>,
     durable: Durable,
     partitioned_until: u64,
-    /// A reset is applied in memory but not durable yet: local writers
-    /// are closed and wait to rejoin in the new epoch.
-    reset_pending: bool,
+    /// Resets applied in memory, and resets durable: while the first is
+    /// ahead (one or several resets not durable yet), local writers are
+    /// closed and wait to rejoin in the newest epoch.
+    resets_in_memory: u64,
+    resets_durable: u64,
+}
+
+impl Region {
+    fn reset_pending(&self) -> bool {
+        self.resets_in_memory > self.resets_durable
+    }
 }
 
 struct Writer {
@@ -264,7 +272,9 @@ impl Sim {
                 commit_ends: Vec::new(),
                 durable: Durable::default(),
                 partitioned_until: 0,
-                reset_pending: false,
+                // first_open's reset, durable below.
+                resets_in_memory: 1,
+                resets_durable: 0,
             });
             sim.commit_region(r, false);
             sim.durable_region(r);
@@ -345,7 +355,7 @@ impl Sim {
 
     fn connect_writer(&mut self, w: usize) {
         let node = self.writers[w].node;
-        if node > 0 && self.regions[node - 1].reset_pending {
+        if node > 0 && self.regions[node - 1].reset_pending() {
             return;
         }
         if self.has_uncommitted(node, self.writers[w].client.client_id()) {
@@ -708,7 +718,7 @@ impl Sim {
                 match adoption {
                     SnapshotAdoption::Reset { conflict_copy } => {
                         self.stats.resets += 1;
-                        self.regions[r].reset_pending = true;
+                        self.regions[r].resets_in_memory += 1;
                         self.drop_node_conns(r + 1);
                         self.log(format!(
                             "region {r} resets, copy: {}",
@@ -829,7 +839,7 @@ impl Sim {
                         ..Durable::default()
                     };
                     self.regions[r].durable.apply(&applied);
-                    self.regions[r].reset_pending = false;
+                    self.regions[r].resets_durable += 1;
                     // Every local writer resyncs into the new epoch.
                     let ids: Vec<u64> = self
                         .conns
@@ -867,7 +877,7 @@ impl Sim {
         self.log(format!("region {r} restarts"));
         let region = &mut self.regions[r];
         region.pending.clear();
-        region.reset_pending = false;
+        region.resets_in_memory = region.resets_durable;
         let (checkpoint, from) = match region.checkpoints.last() {
             Some((at, c)) => (Some(c.clone()), *at),
             None => (None, 0),
@@ -918,6 +928,11 @@ impl Sim {
             }
         }
         region.entries.truncate(cut);
+        region.resets_durable = region
+            .entries
+            .iter()
+            .filter(|e| matches!(e, RegionalEntry::Reset { .. }))
+            .count() as u64;
         region.commit_ends.retain(|end| *end <= cut);
         region.checkpoints.retain(|(at, _)| *at <= cut);
         // The durable view as of the copy, in a new epoch.
