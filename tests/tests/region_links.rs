@@ -3,8 +3,9 @@
 //! needs the access level; its op merges however far behind it is based
 //! (a writer's gets `revision_too_old`); its dedup record outlives
 //! `--client-expiry` (a writer's resend after it is refused, the link's is
-//! answered with the original ack); its connections do not count toward
-//! `--max-connections-per-addr`; its first message names the hash of its
+//! answered with the original ack); with a token's grant its connections do
+//! not count toward `--max-connections-per-addr` (without authentication
+//! they do); its first message names the hash of its
 //! last op, so that a region can tell its data is older than the home's view.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -153,21 +154,61 @@ async fn a_link_merges_however_far_behind_and_its_dedup_record_is_kept() {
     server.stop().unwrap();
 }
 
+/// Open a WebSocket to `path` with a bearer token.
+async fn connect_with_token(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+) -> e2e_tests::Socket {
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    request.headers_mut().insert("authorization", bearer);
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn links_do_not_count_toward_the_per_address_limit() {
+async fn links_with_a_region_token_do_not_count_toward_the_per_address_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let server = attack_server(dir.path(), &["--max-connections-per-addr", "1"])
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let data = dir.path().join("data");
+    let secret_flag = secret.to_str().unwrap();
+    let flags = [
+        "--max-connections-per-addr",
+        "1",
+        "--auth-secret-file",
+        secret_flag,
+    ];
+    let server = attack_server(&data, &flags).await.unwrap();
+    let addr = server.addr;
+    let token = |access| e2e_tests::mint_test_token(SECRET, "node-eu", &["*"], access, 3600);
+    let writer = token(Access::Write);
+    let _first = connect_with_token(addr, "/ws/a?client=w", &writer).await;
+    let bearer = format!("Bearer {writer}");
+    let (status, _) = ws_refused_with(addr, "/ws/b?client=w2", &[("authorization", &bearer)])
         .await
         .unwrap();
-    let addr = server.addr;
-    let _writer = WsClient::join(addr, "a", "w").await.unwrap();
-    let (status, _) = ws_refused(addr, "/ws/b?client=w2").await.unwrap();
     assert_eq!(status, 429);
+    let region = token(Access::Region);
     let mut links = Vec::new();
     for doc in ["a", "b", "c"] {
-        links.push(WsClient::join(addr, doc, "r-eu").await.unwrap());
+        let mut socket = connect_with_token(addr, &format!("/ws/{doc}?client=r-eu"), &region).await;
+        assert!(matches!(
+            e2e_tests::recv_message(&mut socket, T).await.unwrap(),
+            ServerMessage::Snapshot { .. }
+        ));
+        links.push(socket);
     }
-    assert!(links.iter().all(WsClient::is_connected));
+    // Without authentication an `r-` id counts like any other connection
+    // (anyone could otherwise pick one to escape the limit).
+    server.stop().unwrap();
+    let open = tempfile::tempdir().unwrap();
+    let server = attack_server(open.path(), &["--max-connections-per-addr", "1"])
+        .await
+        .unwrap();
+    let _writer = WsClient::join(server.addr, "a", "w").await.unwrap();
+    let (status, _) = ws_refused(server.addr, "/ws/b?client=r-eu").await.unwrap();
+    assert_eq!(status, 429, "without authentication a link id is counted");
     server.stop().unwrap();
 }
 

@@ -158,9 +158,12 @@ pub(crate) async fn ws_handler(
     }
     // Counted before the document is asked anything: a flood from one
     // address costs no actor work. Held for the connection's life.
+    // A regional server carries many documents' links from one address; only
+    // a token's grant exempts them (without authentication anyone could pick
+    // an `r-` id to escape the per-address limit).
+    let link_uncounted = link && permit.caller.grant().is_some();
     let addr_slot = match peer {
-        // A regional server multiplexes many documents' links from one address.
-        Some(_) if link => None,
+        Some(_) if link_uncounted => None,
         Some(Extension(PeerAddr(peer))) => {
             let addr = client_addr(peer.ip(), &headers, &shared.config.trusted_proxy);
             match shared
