@@ -252,6 +252,10 @@ pub enum RecoverError {
     /// The saved link state is inconsistent.
     #[error("the saved link state is inconsistent: {0}")]
     Link(#[source] ClientError),
+    /// After replaying every entry the regional text is not the link's
+    /// (the entries are not those of one document).
+    #[error("after the replay the regional text is not the link's")]
+    TextsDisagree,
     /// A replayed entry did not lead where it did when it was made.
     #[error("replaying entry {index} diverged: {detail}")]
     Diverged {
@@ -368,10 +372,7 @@ impl RegionalDocument {
         doc.unverified_from = Some(from);
         doc.uncommitted = vec![RegionalEntry::Unverified { next_seq: from }];
         if doc.history.text() != doc.link.text() {
-            return Err(RecoverError::Diverged {
-                index: usize::MAX,
-                detail: "the regional text is not the link's".to_owned(),
-            });
+            return Err(RecoverError::TextsDisagree);
         }
         Ok(doc)
     }

@@ -596,15 +596,7 @@ impl Sim {
         };
         self.home.history =
             DocumentHistory::from_snapshot(empty, self.home.durable.ops.clone()).unwrap();
-        let ids: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.node == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.drop_conn(id);
-        }
+        self.drop_node_conns(0);
     }
 
     // ---- regions --------------------------------------------------------
@@ -841,15 +833,7 @@ impl Sim {
                     self.regions[r].durable.apply(&applied);
                     self.regions[r].resets_durable += 1;
                     // Every local writer resyncs into the new epoch.
-                    let ids: Vec<u64> = self
-                        .conns
-                        .iter()
-                        .filter(|(_, c)| c.node == node)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in ids {
-                        self.drop_conn(id);
-                    }
+                    self.drop_node_conns(node);
                 }
                 RegionalEntry::Local(applied) => {
                     let before = self.regions[r].durable.text.clone();
@@ -974,19 +958,12 @@ impl Sim {
         self.stats.home_epoch_bumps += 1;
         self.log("home epoch bump".into());
         self.home.durable.epoch += 1;
-        let ids: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.node == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.drop_conn(id);
-        }
+        self.drop_node_conns(0);
     }
 
     // ---- the network ----------------------------------------------------
 
+    /// Drop every connection served by `node`.
     fn drop_node_conns(&mut self, node: usize) {
         let ids: Vec<u64> = self
             .conns

@@ -64,6 +64,26 @@ async fn concurrent_inserts_at_one_place(addr: SocketAddr, rounds: usize) {
     assert_eq!(text_a, text_b);
 }
 
+/// `ot-client conflicts replay tie` with `extra` arguments: whether it
+/// succeeded, and what it printed.
+fn replay_with_ot_client(addr: SocketAddr, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(ot_client_binary().unwrap())
+        .args([
+            "--server",
+            &format!("ws://{addr}"),
+            "conflicts",
+            "replay",
+            "tie",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 fn alter_a_stored_resolution(data: &Path, rev: u64) {
     let db = rusqlite::Connection::open(data.join("ot.sqlite3")).unwrap();
     let applied: String = db
@@ -189,42 +209,17 @@ async fn replaying_the_journal_checks_every_resolution_and_finds_what_differs() 
     assert_ne!(differ[0]["recomputed"], differ[0]["applied"]);
 
     // The terminal client says the same.
-    let out = Command::new(ot_client_binary().unwrap())
-        .args([
-            "--server",
-            &format!("ws://{addr}"),
-            "conflicts",
-            "replay",
-            "tie",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !out.status.success(),
-        "a differing resolution is a failure: {stdout}"
-    );
+    let (success, stdout) = replay_with_ot_client(addr, &[]);
+    assert!(!success, "a differing resolution is a failure: {stdout}");
     assert!(stdout.contains(&format!("revision {altered}")), "{stdout}");
     assert!(
         stdout.contains(&format!("{} conflicts checked, 1 differs", conflicts.len())),
         "{stdout}"
     );
-    let out = Command::new(ot_client_binary().unwrap())
-        .args([
-            "--server",
-            &format!("ws://{addr}"),
-            "conflicts",
-            "replay",
-            "tie",
-            "--tie",
-            "other",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (success, stdout) = replay_with_ot_client(addr, &["--tie", "other"]);
     let (_, other_now) = replay(addr, "?tie=other").await;
     let would_change = other_now["differ"].as_array().unwrap().len();
-    assert!(out.status.success(), "{stdout}");
+    assert!(success, "{stdout}");
     assert!(
         stdout.contains(&format!(
             "{} conflicts checked, {would_change} differ under the other tie rule",

@@ -210,6 +210,26 @@ async fn home_type(writer: &mut WsClient, what: String) {
     writer.edit(&op).await.unwrap();
 }
 
+/// For each `i`, the region's writer types `<ri>` and the home's `<hi>`,
+/// both at the start, at once; returns once the home's writer is acked.
+async fn type_on_both_sides(
+    region: &mut Region,
+    writer: &mut WsClient,
+    rounds: std::ops::RangeInclusive<u32>,
+    typed: &mut Vec<String>,
+) {
+    for i in rounds {
+        let (local, remote) = (format!("<r{i}>"), format!("<h{i}>"));
+        region.local_edit(&local).await;
+        home_type(writer, remote.clone()).await;
+        typed.extend([local, remote]);
+    }
+    writer
+        .pump_until(T, |c| c.client().all_saved())
+        .await
+        .unwrap();
+}
+
 fn assert_each_once(text: &str, typed: &[String]) {
     for t in typed {
         assert_eq!(text.matches(t.as_str()).count(), 1, "{t:?} in {text:?}");
@@ -237,16 +257,7 @@ async fn a_regional_document_replicates_to_a_real_home_through_cuts_and_crashes(
     // First open, then both sides type at the same place at once.
     let mut region = Region::first_open(addr).await;
     assert_eq!(region.doc.history().text().to_string(), "<h0>");
-    for i in 1..=5 {
-        let (local, remote) = (format!("<r{i}>"), format!("<h{i}>"));
-        region.local_edit(&local).await;
-        home_type(&mut writer, remote.clone()).await;
-        typed.extend([local, remote]);
-    }
-    writer
-        .pump_until(T, |c| c.client().all_saved())
-        .await
-        .unwrap();
+    type_on_both_sides(&mut region, &mut writer, 1..=5, &mut typed).await;
     settle(&mut region, addr).await;
     let (_, text) = doc_state(addr, "doc").await.unwrap();
     assert_eq!(region.doc.history().text().to_string(), text);
@@ -259,16 +270,7 @@ async fn a_regional_document_replicates_to_a_real_home_through_cuts_and_crashes(
     // Cut: the region keeps accepting local edits, the home keeps typing.
     region.socket = None;
     region.doc.upstream_disconnected();
-    for i in 6..=9 {
-        let (local, remote) = (format!("<r{i}>"), format!("<h{i}>"));
-        region.local_edit(&local).await;
-        home_type(&mut writer, remote.clone()).await;
-        typed.extend([local, remote]);
-    }
-    writer
-        .pump_until(T, |c| c.client().all_saved())
-        .await
-        .unwrap();
+    type_on_both_sides(&mut region, &mut writer, 6..=9, &mut typed).await;
     assert!(region.doc.unreplicated_ops() > 0);
     region.reconnect(addr).await;
     settle(&mut region, addr).await;
