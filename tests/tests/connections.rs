@@ -18,7 +18,7 @@ use e2e_tests::{
 use ot_core::Operation;
 use ot_driver::{Driver, Event as DriverEvent, SessionCore};
 use ot_protocol::{DocId, ServerMessage};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -363,8 +363,10 @@ async fn api_requests_beyond_the_limit_are_refused_at_once() {
     let (status, _) = http_get_json(addr, "/api/docs").await.unwrap();
     assert_eq!(status, 200);
     let memory = RssBound::start(server.child.id()).unwrap();
-    // A request that holds the one permit: its body never comes.
-    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A request that holds the one permit: its body never comes. Nothing
+    // else asks `/api` until it holds it; it holds it once the server has
+    // not answered it for a while. If it was answered (refused: the permit
+    // of the request before it was not released yet), it is sent again.
     let mut head = format!(
         "POST /api/admin/revoke HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
     );
@@ -372,7 +374,18 @@ async fn api_requests_beyond_the_limit_are_refused_at_once() {
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     head.push_str("\r\n{");
-    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut holding = None;
+    for _ in 0..20 {
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 64];
+        let answered = tokio::time::timeout(Duration::from_millis(500), slow.read(&mut answer));
+        if answered.await.is_err() {
+            holding = Some(slow);
+            break;
+        }
+    }
+    let slow = holding.expect("a slow request that holds the permit");
     eventually(T, "the slow request holds the permit", || async {
         http_get_json(addr, "/api/docs").await.unwrap().0 == 503
     })
