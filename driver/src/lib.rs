@@ -22,8 +22,8 @@ pub use crate::core::{Event, RemoteCursor, SessionCore, SessionError, SessionSta
 pub use crate::http::HttpError;
 pub use crate::options::{ConnectOptions, TokenFileError, TokenSource};
 pub use crate::shell::{
-    next_incoming, open_socket, open_socket_with, socket_config, Backoff, BoxError, Dialed, Driver,
-    DriverError, Incoming, Saver, Socket, WaitError, CONNECT_TIMEOUT,
+    next_incoming, open_socket, open_socket_with, send_text, socket_config, Backoff, BoxError,
+    Dialed, Driver, DriverError, Incoming, Saver, Socket, WaitError, CONNECT_TIMEOUT,
 };
 pub use crate::tls::TlsError;
 pub use crate::url::{ServerUrl, UrlError};

@@ -120,6 +120,15 @@ fn incoming_of(
     })
 }
 
+/// Send one text frame on `socket`, within `deadline` (a peer that stopped
+/// reading must not hold the caller): false if it could not be sent.
+pub async fn send_text(socket: &mut Socket, text: String, deadline: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(deadline, socket.send(Message::text(text))).await,
+        Ok(Ok(()))
+    )
+}
+
 /// The socket settings for a server with `limits`: frames up to the largest
 /// the server may send (a snapshot of a full document).
 pub fn socket_config(limits: &Limits) -> WebSocketConfig {

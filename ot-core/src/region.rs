@@ -34,7 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{AckOutcome, Client, ClientError, ClientState, OutgoingOp, RemoteOutcome};
 use crate::history::{
-    AppliedOp, DocumentHistory, DocumentSnapshot, OpHash, Receipt, ReceiveError, RestoreError,
+    AppliedOp, DocumentHistory, DocumentSnapshot, KeyCheck, KeyHash, OpHash, Receipt, ReceiveError,
+    RestoreError,
 };
 use crate::{OpLimits, Operation};
 
@@ -533,7 +534,37 @@ impl RegionalDocument {
         let receipt = self
             .history
             .receive_with_older(client_id, seq, base_rev, op, older)?;
-        if let Receipt::Applied { applied, .. } = &receipt {
+        self.link_local(&receipt)?;
+        Ok(receipt)
+    }
+
+    /// [`receive_local`](Self::receive_local) for an op rebased off the
+    /// caller's task up to `rebased_rev` (as
+    /// [`DocumentHistory::receive_rebased`]).
+    pub fn receive_local_rebased(
+        &mut self,
+        client_id: &str,
+        seq: u64,
+        base_rev: u64,
+        received: Operation,
+        rebased: Operation,
+        rebased_rev: u64,
+    ) -> Result<Receipt, RegionError> {
+        let receipt = self.history.receive_rebased(
+            client_id,
+            seq,
+            base_rev,
+            received,
+            rebased,
+            rebased_rev,
+        )?;
+        self.link_local(&receipt)?;
+        Ok(receipt)
+    }
+
+    /// Feed an op the regional history just applied to the link.
+    fn link_local(&mut self, receipt: &Receipt) -> Result<(), RegionError> {
+        if let Receipt::Applied { applied, .. } = receipt {
             let sent = self
                 .link
                 .local_edit_tagged(&applied.op, applied.rev)
@@ -541,7 +572,38 @@ impl RegionalDocument {
             self.uncommitted.push(RegionalEntry::Local(applied.clone()));
             self.record_sent(sent);
         }
-        Ok(receipt)
+        Ok(())
+    }
+
+    /// Bind `client_id` to `key` in the regional history's dedup table
+    /// (bookkeeping the link does not see; see [`DocumentHistory::bind_key`]).
+    pub fn bind_key(&mut self, client_id: &str, key: KeyHash) -> KeyCheck {
+        self.history.bind_key(client_id, key)
+    }
+
+    /// Undo a binding whose write failed ([`DocumentHistory::unbind_key`]).
+    pub fn unbind_key(&mut self, client_id: &str, key: KeyHash) {
+        self.history.unbind_key(client_id, key);
+    }
+
+    /// Trim the regional history's in-memory window
+    /// ([`DocumentHistory::trim_to_bytes`]); the link keeps its own ops.
+    pub fn trim_to_bytes(&mut self, keep: usize, max_bytes: usize, min_keep: usize) {
+        self.history.trim_to_bytes(keep, max_bytes, min_keep);
+    }
+
+    /// Evict idle local clients' dedup records
+    /// ([`DocumentHistory::evict_idle`]); the home's pseudo client is kept,
+    /// since its seqs number the home's ops in this history.
+    pub fn evict_idle(
+        &mut self,
+        expiry: u64,
+        keep_after: u64,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
+        self.history.evict_idle(expiry, keep_after, &|id: &str| {
+            id == UPSTREAM_CLIENT_ID || keep(id)
+        })
     }
 
     /// Record that the link made `sent` its op in flight: it goes upstream

@@ -35,6 +35,14 @@ pub(crate) async fn delete_doc(
 ) -> ApiResult<Json<Value>> {
     let doc = doc_id(&doc)?;
     caller.require(&doc, Access::Admin)?;
+    if let Some(upstream) = &shared.services().upstream {
+        // The home orders the document: a delete there reaches this region
+        // through the link (its local clients resync to the empty document).
+        return Err(ApiError::forbidden(format!(
+            "this is a regional server: delete the document at its home {}",
+            upstream.server.http()
+        )));
+    }
     // The document's actor orders the delete with its ops (the commit lane):
     // open it if it is not running.
     for _ in 0..DELETE_ATTEMPTS {

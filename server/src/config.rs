@@ -39,6 +39,17 @@ pub struct Config {
     /// A regional server's link to its home is the client id `r-<NAME>`.
     #[arg(long, env = "OT_NODE_ID", value_parser = crate::node_id::parse)]
     pub node_id: Option<String>,
+    /// Run as a regional server of this home (`ws://host:port`, `wss://…`):
+    /// every document opened here is replicated to the same document there,
+    /// and local clients get their acks from this server, also while the home
+    /// is unreachable. Needs a node id (`--node-id`) and `--durability fsync`.
+    #[arg(long, env = "OT_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// A file holding the token this region presents to its home (with
+    /// `region` access to the documents it replicates); read again on every
+    /// connection, so a renewed token needs no restart.
+    #[arg(long, env = "OT_UPSTREAM_TOKEN_FILE", requires = "upstream")]
+    pub upstream_token_file: Option<PathBuf>,
     /// Largest WebSocket message (bytes) the server reads; larger ones get `message_too_large`.
     #[arg(long, env = "OT_MAX_MESSAGE_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_message_bytes: usize,

@@ -28,6 +28,7 @@ mod state;
 mod storage;
 mod tls;
 pub mod token_command;
+mod upstream;
 mod web;
 
 use std::future::Future;
@@ -173,13 +174,21 @@ pub async fn run(
     );
     let auth =
         auth::Auth::from_config(&config, storage.as_ref()).context("setting up authentication")?;
+    let upstream = upstream::from_config(&config)?;
     let shared = Arc::new(Shared::new(Services::new(
         config,
         storage.clone(),
         queue.clone(),
         metrics,
         auth,
+        upstream,
     )));
+    if shared.services().upstream.is_some() {
+        tokio::spawn(document::reopen_region_copies(
+            shared.services().clone(),
+            shared.registry.clone(),
+        ));
+    }
     let app = guarded(router(shared.clone()), main_guard);
     let metrics_bound = metrics_listener.as_ref().map(|(_, addr, _)| *addr);
     banner::log(&banner::Start {

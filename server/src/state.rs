@@ -14,6 +14,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::storage::{CommitQueue, Storage};
+use crate::upstream::Upstream;
 
 /// What the request handlers and document actors share.
 pub(crate) struct Services {
@@ -24,6 +25,8 @@ pub(crate) struct Services {
     pub(crate) metrics: Arc<Metrics>,
     /// Token checking; `None` with authentication off.
     pub(crate) auth: Option<Auth>,
+    /// The home, when this server is a region (`--upstream`).
+    pub(crate) upstream: Option<Upstream>,
     /// Cancelled when the server starts shutting down.
     pub(crate) shutdown: CancellationToken,
     /// Every connection and document task, to wait for on shutdown.
@@ -40,6 +43,7 @@ impl Services {
         queue: CommitQueue,
         metrics: Arc<Metrics>,
         auth: Option<Auth>,
+        upstream: Option<Upstream>,
     ) -> Services {
         Services {
             config,
@@ -47,6 +51,7 @@ impl Services {
             queue,
             metrics,
             auth,
+            upstream,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connections: AtomicUsize::new(0),

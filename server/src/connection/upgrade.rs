@@ -196,8 +196,15 @@ pub(crate) async fn ws_handler(
         request.key_hash = request.key_only_hash.take();
         authorized = authorize_in_time(&shared, &request).await;
     }
+    // A region that cannot open a document because its home cannot be
+    // reached says so after the upgrade (an error frame, then 1011), where
+    // every client (a browser too) can read why.
+    let mut refused = None;
     match authorized {
         Ok(()) => {}
+        Err(JoinError::Unavailable(e)) if matches!(*e, DocError::Upstream(_)) => {
+            refused = Some(JoinError::Unavailable(e));
+        }
         Err(JoinError::Forbidden) => {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -234,7 +241,9 @@ pub(crate) async fn ws_handler(
         .max_write_buffer_size(largest_outgoing.max(64 << 20))
         .on_upgrade(move |socket| {
             let tasks = shared.tasks.clone();
-            tasks.track_future(connection(shared, socket, request, permit, addr_slot))
+            tasks.track_future(connection(
+                shared, socket, request, permit, addr_slot, refused,
+            ))
         })
 }
 
@@ -357,6 +366,8 @@ async fn connection(
     permit: Permit,
     // Uncounts the address when the connection ends.
     _addr_slot: Option<AddrSlot>,
+    // Refused already (told after the upgrade).
+    refused: Option<JoinError>,
 ) {
     shared.connections.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections.inc();
@@ -368,12 +379,17 @@ async fn connection(
     // The join deadline: a document that does not answer in time (busy,
     // loading, stuck) gets the client told to retry instead of holding the
     // socket. A late answer finds the queue gone and does not register it.
-    let joined = within_join_deadline(
-        &shared,
-        &request,
-        join(&shared, &request, permit.access, conn_id, &out_tx),
-    )
-    .await;
+    let joined = match refused {
+        Some(refused) => Err(refused),
+        None => {
+            within_join_deadline(
+                &shared,
+                &request,
+                join(&shared, &request, permit.access, conn_id, &out_tx),
+            )
+            .await
+        }
+    };
     match joined {
         Ok((handle, kick_rx)) => {
             tracing::debug!(doc = %request.doc, client = %request.client_id, conn_id, "joined");

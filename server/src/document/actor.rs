@@ -2,11 +2,13 @@
 //! ops. It holds the commit pipeline and the connection table, and turns
 //! mailbox commands and commit results into calls on them.
 
+mod upstream;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ot_core::history::{DocumentHistory, KeyHash};
+use ot_core::history::KeyHash;
 use ot_core::{Operation, Range};
 use ot_protocol::{ClientId, CloseCode, DocId, ErrorCode, Limits};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -14,11 +16,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::connections::Connections;
 use super::epoch::DocEpoch;
 use super::error::DocError;
+use super::loading::{self, Loaded};
 use super::mailbox::{DeleteResult, DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
 use super::pipeline::{Accepted, CommitDone, JoinRoom, KeyRefused, Pipeline};
 use super::rebase::{self, RebaseJob, Rebased, MAX_QUEUED_BEHIND, REBASES_PER_DOC};
 use super::registry::Registry;
-use super::snapshot_policy::SnapshotPolicy;
 use crate::state::Services;
 use crate::storage::WriteItem;
 
@@ -49,6 +51,11 @@ struct Document {
     rebase_permits: Arc<Semaphore>,
     /// The revision of the last pass evicting idle dedup records.
     evicted_at: u64,
+    /// On a region: the link to the home.
+    link: Option<upstream::LinkState>,
+    /// The document cannot go on (a region whose log does not recover):
+    /// close every connection and stop.
+    failed: bool,
 }
 
 /// An op that waits behind its connection's op being rebased.
@@ -71,44 +78,18 @@ pub(crate) fn open(shared: &Arc<Services>, registry: &Arc<Registry>, doc: &DocId
 fn spawn(shared: Arc<Services>, registry: Arc<Registry>, id: DocId, actor_id: u64) -> DocHandle {
     let (tx, rx) = mpsc::channel(MAILBOX);
     let tracker = shared.tasks.clone();
-    tracker.spawn(run(shared, registry, id, actor_id, rx));
+    tracker.spawn(run(shared, registry, id, actor_id, (tx.downgrade(), rx)));
     DocHandle { tx }
 }
 
-/// The document as stored (whether it exists, its history) and its epoch.
-async fn load(
-    shared: &Services,
-    id: &DocId,
-) -> Result<(bool, DocumentHistory, DocEpoch, SnapshotPolicy), DocError> {
-    let storage = shared.storage.clone();
-    let doc = id.to_string();
+/// The document as stored (or, on a region, first taken from its home) and
+/// its epoch.
+async fn load(shared: &Arc<Services>, id: &DocId) -> Result<(Loaded, DocEpoch), DocError> {
     #[cfg(test)]
-    if let Some(delay) = super::test_hooks::load_delay(&doc) {
+    if let Some(delay) = super::test_hooks::load_delay(id.as_str()) {
         tokio::time::sleep(delay).await;
     }
-    let (loaded, deleted) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::storage::StorageError>((storage.load(&doc)?, storage.deleted_epoch(&doc)?))
-    })
-    .await??;
-    let epoch = DocEpoch::new(shared.storage.epoch(), deleted);
-    let every = shared.config.snapshot_every;
-    Ok(match loaded {
-        Some(l) => {
-            let snapshots = SnapshotPolicy::after_load(every, l.tail.iter().map(|op| &op.op));
-            (
-                true,
-                DocumentHistory::from_snapshot(l.snapshot, l.tail)?,
-                epoch,
-                snapshots,
-            )
-        }
-        None => (
-            false,
-            DocumentHistory::new(),
-            epoch,
-            SnapshotPolicy::after_load(every, []),
-        ),
-    })
+    loading::load(shared, id).await
 }
 
 async fn run(
@@ -116,29 +97,30 @@ async fn run(
     registry: Arc<Registry>,
     id: DocId,
     actor_id: u64,
-    mut rx: mpsc::Receiver<DocCommand>,
+    (mailbox, mut rx): (mpsc::WeakSender<DocCommand>, mpsc::Receiver<DocCommand>),
 ) {
-    let (created, history, epoch, snapshots) = match load(&shared, &id).await {
+    let (loaded, epoch) = match load(&shared, &id).await {
         Ok(loaded) => loaded,
         Err(e) => return fail_load(&registry, &id, actor_id, rx, e).await,
     };
+    let created = loaded.created;
+    let link = loaded
+        .replica
+        .region()
+        .map(|_| upstream::LinkState::start(shared.clone(), mailbox, id.clone()));
     let (commit_tx, mut commit_rx) = mpsc::unbounded_channel();
     let (bind_failed, mut bind_failed_rx) = mpsc::unbounded_channel();
     let (rebase_tx, mut rebase_rx) = mpsc::unbounded_channel();
-    let evicted_at = history.revision();
+    let evicted_at = loaded.replica.history().revision();
     let mut doc = Document {
+        link,
+        failed: false,
         bind_failed,
         rebasing: HashMap::new(),
         rebase_tx,
         rebase_permits: Arc::new(Semaphore::new(REBASES_PER_DOC)),
         evicted_at,
-        pipeline: Pipeline::new(
-            shared.clone(),
-            id.to_string(),
-            (history, snapshots),
-            epoch,
-            commit_tx,
-        ),
+        pipeline: Pipeline::new(shared.clone(), id.to_string(), loaded, epoch, commit_tx),
         conns: Connections::new(id.to_string(), shared.metrics.clone()),
         id,
         actor_id,
@@ -155,10 +137,16 @@ async fn run(
     let idle = shared.config.idle_unload();
     let mut shutdown_done: Option<oneshot::Sender<()>> = None;
     loop {
+        // A region keeps a document with unreplicated work open (its link
+        // goes on) until the home has it all.
         let idle_for = if doc.conns.is_empty()
             && doc.pipeline.pending_len() == 0
             && doc.rebasing.is_empty()
             && !doc.shutting_down
+            && doc
+                .pipeline
+                .region()
+                .is_none_or(|r| r.unreplicated_ops() == 0)
         {
             Some(doc.last_activity + idle)
         } else {
@@ -189,6 +177,26 @@ async fn run(
                 }
                 doc.last_activity = Instant::now();
             }
+        }
+        if doc.failed {
+            doc.conns.close_all(CloseCode::Unavailable);
+            registry.remove(&doc.id, doc.actor_id);
+            break;
+        }
+        if doc.pipeline.is_broken() {
+            let error = crate::storage::StorageError::Internal(
+                "the regional history and its link disagree".into(),
+            );
+            for (conn_id, seq) in doc.pipeline.fail(&error) {
+                doc.conns.send_error(
+                    conn_id,
+                    ErrorCode::StorageError,
+                    "the document is reloading; reconnect and resend the op",
+                    Some(seq),
+                );
+            }
+            doc.reload().await;
+            continue;
         }
         if doc.deleting.is_some() && doc.pipeline.pending_len() == 0 {
             if doc.delete(&mut rx).await {
@@ -408,6 +416,8 @@ impl Document {
             DocCommand::Read(reply) => {
                 let _ = reply.send(self.pipeline.read());
             }
+            DocCommand::LinkPath(reply) => self.on_link_path(reply),
+            DocCommand::Link(event) => self.on_link(event).await,
             DocCommand::Shutdown(done) => {
                 self.shutting_down = true;
                 let _ = done.send(());
@@ -649,7 +659,7 @@ impl Document {
         if self.pipeline.is_stale(&done) {
             return; // a result for ops dropped by an earlier failure
         }
-        let rev = match Pipeline::outcome(done) {
+        let rev = match self.pipeline.outcome(done) {
             Ok(rev) => rev,
             Err(error) => {
                 for (conn_id, seq) in self.pipeline.fail(&error) {
@@ -660,13 +670,13 @@ impl Document {
                         Some(seq),
                     );
                 }
-                self.pipeline.reload().await;
+                self.reload().await;
                 return;
             }
         };
         while let Some(durable) = self.pipeline.pop_durable(rev) {
             let Ok(p) = durable else {
-                self.pipeline.reload().await;
+                self.reload().await;
                 return;
             };
             self.conns.op_durable(p.conn_id, &p.applied);
@@ -683,6 +693,19 @@ impl Document {
         self.pipeline.trim();
         for (rev, conn_id, seq) in self.pipeline.ready_acks() {
             self.conns.ack(conn_id, rev, seq);
+        }
+        self.pump_upstream();
+    }
+
+    /// Rebuild the document from storage; a region that does not recover
+    /// stops (see `failed`).
+    async fn reload(&mut self) {
+        if !self.pipeline.reload().await {
+            self.failed = true;
+        }
+        if let Some(link) = &mut self.link {
+            // The link's state came from storage: it resumes from there.
+            link.reconnect();
         }
     }
 }

@@ -23,4 +23,14 @@ pub(crate) enum DocError {
     NoAnswer,
     #[error("the document kept unloading")]
     KeptUnloading,
+    /// On a region: a document stored here before `--upstream` was given.
+    #[error("this document was created on this server before it ran with --upstream; it is not a copy of the home's document")]
+    NotRegional,
+    /// On a region: the stored regional log does not recover.
+    #[error("the regional log does not recover: {0}")]
+    Region(String),
+    /// On a region: the home could not give its copy of a document this
+    /// region holds none of.
+    #[error("{0}")]
+    Upstream(String),
 }

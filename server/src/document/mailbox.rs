@@ -102,6 +102,11 @@ pub(crate) enum DocCommand {
     Read(oneshot::Sender<(u64, String)>),
     /// Commit everything pending, ack it, close every connection and stop.
     Shutdown(oneshot::Sender<()>),
+    /// On a region: where the link to the home connects next (the path and
+    /// query of its WebSocket URL).
+    LinkPath(oneshot::Sender<String>),
+    /// On a region: what happened on the link to the home.
+    Link(super::link::LinkEvent),
     /// Delete the document (admin): stop taking commands, wait for what is
     /// pending, commit a delete through the commit lane, then close every
     /// connection with 4004 and unload. Answered once the delete is durable.

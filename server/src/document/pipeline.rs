@@ -14,6 +14,7 @@ use std::time::Instant;
 use ot_core::history::{
     AppliedOp, DocumentHistory, KeyCheck, KeyHash, OpHash, Receipt, ReceiveError,
 };
+use ot_core::region::{Integration, RegionalDocument};
 use ot_core::{Operation, Range};
 use ot_protocol::{is_link_id, ClientId, ErrorCode, Limits, ServerMessage};
 use ropey::Rope;
@@ -21,8 +22,11 @@ use tokio::sync::mpsc;
 
 use super::epoch::DocEpoch;
 use super::error::DocError;
+use super::loading::{self, now_ms, Loaded};
 use super::mailbox::JoinRequest;
 use super::rebase::{RebaseError, RebaseJob};
+use super::region_items::region_items;
+use super::replica::{Replica, ReplicaError};
 use super::snapshot_policy::SnapshotPolicy;
 use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
@@ -52,6 +56,8 @@ pub(super) struct Pending {
 pub(super) struct CommitDone {
     generation: u64,
     rev: u64,
+    /// On a region: the number of the regional commit it made durable.
+    region_commit: Option<u64>,
     result: Result<(), Arc<StorageError>>,
 }
 
@@ -91,7 +97,12 @@ pub(super) struct Pipeline {
     /// The document id as storage keys it.
     id: String,
     shared: Arc<Services>,
-    history: DocumentHistory,
+    replica: Replica,
+    /// On a region: the number of the next region record stored.
+    region_next: u64,
+    /// The regional history and its link disagreed (a bug): the actor
+    /// reloads the document.
+    broken: bool,
     durable_rev: u64,
     durable_text: Rope,
     durable_seq: HashMap<String, u64>,
@@ -107,13 +118,6 @@ pub(super) struct Pipeline {
     epoch: DocEpoch,
     /// When the next op is stored with a snapshot.
     snapshots: SnapshotPolicy,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn last_seqs(history: &DocumentHistory) -> HashMap<String, u64> {
@@ -132,10 +136,17 @@ impl Pipeline {
     pub(super) fn new(
         shared: Arc<Services>,
         id: String,
-        (history, snapshots): (DocumentHistory, SnapshotPolicy),
+        loaded: Loaded,
         epoch: DocEpoch,
         commit_tx: mpsc::UnboundedSender<CommitDone>,
     ) -> Pipeline {
+        let Loaded {
+            replica,
+            snapshots,
+            region_next,
+            ..
+        } = loaded;
+        let history = replica.history();
         let mut pipeline = Pipeline {
             epoch,
             snapshots,
@@ -143,8 +154,10 @@ impl Pipeline {
             id,
             durable_rev: history.revision(),
             durable_text: history.text().clone(),
-            durable_seq: last_seqs(&history),
-            history,
+            durable_seq: last_seqs(history),
+            replica,
+            region_next,
+            broken: false,
             pending: VecDeque::new(),
             deferred_acks: Vec::new(),
             generation: 0,
@@ -153,6 +166,11 @@ impl Pipeline {
         };
         pipeline.trim();
         pipeline
+    }
+
+    /// The history local clients read and write.
+    fn history(&self) -> &DocumentHistory {
+        self.replica.history()
     }
 
     /// Write `items` of this document after everything submitted before
@@ -173,12 +191,12 @@ impl Pipeline {
     ) -> Result<(), KeyRefused> {
         let Some(key) = key else {
             done(Ok(()));
-            return match self.history.key_of(client_id) {
+            return match self.history().key_of(client_id) {
                 Some(_) => Err(KeyRefused),
                 None => Ok(()),
             };
         };
-        match self.history.bind_key(client_id, key) {
+        match self.replica.bind_key(client_id, key) {
             KeyCheck::Matches => {
                 done(Ok(()));
                 Ok(())
@@ -206,7 +224,7 @@ impl Pipeline {
     /// a key binds again, durably).
     pub(super) fn unbind_key(&mut self, client_id: &ClientId, key: KeyHash) {
         tracing::warn!(doc = %self.id, client = %client_id, "a key binding could not be stored; undone");
-        self.history.unbind_key(client_id, key);
+        self.replica.unbind_key(client_id, key);
     }
 
     /// The document's epoch.
@@ -262,7 +280,7 @@ impl Pipeline {
         // `RegionalDocument::upstream_resumed`): only when the record in
         // memory is the durable one.
         let last_hash = is_link_id(client_id.as_str())
-            .then(|| self.history.client(client_id.as_str()))
+            .then(|| self.history().client(client_id.as_str()))
             .flatten()
             .filter(|record| seq > 0 && record.last_seq == seq)
             .map(|record| record.last_hash.to_hex());
@@ -281,7 +299,7 @@ impl Pipeline {
                     access,
                     last_hash: last_hash.as_deref().map(Into::into),
                 })));
-                let oldest = self.history.oldest_revision();
+                let oldest = self.history().oldest_revision();
                 let from = rev.max(oldest);
                 let in_memory = self.durable_rev.saturating_sub(from) as usize;
                 // More ops than fit would overflow the connection's queue at once
@@ -328,7 +346,7 @@ impl Pipeline {
     fn op_frames_within(&self, from: u64, max_bytes: usize) -> Option<Vec<Outbound>> {
         let mut frames = Vec::new();
         let mut bytes = 0usize;
-        if let Some(ops) = self.history.ops_since(from) {
+        if let Some(ops) = self.history().ops_since(from) {
             for a in ops.iter().take_while(|a| a.rev <= self.durable_rev) {
                 let frame = op_frame(a);
                 bytes += frame.len();
@@ -355,7 +373,7 @@ impl Pipeline {
                 "cursor revision is newer than the document",
             ));
         }
-        let Some(ops) = self.history.ops_since(rev) else {
+        let Some(ops) = self.history().ops_since(rev) else {
             return Ok(None);
         };
         for a in ops.iter().take_while(|a| a.rev <= self.durable_rev) {
@@ -385,13 +403,14 @@ impl Pipeline {
         ranges: Option<Vec<Range>>,
         received_at: Instant,
     ) -> Result<Accepted, Refused> {
-        if seq == self.history.last_seq(client_id) + 1 {
+        if seq == self.history().last_seq(client_id) + 1 {
             self.check_doc_len(&op)?;
         }
         // Dedup first (inside `receive`): only a new op gets `RevisionTooOld`.
-        let result = self.history.receive(client_id, seq, base_rev, op.clone());
+        let result = self.replica.receive(client_id, seq, base_rev, op.clone());
+        let result = self.receive_result(result)?;
         if let Err(ReceiveError::RevisionTooOld { oldest, .. }) = result {
-            let head = self.history.revision();
+            let head = self.history().revision();
             let max = self.shared.config.max_rebase_revs;
             // A regional link's op merges however long its region was cut off.
             if head - base_rev > max && !is_link_id(client_id.as_str()) {
@@ -453,10 +472,10 @@ impl Pipeline {
             }
         }
         let (client_id, seq) = (job.client_id.clone(), job.seq);
-        if seq == self.history.last_seq(&client_id) + 1 {
+        if seq == self.history().last_seq(&client_id) + 1 {
             self.check_doc_len(&job.current)?;
         }
-        let result = self.history.receive_rebased(
+        let result = self.replica.receive_rebased(
             &client_id,
             seq,
             job.base_rev,
@@ -464,6 +483,7 @@ impl Pipeline {
             job.current.clone(),
             job.at,
         );
+        let result = self.receive_result(result)?;
         if let Err(ReceiveError::RevisionTooOld { oldest, .. }) = result {
             // More ops than the window arrived while it was rebased: once more from `at`.
             job.upto = oldest;
@@ -482,10 +502,40 @@ impl Pipeline {
         .await
     }
 
+    /// What the replica's answer means: the receipt or the sender's error;
+    /// a broken region is refused (the actor reloads it).
+    fn receive_result(
+        &mut self,
+        result: Result<Receipt, ReplicaError>,
+    ) -> Result<Result<Receipt, ReceiveError>, Refused> {
+        match result {
+            Ok(receipt) => Ok(Ok(receipt)),
+            Err(ReplicaError::Receive(e)) => Ok(Err(e)),
+            Err(ReplicaError::Broken(why)) => {
+                tracing::error!(doc = %self.id, %why, "the regional history and its link disagree; reloading");
+                self.broken = true;
+                Err(Refused::new(
+                    ErrorCode::StorageError,
+                    "the document is reloading; resend the op",
+                ))
+            }
+        }
+    }
+
+    /// The regional history and its link disagree: reload (see `is_broken`).
+    pub(super) fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether the document must be reloaded (see `receive_result`).
+    pub(super) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Refuse an op that would make the document longer than allowed.
     fn check_doc_len(&self, op: &Operation) -> Result<(), Refused> {
         let max_doc_len = self.shared.config.max_doc_len;
-        let len = self.history.text().len_chars() as i128;
+        let len = self.history().text().len_chars() as i128;
         let after = len + op.target_len() as i128 - op.base_len() as i128;
         if after > max_doc_len as i128 {
             return Err(Refused::new(
@@ -571,7 +621,7 @@ impl Pipeline {
     /// need to transform past them, and storage does not have them yet).
     pub(super) fn trim(&mut self) {
         let config = &self.shared.config;
-        self.history.trim_to_bytes(
+        self.replica.trim_to_bytes(
             config.history_window,
             config.history_window_bytes,
             self.pending.len(),
@@ -583,19 +633,19 @@ impl Pipeline {
     /// `DocumentHistory::evict_idle`). Returns how many were evicted.
     pub(super) fn evict_idle(&mut self, online: impl Fn(&str) -> bool) -> usize {
         let expiry = self.shared.config.client_expiry;
-        let evicted = self.history.evict_idle(expiry, self.durable_rev, &online);
+        let evicted = self.replica.evict_idle(expiry, self.durable_rev, &online);
         for id in &evicted {
             self.durable_seq.remove(id);
         }
         if !evicted.is_empty() {
-            tracing::info!(doc = %self.id, evicted = evicted.len(), horizon = self.history.horizon(), "evicted idle dedup records");
+            tracing::info!(doc = %self.id, evicted = evicted.len(), horizon = self.history().horizon(), "evicted idle dedup records");
         }
         evicted.len()
     }
 
     /// The current revision (applied in memory).
     pub(super) fn revision(&self) -> u64 {
-        self.history.revision()
+        self.history().revision()
     }
 
     /// Map the ranges a client attached to its op (positions after its op, at
@@ -607,7 +657,7 @@ impl Pipeline {
         received: &Operation,
         mut ranges: Vec<Range>,
     ) -> Vec<Range> {
-        let Some(concurrent) = self.history.ops_since(base_rev) else {
+        let Some(concurrent) = self.history().ops_since(base_rev) else {
             return ranges; // older than memory: rare; the client's next cursor corrects it
         };
         let mut mine = received.clone();
@@ -632,18 +682,60 @@ impl Pipeline {
             op: StoredOp::from_applied(applied, received, now_ms()),
             len_after: applied.op.target_len() as u64,
         }];
-        if self
+        let snapshot_due = self
             .snapshots
-            .snapshot_due(&applied.op, applied.op.target_len())
-        {
+            .snapshot_due(&applied.op, applied.op.target_len());
+        if snapshot_due {
             self.shared.metrics.snapshots.inc();
             items.push(WriteItem::Snapshot {
                 doc: self.id.clone(),
-                snapshot: self.history.snapshot(),
+                snapshot: self.history().snapshot(),
             });
         }
+        let region_commit = self.region_records(&mut items, snapshot_due);
+        self.commit_items(items, applied.rev, region_commit)
+    }
+
+    /// On a region: append the regional entries since the last commit (and
+    /// a checkpoint, if asked) to `items` as region records; returns the
+    /// regional commit's number, if there were entries.
+    fn region_records(&mut self, items: &mut Vec<WriteItem>, checkpoint: bool) -> Option<u64> {
+        let region = self.replica.region_mut()?;
+        let (commit, checkpoint) = region.take_commit(checkpoint)?;
+        let number = commit.number;
+        items.extend(region_items(
+            &self.id,
+            &mut self.region_next,
+            commit,
+            checkpoint,
+        ));
+        Some(number)
+    }
+
+    /// On a region whose home could not resume it and which started a new
+    /// regional history ([`SnapshotAdoption::Reset`]): the items that
+    /// replace the document with it, after everything submitted before (a
+    /// delete, then the new history's first commit with a checkpoint).
+    ///
+    /// [`SnapshotAdoption::Reset`]: ot_core::region::SnapshotAdoption::Reset
+    pub(super) fn reset_items(&mut self) -> Vec<WriteItem> {
+        let mut items = vec![WriteItem::DeleteDoc {
+            doc: self.id.clone(),
+            epoch: self.epoch.shown(),
+        }];
+        self.region_records(&mut items, true);
+        items
+    }
+
+    /// Commit `items`, which make the ops up to `rev` durable (and the
+    /// regional commit `region_commit`).
+    fn commit_items(
+        &mut self,
+        items: Vec<WriteItem>,
+        rev: u64,
+        region_commit: Option<u64>,
+    ) -> Option<CommitDone> {
         let generation = self.generation;
-        let rev = applied.rev;
         let tx = self.commit_tx.clone();
         // The queue commits in place when that is cheap and nothing of this
         // document is still on its way to storage.
@@ -653,6 +745,7 @@ impl Pipeline {
                 let _ = tx.send(CommitDone {
                     generation,
                     rev,
+                    region_commit,
                     result,
                 });
             }),
@@ -661,6 +754,7 @@ impl Pipeline {
             Committed::Now(result) => Some(CommitDone {
                 generation,
                 rev,
+                region_commit,
                 result,
             }),
             Committed::Queued => None,
@@ -696,9 +790,14 @@ impl Pipeline {
         done.generation != self.generation
     }
 
-    /// The commit's result, and the revision it made durable.
-    pub(super) fn outcome(done: CommitDone) -> Result<u64, Arc<StorageError>> {
-        done.result.map(|()| done.rev)
+    /// The commit's result, and the revision it made durable. On a region,
+    /// the regional commit it held is durable now.
+    pub(super) fn outcome(&mut self, done: CommitDone) -> Result<u64, Arc<StorageError>> {
+        done.result?;
+        if let (Some(number), Some(region)) = (done.region_commit, self.replica.region_mut()) {
+            region.committed(number);
+        }
+        Ok(done.rev)
     }
 
     /// The next pending op that is durable now (revision ≤ `rev`), applied to
@@ -742,38 +841,40 @@ impl Pipeline {
             .collect()
     }
 
-    /// Rebuild the in-memory state from storage (after a failed commit).
-    pub(super) async fn reload(&mut self) {
+    /// Rebuild the in-memory state from storage (after a failed commit, or
+    /// a region whose link disagreed with its history). Returns false when
+    /// a region could not be recovered: the actor stops.
+    pub(super) async fn reload(&mut self) -> bool {
         self.generation += 1;
         self.pending.clear();
         self.deferred_acks.clear();
-        let storage = self.shared.storage.clone();
-        let doc = self.id.clone();
-        let loaded = tokio::task::spawn_blocking(move || storage.load(&doc)).await;
-        let every = self.shared.config.snapshot_every;
-        let history = match loaded {
-            Ok(Ok(Some(l))) => {
-                let snapshots = SnapshotPolicy::after_load(every, l.tail.iter().map(|op| &op.op));
-                DocumentHistory::from_snapshot(l.snapshot, l.tail)
-                    .ok()
-                    .map(|history| (history, snapshots))
-            }
-            Ok(Ok(None)) => Some((
-                DocumentHistory::new(),
-                SnapshotPolicy::after_load(every, []),
-            )),
-            _ => None,
-        };
-        match history {
-            Some((history, snapshots)) => {
-                self.snapshots = snapshots;
+        self.broken = false;
+        let regional = self.replica.region().is_some();
+        match loading::load_stored(&self.shared, &self.id).await {
+            Ok(Some(loaded)) if regional == loaded.replica.region().is_some() => {
+                self.snapshots = loaded.snapshots;
+                self.region_next = loaded.region_next;
+                let history = loaded.replica.history();
                 self.durable_rev = history.revision();
                 self.durable_text = history.text().clone();
-                self.durable_seq = last_seqs(&history);
-                self.history = history;
+                self.durable_seq = last_seqs(history);
+                self.replica = loaded.replica;
                 self.trim();
+                true
             }
-            None => {
+            Ok(None) if !regional => {
+                self.snapshots = SnapshotPolicy::after_load(self.shared.config.snapshot_every, []);
+                self.replica = Replica::Home(DocumentHistory::new());
+                self.durable_rev = 0;
+                self.durable_text = Rope::new();
+                self.durable_seq.clear();
+                true
+            }
+            _ if regional => {
+                tracing::error!(doc = %self.id, "the regional document could not be recovered from storage; closing it");
+                false
+            }
+            _ => {
                 // Keep the durable state we know; roll the in-memory history back to it.
                 tracing::error!(doc = %self.id, "reload failed; continuing from the last durable state");
                 // The dedup table is kept, rolled back to the durable seqs
@@ -781,15 +882,75 @@ impl Pipeline {
                 // binding and the eviction horizon: a resend of an applied
                 // op is still recognised.
                 let durable_seq = &self.durable_seq;
-                let snapshot = self.history.durable_snapshot(
+                let snapshot = self.history().durable_snapshot(
                     self.durable_rev,
                     self.durable_text.to_string(),
                     |id| durable_seq.get(id).copied().unwrap_or(0),
                 );
                 if let Ok(h) = DocumentHistory::from_snapshot(snapshot, Vec::new()) {
-                    self.history = h;
+                    self.replica = Replica::Home(h);
                 }
+                true
             }
         }
+    }
+
+    // ---------- the link to the home (regions) ----------
+
+    /// The regional document, on a region.
+    pub(super) fn region(&self) -> Option<&RegionalDocument> {
+        self.replica.region()
+    }
+
+    /// The regional document, on a region, for an input from the home;
+    /// commit what it recorded with [`flush_region`](Self::flush_region).
+    pub(super) fn region_mut(&mut self) -> Option<&mut RegionalDocument> {
+        self.replica.region_mut()
+    }
+
+    /// On a region: commit the regional entries recorded since the last
+    /// commit, if any. Returns the outcome if the commit already happened.
+    pub(super) fn flush_region(&mut self) -> Option<CommitDone> {
+        let mut items = Vec::new();
+        let number = self.region_records(&mut items, false)?;
+        let rev = self.history().revision();
+        self.commit_items(items, rev, Some(number))
+    }
+
+    /// On a region: an op of the home that the regional document integrated
+    /// as a new regional revision: commit it (with its regional entries),
+    /// then it is sent to the local clients like any durable op.
+    pub(super) fn upstream_integrated(&mut self, integration: &Integration) -> Option<CommitDone> {
+        let applied = integration.applied.clone();
+        self.shared.metrics.ops_applied.inc();
+        if integration.is_concurrent() {
+            self.shared.metrics.conflicts.inc();
+        }
+        let mut items = vec![WriteItem::Op {
+            doc: self.id.clone(),
+            op: StoredOp::from_applied(&applied, applied.op.clone(), now_ms()),
+            len_after: applied.op.target_len() as u64,
+        }];
+        let snapshot_due = self
+            .snapshots
+            .snapshot_due(&applied.op, applied.op.target_len());
+        if snapshot_due {
+            self.shared.metrics.snapshots.inc();
+            items.push(WriteItem::Snapshot {
+                doc: self.id.clone(),
+                snapshot: self.history().snapshot(),
+            });
+        }
+        let region_commit = self.region_records(&mut items, snapshot_due);
+        let rev = applied.rev;
+        self.pending.push_back(Pending {
+            applied,
+            // No connection has this id: every local client gets the op.
+            conn_id: 0,
+            received_at: Instant::now(),
+            ranges: None,
+        });
+        self.trim();
+        self.commit_items(items, rev, region_commit)
     }
 }

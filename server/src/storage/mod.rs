@@ -157,6 +157,36 @@ pub enum WriteItem {
         /// The epoch the deleted generation showed last (never reused for the id).
         epoch: u64,
     },
+    /// One record of a regional server's log of the document (see
+    /// [`RegionRecord`]), number `n` (increasing per document). A checkpoint
+    /// replaces every record numbered below it.
+    Region {
+        /// The document id.
+        doc: String,
+        /// The record's number.
+        n: u64,
+        /// The record.
+        record: RegionRecord,
+    },
+}
+
+/// What a regional server stores of a document besides its ops: the steps
+/// of its [`RegionalDocument`](ot_core::region::RegionalDocument), in order,
+/// and now and then a checkpoint to recover from without replaying older
+/// steps. Written in the same commits as the regional ops they cover.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum RegionRecord {
+    /// One step.
+    Entry {
+        /// The step.
+        entry: Box<ot_core::region::RegionalEntry>,
+    },
+    /// The state after every record numbered below it.
+    Checkpoint {
+        /// The state.
+        checkpoint: Box<ot_core::region::RegionalCheckpoint>,
+    },
 }
 
 impl WriteItem {
@@ -168,6 +198,7 @@ impl WriteItem {
             WriteItem::Snapshot { snapshot, .. } => {
                 128 + snapshot.text.len() + 96 * snapshot.clients.len()
             }
+            WriteItem::Region { record, .. } => 128 + record.memory_bytes(),
             _ => 128,
         }
     }
@@ -181,7 +212,31 @@ impl WriteItem {
             | WriteItem::Op { doc, .. }
             | WriteItem::Snapshot { doc, .. }
             | WriteItem::ClientKey { doc, .. }
-            | WriteItem::DeleteDoc { doc, .. } => doc,
+            | WriteItem::DeleteDoc { doc, .. }
+            | WriteItem::Region { doc, .. } => doc,
+        }
+    }
+}
+
+impl RegionRecord {
+    /// About how much memory the record holds.
+    fn memory_bytes(&self) -> usize {
+        use ot_core::region::RegionalEntry;
+        match self {
+            RegionRecord::Checkpoint { checkpoint } => {
+                checkpoint.history.text.len() + 96 * checkpoint.history.clients.len()
+            }
+            RegionRecord::Entry { entry } => match &**entry {
+                RegionalEntry::Local(applied) => applied.op.heap_bytes(),
+                RegionalEntry::Upstream(integration) => {
+                    integration.applied.op.heap_bytes() + integration.received.heap_bytes()
+                }
+                RegionalEntry::Sent(sent) => sent.op.heap_bytes(),
+                RegionalEntry::Reset { text, .. } | RegionalEntry::Resynced { text, .. } => {
+                    2 * text.len()
+                }
+                _ => 64,
+            },
         }
     }
 }
@@ -297,7 +352,9 @@ pub(crate) fn check_continuity(
         };
         let last = &mut revs[i].1;
         match item {
-            WriteItem::CreateDoc { .. } | WriteItem::ClientKey { .. } => {}
+            WriteItem::CreateDoc { .. }
+            | WriteItem::ClientKey { .. }
+            | WriteItem::Region { .. } => {}
             WriteItem::Op { op, .. } if op.rev != *last + 1 => {
                 return Err(StorageError::Gap {
                     doc: doc.to_owned(),
@@ -410,6 +467,18 @@ pub trait Storage: Send + Sync + 'static {
     /// return. Returns how many items it moved.
     fn ingest(&self) -> Result<usize, StorageError> {
         Ok(0)
+    }
+    /// A regional server's records of `doc` ([`WriteItem::Region`]) from its
+    /// newest checkpoint on, in order, with their numbers (empty: none).
+    /// Sees every committed item. The default keeps none.
+    fn region_records(&self, doc: &str) -> Result<Vec<(u64, RegionRecord)>, StorageError> {
+        let _ = doc;
+        Ok(Vec::new())
+    }
+    /// The documents that have region records (a regional server's copies).
+    /// The default keeps none.
+    fn region_docs(&self) -> Result<Vec<String>, StorageError> {
+        Ok(Vec::new())
     }
     /// Mark a clean shutdown (after the last commit). A later commit clears
     /// the mark again.

@@ -18,7 +18,7 @@ use super::{
     STATEMENT_CACHE, WRITER_CACHE_KIB,
 };
 use crate::storage::oplog::{OpLog, LOG_FILES};
-use crate::storage::{StorageError, WriteItem};
+use crate::storage::{RegionRecord, StorageError, WriteItem};
 
 /// Per-document state accumulated while writing one commit.
 struct PendingDoc {
@@ -208,6 +208,12 @@ pub(super) fn write_items(
         let mut insert_snapshot = tx.prepare_cached(
             "INSERT OR REPLACE INTO snapshots (doc, rev, text, clients) VALUES (?1, ?2, ?3, ?4)",
         )?;
+        // OR REPLACE: a recovery replays records harmlessly.
+        let mut insert_region = tx.prepare_cached(
+            "INSERT OR REPLACE INTO region_log (doc, n, record) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut prune_region =
+            tx.prepare_cached("DELETE FROM region_log WHERE doc = ?1 AND n < ?2")?;
         let mut delete = DeleteStatements::prepare(&tx)?;
         for (index, item) in items.iter().enumerate() {
             let doc = item.doc();
@@ -240,6 +246,16 @@ pub(super) fn write_items(
                     ..
                 } => {
                     insert_key.execute(params![doc, client_id, key_hash.to_hex()])?;
+                }
+                WriteItem::Region { n, record, .. } => {
+                    let n = to_sql_int(*n, "region record number")?;
+                    let json = serde_json::to_string(record).map_err(|e| {
+                        StorageError::Corrupt(format!("cannot serialise a region record: {e}"))
+                    })?;
+                    insert_region.execute(params![doc, n, json])?;
+                    if matches!(record, RegionRecord::Checkpoint { .. }) {
+                        prune_region.execute(params![doc, n])?;
+                    }
                 }
                 WriteItem::Op { op, .. } if recovering && op.rev <= state.rev => {
                     let stored = stored_hash(&tx, doc, op.rev)?;
@@ -333,6 +349,7 @@ impl<'tx> DeleteStatements<'tx> {
             "DELETE FROM seq_revs WHERE doc = ?1",
             "DELETE FROM snapshots WHERE doc = ?1",
             "DELETE FROM client_keys WHERE doc = ?1",
+            "DELETE FROM region_log WHERE doc = ?1",
         ]
         .into_iter()
         .map(|sql| tx.prepare_cached(sql))

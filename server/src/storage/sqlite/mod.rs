@@ -66,7 +66,10 @@ use self::reads::{doc_rev, query_ops, SQL_CONFLICTS_AFTER, SQL_OPS_AFTER};
 use self::schema::{meta_set, set_synchronous};
 use super::dir_lock::DirLock;
 use super::oplog::OpLog;
-use super::{check_continuity, DocSummary, LoadedDoc, Storage, StorageError, StoredOp, WriteItem};
+use super::{
+    check_continuity, DocSummary, LoadedDoc, RegionRecord, Storage, StorageError, StoredOp,
+    WriteItem,
+};
 
 /// The database file name inside the data directory.
 pub(crate) const DB_FILE: &str = "ot.sqlite3";
@@ -457,6 +460,14 @@ impl Storage for SqliteStorage {
 
     fn ingest(&self) -> Result<usize, StorageError> {
         self.seal_and_ingest()
+    }
+
+    fn region_records(&self, doc: &str) -> Result<Vec<(u64, RegionRecord)>, StorageError> {
+        self.read(|conn| reads::region_records(conn, doc))
+    }
+
+    fn region_docs(&self) -> Result<Vec<String>, StorageError> {
+        self.read(reads::region_docs)
     }
 
     fn close_clean(&self) -> Result<(), StorageError> {

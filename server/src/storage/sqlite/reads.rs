@@ -15,7 +15,7 @@ use super::{
     from_sql_int, limit_to_sql, lock, to_sql_int, SqliteStorage, BUSY_TIMEOUT, MAX_IDLE_READERS,
     STATEMENT_CACHE,
 };
-use crate::storage::{DocSummary, LoadedDoc, StorageError, StoredOp};
+use crate::storage::{DocSummary, LoadedDoc, RegionRecord, StorageError, StoredOp};
 
 /// Ops of a document after a revision (`?2`), at most `?3`: the columns [`RawOp`] reads.
 pub(super) const SQL_OPS_AFTER: &str =
@@ -403,4 +403,39 @@ fn bind_stored_keys(
             .key_hash = Some(key_hash);
     }
     Ok(())
+}
+
+/// A document's region records, in order ([`Storage::region_records`]).
+///
+/// [`Storage::region_records`]: crate::storage::Storage::region_records
+pub(super) fn region_records(
+    conn: &Connection,
+    doc: &str,
+) -> Result<Vec<(u64, RegionRecord)>, StorageError> {
+    let mut select =
+        conn.prepare_cached("SELECT n, record FROM region_log WHERE doc = ?1 ORDER BY n")?;
+    let rows = select.query_map([doc], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut records = Vec::new();
+    for row in rows {
+        let (n, json) = row?;
+        let n = from_sql_int(n, "region record number")?;
+        let record = serde_json::from_str(&json).map_err(|e| {
+            StorageError::Corrupt(format!("document {doc:?}: bad region record {n}: {e}"))
+        })?;
+        records.push((n, record));
+    }
+    Ok(records)
+}
+
+/// The documents with region records ([`Storage::region_docs`]).
+///
+/// [`Storage::region_docs`]: crate::storage::Storage::region_docs
+pub(super) fn region_docs(conn: &Connection) -> Result<Vec<String>, StorageError> {
+    let mut select = conn.prepare_cached("SELECT DISTINCT doc FROM region_log ORDER BY doc")?;
+    let docs = select
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(docs)
 }

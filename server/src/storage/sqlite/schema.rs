@@ -65,6 +65,15 @@
 //! -- 'schema_version' = '2' (a version 1 database is migrated on open);
 //! -- 'epoch' = decimal u64; 'clean' = '1' after a clean shutdown, '0' while
 //! -- running; 'durability' = 'fsync' | 'relaxed' of the last run.
+//! -- a regional server's log of each document (`RegionRecord` as JSON), from
+//! -- its newest checkpoint on; added with CREATE TABLE IF NOT EXISTS (older
+//! -- databases get it on open, empty).
+//! CREATE TABLE region_log (
+//!     doc    TEXT NOT NULL,
+//!     n      INTEGER NOT NULL,
+//!     record TEXT NOT NULL,
+//!     PRIMARY KEY (doc, n)
+//! ) WITHOUT ROWID;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 //! ```
 //!
@@ -140,6 +149,12 @@ CREATE TABLE IF NOT EXISTS client_keys (
 CREATE TABLE IF NOT EXISTS deleted_docs (
     id    TEXT PRIMARY KEY NOT NULL,
     epoch INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS region_log (
+    doc    TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (doc, n)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,

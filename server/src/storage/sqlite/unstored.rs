@@ -69,8 +69,9 @@ fn apply_unstored(
                 }
                 l.tail.push(op.into_applied());
             }
-            // The tail from the older snapshot gives the same state.
-            WriteItem::Snapshot { .. } => {}
+            // The tail from the older snapshot gives the same state; region
+            // records are read on their own (`region_records`).
+            WriteItem::Snapshot { .. } | WriteItem::Region { .. } => {}
             WriteItem::ClientKey {
                 client_id,
                 key_hash,

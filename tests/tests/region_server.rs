@@ -1,0 +1,196 @@
+//! A regional server (`server --upstream URL --node-id NAME`) as its users
+//! see it, with real processes on loopback: a home, and a region that
+//! reaches it through the suite's TCP proxy (50 ms each way). Writers type
+//! at both; the region acknowledges its own writers' edits itself, also
+//! while cut off from the home; after a partition heals, and after a kill -9
+//! of the region with edits on their way to the home, both hold the same
+//! text and every edit appears exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e_tests::proxy::{Direction, Proxy};
+use e2e_tests::{doc_state, free_port, server_binary, ws_connect, ServerProcess, WsClient};
+use ot_core::Operation;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn start_region(bin: &Path, dir: &Path, port: u16, home: SocketAddr) -> ServerProcess {
+    let upstream = format!("ws://{home}");
+    ServerProcess::start(
+        bin,
+        dir,
+        port,
+        &["--upstream", &upstream, "--node-id", "eu"],
+    )
+    .await
+    .unwrap()
+}
+
+/// Type `text` at the start of `writer`'s document and wait for its ack.
+async fn type_saved(writer: &mut WsClient, text: &str) {
+    let len = writer.client().text().len_chars();
+    let op = Operation::insert_at(len, 0, text).unwrap();
+    writer.edit_saved(&op, T).await.unwrap();
+}
+
+/// Wait until the region's and the home's stored texts are equal and hold
+/// every edit in `typed` exactly once; returns the text.
+async fn converged(region: SocketAddr, home: SocketAddr, typed: &[String]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, at_home) = doc_state(home, "doc").await.unwrap();
+        let (_, at_region) = doc_state(region, "doc").await.unwrap();
+        let each_once = typed
+            .iter()
+            .all(|t| at_home.matches(t.as_str()).count() == 1);
+        if at_home == at_region && each_once {
+            return at_home;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged within 60 s:\n home:   {at_home:?}\n region: {at_region:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill() {
+    let bin = server_binary().unwrap();
+    let home_dir = tempfile::tempdir().unwrap();
+    let region_dir = tempfile::tempdir().unwrap();
+    // The home answers to the proxy's address too (its Host check).
+    let home_port = free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{home_port}").parse().unwrap())
+        .await
+        .unwrap();
+    let proxy_host = proxy.addr().to_string();
+    let home = ServerProcess::start(
+        &bin,
+        home_dir.path(),
+        home_port,
+        &["--allowed-host", &proxy_host],
+    )
+    .await
+    .unwrap();
+    proxy.set_latency(Direction::Both, Duration::from_millis(50));
+    let region_port = free_port();
+    let mut region = start_region(&bin, region_dir.path(), region_port, proxy.addr()).await;
+    let mut typed: Vec<String> = Vec::new();
+
+    let mut at_home = WsClient::join(home.addr, "doc", "home-writer")
+        .await
+        .unwrap();
+    type_saved(&mut at_home, "<h0>").await;
+    typed.push("<h0>".into());
+
+    // First open: the region's writer starts from the home's text.
+    let mut at_region = WsClient::join(region.addr, "doc", "region-writer")
+        .await
+        .unwrap();
+    assert_eq!(at_region.text(), "<h0>");
+
+    // Both type at the same place, interleaved.
+    for i in 1..=8 {
+        for (writer, side) in [(&mut at_region, "r"), (&mut at_home, "h")] {
+            let text = format!("<{side}{i}>");
+            type_saved(writer, &text).await;
+            typed.push(text);
+        }
+    }
+    converged(region.addr, home.addr, &typed).await;
+
+    // A partition: the home's link goes silent and new connections hang.
+    proxy.stall(Direction::Both);
+    proxy.cut();
+    for i in 9..=20 {
+        // Acknowledged by the region although the home cannot be reached.
+        let text = format!("<r{i}>");
+        type_saved(&mut at_region, &text).await;
+        typed.push(text);
+        let text = format!("<h{i}>");
+        type_saved(&mut at_home, &text).await;
+        typed.push(text);
+    }
+    let (_, home_text) = doc_state(home.addr, "doc").await.unwrap();
+    assert!(
+        !home_text.contains("<r9>"),
+        "the home cannot have the region's edits during the partition"
+    );
+    proxy.resume(Direction::Both);
+    converged(region.addr, home.addr, &typed).await;
+
+    // kill -9 of the region with its writer's edits acknowledged but (some)
+    // not yet at the home: none is lost, none doubled.
+    for i in 21..=26 {
+        let text = format!("<r{i}>");
+        type_saved(&mut at_region, &text).await;
+        typed.push(text);
+    }
+    region.kill9();
+    let region = start_region(&bin, region_dir.path(), region_port, proxy.addr()).await;
+    at_region
+        .pump_until(T, |c| c.client().all_saved() && c.is_connected())
+        .await
+        .unwrap();
+    let text = converged(region.addr, home.addr, &typed).await;
+
+    // Both writers end with the same text.
+    at_home.pump_until(T, |c| c.text() == text).await.unwrap();
+    at_region.pump_until(T, |c| c.text() == text).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_open_is_refused_with_1011_while_the_home_is_unreachable() {
+    let bin = server_binary().unwrap();
+    let home_dir = tempfile::tempdir().unwrap();
+    let region_dir = tempfile::tempdir().unwrap();
+    let home_port = free_port();
+    let home_addr: SocketAddr = format!("127.0.0.1:{home_port}").parse().unwrap();
+    let region = start_region(&bin, region_dir.path(), free_port(), home_addr).await;
+
+    let mut socket = ws_connect(region.addr, "/ws/doc?client=w1").await.unwrap();
+    let message = e2e_tests::recv_json(&mut socket, T).await.unwrap();
+    assert_eq!(message["type"], "error", "{message}");
+    let text = message["message"].as_str().unwrap_or_default();
+    assert!(text.contains("home"), "{text}");
+    let mut w1 = WsClient::new(region.addr, "doc", "w1");
+    let _ = w1.reconnect().await;
+    assert!(!w1.synced(), "never served as an empty document");
+
+    // Once the home is up, the same join is served from its copy.
+    let home = ServerProcess::start(&bin, home_dir.path(), home_port, &[])
+        .await
+        .unwrap();
+    let mut at_home = WsClient::join(home.addr, "doc", "home-writer")
+        .await
+        .unwrap();
+    type_saved(&mut at_home, "from the home").await;
+    let w1 = WsClient::join(region.addr, "doc", "w1").await.unwrap();
+    assert_eq!(w1.text(), "from the home");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_region_with_the_same_node_id_is_refused_by_the_home() {
+    let bin = server_binary().unwrap();
+    let home_dir = tempfile::tempdir().unwrap();
+    let first_dir = tempfile::tempdir().unwrap();
+    let second_dir = tempfile::tempdir().unwrap();
+    let home = ServerProcess::start(&bin, home_dir.path(), free_port(), &[])
+        .await
+        .unwrap();
+    let first = start_region(&bin, first_dir.path(), free_port(), home.addr).await;
+    let w1 = WsClient::join(first.addr, "doc", "w1").await.unwrap();
+    assert_eq!(w1.text(), "");
+
+    // Another data dir, the same node id: its link has another writer key.
+    let second = start_region(&bin, second_dir.path(), free_port(), home.addr).await;
+    let mut socket = ws_connect(second.addr, "/ws/doc?client=w2").await.unwrap();
+    let message = e2e_tests::recv_json(&mut socket, T).await.unwrap();
+    assert_eq!(message["type"], "error", "{message}");
+    let text = message["message"].as_str().unwrap_or_default();
+    assert!(text.contains("403"), "{text}");
+}
