@@ -2,9 +2,9 @@
 //! see it, with real processes on loopback: a home, and a region that
 //! reaches it through the suite's TCP proxy (50 ms each way). Writers type
 //! at both; the region acknowledges its own writers' edits itself, also
-//! while cut off from the home; after a partition heals, and after a kill -9
-//! of the region with edits on their way to the home, both hold the same
-//! text and every edit appears exactly once.
+//! while cut off from the home; after a 30-second partition heals, after a
+//! kill -9 of the region and after one of the home, each with edits on their
+//! way, both hold the same text and every edit appears exactly once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -68,14 +68,10 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
         .await
         .unwrap();
     let proxy_host = proxy.addr().to_string();
-    let home = ServerProcess::start(
-        &bin,
-        home_dir.path(),
-        home_port,
-        &["--allowed-host", &proxy_host],
-    )
-    .await
-    .unwrap();
+    let home_args = ["--allowed-host", &proxy_host, "--max-op-len", "64"];
+    let mut home = ServerProcess::start(&bin, home_dir.path(), home_port, &home_args)
+        .await
+        .unwrap();
     proxy.set_latency(Direction::Both, Duration::from_millis(50));
     let region_port = free_port();
     let mut region = start_region(&bin, region_dir.path(), region_port, proxy.addr()).await;
@@ -103,23 +99,26 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
     }
     converged(region.addr, home.addr, &typed).await;
 
-    // A partition: the home's link goes silent and new connections hang.
+    // A 30-second partition: the link goes silent (the region finds it dead
+    // and its reconnects hang) while both sides type more than one op may
+    // carry (`--max-op-len 64`).
     proxy.stall(Direction::Both);
-    proxy.cut();
+    let partition = Instant::now();
     for i in 9..=20 {
         // Acknowledged by the region although the home cannot be reached.
-        let text = format!("<r{i}>");
+        let text = format!("<r{i}:0123456789>");
         type_saved(&mut at_region, &text).await;
         typed.push(text);
-        let text = format!("<h{i}>");
+        let text = format!("<h{i}:0123456789>");
         type_saved(&mut at_home, &text).await;
         typed.push(text);
     }
     let (_, home_text) = doc_state(home.addr, "doc").await.unwrap();
     assert!(
-        !home_text.contains("<r9>"),
+        !home_text.contains("<r9:"),
         "the home cannot have the region's edits during the partition"
     );
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(partition.elapsed())).await;
     proxy.resume(Direction::Both);
     converged(region.addr, home.addr, &typed).await;
 
@@ -132,10 +131,25 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
     }
     region.kill9();
     let region = start_region(&bin, region_dir.path(), region_port, proxy.addr()).await;
+    // The writer reconnects (resuming) to the restarted region.
+    at_region.reconnect().await.unwrap();
     at_region
-        .pump_until(T, |c| c.client().all_saved() && c.is_connected())
+        .pump_until(T, |c| c.client().all_saved())
         .await
         .unwrap();
+    converged(region.addr, home.addr, &typed).await;
+
+    // kill -9 of the home with the region's work on its way: resent once.
+    for i in 27..=30 {
+        let text = format!("<r{i}>");
+        type_saved(&mut at_region, &text).await;
+        typed.push(text);
+    }
+    home.kill9();
+    let home = ServerProcess::start(&bin, home_dir.path(), home_port, &home_args)
+        .await
+        .unwrap();
+    at_home.reconnect().await.unwrap();
     let text = converged(region.addr, home.addr, &typed).await;
 
     // Both writers end with the same text.
