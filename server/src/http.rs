@@ -203,6 +203,32 @@ pub(crate) fn op_json(op: &StoredOp) -> serde_json::Value {
     })
 }
 
+/// `GET /api/docs/{doc}/copies` → `{"copies":[{"id","time_ms","reason","text"}]}`:
+/// the conflict copies the server keeps of the document (a regional server's
+/// work its home could not take), oldest first; empty if none.
+pub(crate) async fn get_copies(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Path(doc): Path<String>,
+) -> ApiResult {
+    let doc = doc_id(&doc)?;
+    caller.require(&doc, Access::Read)?;
+    let id = doc.to_string();
+    let copies = blocking(&shared, move |s| s.conflict_copies(&id)).await?;
+    let copies: Vec<serde_json::Value> = copies
+        .into_iter()
+        .map(|c| {
+            json!({
+                "id": c.id.to_string(),
+                "time_ms": c.time_ms,
+                "reason": c.reason,
+                "text": c.text,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "copies": copies })).into_response())
+}
+
 /// `GET /api/docs/{doc}/conflicts?from=R&limit=L` → ops transformed past concurrent ops.
 pub(crate) async fn get_conflicts(
     State(shared): State<Arc<Shared>>,

@@ -58,6 +58,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/docs/{doc}/text", get(http::get_text))
         .route("/api/docs/{doc}/ops", get(http::get_ops))
         .route("/api/docs/{doc}/conflicts", get(http::get_conflicts))
+        .route("/api/docs/{doc}/copies", get(http::get_copies))
         .route("/api/admin/revoke", post(admin::revoke))
         .route("/api/admin/docs/{doc}", delete(admin_docs::delete_doc))
         .route("/api/admin/docs/{doc}/export", get(admin_docs::export_doc))

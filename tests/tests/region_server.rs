@@ -208,3 +208,76 @@ async fn a_second_region_with_the_same_node_id_is_refused_by_the_home() {
     let text = message["message"].as_str().unwrap_or_default();
     assert!(text.contains("403"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_deleted_at_the_home_is_deleted_at_the_region_and_its_unsent_work_kept() {
+    let bin = server_binary().unwrap();
+    let home_dir = tempfile::tempdir().unwrap();
+    let region_dir = tempfile::tempdir().unwrap();
+    let home_port = free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{home_port}").parse().unwrap())
+        .await
+        .unwrap();
+    let proxy_host = proxy.addr().to_string();
+    let home = ServerProcess::start(
+        &bin,
+        home_dir.path(),
+        home_port,
+        &["--allowed-host", &proxy_host],
+    )
+    .await
+    .unwrap();
+    let region = start_region(&bin, region_dir.path(), free_port(), proxy.addr()).await;
+    let mut writer = WsClient::join(region.addr, "doc", "w").await.unwrap();
+    type_saved(&mut writer, "<shared>").await;
+    converged(region.addr, home.addr, &["<shared>".to_owned()]).await;
+
+    // Cut off, the region takes an edit the home will never see.
+    proxy.stall(Direction::Both);
+    type_saved(&mut writer, "<unsent>").await;
+    let delete = |addr: SocketAddr| async move {
+        ot_driver::http::send(
+            &addr.into(),
+            ot_driver::http::Method::DELETE,
+            "/api/admin/docs/doc",
+            None,
+            &ot_driver::ConnectOptions::default(),
+        )
+        .await
+        .unwrap()
+    };
+    let (status, body) = delete(home.addr).await;
+    assert_eq!(status, 200, "{body}");
+    // Deleting is the home's.
+    let (status, body) = delete(region.addr).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains(&home.addr.to_string()) || body.contains(&proxy_host),
+        "{body}"
+    );
+
+    // Healed: the region follows the delete, its writer resyncs to the
+    // home's (new, empty) document, and the work the home never had is kept.
+    proxy.resume(Direction::Both);
+    let closed = writer.expect_close(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(closed.map(|(code, _)| code), Some(4004));
+    writer.reconnect().await.unwrap();
+    assert_eq!(writer.text(), "");
+    let (_, at_region) = doc_state(region.addr, "doc").await.unwrap();
+    assert_eq!(at_region, "");
+    let (status, copies) = e2e_tests::http_get_json(region.addr, "/api/docs/doc/copies")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{copies}");
+    let copies = copies["copies"].as_array().cloned().unwrap_or_default();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let text = copies[0]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("<unsent>") && text.contains("<shared>"),
+        "{text}"
+    );
+
+    // Writing goes on, replicated to the new document at the home.
+    type_saved(&mut writer, "<after>").await;
+    converged(region.addr, home.addr, &["<after>".to_owned()]).await;
+}

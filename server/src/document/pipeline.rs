@@ -30,7 +30,9 @@ use super::replica::{Replica, ReplicaError};
 use super::snapshot_policy::SnapshotPolicy;
 use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
-use crate::storage::{CommitCallback, CommitLane, Committed, StorageError, StoredOp, WriteItem};
+use crate::storage::{
+    CommitCallback, CommitLane, Committed, ConflictCopy, StorageError, StoredOp, WriteItem,
+};
 
 /// What a joiner's queue can take of ops from memory (see
 /// [`Pipeline::first_frames`]).
@@ -718,11 +720,23 @@ impl Pipeline {
     /// delete, then the new history's first commit with a checkpoint).
     ///
     /// [`SnapshotAdoption::Reset`]: ot_core::region::SnapshotAdoption::Reset
-    pub(super) fn reset_items(&mut self) -> Vec<WriteItem> {
-        let mut items = vec![WriteItem::DeleteDoc {
+    pub(super) fn reset_items(&mut self, conflict_copy: Option<String>) -> Vec<WriteItem> {
+        let mut items: Vec<WriteItem> = conflict_copy
+            .map(|text| WriteItem::ConflictCopy {
+                doc: self.id.clone(),
+                copy: ConflictCopy {
+                    id: rand::random::<u64>() >> 1,
+                    time_ms: now_ms(),
+                    reason: "this server's text that its home did not take when it could not resume the document (changed or deleted there)".into(),
+                    text,
+                },
+            })
+            .into_iter()
+            .collect();
+        items.push(WriteItem::DeleteDoc {
             doc: self.id.clone(),
             epoch: self.epoch.shown(),
-        }];
+        });
         self.region_records(&mut items, true);
         items
     }

@@ -157,6 +157,15 @@ pub enum WriteItem {
         /// The epoch the deleted generation showed last (never reused for the id).
         epoch: u64,
     },
+    /// Keep a conflict copy of the document: text that could not stay in
+    /// it (a regional server's work the home could not take). Copies
+    /// outlive deletes of the document; a replay keeps one per id.
+    ConflictCopy {
+        /// The document id.
+        doc: String,
+        /// The copy.
+        copy: ConflictCopy,
+    },
     /// One record of a regional server's log of the document (see
     /// [`RegionRecord`]), number `n` (increasing per document). A checkpoint
     /// replaces every record numbered below it.
@@ -168,6 +177,19 @@ pub enum WriteItem {
         /// The record.
         record: RegionRecord,
     },
+}
+
+/// A conflict copy kept by the server ([`WriteItem::ConflictCopy`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConflictCopy {
+    /// Its id (random; unique per document).
+    pub id: u64,
+    /// When it was made, in milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// Why, in words.
+    pub reason: String,
+    /// The text.
+    pub text: String,
 }
 
 /// What a regional server stores of a document besides its ops: the steps
@@ -199,6 +221,7 @@ impl WriteItem {
                 128 + snapshot.text.len() + 96 * snapshot.clients.len()
             }
             WriteItem::Region { record, .. } => 128 + record.memory_bytes(),
+            WriteItem::ConflictCopy { copy, .. } => 128 + copy.text.len() + copy.reason.len(),
             _ => 128,
         }
     }
@@ -213,7 +236,8 @@ impl WriteItem {
             | WriteItem::Snapshot { doc, .. }
             | WriteItem::ClientKey { doc, .. }
             | WriteItem::DeleteDoc { doc, .. }
-            | WriteItem::Region { doc, .. } => doc,
+            | WriteItem::Region { doc, .. }
+            | WriteItem::ConflictCopy { doc, .. } => doc,
         }
     }
 }
@@ -354,7 +378,8 @@ pub(crate) fn check_continuity(
         match item {
             WriteItem::CreateDoc { .. }
             | WriteItem::ClientKey { .. }
-            | WriteItem::Region { .. } => {}
+            | WriteItem::Region { .. }
+            | WriteItem::ConflictCopy { .. } => {}
             WriteItem::Op { op, .. } if op.rev != *last + 1 => {
                 return Err(StorageError::Gap {
                     doc: doc.to_owned(),
@@ -472,6 +497,12 @@ pub trait Storage: Send + Sync + 'static {
     /// newest checkpoint on, in order, with their numbers (empty: none).
     /// Sees every committed item. The default keeps none.
     fn region_records(&self, doc: &str) -> Result<Vec<(u64, RegionRecord)>, StorageError> {
+        let _ = doc;
+        Ok(Vec::new())
+    }
+    /// The conflict copies kept of `doc`, oldest first (sees every
+    /// committed item). The default keeps none.
+    fn conflict_copies(&self, doc: &str) -> Result<Vec<ConflictCopy>, StorageError> {
         let _ = doc;
         Ok(Vec::new())
     }

@@ -68,12 +68,14 @@ impl Document {
             return;
         };
         match event {
-            LinkEvent::Closed { conn, code, .. } => {
-                if conn != link.conn {
-                    return;
-                }
+            LinkEvent::Closed { conn, code } => {
+                // The document the link knows was deleted at the home (also
+                // when a resume is refused so, before any first message).
                 if code == Some(CloseCode::DocumentDeleted.code()) {
                     link.want_snapshot = true;
+                }
+                if conn != link.conn {
+                    return;
                 }
                 if let Some(region) = self.pipeline.region_mut() {
                     region.upstream_disconnected();
@@ -241,15 +243,15 @@ impl Document {
     /// regional history from the home's text: store it in place of the old
     /// one (a new generation of the document, so a new epoch), close every
     /// local connection so that it resyncs, and stop; the next join loads
-    /// the new history. The regional text the home lacks is kept in the
-    /// reset's record and logged.
+    /// the new history. The regional text the home lacks is kept as a
+    /// conflict copy (`GET /api/docs/{doc}/copies`).
     async fn region_reset(&mut self, conflict_copy: Option<String>) {
         tracing::warn!(
             doc = %self.id,
             conflict_copy_chars = conflict_copy.as_ref().map(|c| c.chars().count()),
             "the home could not resume this region's copy: starting again from the home's text"
         );
-        let items = self.pipeline.reset_items();
+        let items = self.pipeline.reset_items(conflict_copy);
         let (tx, durable) = oneshot::channel();
         self.pipeline.submit(
             items,

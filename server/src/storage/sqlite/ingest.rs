@@ -212,6 +212,10 @@ pub(super) fn write_items(
         let mut insert_region = tx.prepare_cached(
             "INSERT OR REPLACE INTO region_log (doc, n, record) VALUES (?1, ?2, ?3)",
         )?;
+        let mut insert_copy = tx.prepare_cached(
+            "INSERT OR IGNORE INTO conflict_copies (doc, id, time_ms, reason, text)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
         let mut prune_region =
             tx.prepare_cached("DELETE FROM region_log WHERE doc = ?1 AND n < ?2")?;
         let mut delete = DeleteStatements::prepare(&tx)?;
@@ -246,6 +250,15 @@ pub(super) fn write_items(
                     ..
                 } => {
                     insert_key.execute(params![doc, client_id, key_hash.to_hex()])?;
+                }
+                WriteItem::ConflictCopy { copy, .. } => {
+                    insert_copy.execute(params![
+                        doc,
+                        to_sql_int(copy.id, "copy id")?,
+                        copy.time_ms,
+                        copy.reason,
+                        copy.text,
+                    ])?;
                 }
                 WriteItem::Region { n, record, .. } => {
                     let n = to_sql_int(*n, "region record number")?;

@@ -67,8 +67,8 @@ use self::schema::{meta_set, set_synchronous};
 use super::dir_lock::DirLock;
 use super::oplog::OpLog;
 use super::{
-    check_continuity, DocSummary, LoadedDoc, RegionRecord, Storage, StorageError, StoredOp,
-    WriteItem,
+    check_continuity, ConflictCopy, DocSummary, LoadedDoc, RegionRecord, Storage, StorageError,
+    StoredOp, WriteItem,
 };
 
 /// The database file name inside the data directory.
@@ -464,6 +464,10 @@ impl Storage for SqliteStorage {
 
     fn region_records(&self, doc: &str) -> Result<Vec<(u64, RegionRecord)>, StorageError> {
         self.read(|conn| reads::region_records(conn, doc))
+    }
+
+    fn conflict_copies(&self, doc: &str) -> Result<Vec<ConflictCopy>, StorageError> {
+        self.read(|conn| reads::conflict_copies(conn, doc))
     }
 
     fn region_docs(&self) -> Result<Vec<String>, StorageError> {

@@ -15,7 +15,7 @@ use super::{
     from_sql_int, limit_to_sql, lock, to_sql_int, SqliteStorage, BUSY_TIMEOUT, MAX_IDLE_READERS,
     STATEMENT_CACHE,
 };
-use crate::storage::{DocSummary, LoadedDoc, RegionRecord, StorageError, StoredOp};
+use crate::storage::{ConflictCopy, DocSummary, LoadedDoc, RegionRecord, StorageError, StoredOp};
 
 /// Ops of a document after a revision (`?2`), at most `?3`: the columns [`RawOp`] reads.
 pub(super) const SQL_OPS_AFTER: &str =
@@ -438,4 +438,36 @@ pub(super) fn region_docs(conn: &Connection) -> Result<Vec<String>, StorageError
         .query_map([], |row| row.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(docs)
+}
+
+/// A document's conflict copies, oldest first ([`Storage::conflict_copies`]).
+///
+/// [`Storage::conflict_copies`]: crate::storage::Storage::conflict_copies
+pub(super) fn conflict_copies(
+    conn: &Connection,
+    doc: &str,
+) -> Result<Vec<ConflictCopy>, StorageError> {
+    let mut select = conn.prepare_cached(
+        "SELECT id, time_ms, reason, text FROM conflict_copies WHERE doc = ?1
+         ORDER BY time_ms, id",
+    )?;
+    let rows = select.query_map([doc], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut copies = Vec::new();
+    for row in rows {
+        let (id, time_ms, reason, text) = row?;
+        copies.push(ConflictCopy {
+            id: from_sql_int(id, "copy id")?,
+            time_ms,
+            reason,
+            text,
+        });
+    }
+    Ok(copies)
 }

@@ -74,6 +74,16 @@
 //!     record TEXT NOT NULL,
 //!     PRIMARY KEY (doc, n)
 //! ) WITHOUT ROWID;
+//! -- conflict copies kept by the server (a region's work its home could not
+//! -- take); they outlive deletes of the document. Added the same way.
+//! CREATE TABLE conflict_copies (
+//!     doc     TEXT NOT NULL,
+//!     id      INTEGER NOT NULL,              -- random, per document
+//!     time_ms INTEGER NOT NULL,
+//!     reason  TEXT NOT NULL,
+//!     text    TEXT NOT NULL,
+//!     PRIMARY KEY (doc, id)
+//! ) WITHOUT ROWID;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 //! ```
 //!
@@ -155,6 +165,14 @@ CREATE TABLE IF NOT EXISTS region_log (
     n      INTEGER NOT NULL,
     record TEXT NOT NULL,
     PRIMARY KEY (doc, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conflict_copies (
+    doc     TEXT NOT NULL,
+    id      INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    reason  TEXT NOT NULL,
+    text    TEXT NOT NULL,
+    PRIMARY KEY (doc, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,

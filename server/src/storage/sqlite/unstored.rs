@@ -71,7 +71,9 @@ fn apply_unstored(
             }
             // The tail from the older snapshot gives the same state; region
             // records are read on their own (`region_records`).
-            WriteItem::Snapshot { .. } | WriteItem::Region { .. } => {}
+            WriteItem::Snapshot { .. }
+            | WriteItem::Region { .. }
+            | WriteItem::ConflictCopy { .. } => {}
             WriteItem::ClientKey {
                 client_id,
                 key_hash,
