@@ -1,0 +1,33 @@
+//! The suite's TCP proxy as a program, for benchmarks across a slow link
+//! (the kernel here has no netem): listens on a loopback port and forwards
+//! every connection to a target with a delay each way.
+//!
+//! ```sh
+//! cargo run --release -p e2e-tests --example latency_proxy -- 127.0.0.1:8080 50
+//! ```
+//! prints `listening on 127.0.0.1:PORT` and forwards until killed. Arguments:
+//! the target (a loopback address) and the delay each way in milliseconds.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use e2e_tests::proxy::{Direction, Proxy};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (Some(target), Some(delay_ms)) = (args.next(), args.next()) else {
+        bail!("usage: latency_proxy TARGET_ADDR DELAY_MS_EACH_WAY");
+    };
+    let target: SocketAddr = target.parse().context("TARGET_ADDR")?;
+    if !target.ip().is_loopback() {
+        bail!("the target must be a loopback address");
+    }
+    let delay_ms: u64 = delay_ms.parse().context("DELAY_MS_EACH_WAY")?;
+    let proxy = Proxy::start(target).await?;
+    proxy.set_latency(Direction::Both, Duration::from_millis(delay_ms));
+    println!("listening on {}", proxy.addr());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
