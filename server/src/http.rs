@@ -203,6 +203,47 @@ pub(crate) fn op_json(op: &StoredOp) -> serde_json::Value {
     })
 }
 
+/// `GET /api/docs/{doc}/replication` → on a regional server, how far the
+/// document is replicated to its home (see `ReplicationStatus`), with the
+/// home's address; 404 at a server without `--upstream` or for a document
+/// this region holds no copy of. Opens the document (resuming its link).
+pub(crate) async fn get_replication(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Path(doc): Path<String>,
+) -> ApiResult {
+    let doc = doc_id(&doc)?;
+    caller.require(&doc, Access::Read)?;
+    let Some(upstream) = &shared.services().upstream else {
+        return Err(ApiError::not_found(
+            "this server is not a regional server (it runs without --upstream)",
+        ));
+    };
+    let home = upstream.server.ws();
+    let id = doc.to_string();
+    if shared.registry.get(&doc).is_none() && !blocking(&shared, move |s| s.exists(&id)).await? {
+        return Err(ApiError::not_found(
+            "this region holds no copy of the document",
+        ));
+    }
+    let handle = crate::document::open(shared.services(), &shared.registry, &doc);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let status = match handle.tx.send(DocCommand::Replication(tx)).await {
+        Ok(()) => rx.await.ok().flatten(),
+        Err(_) => None,
+    };
+    let Some(status) = status else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiErrorCode::Protocol(ot_protocol::ErrorCode::StorageError),
+            "the document could not be opened; retry",
+        ));
+    };
+    let mut body = serde_json::to_value(&status).unwrap_or_default();
+    body["home"] = json!(home);
+    Ok(Json(body).into_response())
+}
+
 /// `GET /api/docs/{doc}/copies` → `{"copies":[{"id","time_ms","reason","text"}]}`:
 /// the conflict copies the server keeps of the document (a regional server's
 /// work its home could not take), oldest first; empty if none.

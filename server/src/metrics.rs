@@ -38,6 +38,11 @@ pub(crate) struct Metrics {
     pub(crate) ingest_batch: Histogram,
     /// Signs of lost acknowledged commits found when the storage was opened.
     pub(crate) storage_faults: IntGauge,
+    /// On a regional server: documents whose link to the home is connected.
+    pub(crate) region_links_connected: IntGauge,
+    /// On a regional server: local ops the home has not acknowledged yet,
+    /// over the open documents.
+    pub(crate) region_unreplicated_ops: IntGauge,
     /// Connections and requests the connection limits ended or refused, by
     /// reason (`dead_peer`, `write_timeout`, `join_timeout`, `per_addr`,
     /// `api_busy`).
@@ -133,7 +138,19 @@ impl Metrics {
             "Signs of lost acknowledged commits found when the storage was opened (a restored backup, a damaged commit log); each changed the epoch",
         )?;
         registry.register(Box::new(storage_faults.clone()))?;
+        let region_links_connected = IntGauge::new(
+            "ot_region_links_connected",
+            "On a regional server: open documents whose link to the home is connected",
+        )?;
+        registry.register(Box::new(region_links_connected.clone()))?;
+        let region_unreplicated_ops = IntGauge::new(
+            "ot_region_unreplicated_ops",
+            "On a regional server: local ops of the open documents that the home has not acknowledged yet",
+        )?;
+        registry.register(Box::new(region_unreplicated_ops.clone()))?;
         Ok(Metrics {
+            region_links_connected,
+            region_unreplicated_ops,
             registry,
             connections,
             open_documents,

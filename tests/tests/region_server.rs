@@ -12,7 +12,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e_tests::proxy::{Direction, Proxy};
-use e2e_tests::{doc_state, free_port, server_binary, ws_connect, ServerProcess, WsClient};
+use e2e_tests::{
+    doc_state, free_port, http_get_json, metric_value, server_binary, ws_connect, ServerProcess,
+    WsClient,
+};
 use ot_core::Operation;
 
 const T: Duration = Duration::from_secs(30);
@@ -53,6 +56,37 @@ async fn converged(region: SocketAddr, home: SocketAddr, typed: &[String]) -> St
             Instant::now() < deadline,
             "not converged within 60 s:\n home:   {at_home:?}\n region: {at_region:?}"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until the region says every local op is at the home.
+async fn fully_replicated(region: SocketAddr) {
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, replication) = http_get_json(region, "/api/docs/doc/replication")
+            .await
+            .unwrap();
+        if replication["ops_waiting"] == 0
+            && replication["connected"] == true
+            && replication["replicated_rev"] == replication["rev"]
+            && replication["oldest_waiting_ms"].is_null()
+        {
+            assert_eq!(
+                metric_value(region, "ot_region_unreplicated_ops")
+                    .await
+                    .unwrap(),
+                0.0
+            );
+            assert_eq!(
+                metric_value(region, "ot_region_links_connected")
+                    .await
+                    .unwrap(),
+                1.0
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "not replicated: {replication}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -118,9 +152,37 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
         !home_text.contains("<r9:"),
         "the home cannot have the region's edits during the partition"
     );
+    // The region says what waits, and since when.
+    let (status, replication) = http_get_json(region.addr, "/api/docs/doc/replication")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{replication}");
+    assert!(
+        replication["ops_waiting"].as_u64() > Some(0),
+        "{replication}"
+    );
+    assert!(replication["oldest_waiting_ms"].is_u64(), "{replication}");
+    assert!(
+        replication["replicated_rev"].as_u64() < replication["rev"].as_u64(),
+        "{replication}"
+    );
+    assert!(
+        metric_value(region.addr, "ot_region_unreplicated_ops")
+            .await
+            .unwrap()
+            > 0.0
+    );
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(partition.elapsed())).await;
+    let (_, replication) = http_get_json(region.addr, "/api/docs/doc/replication")
+        .await
+        .unwrap();
+    assert_eq!(
+        replication["connected"], false,
+        "silent for 30 s: {replication}"
+    );
     proxy.resume(Direction::Both);
     converged(region.addr, home.addr, &typed).await;
+    fully_replicated(region.addr).await;
 
     // kill -9 of the region with its writer's edits acknowledged but (some)
     // not yet at the home: none is lost, none doubled.
@@ -151,6 +213,11 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
         .unwrap();
     at_home.reconnect().await.unwrap();
     let text = converged(region.addr, home.addr, &typed).await;
+    fully_replicated(region.addr).await;
+    let (status, _) = http_get_json(home.addr, "/api/docs/doc/replication")
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "a home replicates nowhere");
 
     // Both writers end with the same text.
     at_home.pump_until(T, |c| c.text() == text).await.unwrap();

@@ -417,6 +417,9 @@ impl Document {
                 let _ = reply.send(self.pipeline.read());
             }
             DocCommand::LinkPath(reply) => self.on_link_path(reply),
+            DocCommand::Replication(reply) => {
+                let _ = reply.send(self.replication());
+            }
             DocCommand::Link(event) => self.on_link(event).await,
             DocCommand::Shutdown(done) => {
                 self.shutting_down = true;
@@ -680,6 +683,9 @@ impl Document {
                 return;
             };
             self.conns.op_durable(p.conn_id, &p.applied);
+            if let (Some(link), true) = (&mut self.link, p.conn_id != 0) {
+                link.local_durable(p.applied.rev);
+            }
             self.shared
                 .metrics
                 .ack_latency

@@ -102,6 +102,9 @@ pub(crate) enum DocCommand {
     Read(oneshot::Sender<(u64, String)>),
     /// Commit everything pending, ack it, close every connection and stop.
     Shutdown(oneshot::Sender<()>),
+    /// On a region: the state of the document's replication to its home
+    /// (`None` at a home).
+    Replication(oneshot::Sender<Option<super::replication::ReplicationStatus>>),
     /// On a region: where the link to the home connects next (the path and
     /// query of its WebSocket URL).
     LinkPath(oneshot::Sender<String>),

@@ -16,6 +16,7 @@ mod rebase;
 mod region_items;
 pub(crate) mod registry;
 mod replica;
+pub(crate) mod replication;
 mod snapshot_policy;
 #[cfg(test)]
 pub(crate) mod test_hooks;

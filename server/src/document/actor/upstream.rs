@@ -5,7 +5,9 @@
 //!
 //! [`RegionalDocument`]: ot_core::region::RegionalDocument
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ot_core::history::OpHash;
 use ot_core::region::{HomeSnapshot, RegionError, SnapshotAdoption, UpstreamOutcome};
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::super::link::{self, LinkEvent, LinkOut};
 use super::super::mailbox::DocCommand;
+use super::super::replication::ReplicationStatus;
 use super::Document;
 use crate::state::Services;
 
@@ -25,6 +28,14 @@ pub(super) struct LinkState {
     /// The next connection asks for a snapshot rather than a resume (the
     /// home's answer did not fit the link, or the document was deleted).
     want_snapshot: bool,
+    /// The current connection was resumed (or resynced) by the home.
+    connected: bool,
+    /// When local ops not yet known to be replicated became durable here:
+    /// (regional revision, when), oldest first.
+    waiting_since: VecDeque<(u64, Instant)>,
+    /// What this document adds to `ot_region_unreplicated_ops` now.
+    reported_waiting: i64,
+    shared: Arc<Services>,
 }
 
 impl LinkState {
@@ -35,9 +46,13 @@ impl LinkState {
         id: DocId,
     ) -> LinkState {
         LinkState {
-            out: link::spawn(shared, mailbox, id),
+            out: link::spawn(shared.clone(), mailbox, id),
             conn: 0,
             want_snapshot: false,
+            connected: false,
+            waiting_since: VecDeque::new(),
+            reported_waiting: 0,
+            shared,
         }
     }
 
@@ -45,6 +60,53 @@ impl LinkState {
     /// the document has then.
     pub(super) fn reconnect(&mut self) {
         let _ = self.out.send(LinkOut::Reconnect { conn: self.conn });
+    }
+
+    /// The connection is up (`true`) or gone: counted in
+    /// `ot_region_links_connected`.
+    fn set_connected(&mut self, connected: bool) {
+        if self.connected != connected {
+            self.connected = connected;
+            let gauge = &self.shared.metrics.region_links_connected;
+            match connected {
+                true => gauge.inc(),
+                false => gauge.dec(),
+            }
+        }
+    }
+
+    /// A local op became durable as regional revision `rev`.
+    pub(super) fn local_durable(&mut self, rev: u64) {
+        self.waiting_since.push_back((rev, Instant::now()));
+    }
+
+    /// Forget the local ops up to `replicated_rev`, and report how many
+    /// wait (`ops_waiting`) in `ot_region_unreplicated_ops`.
+    fn replicated_up_to(&mut self, replicated_rev: u64, ops_waiting: usize) {
+        while self
+            .waiting_since
+            .front()
+            .is_some_and(|(rev, _)| *rev <= replicated_rev)
+        {
+            self.waiting_since.pop_front();
+        }
+        let waiting = i64::try_from(ops_waiting).unwrap_or(i64::MAX);
+        self.shared
+            .metrics
+            .region_unreplicated_ops
+            .add(waiting - self.reported_waiting);
+        self.reported_waiting = waiting;
+    }
+}
+
+impl Drop for LinkState {
+    /// The document unloads: it no longer counts in the gauges.
+    fn drop(&mut self) {
+        self.set_connected(false);
+        self.shared
+            .metrics
+            .region_unreplicated_ops
+            .sub(self.reported_waiting);
     }
 }
 
@@ -77,6 +139,7 @@ impl Document {
                 if conn != link.conn {
                     return;
                 }
+                link.set_connected(false);
                 if let Some(region) = self.pipeline.region_mut() {
                     region.upstream_disconnected();
                 }
@@ -157,6 +220,7 @@ impl Document {
         }
         if let Some(link) = &mut self.link {
             link.want_snapshot = false;
+            link.set_connected(true);
         }
         Ok(())
     }
@@ -214,6 +278,7 @@ impl Document {
     fn link_resync(&mut self) {
         if let Some(link) = &mut self.link {
             link.want_snapshot = true;
+            link.set_connected(false);
             link.reconnect();
         }
         if let Some(region) = self.pipeline.region_mut() {
@@ -224,12 +289,13 @@ impl Document {
     /// Hand the op in flight to the link once it may leave (its commit is
     /// durable and the connection resumed).
     pub(super) fn pump_upstream(&mut self) {
-        let Some(link) = &self.link else {
+        let Some(link) = &mut self.link else {
             return;
         };
         let Some(region) = self.pipeline.region_mut() else {
             return;
         };
+        link.replicated_up_to(region.replicated_rev(), region.unreplicated_ops());
         if let Some(op) = region.upstream_send() {
             let text = op_message_text(op.base_rev, op.seq, &op.op, None);
             let _ = link.out.send(LinkOut::Send {
@@ -237,6 +303,27 @@ impl Document {
                 text,
             });
         }
+    }
+
+    /// The state of the document's replication (`None` at a home).
+    pub(super) fn replication(&self) -> Option<ReplicationStatus> {
+        let (link, region) = (self.link.as_ref()?, self.pipeline.region()?);
+        let (_, home_epoch, home_rev) = region.link_resume_point();
+        let replicated_rev = region.replicated_rev();
+        let oldest_waiting_ms = link
+            .waiting_since
+            .iter()
+            .find(|(rev, _)| *rev > replicated_rev)
+            .map(|(_, since)| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX));
+        Some(ReplicationStatus {
+            connected: link.connected,
+            home_epoch,
+            home_rev,
+            rev: region.history().revision(),
+            replicated_rev,
+            ops_waiting: region.unreplicated_ops(),
+            oldest_waiting_ms,
+        })
     }
 
     /// The home could not resume this region's copy and it started a new
