@@ -139,6 +139,12 @@ impl Session {
         self.driver.core().client()
     }
 
+    /// Whether a regional server said that work is saved there but not yet
+    /// at the document's home.
+    pub fn awaiting_replication(&self) -> bool {
+        self.driver.core().awaiting_replication()
+    }
+
     /// The server's head revision in the last snapshot or resume: the local
     /// text is current (as of the connection) once the revision reaches it.
     pub fn head(&self) -> u64 {

@@ -117,6 +117,7 @@ fn status(conn: ConnState, unacked: usize) -> StatusView {
         conn,
         rev: 7,
         unacked,
+        unreplicated: false,
         message: None,
     }
 }
@@ -469,6 +470,15 @@ fn status_line_shows_connection_revision_and_saving() {
     assert!(line.contains("rev 7"), "{line}");
     assert!(line.contains("all saved"), "{line}");
     assert!(line.contains("1 here"), "{line}");
+    // A regional server with work not yet at the home.
+    let mut regional = status(ConnState::Connected, 0);
+    regional.unreplicated = true;
+    let terminal = doc.render_with(&[], &regional);
+    let line = row_text(&terminal, 2);
+    assert!(
+        line.contains("saved in region, not yet replicated"),
+        "{line}"
+    );
     let terminal = doc.render_with(&[], &status(ConnState::Reconnecting, 3));
     let line = row_text(&terminal, 2);
     assert!(

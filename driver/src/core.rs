@@ -132,6 +132,9 @@ pub struct SessionCore {
     outbox: VecDeque<Queued>,
     version: u64,
     durable_version: u64,
+    /// From a regional server: every local op up to this revision is at
+    /// the document's home (`None`: not told on this connection).
+    replicated: Option<u64>,
     /// This writer's key.
     client_key: ClientKey,
     /// The state version that first held `client_key`: the key is presented
@@ -206,6 +209,7 @@ impl SessionCore {
             outbox: VecDeque::new(),
             version: 0,
             durable_version: 0,
+            replicated: None,
             client_key: ClientKey::random(),
             key_version: 0,
         }
@@ -351,6 +355,16 @@ impl SessionCore {
         // The server sends every other client's cursor after the first message
         // (and catch-up): forget the old ones, some may have left meanwhile.
         self.cursors.clear();
+        // A regional server says it again on every connection.
+        self.replicated = None;
+    }
+
+    /// Whether a regional server said that local work up to the client's
+    /// revision is not at the document's home yet ("saved in the region,
+    /// not yet replicated"); false for a server that is not a region.
+    pub fn awaiting_replication(&self) -> bool {
+        self.replicated
+            .is_some_and(|rev| rev < self.client.revision())
     }
 
     /// The connection ended: closed by the server with `code` (`None`: lost
@@ -597,6 +611,7 @@ impl SessionCore {
             }
             // A pong only proves the connection alive (the shell watches that).
             // A batch never reaches here (`handle` opens it).
+            ServerMessage::Replicated { rev } => self.replicated = Some(rev),
             ServerMessage::Pong | ServerMessage::Unknown | ServerMessage::Batch { .. } => {}
         }
         events

@@ -60,6 +60,7 @@ pub fn server_examples() -> Vec<ServerMessage<'static>> {
             seq: Some(3),
         },
         ServerMessage::Pong,
+        ServerMessage::Replicated { rev: 6 },
         ServerMessage::Batch {
             messages: vec![
                 ServerMessage::Op {

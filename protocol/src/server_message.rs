@@ -180,6 +180,14 @@ pub enum ServerMessage<'a> {
     },
     /// The answer to a client's `ping`: the connection is alive.
     Pong,
+    /// From a regional server only: every local op up to revision `rev` is
+    /// acknowledged by the document's home (below the head: some are saved
+    /// at the region but not yet replicated).
+    Replicated {
+        /// The revision.
+        #[serde(deserialize_with = "safe_u64")]
+        rev: u64,
+    },
     /// Several of the messages above in one frame, in the order they would
     /// have been sent one by one; sent only to a connection that asked with
     /// `batch=1`. A client handles them in order exactly as if each had come
@@ -217,7 +225,16 @@ pub struct FrameError(#[from] serde_json::Error);
 impl ServerMessage<'_> {
     /// Every message type, as in the `type` field ([`ServerMessage::Unknown`] aside).
     pub const TYPES: &'static [&'static str] = &[
-        "snapshot", "resume", "op", "ack", "cursor", "leave", "error", "pong", "batch",
+        "snapshot",
+        "resume",
+        "op",
+        "ack",
+        "cursor",
+        "leave",
+        "error",
+        "pong",
+        "replicated",
+        "batch",
     ];
 
     /// The JSON text of the message.
@@ -237,6 +254,7 @@ impl ServerMessage<'_> {
             ServerMessage::Leave { .. } => "leave",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Pong => "pong",
+            ServerMessage::Replicated { .. } => "replicated",
             ServerMessage::Batch { .. } => "batch",
             ServerMessage::Unknown => "unknown",
         }

@@ -98,7 +98,7 @@ export function errorAction(code, seq, outstandingSeq) {
 /** A frame the page cannot read: it is logged and the page reconnects. */
 export class UnreadableMessage extends Error {}
 
-const KNOWN_TYPES = new Set(["snapshot", "resume", "op", "ack", "cursor", "leave", "error", "pong", "batch"]);
+const KNOWN_TYPES = new Set(["snapshot", "resume", "op", "ack", "cursor", "leave", "error", "pong", "replicated", "batch"]);
 
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 
@@ -176,6 +176,9 @@ export function checkServerMessage(m) {
       count(m, "seq", true);
       break;
     case "pong":
+      break;
+    case "replicated":
+      count(m, "rev");
       break;
     case "batch":
       // Several messages in one frame (asked for with batch=1): each is
@@ -365,6 +368,14 @@ export class Session {
     this.cursorDirty = true;
     this.nameSent = false;
     this.lastSentRanges = "";
+    // From a regional server: every local op up to this revision is at the
+    // document's home (null: not told on this connection).
+    this.replicatedRev = null;
+  }
+
+  /** Whether a regional server has work saved there but not yet at the home. */
+  awaitingReplication() {
+    return this.replicatedRev !== null && this.replicatedRev < this.client.revision;
   }
 
   // -- Connection ----------------------------------------------------------
@@ -419,6 +430,7 @@ export class Session {
     socket.onopen = () => {
       if (this.ws !== socket) return;
       this.connected = true;
+      this.replicatedRev = null; // a regional server says it on every connection
       this.heard();
       this.watchLiveness(socket);
     };
@@ -732,6 +744,10 @@ export class Session {
       case "pong":
         // Only proves the connection alive: every frame does that.
         return { kind: "pong", action: "alive" };
+      case "replicated":
+        this.replicatedRev = m.rev;
+        this.hooks.changed();
+        return { kind: "replicated", action: "noted" };
       default:
         return { kind: "skipped", action: "ignored" };
     }

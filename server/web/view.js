@@ -36,6 +36,7 @@ export class View {
     let text;
     if (s === "stopped") text = `stopped: ${session && session.stopped}`;
     else if (!connected) text = s === "connecting" ? "connecting…" : "reconnecting…";
+    else if (saved && session.awaitingReplication()) text = "connected · saved in region, not yet replicated";
     else text = saved ? "connected · all saved" : "connected · saving…";
     if (!saved && session && !connected) text += " (unsent edits are kept)";
     if (session && session.access === "read") text += " · read-only";

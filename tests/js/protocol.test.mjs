@@ -215,6 +215,17 @@ function setUp(m) {
         check: () => assert.equal(h.socket.sent.length, before, "a pong changes nothing"),
       };
     }
+    case "replicated": {
+      const h = harness(outstandingClient(8, 3));
+      return {
+        h,
+        expect: "noted",
+        check: () => {
+          assert.equal(h.session.replicatedRev, m.rev);
+          assert.equal(h.session.awaitingReplication(), m.rev < h.session.client.revision);
+        },
+      };
+    }
     case "batch": {
       // The fixture's batch: another client's op, this client's ack, that client leaving.
       const [op, ack] = m.messages;
@@ -252,7 +263,18 @@ test("every server message of the fixture is understood by the page's handler", 
     check();
     types.add(m.type);
   }
-  assert.deepEqual([...types].sort(), ["ack", "batch", "cursor", "error", "leave", "op", "pong", "resume", "snapshot"]);
+  assert.deepEqual([...types].sort(), [
+    "ack",
+    "batch",
+    "cursor",
+    "error",
+    "leave",
+    "op",
+    "pong",
+    "replicated",
+    "resume",
+    "snapshot",
+  ]);
 });
 
 test("forward compatibility: unknown fields, types, error codes and close codes", () => {

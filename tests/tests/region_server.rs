@@ -152,6 +152,8 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
         !home_text.contains("<r9:"),
         "the home cannot have the region's edits during the partition"
     );
+    // The region's writer is told its work is saved there, not yet at the home.
+    assert!(at_region.core().awaiting_replication());
     // The region says what waits, and since when.
     let (status, replication) = http_get_json(region.addr, "/api/docs/doc/replication")
         .await
@@ -183,6 +185,10 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
     proxy.resume(Direction::Both);
     converged(region.addr, home.addr, &typed).await;
     fully_replicated(region.addr).await;
+    at_region
+        .pump_until(T, |c| !c.core().awaiting_replication())
+        .await
+        .unwrap();
 
     // kill -9 of the region with its writer's edits acknowledged but (some)
     // not yet at the home: none is lost, none doubled.

@@ -227,6 +227,7 @@ impl App {
             conn: self.session.conn,
             rev: self.session.client().revision(),
             unacked: self.session.client().unacknowledged(),
+            unreplicated: self.session.awaiting_replication(),
             message,
         }
     }

@@ -94,6 +94,8 @@ pub struct StatusView {
     pub rev: u64,
     /// Local edits not acknowledged yet.
     pub unacked: usize,
+    /// A regional server has work not yet at the document's home.
+    pub unreplicated: bool,
     /// A message above the status line.
     pub message: Option<(String, Severity)>,
 }
@@ -273,7 +275,9 @@ fn draw_status(buf: &mut Buffer, area: Rect, status: &StatusView, remotes: &[Rem
         ConnState::Reconnecting => ("◌ reconnecting", Color::Yellow),
         ConnState::Offline => ("○ offline", Color::LightRed),
     };
-    let saved = if status.unacked == 0 {
+    let saved = if status.unacked == 0 && status.unreplicated {
+        "saved in region, not yet replicated".to_owned()
+    } else if status.unacked == 0 {
         "all saved".to_owned()
     } else {
         format!("{} unsaved", status.unacked)

@@ -1192,6 +1192,8 @@ impl LoadClient {
             ServerMessage::Cursor { .. }
             | ServerMessage::Leave { .. }
             | ServerMessage::Pong
+            // From a regional server: nothing to measure.
+            | ServerMessage::Replicated { .. }
             // `handle_frame` opens batches.
             | ServerMessage::Batch { .. }
             | ServerMessage::Unknown => {}

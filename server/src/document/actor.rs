@@ -517,6 +517,7 @@ impl Document {
             bytes: request.out.room_bytes() / 2,
         };
         let mut frames = self.pipeline.first_frames(&request, room, self.limits());
+        frames.extend(self.replicated_frame());
         frames.extend(self.conns.cursor_frames(self.pipeline.durable_rev()));
         self.conns.add(request, frames);
         Ok(())

@@ -155,6 +155,11 @@ impl Connections {
         self.broadcast(None, &frame);
     }
 
+    /// Queue `frame` as a broadcast for everyone.
+    pub(super) fn broadcast_text(&mut self, frame: &axum::extract::ws::Utf8Bytes) {
+        self.broadcast(None, frame);
+    }
+
     /// Queue `frame` as a broadcast for everyone but `except`.
     fn broadcast(&mut self, except: Option<u64>, frame: &axum::extract::ws::Utf8Bytes) {
         let ids: Vec<u64> = self

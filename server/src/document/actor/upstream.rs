@@ -18,6 +18,7 @@ use super::super::link::{self, LinkEvent, LinkOut};
 use super::super::mailbox::DocCommand;
 use super::super::replication::ReplicationStatus;
 use super::Document;
+use crate::outbound::{text_frame, Outbound};
 use crate::state::Services;
 
 /// The actor's side of the link.
@@ -35,6 +36,8 @@ pub(super) struct LinkState {
     waiting_since: VecDeque<(u64, Instant)>,
     /// What this document adds to `ot_region_unreplicated_ops` now.
     reported_waiting: i64,
+    /// The `replicated` revision last told the local clients.
+    announced: Option<u64>,
     shared: Arc<Services>,
 }
 
@@ -52,6 +55,7 @@ impl LinkState {
             connected: false,
             waiting_since: VecDeque::new(),
             reported_waiting: 0,
+            announced: None,
             shared,
         }
     }
@@ -303,6 +307,22 @@ impl Document {
                 text,
             });
         }
+        // What local clients see is durable: never tell them of more.
+        let replicated = region.replicated_rev().min(self.pipeline.durable_rev());
+        if link.announced != Some(replicated) {
+            link.announced = Some(replicated);
+            self.conns
+                .broadcast_text(&text_frame(&ServerMessage::Replicated { rev: replicated }));
+        }
+    }
+
+    /// On a region: the `replicated` message a joining client gets after
+    /// its first message.
+    pub(super) fn replicated_frame(&self) -> Option<Outbound> {
+        let announced = self.link.as_ref()?.announced?;
+        Some(Outbound::Text(text_frame(&ServerMessage::Replicated {
+            rev: announced,
+        })))
     }
 
     /// The state of the document's replication (`None` at a home).
