@@ -7,12 +7,15 @@
 //! ```
 //! prints `listening on 127.0.0.1:PORT` and forwards until killed. Arguments:
 //! the target (a loopback address) and the delay each way in milliseconds.
+//! Lines on stdin control it: `stall` (a partition: nothing is forwarded,
+//! nothing is closed), `resume`, `cut` (close every connection).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use e2e_tests::proxy::{Direction, Proxy};
+use tokio::io::AsyncBufReadExt;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -28,6 +31,23 @@ async fn main() -> Result<()> {
     let proxy = Proxy::start(target).await?;
     proxy.set_latency(Direction::Both, Duration::from_millis(delay_ms));
     println!("listening on {}", proxy.addr());
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line? {
+                Some(line) => match line.trim() {
+                    "stall" => proxy.stall(Direction::Both),
+                    "resume" => proxy.resume(Direction::Both),
+                    "cut" => proxy.cut(),
+                    other => eprintln!("unknown command {other:?}: stall, resume or cut"),
+                },
+                // No more commands: forward until killed.
+                None => {
+                    tokio::signal::ctrl_c().await?;
+                    return Ok(());
+                }
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }

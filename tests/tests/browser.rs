@@ -751,3 +751,97 @@ async fn pages_opened_through_minted_links_follow_their_access() -> Result<()> {
     server.stop().await?;
     result
 }
+
+/// A regional server in front of the page: the page and the terminal client
+/// edit at the region, the page says "saved in region, not yet replicated"
+/// while the home cannot be reached and "all saved" once the home has it,
+/// and the home ends with the same text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_a_regional_server_says_what_is_not_yet_at_the_home() -> Result<()> {
+    use e2e_tests::proxy::{Direction, Proxy};
+    let _ = chromedriver();
+    let home_dir = tempfile::tempdir()?;
+    let region_dir = tempfile::tempdir()?;
+    let home_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let proxy = Proxy::start(home_addr).await?;
+    let proxy_host = proxy.addr().to_string();
+    let home = start_server_with(home_dir.path(), |c| {
+        c.addr = home_addr;
+        c.allowed_host = vec![proxy_host.clone()];
+    })
+    .await?;
+    // With authentication on (OT_TEST_AUTH=1 runs), the region's link
+    // presents a token with `region` access.
+    let token_file = region_dir.path().join("upstream.token");
+    if e2e_tests::test_auth() {
+        let token = e2e_tests::mint_test_token(
+            e2e_tests::TEST_SECRET,
+            "eu",
+            &["*"],
+            ot_protocol::Access::Region,
+            3600,
+        );
+        std::fs::write(&token_file, token)?;
+    }
+    let region = start_server_with(region_dir.path(), |c| {
+        c.upstream = Some(format!("ws://{proxy_host}"));
+        c.node_id = Some("eu".into());
+        if e2e_tests::test_auth() {
+            c.upstream_token_file = Some(token_file.clone());
+        }
+    })
+    .await?;
+    let base = format!("http://{}", region.addr);
+    let doc = "regional";
+    let term = Terminal::new(region.addr)?;
+
+    let driver = Driver::start().await?;
+    let profile = tempfile::tempdir()?;
+    let page = driver.session(profile.path()).await?;
+    let result = async {
+        open(&page, &base, doc, "Ann").await?;
+        send_keys(&page, "hello ").await?;
+        term.run(&["append", doc, "from the terminal "]).await?;
+        wait_for(&page, "all saved", Duration::from_secs(20), |s| {
+            s["saved"] == true
+                && s["text"] == "hello from the terminal "
+                && s["status"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("all saved"))
+        })
+        .await?;
+
+        // The home cannot be reached: saved at the region, not yet replicated.
+        proxy.stall(Direction::Both);
+        send_keys(&page, "while cut off").await?;
+        wait_for(&page, "not yet replicated", Duration::from_secs(20), |s| {
+            s["saved"] == true
+                && s["status"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("saved in region, not yet replicated"))
+        })
+        .await?;
+        let (_, at_home) = doc_state(home.addr, doc).await?;
+        assert!(!at_home.contains("while cut off"), "{at_home:?}");
+
+        proxy.resume(Direction::Both);
+        let state = wait_for(&page, "replicated", Duration::from_secs(60), |s| {
+            s["status"]
+                .as_str()
+                .is_some_and(|t| t.contains("all saved"))
+        })
+        .await?;
+        let (_, at_home) = doc_state(home.addr, doc).await?;
+        assert_eq!(state["text"], json!(at_home));
+        assert_eq!(at_home, "hello from the terminal while cut off");
+        // The terminal client reads the same text at the region.
+        let cat = term.run(&["cat", doc]).await?;
+        assert_eq!(cat.trim_end_matches('\n'), at_home);
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    let _ = page.close().await;
+    region.stop().await?;
+    home.stop().await?;
+    result
+}
