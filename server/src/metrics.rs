@@ -145,7 +145,7 @@ impl Metrics {
         registry.register(Box::new(region_links_connected.clone()))?;
         let region_unreplicated_ops = IntGauge::new(
             "ot_region_unreplicated_ops",
-            "On a regional server: local ops of the open documents that the home has not acknowledged yet",
+            "On a regional server: ops of the open documents' links that the home has not acknowledged yet (local ops are composed into them)",
         )?;
         registry.register(Box::new(region_unreplicated_ops.clone()))?;
         Ok(Metrics {

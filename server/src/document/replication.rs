@@ -16,9 +16,11 @@ pub(crate) struct ReplicationStatus {
     pub(crate) rev: u64,
     /// Every local op up to this regional revision is acknowledged by the home.
     pub(crate) replicated_rev: u64,
-    /// Local ops the home has not acknowledged yet (in flight and queued).
+    /// The link's ops the home has not acknowledged yet (the op in flight
+    /// and the queued ones; local ops are composed into them within the
+    /// home's limits).
     pub(crate) ops_waiting: usize,
-    /// How long the oldest of them has waited, in milliseconds (`None`:
-    /// nothing waits).
+    /// How long the oldest local op not yet at the home has waited, in
+    /// milliseconds (`None`: none waits).
     pub(crate) oldest_waiting_ms: Option<u64>,
 }
