@@ -354,3 +354,73 @@ async fn a_document_deleted_at_the_home_is_deleted_at_the_region_and_its_unsent_
     type_saved(&mut writer, "<after>").await;
     converged(region.addr, home.addr, &["<after>".to_owned()]).await;
 }
+
+/// Copy the directory `from` to `to` (a backup of a stopped server's data).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_restored_from_an_older_copy_of_its_data_starts_again_from_the_home() {
+    let bin = server_binary().unwrap();
+    let home_dir = tempfile::tempdir().unwrap();
+    let region_dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let home = ServerProcess::start(&bin, home_dir.path(), free_port(), &[])
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut region = start_region(&bin, region_dir.path(), port, home.addr).await;
+    let mut writer = WsClient::join(region.addr, "doc", "w").await.unwrap();
+    type_saved(&mut writer, "<a>").await;
+    converged(region.addr, home.addr, &["<a>".to_owned()]).await;
+
+    // A backup of the region's data now; then more work reaches the home.
+    region.kill9();
+    copy_dir(region_dir.path(), backup.path());
+    let mut region = start_region(&bin, region_dir.path(), port, home.addr).await;
+    writer.reconnect().await.unwrap();
+    type_saved(&mut writer, "<b>").await;
+    type_saved(&mut writer, "<c>").await;
+    let typed = ["<a>", "<b>", "<c>"].map(str::to_owned);
+    converged(region.addr, home.addr, &typed).await;
+
+    // The region comes back from the older copy: its link's seqs are ones
+    // the home has already applied. It must not send them again as new
+    // ops: it starts again from the home's text and keeps its own as a copy.
+    region.kill9();
+    std::fs::remove_dir_all(region_dir.path()).unwrap();
+    copy_dir(backup.path(), region_dir.path());
+    let region = start_region(&bin, region_dir.path(), port, home.addr).await;
+    // Reopened at start, the document's link finds out and keeps the old
+    // text as a conflict copy.
+    let deadline = Instant::now() + T;
+    let copies = loop {
+        let (_, copies) = http_get_json(region.addr, "/api/docs/doc/copies")
+            .await
+            .unwrap();
+        let copies = copies["copies"].as_array().cloned().unwrap_or_default();
+        if !copies.is_empty() {
+            break copies;
+        }
+        assert!(Instant::now() < deadline, "no conflict copy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0]["text"], "<a>");
+    let text = converged(region.addr, home.addr, &typed).await;
+    let mut fresh = WsClient::join(region.addr, "doc", "w2").await.unwrap();
+    assert_eq!(fresh.text(), text);
+    type_saved(&mut fresh, "<d>").await;
+    let typed = ["<a>", "<b>", "<c>", "<d>"].map(str::to_owned);
+    converged(region.addr, home.addr, &typed).await;
+}

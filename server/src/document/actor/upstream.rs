@@ -31,6 +31,9 @@ pub(super) struct LinkState {
     want_snapshot: bool,
     /// The current connection was resumed (or resynced) by the home.
     connected: bool,
+    /// The current connection is being dropped (its resume did not fit, or
+    /// a resync was asked): what still arrives on it is not taken.
+    dropping: bool,
     /// When local ops not yet known to be replicated became durable here:
     /// (regional revision, when), oldest first.
     waiting_since: VecDeque<(u64, Instant)>,
@@ -53,6 +56,7 @@ impl LinkState {
             conn: 0,
             want_snapshot: false,
             connected: false,
+            dropping: false,
             waiting_since: VecDeque::new(),
             reported_waiting: 0,
             announced: None,
@@ -149,11 +153,12 @@ impl Document {
                 }
             }
             LinkEvent::Message { conn, message } => {
-                if conn < link.conn {
-                    return; // of a connection that is gone
+                if conn < link.conn || (conn == link.conn && link.dropping) {
+                    return; // of a connection that is gone or going
                 }
                 let first = conn > link.conn;
                 link.conn = conn;
+                link.dropping = false;
                 let result = match first {
                     true => self.on_home_first(message).await,
                     false => self.on_home_message(message).await,
@@ -282,6 +287,7 @@ impl Document {
     fn link_resync(&mut self) {
         if let Some(link) = &mut self.link {
             link.want_snapshot = true;
+            link.dropping = true;
             link.set_connected(false);
             link.reconnect();
         }

@@ -1044,3 +1044,91 @@ fn the_backlog_is_measured_in_bytes() {
     assert_eq!(s.seal_and_ingest().unwrap(), 3);
     assert_eq!((s.backlog(), s.backlog_bytes()), (0, 0));
 }
+
+/// A regional document's first commit, as a first open makes it.
+fn regional_start(doc: &str) -> (ot_core::region::RegionalDocument, Vec<WriteItem>) {
+    let mut region = ot_core::region::RegionalDocument::first_open(
+        "r-eu",
+        5,
+        3,
+        "home",
+        0,
+        ot_core::OpLimits::DEFAULT,
+    )
+    .unwrap();
+    let (commit, checkpoint) = region.take_commit(false).unwrap();
+    let mut items = vec![create(doc)];
+    for (n, entry) in (0u64..).zip(commit.entries) {
+        items.push(WriteItem::Region {
+            doc: doc.to_owned(),
+            n,
+            record: RegionRecord::Entry {
+                entry: Box::new(entry),
+            },
+        });
+    }
+    assert!(checkpoint.is_none());
+    (region, items)
+}
+
+#[test]
+fn region_records_read_back_from_the_newest_checkpoint_and_go_with_a_delete() {
+    let dir = TempDir::new().unwrap();
+    let s = open(&dir, Durability::Fsync);
+    let (region, items) = regional_start("d");
+    s.commit(&items).unwrap();
+    assert_eq!(s.region_records("d").unwrap().len(), 1);
+    assert_eq!(s.region_docs().unwrap(), vec!["d".to_owned()]);
+    // A checkpoint replaces every record numbered below it, once ingested
+    // and also when read before (reads ingest first).
+    let checkpoint = WriteItem::Region {
+        doc: "d".into(),
+        n: 1,
+        record: RegionRecord::Checkpoint {
+            checkpoint: Box::new(region.checkpoint()),
+        },
+    };
+    let later = WriteItem::Region {
+        doc: "d".into(),
+        n: 2,
+        record: RegionRecord::Entry {
+            entry: Box::new(ot_core::region::RegionalEntry::Verified),
+        },
+    };
+    s.commit(&[checkpoint, later]).unwrap();
+    let records = s.region_records("d").unwrap();
+    assert_eq!(
+        records.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(matches!(records[0].1, RegionRecord::Checkpoint { .. }));
+    // They survive a reopen (the commit log replayed into the tables).
+    drop(s);
+    let s = open(&dir, Durability::Fsync);
+    assert_eq!(s.region_records("d").unwrap().len(), 2);
+    // A delete takes them; a conflict copy outlives it, once per id even
+    // when the commit log is replayed.
+    let copy = WriteItem::ConflictCopy {
+        doc: "d".into(),
+        copy: ConflictCopy {
+            id: 7,
+            time_ms: 1,
+            reason: "test".into(),
+            text: "kept".into(),
+        },
+    };
+    s.commit(&[
+        copy.clone(),
+        WriteItem::DeleteDoc {
+            doc: "d".into(),
+            epoch: 9,
+        },
+    ])
+    .unwrap();
+    s.commit(&[copy]).unwrap();
+    assert!(s.region_records("d").unwrap().is_empty());
+    assert!(s.region_docs().unwrap().is_empty());
+    let copies = s.conflict_copies("d").unwrap();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].text, "kept");
+}
