@@ -424,3 +424,50 @@ async fn a_region_restored_from_an_older_copy_of_its_data_starts_again_from_the_
     let typed = ["<a>", "<b>", "<c>", "<d>"].map(str::to_owned);
     converged(region.addr, home.addr, &typed).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_can_be_the_home_of_another_region() {
+    let bin = server_binary().unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let home = ServerProcess::start(&bin, dirs[0].path(), free_port(), &[])
+        .await
+        .unwrap();
+    let upstream = format!("ws://{}", home.addr);
+    let middle = ServerProcess::start(
+        &bin,
+        dirs[1].path(),
+        free_port(),
+        &["--upstream", &upstream, "--node-id", "eu"],
+    )
+    .await
+    .unwrap();
+    let upstream = format!("ws://{}", middle.addr);
+    let leaf = ServerProcess::start(
+        &bin,
+        dirs[2].path(),
+        free_port(),
+        &["--upstream", &upstream, "--node-id", "eu-paris"],
+    )
+    .await
+    .unwrap();
+    let mut at_home = WsClient::join(home.addr, "doc", "h").await.unwrap();
+    let mut at_middle = WsClient::join(middle.addr, "doc", "m").await.unwrap();
+    let mut at_leaf = WsClient::join(leaf.addr, "doc", "l").await.unwrap();
+    let mut typed = Vec::new();
+    for i in 0..5 {
+        for (writer, side) in [
+            (&mut at_home, "h"),
+            (&mut at_middle, "m"),
+            (&mut at_leaf, "l"),
+        ] {
+            let text = format!("<{side}{i}>");
+            type_saved(writer, &text).await;
+            typed.push(text);
+        }
+    }
+    let text = converged(middle.addr, home.addr, &typed).await;
+    converged(leaf.addr, middle.addr, &typed).await;
+    for writer in [&mut at_home, &mut at_middle, &mut at_leaf] {
+        writer.pump_until(T, |c| c.text() == text).await.unwrap();
+    }
+}
