@@ -638,3 +638,78 @@ async fn editor_keeps_edits_past_an_expired_token_and_sends_them_with_a_new_one(
     stop(server).await?;
     Ok(())
 }
+
+/// The terminal editor on a regional server: "all saved" once the home has
+/// its edits, "saved in region, not yet replicated" while the home cannot be
+/// reached (the edits are acknowledged by the region all the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editor_on_a_regional_server_says_what_is_not_yet_at_the_home() -> Result<()> {
+    use e2e_tests::proxy::{Direction, Proxy};
+    let dir = tempfile::tempdir()?;
+    let home_addr: SocketAddr = format!("127.0.0.1:{}", e2e_tests::free_port()).parse()?;
+    let proxy = Proxy::start(home_addr).await?;
+    let proxy_host = proxy.addr().to_string();
+    let home = e2e_tests::start_server_with(&dir.path().join("home"), |c| {
+        c.addr = home_addr;
+        c.allowed_host = vec![proxy_host.clone()];
+    })
+    .await?;
+    let region_dir = dir.path().join("region");
+    std::fs::create_dir_all(&region_dir)?;
+    // With authentication on (OT_TEST_AUTH=1 runs), the link presents a
+    // token with `region` access.
+    let token_file = region_dir.join("upstream.token");
+    if e2e_tests::test_auth() {
+        let token = e2e_tests::mint_test_token(
+            e2e_tests::TEST_SECRET,
+            "eu",
+            &["*"],
+            ot_protocol::Access::Region,
+            3600,
+        );
+        std::fs::write(&token_file, token)?;
+    }
+    let region = e2e_tests::start_server_with(&region_dir, |c| {
+        c.upstream = Some(format!("ws://{proxy_host}"));
+        c.node_id = Some("eu".into());
+        if e2e_tests::test_auth() {
+            c.upstream_token_file = Some(token_file.clone());
+        }
+    })
+    .await?;
+    let data = dir.path().join("clients");
+    std::fs::create_dir_all(&data)?;
+    let url = format!("ws://{}", region.addr);
+
+    let mut editor = Editor::spawn("editor", &url, &data, "regional")?;
+    editor.wait_status("connected").await?;
+    let shows = |text: &'static str, status: &'static str| {
+        move |e: &Editor| e.shown_text() == text && e.status().contains(status)
+    };
+    editor.type_text("near");
+    editor
+        .wait_for("near, all saved", WAIT, shows("near", "all saved"))
+        .await?;
+    let (_, at_home) = e2e_tests::doc_state(home.addr, "regional").await?;
+    assert_eq!(at_home, "near");
+    proxy.stall(Direction::Both);
+    editor.type_text(" cut off");
+    editor
+        .wait_for(
+            "saved in the region only",
+            WAIT,
+            shows("near cut off", "saved in region, not yet replicated"),
+        )
+        .await?;
+    let (_, at_home) = e2e_tests::doc_state(home.addr, "regional").await?;
+    assert_eq!(at_home, "near");
+    proxy.resume(Direction::Both);
+    editor
+        .wait_for("replicated", WAIT, shows("near cut off", "all saved"))
+        .await?;
+    let (_, at_home) = e2e_tests::doc_state(home.addr, "regional").await?;
+    assert_eq!(at_home, "near cut off");
+    assert!(editor.quit().await?, "{}", editor.dump());
+    stop(region).await?;
+    stop(home).await
+}

@@ -325,9 +325,11 @@ impl Document {
     /// On a region: the `replicated` message a joining client gets after
     /// its first message.
     pub(super) fn replicated_frame(&self) -> Option<Outbound> {
-        let announced = self.link.as_ref()?.announced?;
+        self.link.as_ref()?;
+        let region = self.pipeline.region()?;
+        let replicated = region.replicated_rev().min(self.pipeline.durable_rev());
         Some(Outbound::Text(text_frame(&ServerMessage::Replicated {
-            rev: announced,
+            rev: replicated,
         })))
     }
 
