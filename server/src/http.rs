@@ -244,6 +244,44 @@ pub(crate) async fn get_replication(
     Ok(Json(body).into_response())
 }
 
+/// `GET /api/docs/{doc}/conflicts/upstream?from=R&limit=L` → on a regional
+/// server, its conflict journal: each op of the home that it transformed
+/// past its own unsent work, after regional revision R, at most L (≤ 1000).
+pub(crate) async fn get_upstream_conflicts(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Path(doc): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let doc = doc_id(&doc)?;
+    caller.require(&doc, Access::Read)?;
+    if shared.services().upstream.is_none() {
+        return Err(ApiError::not_found(
+            "this server is not a regional server (it runs without --upstream)",
+        ));
+    }
+    let from = query_u64(&query, "from", 0)?;
+    let limit = query_u64(&query, "limit", MAX_PAGE as u64)?.min(MAX_PAGE as u64) as usize;
+    let id = doc.to_string();
+    let conflicts = blocking(&shared, move |s| s.region_conflicts(&id, from, limit)).await?;
+    let conflicts: Vec<serde_json::Value> = conflicts
+        .into_iter()
+        .map(|c| {
+            json!({
+                "rev": c.rev,
+                "home_rev": c.home_rev,
+                "author": c.author,
+                "author_seq": c.author_seq,
+                "received": c.received,
+                "transformed_past_local": [c.past_local.0, c.past_local.1],
+                "applied": c.applied,
+                "time_ms": c.time_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "conflicts": conflicts })).into_response())
+}
+
 /// `GET /api/docs/{doc}/copies` → `{"copies":[{"id","time_ms","reason","text"}]}`:
 /// the conflict copies the server keeps of the document (a regional server's
 /// work its home could not take), oldest first; empty if none.

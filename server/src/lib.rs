@@ -59,6 +59,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/docs/{doc}/ops", get(http::get_ops))
         .route("/api/docs/{doc}/conflicts", get(http::get_conflicts))
         .route("/api/docs/{doc}/copies", get(http::get_copies))
+        .route(
+            "/api/docs/{doc}/conflicts/upstream",
+            get(http::get_upstream_conflicts),
+        )
         .route("/api/docs/{doc}/replication", get(http::get_replication))
         .route("/api/admin/revoke", post(admin::revoke))
         .route("/api/admin/docs/{doc}", delete(admin_docs::delete_doc))

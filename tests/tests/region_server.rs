@@ -225,6 +225,45 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
         .unwrap();
     assert_eq!(status, 404, "a home replicates nowhere");
 
+    // Conflicts are journaled at both levels: the region's ops transformed
+    // past the home's writer at the home, the home writer's ops transformed
+    // past the region's unsent work at the region.
+    let (status, home_journal) = http_get_json(home.addr, "/api/docs/doc/conflicts")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let home_journal = home_journal["conflicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        home_journal.iter().any(|c| c["client"] == "r-eu"),
+        "{home_journal:?}"
+    );
+    let (status, region_journal) = http_get_json(region.addr, "/api/docs/doc/conflicts/upstream")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let region_journal = region_journal["conflicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!region_journal.is_empty());
+    for c in &region_journal {
+        assert_eq!(c["author"], "home-writer", "{c}");
+        assert_ne!(c["received"], c["applied"], "{c}");
+        let (first, last, rev) = (
+            c["transformed_past_local"][0].as_u64().unwrap(),
+            c["transformed_past_local"][1].as_u64().unwrap(),
+            c["rev"].as_u64().unwrap(),
+        );
+        assert!(first <= last && last < rev, "{c}");
+    }
+    let (status, _) = http_get_json(home.addr, "/api/docs/doc/conflicts/upstream")
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "a home has no upstream");
+
     // Both writers end with the same text.
     at_home.pump_until(T, |c| c.text() == text).await.unwrap();
     at_region.pump_until(T, |c| c.text() == text).await.unwrap();

@@ -31,7 +31,8 @@ use super::snapshot_policy::SnapshotPolicy;
 use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
 use crate::storage::{
-    CommitCallback, CommitLane, Committed, ConflictCopy, StorageError, StoredOp, WriteItem,
+    CommitCallback, CommitLane, Committed, ConflictCopy, RegionConflict, StorageError, StoredOp,
+    WriteItem,
 };
 
 /// What a joiner's queue can take of ops from memory (see
@@ -940,11 +941,28 @@ impl Pipeline {
         if integration.is_concurrent() {
             self.shared.metrics.conflicts.inc();
         }
+        let time_ms = now_ms();
         let mut items = vec![WriteItem::Op {
             doc: self.id.clone(),
-            op: StoredOp::from_applied(&applied, applied.op.clone(), now_ms()),
+            op: StoredOp::from_applied(&applied, applied.op.clone(), time_ms),
             len_after: applied.op.target_len() as u64,
         }];
+        // Transformed past local work the home did not have: journaled here.
+        if let (true, Some(first)) = (integration.is_concurrent(), integration.past_local_from) {
+            items.push(WriteItem::RegionConflict {
+                doc: self.id.clone(),
+                conflict: RegionConflict {
+                    rev: applied.rev,
+                    home_rev: integration.home_rev,
+                    author: integration.author.clone(),
+                    author_seq: integration.author_seq,
+                    received: integration.received.clone(),
+                    past_local: (first, applied.rev.saturating_sub(1)),
+                    applied: applied.op.clone(),
+                    time_ms,
+                },
+            });
+        }
         let snapshot_due = self
             .snapshots
             .snapshot_due(&applied.op, applied.op.target_len());

@@ -166,6 +166,15 @@ pub enum WriteItem {
         /// The copy.
         copy: ConflictCopy,
     },
+    /// Journal an op of the home that a regional server transformed past
+    /// its own unsent work (a detected conflict at the region). Written in
+    /// the same commit as the op; goes with a delete of the document.
+    RegionConflict {
+        /// The document id.
+        doc: String,
+        /// The conflict.
+        conflict: RegionConflict,
+    },
     /// One record of a regional server's log of the document (see
     /// [`RegionRecord`]), number `n` (increasing per document). A checkpoint
     /// replaces every record numbered below it.
@@ -177,6 +186,30 @@ pub enum WriteItem {
         /// The record.
         record: RegionRecord,
     },
+}
+
+/// An op of the home transformed past a region's unsent local work
+/// ([`WriteItem::RegionConflict`]): both sides and the result.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegionConflict {
+    /// The regional revision the home's op became.
+    pub rev: u64,
+    /// The home revision it was.
+    pub home_rev: u64,
+    /// Its author at the home (a client id, or another region's link).
+    pub author: String,
+    /// The author's seq for it.
+    pub author_seq: u64,
+    /// The op as the home sent it.
+    pub received: Operation,
+    /// The regional revisions of the local work it was transformed past:
+    /// the local ops among `first..=last` (the others are earlier ops of
+    /// the home).
+    pub past_local: (u64, u64),
+    /// The op as applied at the region.
+    pub applied: Operation,
+    /// When, in milliseconds since the Unix epoch.
+    pub time_ms: i64,
 }
 
 /// A conflict copy kept by the server ([`WriteItem::ConflictCopy`]).
@@ -222,6 +255,9 @@ impl WriteItem {
             }
             WriteItem::Region { record, .. } => 128 + record.memory_bytes(),
             WriteItem::ConflictCopy { copy, .. } => 128 + copy.text.len() + copy.reason.len(),
+            WriteItem::RegionConflict { conflict, .. } => {
+                128 + conflict.received.heap_bytes() + conflict.applied.heap_bytes()
+            }
             _ => 128,
         }
     }
@@ -237,7 +273,8 @@ impl WriteItem {
             | WriteItem::ClientKey { doc, .. }
             | WriteItem::DeleteDoc { doc, .. }
             | WriteItem::Region { doc, .. }
-            | WriteItem::ConflictCopy { doc, .. } => doc,
+            | WriteItem::ConflictCopy { doc, .. }
+            | WriteItem::RegionConflict { doc, .. } => doc,
         }
     }
 }
@@ -379,7 +416,8 @@ pub(crate) fn check_continuity(
             WriteItem::CreateDoc { .. }
             | WriteItem::ClientKey { .. }
             | WriteItem::Region { .. }
-            | WriteItem::ConflictCopy { .. } => {}
+            | WriteItem::ConflictCopy { .. }
+            | WriteItem::RegionConflict { .. } => {}
             WriteItem::Op { op, .. } if op.rev != *last + 1 => {
                 return Err(StorageError::Gap {
                     doc: doc.to_owned(),
@@ -504,6 +542,18 @@ pub trait Storage: Send + Sync + 'static {
     /// committed item). The default keeps none.
     fn conflict_copies(&self, doc: &str) -> Result<Vec<ConflictCopy>, StorageError> {
         let _ = doc;
+        Ok(Vec::new())
+    }
+    /// On a regional server: the home's ops transformed past local work
+    /// ([`WriteItem::RegionConflict`]) with regional revision > `after_rev`,
+    /// ascending, at most `limit`. The default keeps none.
+    fn region_conflicts(
+        &self,
+        doc: &str,
+        after_rev: u64,
+        limit: usize,
+    ) -> Result<Vec<RegionConflict>, StorageError> {
+        let _ = (doc, after_rev, limit);
         Ok(Vec::new())
     }
     /// The documents that have region records (a regional server's copies).

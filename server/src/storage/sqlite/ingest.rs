@@ -216,6 +216,9 @@ pub(super) fn write_items(
             "INSERT OR IGNORE INTO conflict_copies (doc, id, time_ms, reason, text)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
+        let mut insert_conflict = tx.prepare_cached(
+            "INSERT OR REPLACE INTO region_conflicts (doc, rev, conflict) VALUES (?1, ?2, ?3)",
+        )?;
         let mut prune_region =
             tx.prepare_cached("DELETE FROM region_log WHERE doc = ?1 AND n < ?2")?;
         let mut delete = DeleteStatements::prepare(&tx)?;
@@ -258,6 +261,16 @@ pub(super) fn write_items(
                         copy.time_ms,
                         copy.reason,
                         copy.text,
+                    ])?;
+                }
+                WriteItem::RegionConflict { conflict, .. } => {
+                    let json = serde_json::to_string(conflict).map_err(|e| {
+                        StorageError::Corrupt(format!("cannot serialise a region conflict: {e}"))
+                    })?;
+                    insert_conflict.execute(params![
+                        doc,
+                        to_sql_int(conflict.rev, "rev")?,
+                        json
                     ])?;
                 }
                 WriteItem::Region { n, record, .. } => {
@@ -363,6 +376,7 @@ impl<'tx> DeleteStatements<'tx> {
             "DELETE FROM snapshots WHERE doc = ?1",
             "DELETE FROM client_keys WHERE doc = ?1",
             "DELETE FROM region_log WHERE doc = ?1",
+            "DELETE FROM region_conflicts WHERE doc = ?1",
         ]
         .into_iter()
         .map(|sql| tx.prepare_cached(sql))

@@ -67,8 +67,8 @@ use self::schema::{meta_set, set_synchronous};
 use super::dir_lock::DirLock;
 use super::oplog::OpLog;
 use super::{
-    check_continuity, ConflictCopy, DocSummary, LoadedDoc, RegionRecord, Storage, StorageError,
-    StoredOp, WriteItem,
+    check_continuity, ConflictCopy, DocSummary, LoadedDoc, RegionConflict, RegionRecord, Storage,
+    StorageError, StoredOp, WriteItem,
 };
 
 /// The database file name inside the data directory.
@@ -468,6 +468,15 @@ impl Storage for SqliteStorage {
 
     fn conflict_copies(&self, doc: &str) -> Result<Vec<ConflictCopy>, StorageError> {
         self.read(|conn| reads::conflict_copies(conn, doc))
+    }
+
+    fn region_conflicts(
+        &self,
+        doc: &str,
+        after_rev: u64,
+        limit: usize,
+    ) -> Result<Vec<RegionConflict>, StorageError> {
+        self.read(|conn| reads::region_conflicts(conn, doc, after_rev, limit))
     }
 
     fn region_docs(&self) -> Result<Vec<String>, StorageError> {

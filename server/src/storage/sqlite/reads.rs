@@ -15,7 +15,9 @@ use super::{
     from_sql_int, limit_to_sql, lock, to_sql_int, SqliteStorage, BUSY_TIMEOUT, MAX_IDLE_READERS,
     STATEMENT_CACHE,
 };
-use crate::storage::{ConflictCopy, DocSummary, LoadedDoc, RegionRecord, StorageError, StoredOp};
+use crate::storage::{
+    ConflictCopy, DocSummary, LoadedDoc, RegionConflict, RegionRecord, StorageError, StoredOp,
+};
 
 /// Ops of a document after a revision (`?2`), at most `?3`: the columns [`RawOp`] reads.
 pub(super) const SQL_OPS_AFTER: &str =
@@ -470,4 +472,31 @@ pub(super) fn conflict_copies(
         });
     }
     Ok(copies)
+}
+
+/// A regional document's conflict journal ([`Storage::region_conflicts`]).
+///
+/// [`Storage::region_conflicts`]: crate::storage::Storage::region_conflicts
+pub(super) fn region_conflicts(
+    conn: &Connection,
+    doc: &str,
+    after_rev: u64,
+    limit: usize,
+) -> Result<Vec<RegionConflict>, StorageError> {
+    let mut select = conn.prepare_cached(
+        "SELECT conflict FROM region_conflicts WHERE doc = ?1 AND rev > ?2
+         ORDER BY rev LIMIT ?3",
+    )?;
+    let rows = select.query_map(
+        params![doc, to_sql_int(after_rev, "rev")?, limit_to_sql(limit)],
+        |row| row.get::<_, String>(0),
+    )?;
+    let mut conflicts = Vec::new();
+    for row in rows {
+        let json = row?;
+        conflicts.push(serde_json::from_str(&json).map_err(|e| {
+            StorageError::Corrupt(format!("document {doc:?}: bad region conflict: {e}"))
+        })?);
+    }
+    Ok(conflicts)
 }

@@ -84,6 +84,14 @@
 //!     text    TEXT NOT NULL,
 //!     PRIMARY KEY (doc, id)
 //! ) WITHOUT ROWID;
+//! -- a regional server's conflict journal: each op of the home it transformed
+//! -- past its own unsent work (`RegionConflict` as JSON); added the same way.
+//! CREATE TABLE region_conflicts (
+//!     doc      TEXT NOT NULL,
+//!     rev      INTEGER NOT NULL,             -- the regional revision
+//!     conflict TEXT NOT NULL,
+//!     PRIMARY KEY (doc, rev)
+//! ) WITHOUT ROWID;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 //! ```
 //!
@@ -173,6 +181,12 @@ CREATE TABLE IF NOT EXISTS conflict_copies (
     reason  TEXT NOT NULL,
     text    TEXT NOT NULL,
     PRIMARY KEY (doc, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS region_conflicts (
+    doc      TEXT NOT NULL,
+    rev      INTEGER NOT NULL,
+    conflict TEXT NOT NULL,
+    PRIMARY KEY (doc, rev)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,

@@ -73,7 +73,8 @@ fn apply_unstored(
             // records are read on their own (`region_records`).
             WriteItem::Snapshot { .. }
             | WriteItem::Region { .. }
-            | WriteItem::ConflictCopy { .. } => {}
+            | WriteItem::ConflictCopy { .. }
+            | WriteItem::RegionConflict { .. } => {}
             WriteItem::ClientKey {
                 client_id,
                 key_hash,
