@@ -32,6 +32,24 @@ impl DocEpoch {
 
     /// Whether a client that last saw `client` saw a deleted generation (it
     /// is closed with 4004, so that it gives up what it did not send).
+    /// On a regional server: the epoch to remember as deleted so that this
+    /// document never shows `home`, the home's epoch for it (a client that
+    /// saved its state at the home must get a snapshot or a 4004 here, never
+    /// a resume into this other history); `None` when it already differs.
+    /// Epochs are times in milliseconds, so this only happens when the two
+    /// storages were made in the same millisecond.
+    pub(crate) fn marker_against(&self, home: u64) -> Option<u64> {
+        (self.shown() == home).then_some(home)
+    }
+
+    /// This epoch with `deleted` remembered too.
+    pub(crate) fn with_deleted(&self, deleted: u64) -> DocEpoch {
+        DocEpoch {
+            storage: self.storage,
+            deleted: Some(self.deleted.map_or(deleted, |d| d.max(deleted))),
+        }
+    }
+
     pub(crate) fn saw_deleted(&self, client: Option<u64>) -> bool {
         matches!((client, self.deleted), (Some(c), Some(d)) if c <= d)
     }
@@ -60,6 +78,21 @@ mod tests {
         assert!(e.may_resume(None));
         assert!(!e.may_resume(Some(99)));
         assert!(!e.saw_deleted(Some(99)));
+    }
+
+    #[test]
+    fn a_region_never_shows_its_homes_epoch() {
+        let e = DocEpoch::new(100, None);
+        assert_eq!(e.marker_against(99), None);
+        let marker = e.marker_against(100).unwrap();
+        let marked = e.with_deleted(marker);
+        assert_ne!(marked.shown(), 100);
+        assert_eq!(marked.marker_against(100), None);
+        // A deleted epoch already remembered is never lowered.
+        let e = DocEpoch::new(100, Some(300));
+        assert_eq!(e.with_deleted(50).shown(), 301);
+        assert_eq!(e.marker_against(301), Some(301));
+        assert_ne!(e.with_deleted(301).shown(), 301);
     }
 
     #[test]

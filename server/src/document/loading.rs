@@ -16,7 +16,7 @@ use super::registry::Registry;
 use super::replica::Replica;
 use super::snapshot_policy::SnapshotPolicy;
 use crate::state::Services;
-use crate::storage::{LoadedDoc, RegionRecord};
+use crate::storage::{LoadedDoc, RegionRecord, WriteItem};
 use crate::upstream::Upstream;
 
 /// A document as loaded.
@@ -44,16 +44,18 @@ pub(super) async fn load(
     if let Some(loaded) = load_stored(shared, id.as_str()).await? {
         return Ok((loaded, epoch));
     }
-    let loaded = match &shared.upstream {
-        None => Loaded {
-            created: false,
-            replica: Replica::Home(DocumentHistory::new()),
-            snapshots: SnapshotPolicy::after_load(shared.config.snapshot_every, []),
-            region_next: 0,
-        },
-        Some(upstream) => first_open(shared, upstream, id).await?,
-    };
-    Ok((loaded, epoch))
+    match &shared.upstream {
+        None => Ok((
+            Loaded {
+                created: false,
+                replica: Replica::Home(DocumentHistory::new()),
+                snapshots: SnapshotPolicy::after_load(shared.config.snapshot_every, []),
+                region_next: 0,
+            },
+            epoch,
+        )),
+        Some(upstream) => first_open(shared, upstream, id, epoch).await,
+    }
 }
 
 /// What storage holds of the document, or `None` (on a region: no region
@@ -138,7 +140,8 @@ async fn first_open(
     shared: &Arc<Services>,
     upstream: &Upstream,
     id: &DocId,
-) -> Result<Loaded, DocError> {
+    epoch: DocEpoch,
+) -> Result<(Loaded, DocEpoch), DocError> {
     let copy = link::fetch_home_copy(shared, upstream, id).await?;
     let mut region = RegionalDocument::first_open(
         upstream.link_id.as_str(),
@@ -154,7 +157,17 @@ async fn first_open(
     let doc = id.to_string();
     let mut n = 0;
     let number = commit.number;
-    let items = region_items(&doc, &mut n, commit, checkpoint);
+    let mut items = Vec::new();
+    // Never the home's epoch (see `DocEpoch::marker_against`).
+    let marker = epoch.marker_against(copy.epoch);
+    if let Some(marker) = marker {
+        items.push(WriteItem::DeleteDoc {
+            doc: doc.clone(),
+            epoch: marker,
+        });
+    }
+    items.extend(region_items(&doc, &mut n, commit, checkpoint));
+    let epoch = marker.map_or(epoch, |marker| epoch.with_deleted(marker));
     let (tx, durable) = oneshot::channel();
     shared.queue.lane(&doc).submit(
         items,
@@ -169,12 +182,15 @@ async fn first_open(
     }
     region.committed(number);
     tracing::info!(doc = %id, home_rev = copy.rev, "first open: stored the home's copy");
-    Ok(Loaded {
-        created: true,
-        replica: Replica::Region(Box::new(region)),
-        snapshots: SnapshotPolicy::after_load(shared.config.snapshot_every, []),
-        region_next: n,
-    })
+    Ok((
+        Loaded {
+            created: true,
+            replica: Replica::Region(Box::new(region)),
+            snapshots: SnapshotPolicy::after_load(shared.config.snapshot_every, []),
+            region_next: n,
+        },
+        epoch,
+    ))
 }
 
 /// Now, in milliseconds since the Unix epoch.

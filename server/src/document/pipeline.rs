@@ -721,7 +721,11 @@ impl Pipeline {
     /// delete, then the new history's first commit with a checkpoint).
     ///
     /// [`SnapshotAdoption::Reset`]: ot_core::region::SnapshotAdoption::Reset
-    pub(super) fn reset_items(&mut self, conflict_copy: Option<String>) -> Vec<WriteItem> {
+    pub(super) fn reset_items(
+        &mut self,
+        conflict_copy: Option<String>,
+        home_epoch: u64,
+    ) -> Vec<WriteItem> {
         let mut items: Vec<WriteItem> = conflict_copy
             .map(|text| WriteItem::ConflictCopy {
                 doc: self.id.clone(),
@@ -734,9 +738,16 @@ impl Pipeline {
             })
             .into_iter()
             .collect();
+        // The next generation shows more than this one, and never the
+        // home's epoch (see `DocEpoch::marker_against`).
+        let next = self.epoch.with_deleted(self.epoch.shown());
+        let deleted = match next.marker_against(home_epoch) {
+            Some(marker) => marker,
+            None => self.epoch.shown(),
+        };
         items.push(WriteItem::DeleteDoc {
             doc: self.id.clone(),
-            epoch: self.epoch.shown(),
+            epoch: deleted,
         });
         self.region_records(&mut items, true);
         items

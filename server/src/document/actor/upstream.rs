@@ -214,7 +214,7 @@ impl Document {
                         tracing::info!(doc = %self.id, home_rev = rev, "the link to the home resynced; pending work goes on")
                     }
                     SnapshotAdoption::Reset { conflict_copy } => {
-                        self.region_reset(conflict_copy).await;
+                        self.region_reset(conflict_copy, epoch).await;
                     }
                 }
             }
@@ -360,13 +360,13 @@ impl Document {
     /// local connection so that it resyncs, and stop; the next join loads
     /// the new history. The regional text the home lacks is kept as a
     /// conflict copy (`GET /api/docs/{doc}/copies`).
-    async fn region_reset(&mut self, conflict_copy: Option<String>) {
+    async fn region_reset(&mut self, conflict_copy: Option<String>, home_epoch: u64) {
         tracing::warn!(
             doc = %self.id,
             conflict_copy_chars = conflict_copy.as_ref().map(|c| c.chars().count()),
             "the home could not resume this region's copy: starting again from the home's text"
         );
-        let items = self.pipeline.reset_items(conflict_copy);
+        let items = self.pipeline.reset_items(conflict_copy, home_epoch);
         let (tx, durable) = oneshot::channel();
         self.pipeline.submit(
             items,
