@@ -644,39 +644,10 @@ async fn editor_keeps_edits_past_an_expired_token_and_sends_them_with_a_new_one(
 /// reached (the edits are acknowledged by the region all the same).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editor_on_a_regional_server_says_what_is_not_yet_at_the_home() -> Result<()> {
-    use e2e_tests::proxy::{Direction, Proxy};
+    use e2e_tests::proxy::Direction;
     let dir = tempfile::tempdir()?;
-    let home_addr: SocketAddr = format!("127.0.0.1:{}", e2e_tests::free_port()).parse()?;
-    let proxy = Proxy::start(home_addr).await?;
-    let proxy_host = proxy.addr().to_string();
-    let home = e2e_tests::start_server_with(&dir.path().join("home"), |c| {
-        c.addr = home_addr;
-        c.allowed_host = vec![proxy_host.clone()];
-    })
-    .await?;
-    let region_dir = dir.path().join("region");
-    std::fs::create_dir_all(&region_dir)?;
-    // With authentication on (OT_TEST_AUTH=1 runs), the link presents a
-    // token with `region` access.
-    let token_file = region_dir.join("upstream.token");
-    if e2e_tests::test_auth() {
-        let token = e2e_tests::mint_test_token(
-            e2e_tests::TEST_SECRET,
-            "eu",
-            &["*"],
-            ot_protocol::Access::Region,
-            3600,
-        );
-        std::fs::write(&token_file, token)?;
-    }
-    let region = e2e_tests::start_server_with(&region_dir, |c| {
-        c.upstream = Some(format!("ws://{proxy_host}"));
-        c.node_id = Some("eu".into());
-        if e2e_tests::test_auth() {
-            c.upstream_token_file = Some(token_file.clone());
-        }
-    })
-    .await?;
+    let servers = e2e_tests::HomeAndRegion::start(dir.path()).await?;
+    let (home, proxy, region) = (&servers.home, &servers.proxy, &servers.region);
     let data = dir.path().join("clients");
     std::fs::create_dir_all(&data)?;
     let url = format!("ws://{}", region.addr);
@@ -710,6 +681,5 @@ async fn editor_on_a_regional_server_says_what_is_not_yet_at_the_home() -> Resul
     let (_, at_home) = e2e_tests::doc_state(home.addr, "regional").await?;
     assert_eq!(at_home, "near cut off");
     assert!(editor.quit().await?, "{}", editor.dump());
-    stop(region).await?;
-    stop(home).await
+    servers.stop().await
 }

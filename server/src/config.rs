@@ -235,6 +235,17 @@ impl Config {
         config
     }
 
+    /// The limits a connection's first message announces (and a region's
+    /// link sizes its socket by).
+    pub fn limits(&self) -> ot_protocol::Limits {
+        ot_protocol::Limits {
+            max_doc_len: self.max_doc_len,
+            max_op_len: self.max_op_len,
+            max_message_bytes: self.max_message_bytes,
+            max_op_components: self.max_op_components,
+        }
+    }
+
     /// Whether requests must carry a token.
     pub fn auth_enabled(&self) -> bool {
         self.auth_secret_file.is_some() || self.auth_public_key_file.is_some()

@@ -203,6 +203,14 @@ pub(crate) fn op_json(op: &StoredOp) -> serde_json::Value {
     })
 }
 
+/// This server's home, for the calls of a regional server; 404 at a server
+/// without `--upstream`.
+fn regional(shared: &Shared) -> ApiResult<&crate::upstream::Upstream> {
+    shared.services().upstream.as_ref().ok_or_else(|| {
+        ApiError::not_found("this server is not a regional server (it runs without --upstream)")
+    })
+}
+
 /// `GET /api/docs/{doc}/replication` → on a regional server, how far the
 /// document is replicated to its home (see `ReplicationStatus`), with the
 /// home's address; 404 at a server without `--upstream` or for a document
@@ -214,11 +222,7 @@ pub(crate) async fn get_replication(
 ) -> ApiResult {
     let doc = doc_id(&doc)?;
     caller.require(&doc, Access::Read)?;
-    let Some(upstream) = &shared.services().upstream else {
-        return Err(ApiError::not_found(
-            "this server is not a regional server (it runs without --upstream)",
-        ));
-    };
+    let upstream = regional(&shared)?;
     let home = upstream.server.ws();
     let id = doc.to_string();
     if shared.registry.get(&doc).is_none() && !blocking(&shared, move |s| s.exists(&id)).await? {
@@ -255,11 +259,7 @@ pub(crate) async fn get_upstream_conflicts(
 ) -> ApiResult {
     let doc = doc_id(&doc)?;
     caller.require(&doc, Access::Read)?;
-    if shared.services().upstream.is_none() {
-        return Err(ApiError::not_found(
-            "this server is not a regional server (it runs without --upstream)",
-        ));
-    }
+    regional(&shared)?;
     let from = query_u64(&query, "from", 0)?;
     let limit = query_u64(&query, "limit", MAX_PAGE as u64)?.min(MAX_PAGE as u64) as usize;
     let id = doc.to_string();

@@ -219,6 +219,61 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A home and a regional server of it, both in this process, the region's
+/// link going through a [`proxy::Proxy`] (stall it to cut the region off).
+/// In [`test_auth`] mode both check tokens and the link presents one with
+/// `region` access.
+pub struct HomeAndRegion {
+    /// The home.
+    pub home: server::RunningServer,
+    /// Between the region and the home.
+    pub proxy: proxy::Proxy,
+    /// The region (`--upstream` through the proxy, `--node-id eu`).
+    pub region: server::RunningServer,
+}
+
+impl HomeAndRegion {
+    /// Start both, with data in `dir/home` and `dir/region`.
+    pub async fn start(dir: &Path) -> Result<HomeAndRegion> {
+        let home_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let proxy = proxy::Proxy::start(home_addr).await?;
+        let proxy_host = proxy.addr().to_string();
+        let home = start_server_with(&dir.join("home"), |c| {
+            c.addr = home_addr;
+            // The region reaches the home by the proxy's address.
+            c.allowed_host = vec![proxy_host.clone()];
+        })
+        .await?;
+        let region_dir = dir.join("region");
+        std::fs::create_dir_all(&region_dir)?;
+        let token_file = region_dir.join("upstream.token");
+        if test_auth() {
+            let token =
+                mint_test_token(TEST_SECRET, "eu", &["*"], ot_protocol::Access::Region, 3600);
+            std::fs::write(&token_file, token)?;
+        }
+        let region = start_server_with(&region_dir, |c| {
+            c.upstream = Some(format!("ws://{proxy_host}"));
+            c.node_id = Some("eu".into());
+            if test_auth() {
+                c.upstream_token_file = Some(token_file.clone());
+            }
+        })
+        .await?;
+        Ok(HomeAndRegion {
+            home,
+            proxy,
+            region,
+        })
+    }
+
+    /// Stop both, gracefully.
+    pub async fn stop(self) -> Result<()> {
+        self.region.stop().await?;
+        self.home.stop().await
+    }
+}
+
 /// A server binary running as a child process.
 pub struct ServerProcess {
     /// The child.

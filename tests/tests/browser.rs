@@ -758,39 +758,11 @@ async fn pages_opened_through_minted_links_follow_their_access() -> Result<()> {
 /// and the home ends with the same text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_on_a_regional_server_says_what_is_not_yet_at_the_home() -> Result<()> {
-    use e2e_tests::proxy::{Direction, Proxy};
+    use e2e_tests::proxy::Direction;
     let _ = chromedriver();
-    let home_dir = tempfile::tempdir()?;
-    let region_dir = tempfile::tempdir()?;
-    let home_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let proxy = Proxy::start(home_addr).await?;
-    let proxy_host = proxy.addr().to_string();
-    let home = start_server_with(home_dir.path(), |c| {
-        c.addr = home_addr;
-        c.allowed_host = vec![proxy_host.clone()];
-    })
-    .await?;
-    // With authentication on (OT_TEST_AUTH=1 runs), the region's link
-    // presents a token with `region` access.
-    let token_file = region_dir.path().join("upstream.token");
-    if e2e_tests::test_auth() {
-        let token = e2e_tests::mint_test_token(
-            e2e_tests::TEST_SECRET,
-            "eu",
-            &["*"],
-            ot_protocol::Access::Region,
-            3600,
-        );
-        std::fs::write(&token_file, token)?;
-    }
-    let region = start_server_with(region_dir.path(), |c| {
-        c.upstream = Some(format!("ws://{proxy_host}"));
-        c.node_id = Some("eu".into());
-        if e2e_tests::test_auth() {
-            c.upstream_token_file = Some(token_file.clone());
-        }
-    })
-    .await?;
+    let dir = tempfile::tempdir()?;
+    let servers = e2e_tests::HomeAndRegion::start(dir.path()).await?;
+    let (home, proxy, region) = (&servers.home, &servers.proxy, &servers.region);
     let base = format!("http://{}", region.addr);
     let doc = "regional";
     let term = Terminal::new(region.addr)?;
@@ -841,7 +813,6 @@ async fn a_page_on_a_regional_server_says_what_is_not_yet_at_the_home() -> Resul
     }
     .await;
     let _ = page.close().await;
-    region.stop().await?;
-    home.stop().await?;
+    servers.stop().await?;
     result
 }

@@ -32,6 +32,25 @@ async fn start_region(bin: &Path, dir: &Path, port: u16, home: SocketAddr) -> Se
     .unwrap()
 }
 
+/// A home process reached through a proxy (start the region against the
+/// proxy's address): the proxy, the home's port and the home's flags (its
+/// Host check admits the proxy's address; `extra` added), to restart it with.
+async fn proxied_home(extra: &[&str]) -> (Proxy, u16, Vec<String>) {
+    let home_port = free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{home_port}").parse().unwrap())
+        .await
+        .unwrap();
+    let mut args = vec!["--allowed-host".to_owned(), proxy.addr().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    (proxy, home_port, args)
+}
+
+/// Start the home of [`proxied_home`].
+async fn start_home(bin: &Path, dir: &Path, port: u16, args: &[String]) -> ServerProcess {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ServerProcess::start(bin, dir, port, &args).await.unwrap()
+}
+
 /// Type `text` at the start of `writer`'s document and wait for its ack.
 async fn type_saved(writer: &mut WsClient, text: &str) {
     let len = writer.client().text().len_chars();
@@ -96,16 +115,8 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
     let bin = server_binary().unwrap();
     let home_dir = tempfile::tempdir().unwrap();
     let region_dir = tempfile::tempdir().unwrap();
-    // The home answers to the proxy's address too (its Host check).
-    let home_port = free_port();
-    let proxy = Proxy::start(format!("127.0.0.1:{home_port}").parse().unwrap())
-        .await
-        .unwrap();
-    let proxy_host = proxy.addr().to_string();
-    let home_args = ["--allowed-host", &proxy_host, "--max-op-len", "64"];
-    let mut home = ServerProcess::start(&bin, home_dir.path(), home_port, &home_args)
-        .await
-        .unwrap();
+    let (proxy, home_port, home_args) = proxied_home(&["--max-op-len", "64"]).await;
+    let mut home = start_home(&bin, home_dir.path(), home_port, &home_args).await;
     proxy.set_latency(Direction::Both, Duration::from_millis(50));
     let region_port = free_port();
     let mut region = start_region(&bin, region_dir.path(), region_port, proxy.addr()).await;
@@ -214,9 +225,7 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
         typed.push(text);
     }
     home.kill9();
-    let home = ServerProcess::start(&bin, home_dir.path(), home_port, &home_args)
-        .await
-        .unwrap();
+    let home = start_home(&bin, home_dir.path(), home_port, &home_args).await;
     at_home.reconnect().await.unwrap();
     let text = converged(region.addr, home.addr, &typed).await;
     fully_replicated(region.addr).await;
@@ -326,19 +335,9 @@ async fn a_document_deleted_at_the_home_is_deleted_at_the_region_and_its_unsent_
     let bin = server_binary().unwrap();
     let home_dir = tempfile::tempdir().unwrap();
     let region_dir = tempfile::tempdir().unwrap();
-    let home_port = free_port();
-    let proxy = Proxy::start(format!("127.0.0.1:{home_port}").parse().unwrap())
-        .await
-        .unwrap();
+    let (proxy, home_port, home_args) = proxied_home(&[]).await;
     let proxy_host = proxy.addr().to_string();
-    let home = ServerProcess::start(
-        &bin,
-        home_dir.path(),
-        home_port,
-        &["--allowed-host", &proxy_host],
-    )
-    .await
-    .unwrap();
+    let home = start_home(&bin, home_dir.path(), home_port, &home_args).await;
     let region = start_region(&bin, region_dir.path(), free_port(), proxy.addr()).await;
     let mut writer = WsClient::join(region.addr, "doc", "w").await.unwrap();
     type_saved(&mut writer, "<shared>").await;

@@ -53,9 +53,10 @@ struct Document {
     evicted_at: u64,
     /// On a region: the link to the home.
     link: Option<upstream::LinkState>,
-    /// The document cannot go on (a region whose log does not recover):
-    /// close every connection and stop.
-    failed: bool,
+    /// The document stops: every connection is closed with this code (a
+    /// region whose log does not recover: 1011; a region that started a new
+    /// generation from its home's text: 4004).
+    stop_with: Option<CloseCode>,
 }
 
 /// An op that waits behind its connection's op being rebased.
@@ -114,7 +115,7 @@ async fn run(
     let evicted_at = loaded.replica.history().revision();
     let mut doc = Document {
         link,
-        failed: false,
+        stop_with: None,
         bind_failed,
         rebasing: HashMap::new(),
         rebase_tx,
@@ -178,8 +179,8 @@ async fn run(
                 doc.last_activity = Instant::now();
             }
         }
-        if doc.failed {
-            doc.conns.close_all(CloseCode::Unavailable);
+        if let Some(code) = doc.stop_with {
+            doc.conns.close_all(code);
             registry.remove(&doc.id, doc.actor_id);
             break;
         }
@@ -265,12 +266,7 @@ async fn fail_load(
 
 impl Document {
     fn limits(&self) -> Limits {
-        Limits {
-            max_doc_len: self.shared.config.max_doc_len,
-            max_op_len: self.shared.config.max_op_len,
-            max_message_bytes: self.shared.config.max_message_bytes,
-            max_op_components: self.shared.config.max_op_components,
-        }
+        self.shared.config.limits()
     }
 
     /// Unload if nothing is happening; under the registry lock so no join can race it.
@@ -705,10 +701,10 @@ impl Document {
     }
 
     /// Rebuild the document from storage; a region that does not recover
-    /// stops (see `failed`).
+    /// stops (see `stop_with`).
     async fn reload(&mut self) {
         if !self.pipeline.reload().await {
-            self.failed = true;
+            self.stop_with = Some(CloseCode::Unavailable);
         }
         if let Some(link) = &mut self.link {
             // The link's state came from storage: it resumes from there.

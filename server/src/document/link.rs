@@ -12,7 +12,7 @@ use ot_core::OpLimits;
 use ot_driver::{
     next_incoming, open_socket_with, send_text, Backoff, Incoming, Socket, CONNECT_TIMEOUT,
 };
-use ot_protocol::{ClientMessage, DocId, Limits, ServerMessage};
+use ot_protocol::{ClientMessage, DocId, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::DocError;
@@ -74,17 +74,6 @@ pub(super) struct HomeCopy {
     pub(super) limits: OpLimits,
 }
 
-/// The socket settings: frames as large as this server's own limits allow
-/// (a region runs with its home's limits).
-fn socket_limits(shared: &Services) -> Limits {
-    Limits {
-        max_doc_len: shared.config.max_doc_len,
-        max_op_len: shared.config.max_op_len,
-        max_message_bytes: shared.config.max_message_bytes,
-        max_op_components: shared.config.max_op_components,
-    }
-}
-
 /// The home's copy of `id`, for a region that holds none: one connection
 /// asking for a snapshot. Fails with a message for the joining client when
 /// the home cannot be reached or refuses.
@@ -102,7 +91,7 @@ pub(super) async fn fetch_home_copy(
     let url = format!("{home}/ws/{id}?client={}", upstream.link_id);
     let mut socket = open_socket_with(
         &url,
-        &socket_limits(shared),
+        &shared.config.limits(),
         &upstream.options,
         Some(&upstream.key),
     )
@@ -179,7 +168,8 @@ async fn run(
         };
         conn += 1;
         let url = format!("{}{path}", upstream.server.ws());
-        let limits = socket_limits(&shared);
+        // A region runs with its home's limits: its frames fit these.
+        let limits = shared.config.limits();
         let opened = tokio::select! {
             opened = open_socket_with(&url, &limits, &upstream.options, Some(&upstream.key)) => opened,
             () = shared.shutdown.cancelled() => return,

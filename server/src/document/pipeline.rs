@@ -685,18 +685,23 @@ impl Pipeline {
             op: StoredOp::from_applied(applied, received, now_ms()),
             len_after: applied.op.target_len() as u64,
         }];
-        let snapshot_due = self
-            .snapshots
-            .snapshot_due(&applied.op, applied.op.target_len());
-        if snapshot_due {
+        let snapshot_due = self.push_snapshot_if_due(&applied.op, &mut items);
+        let region_commit = self.region_records(&mut items, snapshot_due);
+        self.commit_items(items, applied.rev, region_commit)
+    }
+
+    /// Append a snapshot to `items` when [`SnapshotPolicy`] says one is due
+    /// after `op` (the op just applied); returns whether it did.
+    fn push_snapshot_if_due(&mut self, op: &Operation, items: &mut Vec<WriteItem>) -> bool {
+        let due = self.snapshots.snapshot_due(op, op.target_len());
+        if due {
             self.shared.metrics.snapshots.inc();
             items.push(WriteItem::Snapshot {
                 doc: self.id.clone(),
                 snapshot: self.history().snapshot(),
             });
         }
-        let region_commit = self.region_records(&mut items, snapshot_due);
-        self.commit_items(items, applied.rev, region_commit)
+        due
     }
 
     /// On a region: append the regional entries since the last commit (and
@@ -974,16 +979,7 @@ impl Pipeline {
                 },
             });
         }
-        let snapshot_due = self
-            .snapshots
-            .snapshot_due(&applied.op, applied.op.target_len());
-        if snapshot_due {
-            self.shared.metrics.snapshots.inc();
-            items.push(WriteItem::Snapshot {
-                doc: self.id.clone(),
-                snapshot: self.history().snapshot(),
-            });
-        }
+        let snapshot_due = self.push_snapshot_if_due(&applied.op, &mut items);
         let region_commit = self.region_records(&mut items, snapshot_due);
         let rev = applied.rev;
         self.pending.push_back(Pending {

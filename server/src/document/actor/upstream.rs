@@ -377,8 +377,7 @@ impl Document {
         if !matches!(durable.await, Ok(Ok(()))) {
             tracing::error!(doc = %self.id, "the reset could not be stored; the document closes");
         }
-        self.conns.close_all(CloseCode::DocumentDeleted);
-        self.failed = true;
+        self.stop_with = Some(CloseCode::DocumentDeleted);
     }
 }
 
