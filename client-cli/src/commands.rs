@@ -397,19 +397,25 @@ pub enum Tie {
     Other,
 }
 
-/// `conflicts replay DOC [--tie other]`: the server recomputes every
-/// journaled resolution; print each that differs and a count. Fails if any
-/// differs under the rule in force (stored data disagrees with the algebra).
-pub async fn conflicts_replay(common: &Common, doc: &str, tie: Tie) -> Result<()> {
+/// `conflicts replay DOC [--tie other] [--upstream]`: the server recomputes
+/// every journaled resolution (with `--upstream`, a regional server's own
+/// journal); print each that differs and a count. Fails if any differs
+/// under the rule in force (stored data disagrees with the algebra).
+pub async fn conflicts_replay(common: &Common, doc: &str, tie: Tie, upstream: bool) -> Result<()> {
     let tie_name = match tie {
         Tie::Same => "same",
         Tie::Other => "other",
     };
     let mut from = 0u64;
-    let (mut checked, mut differ) = (0u64, 0u64);
+    let (mut checked, mut unchecked, mut differ) = (0u64, 0u64, 0u64);
+    let journal = if upstream {
+        "conflicts/upstream"
+    } else {
+        "conflicts"
+    };
     let mut out = std::io::stdout().lock();
     loop {
-        let path = format!("/api/admin/docs/{doc}/conflicts/replay?from={from}&tie={tie_name}");
+        let path = format!("/api/admin/docs/{doc}/{journal}/replay?from={from}&tie={tie_name}");
         let (status, body) =
             ot_driver::http::post_json_with(&common.server, &path, &Value::Null, &common.connect)
                 .await?;
@@ -419,21 +425,33 @@ pub async fn conflicts_replay(common: &Common, doc: &str, tie: Tie) -> Result<()
         let page: Value = serde_json::from_str(&body)
             .with_context(|| format!("the server's answer to {path} is not JSON"))?;
         checked += page["checked"].as_u64().unwrap_or(0);
+        unchecked += page["unchecked"].as_u64().unwrap_or(0);
         for d in page["differ"].as_array().into_iter().flatten() {
             differ += 1;
             let found = match d.get("error") {
                 Some(error) => format!("cannot be recomputed: {}", error.as_str().unwrap_or("?")),
                 None => format!("recomputed {}", d["recomputed"]),
             };
-            writeln!(
-                out,
-                "revision {} ({} seq {}, based on revision {}): stored {}, {found}",
-                d["rev"],
-                d["client"].as_str().unwrap_or("?"),
-                d["seq"],
-                d["base_rev"],
-                d["applied"]
-            )?;
+            if upstream {
+                writeln!(
+                    out,
+                    "regional revision {} (home revision {} by {}): stored {}, {found}",
+                    d["rev"],
+                    d["home_rev"],
+                    d["author"].as_str().unwrap_or("?"),
+                    d["applied"]
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "revision {} ({} seq {}, based on revision {}): stored {}, {found}",
+                    d["rev"],
+                    d["client"].as_str().unwrap_or("?"),
+                    d["seq"],
+                    d["base_rev"],
+                    d["applied"]
+                )?;
+            }
         }
         match page["next"].as_u64() {
             Some(next) if next > from => from = next,
@@ -441,6 +459,12 @@ pub async fn conflicts_replay(common: &Common, doc: &str, tie: Tie) -> Result<()
         }
     }
     let verb = if differ == 1 { "differs" } else { "differ" };
+    if unchecked > 0 {
+        writeln!(
+            out,
+            "{unchecked} journaled without their local side (too much unsent work to keep): not checked"
+        )?;
+    }
     match tie {
         Tie::Same => {
             writeln!(out, "{checked} conflicts checked, {differ} {verb}")?;
@@ -458,14 +482,20 @@ pub async fn conflicts_replay(common: &Common, doc: &str, tie: Tie) -> Result<()
     Ok(())
 }
 
-/// `conflicts DOC`: the detected conflicts (ops transformed past concurrent ops).
-pub async fn conflicts(common: &Common, doc: &str) -> Result<()> {
+/// `conflicts DOC [--upstream]`: the detected conflicts (ops transformed past
+/// concurrent ops; with `--upstream`, a regional server's own journal).
+pub async fn conflicts(common: &Common, doc: &str, upstream: bool) -> Result<()> {
     let mut after = 0;
+    let journal = if upstream {
+        "conflicts/upstream"
+    } else {
+        "conflicts"
+    };
     let mut out = std::io::stdout().lock();
     loop {
         let page = get_json(
             common,
-            &format!("/api/docs/{doc}/conflicts?from={after}&limit=1000"),
+            &format!("/api/docs/{doc}/{journal}?from={after}&limit=1000"),
         )
         .await?;
         let items = page["conflicts"].as_array().cloned().unwrap_or_default();

@@ -140,6 +140,10 @@ enum Command {
         /// listing the resolutions that would change.
         #[arg(long, value_enum)]
         tie: Option<commands::Tie>,
+        /// At a regional server: its own journal instead (each op of the
+        /// home transformed past the region's unsent work).
+        #[arg(long)]
+        upstream: bool,
     },
     /// Send edits saved by earlier runs (made offline or unacknowledged) and exit.
     Sync {
@@ -237,14 +241,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             check_doc(&doc)?;
             commands::history(&common, &doc, from, limit).await
         }
-        Command::Conflicts { words, tie } => match words.as_slice() {
+        Command::Conflicts {
+            words,
+            tie,
+            upstream,
+        } => match words.as_slice() {
             [doc] if tie.is_none() => {
                 check_doc(doc)?;
-                commands::conflicts(&common, doc).await
+                commands::conflicts(&common, doc, upstream).await
             }
             [replay, doc] if replay == "replay" => {
                 check_doc(doc)?;
-                commands::conflicts_replay(&common, doc, tie.unwrap_or_default()).await
+                commands::conflicts_replay(&common, doc, tie.unwrap_or_default(), upstream).await
             }
             [_] => anyhow::bail!("--tie goes with `conflicts replay DOC`"),
             _ => anyhow::bail!("expected `conflicts DOC` or `conflicts replay DOC`"),

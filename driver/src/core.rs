@@ -414,7 +414,7 @@ impl SessionCore {
             return; // offline: resent on the next connection
         }
         let ranges = (!self.own_ranges.is_empty()).then_some(self.own_ranges.as_slice());
-        let text = op_message_text(out.base_rev, out.seq, &out.op, ranges);
+        let text = op_message_text(out.base_rev, out.seq, &out.op, ranges, None);
         self.outbox.push_back(Queued {
             needs_version: self.version,
             text,

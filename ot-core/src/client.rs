@@ -118,6 +118,10 @@ pub struct ClientState {
     /// queued within them); absent from older states: [`OpLimits::DEFAULT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<OpLimits>,
+    /// The highest tag the server has acknowledged (0: none, or untagged
+    /// edits); absent from older states.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub acked_tag: u64,
 }
 
 /// Why the client could not take a message.
@@ -236,6 +240,8 @@ pub struct Client {
     queue: VecDeque<Queued>,
     /// What each op sent must fit.
     limits: OpLimits,
+    /// The highest tag among the acknowledged edits.
+    acked_tag: u64,
 }
 
 impl Client {
@@ -253,6 +259,7 @@ impl Client {
             outstanding: None,
             queue: VecDeque::new(),
             limits: OpLimits::DEFAULT,
+            acked_tag: 0,
         }
     }
 
@@ -298,6 +305,7 @@ impl Client {
             outstanding: state.outstanding,
             queue,
             limits: state.limits.unwrap_or_default(),
+            acked_tag: state.acked_tag,
         })
     }
 
@@ -313,6 +321,7 @@ impl Client {
             queue_tags: self.queue.iter().map(|q| q.tag).collect(),
             buffer: None,
             limits: Some(self.limits),
+            acked_tag: self.acked_tag,
         }
     }
 
@@ -382,6 +391,23 @@ impl Client {
             Some(o) => Some(o.tag),
             None => self.queue.front().map(|q| q.tag),
         }
+    }
+
+    /// The tags of the edits the outstanding op carries, `(lo, hi)`: those
+    /// tagged above the last acknowledged edit's, up to its own (the same
+    /// tag twice for the later pieces of an edit split to fit the limits).
+    /// `None` when nothing is outstanding or its edits were untagged.
+    pub fn outstanding_tags(&self) -> Option<(u64, u64)> {
+        let hi = self.outstanding.as_ref()?.tag;
+        if hi == 0 {
+            return None;
+        }
+        let lo = if hi > self.acked_tag {
+            self.acked_tag + 1
+        } else {
+            hi
+        };
+        Some((lo, hi))
     }
 
     /// "All my edits are saved": nothing outstanding and nothing queued.
@@ -520,6 +546,7 @@ impl Client {
                 self.outstanding = Some(o);
                 return Err(ClientError::CorruptState(e));
             }
+            self.acked_tag = self.acked_tag.max(o.tag);
         }
         self.revision = rev;
         Ok(self.send_next())
@@ -868,17 +895,20 @@ mod tests {
         c.local_edit_tagged(&Operation::insert_at(4, 4, "efghij").unwrap(), 9)
             .unwrap();
         assert_eq!(c.oldest_pending_tag(), Some(5));
+        assert_eq!(c.outstanding_tags(), Some((1, 5)));
         let restarted = Client::from_state(
             serde_json::from_str(&serde_json::to_string(&c.state()).unwrap()).unwrap(),
         )
         .unwrap();
         let mut tags = Vec::new();
+        let mut covered = Vec::new();
         let mut c = restarted;
         let mut ack = (1, sent.seq);
         loop {
             match c.ack(ack.0, ack.1).unwrap() {
                 AckOutcome::Acknowledged { next: Some(next) } => {
                     tags.push(c.oldest_pending_tag().unwrap());
+                    covered.push(c.outstanding_tags().unwrap());
                     ack = (ack.0 + 1, next.seq);
                 }
                 AckOutcome::Acknowledged { next: None } => break,
@@ -887,6 +917,12 @@ mod tests {
         }
         assert_eq!(c.oldest_pending_tag(), None);
         assert_eq!(tags.first(), Some(&8), "\"cd\" went as one op tagged 8");
+        // What each op carries: the edits after the last acknowledged one
+        // (kept across the restart), then each later piece of the split edit.
+        assert_eq!(covered.first(), Some(&(6, 8)), "{covered:?}");
+        assert_eq!(covered.get(1), Some(&(9, 9)), "{covered:?}");
+        assert!(covered[1..].iter().all(|c| *c == (9, 9)), "{covered:?}");
+        assert_eq!(c.outstanding_tags(), None);
         assert!(tags[1..].iter().all(|t| *t == 9), "{tags:?}");
         assert!(tags.len() >= 3, "the long edit was split: {tags:?}");
     }

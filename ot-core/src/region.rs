@@ -70,9 +70,21 @@ pub struct Integration {
     /// local revision from there up to `applied.rev - 1` (the other side of
     /// this conflict, read from the regional history).
     pub past_local_from: Option<u64>,
+    /// That local work as the link held it, the other side of each
+    /// transform (the op in flight, then each queued op, in order; each
+    /// took priority at a tie): `received` transformed past these is
+    /// `applied.op`. Empty when there was none, or more than
+    /// [`MAX_JOURNALED_LOCAL_OPS`] (the journal then names the revisions only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local: Vec<Operation>,
     /// The regional revision it became (its `op` is the transformed op).
     pub applied: AppliedOp,
 }
+
+/// Most local ops an [`Integration`] keeps as the other side of its
+/// conflict: the link's queue can grow without bound while the home is
+/// unreachable, and each op of the home integrated then would copy it.
+pub const MAX_JOURNALED_LOCAL_OPS: usize = 64;
 
 impl Integration {
     /// True when it was transformed past local work: a detected conflict,
@@ -681,6 +693,23 @@ impl RegionalDocument {
         self.linked = false;
     }
 
+    /// What the op in flight carries (see [`Client::outstanding_tags`]):
+    /// the regional revisions `(lo, hi)` and the client ids of the local
+    /// edits among them still in memory, distinct, in revision order.
+    pub fn in_flight_covers(&self) -> Option<((u64, u64), Vec<String>)> {
+        let (lo, hi) = self.link.outstanding_tags()?;
+        let ops = self.history.retained_ops();
+        let start = ops.partition_point(|a| a.rev < lo);
+        let mut authors: Vec<String> = Vec::new();
+        for applied in ops[start..].iter().take_while(|a| a.rev <= hi) {
+            let id = &*applied.client_id;
+            if id != UPSTREAM_CLIENT_ID && !authors.iter().any(|a| a == id) {
+                authors.push(id.to_owned());
+            }
+        }
+        Some(((lo, hi), authors))
+    }
+
     /// The op to send upstream now, if any: the op in flight, once the commit
     /// that made it so is durable, once per connection (a resume hands it
     /// out again, unchanged).
@@ -702,7 +731,22 @@ impl RegionalDocument {
         author: &str,
         seq: u64,
     ) -> Result<UpstreamOutcome, RegionError> {
-        let past_local_from = self.link.oldest_pending_tag();
+        // The first local revision the home has not acknowledged: the
+        // lowest the op in flight carries (its tag is its highest).
+        let past_local_from = self
+            .link
+            .outstanding_tags()
+            .map(|(lo, _)| lo)
+            .or_else(|| self.link.oldest_pending_tag());
+        let local: Vec<Operation> = if self.link.unacknowledged() <= MAX_JOURNALED_LOCAL_OPS {
+            let outstanding = self.link.outstanding().map(|o| o.current.clone());
+            outstanding
+                .into_iter()
+                .chain(self.link.queue().cloned())
+                .collect()
+        } else {
+            Vec::new()
+        };
         match self
             .link
             .remote_op(rev, op, author, seq)
@@ -735,6 +779,7 @@ impl RegionalDocument {
                     author_seq: seq,
                     received: op.clone(),
                     past_local_from,
+                    local,
                     applied,
                 };
                 self.uncommitted

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use ot_core::client::{AckOutcome, Client, OutgoingOp, RemoteOutcome};
+use ot_core::conflict_replay::{resolve, TieRule};
 use ot_core::history::{AppliedOp, DocumentHistory, DocumentSnapshot, OpHash, Receipt};
 use ot_core::region::{
     HomeSnapshot, RegionalCheckpoint, RegionalCommit, RegionalDocument, RegionalEntry,
@@ -193,6 +194,8 @@ struct Stats {
     edits: u64,
     integrations: u64,
     region_conflicts: u64,
+    /// Integrations journaled with their local side (checked by replay).
+    journaled_local_sides: u64,
     region_restarts: u64,
     home_restarts: u64,
     partitions: u64,
@@ -734,6 +737,18 @@ impl Sim {
                     if integration.is_concurrent() {
                         self.stats.region_conflicts += 1;
                     }
+                    // The journal's two sides recompute the resolution (the
+                    // local work first at a tie): what conflicts/upstream/replay checks.
+                    if !integration.local.is_empty() {
+                        self.stats.journaled_local_sides += 1;
+                        let recomputed =
+                            resolve(&op, &integration.local, TieRule::ConcurrentFirst).unwrap();
+                        assert_eq!(
+                            recomputed, integration.applied.op,
+                            "seed {}: region {r}'s journal does not recompute home revision {rev}",
+                            self.seed
+                        );
+                    }
                 }
                 UpstreamOutcome::Acknowledged | UpstreamOutcome::Ignored => {}
             },
@@ -750,6 +765,28 @@ impl Sim {
             return;
         };
         if let Some(op) = self.regions[r].doc.upstream_send() {
+            // What the op says it carries: regional revisions up to the
+            // newest local edit in it, one of the region's own.
+            let doc = &self.regions[r].doc;
+            let ((lo, hi), authors) = doc.in_flight_covers().unwrap_or_else(|| {
+                panic!(
+                    "seed {}: link {r}'s op {} covers nothing",
+                    self.seed, op.seq
+                )
+            });
+            assert!(
+                lo <= hi && hi <= doc.history().revision(),
+                "seed {}: [{lo},{hi}]",
+                self.seed
+            );
+            if let Some(last) = doc.history().retained_ops().iter().find(|a| a.rev == hi) {
+                assert!(
+                    authors.iter().any(|a| **a == *last.client_id),
+                    "seed {}: link {r}'s op {} covers revision {hi} without its author",
+                    self.seed,
+                    op.seq
+                );
+            }
             if let Some(previous) = self.link_sent.insert((r, op.seq), op.clone()) {
                 assert_eq!(
                     previous, op,
@@ -1231,6 +1268,7 @@ impl Stats {
         self.edits += other.edits;
         self.integrations += other.integrations;
         self.region_conflicts += other.region_conflicts;
+        self.journaled_local_sides += other.journaled_local_sides;
         self.region_restarts += other.region_restarts;
         self.home_restarts += other.home_restarts;
         self.partitions += other.partitions;
@@ -1261,6 +1299,7 @@ fn many_seeds_converge_exactly_once_through_regions() {
     eprintln!("{count} seeds: {total:?}");
     // The seeds must exercise what they claim to.
     assert!(total.region_conflicts > 0 && total.region_restarts > 0 && total.partitions > 0);
+    assert!(total.journaled_local_sides > 0, "{total:?}");
     assert!(total.home_restarts > 0 && total.checkpoints > 0 && total.restores > 0);
     assert!(total.resets > 0 && total.resyncs > 0 && total.home_epoch_bumps > 0);
 }

@@ -7,12 +7,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::codes::ErrorCode;
+use crate::origin::OpOrigin;
 
 /// A client message.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
-    /// `{"type":"op","rev":R,"seq":K,"op":[…],"ranges"?:[[a,h],…]}`
+    /// `{"type":"op","rev":R,"seq":K,"op":[…],"ranges"?:[[a,h],…],"origin"?:{…}}`
     Op {
         /// Base revision.
         rev: u64,
@@ -23,6 +24,9 @@ pub enum ClientMessage {
         /// The sender's selection after the op, if attached.
         #[serde(skip_serializing_if = "Option::is_none")]
         ranges: Option<Vec<Range>>,
+        /// What a regional link's op covers at its region (links only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<Box<OpOrigin>>,
     },
     /// `{"type":"cursor","rev":R,"ranges":[[a,h],…],"name"?:"…"}`
     Cursor {
@@ -56,7 +60,13 @@ impl ClientMessage {
 
 /// The JSON text of an `op` message without copying the op (what
 /// [`ClientMessage::to_text`] gives for the same fields).
-pub fn op_message_text(rev: u64, seq: u64, op: &Operation, ranges: Option<&[Range]>) -> String {
+pub fn op_message_text(
+    rev: u64,
+    seq: u64,
+    op: &Operation,
+    ranges: Option<&[Range]>,
+    origin: Option<&OpOrigin>,
+) -> String {
     #[derive(Serialize)]
     struct OpMessage<'a> {
         #[serde(rename = "type")]
@@ -66,6 +76,8 @@ pub fn op_message_text(rev: u64, seq: u64, op: &Operation, ranges: Option<&[Rang
         op: &'a Operation,
         #[serde(skip_serializing_if = "Option::is_none")]
         ranges: Option<&'a [Range]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<&'a OpOrigin>,
     }
     serde_json::to_string(&OpMessage {
         kind: "op",
@@ -73,6 +85,7 @@ pub fn op_message_text(rev: u64, seq: u64, op: &Operation, ranges: Option<&[Rang
         seq,
         op,
         ranges,
+        origin,
     })
     .unwrap_or_else(|_| String::from("{}"))
 }
@@ -130,6 +143,7 @@ fn parse_plain_op(text: &str) -> Option<ClientMessage> {
             seq: plain.seq,
             op: plain.op,
             ranges: None,
+            origin: None,
         },
     )
 }
@@ -248,11 +262,20 @@ fn parse_general(text: &str) -> Result<ClientMessage, Rejection> {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(parse_ranges(v, Some(seq))?),
             };
+            let origin = match obj.get("origin") {
+                None | Some(Value::Null) => None,
+                Some(v) => {
+                    Some(Box::new(OpOrigin::from_json_value(v).map_err(|e| {
+                        Rejection::new(ErrorCode::InvalidMessage, e, Some(seq))
+                    })?))
+                }
+            };
             Ok(ClientMessage::Op {
                 rev,
                 seq,
                 op,
                 ranges,
+                origin,
             })
         }
         "cursor" => {
@@ -342,7 +365,8 @@ mod tests {
                 rev: 3,
                 seq: 1,
                 op: Operation::from_json(r#"[1,"a"]"#).unwrap(),
-                ranges: Some(vec![Range::cursor(2)])
+                ranges: Some(vec![Range::cursor(2)]),
+                origin: None
             }
         );
         let c = parse_client_message(r#"{"type":"cursor","rev":0,"ranges":[[0,1]],"name":"ann"}"#)
@@ -399,12 +423,14 @@ mod tests {
                 seq: 9,
                 op: op.clone(),
                 ranges: None,
+                origin: None,
             },
             ClientMessage::Op {
                 rev: 5,
                 seq: 9,
                 op: op.clone(),
                 ranges: Some(vec![Range { anchor: 1, head: 3 }]),
+                origin: None,
             },
             ClientMessage::Cursor {
                 rev: 2,
@@ -421,17 +447,18 @@ mod tests {
             assert_eq!(parse_client_message(&message.to_text()).unwrap(), message);
         }
         assert_eq!(
-            op_message_text(5, 9, &op, None),
+            op_message_text(5, 9, &op, None, None),
             ClientMessage::Op {
                 rev: 5,
                 seq: 9,
                 op: op.clone(),
-                ranges: None
+                ranges: None,
+                origin: None
             }
             .to_text()
         );
         assert_eq!(
-            op_message_text(5, 9, &op, None),
+            op_message_text(5, 9, &op, None, None),
             r#"{"type":"op","rev":5,"seq":9,"op":[2,"x",-1]}"#
         );
     }

@@ -87,6 +87,20 @@ pub fn client_examples() -> Vec<ClientMessage> {
             seq: 3,
             op,
             ranges: Some(vec![Range::cursor(3)]),
+            origin: None,
+        },
+        // What a regional server's link (client id `r-<node>`) sends: the
+        // regional revisions and authors its op carries.
+        ClientMessage::Op {
+            rev: 12,
+            seq: 4,
+            op: Operation::from_json(r#"[5,"y"]"#).unwrap_or_default(),
+            ranges: None,
+            origin: Some(Box::new(crate::OpOrigin::new(
+                7,
+                9,
+                vec!["ann".into(), "bob".into()],
+            ))),
         },
         ClientMessage::Cursor {
             rev: 9,

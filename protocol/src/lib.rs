@@ -19,6 +19,7 @@ mod fast_read;
 pub mod fixture;
 pub mod ids;
 pub mod numbers;
+pub mod origin;
 pub mod server_message;
 
 pub use access::{is_link_id, Access, LINK_ID_PREFIX};
@@ -29,4 +30,5 @@ pub use ids::{
     ClientId, ClientKey, DocId, IdError, BEARER_SUBPROTOCOL_PREFIX, CLIENT_KEY_HEADER,
     KEY_SUBPROTOCOL_PREFIX, SUBPROTOCOL,
 };
+pub use origin::{OpOrigin, MAX_ORIGIN_AUTHORS};
 pub use server_message::{FrameError, Limits, ServerMessage};

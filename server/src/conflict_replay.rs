@@ -4,6 +4,11 @@
 //! journal, not from users, that stored data disagrees with the merge rule
 //! (`tie=same`, the rule in force) or which resolutions depend on the insert
 //! tie rule (`tie=other`).
+//!
+//! `POST /api/admin/docs/{doc}/conflicts/upstream/replay` does the same for
+//! a regional server's own journal: each op of the home transformed past
+//! the region's unsent work, recomputed from both sides as journaled (there
+//! the local work is `a`: its inserts go first at a tie).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,10 +59,11 @@ pub(crate) async fn replay_conflicts(
     let from = query_u64(&query, "from", 0)?;
     let limit =
         (query_u64(&query, "limit", MAX_CONFLICTS as u64)? as usize).clamp(1, MAX_CONFLICTS);
-    let (tie, tie_name) = match query.get("tie").map(String::as_str) {
-        None | Some("same") => (TieRule::ReceivedFirst, "same"),
-        Some("other") => (TieRule::ConcurrentFirst, "other"),
-        Some(_) => return Err(ApiError::invalid_query("tie")),
+    let (same, tie_name) = tie_param(&query)?;
+    let tie = if same {
+        TieRule::ReceivedFirst
+    } else {
+        TieRule::ConcurrentFirst
     };
     let id = doc.to_string();
     let replayed = blocking(&shared, move |s| {
@@ -76,6 +82,91 @@ pub(crate) async fn replay_conflicts(
         "tie": tie_name,
         "differ": replayed.differ,
         "next": replayed.next,
+    }))
+    .into_response())
+}
+
+/// The `tie` parameter: whether it asks for the rule in force, and its name.
+fn tie_param(query: &HashMap<String, String>) -> ApiResult<(bool, &'static str)> {
+    match query.get("tie").map(String::as_str) {
+        None | Some("same") => Ok((true, "same")),
+        Some("other") => Ok((false, "other")),
+        Some(_) => Err(ApiError::invalid_query("tie")),
+    }
+}
+
+/// `POST /api/admin/docs/{doc}/conflicts/upstream/replay?from=R&limit=L&tie=same|other`
+/// → `{"checked":n,"unchecked":u,"tie":…,"differ":[…],"next":R|null}`: on a
+/// regional server, the journaled integrations of the home's ops after
+/// regional revision R (at most L, default and at most [`MAX_CONFLICTS`])
+/// recomputed from the home's op and the local work it was transformed
+/// past; `unchecked` counts those journaled without their local side (too
+/// much unsent work to keep). Needs `admin` on the document; 404 at a
+/// server without `--upstream`.
+pub(crate) async fn replay_upstream_conflicts(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    Path(doc): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let doc = doc_id(&doc)?;
+    caller.require(&doc, Access::Admin)?;
+    if shared.services().upstream.is_none() {
+        return Err(ApiError::not_found(
+            "this server is not a regional server (it runs without --upstream)",
+        ));
+    }
+    let from = query_u64(&query, "from", 0)?;
+    let limit =
+        (query_u64(&query, "limit", MAX_CONFLICTS as u64)? as usize).clamp(1, MAX_CONFLICTS);
+    let (same, tie_name) = tie_param(&query)?;
+    // At a region the local work goes first at a tie: the home's op is
+    // the concurrent side of the rule in force.
+    let tie = if same {
+        TieRule::ConcurrentFirst
+    } else {
+        TieRule::ReceivedFirst
+    };
+    let id = doc.to_string();
+    let conflicts = blocking(&shared, move |s| s.region_conflicts(&id, from, limit)).await?;
+    let (mut checked, mut unchecked) = (0usize, 0usize);
+    let mut differ = Vec::new();
+    for conflict in &conflicts {
+        if conflict.local.is_empty() {
+            unchecked += 1;
+            continue;
+        }
+        checked += 1;
+        let found = match resolve(&conflict.received, &conflict.local, tie) {
+            Ok(op) if op == conflict.applied => continue,
+            Ok(op) => json!({ "recomputed": op }),
+            Err(e) => json!({ "error": e.to_string() }),
+        };
+        let mut value = json!({
+            "rev": conflict.rev,
+            "home_rev": conflict.home_rev,
+            "author": conflict.author,
+            "received": conflict.received,
+            "local": conflict.local,
+            "applied": conflict.applied,
+        });
+        if let (Some(map), Value::Object(found)) = (value.as_object_mut(), found) {
+            map.extend(found);
+        }
+        differ.push(value);
+    }
+    if !differ.is_empty() {
+        tracing::warn!(doc = %doc, tie = tie_name, differ = differ.len(), "upstream conflict replay found resolutions that differ");
+    }
+    let next = (conflicts.len() == limit)
+        .then(|| conflicts.last().map(|c| c.rev))
+        .flatten();
+    Ok(Json(json!({
+        "checked": checked,
+        "unchecked": unchecked,
+        "tie": tie_name,
+        "differ": differ,
+        "next": next,
     }))
     .into_response())
 }

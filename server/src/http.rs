@@ -191,16 +191,27 @@ pub(crate) async fn get_ops(
 
 /// A stored op as `/ops` (and the admin export) shows it.
 pub(crate) fn op_json(op: &StoredOp) -> serde_json::Value {
-    json!({
-        "rev": op.rev,
-        "client": op.client_id,
-        "seq": op.seq,
-        "base_rev": op.base_rev,
-        "op": op.applied,
-        "received": op.received,
-        "hash": op.hash.to_hex(),
-        "time_ms": op.time_ms,
-    })
+    with_origin(
+        json!({
+            "rev": op.rev,
+            "client": op.client_id,
+            "seq": op.seq,
+            "base_rev": op.base_rev,
+            "op": op.applied,
+            "received": op.received,
+            "hash": op.hash.to_hex(),
+            "time_ms": op.time_ms,
+        }),
+        op,
+    )
+}
+
+/// `value` with the op's `origin` (see `StoredOrigin`), if it has one.
+fn with_origin(mut value: serde_json::Value, op: &StoredOp) -> serde_json::Value {
+    if let Some(origin) = &op.origin {
+        value["origin"] = serde_json::to_value(origin).unwrap_or_default();
+    }
+    value
 }
 
 /// This server's home, for the calls of a regional server; 404 at a server
@@ -259,7 +270,11 @@ pub(crate) async fn get_upstream_conflicts(
 ) -> ApiResult {
     let doc = doc_id(&doc)?;
     caller.require(&doc, Access::Read)?;
-    regional(&shared)?;
+    let node = regional(&shared)?
+        .link_id
+        .as_str()
+        .trim_start_matches(ot_protocol::LINK_ID_PREFIX)
+        .to_owned();
     let from = query_u64(&query, "from", 0)?;
     let limit = query_u64(&query, "limit", MAX_PAGE as u64)?.min(MAX_PAGE as u64) as usize;
     let id = doc.to_string();
@@ -274,6 +289,8 @@ pub(crate) async fn get_upstream_conflicts(
                 "author_seq": c.author_seq,
                 "received": c.received,
                 "transformed_past_local": [c.past_local.0, c.past_local.1],
+                "node": node,
+                "local": c.local,
                 "applied": c.applied,
                 "time_ms": c.time_ms,
             })
@@ -323,17 +340,20 @@ pub(crate) async fn get_conflicts(
         "conflicts",
         |s, doc, from, limit| s.conflicts(doc, from, limit),
         |op| {
-            json!({
-                "rev": op.rev,
-                "client": op.client_id,
-                "seq": op.seq,
-                "base_rev": op.base_rev,
-                // The revisions this op was transformed past.
-                "transformed_past": [op.base_rev + 1, op.rev - 1],
-                "original": op.received,
-                "applied": op.applied,
-                "time_ms": op.time_ms,
-            })
+            with_origin(
+                json!({
+                    "rev": op.rev,
+                    "client": op.client_id,
+                    "seq": op.seq,
+                    "base_rev": op.base_rev,
+                    // The revisions this op was transformed past.
+                    "transformed_past": [op.base_rev + 1, op.rev - 1],
+                    "original": op.received,
+                    "applied": op.applied,
+                    "time_ms": op.time_ms,
+                }),
+                op,
+            )
         },
     )
     .await

@@ -71,6 +71,10 @@ fn router(shared: Arc<Shared>) -> Router {
             "/api/admin/docs/{doc}/conflicts/replay",
             post(conflict_replay::replay_conflicts),
         )
+        .route(
+            "/api/admin/docs/{doc}/conflicts/upstream/replay",
+            post(conflict_replay::replay_upstream_conflicts),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             api_limit::limit,

@@ -66,6 +66,7 @@ impl RawWriter {
             seq: self.seq,
             op,
             ranges: None,
+            origin: None,
         };
         let started = Instant::now();
         send_message(&mut self.socket, &message).await?;
@@ -97,6 +98,7 @@ impl RawWriter {
             seq,
             op,
             ranges: None,
+            origin: None,
         };
         send_message(&mut self.socket, &message).await?;
         loop {

@@ -107,6 +107,7 @@ pub async fn fill_history(
                     seq,
                     op,
                     ranges: None,
+                    origin: None,
                 })
                 .await?;
             seq += 1;

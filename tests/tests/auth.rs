@@ -380,6 +380,7 @@ async fn a_read_only_connection_sees_everything_and_changes_nothing() {
             seq: 1,
             op: Operation::insert_at(0, 0, "hello").unwrap(),
             ranges: None,
+            origin: None,
         },
     )
     .await
@@ -411,6 +412,7 @@ async fn a_read_only_connection_sees_everything_and_changes_nothing() {
             seq: 1,
             op: Operation::insert_at(5, 5, " pwned").unwrap(),
             ranges: None,
+            origin: None,
         },
     )
     .await
@@ -465,6 +467,7 @@ async fn a_read_only_connection_sees_everything_and_changes_nothing() {
             seq: 2,
             op: Operation::insert_at(5, 5, "!").unwrap(),
             ranges: None,
+            origin: None,
         },
     )
     .await
@@ -541,6 +544,7 @@ async fn expiry_and_revocation_close_open_connections_with_4001() {
             seq: 1,
             op: Operation::insert_at(0, 0, "still here").unwrap(),
             ranges: None,
+            origin: None,
         },
     )
     .await

@@ -380,6 +380,35 @@ mod malformed {
                 },
             },
             Case {
+                name: "origin from a client that is not a regional link",
+                prefill: 0,
+                build: |c| {
+                    (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"origin":{"revs":[1,2],"authors":["a"]}}).to_string()), err("invalid_message", Some(c.next)))
+                },
+            },
+            Case {
+                name: "origin with revisions backwards",
+                prefill: 0,
+                build: |c| {
+                    (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"origin":{"revs":[3,1],"authors":[]}}).to_string()), err("invalid_message", Some(c.next)))
+                },
+            },
+            Case {
+                name: "origin with an author that is not a client id",
+                prefill: 0,
+                build: |c| {
+                    (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"origin":{"revs":[1,1],"authors":["x y"]}}).to_string()), err("invalid_message", Some(c.next)))
+                },
+            },
+            Case {
+                name: "origin with 33 authors",
+                prefill: 0,
+                build: |c| {
+                    let authors: Vec<String> = (0..33).map(|i| format!("a{i}")).collect();
+                    (text(json!({"type":"op","rev":c.rev,"seq":c.next,"op":valid_op(c),"origin":{"revs":[1,1],"authors":authors}}).to_string()), err("invalid_message", Some(c.next)))
+                },
+            },
+            Case {
                 name: "cursor without ranges",
                 prefill: 0,
                 build: |c| {
@@ -1189,6 +1218,7 @@ async fn a_noop_is_accepted_and_creates_a_revision() {
             seq,
             op,
             ranges: None,
+            origin: None,
         };
         send_message(&mut socket, &frame).await.unwrap();
         let ack = recv_message(&mut socket, T).await.unwrap();
@@ -1237,7 +1267,7 @@ async fn op_flood_is_paced_not_rejected() {
         for i in 0..N {
             let len = usize::try_from(i)?;
             let op = Operation::insert_at(len, len, "x")?;
-            sink.send(Message::text(op_message_text(i, i + 1, &op, None)))
+            sink.send(Message::text(op_message_text(i, i + 1, &op, None, None)))
                 .await?;
         }
         anyhow::Ok(sink)

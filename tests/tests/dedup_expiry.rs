@@ -31,6 +31,7 @@ fn op(rev: u64, seq: u64, len: usize, at: usize, text: &str) -> ClientMessage {
         seq,
         op: Operation::insert_at(len, at, text).unwrap(),
         ranges: None,
+        origin: None,
     }
 }
 

@@ -226,6 +226,7 @@ async fn http_api() {
         seq,
         op: Operation::from_json_value(&last["received"]).unwrap(),
         ranges: None,
+        origin: None,
     };
     a.send(&resend).await.unwrap();
     assert_eq!(
@@ -237,6 +238,7 @@ async fn http_api() {
         seq: 1000,
         op: Operation::insert_at(34, 34, "x").unwrap(),
         ranges: None,
+        origin: None,
     })
     .await
     .unwrap();

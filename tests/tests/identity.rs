@@ -43,6 +43,7 @@ async fn server_assigned_ids_are_distinct() {
             seq: 1,
             op: Operation::insert_at(rev, rev, "a").unwrap(),
             ranges: None,
+            origin: None,
         };
         send_message(socket, &frame).await.unwrap();
         // Skip the ops of the earlier writers, up to this one's ack.

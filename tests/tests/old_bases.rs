@@ -55,6 +55,7 @@ async fn send_x_at_revision_0(client: &mut WsClient, count: u64) {
                 seq,
                 op: Operation::insert_at(0, 0, "x").unwrap(),
                 ranges: None,
+                origin: None,
             })
             .await
             .unwrap();
@@ -189,6 +190,7 @@ async fn only_a_base_beyond_max_rebase_revs_is_too_old() {
         seq: 1,
         op: Operation::insert_at(0, 0, "x").unwrap(),
         ranges: None,
+        origin: None,
     })
     .await
     .unwrap();
@@ -207,6 +209,7 @@ async fn only_a_base_beyond_max_rebase_revs_is_too_old() {
         seq: 1,
         op: Operation::insert_at(250, 250, "y").unwrap(),
         ranges: Some(vec![ot_core::Range::cursor(251)]),
+        origin: None,
     })
     .await
     .unwrap();

@@ -77,6 +77,7 @@ fn op_message(out: &OutgoingOp) -> ClientMessage {
         seq: out.seq,
         op: out.op.clone(),
         ranges: None,
+        origin: None,
     }
 }
 
@@ -392,6 +393,7 @@ async fn restart_between_cut_and_resend() {
         seq: sent[0].seq,
         op: Operation::insert_at(6, 0, "x").unwrap(),
         ranges: None,
+        origin: None,
     };
     a.send(&reused).await.unwrap();
     let error = a.recv_message(T).await.unwrap();

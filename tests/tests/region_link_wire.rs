@@ -89,6 +89,7 @@ impl Region {
                 seq: op.seq,
                 op: op.op,
                 ranges: None,
+                origin: None,
             };
             // A send on a socket the home closed fails: the next connect resends.
             let _ = send_message(socket, &message).await;

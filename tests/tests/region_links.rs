@@ -30,6 +30,7 @@ fn op_at(rev: u64, seq: u64, len: usize, pos: usize, text: &str) -> ClientMessag
         seq,
         op: Operation::insert_at(len, pos, text).unwrap(),
         ranges: None,
+        origin: None,
     }
 }
 

@@ -272,10 +272,162 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
         .await
         .unwrap();
     assert_eq!(status, 404, "a home has no upstream");
+    journals_name_each_other(&home_journal, &region_journal);
+    // Every op the home took from the link says which regional revisions
+    // (and whose edits) it carries, without gaps or overlaps.
+    let (_, home_ops) = http_get_json(home.addr, "/api/docs/doc/ops?limit=1000")
+        .await
+        .unwrap();
+    let (mut next_rev, mut named_authors) = (0, 0);
+    for op in home_ops["ops"].as_array().unwrap() {
+        if op["client"] != "r-eu" {
+            assert!(op.get("origin").is_none(), "{op}");
+            continue;
+        }
+        let origin = &op["origin"];
+        assert_eq!(origin["kind"], "region", "{op}");
+        assert_eq!(origin["node"], "eu", "{op}");
+        // Authors still in the region's memory (a restart forgets those
+        // before its checkpoint).
+        let authors = origin["authors"].as_array().unwrap();
+        assert!(authors.iter().all(|a| a == "region-writer"), "{op}");
+        named_authors += authors.len();
+        let (lo, hi) = (
+            origin["revs"][0].as_u64().unwrap(),
+            origin["revs"][1].as_u64().unwrap(),
+        );
+        assert!(lo > next_rev || (lo == hi && hi == next_rev), "{op}");
+        next_rev = hi;
+    }
+    assert!(named_authors > 0, "{home_ops}");
+    // At the region, each op of the home says which home revision it was.
+    let (_, region_ops) = http_get_json(region.addr, "/api/docs/doc/ops?limit=1000")
+        .await
+        .unwrap();
+    for op in region_ops["ops"].as_array().unwrap() {
+        let origin = &op["origin"];
+        if op["client"] == "region-writer" {
+            assert!(origin.is_null(), "a local op: {op}");
+        } else {
+            assert_eq!(origin["kind"], "upstream", "{op}");
+            assert!(origin["home_rev"].as_u64() > Some(0), "{op}");
+        }
+    }
+    // Replaying both journals recomputes every resolution as stored.
+    let (ok, out) = ot_client(home.addr, &["conflicts", "replay", "doc"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.ends_with(" 0 differ\n") && !out.starts_with("0 "),
+        "{out}"
+    );
+    let (ok, out) = ot_client(region.addr, &["conflicts", "replay", "doc", "--upstream"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.ends_with(" 0 differ\n") && !out.starts_with("0 "),
+        "{out}"
+    );
+    // A stored resolution altered at the region is reported.
+    let rev = region_journal[0]["rev"].as_u64().unwrap();
+    alter_region_journal(&region_dir.path().join("ot.sqlite3"), rev);
+    let (ok, out) = ot_client(region.addr, &["conflicts", "replay", "doc", "--upstream"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("regional revision {rev} (home revision"))
+            && out.contains("1 differs"),
+        "{out}"
+    );
 
     // Both writers end with the same text.
     at_home.pump_until(T, |c| c.text() == text).await.unwrap();
     at_region.pump_until(T, |c| c.text() == text).await.unwrap();
+}
+
+/// Each entry of the region's journal (an op of the home transformed past
+/// the region's unsent work) has its other side in the home's: the
+/// region's op in flight then, sent with an origin covering some of those
+/// regional revisions, transformed at the home past that home revision.
+fn journals_name_each_other(
+    home_journal: &[serde_json::Value],
+    region_journal: &[serde_json::Value],
+) {
+    for c in region_journal {
+        assert_eq!(c["node"], "eu", "{c}");
+        assert!(!c["local"].as_array().unwrap().is_empty(), "{c}");
+        let (first, last) = (
+            c["transformed_past_local"][0].as_u64().unwrap(),
+            c["transformed_past_local"][1].as_u64().unwrap(),
+        );
+        let home_rev = c["home_rev"].as_u64().unwrap();
+        let other_side = home_journal.iter().find(|h| {
+            let origin = &h["origin"];
+            let (lo, hi) = (origin["revs"][0].as_u64(), origin["revs"][1].as_u64());
+            let (past_lo, past_hi) = (
+                h["transformed_past"][0].as_u64().unwrap(),
+                h["transformed_past"][1].as_u64().unwrap(),
+            );
+            origin["node"] == "eu"
+                && lo <= Some(last)
+                && hi >= Some(first)
+                && (past_lo..=past_hi).contains(&home_rev)
+        });
+        assert!(
+            other_side.is_some(),
+            "no entry at the home for {c}: {home_journal:?}"
+        );
+    }
+}
+
+/// `ot-client --server ws://ADDR ARGS…`: whether it succeeded, and its stdout.
+fn ot_client(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(e2e_tests::ot_client_binary().unwrap())
+        .args(["--server", &format!("ws://{addr}")])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Change the stored result of the region's journal entry at `rev` (as
+/// corruption or a changed merge rule would) while the region runs.
+fn alter_region_journal(db: &Path, rev: u64) {
+    let db = rusqlite::Connection::open(db).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let stored: String = db
+        .query_row(
+            "SELECT conflict FROM region_conflicts WHERE doc = 'doc' AND rev = ?1",
+            [rev as i64],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let mut conflict: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    // The same lengths, another effect: what the home's op inserted goes
+    // in front of everything.
+    let applied = Operation::from_json_value(&conflict["applied"]).unwrap();
+    let inserted: String = applied
+        .components()
+        .iter()
+        .filter_map(|c| match c {
+            ot_core::Component::Insert(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    let deleted = applied.base_len() - (applied.target_len() - inserted.chars().count());
+    assert_eq!(deleted, 0, "the home writer only inserts");
+    let mut moved = Operation::new();
+    moved.insert(&inserted).retain(applied.base_len());
+    if moved == applied {
+        moved = Operation::new();
+        moved.retain(applied.base_len()).insert(&inserted);
+    }
+    conflict["applied"] = serde_json::to_value(&moved).unwrap();
+    db.execute(
+        "UPDATE region_conflicts SET conflict = ?1 WHERE doc = 'doc' AND rev = ?2",
+        rusqlite::params![conflict.to_string(), rev as i64],
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,6 +193,7 @@ async fn the_same_key_replaces_the_older_connection_as_before() {
             seq: 2,
             op: ins(1, 1, "b"),
             ranges: None,
+            origin: None,
         },
     )
     .await
@@ -235,6 +236,7 @@ async fn an_old_state_without_a_key_keeps_working_and_gets_bound() {
             seq: 1,
             op: ins(0, 0, "old"),
             ranges: None,
+            origin: None,
         },
     )
     .await

@@ -1019,7 +1019,7 @@ impl LoadClient {
     }
 
     async fn send_op(&mut self, out: &OutgoingOp, oldest_edit: Instant) -> Result<()> {
-        let text = op_message_text(out.base_rev, out.seq, &out.op, None);
+        let text = op_message_text(out.base_rev, out.seq, &out.op, None, None);
         let sent = Instant::now();
         self.inflight = Some((out.seq, sent, oldest_edit));
         if let Some(first_sent) = &self.config.first_sent {

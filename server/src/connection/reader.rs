@@ -124,6 +124,9 @@ pub(super) struct Conn<'a> {
     pub(super) ends: CancellationToken,
     /// One message per frame, or batches.
     pub(super) framing: Framing,
+    /// A regional server's link (client id `r-…`): the only kind of
+    /// connection whose ops may carry an `origin`.
+    pub(super) link: bool,
 }
 
 /// Serve a joined connection until it ends: start its writer, read and
@@ -143,6 +146,7 @@ pub(super) async fn run(
         name: token_name,
         ends,
         framing,
+        link,
     } = conn;
     let (sink, mut stream) = socket.split();
     let (local_close_tx, local_close_rx) = oneshot::channel::<CloseCode>();
@@ -289,11 +293,17 @@ pub(super) async fn run(
                 "this connection is read-only: its token gives read access only".to_owned(),
                 Some(seq),
             )),
+            Ok(ClientMessage::Op { seq, origin, .. }) if origin.is_some() && !link => Err((
+                ErrorCode::InvalidMessage,
+                "only a regional server's link (client id r-…) may attach an origin".to_owned(),
+                Some(seq),
+            )),
             Ok(ClientMessage::Op {
                 rev,
                 seq,
                 op,
                 ranges,
+                origin,
             }) => {
                 let size = op.change_size();
                 let components = op.components().len();
@@ -322,6 +332,7 @@ pub(super) async fn run(
                         base_rev: rev,
                         op,
                         ranges,
+                        origin,
                         received_at: Instant::now(),
                     })
                 }

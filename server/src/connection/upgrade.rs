@@ -417,6 +417,7 @@ async fn connection(
                 name: permit.caller.grant().map(|g| g.name().to_owned()),
                 ends: ends.clone(),
                 framing: request.framing,
+                link: is_link_id(request.client_id.as_str()),
             };
             reader::run(&shared, socket, conn, handle, (out_tx, out_rx), kick_rx).await;
             // Stops the expiry timer.

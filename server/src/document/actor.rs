@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use ot_core::history::KeyHash;
 use ot_core::{Operation, Range};
-use ot_protocol::{ClientId, CloseCode, DocId, ErrorCode, Limits};
+use ot_protocol::{ClientId, CloseCode, DocId, ErrorCode, Limits, OpOrigin};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::connections::Connections;
@@ -60,12 +60,14 @@ struct Document {
 }
 
 /// An op that waits behind its connection's op being rebased.
-struct QueuedOp {
-    seq: u64,
-    base_rev: u64,
-    op: Operation,
-    ranges: Option<Vec<Range>>,
-    received_at: Instant,
+pub(super) struct QueuedOp {
+    pub(super) seq: u64,
+    pub(super) base_rev: u64,
+    pub(super) op: Operation,
+    pub(super) ranges: Option<Vec<Range>>,
+    /// What a regional link's op covers at its region.
+    pub(super) origin: Option<Box<OpOrigin>>,
+    pub(super) received_at: Instant,
 }
 
 /// The actor of `doc`, started (and loaded from storage) if it is not running.
@@ -394,14 +396,22 @@ impl Document {
                 base_rev,
                 op,
                 ranges,
+                origin,
                 received_at,
             } => {
                 #[cfg(test)]
                 if super::test_hooks::take_op_panic(self.id.as_str()) {
                     panic!("test hook: the actor of {} fails", self.id);
                 }
-                self.on_op(conn_id, seq, base_rev, op, ranges, received_at)
-                    .await
+                let incoming = QueuedOp {
+                    seq,
+                    base_rev,
+                    op,
+                    ranges,
+                    origin,
+                    received_at,
+                };
+                self.on_op(conn_id, incoming).await
             }
             DocCommand::Cursor {
                 conn_id,
@@ -519,15 +529,7 @@ impl Document {
         Ok(())
     }
 
-    async fn on_op(
-        &mut self,
-        conn_id: u64,
-        seq: u64,
-        base_rev: u64,
-        op: Operation,
-        ranges: Option<Vec<Range>>,
-        received_at: Instant,
-    ) {
+    async fn on_op(&mut self, conn_id: u64, incoming: QueuedOp) {
         let Some(client_id) = self.conns.client_id(conn_id) else {
             return; // the connection is gone: its op was never acknowledged
         };
@@ -540,20 +542,12 @@ impl Document {
                 self.conns.close(conn_id, CloseCode::Abusive);
                 return;
             }
-            queue.push_back(QueuedOp {
-                seq,
-                base_rev,
-                op,
-                ranges,
-                received_at,
-            });
+            queue.push_back(incoming);
             return;
         }
         self.evict_idle();
-        let accepted = self
-            .pipeline
-            .receive(conn_id, &client_id, seq, base_rev, op, ranges, received_at)
-            .await;
+        let seq = incoming.seq;
+        let accepted = self.pipeline.receive(conn_id, &client_id, incoming).await;
         self.on_accepted(conn_id, seq, accepted).await;
     }
 
@@ -611,15 +605,7 @@ impl Document {
             let Some(next) = queue.pop_front() else {
                 return;
             };
-            self.on_op(
-                conn_id,
-                next.seq,
-                next.base_rev,
-                next.op,
-                next.ranges,
-                next.received_at,
-            )
-            .await;
+            self.on_op(conn_id, next).await;
         }
         // Another rebase started: the rest waits behind it.
         if let Some(waiting) = self.rebasing.get_mut(&conn_id) {

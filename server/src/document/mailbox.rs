@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ot_core::history::KeyHash;
 use ot_core::{Operation, Range};
-use ot_protocol::{Access, ClientId, CloseCode};
+use ot_protocol::{Access, ClientId, CloseCode, OpOrigin};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::DocError;
@@ -86,6 +86,8 @@ pub(crate) enum DocCommand {
         op: Operation,
         /// The sender's selection after the op.
         ranges: Option<Vec<Range>>,
+        /// What a regional link's op covers at its region.
+        origin: Option<Box<OpOrigin>>,
         /// When the frame was read (for the ack-latency histogram).
         received_at: Instant,
     },

@@ -16,10 +16,11 @@ use ot_core::history::{
 };
 use ot_core::region::{Integration, RegionalDocument};
 use ot_core::{Operation, Range};
-use ot_protocol::{is_link_id, ClientId, ErrorCode, Limits, ServerMessage};
+use ot_protocol::{is_link_id, ClientId, ErrorCode, Limits, OpOrigin, ServerMessage};
 use ropey::Rope;
 use tokio::sync::mpsc;
 
+use super::actor::QueuedOp;
 use super::epoch::DocEpoch;
 use super::error::DocError;
 use super::loading::{self, now_ms, Loaded};
@@ -32,7 +33,7 @@ use crate::outbound::{op_frame, text_frame, Outbound};
 use crate::state::Services;
 use crate::storage::{
     CommitCallback, CommitLane, Committed, ConflictCopy, RegionConflict, StorageError, StoredOp,
-    WriteItem,
+    StoredOrigin, WriteItem,
 };
 
 /// What a joiner's queue can take of ops from memory (see
@@ -395,17 +396,20 @@ impl Pipeline {
 
     /// Take an op from `client_id` (sent on `conn_id`): apply it and send it to
     /// storage, or recognise a resend, or refuse it.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn receive(
         &mut self,
         conn_id: u64,
         client_id: &ClientId,
-        seq: u64,
-        base_rev: u64,
-        op: Operation,
-        ranges: Option<Vec<Range>>,
-        received_at: Instant,
+        incoming: QueuedOp,
     ) -> Result<Accepted, Refused> {
+        let QueuedOp {
+            seq,
+            base_rev,
+            op,
+            ranges,
+            origin,
+            received_at,
+        } = incoming;
         if seq == self.history().last_seq(client_id) + 1 {
             self.check_doc_len(&op)?;
         }
@@ -432,6 +436,7 @@ impl Pipeline {
                 at: base_rev,
                 upto: oldest,
                 ranges,
+                origin,
                 received_at,
             })));
         }
@@ -441,7 +446,7 @@ impl Pipeline {
             client_id,
             op,
             (base_rev, None),
-            ranges,
+            (ranges, origin),
             received_at,
         )
         .await
@@ -493,13 +498,14 @@ impl Pipeline {
             return Ok(Accepted::Rebase(Box::new(job)));
         }
         let ranges = job.ranges.take();
+        let origin = job.origin.take();
         self.settle(
             result,
             job.conn_id,
             &client_id,
             job.received,
             (job.at, Some(job.current)),
-            ranges,
+            (ranges, origin),
             job.received_at,
         )
         .await
@@ -552,7 +558,7 @@ impl Pipeline {
     /// What becomes of an op the history took or recognised. `received` is
     /// the op as sent (a duplicate is looked up by its hash); `from` the
     /// revision and op (`None`: `received`) the history transformed from,
-    /// for mapping `ranges`.
+    /// for mapping `ranges`; `origin` is stored with the op.
     #[allow(clippy::too_many_arguments)]
     async fn settle(
         &mut self,
@@ -561,7 +567,7 @@ impl Pipeline {
         client_id: &ClientId,
         received: Operation,
         from: (u64, Option<Operation>),
-        ranges: Option<Vec<Range>>,
+        (ranges, origin): (Option<Vec<Range>>, Option<Box<OpOrigin>>),
         received_at: Instant,
     ) -> Result<Accepted, Refused> {
         match result {
@@ -576,7 +582,8 @@ impl Pipeline {
                 let (from_rev, from_op) = from;
                 let from_op = from_op.unwrap_or(received);
                 let ranges = ranges.map(|r| self.map_op_ranges(from_rev, applied.rev, &from_op, r));
-                let committed_now = self.persist(&applied, as_received);
+                let origin = origin.map(|o| StoredOrigin::region(client_id.as_str(), *o));
+                let committed_now = self.persist(&applied, as_received, origin);
                 self.pending.push_back(Pending {
                     applied,
                     conn_id,
@@ -679,10 +686,17 @@ impl Pipeline {
     /// Commit the op (and a snapshot when [`SnapshotPolicy`] says so). Returns the
     /// outcome if the commit already happened here, else it arrives later on
     /// the commit channel.
-    fn persist(&mut self, applied: &AppliedOp, received: Operation) -> Option<CommitDone> {
+    fn persist(
+        &mut self,
+        applied: &AppliedOp,
+        received: Operation,
+        origin: Option<StoredOrigin>,
+    ) -> Option<CommitDone> {
+        let mut op = StoredOp::from_applied(applied, received, now_ms());
+        op.origin = origin;
         let mut items = vec![WriteItem::Op {
             doc: self.id.clone(),
-            op: StoredOp::from_applied(applied, received, now_ms()),
+            op,
             len_after: applied.op.target_len() as u64,
         }];
         let snapshot_due = self.push_snapshot_if_due(&applied.op, &mut items);
@@ -958,9 +972,14 @@ impl Pipeline {
             self.shared.metrics.conflicts.inc();
         }
         let time_ms = now_ms();
+        let mut op = StoredOp::from_applied(&applied, applied.op.clone(), time_ms);
+        op.origin = Some(StoredOrigin::Upstream {
+            home_rev: integration.home_rev,
+            author: Some(integration.author.clone()),
+        });
         let mut items = vec![WriteItem::Op {
             doc: self.id.clone(),
-            op: StoredOp::from_applied(&applied, applied.op.clone(), time_ms),
+            op,
             len_after: applied.op.target_len() as u64,
         }];
         // Transformed past local work the home did not have: journaled here.
@@ -974,6 +993,7 @@ impl Pipeline {
                     author_seq: integration.author_seq,
                     received: integration.received.clone(),
                     past_local: (first, applied.rev.saturating_sub(1)),
+                    local: integration.local.clone(),
                     applied: applied.op.clone(),
                     time_ms,
                 },

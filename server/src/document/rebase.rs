@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ot_core::{Operation, OtError, Range};
-use ot_protocol::ClientId;
+use ot_protocol::{ClientId, OpOrigin};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 
@@ -50,6 +50,8 @@ pub(super) struct RebaseJob {
     pub(super) upto: u64,
     /// The sender's selection after its op, mapped like `current`.
     pub(super) ranges: Option<Vec<Range>>,
+    /// What a regional link's op covers at its region.
+    pub(super) origin: Option<Box<OpOrigin>>,
     pub(super) received_at: Instant,
 }
 

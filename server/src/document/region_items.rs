@@ -4,7 +4,7 @@
 use ot_core::region::{RegionalCheckpoint, RegionalCommit, RegionalEntry};
 
 use super::loading::now_ms;
-use crate::storage::{RegionRecord, StoredOp, WriteItem};
+use crate::storage::{RegionRecord, StoredOp, StoredOrigin, WriteItem};
 
 /// The items storing `commit` (and `checkpoint`, the state after it) of
 /// document `doc`, numbering the records from `next` on. A reset's first
@@ -27,13 +27,21 @@ pub(super) fn region_items(
         *next += 1;
     };
     for entry in commit.entries {
-        if let RegionalEntry::Reset { applied, .. } = &entry {
+        if let RegionalEntry::Reset {
+            applied, home_rev, ..
+        } = &entry
+        {
             items.push(WriteItem::CreateDoc {
                 doc: doc.to_owned(),
             });
+            let mut op = StoredOp::from_applied(applied, applied.op.clone(), now_ms());
+            op.origin = Some(StoredOrigin::Upstream {
+                home_rev: *home_rev,
+                author: None,
+            });
             items.push(WriteItem::Op {
                 doc: doc.to_owned(),
-                op: StoredOp::from_applied(applied, applied.op.clone(), now_ms()),
+                op,
                 len_after: applied.op.target_len() as u64,
             });
         }

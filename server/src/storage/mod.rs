@@ -19,6 +19,7 @@
 mod commit;
 mod dir_lock;
 mod oplog;
+mod origin;
 mod sqlite;
 
 use ot_core::history::{AppliedOp, DocumentSnapshot, KeyHash, OpHash};
@@ -27,6 +28,7 @@ use ot_core::Operation;
 pub use commit::{
     CommitCallback, CommitLane, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY,
 };
+pub use origin::StoredOrigin;
 pub use sqlite::{Durability, SqliteStorage};
 
 /// One stored op: everything the server persists per op.
@@ -48,6 +50,9 @@ pub struct StoredOp {
     pub applied: Operation,
     /// When the server applied it, in milliseconds since the Unix epoch.
     pub time_ms: i64,
+    /// Where it came from, if not from a client of this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<StoredOrigin>,
 }
 
 impl StoredOp {
@@ -62,6 +67,7 @@ impl StoredOp {
             received,
             applied: applied.op.clone(),
             time_ms,
+            origin: None,
         }
     }
 
@@ -206,6 +212,11 @@ pub struct RegionConflict {
     /// the local ops among `first..=last` (the others are earlier ops of
     /// the home).
     pub past_local: (u64, u64),
+    /// That local work as the link held it (the other side of each
+    /// transform, in order; see `Integration::local`): empty when it was
+    /// too long to keep.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local: Vec<Operation>,
     /// The op as applied at the region.
     pub applied: Operation,
     /// When, in milliseconds since the Unix epoch.

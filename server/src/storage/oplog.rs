@@ -527,6 +527,7 @@ mod tests {
                 applied: received.clone(),
                 received,
                 time_ms: 7,
+                origin: None,
             },
             len_after: rev,
         }

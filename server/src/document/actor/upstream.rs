@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ot_core::history::OpHash;
 use ot_core::region::{HomeSnapshot, RegionError, SnapshotAdoption, UpstreamOutcome};
-use ot_protocol::{op_message_text, CloseCode, DocId, ServerMessage};
+use ot_protocol::{op_message_text, CloseCode, DocId, OpOrigin, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::link::{self, LinkEvent, LinkOut};
@@ -307,7 +307,12 @@ impl Document {
         };
         link.replicated_up_to(region.replicated_rev(), region.unreplicated_ops());
         if let Some(op) = region.upstream_send() {
-            let text = op_message_text(op.base_rev, op.seq, &op.op, None);
+            // The home stores which regional revisions (and whose edits) it
+            // carries, so that its journal names this region's.
+            let origin = region
+                .in_flight_covers()
+                .map(|((lo, hi), authors)| OpOrigin::new(lo, hi, authors));
+            let text = op_message_text(op.base_rev, op.seq, &op.op, None, origin.as_ref());
             let _ = link.out.send(LinkOut::Send {
                 conn: link.conn,
                 text,

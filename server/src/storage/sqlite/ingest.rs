@@ -195,8 +195,8 @@ pub(super) fn write_items(
     let mut snapshotted: BTreeMap<&str, u64> = BTreeMap::new();
     {
         let mut insert_op = tx.prepare_cached(
-            "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received, applied, time_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received, applied, time_ms, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         let mut create_doc = tx.prepare_cached(
             "INSERT OR IGNORE INTO docs (id, rev, len, created_ms) VALUES (?1, 0, 0, ?2)",
@@ -310,6 +310,11 @@ pub(super) fn write_items(
                         op.received.to_json(),
                         op.applied.to_json(),
                         op.time_ms,
+                        op.origin
+                            .as_ref()
+                            .map(serde_json::to_string)
+                            .transpose()
+                            .map_err(|e| StorageError::Corrupt(format!("origin: {e}")))?,
                     ])?;
                     new_seqs
                         .entry((doc, &op.client_id, op.seq / SEQS_PER_BLOCK))

@@ -21,14 +21,14 @@ use crate::storage::{
 
 /// Ops of a document after a revision (`?2`), at most `?3`: the columns [`RawOp`] reads.
 pub(super) const SQL_OPS_AFTER: &str =
-    "SELECT rev, client_id, seq, op_hash, base_rev, received, applied, time_ms
+    "SELECT rev, client_id, seq, op_hash, base_rev, received, applied, time_ms, origin
      FROM ops WHERE doc = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3";
 
 /// Like [`SQL_OPS_AFTER`], only concurrent ops, through the partial index
 /// `ops_conflicts` (named: the planner would pick the primary key). The
 /// condition must be written exactly as in the index for SQLite to use it.
 pub(super) const SQL_CONFLICTS_AFTER: &str =
-    "SELECT rev, client_id, seq, op_hash, base_rev, received, applied, time_ms
+    "SELECT rev, client_id, seq, op_hash, base_rev, received, applied, time_ms, origin
      FROM ops INDEXED BY ops_conflicts
      WHERE doc = ?1 AND rev > ?2 AND rev > base_rev + 1 ORDER BY rev LIMIT ?3";
 
@@ -42,6 +42,7 @@ struct RawOp {
     received: String,
     applied: String,
     time_ms: i64,
+    origin: Option<String>,
 }
 
 impl RawOp {
@@ -55,6 +56,7 @@ impl RawOp {
             received: row.get(5)?,
             applied: row.get(6)?,
             time_ms: row.get(7)?,
+            origin: row.get(8)?,
         })
     }
 
@@ -69,6 +71,10 @@ impl RawOp {
             Operation::from_json(&self.received).map_err(|e| corrupt("bad received op", &e))?;
         let applied =
             Operation::from_json(&self.applied).map_err(|e| corrupt("bad applied op", &e))?;
+        let origin = match self.origin.as_deref() {
+            None => None,
+            Some(text) => Some(serde_json::from_str(text).map_err(|e| corrupt("bad origin", &e))?),
+        };
         Ok(StoredOp {
             rev,
             client_id: self.client_id,
@@ -78,6 +84,7 @@ impl RawOp {
             received,
             applied,
             time_ms: self.time_ms,
+            origin,
         })
     }
 }

@@ -22,6 +22,8 @@
 //!     received  TEXT NOT NULL,              -- ot.js JSON, as the client sent it
 //!     applied   TEXT NOT NULL,              -- ot.js JSON, as applied
 //!     time_ms   INTEGER NOT NULL,
+//!     origin    TEXT,                       -- StoredOrigin as JSON; NULL: a client of
+//!                                           -- this node (added to older databases on open)
 //!     PRIMARY KEY (doc, rev)
 //! ) WITHOUT ROWID;
 //! -- Where each client's ops are, for answering a resend of an old seq: one
@@ -141,6 +143,7 @@ CREATE TABLE IF NOT EXISTS ops (
     received  TEXT NOT NULL,
     applied   TEXT NOT NULL,
     time_ms   INTEGER NOT NULL,
+    origin    TEXT,
     PRIMARY KEY (doc, rev)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seq_revs (
@@ -253,6 +256,21 @@ pub(super) fn migrate_v1_seq_index(conn: &Connection) -> Result<usize, StorageEr
     Ok(written)
 }
 
+/// A database made before ops had origins gets the (nullable) column: an
+/// additive change, so the schema version stays.
+fn add_origin_column(conn: &Connection) -> Result<(), StorageError> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('ops') WHERE name = 'origin'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE ops ADD COLUMN origin TEXT")?;
+        tracing::info!("added the origin column to the op log");
+    }
+    Ok(())
+}
+
 /// After recovering the commit logs: an epoch that `init` changed is raised
 /// above every deleted epoch + 1, the greatest value a re-created document
 /// may have shown (see "Epoch" above); returns the epoch.
@@ -286,6 +304,7 @@ pub(super) fn init(
     let mut changed = false;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA)?;
+    add_origin_column(&tx)?;
     match meta_get(&tx, "schema_version")?.as_deref() {
         None | Some(SCHEMA_VERSION) => {}
         Some("1") => {
