@@ -74,7 +74,8 @@ pub struct Integration {
     /// transform (the op in flight, then each queued op, in order; each
     /// took priority at a tie): `received` transformed past these is
     /// `applied.op`. Empty when there was none, or more than
-    /// [`MAX_JOURNALED_LOCAL_OPS`] (the journal then names the revisions only).
+    /// [`MAX_JOURNALED_LOCAL_OPS`] ops or [`MAX_JOURNALED_LOCAL_SIZE`]
+    /// (the journal then names the revisions only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local: Vec<Operation>,
     /// The regional revision it became (its `op` is the transformed op).
@@ -85,6 +86,10 @@ pub struct Integration {
 /// conflict: the link's queue can grow without bound while the home is
 /// unreachable, and each op of the home integrated then would copy it.
 pub const MAX_JOURNALED_LOCAL_OPS: usize = 64;
+
+/// Most characters inserted and deleted plus components, over all the
+/// local ops an [`Integration`] keeps (see [`MAX_JOURNALED_LOCAL_OPS`]).
+pub const MAX_JOURNALED_LOCAL_SIZE: usize = 64 * 1024;
 
 impl Integration {
     /// True when it was transformed past local work: a detected conflict,
@@ -693,6 +698,24 @@ impl RegionalDocument {
         self.linked = false;
     }
 
+    /// The link's pending work as the other side of an integration's
+    /// transforms, if it is small enough to journal (see [`Integration::local`]).
+    fn journaled_local_side(&self) -> Vec<Operation> {
+        if self.link.unacknowledged() > MAX_JOURNALED_LOCAL_OPS {
+            return Vec::new();
+        }
+        let outstanding = self.link.outstanding().map(|o| &o.current);
+        let pending: Vec<&Operation> = outstanding.into_iter().chain(self.link.queue()).collect();
+        let size: usize = pending
+            .iter()
+            .map(|op| op.change_size() + op.components().len())
+            .sum();
+        if size > MAX_JOURNALED_LOCAL_SIZE {
+            return Vec::new();
+        }
+        pending.into_iter().cloned().collect()
+    }
+
     /// What the op in flight carries (see [`Client::outstanding_tags`]):
     /// the regional revisions `(lo, hi)` and the client ids of the local
     /// edits among them still in memory, distinct, in revision order.
@@ -738,15 +761,7 @@ impl RegionalDocument {
             .outstanding_tags()
             .map(|(lo, _)| lo)
             .or_else(|| self.link.oldest_pending_tag());
-        let local: Vec<Operation> = if self.link.unacknowledged() <= MAX_JOURNALED_LOCAL_OPS {
-            let outstanding = self.link.outstanding().map(|o| o.current.clone());
-            outstanding
-                .into_iter()
-                .chain(self.link.queue().cloned())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let local = self.journaled_local_side();
         match self
             .link
             .remote_op(rev, op, author, seq)

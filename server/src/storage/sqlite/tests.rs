@@ -6,6 +6,7 @@ use super::schema::*;
 use super::seq_revs::*;
 use super::*;
 use crate::storage::oplog::LOG_FILES;
+use crate::storage::StoredOrigin;
 use ot_core::history::{DocumentHistory, DocumentSnapshot, Receipt};
 use ot_core::Operation;
 use rusqlite::{params, OptionalExtension};
@@ -1131,4 +1132,46 @@ fn region_records_read_back_from_the_newest_checkpoint_and_go_with_a_delete() {
     let copies = s.conflict_copies("d").unwrap();
     assert_eq!(copies.len(), 1);
     assert_eq!(copies[0].text, "kept");
+}
+
+#[test]
+fn origins_read_back_and_a_database_without_the_column_gets_it_on_open() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut items) = sample("d");
+    let region = StoredOrigin::Region {
+        node: "eu".into(),
+        revs: (3, 7),
+        authors: vec!["ann".into()],
+        more_authors: 0,
+    };
+    let upstream = StoredOrigin::Upstream {
+        home_rev: 12,
+        author: Some("bob".into()),
+    };
+    for (item, origin) in items.iter_mut().zip([region.clone(), upstream.clone()]) {
+        if let WriteItem::Op { op, .. } = item {
+            op.origin = Some(origin);
+        }
+    }
+    let s = open(&dir, Durability::Fsync);
+    s.commit(&items).unwrap();
+    let ops = s.ops("d", 0, 100).unwrap();
+    assert_eq!(ops, stored(&items));
+    assert_eq!(ops[0].origin, Some(region));
+    assert_eq!(ops[1].origin, Some(upstream));
+    assert_eq!(ops[2].origin, None);
+    drop(s);
+    // What a database made before origins looks like: no column.
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch("ALTER TABLE ops DROP COLUMN origin")
+        .unwrap();
+    drop(conn);
+
+    let s = open(&dir, Durability::Fsync);
+    let ops = s.ops("d", 0, 100).unwrap();
+    assert_eq!(ops.len(), items.len());
+    assert!(ops.iter().all(|op| op.origin.is_none()));
+    let (_, more) = sample("e");
+    s.commit(&more).unwrap();
+    assert_eq!(s.ops("e", 0, 100).unwrap(), stored(&more));
 }
