@@ -716,11 +716,20 @@ impl RegionalDocument {
         pending.into_iter().cloned().collect()
     }
 
+    /// The regional revisions the op in flight carries: the link's tags
+    /// (see [`Client::outstanding_tags`]), never revision 1 (the home's
+    /// text a regional history starts from). They may include ops of the
+    /// home integrated between the local edits.
+    fn in_flight_revs(&self) -> Option<(u64, u64)> {
+        let (lo, hi) = self.link.outstanding_tags()?;
+        Some((lo.max(2).min(hi), hi))
+    }
+
     /// What the op in flight carries (see [`Client::outstanding_tags`]):
     /// the regional revisions `(lo, hi)` and the client ids of the local
     /// edits among them still in memory, distinct, in revision order.
     pub fn in_flight_covers(&self) -> Option<((u64, u64), Vec<String>)> {
-        let (lo, hi) = self.link.outstanding_tags()?;
+        let (lo, hi) = self.in_flight_revs()?;
         let ops = self.history.retained_ops();
         let start = ops.partition_point(|a| a.rev < lo);
         let mut authors: Vec<String> = Vec::new();
@@ -757,8 +766,7 @@ impl RegionalDocument {
         // The first local revision the home has not acknowledged: the
         // lowest the op in flight carries (its tag is its highest).
         let past_local_from = self
-            .link
-            .outstanding_tags()
+            .in_flight_revs()
             .map(|(lo, _)| lo)
             .or_else(|| self.link.oldest_pending_tag());
         let local = self.journaled_local_side();
