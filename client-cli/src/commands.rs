@@ -482,6 +482,34 @@ pub async fn conflicts_replay(common: &Common, doc: &str, tie: Tie, upstream: bo
     Ok(())
 }
 
+/// The conflict copies the server keeps of `doc` (a regional server's work
+/// its home could not take), oldest first, as `GET /api/docs/{doc}/copies` gives them.
+pub async fn server_copies(common: &Common, doc: &str) -> Result<Vec<Value>> {
+    let page = get_json(common, &format!("/api/docs/{doc}/copies")).await?;
+    Ok(page["copies"].as_array().cloned().unwrap_or_default())
+}
+
+/// `copies DOC`: each conflict copy the server keeps of the document, with
+/// when and why it was made, then its text.
+pub async fn copies(common: &Common, doc: &str) -> Result<()> {
+    let copies = server_copies(common, doc).await?;
+    let mut out = std::io::stdout().lock();
+    if copies.is_empty() {
+        writeln!(out, "the server keeps no copies of {doc}")?;
+    }
+    for copy in copies {
+        writeln!(
+            out,
+            "--- copy {} (time_ms {}, {})",
+            copy["id"].as_str().unwrap_or("?"),
+            copy["time_ms"],
+            copy["reason"].as_str().unwrap_or("")
+        )?;
+        writeln!(out, "{}", copy["text"].as_str().unwrap_or(""))?;
+    }
+    Ok(())
+}
+
 /// `conflicts DOC [--upstream]`: the detected conflicts (ops transformed past
 /// concurrent ops; with `--upstream`, a regional server's own journal).
 pub async fn conflicts(common: &Common, doc: &str, upstream: bool) -> Result<()> {

@@ -145,6 +145,12 @@ enum Command {
         #[arg(long)]
         upstream: bool,
     },
+    /// Print the conflict copies the server keeps of a document (work a
+    /// regional server accepted that its home could not take).
+    Copies {
+        /// Document id.
+        doc: String,
+    },
     /// Send edits saved by earlier runs (made offline or unacknowledged) and exit.
     Sync {
         /// Document id.
@@ -257,6 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             [_] => anyhow::bail!("--tie goes with `conflicts replay DOC`"),
             _ => anyhow::bail!("expected `conflicts DOC` or `conflicts replay DOC`"),
         },
+        Command::Copies { doc } => {
+            check_doc(&doc)?;
+            commands::copies(&common, &doc).await
+        }
         Command::Sync { doc } => {
             check_doc(&doc)?;
             commands::sync(&common, &doc).await

@@ -680,6 +680,45 @@ async fn editor_on_a_regional_server_says_what_is_not_yet_at_the_home() -> Resul
         .await?;
     let (_, at_home) = e2e_tests::doc_state(home.addr, "regional").await?;
     assert_eq!(at_home, "near cut off");
+
+    // Cut off again, the region takes an edit; the document is deleted at
+    // the home meanwhile: the region starts over from the home and keeps its
+    // text on the server, and the editor says so after its resync.
+    proxy.stall(Direction::Both);
+    editor.type_text(" aside");
+    editor
+        .wait_for(
+            "saved in the region only",
+            WAIT,
+            shows("near cut off aside", "saved in region, not yet replicated"),
+        )
+        .await?;
+    let (status, body) = ot_driver::http::send(
+        &home.addr.into(),
+        ot_driver::http::Method::DELETE,
+        "/api/admin/docs/regional",
+        None,
+        &e2e_tests::test_connect_options(),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    proxy.resume(Direction::Both);
+    editor
+        .wait_for("the server's copy", WAIT, |e: &Editor| {
+            e.rows()
+                .iter()
+                .any(|row| row.contains("1 copy of this document kept on the server"))
+        })
+        .await?;
     assert!(editor.quit().await?, "{}", editor.dump());
+    // `ot-client copies` prints it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ot-client"))
+        .args(["--server", &url, "copies", "regional"])
+        .env("OT_CLIENT_DATA_DIR", &data)
+        .envs(e2e_tests::test_token(None).map(|t| ("OT_TOKEN", t)))
+        .output()?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("near cut off aside"), "{printed}");
     servers.stop().await
 }

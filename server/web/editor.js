@@ -26,6 +26,7 @@ const binding = new TextareaBinding(textarea);
 let slot = null;
 let session = null;
 let conflictCopies = [];
+let serverCopies = []; // [{id, time_ms, reason, text}] from GET /api/docs/{doc}/copies
 let heldOffline = false; // a test hook: behave as if the network were down
 
 function myName() {
@@ -39,9 +40,15 @@ const view = new View(
     mirror,
     textarea,
     conflicts: document.getElementById("conflicts"),
+    serverCopies: document.getElementById("server-copies"),
   },
   binding,
-  { get session() { return session; }, name: myName, conflictCopies: () => conflictCopies },
+  {
+    get session() { return session; },
+    name: myName,
+    conflictCopies: () => conflictCopies,
+    serverCopies: () => serverCopies,
+  },
 );
 
 function persist() {
@@ -54,6 +61,20 @@ function persist() {
     alive: Date.now(),
     conflicts: conflictCopies,
   });
+}
+
+// The copies the server keeps (a regional server's work its home could not
+// take): asked again at every snapshot, since a reset comes with one.
+async function refreshServerCopies() {
+  try {
+    const r = await fetch(`/api/docs/${encodeURIComponent(docId)}/copies`, { headers: authHeaders(token) });
+    if (!r.ok) return;
+    const body = await r.json();
+    serverCopies = Array.isArray(body.copies) ? body.copies : [];
+    view.render();
+  } catch {
+    // offline: the list stays as it was
+  }
 }
 
 function keepConflict(text) {
@@ -133,6 +154,7 @@ async function start() {
       setText(text) {
         binding.show(text);
         textarea.readOnly = !session.canWrite();
+        refreshServerCopies();
       },
       applyRemote: (op) => binding.applyRemote(op),
       conflict: keepConflict,
@@ -201,6 +223,9 @@ window.otEditor = {
   },
   get remoteCursors() {
     return session ? Array.from(session.remote, ([id, p]) => ({ client: id, name: p.name, ranges: p.ranges })) : [];
+  },
+  get serverCopies() {
+    return serverCopies.map((c) => c.text);
   },
   get conflictCopies() {
     return conflictCopies.slice();

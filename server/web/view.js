@@ -13,7 +13,8 @@ export function colorOf(id) {
 export class View {
   /**
    * `els`: {status, people, mirror, textarea, conflicts}; `binding` the
-   * TextareaBinding; `page` gives {session, name(), conflictCopies()}.
+   * TextareaBinding; `page` gives {session, name(), conflictCopies(),
+   * serverCopies()}.
    */
   constructor(els, binding, page) {
     this.els = els;
@@ -60,6 +61,7 @@ export class View {
     this.renderPeople();
     this.renderMirror();
     this.renderConflicts();
+    this.renderServerCopies();
   }
 
   renderPeople() {
@@ -145,19 +147,27 @@ export class View {
 
   // Conflict copies (never dropped silently).
   renderConflicts() {
-    const copies = this.page.conflictCopies();
-    const conflictsEl = this.els.conflicts;
-    conflictsEl.hidden = copies.length === 0;
-    const list = conflictsEl.querySelector("ol");
-    list.replaceChildren(
-      ...copies.map((t) => {
-        const li = document.createElement("li");
-        const area = document.createElement("textarea");
-        area.readOnly = true;
-        area.value = t;
-        li.append(area);
-        return li;
-      }),
-    );
+    renderCopies(this.els.conflicts, this.page.conflictCopies());
   }
+
+  // The copies the server keeps of this document (GET /api/docs/{doc}/copies).
+  renderServerCopies() {
+    renderCopies(this.els.serverCopies, this.page.serverCopies().map((c) => c.text));
+  }
+}
+
+/** Show `copies` (texts) read-only in `section`'s list; hide it when empty. */
+function renderCopies(section, copies) {
+  section.hidden = copies.length === 0;
+  const list = section.querySelector("ol");
+  list.replaceChildren(
+    ...copies.map((t) => {
+      const li = document.createElement("li");
+      const area = document.createElement("textarea");
+      area.readOnly = true;
+      area.value = t;
+      li.append(area);
+      return li;
+    }),
+  );
 }

@@ -809,6 +809,52 @@ async fn a_page_on_a_regional_server_says_what_is_not_yet_at_the_home() -> Resul
         // The terminal client reads the same text at the region.
         let cat = term.run(&["cat", doc]).await?;
         assert_eq!(cat.trim_end_matches('\n'), at_home);
+
+        // Cut off again, the region takes an edit; the document is deleted
+        // at the home meanwhile. When the link is back, the region starts
+        // over from the home and keeps its text as a copy on the server,
+        // which the page lists (it asks at the snapshot after the 4004).
+        proxy.stall(Direction::Both);
+        send_keys(&page, " kept aside").await?;
+        wait_for(&page, "saved in the region", Duration::from_secs(20), |s| {
+            s["status"]
+                .as_str()
+                .is_some_and(|t| t.contains("saved in region, not yet replicated"))
+        })
+        .await?;
+        let (status, body) = ot_driver::http::send(
+            &home.addr.into(),
+            ot_driver::http::Method::DELETE,
+            &format!("/api/admin/docs/{doc}"),
+            None,
+            &e2e_tests::test_connect_options(),
+        )
+        .await?;
+        assert_eq!(status, 200, "{body}");
+        proxy.resume(Direction::Both);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let copies = page
+                .execute("return window.otEditor.serverCopies;", vec![])
+                .await?;
+            let shown = page
+                .execute(
+                    "return !document.getElementById('server-copies').hidden \
+                     && document.querySelector('#server-copies textarea').value;",
+                    vec![],
+                )
+                .await?;
+            if copies == json!([format!("{at_home} kept aside")])
+                && shown == json!(format!("{at_home} kept aside"))
+            {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the page does not list the server's copy: {copies} / {shown}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         Ok::<(), anyhow::Error>(())
     }
     .await;

@@ -128,7 +128,7 @@ pub async fn run(common: &Common, doc: &str) -> Result<()> {
         name,
     )?
     .with_connect_options(common.connect.clone());
-    let mut app = App::new(session);
+    let mut app = App::new(session, common.clone());
     let result = {
         let (guard, mut terminal) = enter_terminal()?;
         let result = app.run(&mut terminal).await;
@@ -175,13 +175,21 @@ struct App {
     /// The token refused or expired (401, 4001), and until when to wait for a
     /// new one before retrying anyway: a renewed token file is tried at once.
     expired_token: Option<(Option<String>, Instant)>,
+    /// For the HTTP calls (the server's copies).
+    common: Common,
+    /// How many conflict copies the server keeps of the document (asked at
+    /// every snapshot: a regional server's reset comes with one).
+    server_copies: usize,
 }
+
+/// How long the editor waits for the server's list of copies.
+const COPIES_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often a refused token's file is checked for a new token.
 const TOKEN_CHECK: Duration = Duration::from_millis(300);
 
 impl App {
-    fn new(session: Session) -> Self {
+    fn new(session: Session, common: Common) -> Self {
         let mut editor = Editor::new();
         // Start at the end of the text: where one usually goes on.
         editor.set_cursor(session.client().text().len_chars());
@@ -196,6 +204,20 @@ impl App {
             sent_range: None,
             failing: false,
             expired_token: None,
+            common,
+            server_copies: 0,
+        }
+    }
+
+    /// Ask the server how many copies it keeps (a failure keeps the count).
+    async fn refresh_server_copies(&mut self) {
+        let doc = self.session.doc.clone();
+        let asked = tokio::time::timeout(
+            COPIES_TIMEOUT,
+            crate::commands::server_copies(&self.common, &doc),
+        );
+        if let Ok(Ok(copies)) = asked.await {
+            self.server_copies = copies.len();
         }
     }
 
@@ -217,6 +239,15 @@ impl App {
                 format!(
                     "edits that could not be merged were saved to {}",
                     path.display()
+                ),
+                Severity::Warning,
+            )),
+            (None, None) if self.server_copies > 0 => Some((
+                format!(
+                    "{} cop{} of this document kept on the server: ot-client copies {}",
+                    self.server_copies,
+                    if self.server_copies == 1 { "y" } else { "ies" },
+                    self.session.doc
                 ),
                 Severity::Warning,
             )),
@@ -459,6 +490,7 @@ impl App {
                 }
                 SessionEvent::Resynced => {
                     self.sent_range = None;
+                    self.refresh_server_copies().await;
                 }
                 SessionEvent::Acked => {
                     if self.session.client().all_saved()
