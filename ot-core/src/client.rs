@@ -393,6 +393,11 @@ impl Client {
         }
     }
 
+    /// The highest tag among the acknowledged edits (0: none).
+    pub fn acked_tag(&self) -> u64 {
+        self.acked_tag
+    }
+
     /// The tags of the edits the outstanding op carries, `(lo, hi)`: those
     /// tagged above the last acknowledged edit's, up to its own (the same
     /// tag twice for the later pieces of an edit split to fit the limits).
@@ -669,6 +674,7 @@ impl Client {
         }
         let plan = if last_seq == o.seq {
             // Applied. Only the queue is pending; it is based on known text + our op.
+            self.acked_tag = self.acked_tag.max(o.tag);
             if queue.is_empty() {
                 Plan::Clean
             } else {

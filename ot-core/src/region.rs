@@ -30,6 +30,9 @@
 //! text ([`RegionalEntry::Reset`], a new regional epoch for the caller) and
 //! its unsent text is returned as a conflict copy.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::client::{AckOutcome, Client, ClientError, ClientState, OutgoingOp, RemoteOutcome};
@@ -181,6 +184,10 @@ pub struct RegionalCheckpoint {
     pub history: DocumentSnapshot,
     /// The link.
     pub link: ClientState,
+    /// The author of each local edit the home has not acknowledged, by
+    /// regional revision (absent from older checkpoints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_authors: Vec<(u64, String)>,
 }
 
 /// The entries to make durable, in order, as one commit.
@@ -309,6 +316,10 @@ pub struct RegionalDocument {
     /// dir restored from an older copy gives out seqs the home has seen, and
     /// only the home can tell (see [`upstream_resumed`](Self::upstream_resumed)).
     unverified_from: Option<u64>,
+    /// The author of each local edit not yet acknowledged by the home, in
+    /// regional revision order: what an op in flight names as its authors
+    /// (the history's window may have dropped those ops).
+    pending_authors: VecDeque<(u64, Arc<str>)>,
 }
 
 impl RegionalDocument {
@@ -346,6 +357,7 @@ impl RegionalDocument {
             linked: false,
             sent_on_link: false,
             unverified_from: None,
+            pending_authors: VecDeque::new(),
         }
     }
 
@@ -360,11 +372,19 @@ impl RegionalDocument {
     ) -> Result<RegionalDocument, RecoverError> {
         let mut entries = entries.into_iter().enumerate();
         let mut doc = match checkpoint {
-            Some(c) => RegionalDocument::from_parts(
-                c.home_epoch,
-                DocumentHistory::from_snapshot(c.history, [])?,
-                Client::from_state(c.link).map_err(RecoverError::Link)?,
-            ),
+            Some(c) => {
+                let mut doc = RegionalDocument::from_parts(
+                    c.home_epoch,
+                    DocumentHistory::from_snapshot(c.history, [])?,
+                    Client::from_state(c.link).map_err(RecoverError::Link)?,
+                );
+                doc.pending_authors = c
+                    .pending_authors
+                    .into_iter()
+                    .map(|(rev, author)| (rev, Arc::from(author)))
+                    .collect();
+                doc
+            }
             None => match entries.next() {
                 Some((index, reset @ RegionalEntry::Reset { .. })) => {
                     let mut doc = RegionalDocument::from_parts(
@@ -422,9 +442,12 @@ impl RegionalDocument {
                 self.home_epoch = home_epoch;
                 self.history = history;
                 self.link = link;
+                self.pending_authors.clear();
                 self.unverified_from = None;
             }
             RegionalEntry::Local(applied) => {
+                self.pending_authors
+                    .push_back((applied.rev, applied.client_id.clone()));
                 self.history
                     .append_stored(applied.clone())
                     .map_err(|e| e.to_string())?;
@@ -457,7 +480,7 @@ impl RegionalDocument {
             }
             RegionalEntry::Acked { rev, seq } => {
                 match self.link.ack(rev, seq).map_err(|e| e.to_string())? {
-                    AckOutcome::Acknowledged { .. } => {}
+                    AckOutcome::Acknowledged { .. } => self.forget_acknowledged_authors(),
                     AckOutcome::Ignored => {
                         return Err(format!("the ack of seq {seq} at {rev} did not apply"))
                     }
@@ -586,6 +609,8 @@ impl RegionalDocument {
                 .link
                 .local_edit_tagged(&applied.op, applied.rev)
                 .map_err(|e| RegionError::Diverged(e.to_string()))?;
+            self.pending_authors
+                .push_back((applied.rev, applied.client_id.clone()));
             self.uncommitted.push(RegionalEntry::Local(applied.clone()));
             self.record_sent(sent);
         }
@@ -716,6 +741,20 @@ impl RegionalDocument {
         pending.into_iter().cloned().collect()
     }
 
+    /// Drop the authors of the edits the home has now acknowledged (the
+    /// last one stays: the rest of an edit split to fit the limits may
+    /// still be on its way).
+    fn forget_acknowledged_authors(&mut self) {
+        let acked = self.link.acked_tag();
+        while self
+            .pending_authors
+            .front()
+            .is_some_and(|(rev, _)| *rev < acked)
+        {
+            self.pending_authors.pop_front();
+        }
+    }
+
     /// The regional revisions the op in flight carries: the link's tags
     /// (see [`Client::outstanding_tags`]), never revision 1 (the home's
     /// text a regional history starts from). They may include ops of the
@@ -727,16 +766,18 @@ impl RegionalDocument {
 
     /// What the op in flight carries (see [`Client::outstanding_tags`]):
     /// the regional revisions `(lo, hi)` and the client ids of the local
-    /// edits among them still in memory, distinct, in revision order.
+    /// edits among them, distinct, in revision order.
     pub fn in_flight_covers(&self) -> Option<((u64, u64), Vec<String>)> {
         let (lo, hi) = self.in_flight_revs()?;
-        let ops = self.history.retained_ops();
-        let start = ops.partition_point(|a| a.rev < lo);
         let mut authors: Vec<String> = Vec::new();
-        for applied in ops[start..].iter().take_while(|a| a.rev <= hi) {
-            let id = &*applied.client_id;
-            if id != UPSTREAM_CLIENT_ID && !authors.iter().any(|a| a == id) {
-                authors.push(id.to_owned());
+        for (_, author) in self
+            .pending_authors
+            .iter()
+            .skip_while(|(rev, _)| *rev < lo)
+            .take_while(|(rev, _)| *rev <= hi)
+        {
+            if !authors.iter().any(|a| **a == **author) {
+                authors.push(author.to_string());
             }
         }
         Some(((lo, hi), authors))
@@ -777,6 +818,7 @@ impl RegionalDocument {
         {
             RemoteOutcome::Ignored => Ok(UpstreamOutcome::Ignored),
             RemoteOutcome::Acknowledged { next } => {
+                self.forget_acknowledged_authors();
                 self.uncommitted.push(RegionalEntry::Acked { rev, seq });
                 self.record_sent(next);
                 Ok(UpstreamOutcome::Acknowledged)
@@ -817,6 +859,7 @@ impl RegionalDocument {
         match self.link.ack(rev, seq).map_err(RegionError::Link)? {
             AckOutcome::Ignored => Ok(false),
             AckOutcome::Acknowledged { next } => {
+                self.forget_acknowledged_authors();
                 self.uncommitted.push(RegionalEntry::Acked { rev, seq });
                 self.record_sent(next);
                 Ok(true)
@@ -876,6 +919,7 @@ impl RegionalDocument {
         self.home_epoch = epoch;
         self.history = history;
         self.link = link;
+        self.pending_authors.clear();
         self.in_flight_commit = None;
         self.uncommitted.push(entry);
         Ok(SnapshotAdoption::Reset { conflict_copy })
@@ -905,6 +949,11 @@ impl RegionalDocument {
             home_epoch: self.home_epoch,
             history: self.history.snapshot(),
             link: self.link.state(),
+            pending_authors: self
+                .pending_authors
+                .iter()
+                .map(|(rev, author)| (*rev, author.to_string()))
+                .collect(),
         }
     }
 

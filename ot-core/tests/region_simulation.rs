@@ -24,7 +24,7 @@ use ot_core::conflict_replay::{resolve, TieRule};
 use ot_core::history::{AppliedOp, DocumentHistory, DocumentSnapshot, OpHash, Receipt};
 use ot_core::region::{
     HomeSnapshot, RegionalCheckpoint, RegionalCommit, RegionalDocument, RegionalEntry,
-    SnapshotAdoption, UpstreamOutcome,
+    SnapshotAdoption, UpstreamOutcome, UPSTREAM_CLIENT_ID,
 };
 use ot_core::{Component, OpLimits, Operation};
 use rand::{Rng, SeedableRng};
@@ -196,6 +196,8 @@ struct Stats {
     region_conflicts: u64,
     /// Integrations journaled with their local side (checked by replay).
     journaled_local_sides: u64,
+    /// Link ops whose origin's authors were checked against the history.
+    origins_checked: u64,
     region_restarts: u64,
     home_restarts: u64,
     partitions: u64,
@@ -779,13 +781,23 @@ impl Sim {
                 "seed {}: [{lo},{hi}]",
                 self.seed
             );
-            if let Some(last) = doc.history().retained_ops().iter().find(|a| a.rev == hi) {
-                assert!(
-                    authors.iter().any(|a| **a == *last.client_id),
-                    "seed {}: link {r}'s op {} covers revision {hi} without its author",
-                    self.seed,
-                    op.seq
+            // Its authors are exactly those of the local edits among them
+            // (checked where the history still holds them all).
+            let ops = doc.history().retained_ops();
+            if ops.first().is_some_and(|a| a.rev <= lo) {
+                let mut expected: Vec<String> = Vec::new();
+                for a in ops.iter().filter(|a| (lo..=hi).contains(&a.rev)) {
+                    let id = &*a.client_id;
+                    if id != UPSTREAM_CLIENT_ID && !expected.iter().any(|e| e == id) {
+                        expected.push(id.to_owned());
+                    }
+                }
+                assert_eq!(
+                    authors, expected,
+                    "seed {}: link {r}'s op {} covers [{lo},{hi}]",
+                    self.seed, op.seq
                 );
+                self.stats.origins_checked += 1;
             }
             if let Some(previous) = self.link_sent.insert((r, op.seq), op.clone()) {
                 assert_eq!(
@@ -1269,6 +1281,7 @@ impl Stats {
         self.integrations += other.integrations;
         self.region_conflicts += other.region_conflicts;
         self.journaled_local_sides += other.journaled_local_sides;
+        self.origins_checked += other.origins_checked;
         self.region_restarts += other.region_restarts;
         self.home_restarts += other.home_restarts;
         self.partitions += other.partitions;
@@ -1299,7 +1312,10 @@ fn many_seeds_converge_exactly_once_through_regions() {
     eprintln!("{count} seeds: {total:?}");
     // The seeds must exercise what they claim to.
     assert!(total.region_conflicts > 0 && total.region_restarts > 0 && total.partitions > 0);
-    assert!(total.journaled_local_sides > 0, "{total:?}");
+    assert!(
+        total.journaled_local_sides > 0 && total.origins_checked > 0,
+        "{total:?}"
+    );
     assert!(total.home_restarts > 0 && total.checkpoints > 0 && total.restores > 0);
     assert!(total.resets > 0 && total.resyncs > 0 && total.home_epoch_bumps > 0);
 }
