@@ -662,3 +662,58 @@ async fn a_region_can_be_the_home_of_another_region() {
         writer.pump_until(T, |c| c.text() == text).await.unwrap();
     }
 }
+
+/// After a restart the region reopens, by itself, the documents whose link
+/// still had ops to send (and only those): their work reaches the home
+/// without any writer coming back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_region_resumes_the_links_with_work_left_and_only_those() {
+    let bin = server_binary().unwrap();
+    let home_dir = tempfile::tempdir().unwrap();
+    let region_dir = tempfile::tempdir().unwrap();
+    let (proxy, home_port, home_args) = proxied_home(&[]).await;
+    let home = start_home(&bin, home_dir.path(), home_port, &home_args).await;
+    let region_port = free_port();
+    let mut region = start_region(&bin, region_dir.path(), region_port, proxy.addr()).await;
+
+    // "done" is fully at the home; "doc" keeps an edit the home has not seen.
+    let mut done = WsClient::join(region.addr, "done", "w-done").await.unwrap();
+    type_saved(&mut done, "<all there>").await;
+    let mut writer = WsClient::join(region.addr, "doc", "w").await.unwrap();
+    type_saved(&mut writer, "<a>").await;
+    converged(region.addr, home.addr, &["<a>".to_owned()]).await;
+    let deadline = Instant::now() + T;
+    while doc_state(home.addr, "done").await.unwrap().1 != "<all there>" {
+        assert!(Instant::now() < deadline, "\"done\" never reached the home");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.stall(Direction::Both);
+    type_saved(&mut writer, "<b>").await;
+    writer.close().await.unwrap();
+    done.close().await.unwrap();
+    region.kill9();
+    proxy.resume(Direction::Both);
+
+    // No writer connects to the restarted region.
+    let region = start_region(&bin, region_dir.path(), region_port, proxy.addr()).await;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let (_, at_home) = doc_state(home.addr, "doc").await.unwrap();
+        if at_home.contains("<b>") {
+            assert_eq!(at_home.matches("<b>").count(), 1, "{at_home}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the region's unsent edit never reached the home: {at_home:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only the document with work left was opened.
+    assert_eq!(
+        metric_value(region.addr, "ot_open_documents")
+            .await
+            .unwrap(),
+        1.0
+    );
+}

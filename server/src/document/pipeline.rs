@@ -725,12 +725,19 @@ impl Pipeline {
         let region = self.replica.region_mut()?;
         let (commit, checkpoint) = region.take_commit(checkpoint)?;
         let number = commit.number;
+        // Every entry recorded so far is in this commit: what the link has
+        // left to send once it is durable.
+        let waiting = region.unreplicated_ops() as u64;
         items.extend(region_items(
             &self.id,
             &mut self.region_next,
             commit,
             checkpoint,
         ));
+        items.push(WriteItem::RegionWaiting {
+            doc: self.id.clone(),
+            waiting,
+        });
         Some(number)
     }
 

@@ -181,6 +181,15 @@ pub enum WriteItem {
         /// The conflict.
         conflict: RegionConflict,
     },
+    /// How many ops a regional server's link still has to hand to the home
+    /// for the document after this commit: a restart reopens the documents
+    /// with some waiting (and those never counted), not every copy it holds.
+    RegionWaiting {
+        /// The document id.
+        doc: String,
+        /// Link ops waiting.
+        waiting: u64,
+    },
     /// One record of a regional server's log of the document (see
     /// [`RegionRecord`]), number `n` (increasing per document). A checkpoint
     /// replaces every record numbered below it.
@@ -285,7 +294,8 @@ impl WriteItem {
             | WriteItem::DeleteDoc { doc, .. }
             | WriteItem::Region { doc, .. }
             | WriteItem::ConflictCopy { doc, .. }
-            | WriteItem::RegionConflict { doc, .. } => doc,
+            | WriteItem::RegionConflict { doc, .. }
+            | WriteItem::RegionWaiting { doc, .. } => doc,
         }
     }
 }
@@ -428,7 +438,8 @@ pub(crate) fn check_continuity(
             | WriteItem::ClientKey { .. }
             | WriteItem::Region { .. }
             | WriteItem::ConflictCopy { .. }
-            | WriteItem::RegionConflict { .. } => {}
+            | WriteItem::RegionConflict { .. }
+            | WriteItem::RegionWaiting { .. } => {}
             WriteItem::Op { op, .. } if op.rev != *last + 1 => {
                 return Err(StorageError::Gap {
                     doc: doc.to_owned(),
@@ -567,8 +578,10 @@ pub trait Storage: Send + Sync + 'static {
         let _ = (doc, after_rev, limit);
         Ok(Vec::new())
     }
-    /// The documents that have region records (a regional server's copies).
-    /// The default keeps none.
+    /// The regional server's documents whose link may still have ops to
+    /// hand to the home: those whose last commit left some waiting
+    /// ([`WriteItem::RegionWaiting`]), and those with region records but no
+    /// such count (written before it was kept). The default keeps none.
     fn region_docs(&self) -> Result<Vec<String>, StorageError> {
         Ok(Vec::new())
     }

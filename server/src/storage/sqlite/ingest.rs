@@ -219,6 +219,9 @@ pub(super) fn write_items(
         let mut insert_conflict = tx.prepare_cached(
             "INSERT OR REPLACE INTO region_conflicts (doc, rev, conflict) VALUES (?1, ?2, ?3)",
         )?;
+        let mut set_waiting = tx.prepare_cached(
+            "INSERT OR REPLACE INTO region_waiting (doc, waiting) VALUES (?1, ?2)",
+        )?;
         let mut prune_region =
             tx.prepare_cached("DELETE FROM region_log WHERE doc = ?1 AND n < ?2")?;
         let mut delete = DeleteStatements::prepare(&tx)?;
@@ -262,6 +265,9 @@ pub(super) fn write_items(
                         copy.reason,
                         copy.text,
                     ])?;
+                }
+                WriteItem::RegionWaiting { waiting, .. } => {
+                    set_waiting.execute(params![doc, to_sql_int(*waiting, "waiting")?])?;
                 }
                 WriteItem::RegionConflict { conflict, .. } => {
                     let json = serde_json::to_string(conflict).map_err(|e| {
@@ -382,6 +388,7 @@ impl<'tx> DeleteStatements<'tx> {
             "DELETE FROM client_keys WHERE doc = ?1",
             "DELETE FROM region_log WHERE doc = ?1",
             "DELETE FROM region_conflicts WHERE doc = ?1",
+            "DELETE FROM region_waiting WHERE doc = ?1",
         ]
         .into_iter()
         .map(|sql| tx.prepare_cached(sql))

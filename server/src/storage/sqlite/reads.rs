@@ -438,11 +438,17 @@ pub(super) fn region_records(
     Ok(records)
 }
 
-/// The documents with region records ([`Storage::region_docs`]).
+/// The regional documents a restart reopens ([`Storage::region_docs`]).
 ///
 /// [`Storage::region_docs`]: crate::storage::Storage::region_docs
 pub(super) fn region_docs(conn: &Connection) -> Result<Vec<String>, StorageError> {
-    let mut select = conn.prepare_cached("SELECT DISTINCT doc FROM region_log ORDER BY doc")?;
+    let mut select = conn.prepare_cached(
+        "SELECT doc FROM region_waiting WHERE waiting > 0
+         UNION
+         SELECT DISTINCT doc FROM region_log
+         WHERE doc NOT IN (SELECT doc FROM region_waiting)
+         ORDER BY doc",
+    )?;
     let docs = select
         .query_map([], |row| row.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;

@@ -94,6 +94,12 @@
 //!     conflict TEXT NOT NULL,
 //!     PRIMARY KEY (doc, rev)
 //! ) WITHOUT ROWID;
+//! -- how many link ops a regional server's document still has to hand to its
+//! -- home after its last commit (a restart reopens those with some); added the same way.
+//! CREATE TABLE region_waiting (
+//!     doc     TEXT PRIMARY KEY NOT NULL,
+//!     waiting INTEGER NOT NULL
+//! ) WITHOUT ROWID;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 //! ```
 //!
@@ -190,6 +196,10 @@ CREATE TABLE IF NOT EXISTS region_conflicts (
     rev      INTEGER NOT NULL,
     conflict TEXT NOT NULL,
     PRIMARY KEY (doc, rev)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS region_waiting (
+    doc     TEXT PRIMARY KEY NOT NULL,
+    waiting INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,

@@ -74,7 +74,8 @@ fn apply_unstored(
             WriteItem::Snapshot { .. }
             | WriteItem::Region { .. }
             | WriteItem::ConflictCopy { .. }
-            | WriteItem::RegionConflict { .. } => {}
+            | WriteItem::RegionConflict { .. }
+            | WriteItem::RegionWaiting { .. } => {}
             WriteItem::ClientKey {
                 client_id,
                 key_hash,
