@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use crate::api_error::ApiError;
 use crate::app::Shared;
 use crate::auth::Caller;
-use crate::http::{blocking, doc_id, not_found, query_u64, ApiResult};
+use crate::http::{blocking, doc_id, not_found, query_u64, regional, ApiResult};
 use crate::pages::read_page;
 use crate::storage::{Storage, StorageError, StoredOp};
 
@@ -56,10 +56,12 @@ pub(crate) async fn replay_conflicts(
 ) -> ApiResult {
     let doc = doc_id(&doc)?;
     caller.require(&doc, Access::Admin)?;
-    let from = query_u64(&query, "from", 0)?;
-    let limit =
-        (query_u64(&query, "limit", MAX_CONFLICTS as u64)? as usize).clamp(1, MAX_CONFLICTS);
-    let (same, tie_name) = tie_param(&query)?;
+    let ReplayQuery {
+        from,
+        limit,
+        same,
+        tie_name,
+    } = ReplayQuery::read(&query)?;
     let tie = if same {
         TieRule::ReceivedFirst
     } else {
@@ -86,12 +88,29 @@ pub(crate) async fn replay_conflicts(
     .into_response())
 }
 
-/// The `tie` parameter: whether it asks for the rule in force, and its name.
-fn tie_param(query: &HashMap<String, String>) -> ApiResult<(bool, &'static str)> {
-    match query.get("tie").map(String::as_str) {
-        None | Some("same") => Ok((true, "same")),
-        Some("other") => Ok((false, "other")),
-        Some(_) => Err(ApiError::invalid_query("tie")),
+/// What a replay call asks: `from`, `limit` (default and at most
+/// [`MAX_CONFLICTS`]) and `tie` (whether the rule in force, and its name).
+struct ReplayQuery {
+    from: u64,
+    limit: usize,
+    same: bool,
+    tie_name: &'static str,
+}
+
+impl ReplayQuery {
+    fn read(query: &HashMap<String, String>) -> ApiResult<ReplayQuery> {
+        let (same, tie_name) = match query.get("tie").map(String::as_str) {
+            None | Some("same") => (true, "same"),
+            Some("other") => (false, "other"),
+            Some(_) => return Err(ApiError::invalid_query("tie")),
+        };
+        Ok(ReplayQuery {
+            from: query_u64(query, "from", 0)?,
+            limit: (query_u64(query, "limit", MAX_CONFLICTS as u64)? as usize)
+                .clamp(1, MAX_CONFLICTS),
+            same,
+            tie_name,
+        })
     }
 }
 
@@ -111,15 +130,13 @@ pub(crate) async fn replay_upstream_conflicts(
 ) -> ApiResult {
     let doc = doc_id(&doc)?;
     caller.require(&doc, Access::Admin)?;
-    if shared.services().upstream.is_none() {
-        return Err(ApiError::not_found(
-            "this server is not a regional server (it runs without --upstream)",
-        ));
-    }
-    let from = query_u64(&query, "from", 0)?;
-    let limit =
-        (query_u64(&query, "limit", MAX_CONFLICTS as u64)? as usize).clamp(1, MAX_CONFLICTS);
-    let (same, tie_name) = tie_param(&query)?;
+    regional(&shared)?;
+    let ReplayQuery {
+        from,
+        limit,
+        same,
+        tie_name,
+    } = ReplayQuery::read(&query)?;
     // At a region the local work goes first at a tie: the home's op is
     // the concurrent side of the rule in force.
     let tie = if same {

@@ -216,7 +216,7 @@ fn with_origin(mut value: serde_json::Value, op: &StoredOp) -> serde_json::Value
 
 /// This server's home, for the calls of a regional server; 404 at a server
 /// without `--upstream`.
-fn regional(shared: &Shared) -> ApiResult<&crate::upstream::Upstream> {
+pub(crate) fn regional(shared: &Shared) -> ApiResult<&crate::upstream::Upstream> {
     shared.services().upstream.as_ref().ok_or_else(|| {
         ApiError::not_found("this server is not a regional server (it runs without --upstream)")
     })

@@ -327,6 +327,19 @@ async fn a_region_acks_while_cut_off_and_converges_after_a_partition_and_a_kill(
         out.ends_with(" 0 differ\n") && !out.starts_with("0 "),
         "{out}"
     );
+    // A home has no journal of its own upstream to replay.
+    let refused = std::process::Command::new(e2e_tests::ot_client_binary().unwrap())
+        .args(["--server", &format!("ws://{}", home.addr)])
+        .args(["conflicts", "replay", "doc", "--upstream"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("not a regional server")
+            && stderr.contains("not_found"),
+        "{stderr}"
+    );
     // A stored resolution altered at the region is reported.
     let rev = region_journal[0]["rev"].as_u64().unwrap();
     alter_region_journal(&region_dir.path().join("ot.sqlite3"), rev);
@@ -592,8 +605,13 @@ async fn a_region_restored_from_an_older_copy_of_its_data_starts_again_from_the_
     std::fs::remove_dir_all(region_dir.path()).unwrap();
     copy_dir(backup.path(), region_dir.path());
     let region = start_region(&bin, region_dir.path(), port, home.addr).await;
-    // Reopened at start, the document's link finds out and keeps the old
-    // text as a conflict copy.
+    // Its copy had nothing left to send, so nothing reopens it at start;
+    // once opened (here by the status call), its link finds out and keeps
+    // the old text as a conflict copy.
+    let (status, _) = http_get_json(region.addr, "/api/docs/doc/replication")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
     let deadline = Instant::now() + T;
     let copies = loop {
         let (_, copies) = http_get_json(region.addr, "/api/docs/doc/copies")
