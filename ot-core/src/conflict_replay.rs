@@ -20,6 +20,16 @@ pub enum TieRule {
     ConcurrentFirst,
 }
 
+impl TieRule {
+    /// The other rule.
+    pub fn other(self) -> TieRule {
+        match self {
+            TieRule::ReceivedFirst => TieRule::ConcurrentFirst,
+            TieRule::ConcurrentFirst => TieRule::ReceivedFirst,
+        }
+    }
+}
+
 /// The op `received` transformed past `concurrent` (the ops applied after
 /// its base, in revision order) under `tie`: what the server applies.
 pub fn resolve<'a>(

@@ -78,7 +78,10 @@ pub struct Integration {
     /// took priority at a tie): `received` transformed past these is
     /// `applied.op`. Empty when there was none, or more than
     /// [`MAX_JOURNALED_LOCAL_OPS`] ops or [`MAX_JOURNALED_LOCAL_SIZE`]
-    /// (the journal then names the revisions only).
+    /// (the journal then names the revisions only). Only in the
+    /// [`UpstreamOutcome`], for the caller's journal: the recorded
+    /// [`RegionalEntry::Upstream`] leaves it empty (replay recomputes the
+    /// integration without it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local: Vec<Operation>,
     /// The regional revision it became (its `op` is the transformed op).
@@ -838,17 +841,18 @@ impl RegionalDocument {
                             )))
                         }
                     };
-                let integration = Integration {
+                let mut integration = Integration {
                     home_rev: rev,
                     author: author.to_owned(),
                     author_seq: seq,
                     received: op.clone(),
                     past_local_from,
-                    local,
+                    local: Vec::new(),
                     applied,
                 };
                 self.uncommitted
                     .push(RegionalEntry::Upstream(integration.clone()));
+                integration.local = local;
                 Ok(UpstreamOutcome::Integrated(Box::new(integration)))
             }
         }

@@ -56,17 +56,9 @@ pub(crate) async fn replay_conflicts(
 ) -> ApiResult {
     let doc = doc_id(&doc)?;
     caller.require(&doc, Access::Admin)?;
-    let ReplayQuery {
-        from,
-        limit,
-        same,
-        tie_name,
-    } = ReplayQuery::read(&query)?;
-    let tie = if same {
-        TieRule::ReceivedFirst
-    } else {
-        TieRule::ConcurrentFirst
-    };
+    let ask = ReplayQuery::read(&query)?;
+    let (from, limit, tie_name) = (ask.from, ask.limit, ask.tie_name);
+    let tie = ask.tie(TieRule::ReceivedFirst);
     let id = doc.to_string();
     let replayed = blocking(&shared, move |s| {
         if !s.exists(&id)? {
@@ -112,6 +104,15 @@ impl ReplayQuery {
             tie_name,
         })
     }
+
+    /// The rule to recompute under, given the one in force.
+    fn tie(&self, in_force: TieRule) -> TieRule {
+        if self.same {
+            in_force
+        } else {
+            in_force.other()
+        }
+    }
 }
 
 /// `POST /api/admin/docs/{doc}/conflicts/upstream/replay?from=R&limit=L&tie=same|other`
@@ -131,19 +132,11 @@ pub(crate) async fn replay_upstream_conflicts(
     let doc = doc_id(&doc)?;
     caller.require(&doc, Access::Admin)?;
     regional(&shared)?;
-    let ReplayQuery {
-        from,
-        limit,
-        same,
-        tie_name,
-    } = ReplayQuery::read(&query)?;
+    let ask = ReplayQuery::read(&query)?;
+    let (from, limit, tie_name) = (ask.from, ask.limit, ask.tie_name);
     // At a region the local work goes first at a tie: the home's op is
     // the concurrent side of the rule in force.
-    let tie = if same {
-        TieRule::ConcurrentFirst
-    } else {
-        TieRule::ReceivedFirst
-    };
+    let tie = ask.tie(TieRule::ConcurrentFirst);
     let id = doc.to_string();
     let conflicts = blocking(&shared, move |s| s.region_conflicts(&id, from, limit)).await?;
     let (mut checked, mut unchecked) = (0usize, 0usize);

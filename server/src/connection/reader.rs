@@ -17,7 +17,7 @@ use super::liveness::Liveness;
 use super::names::display_name;
 use super::writer::{self, AwaitingReplies, Queues};
 use crate::app::Shared;
-use crate::document::{DocCommand, DocHandle};
+use crate::document::{DocCommand, DocHandle, IncomingOp};
 use crate::outbound::{error_frame, text_frame, Outbound};
 use crate::outbound_queue::{OutboundRx, OutboundTx};
 
@@ -328,12 +328,14 @@ pub(super) async fn run(
                 } else {
                     Ok(DocCommand::Op {
                         conn_id,
-                        seq,
-                        base_rev: rev,
-                        op,
-                        ranges,
-                        origin,
-                        received_at: Instant::now(),
+                        op: IncomingOp {
+                            seq,
+                            base_rev: rev,
+                            op,
+                            ranges,
+                            origin,
+                            received_at: Instant::now(),
+                        },
                     })
                 }
             }

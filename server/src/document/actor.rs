@@ -9,15 +9,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ot_core::history::KeyHash;
-use ot_core::{Operation, Range};
-use ot_protocol::{ClientId, CloseCode, DocId, ErrorCode, Limits, OpOrigin};
+use ot_core::Range;
+use ot_protocol::{ClientId, CloseCode, DocId, ErrorCode, Limits};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::connections::Connections;
 use super::epoch::DocEpoch;
 use super::error::DocError;
 use super::loading::{self, Loaded};
-use super::mailbox::{DeleteResult, DocCommand, DocHandle, JoinError, JoinRequest, MAILBOX};
+use super::mailbox::{
+    DeleteResult, DocCommand, DocHandle, IncomingOp, JoinError, JoinRequest, MAILBOX,
+};
 use super::pipeline::{Accepted, CommitDone, JoinRoom, KeyRefused, Pipeline};
 use super::rebase::{self, RebaseJob, Rebased, MAX_QUEUED_BEHIND, REBASES_PER_DOC};
 use super::registry::Registry;
@@ -44,7 +46,7 @@ struct Document {
     bind_failed: mpsc::UnboundedSender<(ClientId, KeyHash)>,
     /// Connections with an op being rebased off the task, each with the ops
     /// it sent since (they wait, in order, behind it).
-    rebasing: HashMap<u64, VecDeque<QueuedOp>>,
+    rebasing: HashMap<u64, VecDeque<IncomingOp>>,
     /// Where rebase jobs come back.
     rebase_tx: mpsc::UnboundedSender<Rebased>,
     /// Rebases of this document that read and transform at once.
@@ -57,17 +59,6 @@ struct Document {
     /// region whose log does not recover: 1011; a region that started a new
     /// generation from its home's text: 4004).
     stop_with: Option<CloseCode>,
-}
-
-/// An op that waits behind its connection's op being rebased.
-pub(super) struct QueuedOp {
-    pub(super) seq: u64,
-    pub(super) base_rev: u64,
-    pub(super) op: Operation,
-    pub(super) ranges: Option<Vec<Range>>,
-    /// What a regional link's op covers at its region.
-    pub(super) origin: Option<Box<OpOrigin>>,
-    pub(super) received_at: Instant,
 }
 
 /// The actor of `doc`, started (and loaded from storage) if it is not running.
@@ -390,28 +381,12 @@ impl Document {
                 self.rebasing.remove(&conn_id);
                 self.conns.remove(conn_id)
             }
-            DocCommand::Op {
-                conn_id,
-                seq,
-                base_rev,
-                op,
-                ranges,
-                origin,
-                received_at,
-            } => {
+            DocCommand::Op { conn_id, op } => {
                 #[cfg(test)]
                 if super::test_hooks::take_op_panic(self.id.as_str()) {
                     panic!("test hook: the actor of {} fails", self.id);
                 }
-                let incoming = QueuedOp {
-                    seq,
-                    base_rev,
-                    op,
-                    ranges,
-                    origin,
-                    received_at,
-                };
-                self.on_op(conn_id, incoming).await
+                self.on_op(conn_id, op).await
             }
             DocCommand::Cursor {
                 conn_id,
@@ -529,7 +504,7 @@ impl Document {
         Ok(())
     }
 
-    async fn on_op(&mut self, conn_id: u64, incoming: QueuedOp) {
+    async fn on_op(&mut self, conn_id: u64, incoming: IncomingOp) {
         let Some(client_id) = self.conns.client_id(conn_id) else {
             return; // the connection is gone: its op was never acknowledged
         };

@@ -62,6 +62,20 @@ pub(crate) enum JoinError {
 /// What a delete answers: whether there was a document to delete.
 pub(crate) type DeleteResult = Result<bool, Arc<DocError>>;
 
+/// An op as a connection sent it, on its way to the document (it may wait
+/// behind the connection's op being rebased).
+pub(crate) struct IncomingOp {
+    pub(crate) seq: u64,
+    pub(crate) base_rev: u64,
+    pub(crate) op: Operation,
+    /// The sender's selection after the op.
+    pub(crate) ranges: Option<Vec<Range>>,
+    /// What a regional link's op covers at its region.
+    pub(crate) origin: Option<Box<OpOrigin>>,
+    /// When the frame was read (for the ack-latency histogram).
+    pub(crate) received_at: Instant,
+}
+
 /// A command for a document actor.
 pub(crate) enum DocCommand {
     /// Before the upgrade: may a connection with this key speak for
@@ -81,15 +95,7 @@ pub(crate) enum DocCommand {
     },
     Op {
         conn_id: u64,
-        seq: u64,
-        base_rev: u64,
-        op: Operation,
-        /// The sender's selection after the op.
-        ranges: Option<Vec<Range>>,
-        /// What a regional link's op covers at its region.
-        origin: Option<Box<OpOrigin>>,
-        /// When the frame was read (for the ack-latency histogram).
-        received_at: Instant,
+        op: IncomingOp,
     },
     /// Presence from a connection with nothing outstanding.
     Cursor {

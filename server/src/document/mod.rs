@@ -25,4 +25,4 @@ pub(crate) use actor::open;
 pub(crate) use epoch::DocEpoch;
 pub(crate) use error::DocError;
 pub(crate) use loading::reopen_region_copies;
-pub(crate) use mailbox::{DocCommand, DocHandle, JoinError, JoinRequest, JOIN_TIMEOUT};
+pub(crate) use mailbox::{DocCommand, DocHandle, IncomingOp, JoinError, JoinRequest, JOIN_TIMEOUT};

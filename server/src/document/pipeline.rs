@@ -20,11 +20,10 @@ use ot_protocol::{is_link_id, ClientId, ErrorCode, Limits, OpOrigin, ServerMessa
 use ropey::Rope;
 use tokio::sync::mpsc;
 
-use super::actor::QueuedOp;
 use super::epoch::DocEpoch;
 use super::error::DocError;
 use super::loading::{self, now_ms, Loaded};
-use super::mailbox::JoinRequest;
+use super::mailbox::{IncomingOp, JoinRequest};
 use super::rebase::{RebaseError, RebaseJob};
 use super::region_items::region_items;
 use super::replica::{Replica, ReplicaError};
@@ -104,6 +103,9 @@ pub(super) struct Pipeline {
     replica: Replica,
     /// On a region: the number of the next region record stored.
     region_next: u64,
+    /// On a region: whether the last `RegionWaiting` submitted said ops
+    /// were waiting (`None`: write it with the next commit).
+    waiting_written: Option<bool>,
     /// The regional history and its link disagreed (a bug): the actor
     /// reloads the document.
     broken: bool,
@@ -161,6 +163,7 @@ impl Pipeline {
             durable_seq: last_seqs(history),
             replica,
             region_next,
+            waiting_written: None,
             broken: false,
             pending: VecDeque::new(),
             deferred_acks: Vec::new(),
@@ -400,9 +403,9 @@ impl Pipeline {
         &mut self,
         conn_id: u64,
         client_id: &ClientId,
-        incoming: QueuedOp,
+        incoming: IncomingOp,
     ) -> Result<Accepted, Refused> {
-        let QueuedOp {
+        let IncomingOp {
             seq,
             base_rev,
             op,
@@ -725,19 +728,22 @@ impl Pipeline {
         let region = self.replica.region_mut()?;
         let (commit, checkpoint) = region.take_commit(checkpoint)?;
         let number = commit.number;
-        // Every entry recorded so far is in this commit: what the link has
-        // left to send once it is durable.
-        let waiting = region.unreplicated_ops() as u64;
+        // Every entry recorded so far is in this commit: whether the link
+        // has work left once it is durable (stored only when that changes).
+        let waiting = region.unreplicated_ops() > 0;
         items.extend(region_items(
             &self.id,
             &mut self.region_next,
             commit,
             checkpoint,
         ));
-        items.push(WriteItem::RegionWaiting {
-            doc: self.id.clone(),
-            waiting,
-        });
+        if self.waiting_written != Some(waiting) {
+            self.waiting_written = Some(waiting);
+            items.push(WriteItem::RegionWaiting {
+                doc: self.id.clone(),
+                waiting,
+            });
+        }
         Some(number)
     }
 
@@ -775,6 +781,8 @@ impl Pipeline {
             doc: self.id.clone(),
             epoch: deleted,
         });
+        // The delete takes the stored flag with it.
+        self.waiting_written = None;
         self.region_records(&mut items, true);
         items
     }
@@ -901,6 +909,8 @@ impl Pipeline {
         self.pending.clear();
         self.deferred_acks.clear();
         self.broken = false;
+        // A failed commit may have held the last flag written.
+        self.waiting_written = None;
         let regional = self.replica.region().is_some();
         match loading::load_stored(&self.shared, &self.id).await {
             Ok(Some(loaded)) if regional == loaded.replica.region().is_some() => {

@@ -181,14 +181,15 @@ pub enum WriteItem {
         /// The conflict.
         conflict: RegionConflict,
     },
-    /// How many ops a regional server's link still has to hand to the home
-    /// for the document after this commit: a restart reopens the documents
-    /// with some waiting (and those never counted), not every copy it holds.
+    /// Whether a regional server's link still has ops to hand to the home
+    /// for the document after this commit (written when that changes): a
+    /// restart reopens the documents with some waiting (and those never
+    /// flagged), not every copy it holds.
     RegionWaiting {
         /// The document id.
         doc: String,
-        /// Link ops waiting.
-        waiting: u64,
+        /// Link ops are waiting.
+        waiting: bool,
     },
     /// One record of a regional server's log of the document (see
     /// [`RegionRecord`]), number `n` (increasing per document). A checkpoint

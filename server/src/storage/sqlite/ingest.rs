@@ -267,7 +267,7 @@ pub(super) fn write_items(
                     ])?;
                 }
                 WriteItem::RegionWaiting { waiting, .. } => {
-                    set_waiting.execute(params![doc, to_sql_int(*waiting, "waiting")?])?;
+                    set_waiting.execute(params![doc, i64::from(*waiting)])?;
                 }
                 WriteItem::RegionConflict { conflict, .. } => {
                     let json = serde_json::to_string(conflict).map_err(|e| {

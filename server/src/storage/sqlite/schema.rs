@@ -94,8 +94,9 @@
 //!     conflict TEXT NOT NULL,
 //!     PRIMARY KEY (doc, rev)
 //! ) WITHOUT ROWID;
-//! -- how many link ops a regional server's document still has to hand to its
-//! -- home after its last commit (a restart reopens those with some); added the same way.
+//! -- whether a regional server's document still has link ops to hand to its
+//! -- home (1) or not (0), written when that changes (a restart reopens those
+//! -- with some); added the same way.
 //! CREATE TABLE region_waiting (
 //!     doc     TEXT PRIMARY KEY NOT NULL,
 //!     waiting INTEGER NOT NULL

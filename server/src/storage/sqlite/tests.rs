@@ -1099,16 +1099,16 @@ fn region_records_read_back_from_the_newest_checkpoint_and_go_with_a_delete() {
     s.commit(&[checkpoint, later]).unwrap();
     // Reopened at a restart only while its link has ops to send; a copy
     // with records but no count yet (an older database) is reopened too.
-    let waiting = |n: u64| WriteItem::RegionWaiting {
+    let waiting = |waiting: bool| WriteItem::RegionWaiting {
         doc: "d".into(),
-        waiting: n,
+        waiting,
     };
-    s.commit(&[waiting(0)]).unwrap();
+    s.commit(&[waiting(false)]).unwrap();
     assert!(s.region_docs().unwrap().is_empty());
     let (_, other) = regional_start("e");
     s.commit(&other).unwrap();
     assert_eq!(s.region_docs().unwrap(), vec!["e".to_owned()]);
-    s.commit(&[waiting(2)]).unwrap();
+    s.commit(&[waiting(true)]).unwrap();
     assert_eq!(
         s.region_docs().unwrap(),
         vec!["d".to_owned(), "e".to_owned()]
