@@ -28,6 +28,22 @@ pub struct Config {
     /// Folder for the embedded SQLite database (created if missing).
     #[arg(long, env = "OT_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Store everything in this PostgreSQL database instead of the embedded
+    /// SQLite (`postgres://user@host:port/dbname`); several server nodes may
+    /// share one. Needs `--durability fsync` (every commit is made with
+    /// `synchronous_commit = on`). The data dir still holds the node id.
+    #[arg(long, env = "OT_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections to the database this node commits on.
+    #[arg(long, env = "OT_DATABASE_COMMIT_CONNECTIONS", default_value_t = 4)]
+    pub database_commit_connections: usize,
+    /// Connections to the database this node reads on (loads, history).
+    #[arg(long, env = "OT_DATABASE_READ_CONNECTIONS", default_value_t = 8)]
+    pub database_read_connections: usize,
+    /// Longest wait for a database connection (e.g. `10s`, `500ms`): past
+    /// it an op gets `storage_error`, a read 503 and a join 1011.
+    #[arg(long, env = "OT_STORAGE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub storage_timeout: Duration,
     /// `fsync`: an ack means the op survives a power loss. `relaxed`: no fsync;
     /// survives a process crash but not a power loss (an unclean start then
     /// gives documents a new epoch and clients resync).

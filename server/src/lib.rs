@@ -47,7 +47,9 @@ pub use config::{Command, Config};
 pub use connection::{TrustedProxy, TrustedProxyError};
 use metrics::Metrics;
 use state::Services;
-use storage::{CommitOptions, CommitQueue, SqliteStorage, Storage};
+use storage::{
+    CommitOptions, CommitQueue, Durability, PgOptions, PgStorage, SqliteStorage, Storage,
+};
 
 /// The HTTP and WebSocket routes.
 fn router(shared: Arc<Shared>) -> Router {
@@ -154,10 +156,7 @@ pub async fn run(
     };
     let mut config = config;
     fd_limit::fit_connections(&mut config);
-    let storage: Arc<dyn Storage> = Arc::new(
-        SqliteStorage::open(&config.data_dir, config.durability)
-            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
-    );
+    let storage = open_storage(&config)?;
     // The data dir is locked now: settle which node it belongs to.
     config.node_id = node_id::settle(&config.data_dir, config.node_id.as_deref())?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
@@ -357,4 +356,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         stop: Some(stop),
         task,
     })
+}
+
+/// The storage `config` names: PostgreSQL with `--database-url`, else the
+/// embedded SQLite in the data dir.
+fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+    let Some(url) = &config.database_url else {
+        let sqlite = SqliteStorage::open(&config.data_dir, config.durability)
+            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+        return Ok(Arc::new(sqlite));
+    };
+    if config.durability != Durability::Fsync {
+        anyhow::bail!(
+            "--database-url needs --durability fsync: acks on PostgreSQL are always durable \
+             (synchronous_commit = on), and a relaxed mode would lose acknowledged commits \
+             without any node knowing to change the epoch"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    let postgres = PgStorage::open(&PgOptions {
+        url: url.clone(),
+        commit_connections: config.database_commit_connections,
+        read_connections: config.database_read_connections,
+        timeout: config.storage_timeout,
+    })
+    .context("opening the PostgreSQL database (--database-url)")?;
+    Ok(Arc::new(postgres))
 }

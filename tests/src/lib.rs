@@ -3,6 +3,7 @@
 //! clients that run the shared session core (`ot-driver`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod postgres;
 pub mod proxy;
 pub mod tmpfs;
 

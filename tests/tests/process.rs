@@ -674,6 +674,20 @@ async fn kill9_mid_load_loses_no_acknowledged_op_relaxed() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_load_loses_no_acknowledged_op_postgres() {
+    // The same rounds with every op stored in PostgreSQL: an ack means the
+    // transaction committed with synchronous_commit on, so a restart resumes
+    // in the same epoch.
+    let schema = e2e_tests::postgres::PgSchema::new("crash").unwrap();
+    crash_rounds(
+        "crash-postgres",
+        &["--database-url", &schema.url, "--snapshot-every", "50"],
+        false,
+    )
+    .await;
+}
+
 /// Send SIGTERM to the server without waiting (`kill` runs as its own process).
 fn send_sigterm(server: &ServerProcess) -> std::process::Child {
     std::process::Command::new("kill")

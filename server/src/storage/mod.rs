@@ -17,9 +17,13 @@
 //! affect another document.
 
 mod commit;
+#[cfg(test)]
+mod conformance;
 mod dir_lock;
 mod oplog;
 mod origin;
+mod postgres;
+mod rows;
 mod sqlite;
 
 use ot_core::history::{AppliedOp, DocumentSnapshot, KeyHash, OpHash};
@@ -29,6 +33,7 @@ pub use commit::{
     CommitCallback, CommitLane, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY,
 };
 pub use origin::StoredOrigin;
+pub use postgres::{PgOptions, PgStorage};
 pub use sqlite::{Durability, SqliteStorage};
 
 /// One stored op: everything the server persists per op.
@@ -359,6 +364,25 @@ pub enum StorageError {
     /// The database reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error (or its connection broke).
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No database connection within the storage timeout: nothing was
+    /// written; the call may be retried.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The database was written by a newer server version: nothing was
+    /// opened.
+    #[error(
+        "the database's schema is version {found}, newer than this server knows \
+         ({known}): run a server of that version or newer"
+    )]
+    SchemaTooNew {
+        /// The version the database has.
+        found: String,
+        /// The newest version this server knows.
+        known: String,
+    },
     /// Stored data could not be read back (bad JSON, bad hash, missing
     /// revisions, a number out of range).
     #[error("corrupt storage: {0}")]

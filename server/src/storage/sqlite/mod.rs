@@ -44,13 +44,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ot_core::history::OpHash;
 use rusqlite::Connection;
 
 mod ingest;
-mod prune;
+pub(in crate::storage) mod prune;
 mod reads;
 mod restore;
 #[cfg(test)]
@@ -66,6 +66,7 @@ use self::reads::{doc_rev, query_ops, SQL_CONFLICTS_AFTER, SQL_OPS_AFTER};
 use self::schema::{meta_set, set_synchronous};
 use super::dir_lock::DirLock;
 use super::oplog::OpLog;
+use super::rows::{from_sql_int, limit_to_sql, now_ms, to_sql_int};
 use super::{
     check_continuity, ConflictCopy, DocSummary, LoadedDoc, RegionConflict, RegionRecord, Storage,
     StorageError, StoredOp, WriteItem,
@@ -205,24 +206,6 @@ impl fmt::Debug for SqliteStorage {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn to_sql_int(value: u64, what: &str) -> Result<i64, StorageError> {
-    i64::try_from(value).map_err(|_| StorageError::OutOfRange(format!("{what} = {value}")))
-}
-
-fn from_sql_int(value: i64, what: &str) -> Result<u64, StorageError> {
-    u64::try_from(value).map_err(|_| StorageError::Corrupt(format!("negative {what}: {value}")))
-}
-
-fn limit_to_sql(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 impl SqliteStorage {

@@ -18,7 +18,7 @@ use crate::storage::StorageError;
 /// snapshot is kept when its distance to the previous kept one is at least
 /// half the previous kept one's distance to the newest, so kept distances
 /// from the newest grow at least 1.5× per step.
-pub(super) fn snapshots_to_keep(revs: &[u64]) -> Vec<u64> {
+pub(in crate::storage) fn snapshots_to_keep(revs: &[u64]) -> Vec<u64> {
     let mut sorted = revs.to_vec();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     sorted.dedup();

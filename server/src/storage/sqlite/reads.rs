@@ -3,7 +3,6 @@
 //! [`Storage`](crate::storage::Storage)'s read methods.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use ot_core::history::{ClientRecord, DocumentSnapshot, KeyHash, OpHash};
 use ot_core::Operation;
@@ -15,6 +14,7 @@ use super::{
     from_sql_int, limit_to_sql, lock, to_sql_int, SqliteStorage, BUSY_TIMEOUT, MAX_IDLE_READERS,
     STATEMENT_CACHE,
 };
+use crate::storage::rows::{check_contiguous, RawOp};
 use crate::storage::{
     ConflictCopy, DocSummary, LoadedDoc, RegionConflict, RegionRecord, StorageError, StoredOp,
 };
@@ -32,61 +32,19 @@ pub(super) const SQL_CONFLICTS_AFTER: &str =
      FROM ops INDEXED BY ops_conflicts
      WHERE doc = ?1 AND rev > ?2 AND rev > base_rev + 1 ORDER BY rev LIMIT ?3";
 
-/// One `ops` row as read, before parsing.
-struct RawOp {
-    rev: i64,
-    client_id: String,
-    seq: i64,
-    hash: String,
-    base_rev: i64,
-    received: String,
-    applied: String,
-    time_ms: i64,
-    origin: Option<String>,
-}
-
-impl RawOp {
-    pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawOp> {
-        Ok(RawOp {
-            rev: row.get(0)?,
-            client_id: row.get(1)?,
-            seq: row.get(2)?,
-            hash: row.get(3)?,
-            base_rev: row.get(4)?,
-            received: row.get(5)?,
-            applied: row.get(6)?,
-            time_ms: row.get(7)?,
-            origin: row.get(8)?,
-        })
-    }
-
-    pub(super) fn parse(self, doc: &str) -> Result<StoredOp, StorageError> {
-        let rev = from_sql_int(self.rev, "rev")?;
-        let corrupt = |what: &str, detail: &dyn fmt::Display| {
-            StorageError::Corrupt(format!("document {doc:?} revision {rev}: {what}: {detail}"))
-        };
-        let hash =
-            OpHash::from_hex(&self.hash).ok_or_else(|| corrupt("bad op hash", &self.hash))?;
-        let received =
-            Operation::from_json(&self.received).map_err(|e| corrupt("bad received op", &e))?;
-        let applied =
-            Operation::from_json(&self.applied).map_err(|e| corrupt("bad applied op", &e))?;
-        let origin = match self.origin.as_deref() {
-            None => None,
-            Some(text) => Some(serde_json::from_str(text).map_err(|e| corrupt("bad origin", &e))?),
-        };
-        Ok(StoredOp {
-            rev,
-            client_id: self.client_id,
-            seq: from_sql_int(self.seq, "seq")?,
-            hash,
-            base_rev: from_sql_int(self.base_rev, "base_rev")?,
-            received,
-            applied,
-            time_ms: self.time_ms,
-            origin,
-        })
-    }
+/// Read one `ops` row (the columns of [`SQL_OPS_AFTER`]).
+fn raw_op(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawOp> {
+    Ok(RawOp {
+        rev: row.get(0)?,
+        client_id: row.get(1)?,
+        seq: row.get(2)?,
+        hash: row.get(3)?,
+        base_rev: row.get(4)?,
+        received: row.get(5)?,
+        applied: row.get(6)?,
+        time_ms: row.get(7)?,
+        origin: row.get(8)?,
+    })
 }
 
 /// Read ops of `doc` with `sql` ([`SQL_OPS_AFTER`] or [`SQL_CONFLICTS_AFTER`]) and parse them.
@@ -105,7 +63,7 @@ pub(super) fn query_ops(
                 to_sql_int(after_rev, "after_rev")?,
                 limit_to_sql(limit)
             ],
-            RawOp::from_row,
+            raw_op,
         )?
         .collect::<Result<Vec<_>, _>>()?;
     raw.into_iter().map(|r| r.parse(doc)).collect()
@@ -118,33 +76,6 @@ pub(super) fn doc_rev(conn: &Connection, doc: &str) -> Result<Option<u64>, Stora
         .query_row([doc], |row| row.get(0))
         .optional()?;
     rev.map(|r| from_sql_int(r, "docs.rev")).transpose()
-}
-
-/// Check that `ops` continue revision `after` without gaps, up to `last`.
-pub(super) fn check_contiguous(
-    doc: &str,
-    after: u64,
-    ops: &[StoredOp],
-    last: u64,
-) -> Result<(), StorageError> {
-    let mut expected = after + 1;
-    for op in ops {
-        if op.rev != expected {
-            return Err(StorageError::Corrupt(format!(
-                "document {doc:?}: the op log jumps from revision {} to {}",
-                expected - 1,
-                op.rev
-            )));
-        }
-        expected += 1;
-    }
-    if expected - 1 != last {
-        return Err(StorageError::Corrupt(format!(
-            "document {doc:?}: the op log ends at revision {} but the document is at {last}",
-            expected - 1
-        )));
-    }
-    Ok(())
 }
 
 impl SqliteStorage {

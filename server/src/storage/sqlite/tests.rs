@@ -1191,3 +1191,54 @@ fn origins_read_back_and_a_database_without_the_column_gets_it_on_open() {
     s.commit(&more).unwrap();
     assert_eq!(s.ops("e", 0, 100).unwrap(), stored(&more));
 }
+
+/// The suite every store runs (`storage/conformance.rs`).
+mod conformance_suite {
+    use super::{open, Durability, TempDir};
+    use crate::storage::{conformance, Storage};
+    use std::sync::Arc;
+
+    #[test]
+    fn round_trip() {
+        let dir = TempDir::new().unwrap();
+        conformance::round_trip(&open(&dir, Durability::Fsync));
+    }
+
+    #[test]
+    fn gaps_write_nothing() {
+        let dir = TempDir::new().unwrap();
+        conformance::gaps_write_nothing(&open(&dir, Durability::Fsync));
+    }
+
+    #[test]
+    fn concurrent_commits_at_one_revision() {
+        // One SQLite store has one writer: two threads stand for the racers.
+        let dir = TempDir::new().unwrap();
+        let s: Arc<dyn Storage> = Arc::new(open(&dir, Durability::Relaxed));
+        conformance::concurrent_commits_at_one_revision(s.clone(), s);
+    }
+
+    #[test]
+    fn delete_and_recreate() {
+        let dir = TempDir::new().unwrap();
+        conformance::delete_and_recreate(&open(&dir, Durability::Fsync));
+    }
+
+    #[test]
+    fn region_records() {
+        let dir = TempDir::new().unwrap();
+        conformance::region_records(&open(&dir, Durability::Fsync));
+    }
+
+    #[test]
+    fn revocations() {
+        let dir = TempDir::new().unwrap();
+        conformance::revocations(&open(&dir, Durability::Fsync));
+    }
+
+    #[test]
+    fn large_document_and_snapshots() {
+        let dir = TempDir::new().unwrap();
+        conformance::large_document_and_snapshots(&open(&dir, Durability::Relaxed));
+    }
+}

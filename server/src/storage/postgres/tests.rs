@@ -1,0 +1,145 @@
+//! The PostgreSQL store: the conformance suite, two nodes racing on one
+//! document, restarts, migrations.
+
+use std::sync::Arc;
+
+use super::test_db::TestSchema;
+use crate::storage::conformance;
+use crate::storage::{Storage, StorageError};
+
+#[test]
+fn round_trip() {
+    let schema = TestSchema::new();
+    conformance::round_trip(&schema.open());
+}
+
+#[test]
+fn gaps_write_nothing() {
+    let schema = TestSchema::new();
+    conformance::gaps_write_nothing(&schema.open());
+}
+
+#[test]
+fn two_nodes_commit_one_revision_and_exactly_one_wins() {
+    let schema = TestSchema::new();
+    let a: Arc<dyn Storage> = Arc::new(schema.open());
+    let b: Arc<dyn Storage> = Arc::new(schema.open());
+    conformance::concurrent_commits_at_one_revision(a, b);
+}
+
+#[test]
+fn delete_and_recreate() {
+    let schema = TestSchema::new();
+    conformance::delete_and_recreate(&schema.open());
+}
+
+#[test]
+fn region_records() {
+    let schema = TestSchema::new();
+    conformance::region_records(&schema.open());
+}
+
+#[test]
+fn revocations() {
+    let schema = TestSchema::new();
+    conformance::revocations(&schema.open());
+}
+
+#[test]
+fn large_document_and_snapshots() {
+    let schema = TestSchema::new();
+    conformance::large_document_and_snapshots(&schema.open());
+}
+
+#[test]
+fn a_restart_keeps_everything_and_the_epoch() {
+    let schema = TestSchema::new();
+    let first = schema.open();
+    let epoch = first.epoch();
+    conformance::round_trip(&first);
+    drop(first);
+    let second = schema.open();
+    assert_eq!(second.epoch(), epoch, "every ack was durable: same epoch");
+    assert_eq!(second.last_rev("d").unwrap(), 6);
+    assert!(second.load("d").unwrap().is_some());
+}
+
+#[test]
+fn a_schema_newer_than_this_server_is_refused_naming_both_versions() {
+    let schema = TestSchema::new();
+    let storage = schema.open();
+    storage
+        .block_on(async {
+            let client = super::connection(&storage.commits).await?;
+            client
+                .execute(
+                    "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+                    &[],
+                )
+                .await?;
+            Ok::<_, StorageError>(())
+        })
+        .unwrap();
+    drop(storage);
+    let err = super::PgStorage::open(&super::PgOptions {
+        url: schema.url.clone(),
+        commit_connections: 1,
+        read_connections: 1,
+        timeout: std::time::Duration::from_secs(5),
+    })
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StorageError::SchemaTooNew { .. }), "{text}");
+    assert!(
+        text.contains("99") && text.contains(&super::schema::SCHEMA_VERSION.to_string()),
+        "{text}"
+    );
+}
+
+#[test]
+fn nodes_starting_together_migrate_once() {
+    let schema = TestSchema::new();
+    let url = schema.url.clone();
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                super::PgStorage::open(&super::PgOptions {
+                    url,
+                    commit_connections: 1,
+                    read_connections: 1,
+                    timeout: std::time::Duration::from_secs(10),
+                })
+                .map(|s| s.epoch())
+            })
+        })
+        .collect();
+    let epochs: Vec<u64> = opened
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert!(
+        epochs.windows(2).all(|w| w[0] == w[1]),
+        "one epoch: {epochs:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_database_is_a_typed_error_within_the_timeout() {
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let err = super::PgStorage::open(&super::PgOptions {
+        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        commit_connections: 1,
+        read_connections: 1,
+        timeout: std::time::Duration::from_secs(2),
+    })
+    .unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

@@ -1,0 +1,347 @@
+//! Commits to PostgreSQL: every item of one call in one transaction, each
+//! document's head moved by a compare-and-set.
+
+use std::collections::{BTreeMap, HashMap};
+
+use deadpool_postgres::{Pool, Transaction};
+use ot_core::history::ClientRecord;
+
+use super::connection;
+use crate::storage::rows::{from_sql_int, now_ms, to_sql_int};
+use crate::storage::sqlite::prune::snapshots_to_keep;
+use crate::storage::{RegionRecord, StorageError, WriteItem};
+
+/// One document's head while a commit writes it.
+struct Head {
+    /// The revision the database held when the commit locked the row.
+    read: u64,
+    /// The revision after the items written so far.
+    rev: u64,
+    /// `Some(len)` once an op of this commit changed the document.
+    len: Option<u64>,
+}
+
+/// Write `items` in one transaction (see [`Storage::commit`]).
+///
+/// Each document's row is locked when the commit first meets it, so a
+/// concurrent commit of the same document (another node) waits and then
+/// sees the head this one left; the head then moves with
+/// `UPDATE … WHERE rev = <head read>`. An op that does not continue the
+/// head fails the whole commit with [`StorageError::Gap`].
+///
+/// [`Storage::commit`]: crate::storage::Storage::commit
+pub(super) async fn commit(pool: &Pool, items: &[WriteItem]) -> Result<(), StorageError> {
+    let mut client = connection(pool).await?;
+    let tx = client.transaction().await?;
+    let now = now_ms();
+    let mut heads: HashMap<&str, Head> = HashMap::new();
+    // Each document's newest snapshot written here: older ones are thinned.
+    let mut snapshotted: BTreeMap<&str, u64> = BTreeMap::new();
+    for item in items {
+        let doc = item.doc();
+        if let WriteItem::DeleteDoc { epoch, .. } = item {
+            delete(&tx, doc, *epoch).await?;
+            heads.remove(doc);
+            snapshotted.remove(doc);
+            continue;
+        }
+        if !heads.contains_key(doc) {
+            let rev = lock_head(&tx, doc, now).await?;
+            heads.insert(
+                doc,
+                Head {
+                    read: rev,
+                    rev,
+                    len: None,
+                },
+            );
+        }
+        let Some(head) = heads.get_mut(doc) else {
+            continue;
+        };
+        write_item(&tx, doc, item, head).await?;
+        if let WriteItem::Snapshot { snapshot, .. } = item {
+            snapshotted.insert(doc, snapshot.rev);
+        }
+    }
+    let update = tx
+        .prepare_cached("UPDATE docs SET rev = $2, len = $3 WHERE id = $1 AND rev = $4")
+        .await?;
+    for (doc, head) in &heads {
+        let Some(len) = head.len else { continue };
+        let moved = tx
+            .execute(
+                &update,
+                &[
+                    doc,
+                    &to_sql_int(head.rev, "rev")?,
+                    &to_sql_int(len, "len")?,
+                    &to_sql_int(head.read, "rev")?,
+                ],
+            )
+            .await?;
+        if moved != 1 {
+            // Cannot happen while the row is locked; refuse rather than guess.
+            return Err(StorageError::Gap {
+                doc: (*doc).to_owned(),
+                expected: head.read + 1,
+                found: head.rev,
+            });
+        }
+    }
+    thin_snapshots(&tx, &snapshotted).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Make sure `doc`'s row exists, lock it until the transaction ends and
+/// return its head.
+async fn lock_head(tx: &Transaction<'_>, doc: &str, now: i64) -> Result<u64, StorageError> {
+    let create = tx
+        .prepare_cached(
+            "INSERT INTO docs (id, rev, len, created_ms) VALUES ($1, 0, 0, $2)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .await?;
+    tx.execute(&create, &[&doc, &now]).await?;
+    let select = tx
+        .prepare_cached("SELECT rev FROM docs WHERE id = $1 FOR UPDATE")
+        .await?;
+    let row = tx.query_one(&select, &[&doc]).await?;
+    from_sql_int(row.try_get(0)?, "docs.rev")
+}
+
+/// Write one item (not a delete) of `doc`, whose head is `head`.
+async fn write_item(
+    tx: &Transaction<'_>,
+    doc: &str,
+    item: &WriteItem,
+    head: &mut Head,
+) -> Result<(), StorageError> {
+    match item {
+        WriteItem::CreateDoc { .. } | WriteItem::DeleteDoc { .. } => {}
+        WriteItem::ClientKey {
+            client_id,
+            key_hash,
+            ..
+        } => {
+            // The first binding stays.
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO client_keys (doc, client_id, key_hash) VALUES ($1, $2, $3)
+                     ON CONFLICT (doc, client_id) DO NOTHING",
+                )
+                .await?;
+            tx.execute(&insert, &[&doc, client_id, &key_hash.to_hex()])
+                .await?;
+        }
+        WriteItem::ConflictCopy { copy, .. } => {
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO conflict_copies (doc, id, time_ms, reason, text)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (doc, id) DO NOTHING",
+                )
+                .await?;
+            tx.execute(
+                &insert,
+                &[
+                    &doc,
+                    &to_sql_int(copy.id, "copy id")?,
+                    &copy.time_ms,
+                    &copy.reason,
+                    &copy.text.as_bytes(),
+                ],
+            )
+            .await?;
+        }
+        WriteItem::RegionWaiting { waiting, .. } => {
+            let upsert = tx
+                .prepare_cached(
+                    "INSERT INTO region_waiting (doc, waiting) VALUES ($1, $2)
+                     ON CONFLICT (doc) DO UPDATE SET waiting = excluded.waiting",
+                )
+                .await?;
+            tx.execute(&upsert, &[&doc, waiting]).await?;
+        }
+        WriteItem::RegionConflict { conflict, .. } => {
+            let json = serde_json::to_string(conflict).map_err(|e| {
+                StorageError::Corrupt(format!("cannot serialise a region conflict: {e}"))
+            })?;
+            let upsert = tx
+                .prepare_cached(
+                    "INSERT INTO region_conflicts (doc, rev, conflict) VALUES ($1, $2, $3)
+                     ON CONFLICT (doc, rev) DO UPDATE SET conflict = excluded.conflict",
+                )
+                .await?;
+            tx.execute(&upsert, &[&doc, &to_sql_int(conflict.rev, "rev")?, &json])
+                .await?;
+        }
+        WriteItem::Region { n, record, .. } => {
+            let n = to_sql_int(*n, "region record number")?;
+            let json = serde_json::to_string(record).map_err(|e| {
+                StorageError::Corrupt(format!("cannot serialise a region record: {e}"))
+            })?;
+            let upsert = tx
+                .prepare_cached(
+                    "INSERT INTO region_log (doc, n, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (doc, n) DO UPDATE SET record = excluded.record",
+                )
+                .await?;
+            tx.execute(&upsert, &[&doc, &n, &json]).await?;
+            if matches!(record, RegionRecord::Checkpoint { .. }) {
+                let prune = tx
+                    .prepare_cached("DELETE FROM region_log WHERE doc = $1 AND n < $2")
+                    .await?;
+                tx.execute(&prune, &[&doc, &n]).await?;
+            }
+        }
+        WriteItem::Op { op, len_after, .. } => {
+            if op.rev != head.rev + 1 {
+                return Err(StorageError::Gap {
+                    doc: doc.to_owned(),
+                    expected: head.rev + 1,
+                    found: op.rev,
+                });
+            }
+            let origin = op
+                .origin
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| StorageError::Corrupt(format!("origin: {e}")))?;
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received,
+                                      applied, time_ms, origin)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .await?;
+            tx.execute(
+                &insert,
+                &[
+                    &doc,
+                    &to_sql_int(op.rev, "rev")?,
+                    &op.client_id,
+                    &to_sql_int(op.seq, "seq")?,
+                    &op.hash.to_hex(),
+                    &to_sql_int(op.base_rev, "base_rev")?,
+                    &op.received.to_json(),
+                    &op.applied.to_json(),
+                    &op.time_ms,
+                    &origin,
+                ],
+            )
+            .await?;
+            head.rev = op.rev;
+            head.len = Some(*len_after);
+        }
+        WriteItem::Snapshot { snapshot, .. } => {
+            if snapshot.rev > head.rev {
+                return Err(StorageError::SnapshotAhead {
+                    doc: doc.to_owned(),
+                    snapshot_rev: snapshot.rev,
+                    last_rev: head.rev,
+                });
+            }
+            let clients: BTreeMap<&String, &ClientRecord> = snapshot.clients.iter().collect();
+            let clients = serde_json::to_string(&clients).map_err(|e| {
+                StorageError::Corrupt(format!("cannot serialise a dedup table: {e}"))
+            })?;
+            let upsert = tx
+                .prepare_cached(
+                    "INSERT INTO snapshots (doc, rev, text, clients) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (doc, rev)
+                     DO UPDATE SET text = excluded.text, clients = excluded.clients",
+                )
+                .await?;
+            tx.execute(
+                &upsert,
+                &[
+                    &doc,
+                    &to_sql_int(snapshot.rev, "snapshot rev")?,
+                    &snapshot.text.as_bytes(),
+                    &clients,
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Delete every row of `doc` (its conflict copies stay) and remember the
+/// id with `epoch` (never lowered).
+async fn delete(tx: &Transaction<'_>, doc: &str, epoch: u64) -> Result<(), StorageError> {
+    for sql in [
+        "DELETE FROM docs WHERE id = $1",
+        "DELETE FROM ops WHERE doc = $1",
+        "DELETE FROM snapshots WHERE doc = $1",
+        "DELETE FROM client_keys WHERE doc = $1",
+        "DELETE FROM region_log WHERE doc = $1",
+        "DELETE FROM region_conflicts WHERE doc = $1",
+        "DELETE FROM region_waiting WHERE doc = $1",
+    ] {
+        let statement = tx.prepare_cached(sql).await?;
+        tx.execute(&statement, &[&doc]).await?;
+    }
+    let remember = tx
+        .prepare_cached(
+            "INSERT INTO deleted_docs (id, epoch) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET epoch = GREATEST(deleted_docs.epoch, excluded.epoch)",
+        )
+        .await?;
+    tx.execute(&remember, &[&doc, &to_sql_int(epoch, "epoch")?])
+        .await?;
+    Ok(())
+}
+
+/// Keep the snapshots [`snapshots_to_keep`] keeps of each document that got
+/// a new one.
+async fn thin_snapshots(
+    tx: &Transaction<'_>,
+    newest: &BTreeMap<&str, u64>,
+) -> Result<(), StorageError> {
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let list = tx
+        .prepare_cached("SELECT rev FROM snapshots WHERE doc = $1")
+        .await?;
+    let delete = tx
+        .prepare_cached("DELETE FROM snapshots WHERE doc = $1 AND rev = ANY($2)")
+        .await?;
+    for doc in newest.keys() {
+        let revs = tx
+            .query(&list, &[doc])
+            .await?
+            .iter()
+            .map(|row| from_sql_int(row.try_get(0)?, "snapshot rev"))
+            .collect::<Result<Vec<u64>, StorageError>>()?;
+        if revs.len() <= 2 {
+            continue;
+        }
+        let keep = snapshots_to_keep(&revs);
+        let drop: Vec<i64> = revs
+            .iter()
+            .filter(|rev| !keep.contains(rev))
+            .map(|&rev| to_sql_int(rev, "snapshot rev"))
+            .collect::<Result<_, _>>()?;
+        if !drop.is_empty() {
+            tx.execute(&delete, &[doc, &drop]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Revoke `jti` (a second revocation keeps the first), durably.
+pub(super) async fn revoke_token(pool: &Pool, jti: &str, expires: u64) -> Result<(), StorageError> {
+    let client = connection(pool).await?;
+    client
+        .execute(
+            "INSERT INTO revoked_tokens (jti, expires, revoked_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (jti) DO NOTHING",
+            &[&jti, &i64::try_from(expires).unwrap_or(i64::MAX), &now_ms()],
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! What both stores share: the integers SQL holds, one op row before
+//! parsing, and the continuity check of a loaded tail.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ot_core::history::OpHash;
+use ot_core::Operation;
+
+use super::{StorageError, StoredOp};
+
+/// Now, in milliseconds since the Unix epoch (this process's clock).
+pub(in crate::storage) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `value` as an SQL integer (SQL has no unsigned 64-bit integers).
+pub(in crate::storage) fn to_sql_int(value: u64, what: &str) -> Result<i64, StorageError> {
+    i64::try_from(value).map_err(|_| StorageError::OutOfRange(format!("{what} = {value}")))
+}
+
+/// A stored SQL integer as the unsigned value it was written from.
+pub(in crate::storage) fn from_sql_int(value: i64, what: &str) -> Result<u64, StorageError> {
+    u64::try_from(value).map_err(|_| StorageError::Corrupt(format!("negative {what}: {value}")))
+}
+
+/// A row limit as an SQL integer (no limit above `i64::MAX` exists anyway).
+pub(in crate::storage) fn limit_to_sql(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// One `ops` row as read, before parsing.
+pub(in crate::storage) struct RawOp {
+    pub(in crate::storage) rev: i64,
+    pub(in crate::storage) client_id: String,
+    pub(in crate::storage) seq: i64,
+    pub(in crate::storage) hash: String,
+    pub(in crate::storage) base_rev: i64,
+    pub(in crate::storage) received: String,
+    pub(in crate::storage) applied: String,
+    pub(in crate::storage) time_ms: i64,
+    pub(in crate::storage) origin: Option<String>,
+}
+
+impl RawOp {
+    pub(in crate::storage) fn parse(self, doc: &str) -> Result<StoredOp, StorageError> {
+        let rev = from_sql_int(self.rev, "rev")?;
+        let corrupt = |what: &str, detail: &dyn fmt::Display| {
+            StorageError::Corrupt(format!("document {doc:?} revision {rev}: {what}: {detail}"))
+        };
+        let hash =
+            OpHash::from_hex(&self.hash).ok_or_else(|| corrupt("bad op hash", &self.hash))?;
+        let received =
+            Operation::from_json(&self.received).map_err(|e| corrupt("bad received op", &e))?;
+        let applied =
+            Operation::from_json(&self.applied).map_err(|e| corrupt("bad applied op", &e))?;
+        let origin = match self.origin.as_deref() {
+            None => None,
+            Some(text) => Some(serde_json::from_str(text).map_err(|e| corrupt("bad origin", &e))?),
+        };
+        Ok(StoredOp {
+            rev,
+            client_id: self.client_id,
+            seq: from_sql_int(self.seq, "seq")?,
+            hash,
+            base_rev: from_sql_int(self.base_rev, "base_rev")?,
+            received,
+            applied,
+            time_ms: self.time_ms,
+            origin,
+        })
+    }
+}
+
+/// Check that `ops` continue revision `after` without gaps, up to `last`.
+pub(in crate::storage) fn check_contiguous(
+    doc: &str,
+    after: u64,
+    ops: &[StoredOp],
+    last: u64,
+) -> Result<(), StorageError> {
+    let mut expected = after + 1;
+    for op in ops {
+        if op.rev != expected {
+            return Err(StorageError::Corrupt(format!(
+                "document {doc:?}: the op log jumps from revision {} to {}",
+                expected - 1,
+                op.rev
+            )));
+        }
+        expected += 1;
+    }
+    if expected - 1 != last {
+        return Err(StorageError::Corrupt(format!(
+            "document {doc:?}: the op log ends at revision {} but the document is at {last}",
+            expected - 1
+        )));
+    }
+    Ok(())
+}
