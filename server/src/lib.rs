@@ -192,6 +192,9 @@ pub async fn run(
         auth,
         upstream,
     )));
+    if let Some(feed) = shared.services().storage.subscribe_heads() {
+        tokio::spawn(document::follow_heads(feed, shared.registry.clone()));
+    }
     if shared.services().upstream.is_some() {
         tokio::spawn(document::reopen_region_copies(
             shared.services().clone(),

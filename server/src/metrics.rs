@@ -43,6 +43,13 @@ pub(crate) struct Metrics {
     /// On a regional server: local ops the home has not acknowledged yet,
     /// over the open documents.
     pub(crate) region_unreplicated_ops: IntGauge,
+    /// On storage shared with other nodes: commits refused because another
+    /// node had moved the document's head first.
+    pub(crate) lost_races: IntCounter,
+    /// On storage shared with other nodes: times a document took ops
+    /// another node committed (from the change feed, a join ahead of it, a
+    /// periodic check, or the reload after a lost race).
+    pub(crate) catch_ups: IntCounter,
     /// Connections and requests the connection limits ended or refused, by
     /// reason (`dead_peer`, `write_timeout`, `join_timeout`, `per_addr`,
     /// `api_busy`).
@@ -148,7 +155,19 @@ impl Metrics {
             "On a regional server: ops of the open documents' links that the home has not acknowledged yet (local ops are composed into them)",
         )?;
         registry.register(Box::new(region_unreplicated_ops.clone()))?;
+        let lost_races = IntCounter::new(
+            "ot_storage_lost_races_total",
+            "On storage shared by several nodes: commits refused because another node had moved the document's head first (the node catches up and its clients resend)",
+        )?;
+        registry.register(Box::new(lost_races.clone()))?;
+        let catch_ups = IntCounter::new(
+            "ot_storage_catch_ups_total",
+            "On storage shared by several nodes: times an open document took ops another node committed",
+        )?;
+        registry.register(Box::new(catch_ups.clone()))?;
         Ok(Metrics {
+            lost_races,
+            catch_ups,
             region_links_connected,
             region_unreplicated_ops,
             registry,

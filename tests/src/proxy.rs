@@ -3,7 +3,9 @@
 //! latency, stall (stop forwarding but keep the sockets open, as a network
 //! that silently drops everything does) and resume; [`Proxy::cut`] closes
 //! every open connection at once (as a crashed middlebox does), while new
-//! connections are still accepted.
+//! connections are still accepted. [`Proxy::start_spread`] forwards to
+//! several targets in turn, as a load balancer without stickiness does,
+//! skipping a target that refuses (a reconnect reaches a live one).
 //!
 //! ```no_run
 //! # async fn demo(server: std::net::SocketAddr) -> anyhow::Result<()> {
@@ -75,6 +77,13 @@ pub struct Proxy {
 impl Proxy {
     /// Listen on a free loopback port and forward to `target`.
     pub async fn start(target: SocketAddr) -> Result<Proxy> {
+        Proxy::start_spread(&[target]).await
+    }
+
+    /// Listen on a free loopback port and forward each new connection to
+    /// the next of `targets` in turn, skipping those that refuse it.
+    pub async fn start_spread(targets: &[SocketAddr]) -> Result<Proxy> {
+        let target = *targets.first().context("no target to forward to")?;
         let listener = TcpListener::bind((target.ip(), 0))
             .await
             .context("binding the proxy")?;
@@ -86,7 +95,7 @@ impl Proxy {
         let accepted = Arc::new(AtomicUsize::new(0));
         let acceptor = tokio::spawn(accept_loop(
             listener,
-            target,
+            Arc::new(targets.to_vec()),
             Channels {
                 to_server: to_server.subscribe(),
                 to_client: to_client.subscribe(),
@@ -112,7 +121,7 @@ impl Proxy {
         self.addr
     }
 
-    /// The address it forwards to.
+    /// The address it forwards to (the first, when it spreads).
     pub fn target(&self) -> SocketAddr {
         self.target
     }
@@ -176,7 +185,7 @@ struct Channels {
 
 async fn accept_loop(
     listener: TcpListener,
-    target: SocketAddr,
+    targets: Arc<Vec<SocketAddr>>,
     channels: Channels,
     open: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
@@ -190,8 +199,17 @@ async fn accept_loop(
         accepted.fetch_add(1, Ordering::Relaxed);
         let channels = channels.clone();
         let open = open.clone();
+        let first = accepted.load(Ordering::Relaxed);
+        let targets = targets.clone();
         tokio::spawn(async move {
-            let Ok(server) = TcpStream::connect(target).await else {
+            let mut server = None;
+            for i in 0..targets.len() {
+                if let Ok(stream) = TcpStream::connect(targets[(first + i) % targets.len()]).await {
+                    server = Some(stream);
+                    break;
+                }
+            }
+            let Some(server) = server else {
                 return; // dropping `client` closes it, as a refused connection would
             };
             let _ = client.set_nodelay(true);

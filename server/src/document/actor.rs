@@ -257,6 +257,10 @@ async fn fail_load(
     }
 }
 
+/// A document this far behind another node's head loads itself again
+/// instead of reading the ops it missed one by one.
+const MAX_CATCH_UP_OPS: usize = 1_000;
+
 impl Document {
     fn limits(&self) -> Limits {
         self.shared.config.limits()
@@ -351,8 +355,14 @@ impl Document {
     }
 
     async fn handle(&mut self, command: DocCommand) {
+        if let DocCommand::Head { head } = command {
+            // Not activity: a document nobody uses here still unloads.
+            self.follow_head(head).await;
+            return;
+        }
         self.last_activity = Instant::now();
         match command {
+            DocCommand::Head { .. } => {}
             DocCommand::Authorize {
                 client_id,
                 key_hash,
@@ -372,6 +382,14 @@ impl Document {
                 #[cfg(test)]
                 if let Some(delay) = super::test_hooks::join_delay(self.id.as_str()) {
                     tokio::time::sleep(delay).await;
+                }
+                if request
+                    .rev
+                    .is_some_and(|rev| rev > self.pipeline.durable_rev())
+                {
+                    // Another node may be ahead: never answer a snapshot
+                    // because this one is behind.
+                    self.follow_head(None).await;
                 }
                 let result = self.on_join(request);
                 let _ = reply.send(result);
@@ -623,6 +641,14 @@ impl Document {
         let rev = match self.pipeline.outcome(done) {
             Ok(rev) => rev,
             Err(error) => {
+                if matches!(
+                    *error,
+                    crate::storage::StorageError::Gap { .. }
+                        | crate::storage::StorageError::Race { .. }
+                ) && self.shared.storage.is_shared()
+                {
+                    self.shared.metrics.lost_races.inc();
+                }
                 for (conn_id, seq) in self.pipeline.fail(&error) {
                     self.conns.send_error(
                         conn_id,
@@ -663,9 +689,72 @@ impl Document {
 
     /// Rebuild the document from storage; a region that does not recover
     /// stops (see `stop_with`).
+    /// On storage other nodes write too: take the ops another node
+    /// committed after this document's durable head (`head`: the head it
+    /// announced; `None`: ask storage), as committed, and send them to every
+    /// connection. With ops of its own on their way to storage it reads
+    /// nothing: their commit either continues the head or loses the race,
+    /// and the reload after a lost race brings the missed ops.
+    async fn follow_head(&mut self, head: Option<u64>) {
+        if !self.shared.storage.is_shared()
+            || self.pipeline.region().is_some()
+            || self.pipeline.pending_len() > 0
+        {
+            return;
+        }
+        let from = self.pipeline.durable_rev();
+        if head.is_some_and(|head| head <= from) {
+            return;
+        }
+        let storage = self.shared.storage.clone();
+        let doc = self.id.to_string();
+        let read =
+            tokio::task::spawn_blocking(move || storage.ops(&doc, from, MAX_CATCH_UP_OPS)).await;
+        let ops = match read {
+            Ok(Ok(ops)) => ops,
+            Ok(Err(e)) => {
+                tracing::warn!(doc = %self.id, error = %e, "cannot read the ops another node committed; later");
+                return;
+            }
+            Err(_) => return,
+        };
+        if ops.is_empty() {
+            return;
+        }
+        if ops.len() >= MAX_CATCH_UP_OPS {
+            // Far behind: load the document again (from its newest snapshot).
+            self.reload().await;
+            return;
+        }
+        match self.pipeline.catch_up(ops) {
+            Some(applied) => {
+                self.shared.metrics.catch_ups.inc();
+                for op in &applied {
+                    self.conns.op_durable(0, op);
+                }
+            }
+            None => self.reload().await,
+        }
+    }
+
     async fn reload(&mut self) {
+        let before = self.pipeline.durable_rev();
         if !self.pipeline.reload().await {
             self.stop_with = Some(CloseCode::Unavailable);
+        }
+        if self.pipeline.durable_rev() > before {
+            // Another node committed meanwhile (the commit lost the race):
+            // everyone here gets what it committed.
+            self.shared.metrics.catch_ups.inc();
+            match self.pipeline.durable_ops_after(before) {
+                Some(ops) => {
+                    for op in &ops {
+                        self.conns.op_durable(0, op);
+                    }
+                }
+                // Not in memory any more: the clients resume from storage.
+                None => self.conns.close_all(CloseCode::Unavailable),
+            }
         }
         if let Some(link) = &mut self.link {
             // The link's state came from storage: it resumes from there.

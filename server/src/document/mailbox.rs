@@ -118,6 +118,12 @@ pub(crate) enum DocCommand {
     LinkPath(oneshot::Sender<String>),
     /// On a region: what happened on the link to the home.
     Link(super::link::LinkEvent),
+    /// On storage other nodes write too: the document's head may have moved
+    /// (to `head`, as announced; `None`: ask storage). The document takes
+    /// the ops it missed and sends them to its connections.
+    Head {
+        head: Option<u64>,
+    },
     /// Delete the document (admin): stop taking commands, wait for what is
     /// pending, commit a delete through the commit lane, then close every
     /// connection with 4004 and unload. Answered once the delete is durable.

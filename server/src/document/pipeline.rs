@@ -697,14 +697,38 @@ impl Pipeline {
     ) -> Option<CommitDone> {
         let mut op = StoredOp::from_applied(applied, received, now_ms());
         op.origin = origin;
-        let mut items = vec![WriteItem::Op {
+        let mut items: Vec<WriteItem> = self.follows(applied.rev).into_iter().collect();
+        items.push(WriteItem::Op {
             doc: self.id.clone(),
             op,
             len_after: applied.op.target_len() as u64,
-        }];
+        });
         let snapshot_due = self.push_snapshot_if_due(&applied.op, &mut items);
         let region_commit = self.region_records(&mut items, snapshot_due);
         self.commit_items(items, applied.rev, region_commit)
+    }
+
+    /// On storage other nodes write too: which op the op at `rev` follows
+    /// in this node's history, for storage to refuse the commit if another
+    /// node committed a different one there (`None` on storage nobody else
+    /// writes, at revision 1, or if the history no longer holds it).
+    fn follows(&self, rev: u64) -> Option<WriteItem> {
+        if rev < 2 || !self.shared.storage.is_shared() {
+            return None;
+        }
+        let previous = self
+            .history()
+            .retained_ops()
+            .iter()
+            .rev()
+            .find(|op| op.rev < rev)
+            .filter(|op| op.rev == rev - 1)?;
+        Some(WriteItem::Follows {
+            doc: self.id.clone(),
+            rev: previous.rev,
+            client_id: previous.client_id.to_string(),
+            seq: previous.seq,
+        })
     }
 
     /// Append a snapshot to `items` when [`SnapshotPolicy`] says one is due
@@ -893,12 +917,59 @@ impl Pipeline {
     /// A commit failed: drop every pending op and deferred ack; returns the
     /// (conn, seq) of each, to tell its sender. Then [`Pipeline::reload`].
     pub(super) fn fail(&mut self, error: &StorageError) -> Vec<(u64, u64)> {
-        tracing::error!(doc = %self.id, %error, pending = self.pending.len(), "commit failed; reloading the document");
+        let raced = matches!(error, StorageError::Gap { .. } | StorageError::Race { .. })
+            && self.shared.storage.is_shared();
+        if raced {
+            // Normal on storage several nodes share: the clients resend.
+            tracing::info!(doc = %self.id, %error, pending = self.pending.len(), "another node committed first; catching up");
+        } else {
+            tracing::error!(doc = %self.id, %error, pending = self.pending.len(), "commit failed; reloading the document");
+        }
         self.pending
             .drain(..)
             .map(|p| (p.conn_id, p.applied.seq))
             .chain(self.deferred_acks.drain(..).map(|(_, c, s)| (c, s)))
             .collect()
+    }
+
+    /// Take `ops`, committed by another node right after the durable head,
+    /// as durable (only with nothing of this node pending, at a home).
+    /// Returns them applied, to send to the connections; `None` when they do
+    /// not continue the history (the caller reloads).
+    pub(super) fn catch_up(&mut self, ops: Vec<StoredOp>) -> Option<Vec<AppliedOp>> {
+        if !self.pending.is_empty() {
+            return None;
+        }
+        let Replica::Home(history) = &mut self.replica else {
+            return None;
+        };
+        let mut applied = Vec::with_capacity(ops.len());
+        for op in ops {
+            let op = op.into_applied();
+            history.append_stored(op.clone()).ok()?;
+            op.op.apply_to_rope(&mut self.durable_text).ok()?;
+            self.durable_rev = op.rev;
+            self.durable_seq.insert(op.client_id.to_string(), op.seq);
+            applied.push(op);
+        }
+        self.trim();
+        Some(applied)
+    }
+
+    /// The durable ops after `rev`, if the history still holds them all.
+    pub(super) fn durable_ops_after(&self, rev: u64) -> Option<Vec<AppliedOp>> {
+        let history = self.history();
+        if rev < history.oldest_revision() {
+            return None;
+        }
+        Some(
+            history
+                .retained_ops()
+                .iter()
+                .filter(|op| op.rev > rev && op.rev <= self.durable_rev)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Rebuild the in-memory state from storage (after a failed commit, or
@@ -912,7 +983,8 @@ impl Pipeline {
         // A failed commit may have held the last flag written.
         self.waiting_written = None;
         let regional = self.replica.region().is_some();
-        match loading::load_stored(&self.shared, &self.id).await {
+        let loaded = loading::load_stored(&self.shared, &self.id).await;
+        match loaded {
             Ok(Some(loaded)) if regional == loaded.replica.region().is_some() => {
                 self.snapshots = loaded.snapshots;
                 self.region_next = loaded.region_next;
@@ -938,7 +1010,7 @@ impl Pipeline {
             }
             _ => {
                 // Keep the durable state we know; roll the in-memory history back to it.
-                tracing::error!(doc = %self.id, "reload failed; continuing from the last durable state");
+                tracing::error!(doc = %self.id, loaded = ?loaded.as_ref().map(|l| l.is_some()).map_err(|e| e.to_string()), "reload failed; continuing from the last durable state");
                 // The dedup table is kept, rolled back to the durable seqs
                 // (the lost ops' seqs are not applied), with every key
                 // binding and the eviction horizon: a resend of an applied

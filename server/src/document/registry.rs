@@ -93,6 +93,14 @@ impl Registry {
         self.remove_if(doc, actor_id, || true);
     }
 
+    /// Every open document's mailbox.
+    pub(crate) fn handles(&self) -> Vec<(DocId, DocHandle)> {
+        self.lock()
+            .iter()
+            .map(|(doc, entry)| (doc.clone(), entry.handle.clone()))
+            .collect()
+    }
+
     /// Tell every open document to commit, ack and close; wait until they have.
     pub(crate) async fn shutdown_all(&self) {
         let handles: Vec<DocHandle> = self.lock().values().map(|e| e.handle.clone()).collect();

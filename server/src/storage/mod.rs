@@ -196,6 +196,21 @@ pub enum WriteItem {
         /// Link ops are waiting.
         waiting: bool,
     },
+    /// On storage other nodes write too: the document's op at `rev` is, as
+    /// the writer knows it, `client_id`'s `seq`. Storage refuses the whole
+    /// commit with [`StorageError::Race`] if it holds another op there: the
+    /// ops that follow were transformed against a history that is not the
+    /// stored one (another node committed first). Written before the ops.
+    Follows {
+        /// The document id.
+        doc: String,
+        /// The revision of the op the next one follows.
+        rev: u64,
+        /// Its client.
+        client_id: String,
+        /// Its seq.
+        seq: u64,
+    },
     /// One record of a regional server's log of the document (see
     /// [`RegionRecord`]), number `n` (increasing per document). A checkpoint
     /// replaces every record numbered below it.
@@ -301,7 +316,8 @@ impl WriteItem {
             | WriteItem::Region { doc, .. }
             | WriteItem::ConflictCopy { doc, .. }
             | WriteItem::RegionConflict { doc, .. }
-            | WriteItem::RegionWaiting { doc, .. } => doc,
+            | WriteItem::RegionWaiting { doc, .. }
+            | WriteItem::Follows { doc, .. } => doc,
         }
     }
 }
@@ -345,6 +361,21 @@ impl LoadedDoc {
     pub fn rev(&self) -> u64 {
         self.tail.last().map_or(self.snapshot.rev, |op| op.rev)
     }
+}
+
+/// What the change feed of a shared storage reports
+/// ([`Storage::subscribe_heads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadChange {
+    /// A commit moved `doc`'s head to `head`.
+    Moved {
+        /// The document.
+        doc: String,
+        /// Its new last revision.
+        head: u64,
+    },
+    /// Heads may have moved unreported: check every open document.
+    Resync,
 }
 
 /// One line of the document listing.
@@ -396,6 +427,15 @@ pub enum StorageError {
         expected: u64,
         /// The revision of the op.
         found: u64,
+    },
+    /// Another node committed a different op at `rev` first (see
+    /// [`WriteItem::Follows`]): nothing was written.
+    #[error("document {doc:?}: another node committed another op at revision {rev} first")]
+    Race {
+        /// The document.
+        doc: String,
+        /// The revision.
+        rev: u64,
     },
     /// A snapshot is newer than the document's log: nothing was written.
     #[error("document {doc:?}: snapshot at revision {snapshot_rev} is newer than the last stored revision {last_rev}")]
@@ -464,7 +504,8 @@ pub(crate) fn check_continuity(
             | WriteItem::Region { .. }
             | WriteItem::ConflictCopy { .. }
             | WriteItem::RegionConflict { .. }
-            | WriteItem::RegionWaiting { .. } => {}
+            | WriteItem::RegionWaiting { .. }
+            | WriteItem::Follows { .. } => {}
             WriteItem::Op { op, .. } if op.rev != *last + 1 => {
                 return Err(StorageError::Gap {
                     doc: doc.to_owned(),
@@ -609,6 +650,22 @@ pub trait Storage: Send + Sync + 'static {
     /// such count (written before it was kept). The default keeps none.
     fn region_docs(&self) -> Result<Vec<String>, StorageError> {
         Ok(Vec::new())
+    }
+    /// Whether other processes (other server nodes) may commit to this
+    /// storage too: open documents then follow heads they did not move
+    /// ([`subscribe_heads`](Self::subscribe_heads)). The default is no.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// The change feed of a shared storage: a [`HeadChange`] after every
+    /// commit of any node that moved a document's head, and
+    /// [`HeadChange::Resync`] whenever the feed may have missed some (it
+    /// reconnected). Best effort: correctness never depends on it, a slow
+    /// periodic check finds any head it missed. The first call takes the
+    /// feed; `None` for a storage nobody else writes (the default) and for
+    /// a later call.
+    fn subscribe_heads(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<HeadChange>> {
+        None
     }
     /// Mark a clean shutdown (after the last commit). A later commit clears
     /// the mark again.

@@ -15,12 +15,14 @@
 //! [`StorageError::Gap`] naming the head it lost to, and nothing of its
 //! commit is written.
 
+mod feed;
 mod reads;
 mod schema;
 mod write;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -28,8 +30,8 @@ use ot_core::history::OpHash;
 use tokio_postgres::NoTls;
 
 use super::{
-    ConflictCopy, DocSummary, LoadedDoc, RegionConflict, RegionRecord, Storage, StorageError,
-    StoredOp, WriteItem,
+    ConflictCopy, DocSummary, HeadChange, LoadedDoc, RegionConflict, RegionRecord, Storage,
+    StorageError, StoredOp, WriteItem,
 };
 
 /// How to reach the database and how many connections to use.
@@ -57,6 +59,10 @@ pub struct PgStorage {
     epoch: u64,
     /// The URL without its password, for messages.
     display: String,
+    /// The sessions' configuration (the change feed makes its own).
+    config: tokio_postgres::Config,
+    /// Whether [`Storage::subscribe_heads`] has handed out the feed.
+    feed_taken: AtomicBool,
 }
 
 impl fmt::Debug for PgStorage {
@@ -102,6 +108,8 @@ impl PgStorage {
             reads,
             epoch: 0,
             display,
+            config,
+            feed_taken: AtomicBool::new(false),
         };
         storage.epoch = storage.block_on(schema::migrate(&storage.commits))?;
         tracing::info!(database = %storage.display, epoch = storage.epoch, "opened PostgreSQL storage");
@@ -172,7 +180,27 @@ impl Storage for PgStorage {
         if items.is_empty() {
             return Ok(());
         }
-        self.block_on(write::commit(&self.commits, items))
+        self.block_on(async {
+            let heads = write::commit(&self.commits, items).await?;
+            // After the transaction, as a statement of its own; best effort.
+            if let Err(e) = feed::announce(&self.commits, &heads).await {
+                tracing::warn!(error = %e, "cannot announce the new heads (other nodes find them later)");
+            }
+            Ok(())
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn subscribe_heads(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<HeadChange>> {
+        if self.feed_taken.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.handle.spawn(feed::listen(self.config.clone(), tx));
+        Some(rx)
     }
 
     fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {

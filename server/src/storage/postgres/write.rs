@@ -21,7 +21,8 @@ struct Head {
     len: Option<u64>,
 }
 
-/// Write `items` in one transaction (see [`Storage::commit`]).
+/// Write `items` in one transaction (see [`Storage::commit`]); returns the
+/// heads it moved (each document with ops, and its new last revision).
 ///
 /// Each document's row is locked when the commit first meets it, so a
 /// concurrent commit of the same document (another node) waits and then
@@ -30,7 +31,10 @@ struct Head {
 /// head fails the whole commit with [`StorageError::Gap`].
 ///
 /// [`Storage::commit`]: crate::storage::Storage::commit
-pub(super) async fn commit(pool: &Pool, items: &[WriteItem]) -> Result<(), StorageError> {
+pub(super) async fn commit(
+    pool: &Pool,
+    items: &[WriteItem],
+) -> Result<Vec<(String, u64)>, StorageError> {
     let mut client = connection(pool).await?;
     let tx = client.transaction().await?;
     let now = now_ms();
@@ -91,7 +95,11 @@ pub(super) async fn commit(pool: &Pool, items: &[WriteItem]) -> Result<(), Stora
     }
     thin_snapshots(&tx, &snapshotted).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(heads
+        .into_iter()
+        .filter(|(_, head)| head.len.is_some())
+        .map(|(doc, head)| (doc.to_owned(), head.rev))
+        .collect())
 }
 
 /// Make sure `doc`'s row exists, lock it until the transaction ends and
@@ -120,6 +128,32 @@ async fn write_item(
 ) -> Result<(), StorageError> {
     match item {
         WriteItem::CreateDoc { .. } | WriteItem::DeleteDoc { .. } => {}
+        WriteItem::Follows {
+            rev,
+            client_id,
+            seq,
+            ..
+        } => {
+            let select = tx
+                .prepare_cached("SELECT client_id, seq FROM ops WHERE doc = $1 AND rev = $2")
+                .await?;
+            let row = tx
+                .query_opt(&select, &[&doc, &to_sql_int(*rev, "rev")?])
+                .await?;
+            let same = match row {
+                Some(row) => {
+                    row.try_get::<_, String>(0)? == *client_id
+                        && from_sql_int(row.try_get(1)?, "seq")? == *seq
+                }
+                None => false,
+            };
+            if !same {
+                return Err(StorageError::Race {
+                    doc: doc.to_owned(),
+                    rev: *rev,
+                });
+            }
+        }
         WriteItem::ClientKey {
             client_id,
             key_hash,

@@ -249,7 +249,10 @@ pub(super) fn write_items(
                 continue;
             };
             match item {
-                WriteItem::CreateDoc { .. } | WriteItem::DeleteDoc { .. } => {}
+                // One writer: nothing else can have committed there.
+                WriteItem::CreateDoc { .. }
+                | WriteItem::DeleteDoc { .. }
+                | WriteItem::Follows { .. } => {}
                 WriteItem::ClientKey {
                     client_id,
                     key_hash,
