@@ -640,6 +640,9 @@ pub struct WsClient {
     /// The messages of a `batch` frame that [`recv`](Self::recv) has not
     /// returned yet (the session asks for batches; tests read messages).
     unbatched: VecDeque<Value>,
+    /// With `E2E_TRACE=1`: every frame sent and message handled, and every
+    /// connect, in order (to tell how a client diverged).
+    pub trace: Option<Vec<String>>,
 }
 
 impl WsClient {
@@ -666,6 +669,9 @@ impl WsClient {
             other: Vec::new(),
             dropped: None,
             unbatched: VecDeque::new(),
+            trace: std::env::var("E2E_TRACE")
+                .is_ok_and(|v| v == "1")
+                .then(Vec::new),
         }
     }
 
@@ -717,6 +723,9 @@ impl WsClient {
     /// [`handle`](Self::handle)) is the server's first message.
     pub async fn open(&mut self) -> Result<()> {
         self.cut();
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(format!("connect {}", self.core.connect_path()));
+        }
         let socket =
             ws_connect_with_key(self.addr, &self.core.connect_path(), self.core.client_key())
                 .await?;
@@ -857,6 +866,9 @@ impl WsClient {
             let Some(socket) = self.socket.as_mut() else {
                 break;
             };
+            if let Some(trace) = self.trace.as_mut() {
+                trace.push(format!("sent {text}"));
+            }
             socket.send(Message::text(text)).await?;
         }
         Ok(())
@@ -900,6 +912,12 @@ impl WsClient {
     /// Feed one received message (as JSON) to the session (sending what it
     /// releases).
     pub async fn handle(&mut self, message: Value) -> Result<()> {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(format!(
+                "got {message} -> rev {}",
+                self.core.client().revision()
+            ));
+        }
         let message = parse_value(&message)?;
         self.handle_message(message).await
     }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use e2e_tests::postgres::PgSchema;
 use e2e_tests::proxy::Proxy;
 use e2e_tests::{free_port, http_get, metric_value, server_binary, ServerProcess, WsClient};
@@ -165,7 +165,9 @@ async fn stored(node: SocketAddr, doc: &str) -> Result<(Vec<(String, u64)>, Stri
             if op["rev"].as_u64() != Some(ids.len() as u64 + 1) {
                 bail!("a gap in the stored log at {}", ids.len());
             }
-            text = Operation::from_json_value(&op["op"])?.apply(&text)?;
+            text = Operation::from_json_value(&op["op"])?
+                .apply(&text)
+                .with_context(|| format!("the stored op at revision {}", ids.len() + 1))?;
             ids.push((
                 op["client"].as_str().unwrap_or_default().to_owned(),
                 op["seq"].as_u64().unwrap_or_default(),
@@ -190,6 +192,12 @@ async fn check_converged(node: SocketAddr, doc: &str, writers: &mut [Writer]) {
         })
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", w.ws.client().client_id()));
+        if let (true, Some(trace)) = (w.ws.text() != text, &w.ws.trace) {
+            // With E2E_TRACE=1: what this client saw, to tell how it diverged.
+            let path = std::env::temp_dir().join(format!("trace.{}", w.ws.client().client_id()));
+            let _ = std::fs::write(&path, trace.join("\n"));
+            eprintln!("{}'s frames: {}", w.ws.client().client_id(), path.display());
+        }
         assert_eq!(w.ws.text(), text, "{} diverged", w.ws.client().client_id());
         for token in &w.typed {
             assert_eq!(text.matches(token.as_str()).count(), 1, "{token} in {doc}");
@@ -285,6 +293,118 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
         "a node killed: tokens per writer {moved:?}, {:.1?}",
         started.elapsed()
     );
+    assert!(
+        started.elapsed() < TEST_BUDGET,
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A PostgreSQL of this test's own (`scripts/private-postgres`), so that it
+/// can be stopped and started again without disturbing the other tests.
+struct OwnPostgres {
+    dir: String,
+    url: String,
+}
+
+fn private_postgres(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/private-postgres");
+    let out = std::process::Command::new(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "private-postgres {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl OwnPostgres {
+    fn start() -> OwnPostgres {
+        let line = private_postgres(&["start"]);
+        let (dir, url) = line.split_once(' ').unwrap();
+        OwnPostgres {
+            dir: dir.to_owned(),
+            url: url.to_owned(),
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        private_postgres(&["stop", &self.dir]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_under_load_loses_nothing_and_the_nodes_recover_by_themselves() {
+    let started = Instant::now();
+    let postgres = OwnPostgres::start();
+    let bin = server_binary().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+        .collect();
+    let proxy = Proxy::start_spread(&addrs).await.unwrap();
+    let public = format!("http://{}", proxy.addr());
+    let mut nodes = Vec::new();
+    for (dir, port) in dirs.iter().zip(ports) {
+        let args = [
+            "--database-url",
+            &postgres.url,
+            "--public-url",
+            &public,
+            "--storage-timeout",
+            "1s",
+        ];
+        nodes.push(
+            ServerProcess::start(&bin, dir.path(), port, &args)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut writers = Vec::new();
+    for i in 0..4u64 {
+        writers.push(Writer::join(proxy.addr(), "doc", &format!("o{i}"), 200 + i).await);
+    }
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .map(|w| tokio::spawn(w.type_for(Duration::from_secs(7))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two seconds without a database, under load.
+    private_postgres(&["pause", &postgres.dir]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in &nodes {
+        let health = http_get(node.addr, "/healthz").await.unwrap();
+        assert!(health.contains("ok"), "{health}");
+    }
+    private_postgres(&["resume", &postgres.dir]);
+    let mut writers = Vec::new();
+    for task in tasks {
+        writers.push(task.await.unwrap());
+    }
+    let refused: usize = writers
+        .iter()
+        .map(|w| {
+            w.ws.errors
+                .iter()
+                .filter(|e| e.code.as_str() == "storage_error")
+                .count()
+        })
+        .sum();
+    // The same nodes, never restarted, store everything acknowledged once.
+    check_converged(nodes[0].addr, "doc", &mut writers).await;
+    let typed: usize = writers.iter().map(|w| w.typed.len()).sum();
+    eprintln!(
+        "a database outage: {typed} tokens typed, {refused} storage_error answers, {:.1?}",
+        started.elapsed()
+    );
+    assert!(refused > 0, "the outage was seen as typed errors");
     assert!(
         started.elapsed() < TEST_BUDGET,
         "took {:?}",

@@ -383,13 +383,9 @@ impl Document {
                 if let Some(delay) = super::test_hooks::join_delay(self.id.as_str()) {
                     tokio::time::sleep(delay).await;
                 }
-                if request
-                    .rev
-                    .is_some_and(|rev| rev > self.pipeline.durable_rev())
-                {
-                    // Another node may be ahead: never answer a snapshot
-                    // because this one is behind.
-                    self.follow_head(None).await;
+                if let Some(behind) = self.behind(&request).await {
+                    let _ = reply.send(Err(JoinError::Unavailable(Arc::new(behind))));
+                    return;
                 }
                 let result = self.on_join(request);
                 let _ = reply.send(result);
@@ -641,11 +637,8 @@ impl Document {
         let rev = match self.pipeline.outcome(done) {
             Ok(rev) => rev,
             Err(error) => {
-                if matches!(
-                    *error,
-                    crate::storage::StorageError::Gap { .. }
-                        | crate::storage::StorageError::Race { .. }
-                ) && self.shared.storage.is_shared()
+                if matches!(*error, crate::storage::StorageError::Gap { .. })
+                    && self.shared.storage.is_shared()
                 {
                     self.shared.metrics.lost_races.inc();
                 }
@@ -689,6 +682,27 @@ impl Document {
 
     /// Rebuild the document from storage; a region that does not recover
     /// stops (see `stop_with`).
+    /// On storage other nodes write too: a client that resumes from a
+    /// revision above this node's head has seen another node's commits.
+    /// Catch up first; if storage cannot be read, the join is refused
+    /// (1011: retry) rather than answered with an older snapshot, which
+    /// would move the client back in the history.
+    async fn behind(&mut self, request: &JoinRequest) -> Option<DocError> {
+        let client_rev = request.rev?;
+        if !self.shared.storage.is_shared()
+            || client_rev <= self.pipeline.durable_rev()
+            || !self.pipeline.epoch().may_resume(request.epoch)
+        {
+            return None;
+        }
+        self.follow_head(None).await;
+        let node_rev = self.pipeline.durable_rev();
+        (client_rev > node_rev).then_some(DocError::Behind {
+            client_rev,
+            node_rev,
+        })
+    }
+
     /// On storage other nodes write too: take the ops another node
     /// committed after this document's durable head (`head`: the head it
     /// announced; `None`: ask storage), as committed, and send them to every

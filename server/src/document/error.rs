@@ -23,6 +23,11 @@ pub(crate) enum DocError {
     NoAnswer,
     #[error("the document kept unloading")]
     KeptUnloading,
+    /// On storage several nodes share: the client has seen revisions this
+    /// node could not read yet (storage unavailable); it must not get an
+    /// older snapshot, so it retries.
+    #[error("the client is at revision {client_rev}, ahead of this node's {node_rev}, and storage could not be read")]
+    Behind { client_rev: u64, node_rev: u64 },
     /// On a region: a document stored here before `--upstream` was given.
     #[error("this document was created on this server before it ran with --upstream; it is not a copy of the home's document")]
     NotRegional,

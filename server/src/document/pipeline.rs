@@ -115,7 +115,9 @@ pub(super) struct Pipeline {
     pending: VecDeque<Pending>,
     /// Acks of resends whose original is not durable yet: (rev, conn, seq).
     deferred_acks: Vec<(u64, u64, u64)>,
-    /// Bumped by a reload: commit results of an older generation are stale.
+    /// A new one at each reload (see [`CommitLane::commit_as`]): commit
+    /// results of an older generation are stale, and its requests still
+    /// queued after a failure are not committed.
     generation: u64,
     commit_tx: mpsc::UnboundedSender<CommitDone>,
     /// This document's way into the commit queue.
@@ -167,7 +169,7 @@ impl Pipeline {
             broken: false,
             pending: VecDeque::new(),
             deferred_acks: Vec::new(),
-            generation: 0,
+            generation: crate::storage::next_generation(),
             commit_tx,
             shared,
         };
@@ -586,6 +588,7 @@ impl Pipeline {
                 let from_op = from_op.unwrap_or(received);
                 let ranges = ranges.map(|r| self.map_op_ranges(from_rev, applied.rev, &from_op, r));
                 let origin = origin.map(|o| StoredOrigin::region(client_id.as_str(), *o));
+                tracing::debug!(node = %self.shared.config.addr, doc = %self.id, rev = applied.rev, client = %applied.client_id, seq = applied.seq, base = applied.base_rev, generation = self.generation, "applied");
                 let committed_now = self.persist(&applied, as_received, origin);
                 self.pending.push_back(Pending {
                     applied,
@@ -697,38 +700,14 @@ impl Pipeline {
     ) -> Option<CommitDone> {
         let mut op = StoredOp::from_applied(applied, received, now_ms());
         op.origin = origin;
-        let mut items: Vec<WriteItem> = self.follows(applied.rev).into_iter().collect();
-        items.push(WriteItem::Op {
+        let mut items = vec![WriteItem::Op {
             doc: self.id.clone(),
             op,
             len_after: applied.op.target_len() as u64,
-        });
+        }];
         let snapshot_due = self.push_snapshot_if_due(&applied.op, &mut items);
         let region_commit = self.region_records(&mut items, snapshot_due);
         self.commit_items(items, applied.rev, region_commit)
-    }
-
-    /// On storage other nodes write too: which op the op at `rev` follows
-    /// in this node's history, for storage to refuse the commit if another
-    /// node committed a different one there (`None` on storage nobody else
-    /// writes, at revision 1, or if the history no longer holds it).
-    fn follows(&self, rev: u64) -> Option<WriteItem> {
-        if rev < 2 || !self.shared.storage.is_shared() {
-            return None;
-        }
-        let previous = self
-            .history()
-            .retained_ops()
-            .iter()
-            .rev()
-            .find(|op| op.rev < rev)
-            .filter(|op| op.rev == rev - 1)?;
-        Some(WriteItem::Follows {
-            doc: self.id.clone(),
-            rev: previous.rev,
-            client_id: previous.client_id.to_string(),
-            seq: previous.seq,
-        })
     }
 
     /// Append a snapshot to `items` when [`SnapshotPolicy`] says one is due
@@ -823,7 +802,8 @@ impl Pipeline {
         let tx = self.commit_tx.clone();
         // The queue commits in place when that is cheap and nothing of this
         // document is still on its way to storage.
-        let committed = self.lane.commit(
+        let committed = self.lane.commit_as(
+            generation,
             items,
             Box::new(move |result| {
                 let _ = tx.send(CommitDone {
@@ -898,6 +878,7 @@ impl Pipeline {
         self.durable_rev = p.applied.rev;
         self.durable_seq
             .insert(p.applied.client_id.to_string(), p.applied.seq);
+        tracing::debug!(node = %self.shared.config.addr, doc = %self.id, rev = self.durable_rev, "durable");
         Some(Ok(p))
     }
 
@@ -917,7 +898,7 @@ impl Pipeline {
     /// A commit failed: drop every pending op and deferred ack; returns the
     /// (conn, seq) of each, to tell its sender. Then [`Pipeline::reload`].
     pub(super) fn fail(&mut self, error: &StorageError) -> Vec<(u64, u64)> {
-        let raced = matches!(error, StorageError::Gap { .. } | StorageError::Race { .. })
+        let raced = matches!(error, StorageError::Gap { .. } | StorageError::Stale { .. })
             && self.shared.storage.is_shared();
         if raced {
             // Normal on storage several nodes share: the clients resend.
@@ -953,6 +934,7 @@ impl Pipeline {
             applied.push(op);
         }
         self.trim();
+        tracing::debug!(node = %self.shared.config.addr, doc = %self.id, upto = self.durable_rev, ops = applied.len(), "caught up");
         Some(applied)
     }
 
@@ -976,7 +958,7 @@ impl Pipeline {
     /// a region whose link disagreed with its history). Returns false when
     /// a region could not be recovered: the actor stops.
     pub(super) async fn reload(&mut self) -> bool {
-        self.generation += 1;
+        self.generation = crate::storage::next_generation();
         self.pending.clear();
         self.deferred_acks.clear();
         self.broken = false;
@@ -984,6 +966,7 @@ impl Pipeline {
         self.waiting_written = None;
         let regional = self.replica.region().is_some();
         let loaded = loading::load_stored(&self.shared, &self.id).await;
+        tracing::debug!(node = %self.shared.config.addr, doc = %self.id, ok = loaded.is_ok(), generation = self.generation, "reloading");
         match loaded {
             Ok(Some(loaded)) if regional == loaded.replica.region().is_some() => {
                 self.snapshots = loaded.snapshots;

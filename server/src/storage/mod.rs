@@ -30,7 +30,8 @@ use ot_core::history::{AppliedOp, DocumentSnapshot, KeyHash, OpHash};
 use ot_core::Operation;
 
 pub use commit::{
-    CommitCallback, CommitLane, CommitOptions, CommitQueue, Committed, DEFAULT_INGEST_EVERY,
+    next_generation, CommitCallback, CommitLane, CommitOptions, CommitQueue, Committed,
+    DEFAULT_INGEST_EVERY,
 };
 pub use origin::StoredOrigin;
 pub use postgres::{PgOptions, PgStorage};
@@ -196,21 +197,6 @@ pub enum WriteItem {
         /// Link ops are waiting.
         waiting: bool,
     },
-    /// On storage other nodes write too: the document's op at `rev` is, as
-    /// the writer knows it, `client_id`'s `seq`. Storage refuses the whole
-    /// commit with [`StorageError::Race`] if it holds another op there: the
-    /// ops that follow were transformed against a history that is not the
-    /// stored one (another node committed first). Written before the ops.
-    Follows {
-        /// The document id.
-        doc: String,
-        /// The revision of the op the next one follows.
-        rev: u64,
-        /// Its client.
-        client_id: String,
-        /// Its seq.
-        seq: u64,
-    },
     /// One record of a regional server's log of the document (see
     /// [`RegionRecord`]), number `n` (increasing per document). A checkpoint
     /// replaces every record numbered below it.
@@ -316,8 +302,7 @@ impl WriteItem {
             | WriteItem::Region { doc, .. }
             | WriteItem::ConflictCopy { doc, .. }
             | WriteItem::RegionConflict { doc, .. }
-            | WriteItem::RegionWaiting { doc, .. }
-            | WriteItem::Follows { doc, .. } => doc,
+            | WriteItem::RegionWaiting { doc, .. } => doc,
         }
     }
 }
@@ -428,14 +413,13 @@ pub enum StorageError {
         /// The revision of the op.
         found: u64,
     },
-    /// Another node committed a different op at `rev` first (see
-    /// [`WriteItem::Follows`]): nothing was written.
-    #[error("document {doc:?}: another node committed another op at revision {rev} first")]
-    Race {
+    /// An earlier request of the same document and generation failed, so
+    /// this one (which continues it) was not committed: nothing was written
+    /// (see [`CommitLane::commit_as`]).
+    #[error("document {doc:?}: an earlier commit of these ops' document failed; not committed")]
+    Stale {
         /// The document.
         doc: String,
-        /// The revision.
-        rev: u64,
     },
     /// A snapshot is newer than the document's log: nothing was written.
     #[error("document {doc:?}: snapshot at revision {snapshot_rev} is newer than the last stored revision {last_rev}")]
@@ -504,8 +488,7 @@ pub(crate) fn check_continuity(
             | WriteItem::Region { .. }
             | WriteItem::ConflictCopy { .. }
             | WriteItem::RegionConflict { .. }
-            | WriteItem::RegionWaiting { .. }
-            | WriteItem::Follows { .. } => {}
+            | WriteItem::RegionWaiting { .. } => {}
             WriteItem::Op { op, .. } if op.rev != *last + 1 => {
                 return Err(StorageError::Gap {
                     doc: doc.to_owned(),

@@ -16,7 +16,15 @@
 //! fails as a whole, each request is retried in a commit of its own, so that
 //! only the requests that fail by themselves get the error.
 //!
-//! In place: [`CommitLane::commit`] commits on the calling thread instead
+//! Generations: a document's requests may carry a generation
+//! ([`CommitLane::commit_as`], from [`next_generation`]). Once a request of
+//! a document fails, every later request of that document with the same or
+//! an older generation is refused with [`StorageError::Stale`] without being
+//! committed: it continues ops that are not stored. On storage other nodes
+//! write, the continuity check alone could let such a request through
+//! (another node may have committed ops at the revisions it continues).
+//!
+//! In place: [`CommitLane::commit_as`] commits on the calling thread instead
 //! when the storage can do so cheaply and at once ([`Storage::try_commit`]:
 //! SQLite with relaxed durability) and the document's lane has no request
 //! queued or being committed. The lane counts those from the submit until
@@ -37,7 +45,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{JoinHandle, ThreadId};
@@ -117,6 +125,14 @@ const IDLE_INGEST_AFTER: Duration = Duration::from_millis(50);
 /// ingest by themselves anyway.
 const INGEST_RETRY_AFTER: Duration = Duration::from_secs(2);
 
+/// A new generation for a document's requests (see [`CommitLane::commit_as`]):
+/// increasing across the process, so a document reopened by a new actor
+/// never reuses one.
+pub fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 enum Msg {
     Write(Request),
     Flush(mpsc::SyncSender<()>),
@@ -141,7 +157,7 @@ type LaneCount = Arc<AtomicUsize>;
 ///
 /// Every request of a document that may be committed in place goes through
 /// its lane: the lane counts the requests still queued or being committed,
-/// so that [`commit`](Self::commit) never overtakes one (after a failed
+/// so that [`commit_as`](Self::commit_as) never overtakes one (after a failed
 /// commit, a queued request of the failed generation could otherwise continue
 /// the new revision; in order, the continuity check refuses it). Asking the
 /// queue for a document's lane again while any of its requests is in flight
@@ -169,15 +185,38 @@ impl std::fmt::Debug for CommitLane {
 impl CommitLane {
     /// [`CommitQueue::submit`], counted in this lane.
     pub fn submit(&self, items: Vec<WriteItem>, done: CommitCallback) {
+        self.submit_in(None, items, done);
+    }
+
+    fn submit_in(&self, generation: Option<u64>, items: Vec<WriteItem>, done: CommitCallback) {
         if let Some(count) = &self.count {
             count.fetch_add(1, Ordering::AcqRel);
         }
-        self.queue.send(items, self.count.clone(), done);
+        self.queue.send(items, self.count.clone(), generation, done);
+    }
+
+    /// [`commit_in`](Self::commit_in) with no generation.
+    #[cfg(test)]
+    pub fn commit(&self, items: Vec<WriteItem>, done: CommitCallback) -> Committed {
+        self.commit_in(None, items, done)
+    }
+
+    /// [`commit_in`](Self::commit_in) as part of `generation` (from
+    /// [`next_generation`]): refused with [`StorageError::Stale`], without
+    /// being committed, if an earlier request of this document of the same
+    /// or an older generation failed. A writer that starts again from
+    /// storage after a failure takes a new generation.
+    pub fn commit_as(
+        &self,
+        generation: u64,
+        items: Vec<WriteItem>,
+        done: CommitCallback,
+    ) -> Committed {
+        self.commit_in(Some(generation), items, done)
     }
 
     /// Commit `items` (all of this lane's document) in place on the calling
-    /// thread when that is cheap and safe, else [`submit`](Self::submit) them
-    /// with `done`.
+    /// thread when that is cheap and safe, else submit them with `done`.
     ///
     /// In place means: the storage commits without waiting and cheaply
     /// ([`Storage::try_commit`]: for SQLite, with relaxed durability, one
@@ -187,13 +226,18 @@ impl CommitLane {
     /// committed. Saves two thread switches per commit.
     ///
     /// Callers must commit each document's requests from one thread, in order.
-    pub fn commit(&self, items: Vec<WriteItem>, done: CommitCallback) -> Committed {
+    fn commit_in(
+        &self,
+        generation: Option<u64>,
+        items: Vec<WriteItem>,
+        done: CommitCallback,
+    ) -> Committed {
         if let Some(count) = &self.count {
             if let Some(result) = self.queue.commit_in_place(&items, count) {
                 return Committed::Now(result);
             }
         }
-        self.submit(items, done);
+        self.submit_in(generation, items, done);
         Committed::Queued
     }
 }
@@ -261,6 +305,7 @@ impl CommitQueue {
         let mut worker = Worker {
             storage: Arc::clone(&storage),
             options: options.clone(),
+            failed: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("ot-commit".to_owned())
@@ -313,7 +358,7 @@ impl CommitQueue {
     /// this is for tests).
     #[cfg(test)]
     pub fn submit(&self, items: Vec<WriteItem>, done: CommitCallback) {
-        self.send(items, None, done);
+        self.send(items, None, None, done);
     }
 
     /// The lane of document `doc` (see [`CommitLane`]).
@@ -339,8 +384,23 @@ impl CommitQueue {
 
     /// Queue a request; `lane` (already counted) is released after `done`
     /// has run.
-    fn send(&self, items: Vec<WriteItem>, lane: Option<LaneCount>, done: CommitCallback) {
-        let request = Request { items, lane, done };
+    fn send(
+        &self,
+        items: Vec<WriteItem>,
+        lane: Option<LaneCount>,
+        generation: Option<u64>,
+        done: CommitCallback,
+    ) {
+        // Kept apart from the items, which a group commit moves out.
+        let generation = generation
+            .zip(items.first())
+            .map(|(generation, item)| (item.doc().to_owned(), generation));
+        let request = Request {
+            items,
+            lane,
+            generation,
+            done,
+        };
         let rejected = {
             let tx = lock(&self.inner.tx);
             match tx.as_ref() {
@@ -357,7 +417,7 @@ impl CommitQueue {
         }
     }
 
-    /// The in-place half of [`CommitLane::commit`]: `None` if it cannot be
+    /// The in-place half of [`CommitLane::commit_as`]: `None` if it cannot be
     /// done (nothing was written).
     fn commit_in_place(
         &self,
@@ -505,7 +565,18 @@ struct Request {
     items: Vec<WriteItem>,
     /// The lane that counts this request until it has been called back.
     lane: Option<LaneCount>,
+    /// Its document and generation (see [`CommitLane::commit_as`]).
+    generation: Option<(String, u64)>,
     done: CommitCallback,
+}
+
+impl Request {
+    /// The document and generation, for a request that has both.
+    fn generation(&self) -> Option<(&str, u64)> {
+        self.generation
+            .as_ref()
+            .map(|(doc, generation)| (doc.as_str(), *generation))
+    }
 }
 
 /// A request leaves its lane when dropped (after its callback, or unanswered
@@ -522,6 +593,9 @@ impl Drop for Request {
 struct Worker {
     storage: Arc<dyn Storage>,
     options: CommitOptions,
+    /// Per document, the newest generation a request of which failed (see
+    /// [`CommitLane::commit_as`]); forgotten once a newer one commits.
+    failed: HashMap<String, u64>,
 }
 
 impl Worker {
@@ -630,12 +704,21 @@ impl Worker {
         let mut batch_revs: HashMap<String, u64> = HashMap::new();
         let mut accepted = Vec::new();
         for (i, request) in requests.iter().enumerate() {
+            if let Some(stale) = self.stale(request) {
+                outcomes[i] = Some(Err(Arc::new(stale)));
+                continue;
+            }
             match self.check(&request.items, &batch_revs) {
                 Ok(revs) => {
                     batch_revs.extend(revs);
                     accepted.push(i);
                 }
-                Err(e) => outcomes[i] = Some(Err(Arc::new(e))),
+                Err(e) => {
+                    // At once: a later request of its generation in this
+                    // batch must see it.
+                    self.note(request, false);
+                    outcomes[i] = Some(Err(Arc::new(e)));
+                }
             }
         }
         // Move the accepted items into one slice, remembering each request's range.
@@ -671,12 +754,22 @@ impl Worker {
                         "group commit failed: retrying its requests one by one"
                     );
                     for (i, range) in ranges {
-                        outcomes[i] = Some(self.commit_alone(&all_items[range]));
+                        // One by one, so that a failure refuses the later
+                        // requests of its document's generation.
+                        let outcome = match self.stale(&requests[i]) {
+                            Some(stale) => Err(Arc::new(stale)),
+                            None => self.commit_alone(&all_items[range]),
+                        };
+                        self.note(&requests[i], outcome.is_ok());
+                        outcomes[i] = Some(outcome);
                     }
                 }
             }
         }
 
+        for (request, outcome) in requests.iter().zip(&outcomes) {
+            self.note(request, matches!(outcome, Some(Ok(()))));
+        }
         for (mut request, outcome) in requests.into_iter().zip(outcomes) {
             let outcome = outcome.unwrap_or(Err(Arc::new(StorageError::Closed)));
             let done = std::mem::replace(&mut request.done, Box::new(|_| {}));
@@ -684,6 +777,33 @@ impl Worker {
                 tracing::error!("a commit callback panicked");
             }
             drop(request);
+        }
+    }
+
+    /// [`StorageError::Stale`] if an earlier request of the document's
+    /// generation (or a newer one) failed.
+    fn stale(&self, request: &Request) -> Option<StorageError> {
+        let (doc, generation) = request.generation()?;
+        let failed = *self.failed.get(doc)?;
+        (generation <= failed).then(|| StorageError::Stale {
+            doc: doc.to_owned(),
+        })
+    }
+
+    /// Remember how a request of a generation went: a failure refuses the
+    /// later requests of its generation; a newer generation's success
+    /// forgets it.
+    fn note(&mut self, request: &Request, committed: bool) {
+        let Some((doc, generation)) = request.generation() else {
+            return;
+        };
+        let failed = self.failed.get(doc).copied();
+        if !committed {
+            if failed.is_none_or(|f| f < generation) {
+                self.failed.insert(doc.to_owned(), generation);
+            }
+        } else if failed.is_some_and(|f| f < generation) {
+            self.failed.remove(doc);
         }
     }
 

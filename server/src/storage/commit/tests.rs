@@ -692,3 +692,135 @@ fn throughput() {
         }
     }
 }
+
+#[test]
+fn a_failed_request_refuses_the_later_ones_of_its_generation_even_if_they_continue_storage() {
+    let dir = TempDir::new().unwrap();
+    let storage: Arc<dyn Storage> =
+        Arc::new(SqliteStorage::open(dir.path(), Durability::Fsync).unwrap());
+    let queue = CommitQueue::start(Arc::clone(&storage));
+    let lane = queue.lane("d");
+    let outcomes: Outcomes = Arc::default();
+    // Another writer (another node on shared storage) takes revision 1.
+    let mut other = Doc::new("d");
+    other.text = "o";
+    storage.commit(&[other.next()]).unwrap();
+    // This writer's revisions 1 and 2 of one generation: 1 loses, and 2,
+    // which would continue storage's head by its number, continues an op
+    // that is not stored: it must not be committed.
+    let mut mine = Doc::new("d");
+    mine.text = "m";
+    let generation = next_generation();
+    let (first, second) = (mine.next(), mine.next());
+    let _ = lane.commit_as(generation, vec![first], record(&outcomes, 1));
+    let _ = lane.commit_as(generation, vec![second], record(&outcomes, 2));
+    queue.flush_blocking();
+    // Started again from storage, in a new generation, it commits.
+    other.text = "n";
+    let _ = lane.commit_as(next_generation(), vec![other.next()], record(&outcomes, 3));
+    queue.flush_blocking();
+    let got = lock(&outcomes).clone();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        matches!(&got[0], (1, Err(e)) if e.contains("expected revision 2")),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[1], (2, Err(e)) if e.contains("earlier commit")),
+        "{got:?}"
+    );
+    assert_eq!(got[2], (3, Ok(())));
+    assert_eq!(storage.text_at("d", 2).unwrap().as_deref(), Some("on"));
+}
+
+/// SQLite whose first commit of document "d" lets another writer commit
+/// revision 1 of it first (between the queue's continuity check and the
+/// commit): a lost race the check cannot see.
+struct Racing {
+    inner: SqliteStorage,
+    other: Mutex<Option<WriteItem>>,
+}
+
+impl Storage for Racing {
+    fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError> {
+        if items.iter().any(|item| item.doc() == "d") {
+            if let Some(first) = lock(&self.other).take() {
+                self.inner.commit(&[first])?;
+            }
+        }
+        self.inner.commit(items)
+    }
+    fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {
+        self.inner.last_rev(doc)
+    }
+    fn exists(&self, doc: &str) -> Result<bool, StorageError> {
+        self.inner.exists(doc)
+    }
+    fn load(&self, doc: &str) -> Result<Option<LoadedDoc>, StorageError> {
+        self.inner.load(doc)
+    }
+    fn ops(&self, doc: &str, after_rev: u64, limit: usize) -> Result<Vec<StoredOp>, StorageError> {
+        self.inner.ops(doc, after_rev, limit)
+    }
+    fn find_seq(
+        &self,
+        doc: &str,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<Option<(u64, OpHash)>, StorageError> {
+        self.inner.find_seq(doc, client_id, seq)
+    }
+    fn text_at(&self, doc: &str, rev: u64) -> Result<Option<String>, StorageError> {
+        self.inner.text_at(doc, rev)
+    }
+    fn list(&self) -> Result<Vec<DocSummary>, StorageError> {
+        self.inner.list()
+    }
+    fn conflicts(
+        &self,
+        doc: &str,
+        after_rev: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredOp>, StorageError> {
+        self.inner.conflicts(doc, after_rev, limit)
+    }
+    fn epoch(&self) -> u64 {
+        self.inner.epoch()
+    }
+    fn close_clean(&self) -> Result<(), StorageError> {
+        self.inner.close_clean()
+    }
+}
+
+#[test]
+fn a_race_lost_at_the_commit_itself_refuses_the_rest_of_the_generation() {
+    let dir = TempDir::new().unwrap();
+    let mut other = Doc::new("d");
+    other.text = "o";
+    let storage = Arc::new(Racing {
+        inner: SqliteStorage::open(dir.path(), Durability::Fsync).unwrap(),
+        other: Mutex::new(Some(other.next())),
+    });
+    let queue = CommitQueue::start(Arc::clone(&storage) as Arc<dyn Storage>);
+    let lane = queue.lane("d");
+    let outcomes: Outcomes = Arc::default();
+    let mut mine = Doc::new("d");
+    mine.text = "m";
+    let generation = next_generation();
+    let (first, second) = (mine.next(), mine.next());
+    let _ = lane.commit_as(generation, vec![first], record(&outcomes, 1));
+    let _ = lane.commit_as(generation, vec![second], record(&outcomes, 2));
+    queue.flush_blocking();
+    let got = lock(&outcomes).clone();
+    assert!(matches!(&got[0], (1, Err(_))), "{got:?}");
+    assert!(
+        matches!(&got[1], (2, Err(e)) if e.contains("earlier commit")),
+        "{got:?}"
+    );
+    assert_eq!(storage.text_at("d", 1).unwrap().as_deref(), Some("o"));
+    assert_eq!(
+        storage.last_rev("d").unwrap(),
+        1,
+        "nothing of the lost generation"
+    );
+}

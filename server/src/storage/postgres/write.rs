@@ -128,32 +128,6 @@ async fn write_item(
 ) -> Result<(), StorageError> {
     match item {
         WriteItem::CreateDoc { .. } | WriteItem::DeleteDoc { .. } => {}
-        WriteItem::Follows {
-            rev,
-            client_id,
-            seq,
-            ..
-        } => {
-            let select = tx
-                .prepare_cached("SELECT client_id, seq FROM ops WHERE doc = $1 AND rev = $2")
-                .await?;
-            let row = tx
-                .query_opt(&select, &[&doc, &to_sql_int(*rev, "rev")?])
-                .await?;
-            let same = match row {
-                Some(row) => {
-                    row.try_get::<_, String>(0)? == *client_id
-                        && from_sql_int(row.try_get(1)?, "seq")? == *seq
-                }
-                None => false,
-            };
-            if !same {
-                return Err(StorageError::Race {
-                    doc: doc.to_owned(),
-                    rev: *rev,
-                });
-            }
-        }
         WriteItem::ClientKey {
             client_id,
             key_hash,

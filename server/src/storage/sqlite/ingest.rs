@@ -249,10 +249,7 @@ pub(super) fn write_items(
                 continue;
             };
             match item {
-                // One writer: nothing else can have committed there.
-                WriteItem::CreateDoc { .. }
-                | WriteItem::DeleteDoc { .. }
-                | WriteItem::Follows { .. } => {}
+                WriteItem::CreateDoc { .. } | WriteItem::DeleteDoc { .. } => {}
                 WriteItem::ClientKey {
                     client_id,
                     key_hash,

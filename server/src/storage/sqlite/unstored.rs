@@ -72,7 +72,6 @@ fn apply_unstored(
             // The tail from the older snapshot gives the same state; region
             // records are read on their own (`region_records`).
             WriteItem::Snapshot { .. }
-            | WriteItem::Follows { .. }
             | WriteItem::Region { .. }
             | WriteItem::ConflictCopy { .. }
             | WriteItem::RegionConflict { .. }
