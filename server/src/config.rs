@@ -239,6 +239,8 @@ pub struct Config {
 pub enum Command {
     /// Print a signed token for the server's secret (or revoke one: `server token revoke`).
     Token(crate::token_command::TokenArgs),
+    /// The storage epoch of a PostgreSQL database (`server epoch bump`).
+    Epoch(EpochArgs),
 }
 
 impl Config {
@@ -322,4 +324,26 @@ mod tests {
             }
         }
     }
+}
+
+/// `server epoch …`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EpochArgs {
+    /// What to do with the epoch.
+    #[command(subcommand)]
+    pub command: EpochCommand,
+}
+
+/// What `server epoch` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum EpochCommand {
+    /// Raise the storage epoch of a PostgreSQL database, after a failover to
+    /// a standby that may have lost acknowledged commits: every client then
+    /// resyncs from a snapshot instead of resuming (keeping its unsent
+    /// edits). Stop every node first; start them again afterwards.
+    Bump {
+        /// The database (as `--database-url`).
+        #[arg(long, env = "OT_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
 }

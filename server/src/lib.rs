@@ -43,7 +43,7 @@ use tokio_rustls::TlsAcceptor;
 
 use api_error::ApiError;
 use app::Shared;
-pub use config::{Command, Config};
+pub use config::{Command, Config, EpochArgs, EpochCommand};
 pub use connection::{TrustedProxy, TrustedProxyError};
 use metrics::Metrics;
 use state::Services;
@@ -386,4 +386,19 @@ fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     })
     .context("opening the PostgreSQL database (--database-url)")?;
     Ok(Arc::new(postgres))
+}
+
+/// `server epoch bump`: raise a PostgreSQL database's storage epoch;
+/// returns (old, new).
+pub fn bump_epoch(url: &str) -> anyhow::Result<(u64, u64)> {
+    let storage = PgStorage::open(&PgOptions {
+        url: url.to_owned(),
+        commit_connections: 1,
+        read_connections: 1,
+        timeout: Duration::from_secs(10),
+    })
+    .context("opening the PostgreSQL database")?;
+    let old = storage.epoch();
+    let new = storage.bump_epoch().context("raising the epoch")?;
+    Ok((old, new))
 }

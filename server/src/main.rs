@@ -36,7 +36,10 @@ async fn main() -> std::process::ExitCode {
 
 /// `server token …`: print to stdout what a script needs, the rest to stderr.
 async fn run_command(command: Command) -> std::process::ExitCode {
-    let Command::Token(args) = command;
+    let args = match command {
+        Command::Token(args) => args,
+        Command::Epoch(args) => return epoch_command(args),
+    };
     let result = match &args.command {
         Some(TokenCommand::Revoke(revoke)) => token_command::revoke(revoke)
             .await
@@ -58,6 +61,22 @@ async fn run_command(command: Command) -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `server epoch bump`: print the new epoch.
+fn epoch_command(args: server::EpochArgs) -> std::process::ExitCode {
+    let server::EpochCommand::Bump { database_url } = args.command;
+    match server::bump_epoch(&database_url) {
+        Ok((old, new)) => {
+            eprintln!("storage epoch {old} -> {new}: clients resync from a snapshot when they next connect");
+            println!("{new}");
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

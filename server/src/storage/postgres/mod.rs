@@ -85,7 +85,7 @@ impl PgStorage {
             .map_err(|e| StorageError::Unavailable(format!("bad database URL: {e}")))?;
         // Acks must be durable whatever the server's default is.
         let session = format!(
-            "{} -c synchronous_commit=on",
+            "{} -c synchronous_commit=on -c client_min_messages=warning",
             config.get_options().unwrap_or_default()
         );
         config.options(session.trim());
@@ -114,6 +114,13 @@ impl PgStorage {
         storage.epoch = storage.block_on(schema::migrate(&storage.commits))?;
         tracing::info!(database = %storage.display, epoch = storage.epoch, "opened PostgreSQL storage");
         Ok(storage)
+    }
+
+    /// Raise the storage epoch (after a failover that may have lost
+    /// acknowledged commits) past the current one and every deleted
+    /// generation's, and return it. Nodes read the epoch when they start.
+    pub fn bump_epoch(&self) -> Result<u64, StorageError> {
+        self.block_on(schema::bump_epoch(&self.commits))
     }
 
     /// Run `future` to completion on this thread, inside this storage's

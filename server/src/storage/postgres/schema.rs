@@ -175,3 +175,25 @@ async fn meta_set(client: &impl GenericClient, key: &str, value: &str) -> Result
         .await?;
     Ok(())
 }
+
+/// Raise the epoch past itself, the database's clock and every deleted
+/// generation's epoch (so no document shows an epoch a client saw before).
+pub(super) async fn bump_epoch(pool: &Pool) -> Result<u64, StorageError> {
+    let client = connection(pool).await?;
+    let row = client
+        .query_one(
+            "UPDATE meta SET value = GREATEST(
+                 value::bigint + 1,
+                 (floor(extract(epoch FROM clock_timestamp()) * 1000))::bigint,
+                 (SELECT COALESCE(MAX(epoch), 0) + 2 FROM deleted_docs)
+             )::text
+             WHERE key = 'epoch' RETURNING value",
+            &[],
+        )
+        .await?;
+    let text: String = row.try_get(0)?;
+    let epoch = text
+        .parse::<i64>()
+        .map_err(|_| StorageError::Corrupt(format!("bad epoch in meta: {text:?}")))?;
+    from_sql_int(epoch, "epoch")
+}

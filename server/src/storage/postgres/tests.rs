@@ -143,3 +143,46 @@ fn an_unreachable_database_is_a_typed_error_within_the_timeout() {
     assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn an_ops_time_is_the_databases_clock_not_the_nodes() {
+    let schema = TestSchema::new();
+    let storage = schema.open();
+    let mut h = ot_core::history::DocumentHistory::new();
+    let op = ot_core::Operation::insert_at(0, 0, "x").unwrap();
+    let ot_core::history::Receipt::Applied { applied, received } =
+        h.receive("w", 1, 0, op).unwrap()
+    else {
+        panic!("not applied")
+    };
+    // A node whose clock is far off (here: 1970).
+    let item = crate::storage::WriteItem::Op {
+        doc: "d".into(),
+        op: crate::storage::StoredOp::from_applied(&applied, received, 5),
+        len_after: 1,
+    };
+    storage.commit(&[item]).unwrap();
+    let now = crate::storage::rows::now_ms();
+    let stored = storage.ops("d", 0, 1).unwrap()[0].time_ms;
+    assert!((now - stored).abs() < 60_000, "stored {stored}, now {now}");
+}
+
+#[test]
+fn an_epoch_bump_raises_the_epoch_every_node_then_reads() {
+    let schema = TestSchema::new();
+    let storage = schema.open();
+    let before = storage.epoch();
+    storage
+        .commit(&[crate::storage::WriteItem::DeleteDoc {
+            doc: "gone".into(),
+            epoch: before + 1_000_000,
+        }])
+        .unwrap();
+    let bumped = storage.bump_epoch().unwrap();
+    assert!(
+        bumped > before + 1_000_001,
+        "{before} -> {bumped}: past every deleted epoch"
+    );
+    drop(storage);
+    assert_eq!(schema.open().epoch(), bumped);
+}

@@ -221,7 +221,8 @@ async fn write_item(
                 .prepare_cached(
                     "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received,
                                       applied, time_ms, origin)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                             (floor(extract(epoch FROM now()) * 1000))::bigint, $9)",
                 )
                 .await?;
             tx.execute(
@@ -235,7 +236,8 @@ async fn write_item(
                     &to_sql_int(op.base_rev, "base_rev")?,
                     &op.received.to_json(),
                     &op.applied.to_json(),
-                    &op.time_ms,
+                    // The time is the database's (the transaction's start),
+                    // the same clock for every node: `op.time_ms` is not used.
                     &origin,
                 ],
             )
