@@ -238,7 +238,7 @@ pub struct Config {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Print a signed token for the server's secret (or revoke one: `server token revoke`).
-    Token(crate::token_command::TokenArgs),
+    Token(Box<crate::token_command::TokenArgs>),
     /// The storage epoch of a PostgreSQL database (`server epoch bump`).
     Epoch(EpochArgs),
 }
