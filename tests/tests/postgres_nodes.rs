@@ -411,3 +411,66 @@ async fn a_database_outage_under_load_loses_nothing_and_the_nodes_recover_by_the
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_at_one_node_closes_the_writers_of_another_with_4004() {
+    let started = Instant::now();
+    let schema = PgSchema::new("delete").unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bin = server_binary().unwrap();
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        let args = ["--database-url", &schema.url];
+        nodes.push(
+            ServerProcess::start(&bin, dir.path(), free_port(), &args)
+                .await
+                .unwrap(),
+        );
+    }
+    // A writer at the second node; the delete is asked at the first.
+    let mut writer = WsClient::join(nodes[1].addr, "doomed", "victim")
+        .await
+        .unwrap();
+    writer
+        .edit_saved(&Operation::insert_at(0, 0, "soon gone").unwrap(), WAIT)
+        .await
+        .unwrap();
+    let (status, body) = ot_driver::http::send(
+        &nodes[0].addr.into(),
+        ot_driver::http::Method::DELETE,
+        "/api/admin/docs/doomed",
+        None,
+        &e2e_tests::test_connect_options(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let asked = Instant::now();
+    let close = writer.expect_close(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(
+        close.as_ref().map(|(code, _)| *code),
+        Some(4004),
+        "{close:?}"
+    );
+    eprintln!(
+        "closed with 4004 {:?} after the delete at the other node",
+        asked.elapsed()
+    );
+    // Told by the change feed, not by the periodic check.
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The writer comes back to an empty next generation.
+    let mut again = WsClient::join(nodes[1].addr, "doomed", "victim-2")
+        .await
+        .unwrap();
+    again.drain(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(again.text(), "");
+    assert!(
+        started.elapsed() < TEST_BUDGET,
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -717,8 +717,18 @@ impl Document {
             return;
         }
         let from = self.pipeline.durable_rev();
-        if head.is_some_and(|head| head <= from) {
-            return;
+        match head {
+            Some(head) if head == from => return,
+            Some(head) if head > from => {}
+            // A check, or a head that went back: the document may have
+            // been deleted at another node.
+            _ => {
+                if self.deleted_elsewhere().await {
+                    tracing::info!(doc = %self.id, "deleted at another node; closing its connections");
+                    self.stop_with = Some(CloseCode::DocumentDeleted);
+                    return;
+                }
+            }
         }
         let storage = self.shared.storage.clone();
         let doc = self.id.to_string();
@@ -748,6 +758,18 @@ impl Document {
                 }
             }
             None => self.reload().await,
+        }
+    }
+
+    /// Whether storage says another node deleted this generation of the
+    /// document (its id's deleted epoch reached the epoch shown here).
+    async fn deleted_elsewhere(&self) -> bool {
+        let storage = self.shared.storage.clone();
+        let doc = self.id.to_string();
+        let shown = self.pipeline.epoch().shown();
+        match tokio::task::spawn_blocking(move || storage.deleted_epoch(&doc)).await {
+            Ok(Ok(Some(deleted))) => deleted >= shown,
+            _ => false,
         }
     }
 

@@ -22,7 +22,8 @@ struct Head {
 }
 
 /// Write `items` in one transaction (see [`Storage::commit`]); returns the
-/// heads it moved (each document with ops, and its new last revision).
+/// heads it moved: each deleted document with 0, then each document with
+/// ops and its new last revision.
 ///
 /// Each document's row is locked when the commit first meets it, so a
 /// concurrent commit of the same document (another node) waits and then
@@ -41,12 +42,15 @@ pub(super) async fn commit(
     let mut heads: HashMap<&str, Head> = HashMap::new();
     // Each document's newest snapshot written here: older ones are thinned.
     let mut snapshotted: BTreeMap<&str, u64> = BTreeMap::new();
+    // Deleted documents are announced with head 0 (before a re-creation's head).
+    let mut deleted: Vec<String> = Vec::new();
     for item in items {
         let doc = item.doc();
         if let WriteItem::DeleteDoc { epoch, .. } = item {
             delete(&tx, doc, *epoch).await?;
             heads.remove(doc);
             snapshotted.remove(doc);
+            deleted.push(doc.to_owned());
             continue;
         }
         if !heads.contains_key(doc) {
@@ -95,10 +99,15 @@ pub(super) async fn commit(
     }
     thin_snapshots(&tx, &snapshotted).await?;
     tx.commit().await?;
-    Ok(heads
+    Ok(deleted
         .into_iter()
-        .filter(|(_, head)| head.len.is_some())
-        .map(|(doc, head)| (doc.to_owned(), head.rev))
+        .map(|doc| (doc, 0))
+        .chain(
+            heads
+                .into_iter()
+                .filter(|(_, head)| head.len.is_some())
+                .map(|(doc, head)| (doc.to_owned(), head.rev)),
+        )
         .collect())
 }
 
