@@ -125,6 +125,14 @@ const IDLE_INGEST_AFTER: Duration = Duration::from_millis(50);
 /// ingest by themselves anyway.
 const INGEST_RETRY_AFTER: Duration = Duration::from_secs(2);
 
+/// The revision of `doc`'s first op in `items`, if any.
+fn first_op_rev(items: &[WriteItem], doc: &str) -> Option<u64> {
+    items.iter().find_map(|item| match item {
+        WriteItem::Op { doc: d, op, .. } if d == doc => Some(op.rev),
+        _ => None,
+    })
+}
+
 /// A new generation for a document's requests (see [`CommitLane::commit_as`]):
 /// increasing across the process, so a document reopened by a new actor
 /// never reuses one.
@@ -823,8 +831,12 @@ impl Worker {
         items: &[WriteItem],
         batch: &HashMap<String, u64>,
     ) -> Result<Vec<(String, u64)>, StorageError> {
+        let shared = self.storage.is_shared();
         check_continuity(items, |doc| match batch.get(doc) {
             Some(&last) => Ok(last),
+            // Storage other nodes write checks the head itself, under its
+            // lock: asking first would cost a round trip and prove nothing.
+            None if shared => Ok(first_op_rev(items, doc).map_or(0, |rev| rev - 1)),
             None => self.storage.last_rev(doc),
         })
     }

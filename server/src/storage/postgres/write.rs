@@ -44,9 +44,13 @@ pub(super) async fn commit(
     let mut snapshotted: BTreeMap<&str, u64> = BTreeMap::new();
     // Deleted documents are announced with head 0 (before a re-creation's head).
     let mut deleted: Vec<String> = Vec::new();
+    // Ops are inserted together, in one statement per run between deletes.
+    let mut rows = OpRows::default();
     for item in items {
         let doc = item.doc();
         if let WriteItem::DeleteDoc { epoch, .. } = item {
+            // The ops before it go first, and with it.
+            rows.insert(&tx).await?;
             delete(&tx, doc, *epoch).await?;
             heads.remove(doc);
             snapshotted.remove(doc);
@@ -67,11 +71,12 @@ pub(super) async fn commit(
         let Some(head) = heads.get_mut(doc) else {
             continue;
         };
-        write_item(&tx, doc, item, head).await?;
+        write_item(&tx, doc, item, head, &mut rows).await?;
         if let WriteItem::Snapshot { snapshot, .. } = item {
             snapshotted.insert(doc, snapshot.rev);
         }
     }
+    rows.insert(&tx).await?;
     let update = tx
         .prepare_cached("UPDATE docs SET rev = $2, len = $3 WHERE id = $1 AND rev = $4")
         .await?;
@@ -111,20 +116,89 @@ pub(super) async fn commit(
         .collect())
 }
 
+/// Op rows waiting to be inserted, column by column.
+#[derive(Default)]
+struct OpRows {
+    doc: Vec<String>,
+    rev: Vec<i64>,
+    client_id: Vec<String>,
+    seq: Vec<i64>,
+    hash: Vec<String>,
+    base_rev: Vec<i64>,
+    received: Vec<String>,
+    applied: Vec<String>,
+    origin: Vec<Option<String>>,
+}
+
+impl OpRows {
+    fn push(
+        &mut self,
+        doc: &str,
+        op: &crate::storage::StoredOp,
+        origin: Option<String>,
+    ) -> Result<(), StorageError> {
+        self.doc.push(doc.to_owned());
+        self.rev.push(to_sql_int(op.rev, "rev")?);
+        self.client_id.push(op.client_id.clone());
+        self.seq.push(to_sql_int(op.seq, "seq")?);
+        self.hash.push(op.hash.to_hex());
+        self.base_rev.push(to_sql_int(op.base_rev, "base_rev")?);
+        self.received.push(op.received.to_json());
+        self.applied.push(op.applied.to_json());
+        self.origin.push(origin);
+        Ok(())
+    }
+
+    /// Insert the waiting rows in one statement (none: nothing). Their time
+    /// is the database's (the transaction's start), the same clock for every
+    /// node: `StoredOp::time_ms` is not used.
+    async fn insert(&mut self, tx: &Transaction<'_>) -> Result<(), StorageError> {
+        if self.rev.is_empty() {
+            return Ok(());
+        }
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received,
+                                  applied, time_ms, origin)
+                 SELECT d, r, c, s, h, b, rc, ap,
+                        (floor(extract(epoch FROM now()) * 1000))::bigint, o
+                 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[],
+                             $6::bigint[], $7::text[], $8::text[], $9::text[])
+                      AS t(d, r, c, s, h, b, rc, ap, o)",
+            )
+            .await?;
+        tx.execute(
+            &statement,
+            &[
+                &self.doc,
+                &self.rev,
+                &self.client_id,
+                &self.seq,
+                &self.hash,
+                &self.base_rev,
+                &self.received,
+                &self.applied,
+                &self.origin,
+            ],
+        )
+        .await?;
+        *self = OpRows::default();
+        Ok(())
+    }
+}
+
 /// Make sure `doc`'s row exists, lock it until the transaction ends and
 /// return its head.
 async fn lock_head(tx: &Transaction<'_>, doc: &str, now: i64) -> Result<u64, StorageError> {
-    let create = tx
+    // One statement: an existing row is locked by the (no-op) update and
+    // its head returned; a concurrent committer waits here for ours.
+    let statement = tx
         .prepare_cached(
             "INSERT INTO docs (id, rev, len, created_ms) VALUES ($1, 0, 0, $2)
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO UPDATE SET id = excluded.id RETURNING rev",
         )
         .await?;
-    tx.execute(&create, &[&doc, &now]).await?;
-    let select = tx
-        .prepare_cached("SELECT rev FROM docs WHERE id = $1 FOR UPDATE")
-        .await?;
-    let row = tx.query_one(&select, &[&doc]).await?;
+    let row = tx.query_one(&statement, &[&doc, &now]).await?;
     from_sql_int(row.try_get(0)?, "docs.rev")
 }
 
@@ -134,6 +208,7 @@ async fn write_item(
     doc: &str,
     item: &WriteItem,
     head: &mut Head,
+    rows: &mut OpRows,
 ) -> Result<(), StorageError> {
     match item {
         WriteItem::CreateDoc { .. } | WriteItem::DeleteDoc { .. } => {}
@@ -226,31 +301,7 @@ async fn write_item(
                 .map(serde_json::to_string)
                 .transpose()
                 .map_err(|e| StorageError::Corrupt(format!("origin: {e}")))?;
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO ops (doc, rev, client_id, seq, op_hash, base_rev, received,
-                                      applied, time_ms, origin)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                             (floor(extract(epoch FROM now()) * 1000))::bigint, $9)",
-                )
-                .await?;
-            tx.execute(
-                &insert,
-                &[
-                    &doc,
-                    &to_sql_int(op.rev, "rev")?,
-                    &op.client_id,
-                    &to_sql_int(op.seq, "seq")?,
-                    &op.hash.to_hex(),
-                    &to_sql_int(op.base_rev, "base_rev")?,
-                    &op.received.to_json(),
-                    &op.applied.to_json(),
-                    // The time is the database's (the transaction's start),
-                    // the same clock for every node: `op.time_ms` is not used.
-                    &origin,
-                ],
-            )
-            .await?;
+            rows.push(doc, op, origin)?;
             head.rev = op.rev;
             head.len = Some(*len_after);
         }
