@@ -474,3 +474,66 @@ async fn a_delete_at_one_node_closes_the_writers_of_another_with_4004() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_documents_on_a_commit_pool_of_two() {
+    let started = Instant::now();
+    let schema = PgSchema::new("pool").unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bin = server_binary().unwrap();
+    let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+        .collect();
+    let proxy = Proxy::start_spread(&addrs).await.unwrap();
+    let public = format!("http://{}", proxy.addr());
+    let mut nodes = Vec::new();
+    for (dir, port) in dirs.iter().zip(ports) {
+        let args = [
+            "--database-url",
+            &schema.url,
+            "--public-url",
+            &public,
+            "--database-commit-connections",
+            "2",
+            "--database-read-connections",
+            "2",
+        ];
+        nodes.push(
+            ServerProcess::start(&bin, dir.path(), port, &args)
+                .await
+                .unwrap(),
+        );
+    }
+    // Two writers per document, 64 documents, spread over both nodes.
+    let mut writers = Vec::new();
+    for i in 0..128u64 {
+        let doc = format!("pool-{}", i % 64);
+        writers.push(Writer::join(proxy.addr(), &doc, &format!("p{i}"), 300 + i).await);
+    }
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .map(|w| tokio::spawn(w.type_for(Duration::from_secs(3))))
+        .collect();
+    let mut by_doc: HashMap<String, Vec<Writer>> = HashMap::new();
+    for task in tasks {
+        let w = task.await.unwrap();
+        by_doc.entry(w.ws.doc().to_owned()).or_default().push(w);
+    }
+    let mut typed = 0;
+    for (doc, writers) in by_doc.iter_mut() {
+        typed += writers.iter().map(|w| w.typed.len()).sum::<usize>();
+        check_converged(nodes[0].addr, doc, writers).await;
+    }
+    eprintln!(
+        "64 documents, pools of 2: {typed} tokens typed, {:.1?}",
+        started.elapsed()
+    );
+    assert!(typed > 128, "only {typed} tokens typed");
+    assert!(
+        started.elapsed() < TEST_BUDGET,
+        "took {:?}",
+        started.elapsed()
+    );
+}
