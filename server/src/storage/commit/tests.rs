@@ -824,3 +824,96 @@ fn a_race_lost_at_the_commit_itself_refuses_the_rest_of_the_generation() {
         "nothing of the lost generation"
     );
 }
+
+/// SQLite standing in for storage several nodes share: each document's
+/// requests are committed on their own; a document named "bad…" fails.
+struct Shared {
+    inner: SqliteStorage,
+    groups: Mutex<Vec<usize>>,
+}
+
+impl Storage for Shared {
+    fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError> {
+        if items.iter().any(|item| item.doc().starts_with("bad")) {
+            return Err(StorageError::Internal("injected failure".into()));
+        }
+        self.inner.commit(items)
+    }
+    fn commit_documents(&self, groups: &[Vec<WriteItem>]) -> Vec<Result<(), StorageError>> {
+        lock(&self.groups).push(groups.len());
+        groups.iter().map(|group| self.commit(group)).collect()
+    }
+    fn is_shared(&self) -> bool {
+        true
+    }
+    fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {
+        self.inner.last_rev(doc)
+    }
+    fn exists(&self, doc: &str) -> Result<bool, StorageError> {
+        self.inner.exists(doc)
+    }
+    fn load(&self, doc: &str) -> Result<Option<LoadedDoc>, StorageError> {
+        self.inner.load(doc)
+    }
+    fn ops(&self, doc: &str, after_rev: u64, limit: usize) -> Result<Vec<StoredOp>, StorageError> {
+        self.inner.ops(doc, after_rev, limit)
+    }
+    fn find_seq(
+        &self,
+        doc: &str,
+        client_id: &str,
+        seq: u64,
+    ) -> Result<Option<(u64, OpHash)>, StorageError> {
+        self.inner.find_seq(doc, client_id, seq)
+    }
+    fn text_at(&self, doc: &str, rev: u64) -> Result<Option<String>, StorageError> {
+        self.inner.text_at(doc, rev)
+    }
+    fn list(&self) -> Result<Vec<DocSummary>, StorageError> {
+        self.inner.list()
+    }
+    fn conflicts(
+        &self,
+        doc: &str,
+        after_rev: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredOp>, StorageError> {
+        self.inner.conflicts(doc, after_rev, limit)
+    }
+    fn epoch(&self) -> u64 {
+        self.inner.epoch()
+    }
+    fn close_clean(&self) -> Result<(), StorageError> {
+        self.inner.close_clean()
+    }
+}
+
+#[test]
+fn on_shared_storage_each_document_commits_on_its_own_and_a_failure_stays_in_its_document() {
+    let dir = TempDir::new().unwrap();
+    let storage = Arc::new(Shared {
+        inner: SqliteStorage::open(dir.path(), Durability::Fsync).unwrap(),
+        groups: Mutex::default(),
+    });
+    let queue = CommitQueue::start(Arc::clone(&storage) as Arc<dyn Storage>);
+    let outcomes: Outcomes = Arc::default();
+    // Held in one batch: the thread waits on a flush from this thread.
+    let (mut a, mut bad, mut c) = (Doc::new("a"), Doc::new("bad"), Doc::new("c"));
+    let generation = next_generation();
+    let lanes = [queue.lane("a"), queue.lane("bad"), queue.lane("c")];
+    let _ = lanes[0].commit_as(generation, vec![a.next()], record(&outcomes, 1));
+    let _ = lanes[1].commit_as(generation, vec![bad.next()], record(&outcomes, 2));
+    let _ = lanes[0].commit_as(generation, vec![a.next()], record(&outcomes, 3));
+    let _ = lanes[2].commit_as(generation, vec![c.next()], record(&outcomes, 4));
+    queue.flush_blocking();
+    let got = lock(&outcomes).clone();
+    assert_eq!(got.len(), 4, "{got:?}");
+    for (tag, outcome) in &got {
+        assert_eq!(outcome.is_ok(), *tag != 2, "{got:?}");
+    }
+    assert_eq!(storage.last_rev("a").unwrap(), 2);
+    assert_eq!(storage.last_rev("c").unwrap(), 1);
+    assert!(!storage.exists("bad").unwrap());
+    // Never more groups than documents in one call.
+    assert!(lock(&storage.groups).iter().all(|&n| n <= 3));
+}
