@@ -524,14 +524,6 @@ pub trait Storage: Send + Sync + 'static {
     /// document's last stored revision + 1 (counting earlier items), and with
     /// [`StorageError::SnapshotAhead`] for a snapshot newer than the log.
     fn commit(&self, items: &[WriteItem]) -> Result<(), StorageError>;
-    /// Commit each group (one document's items, in order) in a transaction
-    /// of its own, independently: one group's failure (a lost race) never
-    /// fails another's. Returns each group's outcome, in order. The commit
-    /// queue uses it on [shared](Self::is_shared) storage; the default
-    /// commits the groups one after another.
-    fn commit_documents(&self, groups: &[Vec<WriteItem>]) -> Vec<Result<(), StorageError>> {
-        groups.iter().map(|group| self.commit(group)).collect()
-    }
     /// Like [`commit`](Self::commit), but only if it is cheap (no fsync)
     /// and can run without waiting for another writer (e.g. a group commit in
     /// progress): `None` means not now, and nothing was written. The

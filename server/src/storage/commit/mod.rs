@@ -729,11 +729,6 @@ impl Worker {
                 }
             }
         }
-        if self.storage.is_shared() {
-            self.commit_per_document(&mut requests, &accepted, &mut outcomes);
-            self.finish(requests, outcomes);
-            return;
-        }
         // Move the accepted items into one slice, remembering each request's range.
         let mut all_items = Vec::new();
         let mut ranges = Vec::with_capacity(accepted.len());
@@ -780,70 +775,6 @@ impl Worker {
             }
         }
 
-        self.finish(requests, outcomes);
-    }
-
-    /// On shared storage: each document's accepted requests in a
-    /// transaction of its own ([`Storage::commit_documents`]), so that one
-    /// document's lost race fails only its own requests.
-    fn commit_per_document(
-        &mut self,
-        requests: &mut [Request],
-        accepted: &[usize],
-        outcomes: &mut [Option<Result<(), Arc<StorageError>>>],
-    ) {
-        // Per document, in order: its name, its requests, their items.
-        let mut docs: Vec<String> = Vec::new();
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        let mut groups: Vec<Vec<WriteItem>> = Vec::new();
-        for &i in accepted {
-            let Some(doc) = requests[i].items.first().map(|item| item.doc().to_owned()) else {
-                outcomes[i] = Some(Ok(())); // a barrier
-                continue;
-            };
-            let items = std::mem::take(&mut requests[i].items);
-            match docs.iter().position(|d| *d == doc) {
-                Some(g) => {
-                    members[g].push(i);
-                    groups[g].extend(items);
-                }
-                None => {
-                    docs.push(doc);
-                    members.push(vec![i]);
-                    groups.push(items);
-                }
-            }
-        }
-        if groups.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        let count = groups.iter().map(Vec::len).sum();
-        let results = catch_unwind(AssertUnwindSafe(|| self.storage.commit_documents(&groups)))
-            .unwrap_or_else(|_| {
-                groups
-                    .iter()
-                    .map(|_| Err(StorageError::Internal("the storage commit panicked".into())))
-                    .collect()
-            });
-        if let Some(observer) = &self.options.on_commit {
-            observer(started.elapsed(), count);
-        }
-        for (members, result) in members.iter().zip(results) {
-            let result = result.map_err(Arc::new);
-            for &i in members {
-                outcomes[i] = Some(result.clone());
-            }
-        }
-    }
-
-    /// Note every outcome (see [`note`](Self::note)), then call the
-    /// callbacks in order.
-    fn finish(
-        &mut self,
-        requests: Vec<Request>,
-        outcomes: Vec<Option<Result<(), Arc<StorageError>>>>,
-    ) {
         for (request, outcome) in requests.iter().zip(&outcomes) {
             self.note(request, matches!(outcome, Some(Ok(()))));
         }

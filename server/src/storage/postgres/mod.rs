@@ -197,29 +197,6 @@ impl Storage for PgStorage {
         })
     }
 
-    /// The groups' transactions run at once, each on a connection of the
-    /// commit pool (as many at a time as it holds); one `NOTIFY` for all.
-    fn commit_documents(&self, groups: &[Vec<WriteItem>]) -> Vec<Result<(), StorageError>> {
-        self.block_on(async {
-            let results = futures_util::future::join_all(
-                groups
-                    .iter()
-                    .map(|group| write::commit(&self.commits, group)),
-            )
-            .await;
-            let heads: Vec<(String, u64)> = results
-                .iter()
-                .filter_map(|result| result.as_ref().ok())
-                .flatten()
-                .cloned()
-                .collect();
-            if let Err(e) = feed::announce(&self.commits, &heads).await {
-                tracing::warn!(error = %e, "cannot announce the new heads (other nodes find them later)");
-            }
-            results.into_iter().map(|result| result.map(drop)).collect()
-        })
-    }
-
     fn is_shared(&self) -> bool {
         true
     }
