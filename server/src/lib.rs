@@ -193,7 +193,11 @@ pub async fn run(
         upstream,
     )));
     if let Some(feed) = shared.services().storage.subscribe_heads() {
-        tokio::spawn(document::follow_heads(feed, shared.registry.clone()));
+        tokio::spawn(document::follow_heads(
+            feed,
+            shared.registry.clone(),
+            shared.services().storage.clone(),
+        ));
     }
     if shared.services().upstream.is_some() {
         tokio::spawn(document::reopen_region_copies(

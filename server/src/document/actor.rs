@@ -718,7 +718,8 @@ impl Document {
         }
         let from = self.pipeline.durable_rev();
         match head {
-            Some(head) if head == from => return,
+            // (Head 0 may be a delete of a document that had no ops.)
+            Some(head) if head == from && head > 0 => return,
             Some(head) if head > from => {}
             // A check, or a head that went back: the document may have
             // been deleted at another node.

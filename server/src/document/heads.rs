@@ -10,14 +10,18 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::mailbox::DocCommand;
 use super::registry::Registry;
-use crate::storage::HeadChange;
+use crate::storage::{HeadChange, Storage};
 
 /// Every open document asks storage for its head this often, whatever the
 /// feed said (a lost notification is found within this time).
 pub(crate) const PERIODIC_CHECK: Duration = Duration::from_secs(10);
 
 /// Forward `feed` to the open documents until it ends.
-pub(crate) async fn follow_heads(mut feed: UnboundedReceiver<HeadChange>, registry: Arc<Registry>) {
+pub(crate) async fn follow_heads(
+    mut feed: UnboundedReceiver<HeadChange>,
+    registry: Arc<Registry>,
+    storage: Arc<dyn Storage>,
+) {
     let mut check = tokio::time::interval(PERIODIC_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -30,17 +34,32 @@ pub(crate) async fn follow_heads(mut feed: UnboundedReceiver<HeadChange>, regist
                         let _ = handle.tx.try_send(DocCommand::Head { head: Some(head) });
                     }
                 }
-                Some(HeadChange::Resync) => check_all(&registry),
+                Some(HeadChange::Resync) => check_all(&registry, &storage).await,
                 None => return,
             },
-            _ = check.tick() => check_all(&registry),
+            _ = check.tick() => check_all(&registry, &storage).await,
         }
     }
 }
 
-/// Have every open document ask storage for its head.
-fn check_all(registry: &Registry) {
-    for (_, handle) in registry.handles() {
-        let _ = handle.tx.try_send(DocCommand::Head { head: None });
+/// Tell every open document its stored head, read for all of them at
+/// once; each reads what it missed, or finds it was deleted elsewhere.
+async fn check_all(registry: &Registry, storage: &Arc<dyn Storage>) {
+    let handles = registry.handles();
+    if handles.is_empty() {
+        return;
+    }
+    let docs: Vec<String> = handles.iter().map(|(doc, _)| doc.to_string()).collect();
+    let storage = Arc::clone(storage);
+    let heads = match tokio::task::spawn_blocking(move || storage.heads(&docs)).await {
+        Ok(Ok(heads)) => heads,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the open documents' heads; next check later");
+            return;
+        }
+        Err(_) => return,
+    };
+    for ((_, handle), (_, head)) in handles.iter().zip(heads) {
+        let _ = handle.tx.try_send(DocCommand::Head { head: Some(head) });
     }
 }

@@ -143,6 +143,10 @@ pub(crate) fn round_trip(s: &dyn Storage) {
     assert_eq!(conflicts, [3, 5], "the ops transformed past others");
     assert_eq!(s.conflicts("d", 3, 10).unwrap()[0].rev, 5);
     assert_eq!(s.last_rev("d").unwrap(), 6);
+    assert_eq!(
+        s.heads(&["nope".into(), "d".into()]).unwrap(),
+        [("nope".to_owned(), 0), ("d".to_owned(), 6)]
+    );
     for op in stored(&items) {
         assert_eq!(
             s.find_seq("d", &op.client_id, op.seq).unwrap(),

@@ -640,6 +640,14 @@ pub trait Storage: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+    /// The last revision of each of `docs` (0 for one that does not
+    /// exist), in one read where the store can: the periodic check of the
+    /// open documents on shared storage. The default asks one by one.
+    fn heads(&self, docs: &[String]) -> Result<Vec<(String, u64)>, StorageError> {
+        docs.iter()
+            .map(|doc| Ok((doc.clone(), self.last_rev(doc)?)))
+            .collect()
+    }
     /// The change feed of a shared storage: a [`HeadChange`] after every
     /// commit of any node that moved a document's head, and
     /// [`HeadChange::Resync`] whenever the feed may have missed some (it

@@ -216,6 +216,10 @@ impl Storage for PgStorage {
             .unwrap_or(0))
     }
 
+    fn heads(&self, docs: &[String]) -> Result<Vec<(String, u64)>, StorageError> {
+        self.block_on(reads::heads(&self.reads, docs))
+    }
+
     fn exists(&self, doc: &str) -> Result<bool, StorageError> {
         Ok(self.block_on(reads::doc_rev(&self.reads, doc))?.is_some())
     }

@@ -52,6 +52,26 @@ pub(super) async fn doc_rev(pool: &Pool, doc: &str) -> Result<Option<u64>, Stora
     head(&connection(pool).await?, doc).await
 }
 
+/// The last revision of each of `docs` (0 for one that does not exist).
+pub(super) async fn heads(
+    pool: &Pool,
+    docs: &[String],
+) -> Result<Vec<(String, u64)>, StorageError> {
+    let client = connection(pool).await?;
+    let statement = client
+        .prepare_cached("SELECT id, rev FROM docs WHERE id = ANY($1)")
+        .await?;
+    let mut found = std::collections::HashMap::new();
+    for row in client.query(&statement, &[&docs]).await? {
+        let id: String = row.try_get(0)?;
+        found.insert(id, from_sql_int(row.try_get(1)?, "docs.rev")?);
+    }
+    Ok(docs
+        .iter()
+        .map(|doc| (doc.clone(), found.get(doc).copied().unwrap_or(0)))
+        .collect())
+}
+
 async fn query_ops(
     client: &impl GenericClient,
     doc: &str,
