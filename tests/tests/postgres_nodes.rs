@@ -25,12 +25,13 @@ const TEST_BUDGET: Duration = Duration::from_secs(60);
 /// A generous bound for one wait.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Three nodes on `schema` (each with a data dir of its own in `dirs`)
-/// behind a proxy that spreads connections over them; they know the
-/// proxy's address as their public one.
+/// Nodes on the database at `url` (one per data dir in `dirs`, each
+/// with `extra` flags) behind a proxy that spreads connections over them;
+/// they know the proxy's address as their public one.
 async fn nodes_behind_a_proxy(
-    schema: &PgSchema,
+    url: &str,
     dirs: &[tempfile::TempDir],
+    extra: &[&str],
 ) -> (Vec<ServerProcess>, Proxy) {
     let bin = server_binary().unwrap();
     let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
@@ -40,30 +41,21 @@ async fn nodes_behind_a_proxy(
         .collect();
     let proxy = Proxy::start_spread(&addrs).await.unwrap();
     let public = format!("http://{}", proxy.addr());
+    let mut args = vec!["--database-url", url, "--public-url", &public];
+    args.extend_from_slice(extra);
     let mut nodes = Vec::new();
     for (dir, port) in dirs.iter().zip(ports) {
         nodes.push(
-            ServerProcess::start(
-                &bin,
-                dir.path(),
-                port,
-                &[
-                    "--database-url",
-                    &schema.url,
-                    "--public-url",
-                    &public,
-                    "--ops-per-sec",
-                    "100000",
-                    "--ops-burst",
-                    "100000",
-                ],
-            )
-            .await
-            .unwrap(),
+            ServerProcess::start(&bin, dir.path(), port, &args)
+                .await
+                .unwrap(),
         );
     }
     (nodes, proxy)
 }
+
+/// No rate limit on the writers (they type as fast as acks come back).
+const UNLIMITED: &[&str] = &["--ops-per-sec", "100000", "--ops-burst", "100000"];
 
 /// A writer that inserts unique tokens (`«id:n»`) at token boundaries.
 struct Writer {
@@ -218,7 +210,7 @@ async fn writers_spread_over_three_nodes_converge_and_a_hot_document_shows_the_r
     let started = Instant::now();
     let schema = PgSchema::new("spread").unwrap();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (nodes, proxy) = nodes_behind_a_proxy(&schema, &dirs).await;
+    let (nodes, proxy) = nodes_behind_a_proxy(&schema.url, &dirs, UNLIMITED).await;
     // Nine writers: six on a hot document, three on another; the proxy
     // hands their connections to the three nodes in turn.
     let mut writers = Vec::new();
@@ -267,7 +259,7 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
     let started = Instant::now();
     let schema = PgSchema::new("kill").unwrap();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (mut nodes, proxy) = nodes_behind_a_proxy(&schema, &dirs).await;
+    let (mut nodes, proxy) = nodes_behind_a_proxy(&schema.url, &dirs, UNLIMITED).await;
     let mut writers = Vec::new();
     for i in 0..6u64 {
         writers.push(Writer::join(proxy.addr(), "doc", &format!("k{i}"), 100 + i).await);
@@ -342,31 +334,9 @@ impl Drop for OwnPostgres {
 async fn a_database_outage_under_load_loses_nothing_and_the_nodes_recover_by_themselves() {
     let started = Instant::now();
     let postgres = OwnPostgres::start();
-    let bin = server_binary().unwrap();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
-    let addrs: Vec<SocketAddr> = ports
-        .iter()
-        .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
-        .collect();
-    let proxy = Proxy::start_spread(&addrs).await.unwrap();
-    let public = format!("http://{}", proxy.addr());
-    let mut nodes = Vec::new();
-    for (dir, port) in dirs.iter().zip(ports) {
-        let args = [
-            "--database-url",
-            &postgres.url,
-            "--public-url",
-            &public,
-            "--storage-timeout",
-            "1s",
-        ];
-        nodes.push(
-            ServerProcess::start(&bin, dir.path(), port, &args)
-                .await
-                .unwrap(),
-        );
-    }
+    let (nodes, proxy) =
+        nodes_behind_a_proxy(&postgres.url, &dirs, &["--storage-timeout", "1s"]).await;
     let mut writers = Vec::new();
     for i in 0..4u64 {
         writers.push(Writer::join(proxy.addr(), "doc", &format!("o{i}"), 200 + i).await);
@@ -480,32 +450,13 @@ async fn sixty_four_documents_on_a_commit_pool_of_two() {
     let started = Instant::now();
     let schema = PgSchema::new("pool").unwrap();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let bin = server_binary().unwrap();
-    let ports: Vec<u16> = dirs.iter().map(|_| free_port()).collect();
-    let addrs: Vec<SocketAddr> = ports
-        .iter()
-        .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
-        .collect();
-    let proxy = Proxy::start_spread(&addrs).await.unwrap();
-    let public = format!("http://{}", proxy.addr());
-    let mut nodes = Vec::new();
-    for (dir, port) in dirs.iter().zip(ports) {
-        let args = [
-            "--database-url",
-            &schema.url,
-            "--public-url",
-            &public,
-            "--database-commit-connections",
-            "2",
-            "--database-read-connections",
-            "2",
-        ];
-        nodes.push(
-            ServerProcess::start(&bin, dir.path(), port, &args)
-                .await
-                .unwrap(),
-        );
-    }
+    let pools = [
+        "--database-commit-connections",
+        "2",
+        "--database-read-connections",
+        "2",
+    ];
+    let (nodes, proxy) = nodes_behind_a_proxy(&schema.url, &dirs, &pools).await;
     // Two writers per document, 64 documents, spread over both nodes.
     let mut writers = Vec::new();
     for i in 0..128u64 {

@@ -13,7 +13,7 @@ use super::{
 };
 
 /// Apply `op` from `client` (seq `seq`, base `base`) to `h`; the write item.
-fn apply(
+pub(crate) fn apply(
     h: &mut DocumentHistory,
     doc: &str,
     client: &str,
@@ -31,7 +31,8 @@ fn apply(
     }
 }
 
-fn ins(len: usize, pos: usize, text: &str) -> Operation {
+/// An insert of `text` at `pos` into a text of `len` characters.
+pub(crate) fn ins(len: usize, pos: usize, text: &str) -> Operation {
     Operation::insert_at(len, pos, text).unwrap()
 }
 

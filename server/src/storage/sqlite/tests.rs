@@ -7,33 +7,12 @@ use super::seq_revs::*;
 use super::*;
 use crate::storage::oplog::LOG_FILES;
 use crate::storage::StoredOrigin;
-use ot_core::history::{DocumentHistory, DocumentSnapshot, Receipt};
+use ot_core::history::{DocumentHistory, DocumentSnapshot};
 use ot_core::Operation;
 use rusqlite::{params, OptionalExtension};
 use tempfile::TempDir;
 
-/// Apply `op` from `client` (seq `seq`, base `base`) to `h`; the write item.
-fn apply(
-    h: &mut DocumentHistory,
-    doc: &str,
-    client: &str,
-    seq: u64,
-    base: u64,
-    op: Operation,
-) -> WriteItem {
-    match h.receive(client, seq, base, op).unwrap() {
-        Receipt::Applied { applied, received } => WriteItem::Op {
-            doc: doc.to_owned(),
-            op: StoredOp::from_applied(&applied, received, 1_000 + applied.rev as i64),
-            len_after: h.text().len_chars() as u64,
-        },
-        other => panic!("not applied: {other:?}"),
-    }
-}
-
-fn ins(len: usize, pos: usize, text: &str) -> Operation {
-    Operation::insert_at(len, pos, text).unwrap()
-}
+use crate::storage::conformance::{apply, ins};
 
 /// A history of `doc` with 6 ops (two of them concurrent) and its items.
 fn sample(doc: &str) -> (DocumentHistory, Vec<WriteItem>) {
