@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ot_core::history::OpHash;
+use ot_core::history::{ClientRecord, DocumentSnapshot, KeyHash, OpHash};
 use ot_core::Operation;
 
 use super::{StorageError, StoredOp};
@@ -98,5 +98,32 @@ pub(in crate::storage) fn check_contiguous(
             expected - 1
         )));
     }
+    Ok(())
+}
+
+/// Put a stored key binding (`client_id` → the hex of its key's hash) into
+/// `snapshot`'s dedup table, where bindings live (a snapshot may predate
+/// one); a client with no record yet gets one with no op (`last_seq` 0).
+pub(in crate::storage) fn bind_stored_key(
+    doc: &str,
+    snapshot: &mut DocumentSnapshot,
+    client_id: String,
+    key_hex: &str,
+) -> Result<(), StorageError> {
+    let key_hash = KeyHash::from_hex(key_hex).ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "document {doc:?}: bad key hash for client {client_id:?}"
+        ))
+    })?;
+    snapshot
+        .clients
+        .entry(client_id)
+        .or_insert_with(|| ClientRecord {
+            last_seq: 0,
+            last_rev: 0,
+            last_hash: OpHash::default(),
+            key_hash: None,
+        })
+        .key_hash = Some(key_hash);
     Ok(())
 }

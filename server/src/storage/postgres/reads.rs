@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 
 use deadpool_postgres::{GenericClient, Pool};
-use ot_core::history::{ClientRecord, DocumentSnapshot, KeyHash, OpHash};
+use ot_core::history::{DocumentSnapshot, OpHash};
 use ot_core::Operation;
 use ropey::Rope;
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::connection;
-use crate::storage::rows::{check_contiguous, from_sql_int, limit_to_sql, to_sql_int, RawOp};
+use crate::storage::rows::{
+    bind_stored_key, check_contiguous, from_sql_int, limit_to_sql, to_sql_int, RawOp,
+};
 use crate::storage::{
     ConflictCopy, DocSummary, LoadedDoc, RegionConflict, RegionRecord, StorageError, StoredOp,
 };
@@ -154,24 +156,8 @@ pub(super) async fn load(pool: &Pool, doc: &str) -> Result<Option<LoadedDoc>, St
         .prepare_cached("SELECT client_id, key_hash FROM client_keys WHERE doc = $1")
         .await?;
     for row in tx.query(&keys, &[&doc]).await? {
-        let client_id: String = row.try_get(0)?;
         let text: String = row.try_get(1)?;
-        let key_hash = KeyHash::from_hex(&text).ok_or_else(|| {
-            StorageError::Corrupt(format!(
-                "document {doc:?}: bad key hash for client {client_id:?}"
-            ))
-        })?;
-        // A client with no op yet gets a record with none (`last_seq` 0).
-        snapshot
-            .clients
-            .entry(client_id)
-            .or_insert_with(|| ClientRecord {
-                last_seq: 0,
-                last_rev: 0,
-                last_hash: OpHash::default(),
-                key_hash: None,
-            })
-            .key_hash = Some(key_hash);
+        bind_stored_key(doc, &mut snapshot, row.try_get(0)?, &text)?;
     }
     let tail = query_ops(&tx, doc, snapshot.rev, usize::MAX, false).await?;
     check_contiguous(doc, snapshot.rev, &tail, last)?;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use ot_core::history::{ClientRecord, DocumentSnapshot, KeyHash, OpHash};
+use ot_core::history::{DocumentSnapshot, OpHash};
 use ot_core::Operation;
 use ropey::Rope;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -14,7 +14,7 @@ use super::{
     from_sql_int, limit_to_sql, lock, to_sql_int, SqliteStorage, BUSY_TIMEOUT, MAX_IDLE_READERS,
     STATEMENT_CACHE,
 };
-use crate::storage::rows::{check_contiguous, RawOp};
+use crate::storage::rows::{bind_stored_key, check_contiguous, RawOp};
 use crate::storage::{
     ConflictCopy, DocSummary, LoadedDoc, RegionConflict, RegionRecord, StorageError, StoredOp,
 };
@@ -324,23 +324,8 @@ fn bind_stored_keys(
         conn.prepare_cached("SELECT client_id, key_hash FROM client_keys WHERE doc = ?1")?;
     let mut rows = select.query([doc])?;
     while let Some(row) = rows.next()? {
-        let client_id: String = row.get(0)?;
         let text: String = row.get(1)?;
-        let key_hash = KeyHash::from_hex(&text).ok_or_else(|| {
-            StorageError::Corrupt(format!(
-                "document {doc:?}: bad key hash for client {client_id:?}"
-            ))
-        })?;
-        snapshot
-            .clients
-            .entry(client_id)
-            .or_insert_with(|| ClientRecord {
-                last_seq: 0,
-                last_rev: 0,
-                last_hash: OpHash::default(),
-                key_hash: None,
-            })
-            .key_hash = Some(key_hash);
+        bind_stored_key(doc, snapshot, row.get(0)?, &text)?;
     }
     Ok(())
 }
