@@ -6,7 +6,9 @@
 //! cargo run --release -p e2e-tests --example latency_proxy -- 127.0.0.1:8080 50
 //! ```
 //! prints `listening on 127.0.0.1:PORT` and forwards until killed. Arguments:
-//! the target (a loopback address) and the delay each way in milliseconds.
+//! the target (a loopback address; several, comma-separated, get the new
+//! connections in turn, as a load balancer without stickiness would give
+//! them to several server nodes) and the delay each way in milliseconds.
 //! Lines on stdin control it: `stall` (a partition: nothing is forwarded,
 //! nothing is closed), `resume`, `cut` (close every connection).
 
@@ -21,14 +23,17 @@ use tokio::io::AsyncBufReadExt;
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(target), Some(delay_ms)) = (args.next(), args.next()) else {
-        bail!("usage: latency_proxy TARGET_ADDR DELAY_MS_EACH_WAY");
+        bail!("usage: latency_proxy TARGET_ADDR[,TARGET_ADDR…] DELAY_MS_EACH_WAY");
     };
-    let target: SocketAddr = target.parse().context("TARGET_ADDR")?;
-    if !target.ip().is_loopback() {
-        bail!("the target must be a loopback address");
+    let targets = target
+        .split(',')
+        .map(|one| one.trim().parse::<SocketAddr>().context("TARGET_ADDR"))
+        .collect::<Result<Vec<_>>>()?;
+    if targets.iter().any(|target| !target.ip().is_loopback()) {
+        bail!("every target must be a loopback address");
     }
     let delay_ms: u64 = delay_ms.parse().context("DELAY_MS_EACH_WAY")?;
-    let proxy = Proxy::start(target).await?;
+    let proxy = Proxy::start_spread(&targets).await?;
     proxy.set_latency(Direction::Both, Duration::from_millis(delay_ms));
     println!("listening on {}", proxy.addr());
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
