@@ -349,6 +349,29 @@ impl ReceiveError {
     }
 }
 
+/// Why [`DocumentHistory::roll_back_to`] could not take ops back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RollBackError {
+    /// The revision is not between the oldest retained one and the head.
+    #[error("cannot roll back to revision {rev}: memory holds revisions {oldest}..={head}")]
+    NotRetained {
+        /// The revision asked for.
+        rev: u64,
+        /// The oldest revision the retained ops start from.
+        oldest: u64,
+        /// The current revision.
+        head: u64,
+    },
+    /// The text given is not as long as the document was at that revision.
+    #[error("the text given has {found} characters; the document had {expected} at that revision")]
+    TextLength {
+        /// The length at that revision.
+        expected: usize,
+        /// The length of the text given.
+        found: usize,
+    },
+}
+
 /// A snapshot and its tail of ops do not fit together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
@@ -734,6 +757,57 @@ impl DocumentHistory {
         }
         self.horizon = horizon;
         evicted
+    }
+
+    /// Take back every op after revision `rev` (ops applied in memory whose
+    /// commit lost a race to another writer of the same storage), leaving the
+    /// history as it was at `rev` with `text`, the text at `rev` (the caller
+    /// keeps it: the ops alone cannot be inverted without the text they
+    /// deleted). Each client whose ops are taken back gets the record of its
+    /// previous op (seqs are contiguous: the seq before the first one taken
+    /// back), with its revision and hash when that op is still retained,
+    /// else revision 0 (unknown: a resend of it is looked up in storage).
+    /// Key bindings and the horizon are kept. Nothing changes on an error.
+    pub fn roll_back_to(&mut self, rev: u64, text: Rope) -> Result<(), RollBackError> {
+        if rev > self.revision || rev < self.oldest_revision() {
+            return Err(RollBackError::NotRetained {
+                rev,
+                oldest: self.oldest_revision(),
+                head: self.revision,
+            });
+        }
+        let keep = self.ops.len() - (self.revision - rev) as usize;
+        let expected = self.ops[keep..]
+            .first()
+            .map_or(self.text.len_chars(), |first| first.op.base_len());
+        if text.len_chars() != expected {
+            return Err(RollBackError::TextLength {
+                expected,
+                found: text.len_chars(),
+            });
+        }
+        let taken: Vec<AppliedOp> = self.ops.drain(keep..).collect();
+        for bytes in self.op_sizes.drain(keep..) {
+            self.retained_bytes -= bytes;
+        }
+        // Latest first, so each client ends with the record before its first op taken back.
+        for op in taken.iter().rev() {
+            let previous = op.seq - 1;
+            let known = self.ops[self.dropped..]
+                .iter()
+                .rev()
+                .find(|a| a.client_id == op.client_id && a.seq == previous);
+            let Some(i) = self.clients.find(&op.client_id) else {
+                continue;
+            };
+            let record = &mut self.clients.entries[i].record;
+            record.last_seq = previous;
+            record.last_rev = known.map_or(0, |a| a.rev);
+            record.last_hash = known.map_or(OpHash::default(), |a| a.hash);
+        }
+        self.text = text;
+        self.revision = rev;
+        Ok(())
     }
 
     /// A snapshot at the durable revision `rev` with text `text`, for a

@@ -901,3 +901,77 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// roll back: ops that lost a commit race are taken back, then received again
+// ---------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Taking back the ops after revision `keep` leaves the history equal to
+    /// one that received only the ops up to `keep` (text, revision, retained
+    /// ops, every client's next seq); receiving the taken-back ops again, as
+    /// sent, gives the same state as before the roll back.
+    #[test]
+    fn rolling_back_equals_never_having_received_the_ops_after(
+        s in text(),
+        steps in prop::collection::vec((plan(), 0usize..3, 0usize..3), 1..10),
+        keep_from_end in 0usize..10,
+    ) {
+        let fail = |e: &dyn std::fmt::Display| TestCaseError::fail(e.to_string());
+        let mut first = Operation::new();
+        first.insert(&s);
+        // Each received op as sent: (client, seq, base, op).
+        let mut sent = vec![("seed".to_string(), 1u64, 0u64, first)];
+        let mut texts = vec![String::new()];
+        let mut full = DocumentHistory::new();
+        let mut seqs = std::collections::HashMap::new();
+        for (i, (p, back, client)) in std::iter::once((Plan { steps: vec![], delete_tail: false }, 0, 9))
+            .chain(steps.iter().cloned())
+            .enumerate()
+        {
+            let (client, seq, base, op) = if i == 0 {
+                sent[0].clone()
+            } else {
+                let base = full.revision().saturating_sub(back as u64).max(1);
+                let client = format!("c{client}");
+                let seq = *seqs.entry(client.clone()).and_modify(|s| *s += 1).or_insert(1u64);
+                let op = p.build_for(&texts[base as usize]);
+                sent.push((client.clone(), seq, base, op.clone()));
+                (client, seq, base, op)
+            };
+            full.receive(&client, seq, base, op).map_err(|e| fail(&e))?;
+            texts.push(full.text().to_string());
+        }
+        let head = full.revision();
+        let keep = head.saturating_sub(keep_from_end as u64).max(1);
+        let mut prefix = DocumentHistory::new();
+        for (client, seq, base, op) in &sent[..keep as usize] {
+            prefix.receive(client, *seq, *base, op.clone()).map_err(|e| fail(&e))?;
+        }
+        let mut rolled = full.clone();
+        rolled.roll_back_to(keep, Rope::from_str(&texts[keep as usize])).map_err(|e| fail(&e))?;
+        prop_assert_eq!(rolled.revision(), keep);
+        prop_assert_eq!(rolled.text().to_string(), texts[keep as usize].clone());
+        prop_assert_eq!(rolled.retained_ops(), prefix.retained_ops());
+        for (client, ..) in &sent {
+            prop_assert_eq!(rolled.client(client).map(|r| (r.last_seq, r.last_rev, r.last_hash)).filter(|r| r.0 > 0),
+                prefix.client(client).map(|r| (r.last_seq, r.last_rev, r.last_hash)));
+        }
+        for (client, seq, base, op) in &sent[keep as usize..] {
+            let receipt = rolled.receive(client, *seq, *base, op.clone()).map_err(|e| fail(&e))?;
+            let applied = matches!(receipt, Receipt::Applied { .. });
+            prop_assert!(applied, "received again: {:?}", receipt);
+        }
+        prop_assert_eq!(rolled.snapshot(), full.snapshot());
+        prop_assert_eq!(rolled.retained_ops(), full.retained_ops());
+        // A wrong text or a revision not retained changes nothing.
+        let before = rolled.snapshot();
+        prop_assert!(rolled.roll_back_to(head + 1, Rope::new()).is_err());
+        if !texts[keep as usize].is_empty() {
+            prop_assert!(rolled.roll_back_to(keep, Rope::new()).is_err());
+        }
+        prop_assert_eq!(rolled.snapshot(), before);
+    }
+}
