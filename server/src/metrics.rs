@@ -50,6 +50,12 @@ pub(crate) struct Metrics {
     /// another node committed (from the change feed, a join ahead of it, a
     /// periodic check, or the reload after a lost race).
     pub(crate) catch_ups: IntCounter,
+    /// On storage shared with other nodes: ops received again from their
+    /// originals after their commit lost a race (each becomes a conflict).
+    pub(crate) race_retries: IntCounter,
+    /// On storage shared with other nodes: times a document lost so many
+    /// races in a row that it stopped retrying and answered `storage_error`.
+    pub(crate) race_give_ups: IntCounter,
     /// Connections and requests the connection limits ended or refused, by
     /// reason (`dead_peer`, `write_timeout`, `join_timeout`, `per_addr`,
     /// `api_busy`).
@@ -157,7 +163,7 @@ impl Metrics {
         registry.register(Box::new(region_unreplicated_ops.clone()))?;
         let lost_races = IntCounter::new(
             "ot_storage_lost_races_total",
-            "On storage shared by several nodes: commits refused because another node had moved the document's head first (the node catches up and its clients resend)",
+            "On storage shared by several nodes: commits refused because another node had moved the document's head first (the node catches up and receives its pending ops again)",
         )?;
         registry.register(Box::new(lost_races.clone()))?;
         let catch_ups = IntCounter::new(
@@ -165,7 +171,19 @@ impl Metrics {
             "On storage shared by several nodes: times an open document took ops another node committed",
         )?;
         registry.register(Box::new(catch_ups.clone()))?;
+        let race_retries = IntCounter::new(
+            "ot_storage_race_retries_total",
+            "On storage shared by several nodes: pending ops received again from their originals after their commit lost a race",
+        )?;
+        registry.register(Box::new(race_retries.clone()))?;
+        let race_give_ups = IntCounter::new(
+            "ot_storage_race_give_ups_total",
+            "On storage shared by several nodes: times a document lost so many races in a row that its pending ops were answered storage_error",
+        )?;
+        registry.register(Box::new(race_give_ups.clone()))?;
         Ok(Metrics {
+            race_retries,
+            race_give_ups,
             lost_races,
             catch_ups,
             region_links_connected,

@@ -197,6 +197,26 @@ async fn check_converged(node: SocketAddr, doc: &str, writers: &mut [Writer]) {
     }
 }
 
+/// How many conflicts `doc`'s journal holds (read through `node`).
+async fn conflicts_of(node: SocketAddr, doc: &str) -> usize {
+    let (mut count, mut after) = (0, 0);
+    loop {
+        let body = http_get(
+            node,
+            &format!("/api/docs/{doc}/conflicts?from={after}&limit=1000"),
+        )
+        .await
+        .unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let page = v["conflicts"].as_array().cloned().unwrap_or_default();
+        let Some(last) = page.last() else {
+            return count;
+        };
+        after = last["rev"].as_u64().unwrap();
+        count += page.len();
+    }
+}
+
 async fn metric_sum(nodes: &[ServerProcess], name: &str) -> f64 {
     let mut sum = 0.0;
     for node in nodes {
@@ -239,14 +259,37 @@ async fn writers_spread_over_three_nodes_converge_and_a_hot_document_shows_the_r
     check_converged(nodes[1].addr, "hot", hot).await;
     check_converged(nodes[2].addr, "calm", calm).await;
     let races = metric_sum(&nodes, "ot_storage_lost_races_total").await;
+    let retries = metric_sum(&nodes, "ot_storage_race_retries_total").await;
+    let give_ups = metric_sum(&nodes, "ot_storage_race_give_ups_total").await;
     let catch_ups = metric_sum(&nodes, "ot_storage_catch_ups_total").await;
+    let conflicts = conflicts_of(nodes[0].addr, "hot").await;
     eprintln!(
-        "three nodes: {typed} tokens typed, {races} lost races, {catch_ups} catch-ups, {:.1?}",
+        "three nodes: {typed} tokens typed, {races} lost races, {retries} ops received again, {conflicts} conflicts journaled, {catch_ups} catch-ups, {:.1?}",
         started.elapsed()
     );
     assert!(typed > 50, "only {typed} tokens typed");
     assert!(races > 0.0, "a hot document through three nodes races");
     assert!(catch_ups > 0.0, "nodes took each other's ops");
+    // A node that loses a race receives its pending ops again itself: no
+    // writer is told to resend, and each op received again is a conflict.
+    assert!(
+        retries >= races,
+        "{retries} ops received again after {races} lost races"
+    );
+    assert_eq!(give_ups, 0.0, "no document gave up retrying");
+    let errors: Vec<String> = writers
+        .iter()
+        .flat_map(|w| {
+            w.ws.errors
+                .iter()
+                .map(|e| format!("{}: {e:?}", w.ws.client().client_id()))
+        })
+        .collect();
+    assert!(errors.is_empty(), "writers were sent errors: {errors:?}");
+    assert!(
+        conflicts > 0,
+        "the ops received again are journaled as conflicts"
+    );
     assert!(
         started.elapsed() < TEST_BUDGET,
         "took {:?}",

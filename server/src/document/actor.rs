@@ -2,6 +2,7 @@
 //! ops. It holds the commit pipeline and the connection table, and turns
 //! mailbox commands and commit results into calls on them.
 
+mod races;
 mod upstream;
 
 use std::collections::{HashMap, VecDeque};
@@ -59,6 +60,9 @@ struct Document {
     /// region whose log does not recover: 1011; a region that started a new
     /// generation from its home's text: 4004).
     stop_with: Option<CloseCode>,
+    /// On storage other nodes write too: the races for the head this
+    /// document lost in a row.
+    lost_races: races::LostRaces,
 }
 
 /// The actor of `doc`, started (and loaded from storage) if it is not running.
@@ -109,6 +113,7 @@ async fn run(
     let mut doc = Document {
         link,
         stop_with: None,
+        lost_races: races::LostRaces::default(),
         bind_failed,
         rebasing: HashMap::new(),
         rebase_tx,
@@ -635,20 +640,21 @@ impl Document {
             return; // a result for ops dropped by an earlier failure
         }
         let rev = match self.pipeline.outcome(done) {
-            Ok(rev) => rev,
+            Ok(rev) => {
+                self.lost_races.won();
+                rev
+            }
             Err(error) => {
-                if matches!(*error, crate::storage::StorageError::Gap { .. })
-                    && self.shared.storage.is_shared()
-                {
-                    self.shared.metrics.lost_races.inc();
+                let raced = matches!(
+                    *error,
+                    crate::storage::StorageError::Gap { .. }
+                        | crate::storage::StorageError::Stale { .. }
+                ) && self.shared.storage.is_shared();
+                if raced && self.on_lost_race().await {
+                    return;
                 }
                 for (conn_id, seq) in self.pipeline.fail(&error) {
-                    self.conns.send_error(
-                        conn_id,
-                        ErrorCode::StorageError,
-                        "the op could not be stored and was not applied; reconnect and resend it",
-                        Some(seq),
-                    );
+                    self.send_storage_error(conn_id, seq);
                 }
                 self.reload().await;
                 return;

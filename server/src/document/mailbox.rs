@@ -64,6 +64,7 @@ pub(crate) type DeleteResult = Result<bool, Arc<DocError>>;
 
 /// An op as a connection sent it, on its way to the document (it may wait
 /// behind the connection's op being rebased).
+#[derive(Clone)]
 pub(crate) struct IncomingOp {
     pub(crate) seq: u64,
     pub(crate) base_rev: u64,

@@ -53,6 +53,19 @@ pub(super) struct Pending {
     pub(super) received_at: Instant,
     /// The sender's selection after the op, at the op's revision.
     pub(super) ranges: Option<Vec<Range>>,
+    /// On storage other nodes write too: the op as its sender sent it, to
+    /// receive again if its commit loses a race (see [`Pipeline::take_back`]).
+    pub(super) original: Option<IncomingOp>,
+}
+
+/// What [`Pipeline::take_back`] took out of the pipeline after a lost race.
+pub(super) struct TakenBack {
+    /// The pending ops as their senders sent them, in the order they were
+    /// applied: (connection, op).
+    pub(super) originals: Vec<(u64, IncomingOp)>,
+    /// Ops that cannot be received again (deferred acks of resends): (conn,
+    /// seq), to answer `storage_error` (their senders resend).
+    pub(super) unanswered: Vec<(u64, u64)>,
 }
 
 /// The outcome of a commit, for the ops up to `rev`.
@@ -407,6 +420,7 @@ impl Pipeline {
         client_id: &ClientId,
         incoming: IncomingOp,
     ) -> Result<Accepted, Refused> {
+        let original = self.keeps_originals().then(|| incoming.clone());
         let IncomingOp {
             seq,
             base_rev,
@@ -452,7 +466,7 @@ impl Pipeline {
             op,
             (base_rev, None),
             (ranges, origin),
-            received_at,
+            (received_at, original),
         )
         .await
     }
@@ -502,6 +516,14 @@ impl Pipeline {
             job.upto = oldest;
             return Ok(Accepted::Rebase(Box::new(job)));
         }
+        let original = self.keeps_originals().then(|| IncomingOp {
+            seq,
+            base_rev: job.base_rev,
+            op: job.received.clone(),
+            ranges: job.ranges.clone(),
+            origin: job.origin.clone(),
+            received_at: job.received_at,
+        });
         let ranges = job.ranges.take();
         let origin = job.origin.take();
         self.settle(
@@ -511,7 +533,7 @@ impl Pipeline {
             job.received,
             (job.at, Some(job.current)),
             (ranges, origin),
-            job.received_at,
+            (job.received_at, original),
         )
         .await
     }
@@ -563,7 +585,8 @@ impl Pipeline {
     /// What becomes of an op the history took or recognised. `received` is
     /// the op as sent (a duplicate is looked up by its hash); `from` the
     /// revision and op (`None`: `received`) the history transformed from,
-    /// for mapping `ranges`; `origin` is stored with the op.
+    /// for mapping `ranges`; `origin` is stored with the op; `original` the
+    /// op as sent, kept to receive it again after a lost race.
     #[allow(clippy::too_many_arguments)]
     async fn settle(
         &mut self,
@@ -573,7 +596,7 @@ impl Pipeline {
         received: Operation,
         from: (u64, Option<Operation>),
         (ranges, origin): (Option<Vec<Range>>, Option<Box<OpOrigin>>),
-        received_at: Instant,
+        (received_at, original): (Instant, Option<IncomingOp>),
     ) -> Result<Accepted, Refused> {
         match result {
             Ok(Receipt::Applied {
@@ -595,6 +618,7 @@ impl Pipeline {
                     conn_id,
                     received_at,
                     ranges,
+                    original,
                 });
                 self.trim();
                 Ok(Accepted::Applied(committed_now))
@@ -849,6 +873,12 @@ impl Pipeline {
 
     // ---------- commits ----------
 
+    /// Hand a commit's outcome that came back at once to the actor's loop
+    /// (through the commit channel, in order with later ones).
+    pub(super) fn redeliver(&self, done: CommitDone) {
+        let _ = self.commit_tx.send(done);
+    }
+
     /// Whether `done` is for ops dropped by an earlier failure.
     pub(super) fn is_stale(&self, done: &CommitDone) -> bool {
         done.generation != self.generation
@@ -911,6 +941,48 @@ impl Pipeline {
             .map(|p| (p.conn_id, p.applied.seq))
             .chain(self.deferred_acks.drain(..).map(|(_, c, s)| (c, s)))
             .collect()
+    }
+
+    /// Whether pending ops keep their originals: at a home on storage other
+    /// nodes write too, where a commit can lose a race (elsewhere nothing
+    /// would ever read them).
+    fn keeps_originals(&self) -> bool {
+        self.shared.storage.is_shared() && self.replica.region().is_none()
+    }
+
+    /// A commit lost the race to another node: take back every pending op
+    /// (the history goes back to the durable head, a new generation makes
+    /// the failed requests' results stale) and return their originals, to
+    /// receive again once the ops the winner committed are taken
+    /// ([`Pipeline::catch_up`]). `None` (nothing changed): the history
+    /// cannot go back (a pending op without its original, or not at a home);
+    /// fail and reload instead.
+    pub(super) fn take_back(&mut self) -> Option<TakenBack> {
+        if self.pending.iter().any(|p| p.original.is_none()) {
+            return None;
+        }
+        let Replica::Home(history) = &mut self.replica else {
+            return None;
+        };
+        if let Err(e) = history.roll_back_to(self.durable_rev, self.durable_text.clone()) {
+            tracing::error!(doc = %self.id, error = %e, "cannot take back the ops that lost the race");
+            return None;
+        }
+        self.generation = crate::storage::next_generation();
+        let originals = self
+            .pending
+            .drain(..)
+            .filter_map(|p| Some((p.conn_id, p.original?)))
+            .collect();
+        let unanswered = self
+            .deferred_acks
+            .drain(..)
+            .map(|(_, conn, seq)| (conn, seq))
+            .collect();
+        Some(TakenBack {
+            originals,
+            unanswered,
+        })
     }
 
     /// Take `ops`, committed by another node right after the durable head,
@@ -1080,6 +1152,7 @@ impl Pipeline {
             conn_id: 0,
             received_at: Instant::now(),
             ranges: None,
+            original: None,
         });
         self.trim();
         self.commit_items(items, rev, region_commit)
