@@ -738,7 +738,45 @@ impl Worker {
             ranges.push((i, start..all_items.len()));
         }
 
-        match self.commit(&all_items) {
+        let mut result = self.commit(&all_items);
+        // On storage other nodes write, a document whose head moved (it lost
+        // the race) fails the whole transaction: commit the others again
+        // together without its requests (one lost race never fails another
+        // document, and does not cost a transaction per request).
+        while let Err(StorageError::Gap { doc, .. }) = &result {
+            if !self.storage.is_shared() {
+                break;
+            }
+            let lost = doc.clone();
+            let (out, kept): (Vec<_>, Vec<_>) = ranges.into_iter().partition(|(i, _)| {
+                requests[*i]
+                    .generation()
+                    .is_some_and(|(doc, _)| doc == lost)
+            });
+            if out.is_empty() || kept.is_empty() {
+                ranges = out.into_iter().chain(kept).collect();
+                break;
+            }
+            tracing::debug!(doc = %lost, requests = out.len(), "lost the race for a document's head: committing the rest of the batch without it");
+            let e = Arc::new(result.err().unwrap_or(StorageError::Closed));
+            for (i, _) in out {
+                self.note(&requests[i], false);
+                outcomes[i] = Some(Err(Arc::clone(&e)));
+            }
+            let mut items = Vec::new();
+            ranges = kept
+                .into_iter()
+                .map(|(i, range)| {
+                    let start = items.len();
+                    items.extend_from_slice(&all_items[range]);
+                    (i, start..items.len())
+                })
+                .collect();
+            all_items = items;
+            accepted = ranges.iter().map(|(i, _)| *i).collect();
+            result = self.commit(&all_items);
+        }
+        match result {
             Ok(()) => {
                 for &i in &accepted {
                     outcomes[i] = Some(Ok(()));

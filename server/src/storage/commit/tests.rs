@@ -20,6 +20,9 @@ struct Probe {
     released: Condvar,
     entered: Mutex<Option<mpsc::Sender<()>>>,
     delay: Duration,
+    /// Acts as storage other nodes write too, where every document whose
+    /// id starts with "lost" has had its head moved by another node.
+    shared: AtomicBool,
 }
 
 impl Probe {
@@ -28,6 +31,7 @@ impl Probe {
             inner: SqliteStorage::open(dir.path(), Durability::Relaxed).unwrap(),
             commits: AtomicUsize::new(0),
             fail_next: AtomicBool::new(false),
+            shared: AtomicBool::new(false),
             held: Mutex::new(false),
             released: Condvar::new(),
             entered: Mutex::new(None),
@@ -53,6 +57,16 @@ impl Probe {
         self.fail_next.store(true, Ordering::SeqCst);
     }
 
+    /// On "shared" storage: the race a commit of a "lost…" document loses.
+    fn lost_race(&self, items: &[WriteItem]) -> Option<StorageError> {
+        let lost = items.iter().find(|i| i.doc().starts_with("lost"))?;
+        self.shared.load(Ordering::SeqCst).then(|| StorageError::Gap {
+            doc: lost.doc().to_owned(),
+            expected: 2,
+            found: 1,
+        })
+    }
+
     fn injected_failure(&self, items: &[WriteItem]) -> bool {
         self.fail_next.swap(false, Ordering::SeqCst)
             || items.iter().any(|i| i.doc().starts_with("bad"))
@@ -74,7 +88,13 @@ impl Storage for Probe {
         if self.injected_failure(items) {
             return Err(StorageError::Internal("injected failure".into()));
         }
+        if let Some(lost) = self.lost_race(items) {
+            return Err(lost);
+        }
         self.inner.commit(items)
+    }
+    fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::SeqCst)
     }
     fn commits_in_place(&self) -> bool {
         true
@@ -823,4 +843,52 @@ fn a_race_lost_at_the_commit_itself_refuses_the_rest_of_the_generation() {
         1,
         "nothing of the lost generation"
     );
+}
+
+/// On storage other nodes write, one document's lost race fails only its
+/// own requests, and the rest of the batch is committed again together (one
+/// more transaction, not one per request).
+#[test]
+fn a_lost_race_commits_the_rest_of_the_batch_in_one_more_transaction() {
+    let dir = TempDir::new().unwrap();
+    let probe = Probe::new(&dir, Duration::ZERO);
+    probe.shared.store(true, Ordering::SeqCst);
+    let queue = CommitQueue::start(probe.clone());
+    let outcomes: Outcomes = Arc::default();
+    let (mut a, mut b, mut lost) = (Doc::new("a"), Doc::new("b"), Doc::new("lost"));
+    let entered = probe.hold();
+    queue.submit(vec![a.next()], record(&outcomes, 0));
+    entered.recv().unwrap();
+    let generation = next_generation();
+    let lost_lane = queue.lane("lost");
+    let _ = queue
+        .lane("a")
+        .commit_as(generation, vec![a.next()], record(&outcomes, 1));
+    let _ = lost_lane.commit_as(generation, vec![lost.next()], record(&outcomes, 2));
+    let _ = queue
+        .lane("b")
+        .commit_as(generation, vec![b.next(), b.next()], record(&outcomes, 3));
+    let _ = lost_lane.commit_as(generation, vec![lost.next()], record(&outcomes, 4));
+    queue.submit(vec![a.next()], record(&outcomes, 5));
+    probe.release();
+    queue.flush_blocking();
+
+    let got = lock(&outcomes).clone();
+    let tags: Vec<usize> = got.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, (0..6).collect::<Vec<_>>());
+    for (tag, outcome) in &got {
+        match tag {
+            2 | 4 => assert_eq!(
+                outcome.as_ref().unwrap_err(),
+                "document \"lost\": expected revision 2 but got 1",
+                "request {tag}"
+            ),
+            _ => assert_eq!(outcome, &Ok(()), "request {tag}"),
+        }
+    }
+    assert_eq!(probe.last_rev("a").unwrap(), 3);
+    assert_eq!(probe.last_rev("b").unwrap(), 2);
+    assert!(!probe.exists("lost").unwrap());
+    // The held one, the batch that lost, the batch again without "lost".
+    assert_eq!(probe.commits.load(Ordering::SeqCst), 3);
 }
