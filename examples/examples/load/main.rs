@@ -16,21 +16,24 @@
 //!   of the same size; `--compare-echo` runs the echo baseline and then the
 //!   server with the same settings, and prints the ratio of the two.
 //!
-//! Protocols (`--protocol`): `ours` (the default), or `rustpad`, which speaks
+//! Protocols (`--protocol`): `ours` (the default); `rustpad`, which speaks
 //! Rustpad's protocol (commit 54e4a93) to a Rustpad server, for side-by-side
-//! figures (see `rustpad.rs`). Workloads (`--workload`): `cursor` (the
+//! figures (see `rustpad.rs`); `sharedb`, which speaks ShareDB's to the
+//! ShareDB server script in `examples/sharedb/` (see `sharedb.rs`). Workloads (`--workload`): `cursor` (the
 //! default: edits at each client's cursor, documents held short) or `random`
 //! (random positions, growing documents); see `workload.rs`.
 //!
 //! `--clients` is the total number of clients; client `i` edits document
 //! `i % docs`. Statistics cover `--duration-secs` after `--warmup-secs`. At the
 //! end every client's text is compared with `GET /api/docs/{doc}` (Rustpad:
-//! `GET /api/text/{doc}`): the tool prints `CONVERGED`, or exits non-zero.
+//! `GET /api/text/{doc}`; ShareDB: `GET /text/docs/{doc}`): the tool prints
+//! `CONVERGED`, or exits non-zero.
 //! Only loopback addresses are accepted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cpu;
 mod rustpad;
+mod sharedb;
 mod workload;
 
 use std::collections::HashMap;
@@ -96,7 +99,8 @@ struct Args {
     /// win above it); default 2000 for the cursor workload, 200000 for random.
     #[arg(long)]
     max_len: Option<usize>,
-    /// The protocol spoken: ours, or Rustpad's (to a Rustpad server).
+    /// The protocol spoken: ours, Rustpad's (to a Rustpad server) or
+    /// ShareDB's (to the ShareDB server script, `scripts/sharedb-server`).
     #[arg(long, value_enum, default_value_t = Protocol::Ours)]
     protocol: Protocol,
     /// What the clients type: at their cursors (short documents), or at random
@@ -112,6 +116,11 @@ struct Args {
     /// acked op over the measured window, read from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A PostgreSQL postmaster's process id (on this machine): also report the
+    /// CPU time of it and its children (the backends) per acked op over the
+    /// measured window, read from /proc.
+    #[arg(long)]
+    pg_pid: Option<u32>,
     /// Random seed (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -140,6 +149,8 @@ enum Protocol {
     Ours,
     /// Rustpad's (commit 54e4a93): `/api/socket/{id}`, `Identity`, `History`, `Edit`.
     Rustpad,
+    /// ShareDB's (sharedb 5.2, `ot-text-unicode` ops), to `examples/sharedb/server.js`.
+    Sharedb,
 }
 
 /// What the phase talks to.
@@ -210,11 +221,11 @@ fn main() -> Result<()> {
     if args.clients == 0 || args.docs == 0 {
         bail!("--clients and --docs must be at least 1");
     }
-    if args.protocol == Protocol::Rustpad && (args.echo || args.compare_echo) {
-        bail!("the echo baseline speaks our protocol only: drop --echo/--compare-echo with --protocol rustpad");
+    if args.protocol != Protocol::Ours && (args.echo || args.compare_echo) {
+        bail!("the echo baseline speaks our protocol only: drop --echo/--compare-echo with --protocol rustpad or sharedb");
     }
-    if args.protocol == Protocol::Rustpad && args.remote_latency {
-        bail!("--remote-latency needs our protocol's client ids and seqs: not with --protocol rustpad");
+    if args.protocol != Protocol::Ours && args.remote_latency {
+        bail!("--remote-latency needs our protocol's client ids and seqs: not with --protocol rustpad or sharedb");
     }
     if args.docs > args.clients {
         bail!(
@@ -254,8 +265,10 @@ async fn run(args: Args) -> Result<bool> {
         (false, None) => "closed loop".to_owned(),
     };
     // Named only when not the defaults, so default runs print what they always did.
-    if args.protocol == Protocol::Rustpad {
-        mode.push_str(", Rustpad protocol");
+    match args.protocol {
+        Protocol::Ours => {}
+        Protocol::Rustpad => mode.push_str(", Rustpad protocol"),
+        Protocol::Sharedb => mode.push_str(", ShareDB protocol"),
     }
     if args.workload == Workload::Random {
         mode.push_str(", random workload");
@@ -491,8 +504,14 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
     });
     let metrics_before = match (target, args.protocol) {
         (Target::Server(addr), Protocol::Ours) => http_get(addr, "/metrics").await.ok(),
+        (Target::Server(addr), Protocol::Sharedb) => http_get(addr, "/stats").await.ok(),
         _ => None,
     };
+    if let (Target::Server(addr), Protocol::Sharedb) = (target, args.protocol) {
+        sharedb::create_docs(addr, &config.doc_ids, config.read_buffer)
+            .await
+            .context("creating the ShareDB documents")?;
+    }
 
     let (start_tx, start_rx) = watch::channel::<Option<Instant>>(None);
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(args.clients);
@@ -518,6 +537,10 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
                 }
                 Protocol::Rustpad => {
                     rustpad::client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx)
+                        .await
+                }
+                Protocol::Sharedb => {
+                    sharedb::client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx)
                         .await
                 }
             }
@@ -547,6 +570,7 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
         t0 + config.warmup,
         t0 + config.warmup + config.duration,
         args.server_pid,
+        args.pg_pid,
     ));
 
     let mut converged = true;
@@ -579,6 +603,14 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
                     revs
                 }
                 Protocol::Rustpad => acked_per_doc,
+                Protocol::Sharedb => {
+                    let mut revs = Vec::with_capacity(args.docs);
+                    for doc in &config.doc_ids {
+                        let (v, _) = sharedb::final_state(addr, doc).await?;
+                        revs.push(v);
+                    }
+                    revs
+                }
             };
             targets_tx.send(Some(Arc::new(revs))).ok();
         } else {
@@ -619,6 +651,7 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
                 Protocol::Ours => doc_state(addr, doc).await?,
                 // Rustpad's text endpoint has no revision: the count of acked ops stands for it.
                 Protocol::Rustpad => (rustpad_revs[d], rustpad::final_text(addr, doc).await?),
+                Protocol::Sharedb => sharedb::final_state(addr, doc).await?,
             };
             finals.insert(d, state);
         }
@@ -644,6 +677,7 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
             let endpoint = match config.protocol {
                 Protocol::Ours => "GET /api/docs/{doc}",
                 Protocol::Rustpad => "GET /api/text/{doc}",
+                Protocol::Sharedb => "GET /text/docs/{doc}",
             };
             println!(
                 "CONVERGED: {} clients on {} docs equal {endpoint} ({total} revisions in all)",
@@ -654,8 +688,14 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
         }
     }
 
-    let server_metrics = match (target, metrics_before) {
-        (Target::Server(addr), Some(before)) => match http_get(addr, "/metrics").await {
+    let server_metrics = match (target, metrics_before, config.protocol) {
+        (Target::Server(addr), Some(before), Protocol::Sharedb) => {
+            match http_get(addr, "/stats").await {
+                Ok(after) => sharedb::stats_deltas(&before, &after),
+                Err(_) => None,
+            }
+        }
+        (Target::Server(addr), Some(before), _) => match http_get(addr, "/metrics").await {
             Ok(after) => Some(metric_deltas(&before, &after)),
             Err(_) => None,
         },
