@@ -12,6 +12,7 @@ mod api_limit;
 mod app;
 pub mod auth;
 mod banner;
+mod clock;
 mod config;
 mod conflict_replay;
 mod connection;
@@ -157,6 +158,12 @@ pub async fn run(
     let mut config = config;
     fd_limit::fit_connections(&mut config);
     let storage = open_storage(&config)?;
+    // Before anything reads the time (token checks, revocations): on shared
+    // storage the database's clock counts.
+    clock::measure(storage.as_ref());
+    if storage.is_shared() {
+        tokio::spawn(clock::follow(storage.clone()));
+    }
     // The data dir is locked now: settle which node it belongs to.
     config.node_id = node_id::settle(&config.data_dir, config.node_id.as_deref())?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);

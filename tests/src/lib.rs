@@ -286,8 +286,22 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Start `binary` on `port` with `data_dir` and extra args; wait until /healthz answers.
     pub async fn start(binary: &Path, data_dir: &Path, port: u16, extra: &[&str]) -> Result<Self> {
+        Self::start_with(binary, data_dir, port, extra, &[], None).await
+    }
+
+    /// [`start`](Self::start) with more environment variables, and its
+    /// output (the log) written to `log` if given.
+    pub async fn start_with(
+        binary: &Path,
+        data_dir: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--addr")
             .arg(addr.to_string())
             .arg("--data-dir")
@@ -297,9 +311,13 @@ impl ServerProcess {
                 "RUST_LOG",
                 std::env::var("E2E_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting the server binary")?;
+            .envs(env.iter().copied())
+            .stdin(Stdio::null());
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).context("creating the server's log file")?;
+            command.stdout(file.try_clone()?).stderr(file);
+        }
+        let child = command.spawn().context("starting the server binary")?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(body) = http_get(addr, "/healthz").await {

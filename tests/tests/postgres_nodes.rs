@@ -531,3 +531,158 @@ async fn sixty_four_documents_on_a_commit_pool_of_two() {
         started.elapsed()
     );
 }
+
+/// libfaketime, which moves a process's clock (Debian: `faketime`;
+/// `scripts/test` installs it).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The token secret of the clock test's nodes.
+const CLOCK_SECRET: &[u8] = b"a clock test secret of 32 bytes or more";
+
+/// A GET with `token`: its status.
+async fn status_with(addr: SocketAddr, path: &str, token: &str) -> u16 {
+    let options = ot_driver::ConnectOptions {
+        token: Some(ot_driver::TokenSource::Value(token.to_owned())),
+        ..ot_driver::ConnectOptions::default()
+    };
+    ot_driver::http::get_with(&addr.into(), path, &options)
+        .await
+        .map_or(0, |(status, _)| status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_is_ten_minutes_ahead_changes_nothing_but_its_log() {
+    use ot_protocol::Access;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: install it (as root) with apt-get install -y faketime, as scripts/test does"
+    );
+    let started = Instant::now();
+    let schema = PgSchema::new("clock").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, CLOCK_SECRET).unwrap();
+    let secret_arg = secret.to_str().unwrap();
+    let args = [
+        "--database-url",
+        &schema.url,
+        "--auth-secret-file",
+        secret_arg,
+    ];
+    let bin = server_binary().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let b_log = dir.path().join("b.log");
+    let a = ServerProcess::start(&bin, &a_dir, free_port(), &args)
+        .await
+        .unwrap();
+    // Node b's clock (wall clock only: timers keep the real pace) is ten
+    // minutes ahead.
+    let ahead = [
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME", "+10m"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let b = ServerProcess::start_with(&bin, &b_dir, free_port(), &args, &ahead, Some(&b_log))
+        .await
+        .unwrap();
+
+    // Its own log says so.
+    let log = std::fs::read_to_string(&b_log).unwrap();
+    assert!(log.contains("clock is off"), "node b's log: {log}");
+    let offset: i64 = log
+        .split("offset_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit() && c != '-').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no offset in node b's log: {log}"));
+    assert!(
+        (-610_000..=-590_000).contains(&offset),
+        "the database's clock is ten minutes behind node b's: {offset} ms"
+    );
+
+    let token = |claims: &server::auth::Claims| {
+        server::auth::mint_hs256(claims, CLOCK_SECRET).unwrap()
+    };
+    // Valid for two more minutes by the real clock: both nodes take it (by
+    // its own clock node b would see it expired eight minutes ago).
+    let soon = token(&e2e_tests::test_claims("w", &["*"], Access::Admin, 120));
+    // Not valid for five more minutes: both refuse it (by its own clock
+    // node b would take it).
+    let mut later = e2e_tests::test_claims("w", &["*"], Access::Admin, 3600);
+    later.nbf = later.iat.map(|iat| iat + 300);
+    let later = token(&later);
+    for node in [&a, &b] {
+        assert_eq!(
+            status_with(node.addr, "/api/docs", &soon).await,
+            200,
+            "{}",
+            node.addr
+        );
+        assert_eq!(
+            status_with(node.addr, "/api/docs", &later).await,
+            401,
+            "{}",
+            node.addr
+        );
+    }
+
+    // A connection with the two-minute token stays open at node b (its end
+    // is computed from the same clock) and its op is stored with the
+    // database's time.
+    let mut request = format!("ws://{}/ws/d?client=w1", b.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {soon}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let first = e2e_tests::recv_json(&mut socket, WAIT).await.unwrap();
+    assert_eq!(first["type"], "snapshot", "{first}");
+    let op = Operation::insert_at(0, 0, "tick").unwrap();
+    let message = ot_protocol::ClientMessage::Op {
+        rev: 0,
+        seq: 1,
+        op,
+        ranges: None,
+        origin: None,
+    };
+    e2e_tests::send_message(&mut socket, &message)
+        .await
+        .unwrap();
+    let ack = e2e_tests::recv_json(&mut socket, WAIT).await.unwrap();
+    assert_eq!(ack["type"], "ack", "{ack}");
+    match e2e_tests::next_event(&mut socket, Duration::from_secs(2)).await {
+        Err(_) => {} // nothing within 2 s: still open
+        Ok(event) => panic!("the connection at node b got {event:?}"),
+    }
+    let body = http_get_with_token(a.addr, "/api/docs/d/ops?from=0&limit=10", &soon).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let time_ms = v["ops"][0]["time_ms"].as_i64().unwrap();
+    let real_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (real_ms - time_ms).abs() < 60_000,
+        "the op written through node b is stored at {time_ms}, now is {real_ms}"
+    );
+    assert!(
+        started.elapsed() < TEST_BUDGET,
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A GET with `token`: its body (a panic unless 200).
+async fn http_get_with_token(addr: SocketAddr, path: &str, token: &str) -> String {
+    let options = ot_driver::ConnectOptions {
+        token: Some(ot_driver::TokenSource::Value(token.to_owned())),
+        ..ot_driver::ConnectOptions::default()
+    };
+    let (status, body) = ot_driver::http::get_with(&addr.into(), path, &options)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
+}

@@ -141,8 +141,10 @@ impl Verifier {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp"]);
         validation.leeway = leeway;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // `verify` checks the times itself, against the shared clock (a
+        // node's own clock may be off: see `crate::clock`).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
         Verifier {
             key,
@@ -177,10 +179,16 @@ impl Verifier {
             },
         )?;
         let claims = data.claims;
-        // The library checks exp and nbf against its own clock; `now` decides too,
-        // so that a connection's end can be computed from the same numbers.
+        // `now` decides (not the library's clock), so that a connection's end
+        // is computed from the same numbers.
         if claims.exp.saturating_add(self.leeway) < now {
             return Err(TokenError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
+        {
+            return Err(TokenError::NotYetValid);
         }
         if claims
             .iat

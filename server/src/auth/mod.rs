@@ -29,20 +29,15 @@ use crate::app::Shared;
 use crate::config::Config;
 use crate::storage::Storage;
 
-/// Now, in Unix seconds.
+/// Now, in Unix seconds (the shared clock: see [`crate::clock`]).
 pub(crate) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::now_secs()
 }
 
 /// How long until Unix second `second` is over: a token whose `exp` (plus
 /// leeway) is `second` is valid until then, and refused from the next second.
 pub(crate) fn time_until_past(second: u64) -> std::time::Duration {
-    let end = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second.saturating_add(1));
-    end.duration_since(std::time::SystemTime::now())
-        .unwrap_or_default()
+    crate::clock::until_past(second)
 }
 
 /// Token checking for a server with authentication on.

@@ -193,12 +193,10 @@ async fn first_open(
     ))
 }
 
-/// Now, in milliseconds since the Unix epoch.
+/// Now, in milliseconds since the Unix epoch (the shared clock: see
+/// [`crate::clock`]).
 pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 /// On a region, at start: open every document it holds a copy of, so that

@@ -658,6 +658,12 @@ pub trait Storage: Send + Sync + 'static {
     fn subscribe_heads(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<HeadChange>> {
         None
     }
+    /// The storage's own clock (milliseconds since the Unix epoch), for a
+    /// store several nodes share: every node's time rules follow it (see
+    /// `crate::clock`). `None` (the default): this process's clock counts.
+    fn clock_ms(&self) -> Result<Option<i64>, StorageError> {
+        Ok(None)
+    }
     /// Mark a clean shutdown (after the last commit). A later commit clears
     /// the mark again.
     fn close_clean(&self) -> Result<(), StorageError>;

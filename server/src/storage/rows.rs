@@ -2,18 +2,16 @@
 //! parsing, and the continuity check of a loaded tail.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ot_core::history::{ClientRecord, DocumentSnapshot, KeyHash, OpHash};
 use ot_core::Operation;
 
 use super::{StorageError, StoredOp};
 
-/// Now, in milliseconds since the Unix epoch (this process's clock).
+/// Now, in milliseconds since the Unix epoch (the shared clock: see
+/// [`crate::clock`]).
 pub(in crate::storage) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    crate::clock::now_ms()
 }
 
 /// `value` as an SQL integer (SQL has no unsigned 64-bit integers).

@@ -60,11 +60,13 @@ impl Probe {
     /// On "shared" storage: the race a commit of a "lost…" document loses.
     fn lost_race(&self, items: &[WriteItem]) -> Option<StorageError> {
         let lost = items.iter().find(|i| i.doc().starts_with("lost"))?;
-        self.shared.load(Ordering::SeqCst).then(|| StorageError::Gap {
-            doc: lost.doc().to_owned(),
-            expected: 2,
-            found: 1,
-        })
+        self.shared
+            .load(Ordering::SeqCst)
+            .then(|| StorageError::Gap {
+                doc: lost.doc().to_owned(),
+                expected: 2,
+                found: 1,
+            })
     }
 
     fn injected_failure(&self, items: &[WriteItem]) -> bool {

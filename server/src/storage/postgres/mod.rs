@@ -220,6 +220,10 @@ impl Storage for PgStorage {
         self.block_on(reads::heads(&self.reads, docs))
     }
 
+    fn clock_ms(&self) -> Result<Option<i64>, StorageError> {
+        self.block_on(reads::clock_ms(&self.reads)).map(Some)
+    }
+
     fn exists(&self, doc: &str) -> Result<bool, StorageError> {
         Ok(self.block_on(reads::doc_rev(&self.reads, doc))?.is_some())
     }

@@ -74,6 +74,18 @@ pub(super) async fn heads(
         .collect())
 }
 
+/// The database's clock, in milliseconds since the Unix epoch.
+pub(super) async fn clock_ms(pool: &Pool) -> Result<i64, StorageError> {
+    let client = connection(pool).await?;
+    let row = client
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 async fn query_ops(
     client: &impl GenericClient,
     doc: &str,

@@ -7,10 +7,7 @@ use crate::storage::StorageError;
 
 /// Revoke `jti` (a second revocation of the same id keeps the first).
 pub(super) fn insert(conn: &Connection, jti: &str, expires: u64) -> Result<(), StorageError> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = crate::storage::rows::now_ms();
     conn.prepare_cached(
         "INSERT OR IGNORE INTO revoked_tokens (jti, expires, revoked_ms) VALUES (?1, ?2, ?3)",
     )?
