@@ -928,7 +928,7 @@ impl Pipeline {
     /// A commit failed: drop every pending op and deferred ack; returns the
     /// (conn, seq) of each, to tell its sender. Then [`Pipeline::reload`].
     pub(super) fn fail(&mut self, error: &StorageError) -> Vec<(u64, u64)> {
-        let raced = matches!(error, StorageError::Gap { .. } | StorageError::Stale { .. })
+        let raced = (error.lost_races().is_some() || matches!(error, StorageError::Stale { .. }))
             && self.shared.storage.is_shared();
         if raced {
             // Normal on storage several nodes share: the clients resend.

@@ -374,6 +374,20 @@ pub struct DocSummary {
     pub len: u64,
 }
 
+impl StorageError {
+    /// The documents whose heads other writers moved first, if that is
+    /// what this error says ([`StorageError::Gap`], [`StorageError::LostRaces`]).
+    pub fn lost_races(&self) -> Option<Vec<String>> {
+        match self {
+            StorageError::Gap { doc, .. } => Some(vec![doc.clone()]),
+            StorageError::LostRaces { docs } => {
+                Some(docs.iter().map(|(doc, ..)| doc.clone()).collect())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -412,6 +426,15 @@ pub enum StorageError {
         expected: u64,
         /// The revision of the op.
         found: u64,
+    },
+    /// Several documents' ops do not continue their logs (on storage other
+    /// nodes write: those nodes moved the heads first): nothing was written.
+    /// (One such document is a [`StorageError::Gap`].)
+    #[error("documents {docs:?}: other writers moved their heads first")]
+    LostRaces {
+        /// The documents, each with the revision that would continue its
+        /// log and the revision of its first op here.
+        docs: Vec<(String, u64, u64)>,
     },
     /// An earlier request of the same document and generation failed, so
     /// this one (which continues it) was not committed: nothing was written

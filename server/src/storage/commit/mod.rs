@@ -743,21 +743,20 @@ impl Worker {
         // the race) fails the whole transaction: commit the others again
         // together without its requests (one lost race never fails another
         // document, and does not cost a transaction per request).
-        while let Err(StorageError::Gap { doc, .. }) = &result {
+        while let Some(lost) = result.as_ref().err().and_then(StorageError::lost_races) {
             if !self.storage.is_shared() {
                 break;
             }
-            let lost = doc.clone();
             let (out, kept): (Vec<_>, Vec<_>) = ranges.into_iter().partition(|(i, _)| {
                 requests[*i]
                     .generation()
-                    .is_some_and(|(doc, _)| doc == lost)
+                    .is_some_and(|(doc, _)| lost.iter().any(|l| l == doc))
             });
             if out.is_empty() || kept.is_empty() {
                 ranges = out.into_iter().chain(kept).collect();
                 break;
             }
-            tracing::debug!(doc = %lost, requests = out.len(), "lost the race for a document's head: committing the rest of the batch without it");
+            tracing::debug!(docs = ?lost, requests = out.len(), "lost the race for documents' heads: committing the rest of the batch without them");
             let e = Arc::new(result.err().unwrap_or(StorageError::Closed));
             for (i, _) in out {
                 self.note(&requests[i], false);

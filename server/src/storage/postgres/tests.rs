@@ -186,3 +186,61 @@ fn an_epoch_bump_raises_the_epoch_every_node_then_reads() {
     drop(storage);
     assert_eq!(schema.open().epoch(), bumped);
 }
+
+/// A commit of several documents whose heads other nodes moved first names
+/// every one of them, and writes nothing (not even the documents that were
+/// not behind).
+#[test]
+fn a_commit_names_every_document_another_node_moved_first() {
+    use crate::storage::conformance::{apply, ins};
+    use ot_core::history::DocumentHistory;
+    let schema = TestSchema::new();
+    let (this, other) = (schema.open(), schema.open());
+    let (mut x, mut y, mut z) = (
+        DocumentHistory::new(),
+        DocumentHistory::new(),
+        DocumentHistory::new(),
+    );
+    // The other node writes revision 1 of x and y.
+    let mut ox = DocumentHistory::new();
+    let mut oy = DocumentHistory::new();
+    other
+        .commit(&[
+            apply(&mut ox, "x", "o", 1, 0, ins(0, 0, "o")),
+            apply(&mut oy, "y", "o", 1, 0, ins(0, 0, "o")),
+        ])
+        .unwrap();
+    // This node, which has not seen them, writes revision 1 of x, y and z.
+    let err = this
+        .commit(&[
+            apply(&mut z, "z", "t", 1, 0, ins(0, 0, "t")),
+            apply(&mut y, "y", "t", 1, 0, ins(0, 0, "t")),
+            apply(&mut x, "x", "t", 1, 0, ins(0, 0, "t")),
+        ])
+        .unwrap_err();
+    let mut lost = err.lost_races().unwrap_or_default();
+    lost.sort();
+    assert_eq!(lost, ["x", "y"], "{err}");
+    assert!(matches!(err, StorageError::LostRaces { .. }), "{err}");
+    assert_eq!(
+        this.last_rev("z").unwrap(),
+        0,
+        "nothing of the commit was written"
+    );
+    assert_eq!(this.text_at("x", 1).unwrap().as_deref(), Some("o"));
+    // One document behind: a `Gap` naming it.
+    let err = this
+        .commit(&[apply(
+            &mut DocumentHistory::new(),
+            "x",
+            "t",
+            1,
+            0,
+            ins(0, 0, "t"),
+        )])
+        .unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Gap { doc, expected: 2, found: 1 } if doc == "x"),
+        "{err}"
+    );
+}

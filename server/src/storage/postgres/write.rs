@@ -46,6 +46,17 @@ pub(super) async fn commit(
     let mut deleted: Vec<String> = Vec::new();
     // Ops are inserted together, in one statement per run between deletes.
     let mut rows = OpRows::default();
+    for (doc, rev) in lock_heads(&tx, items, now).await? {
+        heads.insert(
+            doc,
+            Head {
+                read: rev,
+                rev,
+                len: None,
+            },
+        );
+    }
+    refuse_lost_races(items, &heads)?;
     for item in items {
         let doc = item.doc();
         if let WriteItem::DeleteDoc { epoch, .. } = item {
@@ -184,6 +195,77 @@ impl OpRows {
         .await?;
         *self = OpRows::default();
         Ok(())
+    }
+}
+
+/// Make sure the row of every document `items` name exists, lock them until
+/// the transaction ends, in one statement and in sorted order (every node
+/// locks in the same order: two nodes' commits never deadlock), and return
+/// each one's head.
+async fn lock_heads<'a>(
+    tx: &Transaction<'_>,
+    items: &'a [WriteItem],
+    now: i64,
+) -> Result<Vec<(&'a str, u64)>, StorageError> {
+    let docs: std::collections::BTreeSet<&str> = items.iter().map(WriteItem::doc).collect();
+    let docs: Vec<&str> = docs.into_iter().collect();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO docs (id, rev, len, created_ms)
+             SELECT id, 0, 0, $2 FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, n) ORDER BY n
+             ON CONFLICT (id) DO UPDATE SET id = excluded.id RETURNING id, rev",
+        )
+        .await?;
+    let mut heads = HashMap::new();
+    for row in tx.query(&statement, &[&docs, &now]).await? {
+        let id: String = row.try_get(0)?;
+        heads.insert(id, from_sql_int(row.try_get(1)?, "docs.rev")?);
+    }
+    docs.into_iter()
+        .map(|doc| {
+            let rev = heads.get(doc).copied().ok_or_else(|| {
+                StorageError::Internal(format!("no head returned for document {doc:?}"))
+            })?;
+            Ok((doc, rev))
+        })
+        .collect()
+}
+
+/// Refuse the commit, naming every document whose first op does not
+/// continue the head just read (another node moved it first), before
+/// anything is written; a document deleted by `items` is checked as it is
+/// written.
+fn refuse_lost_races(items: &[WriteItem], heads: &HashMap<&str, Head>) -> Result<(), StorageError> {
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut lost = Vec::new();
+    for item in items {
+        let doc = item.doc();
+        if matches!(item, WriteItem::DeleteDoc { .. }) {
+            seen.insert(doc);
+        }
+        let WriteItem::Op { op, .. } = item else {
+            continue;
+        };
+        if !seen.insert(doc) {
+            continue;
+        }
+        if let Some(head) = heads.get(doc) {
+            if op.rev != head.read + 1 {
+                lost.push((doc.to_owned(), head.read + 1, op.rev));
+            }
+        }
+    }
+    match lost.len() {
+        0 => Ok(()),
+        1 => {
+            let (doc, expected, found) = lost.remove(0);
+            Err(StorageError::Gap {
+                doc,
+                expected,
+                found,
+            })
+        }
+        _ => Err(StorageError::LostRaces { docs: lost }),
     }
 }
 
