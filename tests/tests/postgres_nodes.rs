@@ -197,6 +197,28 @@ async fn check_converged(node: SocketAddr, doc: &str, writers: &mut [Writer]) {
     }
 }
 
+/// Within 2 s, every node answers `GET /api/docs/{doc}` with the head
+/// stored in the database.
+async fn every_node_shows_the_stored_head(nodes: &[ServerProcess], doc: &str) {
+    let (ids, _) = stored(nodes[0].addr, doc).await.unwrap();
+    let head = ids.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for node in nodes {
+        loop {
+            let (rev, _) = e2e_tests::doc_state(node.addr, doc).await.unwrap();
+            if rev == head {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {doc} at revision {rev}, stored {head}",
+                node.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// How many conflicts `doc`'s journal holds (read through `node`).
 async fn conflicts_of(node: SocketAddr, doc: &str) -> usize {
     let (mut count, mut after) = (0, 0);
@@ -255,6 +277,11 @@ async fn writers_spread_over_three_nodes_converge_and_a_hot_document_shows_the_r
         writers.push(task.await.unwrap());
     }
     let typed: usize = writers.iter().map(|w| w.typed.len()).sum();
+    // Every node that has a document open shows its stored head soon after
+    // the last commit (not only at the next periodic check, 10 s later).
+    for doc in ["hot", "calm"] {
+        every_node_shows_the_stored_head(&nodes, doc).await;
+    }
     let (hot, calm) = writers.split_at_mut(6);
     check_converged(nodes[1].addr, "hot", hot).await;
     check_converged(nodes[2].addr, "calm", calm).await;
@@ -601,9 +628,8 @@ async fn a_node_whose_clock_is_ten_minutes_ahead_changes_nothing_but_its_log() {
         "the database's clock is ten minutes behind node b's: {offset} ms"
     );
 
-    let token = |claims: &server::auth::Claims| {
-        server::auth::mint_hs256(claims, CLOCK_SECRET).unwrap()
-    };
+    let token =
+        |claims: &server::auth::Claims| server::auth::mint_hs256(claims, CLOCK_SECRET).unwrap();
     // Valid for two more minutes by the real clock: both nodes take it (by
     // its own clock node b would see it expired eight minutes ago).
     let soon = token(&e2e_tests::test_claims("w", &["*"], Access::Admin, 120));

@@ -63,6 +63,11 @@ struct Document {
     /// On storage other nodes write too: the races for the head this
     /// document lost in a row.
     lost_races: races::LostRaces,
+    /// On storage other nodes write too: the highest head another node
+    /// announced while this document had ops on their way to storage (read
+    /// once they are durable: its notification may come before this node's
+    /// own commit result).
+    head_announced: Option<u64>,
 }
 
 /// The actor of `doc`, started (and loaded from storage) if it is not running.
@@ -114,6 +119,7 @@ async fn run(
         link,
         stop_with: None,
         lost_races: races::LostRaces::default(),
+        head_announced: None,
         bind_failed,
         rebasing: HashMap::new(),
         rebase_tx,
@@ -645,11 +651,9 @@ impl Document {
                 rev
             }
             Err(error) => {
-                let raced = matches!(
-                    *error,
-                    crate::storage::StorageError::Gap { .. }
-                        | crate::storage::StorageError::Stale { .. }
-                ) && self.shared.storage.is_shared();
+                let raced = (error.lost_races().is_some()
+                    || matches!(*error, crate::storage::StorageError::Stale { .. }))
+                    && self.shared.storage.is_shared();
                 if raced && self.on_lost_race().await {
                     return;
                 }
@@ -684,6 +688,21 @@ impl Document {
             self.conns.ack(conn_id, rev, seq);
         }
         self.pump_upstream();
+        self.follow_announced_head().await;
+    }
+
+    /// Everything of this node is durable: read the ops of a head another
+    /// node announced meanwhile, if this node does not have them (else it
+    /// would learn of them only at the next announcement or check).
+    async fn follow_announced_head(&mut self) {
+        if self.pipeline.pending_len() > 0 {
+            return;
+        }
+        if let Some(head) = self.head_announced.take() {
+            if head > self.pipeline.durable_rev() {
+                self.follow_head(Some(head)).await;
+            }
+        }
     }
 
     /// Rebuild the document from storage; a region that does not recover
@@ -716,10 +735,14 @@ impl Document {
     /// nothing: their commit either continues the head or loses the race,
     /// and the reload after a lost race brings the missed ops.
     async fn follow_head(&mut self, head: Option<u64>) {
-        if !self.shared.storage.is_shared()
-            || self.pipeline.region().is_some()
-            || self.pipeline.pending_len() > 0
-        {
+        if !self.shared.storage.is_shared() || self.pipeline.region().is_some() {
+            return;
+        }
+        if self.pipeline.pending_len() > 0 {
+            // Kept for when they are durable (see `follow_announced_head`).
+            if let Some(head) = head {
+                self.head_announced = self.head_announced.max(Some(head));
+            }
             return;
         }
         let from = self.pipeline.durable_rev();

@@ -76,6 +76,8 @@ impl Document {
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
+        // Whatever was announced meanwhile is read now.
+        self.head_announced = None;
         self.take_the_winners_ops().await;
         for (conn_id, incoming) in originals {
             let seq = incoming.seq;
