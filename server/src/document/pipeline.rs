@@ -611,7 +611,6 @@ impl Pipeline {
                 let from_op = from_op.unwrap_or(received);
                 let ranges = ranges.map(|r| self.map_op_ranges(from_rev, applied.rev, &from_op, r));
                 let origin = origin.map(|o| StoredOrigin::region(client_id.as_str(), *o));
-                tracing::debug!(node = %self.shared.config.addr, doc = %self.id, rev = applied.rev, client = %applied.client_id, seq = applied.seq, base = applied.base_rev, generation = self.generation, "applied");
                 let committed_now = self.persist(&applied, as_received, origin);
                 self.pending.push_back(Pending {
                     applied,
@@ -908,7 +907,6 @@ impl Pipeline {
         self.durable_rev = p.applied.rev;
         self.durable_seq
             .insert(p.applied.client_id.to_string(), p.applied.seq);
-        tracing::debug!(node = %self.shared.config.addr, doc = %self.id, rev = self.durable_rev, "durable");
         Some(Ok(p))
     }
 

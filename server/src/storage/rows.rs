@@ -14,6 +14,33 @@ pub(in crate::storage) fn now_ms() -> i64 {
     crate::clock::now_ms()
 }
 
+/// Every table both stores keep a document's rows in, with the column that
+/// names the document: a delete clears them all (the conflict copies stay;
+/// the conflict journal is an index of `ops`). One list, so that a table
+/// added later is deleted by both stores.
+pub(in crate::storage) const DOC_TABLES: [(&str, &str); 7] = [
+    ("docs", "id"),
+    ("ops", "doc"),
+    ("snapshots", "doc"),
+    ("client_keys", "doc"),
+    ("region_log", "doc"),
+    ("region_conflicts", "doc"),
+    ("region_waiting", "doc"),
+];
+
+/// The statements deleting a document's rows from [`DOC_TABLES`] (and
+/// `extra`, a store's own tables), its id bound as `param` (`$1`, `?1`).
+pub(in crate::storage) fn delete_doc_statements(
+    extra: &[(&str, &str)],
+    param: &str,
+) -> Vec<String> {
+    DOC_TABLES
+        .iter()
+        .chain(extra)
+        .map(|(table, column)| format!("DELETE FROM {table} WHERE {column} = {param}"))
+        .collect()
+}
+
 /// `value` as an SQL integer (SQL has no unsigned 64-bit integers).
 pub(in crate::storage) fn to_sql_int(value: u64, what: &str) -> Result<i64, StorageError> {
     i64::try_from(value).map_err(|_| StorageError::OutOfRange(format!("{what} = {value}")))

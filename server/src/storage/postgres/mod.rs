@@ -63,6 +63,8 @@ pub struct PgStorage {
     config: tokio_postgres::Config,
     /// Whether [`Storage::subscribe_heads`] has handed out the feed.
     feed_taken: AtomicBool,
+    /// How many schema migrations this node ran when it opened the store.
+    migrations_run: usize,
 }
 
 impl fmt::Debug for PgStorage {
@@ -110,10 +112,19 @@ impl PgStorage {
             display,
             config,
             feed_taken: AtomicBool::new(false),
+            migrations_run: 0,
         };
-        storage.epoch = storage.block_on(schema::migrate(&storage.commits))?;
+        (storage.epoch, storage.migrations_run) =
+            storage.block_on(schema::migrate(&storage.commits))?;
         tracing::info!(database = %storage.display, epoch = storage.epoch, "opened PostgreSQL storage");
         Ok(storage)
+    }
+
+    /// How many schema migrations this node ran when it opened the store
+    /// (0 when another node had brought the schema up to date).
+    #[cfg(test)]
+    pub(super) fn migrations_run(&self) -> usize {
+        self.migrations_run
     }
 
     /// Raise the storage epoch (after a failover that may have lost

@@ -95,9 +95,13 @@ CREATE TABLE IF NOT EXISTS revoked_tokens (
 /// The migrations, in order: (version reached, statements).
 const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
 
+/// How many migrations there are (a new database runs them all).
+#[cfg(test)]
+pub(super) const MIGRATION_COUNT: usize = MIGRATIONS.len();
+
 /// Bring the schema up to date and return the storage epoch (made from the
-/// database's clock the first time).
-pub(super) async fn migrate(pool: &Pool) -> Result<u64, StorageError> {
+/// database's clock the first time) and how many migrations this call ran.
+pub(super) async fn migrate(pool: &Pool) -> Result<(u64, usize), StorageError> {
     let mut client = connection(pool).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
@@ -112,7 +116,9 @@ pub(super) async fn migrate(pool: &Pool) -> Result<u64, StorageError> {
     result
 }
 
-async fn migrate_locked(client: &mut deadpool_postgres::Object) -> Result<u64, StorageError> {
+async fn migrate_locked(
+    client: &mut deadpool_postgres::Object,
+) -> Result<(u64, usize), StorageError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -130,12 +136,14 @@ async fn migrate_locked(client: &mut deadpool_postgres::Object) -> Result<u64, S
             known: SCHEMA_VERSION.to_string(),
         });
     }
+    let mut ran = 0;
     for &(version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
         let tx = client.transaction().await?;
         tx.batch_execute(statements).await?;
         meta_set(&tx, "schema_version", &version.to_string()).await?;
         tx.commit().await?;
         tracing::info!(from = found, to = version, "migrated the PostgreSQL schema");
+        ran += 1;
     }
     // The epoch comes from the database's clock, the same for every node.
     client
@@ -152,7 +160,7 @@ async fn migrate_locked(client: &mut deadpool_postgres::Object) -> Result<u64, S
     let epoch = text
         .parse::<i64>()
         .map_err(|_| StorageError::Corrupt(format!("bad epoch in meta: {text:?}")))?;
-    from_sql_int(epoch, "epoch")
+    Ok((from_sql_int(epoch, "epoch")?, ran))
 }
 
 async fn meta_get(client: &impl GenericClient, key: &str) -> Result<Option<String>, StorageError> {

@@ -110,17 +110,23 @@ fn nodes_starting_together_migrate_once() {
                     read_connections: 1,
                     timeout: std::time::Duration::from_secs(10),
                 })
-                .map(|s| s.epoch())
+                .map(|s| (s.epoch(), s.migrations_run()))
             })
         })
         .collect();
-    let epochs: Vec<u64> = opened
+    let opened: Vec<(u64, usize)> = opened
         .into_iter()
         .map(|t| t.join().unwrap().unwrap())
         .collect();
     assert!(
-        epochs.windows(2).all(|w| w[0] == w[1]),
-        "one epoch: {epochs:?}"
+        opened.windows(2).all(|w| w[0].0 == w[1].0),
+        "one epoch: {opened:?}"
+    );
+    let ran: usize = opened.iter().map(|(_, ran)| ran).sum();
+    assert_eq!(
+        ran,
+        super::schema::MIGRATION_COUNT,
+        "each migration ran once: {opened:?}"
     );
 }
 

@@ -7,7 +7,7 @@ use deadpool_postgres::{Pool, Transaction};
 use ot_core::history::ClientRecord;
 
 use super::connection;
-use crate::storage::rows::{from_sql_int, now_ms, to_sql_int};
+use crate::storage::rows::{delete_doc_statements, from_sql_int, now_ms, to_sql_int};
 use crate::storage::sqlite::prune::snapshots_to_keep;
 use crate::storage::{RegionRecord, StorageError, WriteItem};
 
@@ -424,16 +424,8 @@ async fn write_item(
 /// Delete every row of `doc` (its conflict copies stay) and remember the
 /// id with `epoch` (never lowered).
 async fn delete(tx: &Transaction<'_>, doc: &str, epoch: u64) -> Result<(), StorageError> {
-    for sql in [
-        "DELETE FROM docs WHERE id = $1",
-        "DELETE FROM ops WHERE doc = $1",
-        "DELETE FROM snapshots WHERE doc = $1",
-        "DELETE FROM client_keys WHERE doc = $1",
-        "DELETE FROM region_log WHERE doc = $1",
-        "DELETE FROM region_conflicts WHERE doc = $1",
-        "DELETE FROM region_waiting WHERE doc = $1",
-    ] {
-        let statement = tx.prepare_cached(sql).await?;
+    for sql in delete_doc_statements(&[], "$1") {
+        let statement = tx.prepare_cached(&sql).await?;
         tx.execute(&statement, &[&doc]).await?;
     }
     let remember = tx

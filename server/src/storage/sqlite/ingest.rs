@@ -378,21 +378,12 @@ struct DeleteStatements<'tx> {
 
 impl<'tx> DeleteStatements<'tx> {
     fn prepare(tx: &'tx Connection) -> Result<Self, StorageError> {
-        // Every table that holds rows of a document (the conflict journal is
-        // an index of `ops`).
-        let rows = [
-            "DELETE FROM docs WHERE id = ?1",
-            "DELETE FROM ops WHERE doc = ?1",
-            "DELETE FROM seq_revs WHERE doc = ?1",
-            "DELETE FROM snapshots WHERE doc = ?1",
-            "DELETE FROM client_keys WHERE doc = ?1",
-            "DELETE FROM region_log WHERE doc = ?1",
-            "DELETE FROM region_conflicts WHERE doc = ?1",
-            "DELETE FROM region_waiting WHERE doc = ?1",
-        ]
-        .into_iter()
-        .map(|sql| tx.prepare_cached(sql))
-        .collect::<Result<Vec<_>, _>>()?;
+        // Every table that holds rows of a document, and SQLite's own
+        // `(client, seq) → rev` index.
+        let rows = crate::storage::rows::delete_doc_statements(&[("seq_revs", "doc")], "?1")
+            .into_iter()
+            .map(|sql| tx.prepare_cached(&sql))
+            .collect::<Result<Vec<_>, _>>()?;
         // MAX: replaying an old delete never lowers the remembered epoch.
         let remember = tx.prepare_cached(
             "INSERT INTO deleted_docs (id, epoch) VALUES (?1, ?2)
