@@ -712,3 +712,114 @@ async fn http_get_with_token(addr: SocketAddr, path: &str, token: &str) -> Strin
     assert_eq!(status, 200, "GET {path}: {body}");
     body
 }
+
+/// `url` with its host and port replaced by `addr`.
+fn through(url: &str, addr: SocketAddr) -> String {
+    let (scheme_user, rest) = url.split_once('@').unwrap();
+    let path = &rest[rest.find('/').unwrap()..];
+    format!("{scheme_user}@{addr}{path}")
+}
+
+/// The host and port of a PostgreSQL URL.
+fn database_addr(url: &str) -> SocketAddr {
+    let rest = url.split_once('@').unwrap().1;
+    rest[..rest.find('/').unwrap()].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_op_the_winner_committed_is_answered_with_the_winners_ack() {
+    use e2e_tests::proxy::Direction;
+    let started = Instant::now();
+    let schema = PgSchema::new("winners_ack").unwrap();
+    // Node a reaches the database through a proxy the test can stall.
+    let link = Proxy::start(database_addr(&schema.url)).await.unwrap();
+    let bin = server_binary().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let url_a = through(&schema.url, link.addr());
+    let mut args_a = vec!["--database-url", url_a.as_str()];
+    args_a.extend_from_slice(UNLIMITED);
+    let a = ServerProcess::start(&bin, dirs[0].path(), free_port(), &args_a)
+        .await
+        .unwrap();
+    let mut args_b = vec!["--database-url", schema.url.as_str()];
+    args_b.extend_from_slice(UNLIMITED);
+    let b = ServerProcess::start(&bin, dirs[1].path(), free_port(), &args_b)
+        .await
+        .unwrap();
+
+    let op = ot_protocol::ClientMessage::Op {
+        rev: 0,
+        seq: 1,
+        op: Operation::insert_at(0, 0, "x").unwrap(),
+        ranges: None,
+        origin: None,
+    };
+    // Writer c sends its op to node a, whose commit cannot reach the database.
+    let mut at_a = e2e_tests::ws_connect(a.addr, "/ws/d?client=c")
+        .await
+        .unwrap();
+    let first = e2e_tests::recv_json(&mut at_a, WAIT).await.unwrap();
+    assert_eq!(first["type"], "snapshot", "{first}");
+    // The document's creation is stored before the link stalls.
+    let deadline = Instant::now() + WAIT;
+    while http_get(b.addr, "/api/docs/d").await.is_err() {
+        assert!(Instant::now() < deadline, "d was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    link.stall(Direction::Both);
+    e2e_tests::send_message(&mut at_a, &op).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its resend through node b (as after a reconnect elsewhere) wins.
+    let mut at_b = e2e_tests::ws_connect(b.addr, "/ws/d?client=c")
+        .await
+        .unwrap();
+    let first = e2e_tests::recv_json(&mut at_b, WAIT).await.unwrap();
+    assert_eq!(first["type"], "snapshot", "{first}");
+    e2e_tests::send_message(&mut at_b, &op).await.unwrap();
+    let ack = e2e_tests::recv_json(&mut at_b, WAIT).await.unwrap();
+    assert_eq!(
+        (ack["type"].as_str(), ack["rev"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{ack}"
+    );
+    // Node a's commit then loses the race: it takes the winner's op (its
+    // own op, which the client takes as the ack) and answers the pending
+    // op with the winner's ack, not an error.
+    link.resume(Direction::Both);
+    loop {
+        let message = e2e_tests::recv_json(&mut at_a, WAIT).await.unwrap();
+        match message["type"].as_str() {
+            Some("op") => assert_eq!(
+                (
+                    message["client"].as_str(),
+                    message["seq"].as_u64(),
+                    message["rev"].as_u64()
+                ),
+                (Some("c"), Some(1), Some(1)),
+                "{message}"
+            ),
+            Some("ack") => {
+                assert_eq!(
+                    (message["rev"].as_u64(), message["seq"].as_u64()),
+                    (Some(1), Some(1))
+                );
+                break;
+            }
+            _ => panic!("node a answered {message}"),
+        }
+    }
+    let (ids, text) = stored(b.addr, "d").await.unwrap();
+    assert_eq!((ids, text.as_str()), (vec![("c".to_owned(), 1)], "x"));
+    assert!(
+        metric_value(a.addr, "ot_storage_lost_races_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert!(metric_value(a.addr, "ot_duplicates_total").await.unwrap() >= 1.0);
+    assert!(
+        started.elapsed() < TEST_BUDGET,
+        "took {:?}",
+        started.elapsed()
+    );
+}
