@@ -823,3 +823,82 @@ async fn a_pending_op_the_winner_committed_is_answered_with_the_winners_ack() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regional_server_whose_home_is_two_nodes_on_postgresql_converges() {
+    let started = Instant::now();
+    let schema = PgSchema::new("region_home").unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (nodes, proxy) = nodes_behind_a_proxy(&schema.url, &dirs, UNLIMITED).await;
+    // The region's link reaches the home nodes through the spreading proxy.
+    let region_dir = tempfile::tempdir().unwrap();
+    let upstream = format!("ws://{}", proxy.addr());
+    let region = ServerProcess::start(
+        &server_binary().unwrap(),
+        region_dir.path(),
+        free_port(),
+        &["--upstream", &upstream, "--node-id", "eu"],
+    )
+    .await
+    .unwrap();
+    let mut at_home = WsClient::join(proxy.addr(), "doc", "home-writer")
+        .await
+        .unwrap();
+    let mut at_region = WsClient::join(region.addr, "doc", "region-writer")
+        .await
+        .unwrap();
+    let mut typed = Vec::new();
+    for round in 0..3 {
+        for i in 0..6 {
+            for (writer, side) in [(&mut at_region, "r"), (&mut at_home, "h")] {
+                let text = format!("<{side}{round}.{i}>");
+                let len = writer.client().text().len_chars();
+                let op = Operation::insert_at(len, 0, &text).unwrap();
+                writer.edit_saved(&op, WAIT).await.unwrap();
+                typed.push(text);
+            }
+        }
+        // Every connection through the proxy is cut: the link and the home
+        // writer come back, each to whichever node answers.
+        proxy.cut();
+        reconnect(&mut at_home).await.unwrap();
+    }
+    // The region's stored text and both home nodes' converge, each edit once.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, at_region_text) = e2e_tests::doc_state(region.addr, "doc").await.unwrap();
+        let mut texts = vec![at_region_text];
+        for node in &nodes {
+            texts.push(e2e_tests::doc_state(node.addr, "doc").await.unwrap().1);
+        }
+        let each_once = typed
+            .iter()
+            .all(|t| texts[0].matches(t.as_str()).count() == 1);
+        if each_once && texts.iter().all(|t| *t == texts[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not converged: {texts:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The home's log holds the region's edits once each, with their origin.
+    let body = http_get(nodes[0].addr, "/api/docs/doc/ops?from=0&limit=1000")
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let from_region = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| op["client"] == "r-eu")
+        .inspect(|op| assert_eq!(op["origin"]["node"], "eu", "{op}"))
+        .count();
+    assert!(from_region > 0, "no op of the region's link at the home");
+    let (ids, _) = stored(nodes[1].addr, "doc").await.unwrap();
+    let unique: HashSet<&(String, u64)> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "an op stored twice");
+    assert!(
+        started.elapsed() < TEST_BUDGET,
+        "took {:?}",
+        started.elapsed()
+    );
+}
