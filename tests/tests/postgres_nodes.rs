@@ -902,3 +902,77 @@ async fn a_regional_server_whose_home_is_two_nodes_on_postgresql_converges() {
         started.elapsed()
     );
 }
+
+/// The next message of `socket` within `within` whose type is `kind`, if any.
+async fn next_of_type(
+    socket: &mut e2e_tests::Socket,
+    kind: &str,
+    within: Duration,
+) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match e2e_tests::next_event(socket, left).await {
+            Ok(e2e_tests::Event::Json(v)) if v["type"] == kind => return Some(v),
+            Ok(e2e_tests::Event::Json(_)) => continue,
+            Ok(e2e_tests::Event::Closed(frame)) => {
+                return Some(serde_json::json!({ "type": "closed", "frame": format!("{frame:?}") }))
+            }
+            Ok(_) | Err(_) => return None,
+        }
+    }
+}
+
+/// Presence and a writer's second connection are per node (README and
+/// PROTOCOL.md say so): a cursor reaches the writers on its own node only,
+/// and one writer connected to two nodes keeps both connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_a_writers_second_connection_are_per_node() {
+    let schema = PgSchema::new("presence").unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (nodes, _proxy) = nodes_behind_a_proxy(&schema.url, &dirs, UNLIMITED).await;
+    let join = |node: SocketAddr, client: &'static str| async move {
+        let mut socket = e2e_tests::ws_connect(node, &format!("/ws/p?client={client}"))
+            .await
+            .unwrap();
+        let first = e2e_tests::recv_json(&mut socket, WAIT).await.unwrap();
+        assert_eq!(first["type"], "snapshot", "{first}");
+        socket
+    };
+    let mut near = join(nodes[0].addr, "near").await;
+    let mut far = join(nodes[1].addr, "far").await;
+    let mut mover = join(nodes[0].addr, "mover").await;
+    let cursor = ot_protocol::ClientMessage::Cursor {
+        rev: 0,
+        ranges: vec![ot_core::Range::cursor(0)],
+        name: None,
+    };
+    e2e_tests::send_message(&mut mover, &cursor).await.unwrap();
+    let seen = next_of_type(&mut near, "cursor", WAIT).await;
+    assert_eq!(
+        seen.as_ref().map(|v| v["client"].clone()),
+        Some("mover".into()),
+        "{seen:?}"
+    );
+    assert_eq!(
+        next_of_type(&mut far, "cursor", Duration::from_secs(1)).await,
+        None,
+        "a cursor at another node"
+    );
+    // The same writer at the other node: both connections stay open.
+    let _again = join(nodes[1].addr, "mover").await;
+    assert_eq!(
+        next_of_type(&mut mover, "closed", Duration::from_secs(1)).await,
+        None,
+        "replaced by a connection at another node"
+    );
+    // At its own node, a second connection replaces the first (4009).
+    let _third = join(nodes[0].addr, "mover").await;
+    let closed = next_of_type(&mut mover, "closed", WAIT).await;
+    assert!(
+        closed
+            .as_ref()
+            .is_some_and(|v| v["frame"].as_str().unwrap_or_default().contains("4009")),
+        "{closed:?}"
+    );
+}
