@@ -8,7 +8,10 @@
 //! prints `listening on 127.0.0.1:PORT` and forwards until killed. Arguments:
 //! the target (a loopback address; several, comma-separated, get the new
 //! connections in turn, as a load balancer without stickiness would give
-//! them to several server nodes) and the delay each way in milliseconds.
+//! them to several server nodes) and the delay each way in milliseconds;
+//! a third argument `by-document` sends every connection of one document
+//! (`/ws/DOC`, `/api/docs/DOC`) to the same target instead, as a reverse
+//! proxy sticky by document would.
 //! Lines on stdin control it: `stall` (a partition: nothing is forwarded,
 //! nothing is closed), `resume`, `cut` (close every connection).
 
@@ -23,7 +26,12 @@ use tokio::io::AsyncBufReadExt;
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(target), Some(delay_ms)) = (args.next(), args.next()) else {
-        bail!("usage: latency_proxy TARGET_ADDR[,TARGET_ADDR…] DELAY_MS_EACH_WAY");
+        bail!("usage: latency_proxy TARGET_ADDR[,TARGET_ADDR…] DELAY_MS_EACH_WAY [by-document]");
+    };
+    let by_document = match args.next().as_deref() {
+        None => false,
+        Some("by-document") => true,
+        Some(other) => bail!("unknown routing {other:?}: by-document or nothing (in turn)"),
     };
     let targets = target
         .split(',')
@@ -33,7 +41,11 @@ async fn main() -> Result<()> {
         bail!("every target must be a loopback address");
     }
     let delay_ms: u64 = delay_ms.parse().context("DELAY_MS_EACH_WAY")?;
-    let proxy = Proxy::start_spread(&targets).await?;
+    let proxy = if by_document {
+        Proxy::start_by_document(&targets).await?
+    } else {
+        Proxy::start_spread(&targets).await?
+    };
     proxy.set_latency(Direction::Both, Duration::from_millis(delay_ms));
     println!("listening on {}", proxy.addr());
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

@@ -83,6 +83,18 @@ impl Proxy {
     /// Listen on a free loopback port and forward each new connection to
     /// the next of `targets` in turn, skipping those that refuse it.
     pub async fn start_spread(targets: &[SocketAddr]) -> Result<Proxy> {
+        Proxy::start_routed(targets, Route::InTurn).await
+    }
+
+    /// Like [`start_spread`](Self::start_spread), but every connection of
+    /// one document goes to the same target (sticky by document, as a
+    /// reverse proxy hashing the request path would route): the document
+    /// is read from the request line (`/ws/DOC…`, `/api/docs/DOC…`).
+    pub async fn start_by_document(targets: &[SocketAddr]) -> Result<Proxy> {
+        Proxy::start_routed(targets, Route::ByDocument).await
+    }
+
+    async fn start_routed(targets: &[SocketAddr], route: Route) -> Result<Proxy> {
         let target = *targets.first().context("no target to forward to")?;
         let listener = TcpListener::bind((target.ip(), 0))
             .await
@@ -95,6 +107,7 @@ impl Proxy {
         let accepted = Arc::new(AtomicUsize::new(0));
         let acceptor = tokio::spawn(accept_loop(
             listener,
+            route,
             Arc::new(targets.to_vec()),
             Channels {
                 to_server: to_server.subscribe(),
@@ -183,8 +196,49 @@ struct Channels {
     cuts: watch::Receiver<u64>,
 }
 
+/// How a proxy with several targets picks one for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Each in turn.
+    InTurn,
+    /// By the document the request line names (see [`document_slot`]).
+    ByDocument,
+}
+
+/// The target slot of the document named by the request line `client`
+/// sends first (peeked, not consumed; at most 4 KiB and 2 s), hashed with
+/// FNV-1a; `None` if no document is named.
+async fn document_slot(client: &TcpStream) -> Option<usize> {
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let line = loop {
+        let n = tokio::time::timeout_at(deadline.into(), client.peek(&mut buffer))
+            .await
+            .ok()?
+            .ok()?;
+        if let Some(end) = buffer[..n].windows(2).position(|w| w == b"\r\n") {
+            break String::from_utf8_lossy(&buffer[..end]).into_owned();
+        }
+        if n == buffer.len() || n == 0 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let path = line.split(' ').nth(1)?.split('?').next()?;
+    let doc = path
+        .strip_prefix("/ws/")
+        .or_else(|| path.strip_prefix("/api/docs/"))?
+        .split('/')
+        .next()?;
+    let hash = doc.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % 1_000_003).ok()
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    route: Route,
     targets: Arc<Vec<SocketAddr>>,
     channels: Channels,
     open: Arc<AtomicUsize>,
@@ -199,9 +253,13 @@ async fn accept_loop(
         accepted.fetch_add(1, Ordering::Relaxed);
         let channels = channels.clone();
         let open = open.clone();
-        let first = accepted.load(Ordering::Relaxed);
+        let in_turn = accepted.load(Ordering::Relaxed);
         let targets = targets.clone();
         tokio::spawn(async move {
+            let first = match route {
+                Route::InTurn => in_turn,
+                Route::ByDocument => document_slot(&client).await.unwrap_or(in_turn),
+            };
             let mut server = None;
             for i in 0..targets.len() {
                 if let Ok(stream) = TcpStream::connect(targets[(first + i) % targets.len()]).await {
@@ -306,6 +364,54 @@ mod tests {
             Ok(Ok(_)) => Some(answer[0]),
             _ => None,
         }
+    }
+
+    /// A server on loopback that answers every connection with `id`.
+    async fn named(id: u8) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let _ = socket.write_all(&[id]).await;
+            }
+        });
+        addr
+    }
+
+    /// Which target answers a request line for `path` through `proxy`.
+    async fn target_of(proxy: &Proxy, path: &str) -> u8 {
+        let mut socket = TcpStream::connect(proxy.addr()).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut id = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut id))
+            .await
+            .unwrap()
+            .unwrap();
+        id[0]
+    }
+
+    #[tokio::test]
+    async fn by_document_sends_every_connection_of_a_document_to_one_target() {
+        let targets = [named(0).await, named(1).await, named(2).await];
+        let proxy = Proxy::start_by_document(&targets).await.unwrap();
+        let mut used = std::collections::HashSet::new();
+        for doc in [
+            "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
+        ] {
+            let first = target_of(&proxy, &format!("/ws/{doc}?client=a")).await;
+            for path in [
+                format!("/ws/{doc}?client=b&rev=3"),
+                format!("/api/docs/{doc}/ops"),
+            ] {
+                assert_eq!(target_of(&proxy, &path).await, first, "{path}");
+            }
+            used.insert(first);
+        }
+        assert!(
+            used.len() > 1,
+            "eight documents all on one target: {used:?}"
+        );
     }
 
     #[tokio::test]
