@@ -212,7 +212,7 @@ async fn document_slot(client: &TcpStream) -> Option<usize> {
     let mut buffer = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(2);
     let line = loop {
-        let n = tokio::time::timeout_at(deadline.into(), client.peek(&mut buffer))
+        let n = tokio::time::timeout_at(deadline, client.peek(&mut buffer))
             .await
             .ok()?
             .ok()?;
