@@ -760,25 +760,36 @@ impl Document {
                 }
             }
         }
+        match self.ops_after_durable_head().await {
+            Ok(ops) if ops.is_empty() => {}
+            Ok(ops) => self.take_committed(ops).await,
+            Err(e) => {
+                tracing::warn!(doc = %self.id, error = %e, "cannot read the ops another node committed; later");
+            }
+        }
+    }
+
+    /// The ops stored after this document's durable head (another node
+    /// committed them), at most [`MAX_CATCH_UP_OPS`].
+    async fn ops_after_durable_head(&self) -> Result<Vec<crate::storage::StoredOp>, String> {
         let storage = self.shared.storage.clone();
         let doc = self.id.to_string();
-        let read =
-            tokio::task::spawn_blocking(move || storage.ops(&doc, from, MAX_CATCH_UP_OPS)).await;
-        let ops = match read {
-            Ok(Ok(ops)) => ops,
-            Ok(Err(e)) => {
-                tracing::warn!(doc = %self.id, error = %e, "cannot read the ops another node committed; later");
-                return;
-            }
-            Err(_) => return,
-        };
-        if ops.is_empty() {
-            return;
+        let from = self.pipeline.durable_rev();
+        match tokio::task::spawn_blocking(move || storage.ops(&doc, from, MAX_CATCH_UP_OPS)).await {
+            Ok(Ok(ops)) => Ok(ops),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Take `ops`, which another node committed right after the durable
+    /// head, and send them to every connection; far behind (as many as were
+    /// asked for), or when they do not continue the history, load the
+    /// document again instead.
+    async fn take_committed(&mut self, ops: Vec<crate::storage::StoredOp>) {
         if ops.len() >= MAX_CATCH_UP_OPS {
             // Far behind: load the document again (from its newest snapshot).
-            self.reload().await;
-            return;
+            return self.reload().await;
         }
         match self.pipeline.catch_up(ops) {
             Some(applied) => {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ot_protocol::{CloseCode, ErrorCode};
 
 use super::super::pipeline::{Accepted, Refused, TakenBack};
-use super::{Document, MAX_CATCH_UP_OPS};
+use super::Document;
 
 /// Lost races in a row after which a document stops retrying.
 const MAX_LOST_IN_A_ROW: u32 = 200;
@@ -105,31 +105,16 @@ impl Document {
     /// far behind, or when they cannot be read, load the document again.
     /// A document deleted at another node stops (4004).
     async fn take_the_winners_ops(&mut self) {
-        let storage = self.shared.storage.clone();
-        let doc = self.id.to_string();
-        let from = self.pipeline.durable_rev();
-        let read =
-            tokio::task::spawn_blocking(move || storage.ops(&doc, from, MAX_CATCH_UP_OPS)).await;
-        let ops = match read {
-            Ok(Ok(ops)) if !ops.is_empty() && ops.len() < MAX_CATCH_UP_OPS => ops,
-            Ok(Ok(ops)) if ops.is_empty() => {
+        match self.ops_after_durable_head().await {
+            Ok(ops) if ops.is_empty() => {
                 // The head moved but no op follows: deleted (or re-created) elsewhere.
                 if self.deleted_elsewhere().await {
                     tracing::info!(doc = %self.id, "deleted at another node; closing its connections");
                     self.stop_with = Some(CloseCode::DocumentDeleted);
                 }
-                return;
             }
-            _ => return self.reload().await,
-        };
-        match self.pipeline.catch_up(ops) {
-            Some(applied) => {
-                self.shared.metrics.catch_ups.inc();
-                for op in &applied {
-                    self.conns.op_durable(0, op);
-                }
-            }
-            None => self.reload().await,
+            Ok(ops) => self.take_committed(ops).await,
+            Err(_) => self.reload().await,
         }
     }
 

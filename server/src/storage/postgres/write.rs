@@ -21,6 +21,17 @@ struct Head {
     len: Option<u64>,
 }
 
+impl Head {
+    /// A head just read (and locked) at `rev`, nothing written yet.
+    fn read_at(rev: u64) -> Head {
+        Head {
+            read: rev,
+            rev,
+            len: None,
+        }
+    }
+}
+
 /// Write `items` in one transaction (see [`Storage::commit`]); returns the
 /// heads it moved: each deleted document with 0, then each document with
 /// ops and its new last revision.
@@ -47,14 +58,7 @@ pub(super) async fn commit(
     // Ops are inserted together, in one statement per run between deletes.
     let mut rows = OpRows::default();
     for (doc, rev) in lock_heads(&tx, items, now).await? {
-        heads.insert(
-            doc,
-            Head {
-                read: rev,
-                rev,
-                len: None,
-            },
-        );
+        heads.insert(doc, Head::read_at(rev));
     }
     refuse_lost_races(items, &heads)?;
     for item in items {
@@ -70,14 +74,7 @@ pub(super) async fn commit(
         }
         if !heads.contains_key(doc) {
             let rev = lock_head(&tx, doc, now).await?;
-            heads.insert(
-                doc,
-                Head {
-                    read: rev,
-                    rev,
-                    len: None,
-                },
-            );
+            heads.insert(doc, Head::read_at(rev));
         }
         let Some(head) = heads.get_mut(doc) else {
             continue;
