@@ -32,6 +32,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cpu;
+mod peer;
 mod rustpad;
 mod sharedb;
 mod workload;
@@ -536,12 +537,16 @@ async fn run_phase(args: &Args, target: Target, seed: u64) -> Result<Summary> {
                     client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx).await
                 }
                 Protocol::Rustpad => {
-                    rustpad::client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx)
-                        .await
+                    peer::client_task::<rustpad::Session>(
+                        config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx,
+                    )
+                    .await
                 }
                 Protocol::Sharedb => {
-                    sharedb::client_task(config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx)
-                        .await
+                    peer::client_task::<sharedb::Session>(
+                        config, doc, rng, start_rx, ready_tx, saved_tx, targets_rx,
+                    )
+                    .await
                 }
             }
         }));
@@ -828,15 +833,7 @@ async fn client_task(
     }
     let _ = ready_tx.send(Ok(())).await;
     drop(ready_tx);
-    let t0 = loop {
-        if let Some(t0) = *start_rx.borrow_and_update() {
-            break t0;
-        }
-        start_rx
-            .changed()
-            .await
-            .map_err(|_| anyhow!("the run was abandoned"))?;
-    };
+    let t0 = peer::wait_for_start(&mut start_rx).await?;
     let measure_from = t0 + config.warmup;
     let stop_editing = measure_from + config.duration;
     c.window = (measure_from, stop_editing);
@@ -940,18 +937,7 @@ impl LoadClient {
         self.socket = None;
         self.connections += 1;
         let url = self.url(resume);
-        let (socket, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async_with_config(
-                url.as_str(),
-                Some(ws_config(self.config.read_buffer)),
-                true,
-            ),
-        )
-        .await
-        .context("connect timeout")?
-        .with_context(|| format!("connecting to {url}"))?;
-        self.socket = Some(socket);
+        self.socket = Some(peer::open(&url, self.config.read_buffer).await?);
         if let Target::Server(_) = self.config.target {
             match self.next_frame(Duration::from_secs(10)).await? {
                 Frame::Text(text) => self.handle_frame(Frame::Text(text)).await?,
@@ -967,14 +953,7 @@ impl LoadClient {
             .socket
             .as_mut()
             .ok_or_else(|| anyhow!("not connected"))?;
-        loop {
-            let frame = tokio::time::timeout(within, socket.next())
-                .await
-                .map_err(|_| anyhow!("no message within {within:?}"))?;
-            if let Some(frame) = Frame::from_read(frame) {
-                return Ok(frame);
-            }
-        }
+        peer::next_frame(socket, within).await
     }
 
     fn in_window(&self, t: Instant) -> bool {

@@ -40,29 +40,23 @@
 //! `GET /text/{collection}/{id}` on the server script's HTTP side
 //! (`{"v":version,"data":text}`, the stored snapshot).
 //!
-//! The client side is ot-core's [`Client`]: one op in flight, later edits
-//! buffered, incoming ops transformed against both, exactly as in our
-//! protocol. No reconnects: a lost connection ends the client.
+//! The client loop and measurements are [`peer`]'s; this module is the
+//! protocol's messages. No reconnects: a lost connection ends the client.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use ot_core::client::{AckOutcome, Client, OutgoingOp, RemoteOutcome};
 use ot_core::{Component, Operation};
-use rand::rngs::StdRng;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{
-    http_get, micros, workload, ws_config, ClientReport, Frame, PhaseConfig, Socket, StartSignal,
-};
+use crate::peer::{self, Peer, Received};
+use crate::{http_get, Frame, PhaseConfig, Socket};
 
 /// The collection every document of the tool is in.
 pub const COLLECTION: &str = "docs";
@@ -238,19 +232,9 @@ enum AtVersion {
     },
 }
 
-/// What one server message did.
-#[derive(Debug, Default, PartialEq)]
-struct Received {
-    /// `Some` if the op in flight was acknowledged, holding the next op to
-    /// send (if edits were buffered meanwhile).
-    ack: Option<Option<OutgoingOp>>,
-    /// Others' ops as applied to the local text (transformed), in order.
-    applied: Vec<Operation>,
-}
-
 /// One ShareDB client's protocol state on one document, without I/O.
 #[derive(Debug)]
-struct Session {
+pub struct Session {
     /// The document's id.
     doc: String,
     /// This connection's id (ShareDB's `src`).
@@ -270,13 +254,143 @@ impl Session {
             ahead: BTreeMap::new(),
         }
     }
+}
 
-    /// Apply a local edit; the op to send now, if nothing was in flight.
-    fn local_edit(&mut self, op: &Operation) -> Result<Option<OutgoingOp>> {
-        Ok(self.client.local_edit(op)?)
+/// `GET /text/docs/{doc}` on the server script: (version, text).
+pub async fn final_state(addr: SocketAddr, doc: &str) -> Result<(u64, String)> {
+    #[derive(Deserialize)]
+    struct Doc {
+        v: u64,
+        data: Option<String>,
+    }
+    let path = format!("/text/{COLLECTION}/{doc}");
+    let body = http_get(addr, &path).await?;
+    let d: Doc = serde_json::from_str(&body).with_context(|| format!("GET {path}: {body}"))?;
+    Ok((d.v, d.data.unwrap_or_default()))
+}
+
+/// The server script's `GET /stats` counters between two reads, as a line
+/// (`None` if either is not such a page).
+pub fn stats_deltas(before: &str, after: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Stats {
+        submits: u64,
+        failed: u64,
+        retries: u64,
+    }
+    let b: Stats = serde_json::from_str(before).ok()?;
+    let a: Stats = serde_json::from_str(after).ok()?;
+    let submits = a.submits.saturating_sub(b.submits);
+    let retries = a.retries.saturating_sub(b.retries);
+    Some(format!(
+        "{submits} submits committed (creates included), {} failed, {retries} commit retries after a lost version race ({:.2} per committed submit)",
+        a.failed.saturating_sub(b.failed),
+        if submits > 0 { retries as f64 / submits as f64 } else { 0.0 }
+    ))
+}
+
+/// Open a connection and do the handshake: the socket and this connection's id.
+async fn handshake(addr: SocketAddr, read_buffer: usize) -> Result<(Socket, String)> {
+    let mut socket = peer::open(&format!("ws://{addr}/"), read_buffer).await?;
+    socket
+        .send(Message::text(
+            r#"{"a":"hs","id":null,"protocol":1,"protocolMinor":2}"#,
+        ))
+        .await
+        .context("sending the handshake")?;
+    loop {
+        let text = next_text(&mut socket, Duration::from_secs(10)).await?;
+        let msg = parse(&text)?;
+        if msg.a == "hs" {
+            let id = msg
+                .id
+                .ok_or_else(|| anyhow!("a handshake reply without an id: {text}"))?;
+            return Ok((socket, id));
+        }
+        // "init" (the legacy first message) comes first.
+    }
+}
+
+/// Create the documents (empty but for [`INITIAL_TEXT`]) over one connection.
+pub async fn create_docs(addr: SocketAddr, doc_ids: &[String], read_buffer: usize) -> Result<()> {
+    let (mut socket, _) = handshake(addr, read_buffer).await?;
+    for (i, doc) in doc_ids.iter().enumerate() {
+        let msg = json!({
+            "a": "op", "c": COLLECTION, "d": doc, "v": 0, "seq": i + 1,
+            "create": {"type": TEXT_UNICODE, "data": INITIAL_TEXT},
+        });
+        socket
+            .send(Message::text(msg.to_string()))
+            .await
+            .context("sending a create")?;
+    }
+    let mut acked = 0;
+    while acked < doc_ids.len() {
+        let text = next_text(&mut socket, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("creating documents ({acked} of {} done)", doc_ids.len()))?;
+        let msg = parse(&text).context("creating a document")?;
+        if msg.a == "op" {
+            acked += 1;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
+    Ok(())
+}
+
+/// The next text frame within `within` (pings skipped); an error if the connection ended.
+async fn next_text(socket: &mut Socket, within: Duration) -> Result<String> {
+    match peer::next_frame(socket, within).await? {
+        Frame::Text(text) => Ok(text),
+        Frame::Lost(why) => bail!("connection lost: {why}"),
+    }
+}
+
+impl Peer for Session {
+    const REVISION: &'static str = "version";
+    const ACKED: &'static str = "acknowledged";
+    const OP_MESSAGE: &'static str = "an op";
+    const NO_RESUME: &'static str = "no reconnects in ShareDB mode";
+    const WAIT_FOR_ALL_FINAL: bool = false;
+
+    /// Connect, shake hands and subscribe to document `doc`.
+    async fn connect(config: &PhaseConfig, doc: usize) -> Result<(Socket, Session, Vec<String>)> {
+        let doc_id = &config.doc_ids[doc];
+        let (mut socket, src) = handshake(config.target.addr(), config.read_buffer).await?;
+        let subscribe = json!({"a": "s", "c": COLLECTION, "d": doc_id});
+        socket
+            .send(Message::text(subscribe.to_string()))
+            .await
+            .context("sending the subscribe")?;
+        // Ops before the reply (none: nobody edits before every client is subscribed)
+        // are kept and handled after it.
+        let mut early = Vec::new();
+        let session = loop {
+            let text = next_text(&mut socket, Duration::from_secs(10)).await?;
+            let msg = parse(&text)?;
+            match (msg.a.as_str(), msg.data) {
+                ("s", Some(snapshot)) => {
+                    if snapshot.doc_type.as_deref() != Some(TEXT_UNICODE) {
+                        bail!("{doc_id} is not a text-unicode document: {text}");
+                    }
+                    let text = snapshot.data.unwrap_or_default();
+                    break Session::new(doc_id, &src, snapshot.v, &text);
+                }
+                ("op", _) => early.push(text),
+                _ => {}
+            }
+        };
+        Ok((socket, session, early))
     }
 
-    /// Handle one server message (after the handshake and the subscribe reply).
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     fn receive(&mut self, text: &str) -> Result<Received> {
         let msg = parse(text)?;
         let mut received = Received::default();
@@ -338,388 +452,11 @@ impl Session {
         }
         Ok(received)
     }
-}
 
-/// `GET /text/docs/{doc}` on the server script: (version, text).
-pub async fn final_state(addr: SocketAddr, doc: &str) -> Result<(u64, String)> {
-    #[derive(Deserialize)]
-    struct Doc {
-        v: u64,
-        data: Option<String>,
-    }
-    let path = format!("/text/{COLLECTION}/{doc}");
-    let body = http_get(addr, &path).await?;
-    let d: Doc = serde_json::from_str(&body).with_context(|| format!("GET {path}: {body}"))?;
-    Ok((d.v, d.data.unwrap_or_default()))
-}
-
-/// The server script's `GET /stats` counters between two reads, as a line
-/// (`None` if either is not such a page).
-pub fn stats_deltas(before: &str, after: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Stats {
-        submits: u64,
-        failed: u64,
-        retries: u64,
-    }
-    let b: Stats = serde_json::from_str(before).ok()?;
-    let a: Stats = serde_json::from_str(after).ok()?;
-    let submits = a.submits.saturating_sub(b.submits);
-    let retries = a.retries.saturating_sub(b.retries);
-    Some(format!(
-        "{submits} submits committed (creates included), {} failed, {retries} commit retries after a lost version race ({:.2} per committed submit)",
-        a.failed.saturating_sub(b.failed),
-        if submits > 0 { retries as f64 / submits as f64 } else { 0.0 }
-    ))
-}
-
-/// Open a connection and do the handshake: the socket and this connection's id.
-async fn handshake(addr: SocketAddr, read_buffer: usize) -> Result<(Socket, String)> {
-    let url = format!("ws://{addr}/");
-    let (mut socket, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async_with_config(
-            url.as_str(),
-            Some(ws_config(read_buffer)),
-            true,
-        ),
-    )
-    .await
-    .context("connect timeout")?
-    .with_context(|| format!("connecting to {url}"))?;
-    socket
-        .send(Message::text(
-            r#"{"a":"hs","id":null,"protocol":1,"protocolMinor":2}"#,
-        ))
-        .await
-        .context("sending the handshake")?;
-    loop {
-        let text = next_text(&mut socket, Duration::from_secs(10)).await?;
-        let msg = parse(&text)?;
-        if msg.a == "hs" {
-            let id = msg
-                .id
-                .ok_or_else(|| anyhow!("a handshake reply without an id: {text}"))?;
-            return Ok((socket, id));
-        }
-        // "init" (the legacy first message) comes first.
+    fn op_message(&self, out: &OutgoingOp) -> Result<String> {
+        op_message(&self.doc, out)
     }
 }
-
-/// Create the documents (empty but for [`INITIAL_TEXT`]) over one connection.
-pub async fn create_docs(addr: SocketAddr, doc_ids: &[String], read_buffer: usize) -> Result<()> {
-    let (mut socket, _) = handshake(addr, read_buffer).await?;
-    for (i, doc) in doc_ids.iter().enumerate() {
-        let msg = json!({
-            "a": "op", "c": COLLECTION, "d": doc, "v": 0, "seq": i + 1,
-            "create": {"type": TEXT_UNICODE, "data": INITIAL_TEXT},
-        });
-        socket
-            .send(Message::text(msg.to_string()))
-            .await
-            .context("sending a create")?;
-    }
-    let mut acked = 0;
-    while acked < doc_ids.len() {
-        let text = next_text(&mut socket, Duration::from_secs(30))
-            .await
-            .with_context(|| format!("creating documents ({acked} of {} done)", doc_ids.len()))?;
-        let msg = parse(&text).context("creating a document")?;
-        if msg.a == "op" {
-            acked += 1;
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
-    Ok(())
-}
-
-/// The next text frame within `within` (pings skipped); an error if the connection ended.
-async fn next_text(socket: &mut Socket, within: Duration) -> Result<String> {
-    match next_frame(socket, within).await? {
-        Frame::Text(text) => Ok(text),
-        Frame::Lost(why) => bail!("connection lost: {why}"),
-    }
-}
-
-/// The next text frame (pings skipped), or why the connection ended; an error on timeout.
-async fn next_frame(socket: &mut Socket, within: Duration) -> Result<Frame> {
-    loop {
-        let frame = tokio::time::timeout(within, socket.next())
-            .await
-            .map_err(|_| anyhow!("no message within {within:?}"))?;
-        if let Some(frame) = Frame::from_read(frame) {
-            return Ok(frame);
-        }
-    }
-}
-
-/// One client's connection and measurements.
-struct ShareDbClient {
-    config: Arc<PhaseConfig>,
-    socket: Socket,
-    session: Session,
-    rng: StdRng,
-    /// Where this client "types" (cursor workload).
-    cursor: usize,
-    /// The op in flight: when it was sent, and when its oldest edit was made.
-    inflight: Option<(Instant, Instant)>,
-    /// When the oldest edit in the buffer was made.
-    buffer_since: Option<Instant>,
-    /// Measurement window.
-    window: (Instant, Instant),
-    /// This client's ops acknowledged over the whole run.
-    own_acked: u64,
-    report: ClientReport,
-}
-
-/// Run one ShareDB client through a phase (the counterpart of the main
-/// module's `client_task`): connect and subscribe, edit until the window
-/// ends, wait for the acks, then catch up to the document's final version.
-pub async fn client_task(
-    config: Arc<PhaseConfig>,
-    doc: usize,
-    rng: StdRng,
-    mut start_rx: StartSignal,
-    ready_tx: mpsc::Sender<Result<(), String>>,
-    saved_tx: mpsc::Sender<(usize, u64)>,
-    mut targets_rx: watch::Receiver<Option<Arc<Vec<u64>>>>,
-) -> Result<ClientReport> {
-    let mut c = match connect(&config, doc, rng).await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready_tx.send(Err(format!("{e:#}"))).await;
-            return Err(e);
-        }
-    };
-    let _ = ready_tx.send(Ok(())).await;
-    drop(ready_tx);
-    let t0 = loop {
-        if let Some(t0) = *start_rx.borrow_and_update() {
-            break t0;
-        }
-        start_rx
-            .changed()
-            .await
-            .map_err(|_| anyhow!("the run was abandoned"))?;
-    };
-    let measure_from = t0 + config.warmup;
-    let stop_editing = measure_from + config.duration;
-    c.window = (measure_from, stop_editing);
-    let hard_deadline = stop_editing + config.settle;
-
-    c.load(stop_editing, hard_deadline).await?;
-    let _ = saved_tx.send((doc, c.own_acked)).await;
-    drop(saved_tx);
-
-    // Wait for the documents' final versions, reading meanwhile.
-    let targets = loop {
-        if let Some(t) = targets_rx.borrow_and_update().clone() {
-            break t;
-        }
-        let left = hard_deadline.saturating_duration_since(Instant::now());
-        tokio::select! {
-            changed = targets_rx.changed() => {
-                changed.map_err(|_| anyhow!("the run was abandoned"))?;
-            }
-            frame = next_frame(&mut c.socket, left) => {
-                c.handle_frame(frame?).await?;
-            }
-        }
-    };
-    let target = targets
-        .get(doc)
-        .copied()
-        .ok_or_else(|| anyhow!("no final version (the run failed)"))?;
-    while c.session.client.revision() < target {
-        let left = hard_deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            bail!(
-                "did not reach version {target} in time (at {})",
-                c.session.client.revision()
-            );
-        }
-        let frame = next_frame(&mut c.socket, left).await?;
-        c.handle_frame(frame).await?;
-    }
-    c.report.final_state = Some((
-        c.session.client.revision(),
-        c.session.client.text().to_string(),
-    ));
-    let _ = tokio::time::timeout(Duration::from_secs(2), c.socket.close(None)).await;
-    Ok(c.report)
-}
-
-/// Connect, shake hands and subscribe to document `doc`.
-async fn connect(config: &Arc<PhaseConfig>, doc: usize, rng: StdRng) -> Result<ShareDbClient> {
-    let doc_id = &config.doc_ids[doc];
-    let (mut socket, src) = handshake(config.target.addr(), config.read_buffer).await?;
-    let subscribe = json!({"a": "s", "c": COLLECTION, "d": doc_id});
-    socket
-        .send(Message::text(subscribe.to_string()))
-        .await
-        .context("sending the subscribe")?;
-    // Ops before the reply (none: nobody edits before every client is subscribed)
-    // are kept and handled after it.
-    let mut early = Vec::new();
-    let session = loop {
-        let text = next_text(&mut socket, Duration::from_secs(10)).await?;
-        let msg = parse(&text)?;
-        match (msg.a.as_str(), msg.data) {
-            ("s", Some(snapshot)) => {
-                if snapshot.doc_type.as_deref() != Some(TEXT_UNICODE) {
-                    bail!("{doc_id} is not a text-unicode document: {text}");
-                }
-                let text = snapshot.data.unwrap_or_default();
-                break Session::new(doc_id, &src, snapshot.v, &text);
-            }
-            ("op", _) => early.push(text),
-            _ => {}
-        }
-    };
-    let mut c = ShareDbClient {
-        config: config.clone(),
-        socket,
-        session,
-        rng,
-        cursor: 0,
-        inflight: None,
-        buffer_since: None,
-        window: (Instant::now(), Instant::now()),
-        own_acked: 0,
-        report: ClientReport::default(),
-    };
-    for text in early {
-        c.handle_frame(Frame::Text(text)).await?;
-    }
-    Ok(c)
-}
-
-impl ShareDbClient {
-    fn in_window(&self, t: Instant) -> bool {
-        t >= self.window.0 && t <= self.window.1
-    }
-
-    /// Run the load until `stop_editing`, then wait until everything is acknowledged.
-    async fn load(&mut self, stop_editing: Instant, hard_deadline: Instant) -> Result<()> {
-        let period = self.config.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-        let mut next_tick = period.map(|p| {
-            // A random phase, so the clients don't all type in the same instant.
-            Instant::now() + p.mul_f64(self.rng.random::<f64>())
-        });
-        loop {
-            let now = Instant::now();
-            let editing = now < stop_editing;
-            if !editing && self.session.client.all_saved() {
-                return Ok(());
-            }
-            if now >= hard_deadline {
-                bail!(
-                    "ops still unacknowledged {:?} after the load stopped",
-                    self.config.settle
-                );
-            }
-            // Closed loop: nothing in flight, so edit and send.
-            if editing && period.is_none() && self.session.client.outstanding().is_none() {
-                self.edit().await?;
-                continue;
-            }
-            let wake = match (editing, next_tick) {
-                (true, Some(t)) => t.min(stop_editing),
-                (true, None) => stop_editing,
-                (false, _) => hard_deadline,
-            };
-            tokio::select! {
-                biased;
-                frame = self.socket.next() => {
-                    let Some(frame) = Frame::from_read(frame) else {
-                        continue;
-                    };
-                    self.handle_frame(frame).await?;
-                }
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    if let (Some(p), Some(t)) = (period, next_tick) {
-                        if editing && Instant::now() >= t {
-                            next_tick = Some(t + p);
-                            self.edit().await?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// One local edit of the workload, sent if nothing is in flight.
-    async fn edit(&mut self) -> Result<()> {
-        let op = workload::next_edit(
-            self.config.workload,
-            &mut self.rng,
-            &mut self.cursor,
-            self.session.client.text().len_chars(),
-            self.config.max_len,
-        )?;
-        let now = Instant::now();
-        if self.in_window(now) {
-            self.report.edits += 1;
-        }
-        match self.session.local_edit(&op)? {
-            Some(out) => self.send_op(&out, now).await?,
-            None => {
-                self.buffer_since.get_or_insert(now);
-            }
-        }
-        Ok(())
-    }
-
-    async fn send_op(&mut self, out: &OutgoingOp, oldest_edit: Instant) -> Result<()> {
-        let text = op_message(&self.session.doc, out)?;
-        self.inflight = Some((Instant::now(), oldest_edit));
-        self.socket
-            .send(Message::text(text))
-            .await
-            .context("sending an op (no reconnects in ShareDB mode)")
-    }
-
-    async fn handle_frame(&mut self, frame: Frame) -> Result<()> {
-        let now = Instant::now();
-        let text = match frame {
-            Frame::Text(text) => text,
-            Frame::Lost(why) => {
-                self.report.errors += 1;
-                bail!("connection lost (no reconnects in ShareDB mode): {why}");
-            }
-        };
-        let received = match self.session.receive(&text) {
-            Ok(received) => received,
-            Err(e) => {
-                self.report.errors += 1;
-                return Err(e);
-            }
-        };
-        for op in &received.applied {
-            self.report.remote_ops += 1;
-            self.cursor = op.transform_position(self.cursor);
-        }
-        if let Some(next) = received.ack {
-            self.own_acked += 1;
-            if let Some((sent, oldest)) = self.inflight.take() {
-                if self.in_window(now) {
-                    self.report.acked += 1;
-                    self.report.ack_us.push(micros(now - sent));
-                    self.report.edit_us.push(micros(now - oldest));
-                }
-            }
-            match next {
-                Some(out) => {
-                    let oldest = self.buffer_since.take().unwrap_or(now);
-                    self.send_op(&out, oldest).await?;
-                }
-                None => self.buffer_since = None,
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
