@@ -32,6 +32,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cpu;
+mod editing;
 mod peer;
 mod rustpad;
 mod sharedb;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use editing::{Editor, Typist};
 use futures_util::{SinkExt, StreamExt};
 use ot_core::client::{AckOutcome, Client, OutgoingOp, RemoteOutcome};
 use ot_protocol::{op_message_text, ClientMessage, ErrorAction, ServerMessage};
@@ -780,7 +782,6 @@ fn metric(page: &str, name: &str) -> Option<f64> {
 
 /// One client's connection and state.
 struct LoadClient {
-    config: Arc<PhaseConfig>,
     doc: usize,
     client: Client,
     socket: Option<Socket>,
@@ -790,16 +791,8 @@ struct LoadClient {
     epoch: Option<u64>,
     /// Whether a first snapshot was received.
     synced: bool,
-    rng: StdRng,
-    /// Where this client "types" (a char position in its local text).
-    cursor: usize,
-    /// The op in flight: its seq, when it was sent, and when its oldest edit was made.
-    inflight: Option<(u64, Instant, Instant)>,
-    /// When the oldest edit in the buffer was made.
-    buffer_since: Option<Instant>,
-    /// Measurement window.
-    window: (Instant, Instant),
-    report: ClientReport,
+    /// The user: typing, and what it measured.
+    typist: Typist,
 }
 
 async fn client_task(
@@ -813,76 +806,30 @@ async fn client_task(
 ) -> Result<ClientReport> {
     let client_id = format!("{:032x}", rng.random::<u128>());
     let mut c = LoadClient {
-        config: config.clone(),
         doc,
         client: Client::new(client_id, 0, "", 0),
         socket: None,
         connections: 0,
         epoch: None,
         synced: false,
-        rng,
-        cursor: 0,
-        inflight: None,
-        buffer_since: None,
-        window: (Instant::now(), Instant::now()),
-        report: ClientReport::default(),
+        typist: Typist::new(config.clone(), rng),
     };
-    if let Err(e) = c.connect(false).await {
-        let _ = ready_tx.send(Err(format!("{e:#}"))).await;
-        return Err(e);
-    }
-    let _ = ready_tx.send(Ok(())).await;
-    drop(ready_tx);
-    let t0 = peer::wait_for_start(&mut start_rx).await?;
-    let measure_from = t0 + config.warmup;
-    let stop_editing = measure_from + config.duration;
-    c.window = (measure_from, stop_editing);
-    let hard_deadline = stop_editing + config.settle;
-
-    c.load(stop_editing, hard_deadline).await?;
+    let connected = c.connect(false).await;
+    editing::ready(ready_tx, connected).await?;
+    let (stop_editing, hard_deadline) = editing::start(&mut c.typist, &mut start_rx).await?;
+    editing::load(&mut c, stop_editing, hard_deadline).await?;
 
     if let Target::Server(_) = config.target {
         let _ = saved_tx.send((doc, 0)).await;
         drop(saved_tx);
-        // Wait for the documents' final revisions, reading meanwhile.
-        let targets = loop {
-            if let Some(t) = targets_rx.borrow_and_update().clone() {
-                break t;
-            }
-            let left = hard_deadline.saturating_duration_since(Instant::now());
-            tokio::select! {
-                changed = targets_rx.changed() => {
-                    changed.map_err(|_| anyhow!("the run was abandoned"))?;
-                }
-                frame = c.next_frame(left) => {
-                    let frame = frame?;
-                    c.handle_frame(frame).await?;
-                }
-            }
-        };
-        let target = targets
-            .get(doc)
-            .copied()
-            .ok_or_else(|| anyhow!("no final revision (the run failed)"))?;
-        while c.client.revision() < target {
-            let left = hard_deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!(
-                    "did not reach revision {target} in time (at {})",
-                    c.client.revision()
-                );
-            }
-            let frame = c.next_frame(left).await?;
-            c.handle_frame(frame).await?;
-        }
-        c.report.final_state = Some((c.client.revision(), c.client.text().to_string()));
+        editing::catch_up(&mut c, &mut targets_rx, doc, hard_deadline).await?;
         if let Some(socket) = c.socket.as_mut() {
             let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
         }
     } else if let Some(socket) = c.socket.as_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
     }
-    Ok(c.report)
+    Ok(c.typist.report)
 }
 
 /// A frame from the socket, or the end of it.
@@ -909,16 +856,16 @@ impl Frame {
 
 impl LoadClient {
     fn url(&self, resume: bool) -> String {
-        let addr = self.config.target.addr();
-        match self.config.target {
+        let addr = self.typist.config.target.addr();
+        match self.typist.config.target {
             Target::Echo(_) => format!("ws://{addr}/echo"),
             Target::Server(_) => {
                 let mut url = format!(
                     "ws://{addr}/ws/{}?client={}",
-                    self.config.doc_ids[self.doc],
+                    self.typist.config.doc_ids[self.doc],
                     self.client.client_id()
                 );
-                if self.config.batch {
+                if self.typist.config.batch {
                     url.push_str("&batch=1");
                 }
                 if resume {
@@ -937,8 +884,8 @@ impl LoadClient {
         self.socket = None;
         self.connections += 1;
         let url = self.url(resume);
-        self.socket = Some(peer::open(&url, self.config.read_buffer).await?);
-        if let Target::Server(_) = self.config.target {
+        self.socket = Some(editing::open(&url, self.typist.config.read_buffer).await?);
+        if let Target::Server(_) = self.typist.config.target {
             match self.next_frame(Duration::from_secs(10)).await? {
                 Frame::Text(text) => self.handle_frame(Frame::Text(text)).await?,
                 Frame::Lost(why) => bail!("connection lost before the first message: {why}"),
@@ -953,95 +900,26 @@ impl LoadClient {
             .socket
             .as_mut()
             .ok_or_else(|| anyhow!("not connected"))?;
-        peer::next_frame(socket, within).await
+        editing::next_frame(socket, within).await
+    }
+}
+
+impl Editor for LoadClient {
+    const REVISION: &'static str = "revision";
+    const ACKED: &'static str = "acknowledged";
+
+    fn parts(&mut self) -> (&mut Typist, &mut Client) {
+        (&mut self.typist, &mut self.client)
     }
 
-    fn in_window(&self, t: Instant) -> bool {
-        t >= self.window.0 && t <= self.window.1
-    }
-
-    /// Run the load until `stop_editing`, then wait until everything is acknowledged.
-    async fn load(&mut self, stop_editing: Instant, hard_deadline: Instant) -> Result<()> {
-        let period = self.config.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-        let mut next_tick = period.map(|p| {
-            // A random phase, so the clients don't all type in the same instant.
-            Instant::now() + p.mul_f64(self.rng.random::<f64>())
-        });
-        loop {
-            let now = Instant::now();
-            let editing = now < stop_editing;
-            if !editing && self.client.all_saved() {
-                return Ok(());
-            }
-            if now >= hard_deadline {
-                bail!(
-                    "ops still unacknowledged {:?} after the load stopped",
-                    self.config.settle
-                );
-            }
-            // Closed loop: nothing in flight, so edit and send.
-            if editing && period.is_none() && self.client.outstanding().is_none() {
-                self.edit().await?;
-                continue;
-            }
-            let wake = match (editing, next_tick) {
-                (true, Some(t)) => t.min(stop_editing),
-                (true, None) => stop_editing,
-                (false, _) => hard_deadline,
-            };
-            let socket = self
-                .socket
-                .as_mut()
-                .ok_or_else(|| anyhow!("not connected"))?;
-            tokio::select! {
-                biased;
-                frame = socket.next() => {
-                    let Some(frame) = Frame::from_read(frame) else {
-                        continue;
-                    };
-                    self.handle_frame(frame).await?;
-                }
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    if let (Some(p), Some(t)) = (period, next_tick) {
-                        if editing && Instant::now() >= t {
-                            next_tick = Some(t + p);
-                            self.edit().await?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// One random local edit (see [`workload`]), sent if nothing is in flight.
-    async fn edit(&mut self) -> Result<()> {
-        let op = workload::next_edit(
-            self.config.workload,
-            &mut self.rng,
-            &mut self.cursor,
-            self.client.text().len_chars(),
-            self.config.max_len,
-        )?;
-        let now = Instant::now();
-        if self.in_window(now) {
-            self.report.edits += 1;
-        }
-        match self.client.local_edit(&op)? {
-            Some(out) => {
-                self.send_op(&out, now).await?;
-            }
-            None => {
-                self.buffer_since.get_or_insert(now);
-            }
-        }
-        Ok(())
+    fn socket(&mut self) -> Result<&mut Socket> {
+        self.socket.as_mut().ok_or_else(|| anyhow!("not connected"))
     }
 
     async fn send_op(&mut self, out: &OutgoingOp, oldest_edit: Instant) -> Result<()> {
         let text = op_message_text(out.base_rev, out.seq, &out.op, None, None);
-        let sent = Instant::now();
-        self.inflight = Some((out.seq, sent, oldest_edit));
-        if let Some(first_sent) = &self.config.first_sent {
+        let sent = self.typist.sending(oldest_edit);
+        if let Some(first_sent) = &self.typist.config.first_sent {
             // A resend keeps the first send's time.
             lock(first_sent)
                 .entry((self.client.client_id().to_owned(), out.seq))
@@ -1058,35 +936,17 @@ impl LoadClient {
         Ok(())
     }
 
-    /// The outstanding op was acknowledged at `now`; send the buffer if it had edits.
-    async fn acknowledged(&mut self, next: Option<OutgoingOp>, now: Instant) -> Result<()> {
-        if let Some((_, sent, oldest)) = self.inflight.take() {
-            if self.in_window(now) {
-                self.report.acked += 1;
-                self.report.ack_us.push(micros(now - sent));
-                self.report.edit_us.push(micros(now - oldest));
-            }
-        }
-        if let Some(out) = next {
-            let oldest = self.buffer_since.take().unwrap_or(now);
-            self.send_op(&out, oldest).await?;
-        } else {
-            self.buffer_since = None;
-        }
-        Ok(())
-    }
-
     async fn handle_frame(&mut self, frame: Frame) -> Result<()> {
         let now = Instant::now();
         let text = match frame {
             Frame::Text(text) => text,
             Frame::Lost(why) => {
-                self.report.errors += 1;
-                if let Target::Echo(_) = self.config.target {
+                self.typist.report.errors += 1;
+                if let Target::Echo(_) = self.typist.config.target {
                     bail!("echo connection lost: {why}");
                 }
-                self.report.reconnects += 1;
-                if self.report.reconnects > 5 {
+                self.typist.report.reconnects += 1;
+                if self.typist.report.reconnects > 5 {
                     bail!("connection lost too often (last: {why})");
                 }
                 eprintln!(
@@ -1096,7 +956,7 @@ impl LoadClient {
                 return self.reconnect().await;
             }
         };
-        if let Target::Echo(_) = self.config.target {
+        if let Target::Echo(_) = self.typist.config.target {
             // The echo server sends the op message back: its seq is the ack.
             let ClientMessage::Op { seq, .. } = ClientMessage::parse(&text)
                 .map_err(|e| anyhow!("not an echoed op ({}): {text}", e.message))?
@@ -1122,6 +982,16 @@ impl LoadClient {
         }
         Ok(())
     }
+}
+
+impl LoadClient {
+    /// The outstanding op was acknowledged at `now`; send the buffer if it had edits.
+    async fn acknowledged(&mut self, next: Option<OutgoingOp>, now: Instant) -> Result<()> {
+        if let Some((out, oldest)) = self.typist.acknowledged(next, now) {
+            self.send_op(&out, oldest).await?;
+        }
+        Ok(())
+    }
 
     /// Act on one server message (not a batch) that arrived at `now`.
     async fn handle_message(&mut self, message: ServerMessage<'_>, now: Instant) -> Result<()> {
@@ -1138,18 +1008,18 @@ impl LoadClient {
                     self.synced = true;
                     let id = self.client.client_id().to_owned();
                     self.client = Client::new(id, rev, &snapshot_text, seq);
-                    self.cursor = self.rng.random_range(0..=self.client.text().len_chars());
+                    self.typist.cursor = self.typist.rng.random_range(0..=self.client.text().len_chars());
                 } else {
                     // A resync: pending edits that cannot be rebased become a conflict copy.
                     let outcome = self.client.snapshot(rev, &snapshot_text, seq);
                     if outcome.conflict_copy.is_some() {
-                        self.report.errors += 1;
+                        self.typist.report.errors += 1;
                         eprintln!(
                             "client {}: resynced with a conflict copy",
                             self.client.client_id()
                         );
-                        self.inflight = None;
-                        self.buffer_since = None;
+                        self.typist.inflight = None;
+                        self.typist.buffer_since = None;
                     }
                     if let Some(out) = outcome.send {
                         self.send_op(&out, now).await?;
@@ -1161,11 +1031,10 @@ impl LoadClient {
             } => {
                 self.epoch = Some(epoch);
                 if let Some(out) = self.client.resumed(rev, seq)? {
-                    let oldest = self.inflight.map(|(_, _, o)| o).unwrap_or(now);
-                    let sent = self.inflight.map(|(_, s, _)| s).unwrap_or(now);
+                    let (sent, oldest) = self.typist.inflight.unwrap_or((now, now));
                     self.send_op(&out, oldest).await?;
                     // Keep measuring from the first send.
-                    self.inflight = Some((out.seq, sent, oldest));
+                    self.typist.inflight = Some((sent, oldest));
                 }
             }
             ServerMessage::Op {
@@ -1175,14 +1044,13 @@ impl LoadClient {
                 seq,
             } => match self.client.remote_op(rev, &op, &client, seq)? {
                 RemoteOutcome::Applied(applied) => {
-                    self.report.remote_ops += 1;
-                    if let Some(first_sent) = &self.config.first_sent {
+                    self.typist.remote_applied(&applied);
+                    if let Some(first_sent) = &self.typist.config.first_sent {
                         let sent = lock(first_sent).get(&(client.into_owned(), seq)).copied();
-                        if let Some(sent) = sent.filter(|_| self.in_window(now)) {
-                            self.report.remote_us.push(micros(now - sent));
+                        if let Some(sent) = sent.filter(|_| self.typist.in_window(now)) {
+                            self.typist.report.remote_us.push(micros(now - sent));
                         }
                     }
-                    self.cursor = applied.transform_position(self.cursor);
                 }
                 RemoteOutcome::Acknowledged { next } => self.acknowledged(next, now).await?,
                 RemoteOutcome::Ignored => {}
@@ -1193,8 +1061,8 @@ impl LoadClient {
                 }
             }
             ServerMessage::Error { code, message, seq } => {
-                self.report.errors += 1;
-                if self.report.errors <= 3 {
+                self.typist.report.errors += 1;
+                if self.typist.report.errors <= 3 {
                     eprintln!(
                         "client {}: error {code}: {message}",
                         self.client.client_id()

@@ -23,7 +23,8 @@ use ot_core::Operation;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
-use crate::peer::{self, Peer, Received};
+use crate::editing;
+use crate::peer::{Peer, Received};
 use crate::{http_get, Frame, PhaseConfig, Socket};
 
 /// A message from a Rustpad server.
@@ -124,16 +125,12 @@ impl Peer for Session {
             config.target.addr(),
             config.doc_ids[doc]
         );
-        let mut socket = peer::open(&url, config.read_buffer).await?;
-        let session = match peer::next_frame(&mut socket, Duration::from_secs(10)).await? {
+        let mut socket = editing::open(&url, config.read_buffer).await?;
+        let session = match editing::next_frame(&mut socket, Duration::from_secs(10)).await? {
             Frame::Text(text) => Session::from_first_message(&text)?,
             Frame::Lost(why) => bail!("connection lost before the first message: {why}"),
         };
         Ok((socket, session, Vec::new()))
-    }
-
-    fn client(&self) -> &Client {
-        &self.client
     }
 
     fn client_mut(&mut self) -> &mut Client {
@@ -218,10 +215,13 @@ mod tests {
     #[test]
     fn a_history_entry_with_our_id_acks_our_op() -> Result<()> {
         let mut s = Session::new(2);
-        let first = s.local_edit(&op_json(r#"["ab"]"#))?.expect("sent at once");
+        let first = s
+            .client
+            .local_edit(&op_json(r#"["ab"]"#))?
+            .expect("sent at once");
         assert_eq!(first.base_rev, 0);
         // Buffered while "ab" is in flight.
-        assert_eq!(s.local_edit(&op_json(r#"[2,"c"]"#))?, None);
+        assert_eq!(s.client.local_edit(&op_json(r#"[2,"c"]"#))?, None);
         // User 5's "X" came first; ours was transformed past it (ours first, as Rustpad's server does).
         let received = s.receive(
             r#"{"History":{"start":0,"operations":[{"id":5,"operation":["X"]},{"id":2,"operation":["ab",1]}]}}"#,

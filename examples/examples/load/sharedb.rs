@@ -55,7 +55,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::peer::{self, Peer, Received};
+use crate::editing;
+use crate::peer::{Peer, Received};
 use crate::{http_get, Frame, PhaseConfig, Socket};
 
 /// The collection every document of the tool is in.
@@ -291,7 +292,7 @@ pub fn stats_deltas(before: &str, after: &str) -> Option<String> {
 
 /// Open a connection and do the handshake: the socket and this connection's id.
 async fn handshake(addr: SocketAddr, read_buffer: usize) -> Result<(Socket, String)> {
-    let mut socket = peer::open(&format!("ws://{addr}/"), read_buffer).await?;
+    let mut socket = editing::open(&format!("ws://{addr}/"), read_buffer).await?;
     socket
         .send(Message::text(
             r#"{"a":"hs","id":null,"protocol":1,"protocolMinor":2}"#,
@@ -340,7 +341,7 @@ pub async fn create_docs(addr: SocketAddr, doc_ids: &[String], read_buffer: usiz
 
 /// The next text frame within `within` (pings skipped); an error if the connection ended.
 async fn next_text(socket: &mut Socket, within: Duration) -> Result<String> {
-    match peer::next_frame(socket, within).await? {
+    match editing::next_frame(socket, within).await? {
         Frame::Text(text) => Ok(text),
         Frame::Lost(why) => bail!("connection lost: {why}"),
     }
@@ -381,10 +382,6 @@ impl Peer for Session {
             }
         };
         Ok((socket, session, early))
-    }
-
-    fn client(&self) -> &Client {
-        &self.client
     }
 
     fn client_mut(&mut self) -> &mut Client {
@@ -506,10 +503,11 @@ mod tests {
     fn an_ack_after_a_missed_op_and_a_duplicate() -> Result<()> {
         let mut s = Session::new("d", "me", 1, "\n");
         let first = s
+            .client
             .local_edit(&op_json(r#"["ab",1]"#))?
             .expect("sent at once");
         assert_eq!(first.base_rev, 1);
-        assert_eq!(s.local_edit(&op_json(r#"[2,"c",1]"#))?, None);
+        assert_eq!(s.client.local_edit(&op_json(r#"[2,"c",1]"#))?, None);
         let remote = r#"{"a":"op","c":"docs","d":"d","v":1,"src":"other","seq":7,"op":["X"]}"#;
         let received = s.receive(remote)?;
         assert_eq!(received.applied, vec![op_json(r#"[3,"X",1]"#)]);
@@ -531,7 +529,7 @@ mod tests {
     #[test]
     fn an_op_ahead_waits_for_the_ack_before_it() -> Result<()> {
         let mut s = Session::new("d", "me", 1, "\n");
-        s.local_edit(&op_json(r#"["a",1]"#))?.expect("sent");
+        s.client.local_edit(&op_json(r#"["a",1]"#))?.expect("sent");
         let ahead =
             s.receive(r#"{"a":"op","c":"docs","d":"d","v":2,"src":"o","seq":1,"op":[1,"b"]}"#)?;
         assert_eq!(ahead, Received::default());
