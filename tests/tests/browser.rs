@@ -773,6 +773,12 @@ async fn a_page_on_a_regional_server_says_what_is_not_yet_at_the_home() -> Resul
     let result = async {
         open(&page, &base, doc, "Ann").await?;
         send_keys(&page, "hello ").await?;
+        // The page's typing is saved before the terminal appends (else the
+        // append may land between its keystrokes: right, but not this text).
+        wait_for(&page, "hello saved", Duration::from_secs(20), |s| {
+            s["saved"] == true && s["text"] == "hello "
+        })
+        .await?;
         term.run(&["append", doc, "from the terminal "]).await?;
         wait_for(&page, "all saved", Duration::from_secs(20), |s| {
             s["saved"] == true
