@@ -338,6 +338,14 @@ impl ServerProcess {
         }
     }
 
+    /// SIGSTOP: the process stops running (it reads nothing more) until
+    /// killed.
+    pub fn freeze(&self) {
+        let _ = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status();
+    }
+
     /// SIGKILL and wait.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
