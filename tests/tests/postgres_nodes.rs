@@ -976,3 +976,105 @@ async fn presence_and_a_writers_second_connection_are_per_node() {
         "{closed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_waiting_on_a_new_connection_is_acked_after_a_lost_race() {
+    use e2e_tests::proxy::Direction;
+    let started = Instant::now();
+    let schema = PgSchema::new("resend_after_race").unwrap();
+    // Node a reaches the database through a proxy the test can stall.
+    let link = Proxy::start(database_addr(&schema.url)).await.unwrap();
+    let bin = server_binary().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let url_a = through(&schema.url, link.addr());
+    let mut args_a = vec!["--database-url", url_a.as_str()];
+    args_a.extend_from_slice(UNLIMITED);
+    let a = ServerProcess::start(&bin, dirs[0].path(), free_port(), &args_a)
+        .await
+        .unwrap();
+    let mut args_b = vec!["--database-url", schema.url.as_str()];
+    args_b.extend_from_slice(UNLIMITED);
+    let b = ServerProcess::start(&bin, dirs[1].path(), free_port(), &args_b)
+        .await
+        .unwrap();
+    let insert = |seq: u64, text: &str| ot_protocol::ClientMessage::Op {
+        rev: 0,
+        seq,
+        op: Operation::insert_at(0, 0, text).unwrap(),
+        ranges: None,
+        origin: None,
+    };
+    let join = |node: SocketAddr, client: &'static str| async move {
+        let mut socket = e2e_tests::ws_connect(node, &format!("/ws/d?client={client}"))
+            .await
+            .unwrap();
+        let first = e2e_tests::recv_json(&mut socket, WAIT).await.unwrap();
+        assert_eq!(first["type"], "snapshot", "{first}");
+        socket
+    };
+    let mut first = join(a.addr, "c").await;
+    let deadline = Instant::now() + WAIT;
+    while http_get(b.addr, "/api/docs/d").await.is_err() {
+        assert!(Instant::now() < deadline, "d was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Writer c's op is pending at node a, whose commit cannot reach the database.
+    link.stall(Direction::Both);
+    e2e_tests::send_message(&mut first, &insert(1, "c"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // c reconnects to node a (the new connection replaces the first) and
+    // resends: it waits for the pending original.
+    let mut second = join(a.addr, "c").await;
+    e2e_tests::send_message(&mut second, &insert(1, "c"))
+        .await
+        .unwrap();
+    // Meanwhile writer w's op is committed through node b first.
+    let mut other = join(b.addr, "w").await;
+    e2e_tests::send_message(&mut other, &insert(1, "w"))
+        .await
+        .unwrap();
+    let ack = e2e_tests::recv_json(&mut other, WAIT).await.unwrap();
+    assert_eq!(
+        (ack["type"].as_str(), ack["rev"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{ack}"
+    );
+    // Node a's commit loses; it receives c's op again (its first connection
+    // is gone) and acks the resend with the revision it got.
+    link.resume(Direction::Both);
+    loop {
+        let message = e2e_tests::recv_json(&mut second, WAIT).await.unwrap();
+        match message["type"].as_str() {
+            // w's op, then c's own op (which a client takes as its ack).
+            Some("op") => assert!(
+                (message["client"] == "w" && message["rev"] == 1)
+                    || (message["client"] == "c" && message["seq"] == 1 && message["rev"] == 2),
+                "{message}"
+            ),
+            Some("ack") => {
+                assert_eq!(
+                    (message["rev"].as_u64(), message["seq"].as_u64()),
+                    (Some(2), Some(1))
+                );
+                break;
+            }
+            _ => panic!("node a answered {message}"),
+        }
+    }
+    let (ids, text) = stored(b.addr, "d").await.unwrap();
+    assert_eq!(ids, vec![("w".to_owned(), 1), ("c".to_owned(), 1)]);
+    assert_eq!(text.chars().count(), 2, "{text}");
+    assert!(
+        metric_value(a.addr, "ot_storage_lost_races_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        started.elapsed() < TEST_BUDGET,
+        "took {:?}",
+        started.elapsed()
+    );
+}

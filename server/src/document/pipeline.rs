@@ -61,10 +61,11 @@ pub(super) struct Pending {
 /// What [`Pipeline::take_back`] took out of the pipeline after a lost race.
 pub(super) struct TakenBack {
     /// The pending ops as their senders sent them, in the order they were
-    /// applied: (connection, op).
-    pub(super) originals: Vec<(u64, IncomingOp)>,
-    /// Ops that cannot be received again (deferred acks of resends): (conn,
-    /// seq), to answer `storage_error` (their senders resend).
+    /// applied: (connection, client id, op).
+    pub(super) originals: Vec<(u64, std::sync::Arc<str>, IncomingOp)>,
+    /// Resends of pending ops on other connections, waiting for their acks
+    /// (deferred acks): (conn, seq), acked once their originals are received
+    /// again ([`Pipeline::rev_of`]), else answered `storage_error`.
     pub(super) unanswered: Vec<(u64, u64)>,
 }
 
@@ -910,6 +911,20 @@ impl Pipeline {
         Some(Ok(p))
     }
 
+    /// The revision of `client_id`'s op `seq` if it is the client's last
+    /// op applied (its resend is then acked with that revision).
+    pub(super) fn rev_of(&self, client_id: &str, seq: u64) -> Option<u64> {
+        self.history()
+            .client(client_id)
+            .filter(|record| record.last_seq == seq && record.last_rev > 0)
+            .map(|record| record.last_rev)
+    }
+
+    /// Ack `seq` on `conn_id` once revision `rev` (not durable yet) is.
+    pub(super) fn ack_when_durable(&mut self, rev: u64, conn_id: u64, seq: u64) {
+        self.deferred_acks.push((rev, conn_id, seq));
+    }
+
     /// The deferred acks whose ops are durable now: (rev, conn, seq).
     pub(super) fn ready_acks(&mut self) -> Vec<(u64, u64, u64)> {
         let durable = self.durable_rev;
@@ -970,7 +985,7 @@ impl Pipeline {
         let originals = self
             .pending
             .drain(..)
-            .filter_map(|p| Some((p.conn_id, p.original?)))
+            .filter_map(|p| Some((p.conn_id, p.applied.client_id, p.original?)))
             .collect();
         let unanswered = self
             .deferred_acks

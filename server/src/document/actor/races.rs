@@ -70,19 +70,19 @@ impl Document {
             return false;
         };
         tracing::debug!(doc = %self.id, pending = originals.len(), ?pause, "lost the race for the document's head; receiving the pending ops again");
-        for (conn_id, seq) in unanswered {
-            self.send_storage_error(conn_id, seq);
-        }
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
         // Whatever was announced meanwhile is read now.
         self.head_announced = None;
         self.take_the_winners_ops().await;
-        for (conn_id, incoming) in originals {
+        for (conn_id, client, incoming) in originals {
             let seq = incoming.seq;
-            let Some(client_id) = self.conns.client_id(conn_id) else {
-                continue; // the connection is gone: never acknowledged, resent elsewhere
+            // Also when its connection is gone: the node took the op, as it
+            // commits an op whose sender left before the commit (a resend
+            // is recognised, here or at the node that has it).
+            let Ok(client_id) = ot_protocol::ClientId::parse(&client) else {
+                continue;
             };
             if self.stop_with.is_some() || self.shutting_down || self.deleting.is_some() {
                 self.send_storage_error(conn_id, seq);
@@ -97,6 +97,21 @@ impl Document {
             self.shared.metrics.race_retries.inc();
             let accepted = self.pipeline.receive(conn_id, &client_id, incoming).await;
             self.answer_retried(conn_id, seq, accepted);
+        }
+        // Resends of those ops on other connections wait for where the
+        // ops were received again.
+        for (conn_id, seq) in unanswered {
+            let found = self
+                .conns
+                .client_id(conn_id)
+                .and_then(|client| self.pipeline.rev_of(&client, seq));
+            match found {
+                Some(rev) if rev <= self.pipeline.durable_rev() => {
+                    self.conns.ack(conn_id, rev, seq)
+                }
+                Some(rev) => self.pipeline.ack_when_durable(rev, conn_id, seq),
+                None => self.send_storage_error(conn_id, seq),
+            }
         }
         true
     }
