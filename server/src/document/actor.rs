@@ -558,9 +558,24 @@ impl Document {
         seq: u64,
         accepted: Result<Accepted, super::pipeline::Refused>,
     ) {
+        if let Some(done) = self.answer(conn_id, seq, accepted) {
+            self.on_commit(done).await;
+        }
+    }
+
+    /// Answer (or hold, or rebase) an op the pipeline took or refused;
+    /// returns the outcome of a commit that already happened, for the
+    /// caller to handle.
+    fn answer(
+        &mut self,
+        conn_id: u64,
+        seq: u64,
+        accepted: Result<Accepted, super::pipeline::Refused>,
+    ) -> Option<CommitDone> {
         match accepted {
-            Ok(Accepted::Applied(Some(done))) => self.on_commit(done).await,
-            Ok(Accepted::Applied(None)) | Ok(Accepted::AckLater) => {}
+            Ok(Accepted::Applied(done)) => return done,
+            Ok(Accepted::AckLater) => {}
+            // A resend: of an op stored here, or by the node that won a race.
             Ok(Accepted::AckNow(rev)) => self.conns.ack(conn_id, rev, seq),
             Ok(Accepted::Rebase(job)) => self.start_rebase(*job),
             Err(refused) => {
@@ -568,6 +583,7 @@ impl Document {
                     .send_error(conn_id, refused.code, &refused.message, Some(seq))
             }
         }
+        None
     }
 
     /// Rebase `job` off the task; its connection's later ops wait behind it.

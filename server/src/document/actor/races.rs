@@ -138,16 +138,8 @@ impl Document {
     /// already happened goes through the commit channel (the actor's loop
     /// takes it next).
     fn answer_retried(&mut self, conn_id: u64, seq: u64, accepted: Result<Accepted, Refused>) {
-        match accepted {
-            Ok(Accepted::Applied(Some(done))) => self.pipeline.redeliver(done),
-            Ok(Accepted::Applied(None)) | Ok(Accepted::AckLater) => {}
-            // The winner committed it already (its sender resent it through another node).
-            Ok(Accepted::AckNow(rev)) => self.conns.ack(conn_id, rev, seq),
-            Ok(Accepted::Rebase(job)) => self.start_rebase(*job),
-            Err(refused) => {
-                self.conns
-                    .send_error(conn_id, refused.code, &refused.message, Some(seq))
-            }
+        if let Some(done) = self.answer(conn_id, seq, accepted) {
+            self.pipeline.redeliver(done);
         }
     }
 
