@@ -726,55 +726,78 @@ fn database_addr(url: &str) -> SocketAddr {
     rest[..rest.find('/').unwrap()].parse().unwrap()
 }
 
+/// Two nodes on `schema`: node a reaching the database through a proxy the
+/// test can stall (returned first), node b directly; and their data dirs.
+async fn a_node_behind_a_stallable_link(
+    schema: &PgSchema,
+) -> (Proxy, ServerProcess, ServerProcess, Vec<tempfile::TempDir>) {
+    let link = Proxy::start(database_addr(&schema.url)).await.unwrap();
+    let bin = server_binary().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let url_a = through(&schema.url, link.addr());
+    let mut nodes = Vec::new();
+    for (dir, url) in dirs.iter().zip([url_a.as_str(), schema.url.as_str()]) {
+        let mut args = vec!["--database-url", url];
+        args.extend_from_slice(UNLIMITED);
+        nodes.push(
+            ServerProcess::start(&bin, dir.path(), free_port(), &args)
+                .await
+                .unwrap(),
+        );
+    }
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    (link, a, b, dirs)
+}
+
+/// A raw connection of writer `client` to `doc` at `node`, past its snapshot.
+async fn join_raw(node: SocketAddr, doc: &str, client: &str) -> e2e_tests::Socket {
+    let mut socket = e2e_tests::ws_connect(node, &format!("/ws/{doc}?client={client}"))
+        .await
+        .unwrap();
+    let first = e2e_tests::recv_json(&mut socket, WAIT).await.unwrap();
+    assert_eq!(first["type"], "snapshot", "{first}");
+    socket
+}
+
+/// Wait until `doc` is stored (readable through `node`).
+async fn wait_stored(node: SocketAddr, doc: &str) {
+    let deadline = Instant::now() + WAIT;
+    while http_get(node, &format!("/api/docs/{doc}")).await.is_err() {
+        assert!(Instant::now() < deadline, "{doc} was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writer's op `seq` inserting `text` into the empty document (revision 0).
+fn insert_at_start(seq: u64, text: &str) -> ot_protocol::ClientMessage {
+    ot_protocol::ClientMessage::Op {
+        rev: 0,
+        seq,
+        op: Operation::insert_at(0, 0, text).unwrap(),
+        ranges: None,
+        origin: None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_op_the_winner_committed_is_answered_with_the_winners_ack() {
     use e2e_tests::proxy::Direction;
     let started = Instant::now();
     let schema = PgSchema::new("winners_ack").unwrap();
     // Node a reaches the database through a proxy the test can stall.
-    let link = Proxy::start(database_addr(&schema.url)).await.unwrap();
-    let bin = server_binary().unwrap();
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let url_a = through(&schema.url, link.addr());
-    let mut args_a = vec!["--database-url", url_a.as_str()];
-    args_a.extend_from_slice(UNLIMITED);
-    let a = ServerProcess::start(&bin, dirs[0].path(), free_port(), &args_a)
-        .await
-        .unwrap();
-    let mut args_b = vec!["--database-url", schema.url.as_str()];
-    args_b.extend_from_slice(UNLIMITED);
-    let b = ServerProcess::start(&bin, dirs[1].path(), free_port(), &args_b)
-        .await
-        .unwrap();
+    let (link, a, b, _dirs) = a_node_behind_a_stallable_link(&schema).await;
 
-    let op = ot_protocol::ClientMessage::Op {
-        rev: 0,
-        seq: 1,
-        op: Operation::insert_at(0, 0, "x").unwrap(),
-        ranges: None,
-        origin: None,
-    };
+    let op = insert_at_start(1, "x");
     // Writer c sends its op to node a, whose commit cannot reach the database.
-    let mut at_a = e2e_tests::ws_connect(a.addr, "/ws/d?client=c")
-        .await
-        .unwrap();
-    let first = e2e_tests::recv_json(&mut at_a, WAIT).await.unwrap();
-    assert_eq!(first["type"], "snapshot", "{first}");
+    let mut at_a = join_raw(a.addr, "d", "c").await;
     // The document's creation is stored before the link stalls.
-    let deadline = Instant::now() + WAIT;
-    while http_get(b.addr, "/api/docs/d").await.is_err() {
-        assert!(Instant::now() < deadline, "d was never stored");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stored(b.addr, "d").await;
     link.stall(Direction::Both);
     e2e_tests::send_message(&mut at_a, &op).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Its resend through node b (as after a reconnect elsewhere) wins.
-    let mut at_b = e2e_tests::ws_connect(b.addr, "/ws/d?client=c")
-        .await
-        .unwrap();
-    let first = e2e_tests::recv_json(&mut at_b, WAIT).await.unwrap();
-    assert_eq!(first["type"], "snapshot", "{first}");
+    let mut at_b = join_raw(b.addr, "d", "c").await;
     e2e_tests::send_message(&mut at_b, &op).await.unwrap();
     let ack = e2e_tests::recv_json(&mut at_b, WAIT).await.unwrap();
     assert_eq!(
@@ -931,14 +954,7 @@ async fn presence_and_a_writers_second_connection_are_per_node() {
     let schema = PgSchema::new("presence").unwrap();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let (nodes, _proxy) = nodes_behind_a_proxy(&schema.url, &dirs, UNLIMITED).await;
-    let join = |node: SocketAddr, client: &'static str| async move {
-        let mut socket = e2e_tests::ws_connect(node, &format!("/ws/p?client={client}"))
-            .await
-            .unwrap();
-        let first = e2e_tests::recv_json(&mut socket, WAIT).await.unwrap();
-        assert_eq!(first["type"], "snapshot", "{first}");
-        socket
-    };
+    let join = |node: SocketAddr, client: &'static str| join_raw(node, "p", client);
     let mut near = join(nodes[0].addr, "near").await;
     let mut far = join(nodes[1].addr, "far").await;
     let mut mover = join(nodes[0].addr, "mover").await;
@@ -983,41 +999,11 @@ async fn a_resend_waiting_on_a_new_connection_is_acked_after_a_lost_race() {
     let started = Instant::now();
     let schema = PgSchema::new("resend_after_race").unwrap();
     // Node a reaches the database through a proxy the test can stall.
-    let link = Proxy::start(database_addr(&schema.url)).await.unwrap();
-    let bin = server_binary().unwrap();
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let url_a = through(&schema.url, link.addr());
-    let mut args_a = vec!["--database-url", url_a.as_str()];
-    args_a.extend_from_slice(UNLIMITED);
-    let a = ServerProcess::start(&bin, dirs[0].path(), free_port(), &args_a)
-        .await
-        .unwrap();
-    let mut args_b = vec!["--database-url", schema.url.as_str()];
-    args_b.extend_from_slice(UNLIMITED);
-    let b = ServerProcess::start(&bin, dirs[1].path(), free_port(), &args_b)
-        .await
-        .unwrap();
-    let insert = |seq: u64, text: &str| ot_protocol::ClientMessage::Op {
-        rev: 0,
-        seq,
-        op: Operation::insert_at(0, 0, text).unwrap(),
-        ranges: None,
-        origin: None,
-    };
-    let join = |node: SocketAddr, client: &'static str| async move {
-        let mut socket = e2e_tests::ws_connect(node, &format!("/ws/d?client={client}"))
-            .await
-            .unwrap();
-        let first = e2e_tests::recv_json(&mut socket, WAIT).await.unwrap();
-        assert_eq!(first["type"], "snapshot", "{first}");
-        socket
-    };
+    let (link, a, b, _dirs) = a_node_behind_a_stallable_link(&schema).await;
+    let insert = insert_at_start;
+    let join = |node: SocketAddr, client: &'static str| join_raw(node, "d", client);
     let mut first = join(a.addr, "c").await;
-    let deadline = Instant::now() + WAIT;
-    while http_get(b.addr, "/api/docs/d").await.is_err() {
-        assert!(Instant::now() < deadline, "d was never stored");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stored(b.addr, "d").await;
     // Writer c's op is pending at node a, whose commit cannot reach the database.
     link.stall(Direction::Both);
     e2e_tests::send_message(&mut first, &insert(1, "c"))
