@@ -31,7 +31,8 @@ pub struct Config {
     /// Store everything in this PostgreSQL database instead of the embedded
     /// SQLite (`postgres://user@host:port/dbname`); several server nodes may
     /// share one. Needs `--durability fsync` (every commit is made with
-    /// `synchronous_commit = on`). The data dir still holds the node id.
+    /// `synchronous_commit = on`). The database also holds the node id (and a
+    /// regional server's link key) instead of the data dir.
     #[arg(long, env = "OT_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Connections to the database this node commits on.
@@ -49,7 +50,8 @@ pub struct Config {
     /// gives documents a new epoch and clients resync).
     #[arg(long, env = "OT_DURABILITY", default_value = "fsync")]
     pub durability: Durability,
-    /// The node this data dir belongs to: stored in it (`<data-dir>/node-id`)
+    /// The node this data dir (with `--database-url`, the database) belongs
+    /// to: stored in it (`<data-dir>/node-id`)
     /// at the first start with the flag; a later start with another name on
     /// the same dir is refused, one without the flag runs as the stored node.
     /// A regional server's link to its home is the client id `r-<NAME>`.

@@ -164,8 +164,13 @@ pub async fn run(
     if storage.is_shared() {
         tokio::spawn(clock::follow(storage.clone()));
     }
-    // The data dir is locked now: settle which node it belongs to.
-    config.node_id = node_id::settle(&config.data_dir, config.node_id.as_deref())?;
+    // The data dir is locked now: settle which node it (or the database
+    // several processes share) belongs to.
+    config.node_id = match node_id::settle_in_storage(storage.as_ref(), config.node_id.as_deref())?
+    {
+        Some(in_storage) => in_storage,
+        None => node_id::settle(&config.data_dir, config.node_id.as_deref())?,
+    };
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     metrics
         .storage_faults
@@ -190,7 +195,7 @@ pub async fn run(
     );
     let auth =
         auth::Auth::from_config(&config, storage.as_ref()).context("setting up authentication")?;
-    let upstream = upstream::from_config(&config)?;
+    let upstream = upstream::from_config(&config, storage.as_ref())?;
     let shared = Arc::new(Shared::new(Services::new(
         config,
         storage.clone(),

@@ -26,6 +26,17 @@ pub enum NodeIdError {
         /// The node id given on the command line.
         given: String,
     },
+    /// The database (shared by several nodes) belongs to another node.
+    #[error("the database belongs to node `{stored}`, but the server was started with --node-id {given}; start it with --node-id {stored}, or give node {given} its own database")]
+    DatabaseMismatch {
+        /// The node id stored in the database.
+        stored: String,
+        /// The node id given on the command line.
+        given: String,
+    },
+    /// Reading or writing the database failed.
+    #[error("the node id in the database: {0}")]
+    Storage(#[from] crate::storage::StorageError),
     /// The stored file is not a valid node id (edited by hand, damaged).
     #[error("{path} does not hold a valid node id")]
     Damaged {
@@ -92,6 +103,33 @@ pub(crate) fn settle(dir: &Path, given: Option<&str>) -> Result<Option<String>, 
             Ok(Some(given.to_owned()))
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// Settle the node id with the one `given` on the command line where the
+/// storage keeps node settings (a database several server processes share:
+/// they are one node): stored there at the first start with the flag; the
+/// same rules as [`settle`] otherwise. `Ok(None)` from a storage that keeps
+/// none, whose node id the data dir holds.
+pub(crate) fn settle_in_storage(
+    storage: &dyn crate::storage::Storage,
+    given: Option<&str>,
+) -> Result<Option<Option<String>>, NodeIdError> {
+    if !storage.is_shared() {
+        return Ok(None);
+    }
+    let stored = storage.node_setting("node_id", given)?;
+    if let Some(stored) = &stored {
+        parse(stored).map_err(|_| NodeIdError::Damaged {
+            path: "the database's node id".into(),
+        })?;
+    }
+    match (stored, given) {
+        (Some(stored), Some(given)) if stored != given => Err(NodeIdError::DatabaseMismatch {
+            stored,
+            given: given.to_owned(),
+        }),
+        (stored, _) => Ok(Some(stored)),
     }
 }
 

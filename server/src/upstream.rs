@@ -1,8 +1,9 @@
 //! `--upstream`: this server is a region of a home server. Everything the
 //! link to the home needs to identify itself, settled once at start: the
 //! home's address, the token, the link's client id `r-<node-id>`, and the
-//! link's writer key, kept in the data dir so that the home refuses a second
-//! server that takes the same node id (PROTOCOL.md, "The writer key").
+//! link's writer key, kept in the data dir (in the database, on one that
+//! several processes share) so that the home refuses a second server that
+//! takes the same node id (PROTOCOL.md, "The writer key").
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +13,7 @@ use ot_driver::{ConnectOptions, ServerUrl, TokenSource};
 use ot_protocol::{ClientId, ClientKey, LINK_ID_PREFIX};
 
 use crate::config::Config;
-use crate::storage::Durability;
+use crate::storage::{Durability, Storage};
 
 /// The file, in the data dir, that holds the link's writer key.
 const KEY_FILE: &str = "link-key";
@@ -31,7 +32,10 @@ pub(crate) struct Upstream {
 
 /// The upstream of a server started with `--upstream` (after the node id is
 /// settled), or `None`.
-pub(crate) fn from_config(config: &Config) -> anyhow::Result<Option<Upstream>> {
+pub(crate) fn from_config(
+    config: &Config,
+    storage: &dyn Storage,
+) -> anyhow::Result<Option<Upstream>> {
     let Some(url) = &config.upstream else {
         return Ok(None);
     };
@@ -44,7 +48,10 @@ pub(crate) fn from_config(config: &Config) -> anyhow::Result<Option<Upstream>> {
     }
     let link_id = ClientId::parse(&format!("{LINK_ID_PREFIX}{node_id}"))
         .map_err(|e| anyhow::anyhow!("the node id does not make a link id: {e}"))?;
-    let key = settle_key(&config.data_dir)?;
+    let key = match storage.is_shared() {
+        true => settle_key_in_storage(storage)?,
+        false => settle_key(&config.data_dir)?,
+    };
     let options = ConnectOptions {
         token: config.upstream_token_file.clone().map(TokenSource::File),
         ..ConnectOptions::default()
@@ -55,6 +62,18 @@ pub(crate) fn from_config(config: &Config) -> anyhow::Result<Option<Upstream>> {
         link_id,
         key,
     }))
+}
+
+/// The link's writer key from a database several server processes share
+/// (they are one region: one link identity), made at the first start.
+fn settle_key_in_storage(storage: &dyn Storage) -> anyhow::Result<ClientKey> {
+    let proposed = ClientKey::random();
+    let stored = storage
+        .node_setting("link_key", Some(proposed.as_str()))
+        .context("reading the link's key in the database")?
+        .context("the database keeps no link key")?;
+    ClientKey::parse(&stored)
+        .map_err(|_| anyhow::anyhow!("the database does not hold a valid link key"))
 }
 
 /// The link's writer key from `<dir>/link-key`, made (and synced) at the

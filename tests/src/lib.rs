@@ -130,6 +130,31 @@ pub async fn start_server_with(
     server::start(config).await
 }
 
+/// Run the server binary on `data` with `extra` args, expecting it to exit
+/// on its own within 20 s (a refused start): its output. Panics if it keeps
+/// running.
+pub fn run_to_exit(data: &Path, extra: &[&str]) -> std::process::Output {
+    let port = free_port().to_string();
+    let mut child = Command::new(server_binary().expect("the server binary"))
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the server binary");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server kept running with {extra:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("the server's output")
+}
+
 /// Path of the `server` binary, built if needed (for tests that kill it).
 pub fn server_binary() -> Result<PathBuf> {
     workspace_binaries().map(|debug| debug.join(exe("server")))

@@ -5,34 +5,7 @@
 //! make a link id (`r-NAME`) is refused by the flag's check.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-use e2e_tests::{free_port, server_binary, ServerProcess};
-
-/// Run the server expecting it to exit on its own (bounded): its output.
-fn run_to_exit(data: &Path, extra: &[&str]) -> Output {
-    let port = free_port().to_string();
-    let mut child = Command::new(server_binary().unwrap())
-        .args(["--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server kept running with {extra:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
+use e2e_tests::{free_port, run_to_exit, server_binary, ServerProcess};
 
 #[tokio::test]
 async fn a_data_dir_belongs_to_one_node() {

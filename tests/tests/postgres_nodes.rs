@@ -1064,3 +1064,139 @@ async fn a_resend_waiting_on_a_new_connection_is_acked_after_a_lost_race() {
         started.elapsed()
     );
 }
+
+/// Wait until `a` and `b` store the same text of `doc`, holding each of
+/// `typed` exactly once.
+async fn same_text_each_once(a: SocketAddr, b: SocketAddr, doc: &str, typed: &[String]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, at_a) = e2e_tests::doc_state(a, doc).await.unwrap();
+        let (_, at_b) = e2e_tests::doc_state(b, doc).await.unwrap();
+        let each_once = typed.iter().all(|t| at_a.matches(t.as_str()).count() == 1);
+        if at_a == at_b && each_once {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged:\n {at_a:?}\n {at_b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A regional server whose own storage is PostgreSQL: its node id and its
+/// link's writer key are kept in the database, not the data dir, so a
+/// process started on that database with an empty data dir is the same
+/// region (the home takes its link), and one started with another node id
+/// is refused naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regional_server_on_postgresql_keeps_its_identity_in_the_database() {
+    let started = Instant::now();
+    let schema = PgSchema::new("region_on_pg").unwrap();
+    let bin = server_binary().unwrap();
+    let home_dir = tempfile::tempdir().unwrap();
+    let home = ServerProcess::start(&bin, home_dir.path(), free_port(), &[])
+        .await
+        .unwrap();
+    let upstream = format!("ws://{}", home.addr);
+    let region_args = |node: Option<&'static str>| {
+        let mut args = vec![
+            "--database-url".to_owned(),
+            schema.url.clone(),
+            "--upstream".to_owned(),
+            upstream.clone(),
+        ];
+        if let Some(node) = node {
+            args.extend(["--node-id".to_owned(), node.to_owned()]);
+        }
+        args
+    };
+    let start_region = |dir: &tempfile::TempDir, args: Vec<String>| {
+        let bin = bin.clone();
+        let dir = dir.path().to_owned();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ServerProcess::start(&bin, &dir, free_port(), &args)
+                .await
+                .unwrap()
+        }
+    };
+    let first_dir = tempfile::tempdir().unwrap();
+    let region = start_region(&first_dir, region_args(Some("eu"))).await;
+    let mut at_home = WsClient::join(home.addr, "doc", "home-writer")
+        .await
+        .unwrap();
+    let mut typed = Vec::new();
+    {
+        let mut at_region = WsClient::join(region.addr, "doc", "region-writer")
+            .await
+            .unwrap();
+        for i in 0..3 {
+            for (writer, side) in [(&mut at_region, "r"), (&mut at_home, "h")] {
+                let text = format!("<{side}{i}>");
+                let len = writer.client().text().len_chars();
+                let op = Operation::insert_at(len, 0, &text).unwrap();
+                writer.edit_saved(&op, WAIT).await.unwrap();
+                typed.push(text);
+            }
+        }
+        same_text_each_once(region.addr, home.addr, "doc", &typed).await;
+    }
+    region.stop().unwrap();
+    assert!(
+        !first_dir.path().join("node-id").exists() && !first_dir.path().join("link-key").exists(),
+        "the database holds the region's identity, not the data dir"
+    );
+
+    // Another process on the same database, with an empty data dir and no
+    // --node-id: the same region. Its link is r-eu with the same key (the
+    // home would refuse another key for r-eu), so its edits reach the home.
+    let second_dir = tempfile::tempdir().unwrap();
+    let region = start_region(&second_dir, region_args(None)).await;
+    let mut at_region = WsClient::join(region.addr, "doc", "region-writer")
+        .await
+        .unwrap();
+    for i in 3..5 {
+        let text = format!("<r{i}>");
+        let len = at_region.client().text().len_chars();
+        let op = Operation::insert_at(len, 0, &text).unwrap();
+        at_region.edit_saved(&op, WAIT).await.unwrap();
+        typed.push(text);
+    }
+    same_text_each_once(region.addr, home.addr, "doc", &typed).await;
+    let body = http_get(home.addr, "/api/docs/doc/ops?from=0&limit=1000")
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let links: HashSet<&str> = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|op| op["client"].as_str())
+        .filter(|client| client.starts_with("r-"))
+        .collect();
+    assert_eq!(links, HashSet::from(["r-eu"]), "one link identity");
+    drop(at_region);
+    region.stop().unwrap();
+
+    // Another node id on that database is refused, naming both.
+    let third_dir = tempfile::tempdir().unwrap();
+    let args = region_args(Some("us"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = e2e_tests::run_to_exit(third_dir.path(), &args);
+    assert!(!refused.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        said.contains("belongs to node `eu`") && said.contains("--node-id us"),
+        "{said}"
+    );
+    assert!(
+        started.elapsed() < TEST_BUDGET,
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -681,6 +681,21 @@ pub trait Storage: Send + Sync + 'static {
     fn subscribe_heads(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<HeadChange>> {
         None
     }
+    /// A node setting kept in the storage itself rather than in the data
+    /// dir (the node id, a regional server's link key): on a store several
+    /// processes share, they are one node and the database is its identity.
+    /// Returns the value stored under `key`, first storing `proposed` if
+    /// there is none and one is given (atomically: of nodes starting at
+    /// once, the first one's value counts for all). `None` (the default):
+    /// this storage keeps no settings, the data dir does.
+    fn node_setting(
+        &self,
+        key: &str,
+        proposed: Option<&str>,
+    ) -> Result<Option<String>, StorageError> {
+        let _ = (key, proposed);
+        Ok(None)
+    }
     /// The storage's own clock (milliseconds since the Unix epoch), for a
     /// store several nodes share: every node's time rules follow it (see
     /// `crate::clock`). `None` (the default): this process's clock counts.

@@ -231,6 +231,14 @@ impl Storage for PgStorage {
         self.block_on(reads::heads(&self.reads, docs))
     }
 
+    fn node_setting(
+        &self,
+        key: &str,
+        proposed: Option<&str>,
+    ) -> Result<Option<String>, StorageError> {
+        self.block_on(schema::node_setting(&self.commits, key, proposed))
+    }
+
     fn clock_ms(&self) -> Result<Option<i64>, StorageError> {
         self.block_on(reads::clock_ms(&self.reads)).map(Some)
     }

@@ -205,3 +205,23 @@ pub(super) async fn bump_epoch(pool: &Pool) -> Result<u64, StorageError> {
         .map_err(|_| StorageError::Corrupt(format!("bad epoch in meta: {text:?}")))?;
     from_sql_int(epoch, "epoch")
 }
+
+/// The node setting `key` (kept in `meta` as `node:<key>`), storing
+/// `proposed` first if there is none (see `Storage::node_setting`).
+pub(super) async fn node_setting(
+    pool: &Pool,
+    key: &str,
+    proposed: Option<&str>,
+) -> Result<Option<String>, StorageError> {
+    let client = connection(pool).await?;
+    let key = format!("node:{key}");
+    if let Some(value) = proposed {
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &value],
+            )
+            .await?;
+    }
+    meta_get(&client, &key).await
+}

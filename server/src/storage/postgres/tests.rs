@@ -250,3 +250,43 @@ fn a_commit_names_every_document_another_node_moved_first() {
         "{err}"
     );
 }
+
+#[test]
+fn node_settings_are_stored_once_and_shared_by_every_process() {
+    let schema = TestSchema::new();
+    let a = schema.open();
+    let b = schema.open();
+    assert_eq!(a.node_setting("node_id", None).unwrap(), None);
+    assert_eq!(
+        a.node_setting("node_id", Some("eu")).unwrap().as_deref(),
+        Some("eu")
+    );
+    // Another process proposing another value gets the stored one.
+    assert_eq!(
+        b.node_setting("node_id", Some("us")).unwrap().as_deref(),
+        Some("eu")
+    );
+    assert_eq!(
+        b.node_setting("node_id", None).unwrap().as_deref(),
+        Some("eu")
+    );
+    // Settings are apart from each other, and survive a restart.
+    assert_eq!(b.node_setting("link_key", None).unwrap(), None);
+    drop((a, b));
+    let c = schema.open();
+    assert_eq!(
+        c.node_setting("node_id", None).unwrap().as_deref(),
+        Some("eu")
+    );
+    // The node id rules on top: another name is refused, naming both.
+    let refused = crate::node_id::settle_in_storage(&c, Some("us")).unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("`eu`") && message.contains("us"),
+        "{message}"
+    );
+    assert_eq!(
+        crate::node_id::settle_in_storage(&c, None).unwrap(),
+        Some(Some("eu".to_owned()))
+    );
+}
