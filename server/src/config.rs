@@ -35,6 +35,13 @@ pub struct Config {
     /// regional server's link key) instead of the data dir.
     #[arg(long, env = "OT_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// More trusted root certificates (PEM) for the database's certificate
+    /// besides the system's, e.g. a private CA. TLS to the database is used
+    /// when `--database-url` has `sslmode=require` (the server's name and
+    /// certificate are checked); `prefer` (the default) and `disable`
+    /// connect without TLS.
+    #[arg(long, env = "OT_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// Connections to the database this node commits on.
     #[arg(long, env = "OT_DATABASE_COMMIT_CONNECTIONS", default_value_t = 4)]
     pub database_commit_connections: usize,
@@ -347,5 +354,8 @@ pub enum EpochCommand {
         /// The database (as `--database-url`).
         #[arg(long, env = "OT_DATABASE_URL", hide_env_values = true)]
         database_url: String,
+        /// As the server's `--database-ca-file`.
+        #[arg(long, env = "OT_DATABASE_CA_FILE")]
+        database_ca_file: Option<PathBuf>,
     },
 }

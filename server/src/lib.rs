@@ -399,6 +399,7 @@ fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
         commit_connections: config.database_commit_connections,
         read_connections: config.database_read_connections,
         timeout: config.storage_timeout,
+        ca_file: config.database_ca_file.clone(),
     })
     .context("opening the PostgreSQL database (--database-url)")?;
     Ok(Arc::new(postgres))
@@ -406,12 +407,13 @@ fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
 
 /// `server epoch bump`: raise a PostgreSQL database's storage epoch;
 /// returns (old, new).
-pub fn bump_epoch(url: &str) -> anyhow::Result<(u64, u64)> {
+pub fn bump_epoch(url: &str, ca_file: Option<std::path::PathBuf>) -> anyhow::Result<(u64, u64)> {
     let storage = PgStorage::open(&PgOptions {
         url: url.to_owned(),
         commit_connections: 1,
         read_connections: 1,
         timeout: Duration::from_secs(10),
+        ca_file,
     })
     .context("opening the PostgreSQL database")?;
     let old = storage.epoch();

@@ -70,8 +70,11 @@ async fn run_command(command: Command) -> std::process::ExitCode {
 
 /// `server epoch bump`: print the new epoch.
 fn epoch_command(args: server::EpochArgs) -> std::process::ExitCode {
-    let server::EpochCommand::Bump { database_url } = args.command;
-    match server::bump_epoch(&database_url) {
+    let server::EpochCommand::Bump {
+        database_url,
+        database_ca_file,
+    } = args.command;
+    match server::bump_epoch(&database_url, database_ca_file) {
         Ok((old, new)) => {
             eprintln!("storage epoch {old} -> {new}: clients resync from a snapshot when they next connect");
             println!("{new}");

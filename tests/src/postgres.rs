@@ -43,6 +43,42 @@ fn run_sql(sql: String) -> Result<()> {
     .map_err(|_| anyhow::anyhow!("the SQL thread panicked"))?
 }
 
+/// The first column of the first row of `sql` on the test database, as an
+/// integer (a count).
+pub fn query_count(sql: &str) -> Result<i64> {
+    let url = test_database_url()?;
+    let sql = sql.to_owned();
+    std::thread::spawn(move || -> Result<i64> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let (client, connection) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .with_context(|| format!("connecting to the test database {url}"))?;
+            let driver = tokio::spawn(connection);
+            let count: i64 = client.query_one(&sql, &[]).await?.try_get(0)?;
+            drop(client);
+            let _ = driver.await;
+            Ok(count)
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the SQL thread panicked"))?
+}
+
+/// The CA of the test database's certificate (`scripts/test` sets
+/// `OT_TEST_DATABASE_CA` when its private PostgreSQL has TLS on).
+pub fn test_database_ca() -> Result<std::path::PathBuf> {
+    std::env::var("OT_TEST_DATABASE_CA")
+        .map(Into::into)
+        .context(
+            "OT_TEST_DATABASE_CA is not set: run the tests with scripts/test, whose private \
+         PostgreSQL has TLS on (it needs openssl), or point it at your database's CA file",
+        )
+}
+
 impl PgSchema {
     /// A new empty schema named after `test`.
     pub fn new(test: &str) -> Result<PgSchema> {

@@ -1200,3 +1200,72 @@ async fn a_regional_server_on_postgresql_keeps_its_identity_in_the_database() {
         started.elapsed()
     );
 }
+
+/// `sslmode=require` in `--database-url`: every session (the pools' and
+/// the change feed's) is TLS, the database's certificate checked against
+/// `--database-ca-file`; without that CA the node refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_checks_its_certificate() {
+    let started = Instant::now();
+    let ca = e2e_tests::postgres::test_database_ca().unwrap();
+    let ca = ca.to_str().unwrap();
+    let schema = PgSchema::new("tls").unwrap();
+    let url = format!("{}&sslmode=require", schema.url);
+    let ssl_sessions = || {
+        e2e_tests::postgres::query_count(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'ot-server' AND s.ssl",
+        )
+        .unwrap()
+    };
+    let before = ssl_sessions();
+    let bin = server_binary().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        let args = ["--database-url", &url, "--database-ca-file", ca];
+        nodes.push(
+            ServerProcess::start(&bin, dir.path(), free_port(), &args)
+                .await
+                .unwrap(),
+        );
+    }
+    // Each node: its pools' sessions and its change feed's, over TLS.
+    assert!(
+        ssl_sessions() >= before + 4,
+        "{} TLS sessions",
+        ssl_sessions()
+    );
+    // An op at one node reaches a writer at the other within 2 s: through
+    // the change feed (the periodic check comes only every 10 s).
+    let mut far = WsClient::join(nodes[1].addr, "doc", "far").await.unwrap();
+    let mut near = WsClient::join(nodes[0].addr, "doc", "near").await.unwrap();
+    let op = Operation::insert_at(0, 0, "<over tls>").unwrap();
+    near.edit_saved(&op, WAIT).await.unwrap();
+    far.pump_until(Duration::from_secs(2), |c| c.text() == "<over tls>")
+        .await
+        .unwrap();
+    drop((near, far));
+    for node in nodes {
+        node.stop().unwrap();
+    }
+
+    // Without the CA that signed the database's certificate: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let refused = e2e_tests::run_to_exit(
+        dir.path(),
+        &["--database-url", &url, "--storage-timeout", "3s"],
+    );
+    assert!(!refused.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(said.contains("certificate"), "{said}");
+    assert!(
+        started.elapsed() < TEST_BUDGET,
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -13,9 +13,11 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
 use super::connection;
+use super::tls::Connector;
 use crate::storage::{HeadChange, StorageError};
 
 /// The channel heads are announced on.
@@ -53,10 +55,28 @@ fn parse(payload: &str) -> Option<HeadChange> {
 /// Listen on `config`'s database until `feed` is dropped, reconnecting with
 /// backoff; after every (re)connection the feed gets a
 /// [`HeadChange::Resync`], since heads may have moved meanwhile.
-pub(super) async fn listen(config: tokio_postgres::Config, feed: UnboundedSender<HeadChange>) {
+pub(super) async fn listen(
+    config: tokio_postgres::Config,
+    connector: Connector,
+    feed: UnboundedSender<HeadChange>,
+) {
+    match connector {
+        Connector::Plain => listen_with(config, NoTls, feed).await,
+        Connector::Tls(tls) => listen_with(config, tls, feed).await,
+    }
+}
+
+/// [`listen`] connecting with `tls`.
+async fn listen_with<T>(config: tokio_postgres::Config, tls: T, feed: UnboundedSender<HeadChange>)
+where
+    T: MakeTlsConnect<Socket> + Clone,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
     let mut backoff = Duration::from_millis(100);
     while !feed.is_closed() {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
                 // The connection delivers notifications only to whoever polls it.

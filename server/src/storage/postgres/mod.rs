@@ -18,6 +18,7 @@
 mod feed;
 mod reads;
 mod schema;
+mod tls;
 mod write;
 
 use std::fmt;
@@ -25,9 +26,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use ot_core::history::OpHash;
-use tokio_postgres::NoTls;
 
 use super::{
     ConflictCopy, DocSummary, HeadChange, LoadedDoc, RegionConflict, RegionRecord, Storage,
@@ -47,6 +47,9 @@ pub struct PgOptions {
     /// Longest wait for a connection (or to make one): past it the call fails
     /// with [`StorageError::Unavailable`].
     pub timeout: Duration,
+    /// More trusted roots (PEM) for the database's certificate, with
+    /// `sslmode=require` in the URL.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Storage in a PostgreSQL database (see the module documentation).
@@ -61,6 +64,8 @@ pub struct PgStorage {
     display: String,
     /// The sessions' configuration (the change feed makes its own).
     config: tokio_postgres::Config,
+    /// Plain or TLS sessions.
+    connector: tls::Connector,
     /// Whether [`Storage::subscribe_heads`] has handed out the feed.
     feed_taken: AtomicBool,
     /// How many schema migrations this node ran when it opened the store.
@@ -101,8 +106,19 @@ impl PgStorage {
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
-        let commits = pool(&config, options.commit_connections, options.timeout)?;
-        let reads = pool(&config, options.read_connections, options.timeout)?;
+        let connector = tls::Connector::for_config(&config, options.ca_file.as_deref())?;
+        let commits = pool(
+            &config,
+            &connector,
+            options.commit_connections,
+            options.timeout,
+        )?;
+        let reads = pool(
+            &config,
+            &connector,
+            options.read_connections,
+            options.timeout,
+        )?;
         let mut storage = PgStorage {
             runtime: Some(runtime),
             handle,
@@ -111,6 +127,7 @@ impl PgStorage {
             epoch: 0,
             display,
             config,
+            connector,
             feed_taken: AtomicBool::new(false),
             migrations_run: 0,
         };
@@ -169,13 +186,14 @@ fn describe(config: &tokio_postgres::Config) -> String {
 
 fn pool(
     config: &tokio_postgres::Config,
+    connector: &tls::Connector,
     size: usize,
     timeout: Duration,
 ) -> Result<Pool, StorageError> {
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
-    let manager = Manager::from_config(config.clone(), NoTls, manager_config);
+    let manager = connector.manager(config, manager_config);
     Pool::builder(manager)
         .max_size(size.max(1))
         .wait_timeout(Some(timeout))
@@ -188,9 +206,25 @@ fn pool(
 
 /// A connection of `pool`, waiting at most the storage timeout.
 async fn connection(pool: &Pool) -> Result<Object, StorageError> {
-    pool.get()
-        .await
-        .map_err(|e| StorageError::Unavailable(format!("no PostgreSQL connection: {e}")))
+    pool.get().await.map_err(|e| {
+        StorageError::Unavailable(format!("no PostgreSQL connection: {}", with_causes(&e)))
+    })
+}
+
+/// `error` and its causes, `: `-separated (a failed TLS handshake says why
+/// only in its cause).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 impl Storage for PgStorage {
@@ -217,7 +251,11 @@ impl Storage for PgStorage {
             return None;
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.handle.spawn(feed::listen(self.config.clone(), tx));
+        self.handle.spawn(feed::listen(
+            self.config.clone(),
+            self.connector.clone(),
+            tx,
+        ));
         Some(rx)
     }
 

@@ -68,6 +68,7 @@ impl TestSchema {
             commit_connections: 2,
             read_connections: 2,
             timeout: Duration::from_secs(10),
+            ca_file: None,
         })
         .unwrap()
     }

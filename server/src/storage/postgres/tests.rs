@@ -86,6 +86,7 @@ fn a_schema_newer_than_this_server_is_refused_naming_both_versions() {
         commit_connections: 1,
         read_connections: 1,
         timeout: std::time::Duration::from_secs(5),
+        ca_file: None,
     })
     .unwrap_err();
     let text = err.to_string();
@@ -109,6 +110,7 @@ fn nodes_starting_together_migrate_once() {
                     commit_connections: 1,
                     read_connections: 1,
                     timeout: std::time::Duration::from_secs(10),
+                    ca_file: None,
                 })
                 .map(|s| (s.epoch(), s.migrations_run()))
             })
@@ -144,6 +146,7 @@ fn an_unreachable_database_is_a_typed_error_within_the_timeout() {
         commit_connections: 1,
         read_connections: 1,
         timeout: std::time::Duration::from_secs(2),
+        ca_file: None,
     })
     .unwrap_err();
     assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
