@@ -869,13 +869,30 @@ impl Worker {
         batch: &HashMap<String, u64>,
     ) -> Result<Vec<(String, u64)>, StorageError> {
         let shared = self.storage.is_shared();
-        check_continuity(items, |doc| match batch.get(doc) {
+        let revs = check_continuity(items, |doc| match batch.get(doc) {
             Some(&last) => Ok(last),
             // Storage other nodes write checks the head itself, under its
             // lock: asking first would cost a round trip and prove nothing.
             None if shared => Ok(first_op_rev(items, doc).map_or(0, |rev| rev - 1)),
             None => self.storage.last_rev(doc),
-        })
+        })?;
+        if !shared {
+            return Ok(revs);
+        }
+        // There, a document these items hold no op or delete of has no
+        // known head (the 0 above is a stand-in): remembering it would make
+        // a later request of the batch that continues the real head look
+        // like a gap (a key binding or a region's entries-only commit
+        // before ops did, and lost a race that never was).
+        Ok(revs
+            .into_iter()
+            .filter(|(doc, _)| {
+                items.iter().any(|item| {
+                    item.doc() == doc
+                        && matches!(item, WriteItem::Op { .. } | WriteItem::DeleteDoc { .. })
+                })
+            })
+            .collect())
     }
 
     /// One storage commit, timed and observed; a panic becomes an error.

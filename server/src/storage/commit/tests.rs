@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::storage::{DocSummary, Durability, LoadedDoc, SqliteStorage, StoredOp, WriteItem};
-use ot_core::history::{DocumentHistory, OpHash, Receipt};
+use ot_core::history::{DocumentHistory, KeyHash, OpHash, Receipt};
 use ot_core::Operation;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Condvar;
@@ -912,4 +912,40 @@ fn a_lost_race_commits_the_rest_of_the_batch_in_one_more_transaction() {
     // The held one, the batch that lost (two documents), the batch again
     // without them.
     assert_eq!(probe.commits.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn on_shared_storage_an_item_without_ops_does_not_pretend_to_know_the_head() {
+    // A key binding (no op) and then ops continuing the stored head, in one
+    // batch: both commit. The binding once made the batch take the head as
+    // 0, and the ops failed as a lost race that never was.
+    let dir = TempDir::new().unwrap();
+    let probe = Probe::new(&dir, Duration::ZERO);
+    let queue = CommitQueue::start(probe.clone());
+    let outcomes: Outcomes = Arc::default();
+    let mut d = Doc::new("d");
+    queue.submit(vec![d.next(), d.next()], record(&outcomes, 0));
+    queue.flush_blocking();
+    probe.shared.store(true, Ordering::SeqCst);
+    let entered = probe.hold();
+    let mut other = Doc::new("other");
+    queue.submit(vec![other.next()], record(&outcomes, 1));
+    entered.recv().unwrap();
+    let generation = next_generation();
+    let lane = queue.lane("d");
+    let key = WriteItem::ClientKey {
+        doc: "d".into(),
+        client_id: "w2".into(),
+        key_hash: KeyHash([1; 32]),
+    };
+    let _ = lane.commit_as(generation, vec![key], record(&outcomes, 2));
+    let _ = lane.commit_as(generation, vec![d.next()], record(&outcomes, 3));
+    probe.release();
+    queue.flush_blocking();
+    let got = lock(&outcomes).clone();
+    assert_eq!(got.len(), 4);
+    for (tag, outcome) in &got {
+        assert_eq!(outcome, &Ok(()), "request {tag}");
+    }
+    assert_eq!(probe.last_rev("d").unwrap(), 3);
 }
