@@ -245,6 +245,15 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Whether `error` comes from binding an address already in use.
+fn address_in_use(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
+}
+
 /// A home and a regional server of it, both in this process, the region's
 /// link going through a [`proxy::Proxy`] (stall it to cut the region off).
 /// In [`test_auth`] mode both check tokens and the link presents one with
@@ -261,15 +270,27 @@ pub struct HomeAndRegion {
 impl HomeAndRegion {
     /// Start both, with data in `dir/home` and `dir/region`.
     pub async fn start(dir: &Path) -> Result<HomeAndRegion> {
-        let home_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let proxy = proxy::Proxy::start(home_addr).await?;
+        // The proxy needs the home's address first: a free port, taken
+        // again if another process binds it before the home does.
+        let mut attempt = 0;
+        let (home, proxy) = loop {
+            attempt += 1;
+            let home_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+            let proxy = proxy::Proxy::start(home_addr).await?;
+            let proxy_host = proxy.addr().to_string();
+            let started = start_server_with(&dir.join("home"), |c| {
+                c.addr = home_addr;
+                // The region reaches the home by the proxy's address.
+                c.allowed_host = vec![proxy_host.clone()];
+            })
+            .await;
+            match started {
+                Ok(home) => break (home, proxy),
+                Err(e) if attempt < 5 && address_in_use(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        };
         let proxy_host = proxy.addr().to_string();
-        let home = start_server_with(&dir.join("home"), |c| {
-            c.addr = home_addr;
-            // The region reaches the home by the proxy's address.
-            c.allowed_host = vec![proxy_host.clone()];
-        })
-        .await?;
         let region_dir = dir.join("region");
         std::fs::create_dir_all(&region_dir)?;
         let token_file = region_dir.join("upstream.token");
