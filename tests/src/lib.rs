@@ -130,6 +130,15 @@ pub async fn start_server_with(
     server::start(config).await
 }
 
+/// What a finished process printed: its stdout, then its stderr.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// Run the server binary on `data` with `extra` args, expecting it to exit
 /// on its own within 20 s (a refused start): its output. Panics if it keeps
 /// running.

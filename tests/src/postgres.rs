@@ -19,11 +19,12 @@ pub struct PgSchema {
     name: String,
 }
 
-/// Run `sql` on the test database from a thread of its own (it works
-/// inside and outside a runtime, and in `Drop`).
-fn run_sql(sql: String) -> Result<()> {
+/// Run `sql` (one or more statements) on the test database from a thread
+/// of its own (it works inside and outside a runtime, and in `Drop`): the
+/// first column of each row it returns, as text.
+fn simple_query(sql: String) -> Result<Vec<Option<String>>> {
     let url = test_database_url()?;
-    std::thread::spawn(move || -> Result<()> {
+    std::thread::spawn(move || -> Result<Vec<Option<String>>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -33,39 +34,39 @@ fn run_sql(sql: String) -> Result<()> {
                     .await
                     .with_context(|| format!("connecting to the test database {url}"))?;
             let driver = tokio::spawn(connection);
-            client.batch_execute(&sql).await?;
+            let firsts = client
+                .simple_query(&sql)
+                .await?
+                .iter()
+                .filter_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        Some(row.get(0).map(str::to_owned))
+                    }
+                    _ => None,
+                })
+                .collect();
             drop(client);
             let _ = driver.await;
-            Ok(())
+            Ok(firsts)
         })
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the SQL thread panicked"))?
 }
 
+/// Run `sql` on the test database.
+fn run_sql(sql: String) -> Result<()> {
+    simple_query(sql).map(|_| ())
+}
+
 /// The first column of the first row of `sql` on the test database, as an
 /// integer (a count).
 pub fn query_count(sql: &str) -> Result<i64> {
-    let url = test_database_url()?;
-    let sql = sql.to_owned();
-    std::thread::spawn(move || -> Result<i64> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let (client, connection) =
-                tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .with_context(|| format!("connecting to the test database {url}"))?;
-            let driver = tokio::spawn(connection);
-            let count: i64 = client.query_one(&sql, &[]).await?.try_get(0)?;
-            drop(client);
-            let _ = driver.await;
-            Ok(count)
-        })
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the SQL thread panicked"))?
+    let first = simple_query(sql.to_owned())?.into_iter().next().flatten();
+    first
+        .context("the query returned no value")?
+        .parse()
+        .context("the query's value is not an integer")
 }
 
 /// The CA of the test database's certificate (`scripts/test` sets

@@ -478,11 +478,7 @@ fn node_test(file: &str) {
         .arg(workspace().join(file))
         .output()
         .expect("running node --test");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = e2e_tests::output_text(&out);
     assert!(out.status.success(), "node --test failed:\n{report}");
     assert!(
         report.contains("# fail 0") && !report.contains("# pass 0"),

@@ -309,11 +309,7 @@ async fn server_exit(args: &[&str]) -> Result<(Option<i32>, String)> {
     )
     .await
     .context("the server did not exit")??;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = e2e_tests::output_text(&output);
     Ok((output.status.code(), text))
 }
 

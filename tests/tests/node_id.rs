@@ -24,11 +24,7 @@ async fn a_data_dir_belongs_to_one_node() {
     let refused = run_to_exit(data, &["--node-id", "us"]);
     assert!(!refused.status.success());
     // The failure is logged (stdout) as well as returned.
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&refused.stdout),
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let said = e2e_tests::output_text(&refused);
     assert!(
         said.contains("belongs to node `eu-1`") && said.contains("--node-id us"),
         "{said}"

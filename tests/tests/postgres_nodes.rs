@@ -25,6 +25,12 @@ const TEST_BUDGET: Duration = Duration::from_secs(60);
 /// A generous bound for one wait.
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Assert the test took less than [`TEST_BUDGET`] since `started`.
+fn within_budget(started: Instant) {
+    let took = started.elapsed();
+    assert!(took < TEST_BUDGET, "took {took:?}");
+}
+
 /// Nodes on the database at `url` (one per data dir in `dirs`, each
 /// with `extra` flags) behind a proxy that spreads connections over them;
 /// they know the proxy's address as their public one.
@@ -317,11 +323,7 @@ async fn writers_spread_over_three_nodes_converge_and_a_hot_document_shows_the_r
         conflicts > 0,
         "the ops received again are journaled as conflicts"
     );
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,11 +357,7 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
         "a node killed: tokens per writer {moved:?}, {:.1?}",
         started.elapsed()
     );
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 /// A PostgreSQL of this test's own (`scripts/private-postgres`), so that it
@@ -445,11 +443,7 @@ async fn a_database_outage_under_load_loses_nothing_and_the_nodes_recover_by_the
         started.elapsed()
     );
     assert!(refused > 0, "the outage was seen as typed errors");
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,11 +502,7 @@ async fn a_delete_at_one_node_closes_the_writers_of_another_with_4004() {
         .unwrap();
     again.drain(Duration::from_millis(200)).await.unwrap();
     assert_eq!(again.text(), "");
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,11 +542,7 @@ async fn sixty_four_documents_on_a_commit_pool_of_two() {
         started.elapsed()
     );
     assert!(typed > 128, "only {typed} tokens typed");
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 /// libfaketime, which moves a process's clock (Debian: `faketime`;
@@ -693,11 +679,7 @@ async fn a_node_whose_clock_is_ten_minutes_ahead_changes_nothing_but_its_log() {
         (real_ms - time_ms).abs() < 60_000,
         "the op written through node b is stored at {time_ms}, now is {real_ms}"
     );
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 /// A GET with `token`: its body (a panic unless 200).
@@ -840,11 +822,7 @@ async fn a_pending_op_the_winner_committed_is_answered_with_the_winners_ack() {
             >= 1.0
     );
     assert!(metric_value(a.addr, "ot_duplicates_total").await.unwrap() >= 1.0);
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -919,11 +897,7 @@ async fn a_regional_server_whose_home_is_two_nodes_on_postgresql_converges() {
     let (ids, _) = stored(nodes[1].addr, "doc").await.unwrap();
     let unique: HashSet<&(String, u64)> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "an op stored twice");
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 /// The next message of `socket` within `within` whose type is `kind`, if any.
@@ -1058,11 +1032,7 @@ async fn a_resend_waiting_on_a_new_connection_is_acked_after_a_lost_race() {
             .unwrap()
             >= 1.0
     );
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 /// Wait until `a` and `b` store the same text of `doc`, holding each of
@@ -1185,20 +1155,12 @@ async fn a_regional_server_on_postgresql_keeps_its_identity_in_the_database() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let refused = e2e_tests::run_to_exit(third_dir.path(), &args);
     assert!(!refused.status.success());
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&refused.stdout),
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let said = e2e_tests::output_text(&refused);
     assert!(
         said.contains("belongs to node `eu`") && said.contains("--node-id us"),
         "{said}"
     );
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
 
 /// `sslmode=require` in `--database-url`: every session (the pools' and
@@ -1257,15 +1219,7 @@ async fn tls_to_the_database_checks_its_certificate() {
         &["--database-url", &url, "--storage-timeout", "3s"],
     );
     assert!(!refused.status.success());
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&refused.stdout),
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let said = e2e_tests::output_text(&refused);
     assert!(said.contains("certificate"), "{said}");
-    assert!(
-        started.elapsed() < TEST_BUDGET,
-        "took {:?}",
-        started.elapsed()
-    );
+    within_budget(started);
 }
