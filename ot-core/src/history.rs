@@ -22,6 +22,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::OtError;
 use crate::operation::{Component, Operation};
+use crate::text::Text;
 
 /// A stable 128-bit hash of an operation: XXH3-128 of its canonical binary encoding.
 ///
@@ -396,7 +397,7 @@ pub enum RestoreError {
 /// One document's text, revision, recent operations and dedup table.
 #[derive(Debug, Clone, Default)]
 pub struct DocumentHistory {
-    text: Rope,
+    text: Text,
     revision: u64,
     /// `ops[dropped..]` holds the ops for revisions `oldest + 1 ..= revision`,
     /// in order. `ops[..dropped]` were trimmed but not yet removed: removing
@@ -503,7 +504,7 @@ impl DocumentHistory {
         tail: impl IntoIterator<Item = AppliedOp>,
     ) -> Result<Self, RestoreError> {
         let mut history = DocumentHistory {
-            text: Rope::from_str(&snapshot.text),
+            text: Text::from(snapshot.text.as_str()),
             revision: snapshot.rev,
             ops: Vec::new(),
             op_sizes: Vec::new(),
@@ -534,9 +535,8 @@ impl DocumentHistory {
                 found: applied.rev,
             });
         }
-        applied
-            .op
-            .apply_to_rope(&mut self.text)
+        self.text
+            .apply(&applied.op)
             .map_err(|source| RestoreError::DoesNotApply {
                 rev: applied.rev,
                 source,
@@ -623,7 +623,12 @@ impl DocumentHistory {
 
     /// The current text.
     pub fn text(&self) -> &Rope {
-        &self.text
+        self.text.rope()
+    }
+
+    /// The current text's length in chars (kept, not counted).
+    pub fn len_chars(&self) -> usize {
+        self.text.len_chars()
     }
 
     /// The oldest revision an op can be based on with the retained ops alone.
@@ -669,7 +674,7 @@ impl DocumentHistory {
         }
         DocumentSnapshot {
             rev: self.revision,
-            text: self.text.to_string(),
+            text: self.text.rope().to_string(),
             clients,
         }
     }
@@ -805,7 +810,7 @@ impl DocumentHistory {
             record.last_rev = known.map_or(0, |a| a.rev);
             record.last_hash = known.map_or(OpHash::default(), |a| a.hash);
         }
-        self.text = text;
+        self.text = Text::from_rope(text);
         self.revision = rev;
         Ok(())
     }
@@ -1034,7 +1039,7 @@ impl DocumentHistory {
         transformed: Operation,
         received: Operation,
     ) -> Receipt {
-        if let Err(e) = transformed.apply_to_rope(&mut self.text) {
+        if let Err(e) = self.text.apply(&transformed) {
             // Unreachable: transform_to_head checked the length.
             debug_assert!(false, "a checked op did not apply: {e}");
         }

@@ -30,6 +30,7 @@ mod json;
 mod operation;
 pub mod region;
 mod split;
+mod text;
 
 /// The text type of [`Component::Insert`] (re-exported from the `compact_str` crate).
 pub use compact_str::CompactString;
@@ -37,6 +38,7 @@ pub use error::{OpJsonError, OtError};
 pub use json::MAX_SAFE_INTEGER;
 pub use operation::{Component, Operation};
 pub use split::OpLimits;
+pub use text::Text;
 
 /// A selection in a document: `anchor` is where it started, `head` where the
 /// cursor is. A plain cursor has `anchor == head`. Serialised as `[anchor, head]`.

@@ -453,6 +453,13 @@ impl Operation {
     /// touch the untouched parts. On a length mismatch the rope is left unchanged.
     pub fn apply_to_rope(&self, rope: &mut Rope) -> Result<(), OtError> {
         self.check_base(rope.len_chars())?;
+        self.apply_to_rope_unchecked(rope);
+        Ok(())
+    }
+
+    /// [`Operation::apply_to_rope`] for a caller that checked the rope's
+    /// length already ([`crate::Text`] knows it without asking the rope).
+    pub(crate) fn apply_to_rope_unchecked(&self, rope: &mut Rope) {
         let mut index = 0;
         for component in &self.components {
             match component {
@@ -464,7 +471,6 @@ impl Operation {
                 Component::Delete(n) => rope.remove(index..index + n),
             }
         }
-        Ok(())
     }
 
     /// The operation that undoes `self`, given the text `self` was applied to.

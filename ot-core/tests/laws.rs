@@ -5,7 +5,7 @@
 
 use ot_core::conflict_replay::{resolve, TieRule};
 use ot_core::history::{DocumentHistory, Receipt};
-use ot_core::{Component, OpJsonError, OpLimits, Operation, OtError, Range};
+use ot_core::{Component, OpJsonError, OpLimits, Operation, OtError, Range, Text};
 use proptest::prelude::*;
 use ropey::Rope;
 
@@ -255,6 +255,22 @@ proptest! {
     fn apply_to_rope_agrees_with_apply(s in text(), p in plan()) {
         let op = p.build_for(&s);
         prop_assert_eq!(rope_apply(&op, &s)?, op.apply(&s)?);
+    }
+
+    #[test]
+    fn text_keeps_its_length_and_agrees_with_apply(s in text(), p in plan(), other in text()) {
+        let op = p.build_for(&s);
+        let mut kept = Text::from(s.as_str());
+        kept.apply(&op)?;
+        prop_assert_eq!(kept.rope().to_string(), op.apply(&s)?);
+        prop_assert_eq!(kept.len_chars(), kept.rope().len_chars());
+        // An op for a text of another length changes nothing.
+        let misfit = p.build_for(&other);
+        if misfit.base_len() != kept.len_chars() {
+            let before = kept.clone();
+            prop_assert!(kept.apply(&misfit).is_err());
+            prop_assert_eq!(kept, before);
+        }
     }
 }
 

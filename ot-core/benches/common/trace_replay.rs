@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ot_core::history::DocumentHistory;
-use ot_core::Operation;
+use ot_core::{Operation, Text};
 use ropey::Rope;
 use serde::Deserialize;
 
@@ -148,19 +148,19 @@ pub fn replay_floor(start: &str, patches: &[Patch]) -> Rope {
 
 /// Path (b): one operation per patch, applied to a rope.
 ///
-/// Like an editor, the replay keeps the document length from the last op's
-/// `target_len` instead of asking the rope (`Rope::len_chars` is not free in
-/// ropey 1.x: it sums the root's children); `apply_to_rope` still checks it.
+/// Like an editor, the replay keeps the document's length beside the rope
+/// ([`Text`]) instead of asking the rope for it (`Rope::len_chars` is not
+/// free in ropey 1.x: it sums the root's children, or scans a root leaf);
+/// [`Text::apply`] still checks every op against it.
 #[inline(never)]
 pub fn replay_operation(start: &str, patches: &[Patch]) -> Rope {
-    let mut rope = Rope::from_str(start);
-    let mut len = rope.len_chars();
+    let mut text = Text::from(start);
     for p in patches {
-        let op = Operation::replace_range(len, p.pos, p.del, &p.ins).expect("patch out of range");
-        op.apply_to_rope(&mut rope).expect("op does not fit");
-        len = op.target_len();
+        let op = Operation::replace_range(text.len_chars(), p.pos, p.del, &p.ins)
+            .expect("patch out of range");
+        text.apply(&op).expect("op does not fit");
     }
-    rope
+    text.into_rope()
 }
 
 /// Path (c): one operation per patch, received by a document history from one client.

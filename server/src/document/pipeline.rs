@@ -15,9 +15,8 @@ use ot_core::history::{
     AppliedOp, DocumentHistory, KeyCheck, KeyHash, OpHash, Receipt, ReceiveError,
 };
 use ot_core::region::{Integration, RegionalDocument};
-use ot_core::{Operation, Range};
+use ot_core::{Operation, Range, Text};
 use ot_protocol::{is_link_id, ClientId, ErrorCode, Limits, OpOrigin, ServerMessage};
-use ropey::Rope;
 use tokio::sync::mpsc;
 
 use super::epoch::DocEpoch;
@@ -124,7 +123,7 @@ pub(super) struct Pipeline {
     /// reloads the document.
     broken: bool,
     durable_rev: u64,
-    durable_text: Rope,
+    durable_text: Text,
     durable_seq: HashMap<String, u64>,
     pending: VecDeque<Pending>,
     /// Acks of resends whose original is not durable yet: (rev, conn, seq).
@@ -175,7 +174,7 @@ impl Pipeline {
             lane: shared.queue.lane(&id),
             id,
             durable_rev: history.revision(),
-            durable_text: history.text().clone(),
+            durable_text: Text::from_rope(history.text().clone()),
             durable_seq: last_seqs(history),
             replica,
             region_next,
@@ -267,7 +266,7 @@ impl Pipeline {
 
     /// The durable revision and text.
     pub(super) fn read(&self) -> (u64, String) {
-        (self.durable_rev, self.durable_text.to_string())
+        (self.durable_rev, self.durable_text.rope().to_string())
     }
 
     /// Ops applied but not durable yet.
@@ -348,7 +347,7 @@ impl Pipeline {
                 }
             }
             None => {
-                let text = self.durable_text.to_string();
+                let text = self.durable_text.rope().to_string();
                 frames.push(Outbound::Text(text_frame(&ServerMessage::Snapshot {
                     rev: self.durable_rev,
                     text: text.as_str().into(),
@@ -572,7 +571,7 @@ impl Pipeline {
     /// Refuse an op that would make the document longer than allowed.
     fn check_doc_len(&self, op: &Operation) -> Result<(), Refused> {
         let max_doc_len = self.shared.config.max_doc_len;
-        let len = self.history().text().len_chars() as i128;
+        let len = self.history().len_chars() as i128;
         let after = len + op.target_len() as i128 - op.base_len() as i128;
         if after > max_doc_len as i128 {
             return Err(Refused::new(
@@ -901,7 +900,7 @@ impl Pipeline {
             return None;
         }
         let p = self.pending.pop_front()?;
-        if let Err(e) = p.applied.op.apply_to_rope(&mut self.durable_text) {
+        if let Err(e) = self.durable_text.apply(&p.applied.op) {
             tracing::error!(doc = %self.id, error = %e, "durable text out of step; reloading");
             return Some(Err(()));
         }
@@ -977,7 +976,7 @@ impl Pipeline {
         let Replica::Home(history) = &mut self.replica else {
             return None;
         };
-        if let Err(e) = history.roll_back_to(self.durable_rev, self.durable_text.clone()) {
+        if let Err(e) = history.roll_back_to(self.durable_rev, self.durable_text.rope().clone()) {
             tracing::error!(doc = %self.id, error = %e, "cannot take back the ops that lost the race");
             return None;
         }
@@ -1013,7 +1012,7 @@ impl Pipeline {
         for op in ops {
             let op = op.into_applied();
             history.append_stored(op.clone()).ok()?;
-            op.op.apply_to_rope(&mut self.durable_text).ok()?;
+            self.durable_text.apply(&op.op).ok()?;
             self.durable_rev = op.rev;
             self.durable_seq.insert(op.client_id.to_string(), op.seq);
             applied.push(op);
@@ -1058,7 +1057,7 @@ impl Pipeline {
                 self.region_next = loaded.region_next;
                 let history = loaded.replica.history();
                 self.durable_rev = history.revision();
-                self.durable_text = history.text().clone();
+                self.durable_text = Text::from_rope(history.text().clone());
                 self.durable_seq = last_seqs(history);
                 self.replica = loaded.replica;
                 self.trim();
@@ -1068,7 +1067,7 @@ impl Pipeline {
                 self.snapshots = SnapshotPolicy::after_load(self.shared.config.snapshot_every, []);
                 self.replica = Replica::Home(DocumentHistory::new());
                 self.durable_rev = 0;
-                self.durable_text = Rope::new();
+                self.durable_text = Text::default();
                 self.durable_seq.clear();
                 true
             }
@@ -1086,7 +1085,7 @@ impl Pipeline {
                 let durable_seq = &self.durable_seq;
                 let snapshot = self.history().durable_snapshot(
                     self.durable_rev,
-                    self.durable_text.to_string(),
+                    self.durable_text.rope().to_string(),
                     |id| durable_seq.get(id).copied().unwrap_or(0),
                 );
                 if let Ok(h) = DocumentHistory::from_snapshot(snapshot, Vec::new()) {
