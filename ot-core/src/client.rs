@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use crate::error::OtError;
 use crate::operation::Operation;
 use crate::split::OpLimits;
-use crate::Range;
+use crate::{Range, Text};
 
 /// An operation to put on the wire: `{"type":"op","rev":base_rev,"seq":seq,"op":op}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,9 +231,9 @@ pub struct Client {
     next_seq: u64,
     revision: u64,
     /// Text at `revision`.
-    synced: Rope,
+    synced: Text,
     /// Local text: `synced` + outstanding + every queued op.
-    text: Rope,
+    text: Text,
     outstanding: Option<Outstanding>,
     /// Unsent local edits, in order; never empty ops, and not empty while
     /// nothing is outstanding.
@@ -249,7 +249,7 @@ impl Client {
     /// `last_seq + 1` (`last_seq`: the last seq the server applied from this
     /// client id on this document, 0 for a new id).
     pub fn new(client_id: impl Into<String>, revision: u64, text: &str, last_seq: u64) -> Self {
-        let synced = Rope::from_str(text);
+        let synced = Text::from(text);
         Client {
             client_id: client_id.into(),
             next_seq: last_seq + 1,
@@ -265,12 +265,10 @@ impl Client {
 
     /// Rebuild a client from a saved state.
     pub fn from_state(state: ClientState) -> Result<Self, ClientError> {
-        let synced = Rope::from_str(&state.synced_text);
+        let synced = Text::from(state.synced_text.as_str());
         let mut text = synced.clone();
         if let Some(o) = &state.outstanding {
-            o.current
-                .apply_to_rope(&mut text)
-                .map_err(ClientError::CorruptState)?;
+            text.apply(&o.current).map_err(ClientError::CorruptState)?;
         }
         // An old state's buffer comes first: it is all there is in one.
         let mut tags = state.queue_tags.into_iter();
@@ -293,8 +291,7 @@ impl Client {
             }
         }
         for q in &queue {
-            q.op.apply_to_rope(&mut text)
-                .map_err(ClientError::CorruptState)?;
+            text.apply(&q.op).map_err(ClientError::CorruptState)?;
         }
         Ok(Client {
             client_id: state.client_id,
@@ -315,7 +312,7 @@ impl Client {
             client_id: self.client_id.clone(),
             next_seq: self.next_seq,
             revision: self.revision,
-            synced_text: self.synced.to_string(),
+            synced_text: self.synced.rope().to_string(),
             outstanding: self.outstanding.clone(),
             queue: self.queue.iter().map(|q| q.op.clone()).collect(),
             queue_tags: self.queue.iter().map(|q| q.tag).collect(),
@@ -354,12 +351,12 @@ impl Client {
 
     /// The local text, with all local edits.
     pub fn text(&self) -> &Rope {
-        &self.text
+        self.text.rope()
     }
 
     /// The text at the last integrated server revision.
     pub fn synced_text(&self) -> &Rope {
-        &self.synced
+        self.synced.rope()
     }
 
     /// The last integrated server revision.
@@ -469,8 +466,7 @@ impl Client {
             Some(last) => Some(last.op.compose(op).map_err(ClientError::LocalDoesNotFit)?),
             None => None,
         };
-        op.apply_to_rope(&mut self.text)
-            .map_err(ClientError::LocalDoesNotFit)?;
+        self.text.apply(op).map_err(ClientError::LocalDoesNotFit)?;
         match composed {
             Some(c) if c.fits(self.limits) => {
                 self.queue.pop_back();
@@ -547,7 +543,7 @@ impl Client {
 
     fn acknowledge(&mut self, rev: u64) -> Result<Option<OutgoingOp>, ClientError> {
         if let Some(o) = self.outstanding.take() {
-            if let Err(e) = o.current.apply_to_rope(&mut self.synced) {
+            if let Err(e) = self.synced.apply(&o.current) {
                 self.outstanding = Some(o);
                 return Err(ClientError::CorruptState(e));
             }
@@ -606,10 +602,8 @@ impl Client {
             }
             r = r2;
         }
-        op.apply_to_rope(&mut self.synced)
-            .map_err(ClientError::DoesNotFit)?;
-        r.apply_to_rope(&mut self.text)
-            .map_err(ClientError::CorruptState)?;
+        self.synced.apply(op).map_err(ClientError::DoesNotFit)?;
+        self.text.apply(&r).map_err(ClientError::CorruptState)?;
         if let (Some(o), Some(current)) = (self.outstanding.as_mut(), outstanding) {
             o.current = current;
         }
@@ -654,8 +648,8 @@ impl Client {
     /// gets a new seq). Otherwise the local text is returned as a conflict
     /// copy (never dropped silently) and the client adopts the snapshot.
     pub fn snapshot(&mut self, rev: u64, text: &str, last_seq: u64) -> SnapshotOutcome {
-        let local_text = self.text.to_string();
-        let old_synced = std::mem::replace(&mut self.synced, Rope::from_str(text));
+        let local_text = self.text.rope().to_string();
+        let old_synced = std::mem::replace(&mut self.synced, Text::from(text));
         self.text = self.synced.clone();
         self.revision = rev;
         self.next_seq = last_seq + 1;
@@ -679,7 +673,7 @@ impl Client {
                 Plan::Clean
             } else {
                 let mut after = old_synced;
-                if o.current.apply_to_rope(&mut after).is_ok() && after == self.synced {
+                if after.apply(&o.current).is_ok() && after == self.synced {
                     Plan::Rebase(queue)
                 } else {
                     Plan::Conflict
@@ -701,7 +695,7 @@ impl Client {
             Plan::Clean => {}
             Plan::Rebase(ops) => {
                 let mut rebased = self.text.clone();
-                if ops.iter().all(|q| q.op.apply_to_rope(&mut rebased).is_ok()) {
+                if ops.iter().all(|q| rebased.apply(&q.op).is_ok()) {
                     self.text = rebased;
                     self.queue = ops;
                     outcome.send = self.send_next();
