@@ -40,49 +40,7 @@ impl Operation {
                 Value::String(s) => {
                     op.insert(s);
                 }
-                Value::Number(n) => {
-                    let too_large = || OpJsonError::TooLarge {
-                        index,
-                        value: n.to_string(),
-                    };
-                    if let Some(u) = n.as_u64() {
-                        if u == 0 {
-                            return Err(OpJsonError::ZeroLength { index });
-                        }
-                        if u > MAX_SAFE_INTEGER {
-                            return Err(too_large());
-                        }
-                        let len = usize::try_from(u).map_err(|_| too_large())?;
-                        // Keep the running lengths far from overflow.
-                        if op.base_len().saturating_add(len) > MAX_SAFE_INTEGER as usize {
-                            return Err(too_large());
-                        }
-                        op.retain(len);
-                    } else if let Some(i) = n.as_i64() {
-                        // as_u64 failed, so this is negative.
-                        let magnitude = i.unsigned_abs();
-                        if magnitude > MAX_SAFE_INTEGER {
-                            return Err(too_large());
-                        }
-                        let len = usize::try_from(magnitude).map_err(|_| too_large())?;
-                        if op.base_len().saturating_add(len) > MAX_SAFE_INTEGER as usize {
-                            return Err(too_large());
-                        }
-                        op.delete(len);
-                    } else {
-                        let f = n.as_f64().unwrap_or(f64::NAN);
-                        if f == 0.0 {
-                            return Err(OpJsonError::ZeroLength { index });
-                        }
-                        if f.is_finite() && f.fract() == 0.0 && f.abs() > MAX_SAFE_INTEGER as f64 {
-                            return Err(too_large());
-                        }
-                        return Err(OpJsonError::NotAnInteger {
-                            index,
-                            value: n.to_string(),
-                        });
-                    }
-                }
+                Value::Number(n) => push_number(&mut op, index, n)?,
                 other => {
                     return Err(OpJsonError::InvalidComponent {
                         index,
@@ -115,6 +73,57 @@ impl Operation {
     }
 }
 
+/// Append the component the JSON number `n` (component `index`) stands for:
+/// a positive integer retains, a negative one deletes.
+fn push_number(
+    op: &mut Operation,
+    index: usize,
+    n: &serde_json::Number,
+) -> Result<(), OpJsonError> {
+    let too_large = || OpJsonError::TooLarge {
+        index,
+        value: n.to_string(),
+    };
+    if let Some(u) = n.as_u64() {
+        if u == 0 {
+            return Err(OpJsonError::ZeroLength { index });
+        }
+        if u > MAX_SAFE_INTEGER {
+            return Err(too_large());
+        }
+        let len = usize::try_from(u).map_err(|_| too_large())?;
+        // Keep the running lengths far from overflow.
+        if op.base_len().saturating_add(len) > MAX_SAFE_INTEGER as usize {
+            return Err(too_large());
+        }
+        op.retain(len);
+    } else if let Some(i) = n.as_i64() {
+        // as_u64 failed, so this is negative.
+        let magnitude = i.unsigned_abs();
+        if magnitude > MAX_SAFE_INTEGER {
+            return Err(too_large());
+        }
+        let len = usize::try_from(magnitude).map_err(|_| too_large())?;
+        if op.base_len().saturating_add(len) > MAX_SAFE_INTEGER as usize {
+            return Err(too_large());
+        }
+        op.delete(len);
+    } else {
+        let f = n.as_f64().unwrap_or(f64::NAN);
+        if f == 0.0 {
+            return Err(OpJsonError::ZeroLength { index });
+        }
+        if f.is_finite() && f.fract() == 0.0 && f.abs() > MAX_SAFE_INTEGER as f64 {
+            return Err(too_large());
+        }
+        return Err(OpJsonError::NotAnInteger {
+            index,
+            value: n.to_string(),
+        });
+    }
+    Ok(())
+}
+
 fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -140,10 +149,148 @@ impl serde::Serialize for Operation {
     }
 }
 
+/// Read straight from the deserializer, component by component, by the
+/// same rules and with the same errors as [`Operation::from_json_value`]
+/// (each JSON item is seen as the value a `Value` would hold), without
+/// building a JSON tree first: every op a server receives and every op a
+/// client is sent is read here.
 impl<'de> serde::Deserialize<'de> for Operation {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = Value::deserialize(deserializer)?;
-        Operation::from_json_value(&value).map_err(D::Error::custom)
+        deserializer.deserialize_any(OperationVisitor)
+    }
+}
+
+struct OperationVisitor;
+
+impl OperationVisitor {
+    fn not_an_array<E: serde::de::Error>(found: &'static str) -> Result<Operation, E> {
+        Err(E::custom(OpJsonError::NotAnArray { found }))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for OperationVisitor {
+    type Value = Operation;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an operation in ot.js JSON form (an array)")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Operation, A::Error> {
+        // The hint is the sender's claim: trust it only so far.
+        let mut op = Operation::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+        let mut index = 0;
+        while let Some(item) = seq.next_element::<JsonItem<'de>>()? {
+            match item {
+                JsonItem::Str(s) => {
+                    op.insert(&s);
+                }
+                JsonItem::Number(n) => push_number(&mut op, index, &n).map_err(A::Error::custom)?,
+                JsonItem::Other(found) => {
+                    return Err(A::Error::custom(OpJsonError::InvalidComponent {
+                        index,
+                        found,
+                    }))
+                }
+            }
+            index += 1;
+        }
+        Ok(op)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Operation, E> {
+        Self::not_an_array("a boolean")
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Operation, E> {
+        Self::not_an_array("a number")
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Operation, E> {
+        Self::not_an_array("a number")
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Operation, E> {
+        // A `Value` holds a non-finite float as null.
+        Self::not_an_array(if v.is_finite() { "a number" } else { "null" })
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Operation, E> {
+        Self::not_an_array("a string")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Operation, E> {
+        Self::not_an_array("null")
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Operation, E> {
+        Self::not_an_array("null")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Operation, A::Error> {
+        Self::not_an_array("an object")
+    }
+}
+
+/// One item of an operation's array, as the `Value` it would be.
+enum JsonItem<'de> {
+    Str(std::borrow::Cow<'de, str>),
+    Number(serde_json::Number),
+    /// Anything else, named as [`json_type`] names it.
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for JsonItem<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonItemVisitor)
+    }
+}
+
+struct JsonItemVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonItemVisitor {
+    type Value = JsonItem<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a component of an operation")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<JsonItem<'de>, E> {
+        Ok(JsonItem::Str(std::borrow::Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<JsonItem<'de>, E> {
+        Ok(JsonItem::Str(std::borrow::Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<JsonItem<'de>, E> {
+        Ok(JsonItem::Str(std::borrow::Cow::Owned(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<JsonItem<'de>, E> {
+        Ok(JsonItem::Number(v.into()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<JsonItem<'de>, E> {
+        Ok(JsonItem::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<JsonItem<'de>, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(JsonItem::Other("null"), JsonItem::Number))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<JsonItem<'de>, E> {
+        Ok(JsonItem::Other("a boolean"))
+    }
+    fn visit_unit<E>(self) -> Result<JsonItem<'de>, E> {
+        Ok(JsonItem::Other("null"))
+    }
+    fn visit_none<E>(self) -> Result<JsonItem<'de>, E> {
+        Ok(JsonItem::Other("null"))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<JsonItem<'de>, A::Error> {
+        // Read to its end (the caller refuses it; the reader must stay in step).
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(JsonItem::Other("an array"))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<JsonItem<'de>, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(JsonItem::Other("an object"))
     }
 }
 

@@ -991,3 +991,55 @@ proptest! {
         prop_assert_eq!(rolled.snapshot(), before);
     }
 }
+
+/// Any JSON value, as text: the items an op array may (or may not) hold.
+fn any_json() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        (1u32..5).prop_map(|n| n.to_string()),
+        (1u32..5).prop_map(|n| format!("-{n}")),
+        Just("0".to_owned()),
+        Just("-0".to_owned()),
+        Just("1.5".to_owned()),
+        Just("2.0".to_owned()),
+        Just("-0.0".to_owned()),
+        Just("1e300".to_owned()),
+        Just("9007199254740991".to_owned()),
+        Just("9007199254740992".to_owned()),
+        Just("-9007199254740992".to_owned()),
+        Just("18446744073709551616".to_owned()),
+        Just("true".to_owned()),
+        Just("null".to_owned()),
+        insert_text().prop_map(|s| serde_json::to_string(&s).unwrap()),
+        Just(r#""\"\\\u0001\ud83d\ude00""#.to_owned()),
+        Just(r#"{"a":[1]}"#.to_owned()),
+        Just("[[1],[]]".to_owned()),
+    ];
+    leaf.prop_recursive(2, 12, 4, |inner| {
+        prop::collection::vec(inner, 0..4).prop_map(|items| format!("[{}]", items.join(",")))
+    })
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// `Deserialize` reads an op straight from the text; it must accept and
+    /// refuse exactly what reading a JSON tree first does, with the same error.
+    #[test]
+    fn reading_an_op_straight_agrees_with_reading_its_tree(
+        items in prop::collection::vec(any_json(), 0..6),
+        top in prop_oneof![Just(None), any_json().prop_map(Some)],
+    ) {
+        let text = top.unwrap_or_else(|| format!("[{}]", items.join(",")));
+        let tree = Operation::from_json(&text);
+        let straight = serde_json::from_str::<Operation>(&text);
+        match (&tree, &straight) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(OpJsonError::InvalidJson(_)), Err(_)) => {}
+            (Err(e), Err(s)) => prop_assert!(
+                s.to_string().starts_with(&e.to_string()),
+                "{}: tree {} / straight {}", text, e, s
+            ),
+            _ => prop_assert!(false, "{}: tree {:?} / straight {:?}", text, tree, straight.map_err(|e| e.to_string())),
+        }
+    }
+}
