@@ -25,6 +25,7 @@ mod node_id;
 mod outbound;
 mod outbound_queue;
 mod pages;
+mod presence;
 mod state;
 mod storage;
 mod tls;
@@ -209,6 +210,7 @@ pub async fn run(
             feed,
             shared.registry.clone(),
             shared.services().storage.clone(),
+            shared.services().presence.as_ref().map(|p| p.node()),
         ));
     }
     if shared.services().upstream.is_some() {

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::presence::PresencePublisher;
 use crate::storage::{CommitQueue, Storage};
 use crate::upstream::Upstream;
 
@@ -27,6 +28,8 @@ pub(crate) struct Services {
     pub(crate) auth: Option<Auth>,
     /// The home, when this server is a region (`--upstream`).
     pub(crate) upstream: Option<Upstream>,
+    /// Presence to the other nodes, on storage several nodes share.
+    pub(crate) presence: Option<PresencePublisher>,
     /// Cancelled when the server starts shutting down.
     pub(crate) shutdown: CancellationToken,
     /// Every connection and document task, to wait for on shutdown.
@@ -45,7 +48,11 @@ impl Services {
         auth: Option<Auth>,
         upstream: Option<Upstream>,
     ) -> Services {
+        let presence = storage
+            .is_shared()
+            .then(|| PresencePublisher::start(storage.clone()));
         Services {
+            presence,
             config,
             storage,
             queue,

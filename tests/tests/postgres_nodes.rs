@@ -920,11 +920,13 @@ async fn next_of_type(
     }
 }
 
-/// Presence and a writer's second connection are per node (README and
-/// PROTOCOL.md say so): a cursor reaches the writers on its own node only,
-/// and one writer connected to two nodes keeps both connections.
+/// Presence crosses nodes (README and PROTOCOL.md): a cursor reaches the
+/// writers of the document at every node, also at a revision the other node
+/// reads later, and a joiner there sees it; a leave crosses too. A writer's
+/// second connection is per node: at another node both stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_and_a_writers_second_connection_are_per_node() {
+async fn presence_crosses_nodes_and_a_writers_second_connection_is_per_node() {
+    let started = Instant::now();
     let schema = PgSchema::new("presence").unwrap();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let (nodes, _proxy) = nodes_behind_a_proxy(&schema.url, &dirs, UNLIMITED).await;
@@ -932,32 +934,69 @@ async fn presence_and_a_writers_second_connection_are_per_node() {
     let mut near = join(nodes[0].addr, "near").await;
     let mut far = join(nodes[1].addr, "far").await;
     let mut mover = join(nodes[0].addr, "mover").await;
-    let cursor = ot_protocol::ClientMessage::Cursor {
-        rev: 0,
-        ranges: vec![ot_core::Range::cursor(0)],
-        name: None,
+    let cursor_at = |rev: u64, pos: usize| ot_protocol::ClientMessage::Cursor {
+        rev,
+        ranges: vec![ot_core::Range::cursor(pos)],
+        name: Some("Mover".into()),
     };
-    e2e_tests::send_message(&mut mover, &cursor).await.unwrap();
-    let seen = next_of_type(&mut near, "cursor", WAIT).await;
+    e2e_tests::send_message(&mut mover, &cursor_at(0, 0))
+        .await
+        .unwrap();
+    for (socket, node) in [(&mut near, "its own node"), (&mut far, "the other node")] {
+        let seen = next_of_type(socket, "cursor", WAIT).await;
+        assert_eq!(
+            seen.as_ref()
+                .map(|v| (v["client"].clone(), v["name"].clone())),
+            Some(("mover".into(), "Mover".into())),
+            "at {node}: {seen:?}"
+        );
+    }
+    // An op and a cursor after it, at node 0: node 1 shows the cursor at
+    // that revision or later (it may read the op after the note arrives).
+    e2e_tests::send_message(&mut mover, &insert_at_start(1, "abc"))
+        .await
+        .unwrap();
+    let ack = next_of_type(&mut mover, "ack", WAIT).await;
+    assert_eq!(
+        ack.as_ref().map(|v| v["rev"].clone()),
+        Some(1.into()),
+        "{ack:?}"
+    );
+    e2e_tests::send_message(&mut mover, &cursor_at(1, 2))
+        .await
+        .unwrap();
+    let seen = next_of_type(&mut far, "cursor", WAIT).await;
+    assert_eq!(
+        seen.as_ref()
+            .map(|v| (v["client"].clone(), v["rev"].clone(), v["ranges"].clone())),
+        Some(("mover".into(), 1.into(), serde_json::json!([[2, 2]]))),
+        "{seen:?}"
+    );
+    // A writer joining node 1 now sees the cursor of node 0's writer.
+    let mut late = join(nodes[1].addr, "late").await;
+    let seen = next_of_type(&mut late, "cursor", WAIT).await;
     assert_eq!(
         seen.as_ref().map(|v| v["client"].clone()),
         Some("mover".into()),
         "{seen:?}"
     );
-    assert_eq!(
-        next_of_type(&mut far, "cursor", Duration::from_secs(1)).await,
-        None,
-        "a cursor at another node"
-    );
     // The same writer at the other node: both connections stay open.
-    let _again = join(nodes[1].addr, "mover").await;
+    let again = join(nodes[1].addr, "mover").await;
     assert_eq!(
         next_of_type(&mut mover, "closed", Duration::from_secs(1)).await,
         None,
         "replaced by a connection at another node"
     );
+    // It leaves node 1 (its writers are told at once).
+    drop(again);
+    let left = next_of_type(&mut far, "leave", WAIT).await;
+    assert_eq!(
+        left.as_ref().map(|v| v["client"].clone()),
+        Some("mover".into()),
+        "{left:?}"
+    );
     // At its own node, a second connection replaces the first (4009).
-    let _third = join(nodes[0].addr, "mover").await;
+    let third = join(nodes[0].addr, "mover").await;
     let closed = next_of_type(&mut mover, "closed", WAIT).await;
     assert!(
         closed
@@ -965,6 +1004,15 @@ async fn presence_and_a_writers_second_connection_are_per_node() {
             .is_some_and(|v| v["frame"].as_str().unwrap_or_default().contains("4009")),
         "{closed:?}"
     );
+    // The writer leaves node 0 too: node 1 is told by node 0.
+    drop(third);
+    let left = next_of_type(&mut far, "leave", WAIT).await;
+    assert_eq!(
+        left.as_ref().map(|v| v["client"].clone()),
+        Some("mover".into()),
+        "{left:?}"
+    );
+    within_budget(started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,11 +24,16 @@ use super::mailbox::{
 use super::pipeline::{Accepted, CommitDone, JoinRoom, KeyRefused, Pipeline};
 use super::rebase::{self, RebaseJob, Rebased, MAX_QUEUED_BEHIND, REBASES_PER_DOC};
 use super::registry::Registry;
+use crate::presence::PresenceNote;
 use crate::state::Services;
 use crate::storage::WriteItem;
 
 /// Ops applied but not yet durable before the actor stops taking new commands.
 const MAX_PENDING: usize = 8192;
+
+/// Cursors of other nodes' writers waiting for a revision this node has
+/// not read yet, at most.
+const MAX_REMOTE_PENDING: usize = 1024;
 
 struct Document {
     id: DocId,
@@ -68,6 +73,9 @@ struct Document {
     /// once they are durable: its notification may come before this node's
     /// own commit result).
     head_announced: Option<u64>,
+    /// Cursors of writers at other nodes at revisions this node has not
+    /// reached yet, by client id (shown once it has).
+    remote_pending: HashMap<String, PresenceNote>,
 }
 
 /// The actor of `doc`, started (and loaded from storage) if it is not running.
@@ -126,7 +134,12 @@ async fn run(
         rebase_permits: Arc::new(Semaphore::new(REBASES_PER_DOC)),
         evicted_at,
         pipeline: Pipeline::new(shared.clone(), id.to_string(), loaded, epoch, commit_tx),
-        conns: Connections::new(id.to_string(), shared.metrics.clone()),
+        conns: Connections::new(
+            id.to_string(),
+            shared.metrics.clone(),
+            shared.presence.clone(),
+        ),
+        remote_pending: HashMap::new(),
         id,
         actor_id,
         created,
@@ -369,11 +382,18 @@ impl Document {
         if let DocCommand::Head { head } = command {
             // Not activity: a document nobody uses here still unloads.
             self.follow_head(head).await;
+            self.show_remote_pending();
+            self.conns.refresh_presence(self.pipeline.durable_rev());
+            return;
+        }
+        if let DocCommand::RemotePresence(note) = command {
+            // Not activity either.
+            self.on_remote_presence(note);
             return;
         }
         self.last_activity = Instant::now();
         match command {
-            DocCommand::Head { .. } => {}
+            DocCommand::Head { .. } | DocCommand::RemotePresence(_) => {}
             DocCommand::Authorize {
                 client_id,
                 key_hash,
@@ -644,6 +664,56 @@ impl Document {
         self.pipeline.evict_idle(|id| online.contains(id));
     }
 
+    /// A writer's cursor or departure at another node.
+    fn on_remote_presence(&mut self, note: PresenceNote) {
+        let Some(cursor) = note.cursor else {
+            self.remote_pending.remove(&note.client);
+            self.conns.remote_leave(&note.client, note.node);
+            return;
+        };
+        if cursor.rev > self.pipeline.durable_rev() {
+            // This node has not read that revision yet: shown once it has.
+            if self.remote_pending.len() < MAX_REMOTE_PENDING
+                || self.remote_pending.contains_key(&note.client)
+            {
+                self.remote_pending.insert(
+                    note.client.clone(),
+                    PresenceNote {
+                        cursor: Some(cursor),
+                        ..note
+                    },
+                );
+            }
+            return;
+        }
+        self.remote_pending.remove(&note.client);
+        // Too old to map (`None`): its node sends a newer one.
+        if let Ok(Some(ranges)) = self.pipeline.map_cursor(cursor.rev, cursor.ranges) {
+            let rev = self.pipeline.durable_rev();
+            self.conns
+                .set_remote_presence(note.client, note.node, rev, ranges, cursor.name);
+        }
+    }
+
+    /// Show the waiting remote cursors whose revision this node has reached.
+    fn show_remote_pending(&mut self) {
+        if self.remote_pending.is_empty() {
+            return;
+        }
+        let durable = self.pipeline.durable_rev();
+        let ready: Vec<String> = self
+            .remote_pending
+            .iter()
+            .filter(|(_, note)| note.cursor.as_ref().is_some_and(|c| c.rev <= durable))
+            .map(|(client, _)| client.clone())
+            .collect();
+        for client in ready {
+            if let Some(note) = self.remote_pending.remove(&client) {
+                self.on_remote_presence(note);
+            }
+        }
+    }
+
     fn on_cursor(&mut self, conn_id: u64, rev: u64, ranges: Vec<Range>, name: Option<String>) {
         match self.pipeline.map_cursor(rev, ranges) {
             Ok(Some(ranges)) => {
@@ -705,6 +775,7 @@ impl Document {
         }
         self.pump_upstream();
         self.follow_announced_head().await;
+        self.show_remote_pending();
     }
 
     /// Everything of this node is durable: read the ops of a head another

@@ -1,8 +1,12 @@
 //! The connection table of one document: who is connected, their presence,
 //! and sending to them (a full outbound queue closes that connection, 4008).
+//! On storage several nodes share, also the presence of the document's
+//! writers at other nodes, and this node's writers' presence sent to them
+//! (`crate::presence`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ot_core::history::AppliedOp;
 use ot_core::{Operation, Range};
@@ -13,6 +17,7 @@ use super::mailbox::JoinRequest;
 use crate::metrics::Metrics;
 use crate::outbound::{ack_frame, error_frame, op_frame, text_frame, Outbound};
 use crate::outbound_queue::{OutboundTx, Overflow};
+use crate::presence::{PresencePublisher, RemoteCursor, EXPIRE_AFTER, REFRESH_EVERY};
 
 struct Conn {
     client_id: ClientId,
@@ -31,19 +36,44 @@ impl Conn {
     }
 }
 
+/// A writer connected at another node, as its node last told.
+struct Remote {
+    node: u64,
+    /// At the document's durable revision.
+    ranges: Vec<Range>,
+    name: Option<String>,
+    heard: Instant,
+}
+
+/// At most this many writers at other nodes are shown per document.
+const MAX_REMOTE: usize = 1024;
+
 pub(super) struct Connections {
-    /// The document, for logs.
+    /// The document (its id; also for logs).
     doc: String,
     metrics: Arc<Metrics>,
     conns: HashMap<u64, Conn>,
+    /// Writers with a cursor at other nodes, by client id.
+    remote: HashMap<String, Remote>,
+    /// Where this node's writers' presence goes (on shared storage).
+    publisher: Option<PresencePublisher>,
+    /// When this node's writers' cursors were last repeated to the others.
+    refreshed: Instant,
 }
 
 impl Connections {
-    pub(super) fn new(doc: String, metrics: Arc<Metrics>) -> Connections {
+    pub(super) fn new(
+        doc: String,
+        metrics: Arc<Metrics>,
+        publisher: Option<PresencePublisher>,
+    ) -> Connections {
         Connections {
             doc,
             metrics,
             conns: HashMap::new(),
+            remote: HashMap::new(),
+            publisher,
+            refreshed: Instant::now(),
         }
     }
 
@@ -73,17 +103,29 @@ impl Connections {
         });
     }
 
-    /// The `cursor` frame of every connection with presence, at `rev` (for a joiner).
+    /// The `cursor` frame of every connection with presence, and of every
+    /// writer at another node, at `rev` (for a joiner).
     pub(super) fn cursor_frames(&self, rev: u64) -> impl Iterator<Item = Outbound> + '_ {
-        self.conns.values().filter_map(move |conn| {
+        let local = self.conns.values().filter_map(move |conn| {
             let ranges = conn.ranges.as_ref()?;
-            Some(Outbound::Text(text_frame(&ServerMessage::Cursor {
-                client: conn.client_id.as_str().into(),
+            Some(cursor_frame(
+                conn.client_id.as_str(),
                 rev,
-                ranges: ranges.into(),
-                name: conn.name.as_deref().map(Into::into),
-            })))
-        })
+                ranges,
+                conn.name.as_deref(),
+            ))
+        });
+        let remote = self
+            .remote
+            .iter()
+            .filter(|(client, _)| !self.is_local(client))
+            .map(move |(client, r)| cursor_frame(client, rev, &r.ranges, r.name.as_deref()));
+        local.chain(remote).map(Outbound::Text)
+    }
+
+    /// Whether `client` has a connection here.
+    fn is_local(&self, client: &str) -> bool {
+        self.conns.values().any(|c| c.client_id.as_str() == client)
     }
 
     /// Queue `frames` for a joiner and register it for live messages; if they
@@ -148,6 +190,9 @@ impl Connections {
     fn broadcast_leave(&mut self, client_id: &ClientId) {
         if self.conns.values().any(|c| c.client_id == *client_id) {
             return;
+        }
+        if let Some(publisher) = &self.publisher {
+            publisher.note(&self.doc, client_id.as_str(), None);
         }
         let frame = text_frame(&ServerMessage::Leave {
             client: client_id.as_str().into(),
@@ -247,6 +292,9 @@ impl Connections {
                 *ranges = ot_core::transform_ranges(ranges, op);
             }
         }
+        for remote in self.remote.values_mut() {
+            remote.ranges = ot_core::transform_ranges(&remote.ranges, op);
+        }
     }
 
     /// Set `conn_id`'s presence (`ranges` at `rev`, the durable revision) and
@@ -264,13 +312,112 @@ impl Connections {
         if name.is_some() {
             conn.name = name;
         }
+        let frame = cursor_frame(conn.client_id.as_str(), rev, &ranges, conn.name.as_deref());
+        if let Some(publisher) = &self.publisher {
+            let cursor = RemoteCursor {
+                rev,
+                ranges: ranges.clone(),
+                name: conn.name.clone(),
+            };
+            publisher.note(&self.doc, conn.client_id.as_str(), Some(cursor));
+        }
         conn.ranges = Some(ranges);
-        let frame = text_frame(&ServerMessage::Cursor {
-            client: conn.client_id.as_str().into(),
-            rev,
-            ranges: conn.ranges.as_deref().unwrap_or(&[]).into(),
-            name: conn.name.as_deref().map(Into::into),
-        });
         self.broadcast(Some(conn_id), &frame);
     }
+
+    /// A writer at another node (`node`) has `ranges` at `rev` (the durable
+    /// revision): show it here, unless that writer is also connected here
+    /// (its connection here shows its own presence).
+    pub(super) fn set_remote_presence(
+        &mut self,
+        client: String,
+        node: u64,
+        rev: u64,
+        ranges: Vec<Range>,
+        name: Option<String>,
+    ) {
+        if self.is_local(&client) {
+            return;
+        }
+        if self.remote.len() >= MAX_REMOTE && !self.remote.contains_key(&client) {
+            return;
+        }
+        let frame = cursor_frame(&client, rev, &ranges, name.as_deref());
+        self.remote.insert(
+            client,
+            Remote {
+                node,
+                ranges,
+                name,
+                heard: Instant::now(),
+            },
+        );
+        self.broadcast(None, &frame);
+    }
+
+    /// A writer left another node (`node`): take its cursor away here.
+    pub(super) fn remote_leave(&mut self, client: &str, node: u64) {
+        if self.remote.get(client).is_some_and(|r| r.node == node) {
+            self.remote.remove(client);
+            self.broadcast_remote_leave(client);
+        }
+    }
+
+    /// Tell the writers here that `client` (of another node) is gone,
+    /// unless it is connected here too.
+    fn broadcast_remote_leave(&mut self, client: &str) {
+        if self.is_local(client) {
+            return;
+        }
+        let frame = text_frame(&ServerMessage::Leave {
+            client: client.into(),
+        });
+        self.broadcast(None, &frame);
+    }
+
+    /// Now and then (called on every head check): repeat this node's
+    /// writers' cursors (at `rev`, the durable revision) to the other nodes,
+    /// and take away the cursors of other nodes' writers not heard of for
+    /// [`EXPIRE_AFTER`] (their node may have stopped without a word).
+    pub(super) fn refresh_presence(&mut self, rev: u64) {
+        if let Some(publisher) = &self.publisher {
+            if self.refreshed.elapsed() >= REFRESH_EVERY {
+                self.refreshed = Instant::now();
+                for conn in self.conns.values() {
+                    let Some(ranges) = &conn.ranges else { continue };
+                    let cursor = RemoteCursor {
+                        rev,
+                        ranges: ranges.clone(),
+                        name: conn.name.clone(),
+                    };
+                    publisher.note(&self.doc, conn.client_id.as_str(), Some(cursor));
+                }
+            }
+        }
+        let expired: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, r)| r.heard.elapsed() > EXPIRE_AFTER)
+            .map(|(client, _)| client.clone())
+            .collect();
+        for client in expired {
+            self.remote.remove(&client);
+            self.broadcast_remote_leave(&client);
+        }
+    }
+}
+
+/// A `cursor` message's frame.
+fn cursor_frame(
+    client: &str,
+    rev: u64,
+    ranges: &[Range],
+    name: Option<&str>,
+) -> axum::extract::ws::Utf8Bytes {
+    text_frame(&ServerMessage::Cursor {
+        client: client.into(),
+        rev,
+        ranges: ranges.into(),
+        name: name.map(Into::into),
+    })
 }

@@ -1,6 +1,7 @@
 //! On storage several nodes share: tell the open documents when another
 //! node may have moved their heads, from the storage's change feed and from
-//! a slow periodic check that finds whatever the feed missed.
+//! a slow periodic check that finds whatever the feed missed; and hand them
+//! the presence notes of other nodes' writers (`crate::presence`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::mailbox::DocCommand;
 use super::registry::Registry;
+use crate::presence::PresenceNote;
 use crate::storage::{HeadChange, Storage};
 
 /// Every open document asks storage for its head this often, whatever the
@@ -21,6 +23,7 @@ pub(crate) async fn follow_heads(
     mut feed: UnboundedReceiver<HeadChange>,
     registry: Arc<Registry>,
     storage: Arc<dyn Storage>,
+    own_node: Option<u64>,
 ) {
     let mut check = tokio::time::interval(PERIODIC_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -35,6 +38,17 @@ pub(crate) async fn follow_heads(
                     }
                 }
                 Some(HeadChange::Resync) => check_all(&registry, &storage).await,
+                Some(HeadChange::Presence { payload }) => {
+                    let Some(note) = PresenceNote::parse(&payload) else { continue };
+                    if Some(note.node) == own_node {
+                        continue;
+                    }
+                    let Ok(id) = DocId::parse(&note.doc) else { continue };
+                    if let Some(handle) = registry.get(&id) {
+                        // Best effort: a busy document skips a note.
+                        let _ = handle.tx.try_send(DocCommand::RemotePresence(note));
+                    }
+                }
                 None => return,
             },
             _ = check.tick() => check_all(&registry, &storage).await,

@@ -107,6 +107,8 @@ pub(crate) enum DocCommand {
         /// Display name.
         name: Option<String>,
     },
+    /// A writer's cursor or departure at another node (on shared storage).
+    RemotePresence(crate::presence::PresenceNote),
     /// Read the durable revision and text.
     Read(oneshot::Sender<(u64, String)>),
     /// Commit everything pending, ack it, close every connection and stop.

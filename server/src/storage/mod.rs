@@ -361,6 +361,12 @@ pub enum HeadChange {
     },
     /// Heads may have moved unreported: check every open document.
     Resync,
+    /// A presence note another node (or this one) sent with
+    /// [`Storage::publish_presence`]; read by `crate::presence`.
+    Presence {
+        /// The note as sent.
+        payload: String,
+    },
 }
 
 /// One line of the document listing.
@@ -680,6 +686,12 @@ pub trait Storage: Send + Sync + 'static {
     /// a later call.
     fn subscribe_heads(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<HeadChange>> {
         None
+    }
+    /// Send presence notes to every node's change feed
+    /// ([`HeadChange::Presence`]), best effort. The default (a storage
+    /// nobody else uses) drops them.
+    fn publish_presence(&self, _payloads: &[String]) -> Result<(), StorageError> {
+        Ok(())
     }
     /// A node setting kept in the storage itself rather than in the data
     /// dir (the node id, a regional server's link key): on a store several

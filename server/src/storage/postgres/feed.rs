@@ -23,6 +23,9 @@ use crate::storage::{HeadChange, StorageError};
 /// The channel heads are announced on.
 const CHANNEL: &str = "ot_heads";
 
+/// The channel of presence notes between nodes (`crate::presence`).
+const PRESENCE_CHANNEL: &str = "ot_presence";
+
 /// The longest wait between two attempts to listen again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -35,11 +38,25 @@ pub(super) async fn announce(pool: &Pool, heads: &[(String, u64)]) -> Result<(),
         .iter()
         .map(|(doc, head)| format!("{doc}:{head}"))
         .collect();
+    notify(pool, CHANNEL, &payloads).await
+}
+
+/// Send presence notes (their payloads: see `crate::presence`) to every
+/// node's feed, in one statement, outside any write transaction.
+pub(super) async fn publish_presence(pool: &Pool, payloads: &[String]) -> Result<(), StorageError> {
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    notify(pool, PRESENCE_CHANNEL, payloads).await
+}
+
+/// One `pg_notify` on `channel` per payload, in one statement.
+async fn notify(pool: &Pool, channel: &str, payloads: &[String]) -> Result<(), StorageError> {
     let client = connection(pool).await?;
     let statement = client
         .prepare_cached("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
         .await?;
-    client.execute(&statement, &[&CHANNEL, &payloads]).await?;
+    client.execute(&statement, &[&channel, &payloads]).await?;
     Ok(())
 }
 
@@ -86,7 +103,8 @@ where
                     while let Some(message) = messages.next().await {
                         match message {
                             Ok(AsyncMessage::Notification(n)) => {
-                                if tx.send(n.payload().to_owned()).is_err() {
+                                let presence = n.channel() == PRESENCE_CHANNEL;
+                                if tx.send((presence, n.payload().to_owned())).is_err() {
                                     return;
                                 }
                             }
@@ -98,13 +116,22 @@ where
                         }
                     }
                 });
-                match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                match client
+                    .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {PRESENCE_CHANNEL}"))
+                    .await
+                {
                     Ok(()) => {
                         backoff = Duration::from_millis(100);
                         if feed.send(HeadChange::Resync).is_err() {
                             return;
                         }
-                        while let Some(payload) = notifications.recv().await {
+                        while let Some((presence, payload)) = notifications.recv().await {
+                            if presence {
+                                if feed.send(HeadChange::Presence { payload }).is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
                             match parse(&payload) {
                                 Some(change) => {
                                     if feed.send(change).is_err() {

@@ -259,6 +259,10 @@ impl Storage for PgStorage {
         Some(rx)
     }
 
+    fn publish_presence(&self, payloads: &[String]) -> Result<(), StorageError> {
+        self.block_on(feed::publish_presence(&self.reads, payloads))
+    }
+
     fn last_rev(&self, doc: &str) -> Result<u64, StorageError> {
         Ok(self
             .block_on(reads::doc_rev(&self.reads, doc))?
