@@ -380,9 +380,14 @@ impl Connections {
     /// and take away the cursors of other nodes' writers not heard of for
     /// [`EXPIRE_AFTER`] (their node may have stopped without a word).
     pub(super) fn refresh_presence(&mut self, rev: u64) {
+        self.refresh_presence_at(rev, Instant::now());
+    }
+
+    /// [`Connections::refresh_presence`] as if it were `now`.
+    fn refresh_presence_at(&mut self, rev: u64, now: Instant) {
         if let Some(publisher) = &self.publisher {
-            if self.refreshed.elapsed() >= REFRESH_EVERY {
-                self.refreshed = Instant::now();
+            if now.saturating_duration_since(self.refreshed) >= REFRESH_EVERY {
+                self.refreshed = now;
                 for conn in self.conns.values() {
                     let Some(ranges) = &conn.ranges else { continue };
                     let cursor = RemoteCursor {
@@ -397,7 +402,7 @@ impl Connections {
         let expired: Vec<String> = self
             .remote
             .iter()
-            .filter(|(_, r)| r.heard.elapsed() > EXPIRE_AFTER)
+            .filter(|(_, r)| now.saturating_duration_since(r.heard) > EXPIRE_AFTER)
             .map(|(client, _)| client.clone())
             .collect();
         for client in expired {
@@ -420,4 +425,106 @@ fn cursor_frame(
         ranges: ranges.into(),
         name: name.map(Into::into),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ot_core::history::AppliedOp;
+    use ot_protocol::Access;
+
+    use super::*;
+    use crate::outbound_queue::{outbound_queue, OutboundRx};
+
+    /// A table with one local writer, `near`, and what it is sent.
+    fn table() -> (Connections, OutboundRx) {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let mut conns = Connections::new("d".into(), metrics, None);
+        let (out, rx) = outbound_queue(100, 1 << 20);
+        let (kick, _) = oneshot::channel();
+        let request = JoinRequest {
+            conn_id: 1,
+            client_id: ClientId::parse("near").unwrap(),
+            key_hash: None,
+            rev: None,
+            epoch: None,
+            access: Access::Write,
+            out,
+            kick,
+        };
+        conns.add(request, Vec::new());
+        (conns, rx)
+    }
+
+    /// The messages queued for the writer so far.
+    fn sent(rx: &mut OutboundRx) -> Vec<serde_json::Value> {
+        let mut messages = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            if let Outbound::Text(t) | Outbound::Broadcast(t) | Outbound::Reply(t) = frame {
+                messages.push(serde_json::from_str(t.as_str()).unwrap());
+            }
+        }
+        messages
+    }
+
+    #[test]
+    fn a_remote_cursor_is_shown_moved_by_ops_given_to_joiners_and_taken_away() {
+        let (mut conns, mut rx) = table();
+        conns.set_remote_presence("far".into(), 9, 0, vec![Range::cursor(1)], None);
+        let got = sent(&mut rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (&got[0]["type"], &got[0]["client"]),
+            (&"cursor".into(), &"far".into())
+        );
+        // An op inserting two characters before it moves it.
+        let op = Operation::insert_at(3, 0, "ab").unwrap();
+        let applied = AppliedOp {
+            rev: 1,
+            client_id: "near".into(),
+            seq: 1,
+            base_rev: 0,
+            hash: Default::default(),
+            op,
+        };
+        conns.op_durable(1, &applied);
+        let joiner: Vec<Outbound> = conns.cursor_frames(1).collect();
+        assert_eq!(joiner.len(), 1);
+        let Outbound::Text(frame) = &joiner[0] else {
+            panic!("not a text frame")
+        };
+        let cursor: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(cursor["ranges"], serde_json::json!([[3, 3]]), "{cursor}");
+        sent(&mut rx);
+        // A leave from another node than the one that showed it changes nothing.
+        conns.remote_leave("far", 8);
+        assert!(sent(&mut rx).is_empty());
+        conns.remote_leave("far", 9);
+        let got = sent(&mut rx);
+        assert_eq!(
+            (&got[0]["type"], &got[0]["client"]),
+            (&"leave".into(), &"far".into())
+        );
+        assert_eq!(conns.cursor_frames(1).count(), 0);
+    }
+
+    #[test]
+    fn a_remote_cursor_not_repeated_expires_and_a_local_writer_is_not_shadowed() {
+        let (mut conns, mut rx) = table();
+        // The local writer's own cursor is shown from its connection only.
+        conns.set_remote_presence("near".into(), 9, 0, vec![Range::cursor(0)], None);
+        assert!(sent(&mut rx).is_empty());
+        conns.set_remote_presence("far".into(), 9, 0, vec![Range::cursor(0)], None);
+        sent(&mut rx);
+        conns.refresh_presence_at(0, Instant::now() + EXPIRE_AFTER / 2);
+        assert!(sent(&mut rx).is_empty(), "expired too early");
+        conns.refresh_presence_at(0, Instant::now() + EXPIRE_AFTER + Duration::from_secs(1));
+        let got = sent(&mut rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (&got[0]["type"], &got[0]["client"]),
+            (&"leave".into(), &"far".into())
+        );
+    }
 }
