@@ -410,6 +410,32 @@ async fn open_time_copies_a_document_and_times_joins_from_storage() -> Result<()
     Ok(())
 }
 
+/// `idle_docs` holds documents open with one silent connection each, until
+/// its time is up.
+#[tokio::test]
+async fn idle_docs_holds_documents_open_until_its_time_is_up() -> Result<()> {
+    let (server, _dir) = server().await?;
+    let url = format!("ws://{}", server.addr);
+    let holding = tokio::spawn(async move {
+        let args = ["--server", &url, "--docs", "20", "--hold-secs", "3"];
+        run_example("idle_docs", &args).await
+    });
+    let deadline = Instant::now() + WITHIN;
+    let mut open = 0.0;
+    while open < 20.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        open = e2e_tests::metric_value(server.addr, "ot_connections").await?;
+    }
+    assert_eq!(open, 20.0, "connections while held");
+    assert_eq!(
+        e2e_tests::metric_value(server.addr, "ot_open_documents").await?,
+        20.0
+    );
+    let said = succeeded("idle_docs", &holding.await??)?;
+    assert!(said.starts_with("holding 20 idle documents"), "{said}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_conflict_journal_is_told_in_words() -> Result<()> {
     let (server, _dir) = server().await?;
