@@ -52,6 +52,14 @@ pub(crate) fn from_config(
         true => settle_key_in_storage(storage)?,
         false => settle_key(&config.data_dir)?,
     };
+    if !storage
+        .claim_alone()
+        .context("claiming the database for this regional server")?
+    {
+        anyhow::bail!(
+            "another regional server process already runs on this database (as node `{node_id}`): run one process per regional database"
+        );
+    }
     let options = ConnectOptions {
         token: config.upstream_token_file.clone().map(TokenSource::File),
         ..ConnectOptions::default()

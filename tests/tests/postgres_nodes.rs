@@ -1194,6 +1194,15 @@ async fn a_regional_server_on_postgresql_keeps_its_identity_in_the_database() {
         .filter(|client| client.starts_with("r-"))
         .collect();
     assert_eq!(links, HashSet::from(["r-eu"]), "one link identity");
+    // A second process of this region on the same database is refused while
+    // the first runs (both would keep the link and replace each other's).
+    let twin_dir = tempfile::tempdir().unwrap();
+    let args = region_args(None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let twin = e2e_tests::run_to_exit(twin_dir.path(), &args);
+    assert!(!twin.status.success());
+    let said = e2e_tests::output_text(&twin);
+    assert!(said.contains("another regional server process"), "{said}");
     drop(at_region);
     region.stop().unwrap();
 

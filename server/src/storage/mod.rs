@@ -693,6 +693,15 @@ pub trait Storage: Send + Sync + 'static {
     fn publish_presence(&self, _payloads: &[String]) -> Result<(), StorageError> {
         Ok(())
     }
+    /// Claim the storage for this process alone among the processes that
+    /// claim it (a regional server runs one process per database: two would
+    /// each keep the link to the home and replace each other's). `Ok(false)`:
+    /// another process holds it. Held while this storage is open (on
+    /// PostgreSQL, while its session lasts). The default (a store in a data
+    /// dir, which its lock already keeps to one process) is `Ok(true)`.
+    fn claim_alone(&self) -> Result<bool, StorageError> {
+        Ok(true)
+    }
     /// A node setting kept in the storage itself rather than in the data
     /// dir (the node id, a regional server's link key): on a store several
     /// processes share, they are one node and the database is its identity.

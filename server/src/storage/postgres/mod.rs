@@ -70,7 +70,15 @@ pub struct PgStorage {
     feed_taken: AtomicBool,
     /// How many schema migrations this node ran when it opened the store.
     migrations_run: usize,
+    /// The session holding [`SOLE_PROCESS_LOCK`], once
+    /// [`Storage::claim_alone`] got it (kept out of the pool for good).
+    sole: std::sync::Mutex<Option<Object>>,
 }
+
+/// The advisory lock of the one process a regional server may run on its
+/// database ([`Storage::claim_alone`]), with the schema's hash as the
+/// second key: the tables live in the session's schema.
+const SOLE_PROCESS_LOCK: i32 = 0x6f74_7267;
 
 impl fmt::Debug for PgStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -130,6 +138,7 @@ impl PgStorage {
             connector,
             feed_taken: AtomicBool::new(false),
             migrations_run: 0,
+            sole: std::sync::Mutex::new(None),
         };
         (storage.epoch, storage.migrations_run) =
             storage.block_on(schema::migrate(&storage.commits))?;
@@ -271,6 +280,23 @@ impl Storage for PgStorage {
 
     fn heads(&self, docs: &[String]) -> Result<Vec<(String, u64)>, StorageError> {
         self.block_on(reads::heads(&self.reads, docs))
+    }
+
+    fn claim_alone(&self) -> Result<bool, StorageError> {
+        self.block_on(async {
+            let client = connection(&self.reads).await?;
+            let held: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                    &[&SOLE_PROCESS_LOCK],
+                )
+                .await?
+                .try_get(0)?;
+            if held {
+                *self.sole.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
+            }
+            Ok(held)
+        })
     }
 
     fn node_setting(
