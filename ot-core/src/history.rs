@@ -785,6 +785,7 @@ impl DocumentHistory {
         let expected = self.ops[keep..]
             .first()
             .map_or(self.text.len_chars(), |first| first.op.base_len());
+        let text = Text::from_rope(text);
         if text.len_chars() != expected {
             return Err(RollBackError::TextLength {
                 expected,
@@ -810,7 +811,7 @@ impl DocumentHistory {
             record.last_rev = known.map_or(0, |a| a.rev);
             record.last_hash = known.map_or(OpHash::default(), |a| a.hash);
         }
-        self.text = Text::from_rope(text);
+        self.text = text;
         self.revision = rev;
         Ok(())
     }

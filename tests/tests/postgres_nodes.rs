@@ -920,6 +920,18 @@ async fn next_of_type(
     }
 }
 
+/// Wait for the next `kind` message on `socket` and assert it is about
+/// `client`; returns it.
+async fn expect_about(socket: &mut e2e_tests::Socket, kind: &str, client: &str) -> Value {
+    let seen = next_of_type(socket, kind, WAIT).await;
+    assert_eq!(
+        seen.as_ref().map(|v| v["client"].clone()),
+        Some(client.into()),
+        "{kind}: {seen:?}"
+    );
+    seen.unwrap_or_default()
+}
+
 /// Presence crosses nodes (README and PROTOCOL.md): a cursor reaches the
 /// writers of the document at every node, also at a revision the other node
 /// reads later, and a joiner there sees it; a leave crosses too. A writer's
@@ -943,13 +955,8 @@ async fn presence_crosses_nodes_and_a_writers_second_connection_is_per_node() {
         .await
         .unwrap();
     for (socket, node) in [(&mut near, "its own node"), (&mut far, "the other node")] {
-        let seen = next_of_type(socket, "cursor", WAIT).await;
-        assert_eq!(
-            seen.as_ref()
-                .map(|v| (v["client"].clone(), v["name"].clone())),
-            Some(("mover".into(), "Mover".into())),
-            "at {node}: {seen:?}"
-        );
+        let seen = expect_about(socket, "cursor", "mover").await;
+        assert_eq!(seen["name"], "Mover", "at {node}: {seen}");
     }
     // An op and a cursor after it, at node 0: node 1 shows the cursor at
     // that revision or later (it may read the op after the note arrives).
@@ -965,21 +972,15 @@ async fn presence_crosses_nodes_and_a_writers_second_connection_is_per_node() {
     e2e_tests::send_message(&mut mover, &cursor_at(1, 2))
         .await
         .unwrap();
-    let seen = next_of_type(&mut far, "cursor", WAIT).await;
+    let seen = expect_about(&mut far, "cursor", "mover").await;
     assert_eq!(
-        seen.as_ref()
-            .map(|v| (v["client"].clone(), v["rev"].clone(), v["ranges"].clone())),
-        Some(("mover".into(), 1.into(), serde_json::json!([[2, 2]]))),
-        "{seen:?}"
+        (&seen["rev"], &seen["ranges"]),
+        (&1.into(), &serde_json::json!([[2, 2]])),
+        "{seen}"
     );
     // A writer joining node 1 now sees the cursor of node 0's writer.
     let mut late = join(nodes[1].addr, "late").await;
-    let seen = next_of_type(&mut late, "cursor", WAIT).await;
-    assert_eq!(
-        seen.as_ref().map(|v| v["client"].clone()),
-        Some("mover".into()),
-        "{seen:?}"
-    );
+    expect_about(&mut late, "cursor", "mover").await;
     // The same writer at the other node: both connections stay open.
     let again = join(nodes[1].addr, "mover").await;
     assert_eq!(
@@ -989,12 +990,7 @@ async fn presence_crosses_nodes_and_a_writers_second_connection_is_per_node() {
     );
     // It leaves node 1 (its writers are told at once).
     drop(again);
-    let left = next_of_type(&mut far, "leave", WAIT).await;
-    assert_eq!(
-        left.as_ref().map(|v| v["client"].clone()),
-        Some("mover".into()),
-        "{left:?}"
-    );
+    expect_about(&mut far, "leave", "mover").await;
     // At its own node, a second connection replaces the first (4009).
     let third = join(nodes[0].addr, "mover").await;
     let closed = next_of_type(&mut mover, "closed", WAIT).await;
@@ -1006,12 +1002,7 @@ async fn presence_crosses_nodes_and_a_writers_second_connection_is_per_node() {
     );
     // The writer leaves node 0 too: node 1 is told by node 0.
     drop(third);
-    let left = next_of_type(&mut far, "leave", WAIT).await;
-    assert_eq!(
-        left.as_ref().map(|v| v["client"].clone()),
-        Some("mover".into()),
-        "{left:?}"
-    );
+    expect_about(&mut far, "leave", "mover").await;
     within_budget(started);
 }
 

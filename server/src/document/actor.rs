@@ -666,32 +666,38 @@ impl Document {
 
     /// A writer's cursor or departure at another node.
     fn on_remote_presence(&mut self, note: PresenceNote) {
-        let Some(cursor) = note.cursor else {
-            self.remote_pending.remove(&note.client);
-            self.conns.remote_leave(&note.client, note.node);
-            return;
-        };
-        if cursor.rev > self.pipeline.durable_rev() {
-            // This node has not read that revision yet: shown once it has.
-            if self.remote_pending.len() < MAX_REMOTE_PENDING
-                || self.remote_pending.contains_key(&note.client)
-            {
-                self.remote_pending.insert(
-                    note.client.clone(),
-                    PresenceNote {
-                        cursor: Some(cursor),
-                        ..note
-                    },
-                );
+        let durable = self.pipeline.durable_rev();
+        match &note.cursor {
+            None => {
+                self.remote_pending.remove(&note.client);
+                self.conns.remote_leave(&note.client, note.node);
+                return;
             }
-            return;
+            Some(cursor) if cursor.rev > durable => {
+                // This node has not read that revision yet: shown once it has.
+                if self.remote_pending.len() < MAX_REMOTE_PENDING
+                    || self.remote_pending.contains_key(&note.client)
+                {
+                    self.remote_pending.insert(note.client.clone(), note);
+                }
+                return;
+            }
+            Some(_) => {}
         }
         self.remote_pending.remove(&note.client);
+        let PresenceNote {
+            client,
+            node,
+            cursor: Some(cursor),
+            ..
+        } = note
+        else {
+            return;
+        };
         // Too old to map (`None`): its node sends a newer one.
         if let Ok(Some(ranges)) = self.pipeline.map_cursor(cursor.rev, cursor.ranges) {
-            let rev = self.pipeline.durable_rev();
             self.conns
-                .set_remote_presence(note.client, note.node, rev, ranges, cursor.name);
+                .set_remote_presence(client, node, durable, ranges, cursor.name);
         }
     }
 

@@ -115,10 +115,11 @@ impl Connections {
                 conn.name.as_deref(),
             ))
         });
+        let local_clients = self.online_clients();
         let remote = self
             .remote
             .iter()
-            .filter(|(client, _)| !self.is_local(client))
+            .filter(move |(client, _)| !local_clients.contains(client.as_str()))
             .map(move |(client, r)| cursor_frame(client, rev, &r.ranges, r.name.as_deref()));
         local.chain(remote).map(Outbound::Text)
     }
@@ -188,14 +189,19 @@ impl Connections {
 
     /// Tell the others that `client_id` left, once its last connection is gone.
     fn broadcast_leave(&mut self, client_id: &ClientId) {
-        if self.conns.values().any(|c| c.client_id == *client_id) {
+        if self.is_local(client_id.as_str()) {
             return;
         }
         if let Some(publisher) = &self.publisher {
             publisher.note(&self.doc, client_id.as_str(), None);
         }
+        self.send_leave(client_id.as_str());
+    }
+
+    /// Queue a `leave` of `client` for everyone here.
+    fn send_leave(&mut self, client: &str) {
         let frame = text_frame(&ServerMessage::Leave {
-            client: client_id.as_str().into(),
+            client: client.into(),
         });
         self.broadcast(None, &frame);
     }
@@ -314,12 +320,11 @@ impl Connections {
         }
         let frame = cursor_frame(conn.client_id.as_str(), rev, &ranges, conn.name.as_deref());
         if let Some(publisher) = &self.publisher {
-            let cursor = RemoteCursor {
-                rev,
-                ranges: ranges.clone(),
-                name: conn.name.clone(),
-            };
-            publisher.note(&self.doc, conn.client_id.as_str(), Some(cursor));
+            publisher.note(
+                &self.doc,
+                conn.client_id.as_str(),
+                Some(remote_cursor(conn, rev, &ranges)),
+            );
         }
         conn.ranges = Some(ranges);
         self.broadcast(Some(conn_id), &frame);
@@ -366,13 +371,9 @@ impl Connections {
     /// Tell the writers here that `client` (of another node) is gone,
     /// unless it is connected here too.
     fn broadcast_remote_leave(&mut self, client: &str) {
-        if self.is_local(client) {
-            return;
+        if !self.is_local(client) {
+            self.send_leave(client);
         }
-        let frame = text_frame(&ServerMessage::Leave {
-            client: client.into(),
-        });
-        self.broadcast(None, &frame);
     }
 
     /// Now and then (called on every head check): repeat this node's
@@ -390,11 +391,7 @@ impl Connections {
                 self.refreshed = now;
                 for conn in self.conns.values() {
                     let Some(ranges) = &conn.ranges else { continue };
-                    let cursor = RemoteCursor {
-                        rev,
-                        ranges: ranges.clone(),
-                        name: conn.name.clone(),
-                    };
+                    let cursor = remote_cursor(conn, rev, ranges);
                     publisher.note(&self.doc, conn.client_id.as_str(), Some(cursor));
                 }
             }
@@ -409,6 +406,15 @@ impl Connections {
             self.remote.remove(&client);
             self.broadcast_remote_leave(&client);
         }
+    }
+}
+
+/// `conn`'s presence (`ranges` at `rev`) as the other nodes are told it.
+fn remote_cursor(conn: &Conn, rev: u64, ranges: &[Range]) -> RemoteCursor {
+    RemoteCursor {
+        rev,
+        ranges: ranges.to_vec(),
+        name: conn.name.clone(),
     }
 }
 
